@@ -1,0 +1,76 @@
+"""gaugeport: signed-permutation gauges for RMSNorm transformers.
+
+The small public API (everything else lives in its own module)::
+
+    from gaugeport import SignedPermutation, load_gauge, save_gauge, apply_gauge, inspect
+    g = SignedPermutation.random(4096, seed=0)          # y[perm[i]] = signs[i] * x[i]
+    apply_gauge("ckpt_a/", g, out="ckpt_b/")            # a checkpoint dir, a state dict or an nn.Module
+    match_coordinates(C, method="signed")               # estimate a gauge from a d x d correlation
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gaugeport.errors import GaugeportError
+from gaugeport.gauge import SignedPermutation, compose, load_gauge, read_gauge_file, save_gauge
+
+__version__ = "0.1.0"
+
+# Public names provided by other modules, imported on first use (keeps `import gaugeport` light).
+_LAZY = {
+    "get_spec": "gaugeport.archspec",
+    "supported_architectures": "gaugeport.archspec",
+    "verify_checkpoints": "gaugeport.verify",
+    "compare_models": "gaugeport.verify",
+    "match_coordinates": "gaugeport.matching",
+    "match_with_confidence": "gaugeport.matching",
+    "align_models": "gaugeport.align",
+    "align_by_weights": "gaugeport.align",
+    "MomentSet": "gaugeport.moments",
+    "collect_moments": "gaugeport.activations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gaugeport' has no attribute {name!r}")
+
+
+def apply_gauge(target: Any, gauge: SignedPermutation, *, out: str | Path | None = None,
+                model_type: str | None = None, force: bool = False) -> Any:
+    """Apply ``gauge`` to an ``nn.Module`` (in place, returned), a state dict (a new dict is returned;
+    give ``model_type``) or a checkpoint directory (written to ``out``, whose path is returned)."""
+    import torch
+
+    from gaugeport import apply as _apply
+    from gaugeport.archspec import get_spec
+
+    if isinstance(target, torch.nn.Module):
+        return _apply.apply_gauge_to_model(target, gauge)
+    if isinstance(target, Mapping):
+        if model_type is None:
+            raise GaugeportError("apply_gauge on a state dict needs model_type=... (e.g. 'llama')")
+        return _apply.apply_gauge_to_state_dict(target, gauge, get_spec(model_type))
+    if isinstance(target, str | Path):
+        if out is None:
+            raise GaugeportError("apply_gauge on a checkpoint directory needs out=... (inputs are never overwritten)")
+        return _apply.apply_gauge_to_checkpoint(target, gauge, out, force=force)
+    raise GaugeportError(f"apply_gauge: unsupported target of type {type(target).__name__}")
+
+
+def inspect(target: Any) -> Any:
+    """Inspect a checkpoint directory or a transformers model: norm kind, gauge group, gain genericity."""
+    import torch
+
+    from gaugeport.inspect import inspect_checkpoint, inspect_model
+
+    return inspect_model(target) if isinstance(target, torch.nn.Module) else inspect_checkpoint(target)
+
+
+__all__ = ["SignedPermutation", "compose", "load_gauge", "save_gauge", "read_gauge_file", "apply_gauge",
+           "inspect", "GaugeportError", *_LAZY]

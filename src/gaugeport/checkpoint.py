@@ -145,7 +145,8 @@ class SafetensorsStreamWriter:
             if dtype not in _DTYPE_NAMES:
                 raise CheckpointError(f"tensor {name!r} has dtype {dtype}, which gaugeport cannot stream")
             nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
         if metadata:
             header["__metadata__"] = dict(metadata)

@@ -56,9 +56,10 @@ class SignedPermutation:
         signs = np.asarray(self.signs)
         if perm.ndim != 1 or signs.shape != perm.shape:
             raise GaugeError(f"perm and signs must be 1-D of equal length, got {perm.shape} and {signs.shape}")
-        if not np.issubdtype(perm.dtype, np.integer):
-            if not np.all(np.isfinite(perm)) or not np.all(perm == np.round(perm)):
-                raise GaugeError("perm contains NaN, infinite or non-integer entries")
+        if not np.issubdtype(perm.dtype, np.integer) and (
+            not np.all(np.isfinite(perm)) or not np.all(perm == np.round(perm))
+        ):
+            raise GaugeError("perm contains NaN, infinite or non-integer entries")
         if not np.issubdtype(signs.dtype, np.integer) and not np.all(np.isfinite(signs)):
             raise GaugeError("signs contain NaN or infinite entries")
         perm = perm.astype(np.int64)
@@ -117,7 +118,7 @@ class SignedPermutation:
 
     def to_matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         m = torch.zeros(self.d, self.d, dtype=dtype)
-        m[torch.from_numpy(self.perm), torch.arange(self.d)] = torch.from_numpy(self.signs).to(dtype)
+        m[torch.from_numpy(self.perm.copy()), torch.arange(self.d)] = torch.from_numpy(self.signs.copy()).to(dtype)
         return m
 
     def fingerprint(self) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from gaugeport.cli._app import app
 from gaugeport.cli import core, estimate, study, transport  # noqa: F401  (register verbs)
+from gaugeport.cli._app import app
 from gaugeport.errors import GaugeportError
 
 EXIT_BAD_INPUT = 2
@@ -14,7 +14,7 @@ EXIT_BAD_INPUT = 2
 def main() -> None:
     """Entry point: bad input prints what is wrong and what to do, and exits non-zero."""
     try:
-        app(standalone_mode=False)
+        app()
     except GaugeportError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

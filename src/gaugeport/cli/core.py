@@ -1,0 +1,100 @@
+"""Core verbs: inspect, apply, verify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gaugeport.apply import apply_gauge_to_checkpoint
+from gaugeport.checkpoint import Checkpoint
+from gaugeport.cli._app import app
+from gaugeport.errors import GaugeportError
+from gaugeport.gauge import SignedPermutation, load_gauge, save_gauge
+from gaugeport.inspect import inspect_checkpoint
+from gaugeport.verify import DEFAULT_TOL, verify_checkpoints
+
+
+@app.command()
+def inspect(
+    ckpt: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
+) -> None:
+    """Model type, width, norm kind, gain genericity and the gauge group of a checkpoint."""
+    info = inspect_checkpoint(ckpt)
+    if as_json:
+        typer.echo(json.dumps(info.to_dict(), indent=2))
+        return
+    typer.echo(f"model type        {info.model_type}")
+    typer.echo(f"d_model           {info.d_model}   layers {info.n_layers}")
+    typer.echo(f"norm              {'RMSNorm' if info.norm == 'rms' else 'LayerNorm'}"
+               + (f" (gain stored as {info.gain_offset:g} + w)" if info.gain_offset else ""))
+    typer.echo(f"gauge group       {info.group}")
+    typer.echo(f"gain min gap      {info.gain_min_gap:.3g}   tied coordinate blocks {info.tied_coordinate_blocks}")
+    typer.echo(f"residual tensors  {info.n_residual_tensors} of {info.n_tensors}"
+               + ("   (tied embeddings)" if info.tied_embeddings else ""))
+    for w in info.warnings:
+        typer.echo(f"warning: {w}", err=True)
+
+
+@app.command()
+def apply(
+    ckpt: Annotated[Path, typer.Argument(help="source checkpoint directory (never modified)")],
+    out: Annotated[Path, typer.Option("--out", help="output checkpoint directory")],
+    gauge: Annotated[Path | None, typer.Option("--gauge", help="gauge .safetensors to apply")] = None,
+    random_seed: Annotated[int | None, typer.Option("--random-seed", help="apply a random gauge")] = None,
+    perm_only: Annotated[bool, typer.Option("--perm-only", help="random gauge without sign flips")] = False,
+    positive_fraction: Annotated[float, typer.Option(help="fraction of +1 signs in a random gauge")] = 0.5,
+    save_gauge_to: Annotated[Path | None, typer.Option("--save-gauge", help="write the random gauge here")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+) -> None:
+    """Rewrite a checkpoint in new residual coordinates (streamed, tensor by tensor)."""
+    if (gauge is None) == (random_seed is None):
+        raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N")
+    if gauge is not None:
+        g = load_gauge(gauge)
+        provenance = {"gaugeport_source_gauge": str(gauge)}
+    else:
+        d = Checkpoint.open(ckpt).d_model
+        g = SignedPermutation.random(d, seed=random_seed, positive_fraction=positive_fraction)
+        g = g.perm_only() if perm_only else g
+        provenance = {"gaugeport_random_seed": str(random_seed)}
+    if save_gauge_to is not None:  # refuse an existing gauge file before doing any work
+        from gaugeport.fileio import refuse_existing
+        refuse_existing(save_gauge_to, force)
+    apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
+    if save_gauge_to is not None:
+        save_gauge(g, save_gauge_to, provenance={"source": str(ckpt), "target": str(out), **provenance}, force=force)
+    typer.echo(f"wrote {out} (gauge {g.fingerprint()}, d={g.d}, {g.positive_fraction:.0%} positive signs)")
+
+
+@app.command()
+def verify(
+    a: Annotated[Path, typer.Argument(help="checkpoint A")],
+    b: Annotated[Path, typer.Argument(help="checkpoint B")],
+    gauge: Annotated[Path | None, typer.Option("--gauge", help="gauge mapping A's coordinates to B's")] = None,
+    tol: Annotated[float, typer.Option("--tol", help="max relative difference")] = DEFAULT_TOL,
+    data: Annotated[Path | None, typer.Option("--data", help="token ids .npy [n_seq, seq_len]")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the probe token ids")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Check that B computes A's function (through --gauge); exit 0 within --tol, 1 otherwise."""
+    g = load_gauge(gauge) if gauge is not None else None
+    res = verify_checkpoints(a, b, g, tol=tol, data=data, seed=seed)
+    if as_json:
+        typer.echo(json.dumps(res.to_dict(), indent=2))
+    else:
+        typer.echo(f"{res.output}: max abs diff {res.max_abs_diff:.3e}, relative {res.max_rel_diff:.3e} "
+                   f"over {res.n_tokens} probe tokens")
+        if res.hidden_max_abs_diff is not None:
+            typer.echo(f"hidden states (B vs G applied to A): max abs {res.hidden_max_abs_diff:.3e}, "
+                       f"relative {res.hidden_max_rel_diff:.3e}")
+        if res.weight_max_abs_diff is not None:
+            typer.echo(f"weights (B vs G applied to A): max abs {res.weight_max_abs_diff:.3e} "
+                       f"(worst: {res.weight_worst_tensor})")
+        typer.echo(f"{'PASS' if res.ok else 'FAIL'} (tolerance {tol:g})")
+    if not res.ok:
+        raise typer.Exit(1)
