@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gaugeport.inspect import inspect_model
+from gaugeport.inspection import inspect_model
 from gaugeport.tiny import tiny_model
 
 

@@ -67,7 +67,7 @@ def inspect(target: Any) -> Any:
     """Inspect a checkpoint directory or a transformers model: norm kind, gauge group, gain genericity."""
     import torch
 
-    from gaugeport.inspect import inspect_checkpoint, inspect_model
+    from gaugeport.inspection import inspect_checkpoint, inspect_model
 
     return inspect_model(target) if isinstance(target, torch.nn.Module) else inspect_checkpoint(target)
 

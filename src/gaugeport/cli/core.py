@@ -13,7 +13,7 @@ from gaugeport.checkpoint import Checkpoint
 from gaugeport.cli._app import app
 from gaugeport.errors import GaugeportError
 from gaugeport.gauge import SignedPermutation, load_gauge, save_gauge
-from gaugeport.inspect import inspect_checkpoint
+from gaugeport.inspection import inspect_checkpoint
 from gaugeport.verify import DEFAULT_TOL, verify_checkpoints
 
 
