@@ -107,9 +107,12 @@ class Checkpoint:
 
     def iter_shard(self, shard: str) -> Iterator[tuple[str, torch.Tensor]]:
         file = self.path / shard
-        with _open(file) as f:
-            for name in sorted(f.keys()):
-                yield name, _get(f, name, file)
+        for name in sorted(_keys(file)):
+            # reopen per tensor: an open file keeps every page read so far mapped (counted in RSS),
+            # which would make the peak grow with the shard rather than with the tensor
+            with _open(file) as f:
+                tensor = _get(f, name, file)
+            yield name, tensor
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for shard in self.shards:
@@ -164,7 +167,8 @@ class SafetensorsStreamWriter:
         if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
             raise CheckpointError(f"internal error: {name!r} changed dtype/shape while transforming")
         t = tensor.detach().contiguous().cpu()
-        self._file.write(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # write the tensor's own buffer: a bytes copy would double the peak memory
+            self._file.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
         self._next += 1
 
     def close(self) -> None:

@@ -178,7 +178,7 @@ class SignedPermutation:
             out = x.index_select(ax, torch.from_numpy(inv.copy()).to(x.device))
             if mode == "signed":
                 s = torch.from_numpy(self.signs[inv].copy()).to(device=x.device, dtype=x.dtype)
-                out = out * s.reshape(bshape)
+                out.mul_(s.reshape(bshape))  # in place on the fresh copy: one tensor-sized buffer, not two
             return out
         arr = np.asarray(x)
         out = np.take(arr, inv, axis=ax)

@@ -1,3 +1,83 @@
-"""CLI verbs (placeholder module; verbs are registered on import)."""
+"""Study verbs: compose, audit, reproduce."""
 
-from gaugeport.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gaugeport.cli._app import app
+from gaugeport.errors import GaugeportError
+
+
+@app.command()
+def compose(
+    gauges: Annotated[list[Path], typer.Argument(help="gauge files in chain order: G1 (A -> C1) first")],
+    out: Annotated[Path, typer.Option("--out", help="output gauge file (A -> B)")],
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
+) -> None:
+    """Compose gauges along a chain: G1 is applied first, so the result maps A's coordinates to B's."""
+    from gaugeport.trajectory import compose_gauge_files
+
+    g = compose_gauge_files(gauges, out, force=force)
+    typer.echo(f"wrote {out}: {len(gauges)} gauges composed (first applied first), d={g.d}, "
+               f"fingerprint {g.fingerprint()}")
+
+
+@app.command()
+def audit(
+    claims: Annotated[Path, typer.Argument(help="claims JSON: {\"claims\": [{name, site, kind, ...}]}")],
+    out: Annotated[Path, typer.Option("--out", help="output directory (audit.json, audit.md)")],
+    gauge: Annotated[list[Path] | None, typer.Option("--gauge", help="estimated gauge(s) to include")] = None,
+    random: Annotated[int, typer.Option("--random", help="number of random signed permutations")] = 8,
+    d: Annotated[int | None, typer.Option("--d", help="width, when no --gauge is given")] = None,
+    evidence: Annotated[Path | None, typer.Option("--evidence", help=".npz with <key>.acts and <key>.labels")] = None,
+    tol: Annotated[float, typer.Option("--tol", help="a claim survives a gauge at agreement >= 1 - tol")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the random gauges")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
+) -> None:
+    """Re-express index-level claims under a sweep of gauges; verdict: gauge-covariant or index-bound."""
+    from gaugeport.audit import audit_claims, gauge_sweep, load_claims, load_evidence, write_audit
+    from gaugeport.gauge import load_gauge
+
+    parsed = load_claims(claims)
+    estimated = {p.stem: load_gauge(p) for p in gauge or []}
+    widths = {g.d for g in estimated.values()} | ({d} if d is not None else set())
+    if len(widths) != 1:
+        raise GaugeportError("cannot tell the width of the sweep" if not widths else
+                             f"the gauges and --d disagree on the width: {sorted(widths)}",
+                             hint="give --gauge G.safetensors (estimated gauge) or --d WIDTH")
+    if not 0 < tol < 1:
+        raise GaugeportError(f"--tol must lie in (0, 1), got {tol}")
+    sweep = gauge_sweep(widths.pop(), random, seed, estimated)
+    report = audit_claims(parsed, sweep, evidence=load_evidence(evidence) if evidence else None, tol=tol)
+    write_audit(report, out, force=force)
+    summary = report.to_dict()
+    for v in report.verdicts:
+        typer.echo(f"{v.verdict:>15}  {v.claim.name}: {v.note()}")
+    typer.echo(f"wrote {out}/audit.json and audit.md ({summary['n_covariant']} gauge-covariant, "
+               f"{summary['n_index_bound']} index-bound)")
+
+
+@app.command()
+def reproduce(
+    quick: Annotated[bool, typer.Option("--quick", help="the make-demo size (minutes on 2 cores)")] = False,
+    micro: Annotated[bool, typer.Option("--micro", help="smoke-test size (seconds)")] = False,
+    out: Annotated[Path, typer.Option("--out", help="report directory")] = Path("reports/latest"),
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="train everything afresh, cache nothing")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="seed of every model, gauge and corpus draw")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out that is not a report")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+) -> None:
+    """Reproduce the paper's evidence at small scale: report.md, results.json and plots in --out."""
+    from gaugeport.study.config import preset
+    from gaugeport.study.run import run_study
+
+    if quick and micro:
+        raise GaugeportError("choose one of --quick and --micro")
+    cfg = preset("micro" if micro else "quick" if quick else "full", seed)
+    results = run_study(cfg, out, use_cache=not no_cache, progress=not quiet, force=force)
+    typer.echo((Path(out) / "report.md").read_text() if not quiet else json.dumps(results["timings"]))
+    typer.echo(f"wrote {out}/report.md, results.json and plots in {results['timings']['total']:.0f} s")

@@ -1,3 +1,82 @@
-"""CLI verbs (placeholder module; verbs are registered on import)."""
+"""Transport verbs: transport (steering vectors, SAEs, coordinate sets, attributions, Trainer state), merge."""
 
-from gaugeport.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gaugeport.cli._app import app
+from gaugeport.gauge import load_gauge
+
+
+class Kind(StrEnum):
+    vector = "vector"
+    sae = "sae"
+    coordinates = "coordinates"
+    attributions = "attributions"
+    trainer_checkpoint = "trainer-checkpoint"
+
+
+class MergeMethod(StrEnum):
+    linear = "linear"
+    slerp = "slerp"
+
+
+PERM_ONLY_HELP = ("S_d baseline: drop the gauge's signs (what a permutation-only tool would do); for a Trainer "
+                  "checkpoint only the optimizer state loses them, the weights always take the full gauge")
+
+
+@app.command()
+def transport(
+    artifact: Annotated[Path, typer.Argument(help="vector file (.pt .safetensors .npy .gguf), SAELens SAE dir, "
+                                                  "coordinate/attribution .json/.csv, or Trainer checkpoint-N/")],
+    gauge: Annotated[Path, typer.Option("--gauge", help="gauge mapping the artifact's model (A) to the target (B)")],
+    out: Annotated[Path, typer.Option("--out", help="output path (same format as the input)")],
+    kind: Annotated[Kind | None, typer.Option("--kind", help="artifact kind (default: detected)")] = None,
+    perm_only: Annotated[bool, typer.Option("--perm-only", help=PERM_ONLY_HELP)] = False,
+    unsigned_scores: Annotated[bool, typer.Option("--unsigned-scores",
+                                                  help="coordinate scores are magnitudes: map indices, keep scores")
+                               ] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
+) -> None:
+    """Carry an artifact of checkpoint A into checkpoint B's coordinates (B = G applied to A)."""
+    from gaugeport.transport.detect import detect_kind, transport_artifact
+
+    g = load_gauge(gauge)
+    chosen = kind.value if kind else detect_kind(artifact)
+    transport_artifact(artifact, gauge, out, kind=chosen, perm_only=perm_only, force=force,
+                       unsigned_scores=unsigned_scores)
+    mode = "permutation only (S_d baseline)" if perm_only else "signed"
+    typer.echo(f"wrote {out} ({chosen}, gauge {g.fingerprint()}, d={g.d}, {mode})")
+
+
+@app.command()
+def merge(
+    a: Annotated[Path, typer.Argument(help="checkpoint A (the merge is written in A's coordinates)")],
+    b: Annotated[Path, typer.Argument(help="checkpoint B")],
+    gauge: Annotated[Path, typer.Option("--gauge", help="gauge mapping A's coordinates to B's "
+                                                        "(as `gaugeport align A B` writes it)")],
+    out: Annotated[Path, typer.Option("--out", help="output checkpoint directory")],
+    alpha: Annotated[float, typer.Option("--alpha", help="B's weight: 0 gives A, 1 gives B")] = 0.5,
+    method: Annotated[MergeMethod, typer.Option("--method", help="linear or slerp (per tensor)")] = MergeMethod.linear,
+    perm_only: Annotated[bool, typer.Option("--perm-only", help="align B by the permutation alone (S_d baseline)")
+                         ] = False,
+    emit_mergekit: Annotated[bool, typer.Option("--emit-mergekit", help="write B aligned to A plus a mergekit "
+                                                                         "config instead of merging")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+) -> None:
+    """Bring B into A's gauge, then average: a coordinate-preserving merge (a normal HF checkpoint)."""
+    from gaugeport.transport.merge import MERGEKIT_CONFIG, merge_checkpoints
+
+    merge_checkpoints(a, b, gauge, out, alpha=alpha, method=method.value, perm_only=perm_only, force=force,
+                      emit_mergekit=emit_mergekit, progress=not quiet)
+    if emit_mergekit:
+        typer.echo(f"wrote {out}/b_aligned and {out}/{MERGEKIT_CONFIG}; run: mergekit-yaml {out}/{MERGEKIT_CONFIG} "
+                   "MERGED_DIR")
+    else:
+        typer.echo(f"wrote {out} ({method.value} merge, alpha={alpha}"
+                   + (", permutation-only alignment" if perm_only else "") + ")")

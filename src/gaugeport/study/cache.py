@@ -1,0 +1,54 @@
+"""The study's cache: trained models and their checkpoints, keyed by a hash of their config.
+
+Stages live under ``$XDG_CACHE_HOME/gaugeport/study/<stage>-<hash>/`` (default ``~/.cache``) and
+appear atomically, so an interrupted run never leaves a half-written stage that a later run would
+trust. ``use_cache=False`` (``--no-cache``) builds every stage in a scratch directory instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from gaugeport.fileio import atomic_path
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gaugeport"
+
+
+class StageCache:
+    """Builds each stage once per key; ``hits`` / ``misses`` record what was reused."""
+
+    def __init__(self, use_cache: bool = True, root: Path | None = None) -> None:
+        self.use_cache = use_cache
+        self._scratch: Path | None = None
+        self.root = (root or cache_root()) / "study" if use_cache else self._scratch_dir()
+        self.hits: list[str] = []
+        self.misses: list[str] = []
+
+    def _scratch_dir(self) -> Path:
+        self._scratch = Path(tempfile.mkdtemp(prefix="gaugeport-study-"))
+        return self._scratch
+
+    def stage(self, name: str, key: str, build: Callable[[Path], None]) -> Path:
+        """The directory of stage ``name`` for ``key``, built by ``build(tmp_dir)`` when missing."""
+        path = self.root / f"{name}-{key}"
+        if path.is_dir():
+            self.hits.append(name)
+            return path
+        self.misses.append(name)
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            build(tmp)
+        return path
+
+    def close(self) -> None:
+        """Delete the scratch directory of a ``use_cache=False`` run."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None

@@ -1,0 +1,127 @@
+"""Study configurations (micro / quick / full) and the hash that keys the cache.
+
+Sizes were calibrated on a 2-core CPU (see PAPER.md §3): fine-tuning is *aggressive* (a large
+learning rate after a short warm-up) so that the two runs drift far apart while consecutive
+checkpoints, saved log-spaced early and densely later, stay close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from gaugeport.errors import GaugeportError
+
+CACHE_VERSION = "1"  # bump when a change to the training code makes cached models stale
+Preset = Literal["micro", "quick", "full"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256
+    seq_len: int = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    preset: Preset
+    seed: int
+    model: ModelConfig
+    base: TrainConfig  # the RMSNorm (Llama-style) base
+    control: TrainConfig  # the LayerNorm (GPT-2-style) control
+    finetune: TrainConfig  # each of the two fine-tuning runs
+    checkpoint_steps: tuple[int, ...]  # where each run saves a checkpoint (in its own hidden gauge)
+    probe_seqs: int = 24  # matching data: probe_seqs x probe_len tokens of the built-in corpus
+    probe_len: int = 32
+    ceiling_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    site_layer: int = 1  # residual site (output of this block) of the SAE, steering and audit
+    transfer_step: int = 10  # run-1 checkpoint that artifacts trained on the base are carried to
+    merge_step: int = 50  # where the two runs are merged
+    adamw_step: int = 50  # where run 1's optimizer state is saved and training resumed
+    adamw_resume_steps: int = 20
+    sae_expansion: int = 4
+    sae_steps: int = 1000
+    sae_l1: float = 3e-3
+    steering_docs: int = 96  # documents per class for the steering directions
+    steering_prompts: int = 64
+    audit_random_gauges: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for what in ("transfer_step", "merge_step", "adamw_step"):
+            if getattr(self, what) not in self.checkpoint_steps:
+                raise GaugeportError(f"study config: {what}={getattr(self, what)} is not a checkpoint step",
+                                     hint=f"checkpoint steps: {list(self.checkpoint_steps)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key(self, *parts: str) -> str:
+        """Cache key of one stage: a hash of the fields that stage depends on."""
+        blob = {"version": CACHE_VERSION, **{p: _field(self, p) for p in parts}}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _field(cfg: StudyConfig, name: str) -> Any:
+    value = getattr(cfg, name)
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+def _log_then_dense(last: int, every: int) -> tuple[int, ...]:
+    """1, 2, 3, 4, 7, 10, ... (x1.5) up to ``every``, then every ``every`` steps up to ``last``."""
+    steps, s = [], 1.0
+    while s < 0.8 * every:
+        steps.append(int(round(s)))
+        s = max(s * 1.5, s + 1)
+    steps += list(range(every, last + 1, every))
+    return tuple(sorted(set(steps) | {last}))
+
+
+def preset(name: Preset, seed: int = 0) -> StudyConfig:
+    """The three sizes: ``micro`` (seconds, tests), ``quick`` (make demo, minutes), ``full``."""
+    if name == "micro":
+        return StudyConfig(
+            preset="micro", seed=seed, model=ModelConfig(d_model=32, d_ff=64, seq_len=32),
+            base=TrainConfig(steps=120, batch_size=8, lr=1e-2, warmup=20),
+            control=TrainConfig(steps=20, batch_size=8, lr=1e-2, warmup=5),
+            finetune=TrainConfig(steps=30, batch_size=8, lr=3e-2, warmup=10),
+            checkpoint_steps=_log_then_dense(30, 10), probe_seqs=16, probe_len=32,
+            transfer_step=3, merge_step=10, adamw_step=10, adamw_resume_steps=5, sae_steps=150,
+            steering_docs=32, steering_prompts=16, audit_random_gauges=4,
+        )
+    if name == "quick":
+        return StudyConfig(
+            preset="quick", seed=seed, model=ModelConfig(d_model=64, d_ff=128),
+            base=TrainConfig(steps=1000, batch_size=32, lr=1e-2, warmup=50),
+            control=TrainConfig(steps=100, batch_size=16, lr=1e-2, warmup=20),
+            finetune=TrainConfig(steps=300, batch_size=16, lr=1e-1, warmup=50),
+            checkpoint_steps=_log_then_dense(300, 10),
+        )
+    if name == "full":
+        return StudyConfig(
+            preset="full", seed=seed, model=ModelConfig(d_model=128, d_ff=256),
+            base=TrainConfig(steps=3000, batch_size=32, lr=1e-2, warmup=100),
+            control=TrainConfig(steps=300, batch_size=16, lr=1e-2, warmup=50),
+            finetune=TrainConfig(steps=1500, batch_size=16, lr=1e-1, warmup=50),
+            checkpoint_steps=_log_then_dense(1500, 10), sae_steps=2000, steering_docs=192,
+            steering_prompts=128, audit_random_gauges=16,
+        )
+    raise GaugeportError(f"unknown study preset {name!r}", hint="use micro, quick or full")
+
+
+def with_seed(cfg: StudyConfig, seed: int) -> StudyConfig:
+    return replace(cfg, seed=seed)

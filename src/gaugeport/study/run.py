@@ -1,0 +1,115 @@
+"""``gaugeport reproduce``: train (or reuse) the study's models, run the 8 measurements, write the report."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gaugeport.errors import CheckpointError
+from gaugeport.fileio import atomic_path
+from gaugeport.study import audit_check, estimation_checks, report, transport_checks
+from gaugeport.study.cache import StageCache
+from gaugeport.study.config import StudyConfig
+from gaugeport.study.context import Context
+from gaugeport.study.models import quiet_transformers
+from gaugeport.study.stages import build_all
+
+MARKER = "gaugeport reproduce"  # results.json carries it, so a later run may replace its own report
+T = TypeVar("T")
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    def run(self, stage: str, fn: Callable[[], T]) -> T:
+        with self(stage):
+            return fn()
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, use_cache: bool = True, progress: bool = True,
+              force: bool = False, cache_root: Path | None = None) -> dict[str, Any]:
+    """Run the whole study and write ``report.md``, ``results.json``, plots and the audit into ``out``.
+
+    ``out`` appears atomically. An existing ``out`` is replaced only when it is an earlier report of
+    this command (or with ``force``).
+    """
+    out = Path(out)
+    replace = force or _is_previous_report(out)
+    quiet_transformers()
+    timer, t0 = Timer(), time.perf_counter()
+    cache = StageCache(use_cache, cache_root)
+    try:
+        with atomic_path(out, force=replace) as tmp:
+            tmp.mkdir()
+            with timer("training"):
+                art = build_all(cfg, cache, progress)
+            ctx = Context(cfg, art, Path(tempfile.mkdtemp(dir=tmp)), progress)
+            results = _measure(ctx, timer, tmp)
+            timer.seconds["total"] = time.perf_counter() - t0
+            results.update(config=cfg.to_dict(), timings=timer.seconds, generator=MARKER,
+                           cache={"enabled": use_cache, "root": str(cache.root), "hits": cache.hits,
+                                  "misses": cache.misses},
+                           training_loss={k: v[-1] for k, v in art.losses.items()})
+            report.plots(results, tmp)
+            (tmp / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            (tmp / "report.md").write_text(report.markdown(results))
+            _rmtree(ctx.work)
+    finally:
+        cache.close()
+    return results
+
+
+def _measure(ctx: Context, timer: Timer, out: Path) -> dict[str, Any]:
+    r: dict[str, Any] = {}
+    r["function_max_logit_diff"] = timer.run("1-function", lambda: estimation_checks.function_preservation(ctx))
+    r["matching"], r["matching_ceiling"] = timer.run("2-matching", lambda: estimation_checks.matching(ctx))
+    r["trajectory"], r["trajectory_curve"] = timer.run("3-trajectory", lambda: estimation_checks.trajectory(ctx))
+    base, target = ctx.model(ctx.art.base), ctx.model(ctx.transfer_target())
+    gauge = timer.run("estimate-transfer-gauge", lambda: transport_checks.estimated_gauge(ctx, base, target))
+    r["sae_nmse"] = timer.run("4-sae", lambda: transport_checks.sae_transfer(ctx, gauge))
+    steer = timer.run("5-steering", lambda: transport_checks.steering(ctx, gauge))
+    r.update(steer)
+    r["merge_loss"] = timer.run("6-merge", lambda: transport_checks.merge(ctx, _merge_gauge(ctx)))
+    r["adamw_divergence"] = timer.run("7-adamw", lambda: transport_checks.adamw(ctx))
+    r["audit"] = timer.run("8-audit", lambda: audit_check.audit(ctx, gauge, out))
+    return r
+
+
+def _merge_gauge(ctx: Context):  # noqa: ANN202 (SignedPermutation; imported lazily)
+    """Run-1 -> run-2 at ``merge_step`` by composing the chain through the base."""
+    from gaugeport.trajectory import align_chain
+
+    s = ctx.cfg.merge_step
+    steps = [t for t in ctx.cfg.checkpoint_steps if t <= s]
+    run1, run2 = ctx.art.runs
+    models = [ctx.model(run1.checkpoint(t)) for t in reversed(steps)] + [ctx.model(ctx.art.base)] + \
+        [ctx.model(run2.checkpoint(t)) for t in steps]
+    return align_chain(models, ctx.batches(), progress=False).gauge
+
+
+def _is_previous_report(out: Path) -> bool:
+    if not out.exists():
+        return False
+    try:
+        return json.loads((out / "results.json").read_text()).get("generator") == MARKER
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise CheckpointError(f"output {out} exists and is not a previous `gaugeport reproduce` report",
+                              hint="pass --force to replace it, or choose another --out") from None
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

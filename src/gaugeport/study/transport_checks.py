@@ -1,0 +1,149 @@
+"""Measurements 4-7: artifacts made on one checkpoint, carried to another through an estimated
+gauge with gaugeport's transport code, B_d (signed) against S_d (permutation only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gaugeport.align import align_models
+from gaugeport.corpus import (
+    COMPLY_WORD,
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    REFUSE_WORD,
+    polarity_prompts,
+    request_prompts,
+    sample_documents,
+    tokenizer,
+)
+from gaugeport.gauge import SignedPermutation
+from gaugeport.study.context import Context
+from gaugeport.study.models import corpus_batches, load_model, make_optimizer
+from gaugeport.study.probes import mean_difference, next_token_log_odds, site_name
+from gaugeport.study.sae import load_saelens
+from gaugeport.study.stages import derived_seed
+from gaugeport.transport import merge_models, transport_sae_dir, transport_trainer_checkpoint, transport_vector
+from gaugeport.transport.evaluate import (
+    lm_loss,
+    sae_nmse,
+    sign_reversal,
+    site_activations,
+    steering_effect,
+    steering_preserved,
+)
+
+VARIANTS = {"signed": False, "perm_only": True}  # name -> perm_only flag of the transport functions
+
+
+def estimated_gauge(ctx: Context, a: torch.nn.Module, b: torch.nn.Module) -> SignedPermutation:
+    """The gauge a -> b by sign-marginalized matching; the S_d baseline drops its signs
+    (permutation-only matching finds the same permutation with every sign +1)."""
+    return align_models(a, b, ctx.batches(), method="signed", progress=False).gauge
+
+
+def sae_transfer(ctx: Context, gauge: SignedPermutation) -> dict[str, float]:
+    """4. NMSE of the base's SAE on the target's activations after transport."""
+    site = site_name(ctx.cfg.site_layer)
+    ids = ctx.eval_ids(32)
+    target_acts = site_activations(ctx.model(ctx.transfer_target()), site, ids)
+    out = {"native": sae_nmse(load_saelens(ctx.art.sae), site_activations(ctx.model(ctx.art.base), site, ids)),
+           "untransported": sae_nmse(load_saelens(ctx.art.sae), target_acts)}
+    for key, perm_only in VARIANTS.items():
+        moved = transport_sae_dir(ctx.art.sae, gauge, ctx.work / f"sae-{key}", perm_only=perm_only)
+        out[key] = sae_nmse(load_saelens(moved), target_acts)
+    return out
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+def steering(ctx: Context, gauge: SignedPermutation) -> dict[str, dict[str, float]]:
+    """5. Polarity steering effect preserved after transport; the refusal-like direction's fate."""
+    cfg, tok = ctx.cfg, tokenizer()
+    layer, n = cfg.site_layer, cfg.steering_docs
+    base, target = ctx.model(ctx.art.base), ctx.model(ctx.transfer_target())
+    pos = [d.text for d in sample_documents(n, derived_seed(cfg.seed, 90), "review", polarity=1)]
+    neg = [d.text for d in sample_documents(n, derived_seed(cfg.seed, 91), "review", polarity=-1)]
+    ids, metric = next_token_log_odds(polarity_prompts(cfg.steering_prompts, derived_seed(cfg.seed, 92)),
+                                      [tok.token_id(w) for w in POSITIVE_WORDS],
+                                      [tok.token_id(w) for w in NEGATIVE_WORDS])
+    v = mean_difference(base, layer, pos, neg)
+    preserved = {"source_effect": steering_effect(base, v, ids, metric, layer)}
+    for key, perm_only in VARIANTS.items():
+        moved = transport_vector(v, gauge, perm_only=perm_only)
+        preserved[key] = steering_preserved(base, v, target, moved, ids, layer, metric)
+    preserved["native_target"] = steering_preserved(base, v, target, mean_difference(target, layer, pos, neg),
+                                                    ids, layer, metric)
+
+    bad = request_prompts(n, derived_seed(cfg.seed, 93), forbidden=True)
+    good = request_prompts(n, derived_seed(cfg.seed, 94), forbidden=False)
+    r = mean_difference(base, layer, bad, good, last_only=True)
+    r_native = mean_difference(target, layer, bad, good, last_only=True)
+    ids, metric = next_token_log_odds(good, [tok.token_id(REFUSE_WORD)], [tok.token_id(COMPLY_WORD)])
+    source = steering_effect(base, r, ids, metric, layer)
+    cosine: dict[str, float] = {}
+    effect: dict[str, float] = {"source_effect": source}
+    reverses: dict[str, float] = {}
+    for key, perm_only in VARIANTS.items():
+        moved = transport_vector(r, gauge, perm_only=perm_only)
+        cosine[key] = _cosine(moved, r_native)
+        effect[key] = steering_effect(target, moved, ids, metric, layer) / source
+        reverses[key] = float(sign_reversal(source, effect[key] * source))
+    return {"steering_preserved": preserved, "refusal_cosine": cosine, "refusal_effect": effect,
+            "refusal_reverses": reverses}
+
+
+def merge(ctx: Context, chain_gauge: SignedPermutation) -> dict[str, float]:
+    """6. Average run-1 and run-2 at ``merge_step``; ``chain_gauge`` maps run-1's coordinates to run-2's."""
+    step = ctx.cfg.merge_step
+    a = ctx.model(ctx.art.runs[0].checkpoint(step))
+    b = ctx.model(ctx.art.runs[1].checkpoint(step))
+    ids = ctx.eval_ids()
+    out = {"model_a": lm_loss(a, ids), "model_b": lm_loss(b, ids)}
+    for key, perm_only in VARIANTS.items():
+        out[key] = lm_loss(merge_models(a, b, chain_gauge, perm_only=perm_only), ids)
+    out["none"] = lm_loss(merge_models(a, b, SignedPermutation.identity(ctx.d)), ids)
+    return out
+
+
+def _resume(ckpt: Path, ctx: Context, ids: torch.Tensor) -> torch.Tensor:
+    """Continue training from a Trainer-style checkpoint for ``adamw_resume_steps``; logits on ``ids``."""
+    model = load_model(ckpt)
+    opt, sched = make_optimizer(model, ctx.cfg.finetune)
+    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    model.train()
+    for batch in corpus_batches(ctx.cfg.adamw_resume_steps, ctx.cfg.finetune.batch_size, ctx.cfg.model.seq_len,
+                                derived_seed(ctx.cfg.seed, 100)):
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def adamw(ctx: Context) -> dict[str, float]:
+    """7. Resume run 1 natively, and in its hidden gauge from the transported Trainer checkpoint;
+    divergence = |logits - reference logits| / |change of the reference logits while resuming|."""
+    src = ctx.art.runs[0].adamw
+    native = load_model(src)
+    gauge = estimated_gauge(ctx, native, ctx.model(ctx.art.runs[0].checkpoint(ctx.cfg.adamw_step)))
+    ids = ctx.probe_ids()
+    with torch.no_grad():
+        start = native(input_ids=ids).logits
+    ref = _resume(src, ctx, ids)
+    moved = float((ref - start).norm())
+    out = {"reference_logit_change": moved}
+    for key, perm_only in VARIANTS.items():
+        ckpt = transport_trainer_checkpoint(src, gauge, ctx.work / f"adamw-{key}", perm_only=perm_only)
+        out[key] = float((_resume(ckpt, ctx, ids) - ref).norm()) / moved
+    return out
+
+
+__all__ = ["estimated_gauge", "merge", "sae_transfer", "steering"]

@@ -1,0 +1,33 @@
+"""Transport artifacts between checkpoints related by a gauge (PAPER.md §4).
+
+One module per artifact kind, all applying the gauge through ``SignedPermutation.apply``:
+``vectors`` (+ ``gguf_vectors``), ``sae``, ``coordinates``, ``adamw``, ``merge``; ``evaluate`` measures
+what survived; ``detect`` picks the module for a path. Every function takes ``perm_only`` to
+reproduce the S_d (permutation-only) baseline.
+"""
+
+from __future__ import annotations
+
+from gaugeport.transport.adamw import transport_optimizer_state, transport_trainer_checkpoint
+from gaugeport.transport.coordinates import (
+    transport_attributions,
+    transport_coordinates,
+    transport_coordinates_file,
+    transport_csv,
+    transport_json,
+)
+from gaugeport.transport.detect import KINDS, detect_kind, transport_artifact
+from gaugeport.transport.merge import merge_checkpoints, merge_models, merge_tensors
+from gaugeport.transport.sae import transport_sae_dir, transport_sae_state
+from gaugeport.transport.sites import hook_to_site, site_to_hook
+from gaugeport.transport.vectors import transport_vector, transport_vector_file
+
+__all__ = [
+    "KINDS", "detect_kind", "transport_artifact",
+    "transport_vector", "transport_vector_file",
+    "transport_sae_dir", "transport_sae_state",
+    "transport_coordinates", "transport_attributions", "transport_coordinates_file", "transport_json", "transport_csv",
+    "transport_optimizer_state", "transport_trainer_checkpoint",
+    "merge_models", "merge_checkpoints", "merge_tensors",
+    "hook_to_site", "site_to_hook",
+]

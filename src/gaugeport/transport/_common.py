@@ -1,0 +1,78 @@
+"""What every transport module shares: the gauge it applies, provenance, and input checks."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaugeport import __version__
+from gaugeport.errors import ArtifactError, CheckpointError, GaugeError
+from gaugeport.gauge import ArrayLike, SignedPermutation, load_gauge
+
+GaugeLike = SignedPermutation | str | Path
+
+
+def resolve_gauge(gauge: GaugeLike, perm_only: bool = False) -> SignedPermutation:
+    """The gauge to apply: loaded from a file when given a path; ``perm_only`` drops the signs
+    (the S_d baseline: what a permutation-only tool would do with the same gauge)."""
+    g = gauge if isinstance(gauge, SignedPermutation) else load_gauge(gauge)
+    return g.perm_only() if perm_only else g
+
+
+def provenance(gauge: GaugeLike, source: str | Path | None, perm_only: bool, kind: str) -> dict[str, str]:
+    """String key/values recorded in outputs whose format has room for them."""
+    g = gauge if isinstance(gauge, SignedPermutation) else load_gauge(gauge)
+    out = {
+        "gaugeport_version": __version__,
+        "gaugeport_kind": kind,
+        "gaugeport_gauge": g.fingerprint(),
+        "gaugeport_transport": "perm-only (S_d baseline: signs dropped)" if perm_only else "signed",
+    }
+    if not isinstance(gauge, SignedPermutation):
+        out["gaugeport_gauge_file"] = str(gauge)
+    if source is not None:
+        out["gaugeport_source"] = str(source)
+    return out
+
+
+def check_finite(x: ArrayLike, what: str) -> None:
+    """NaN or infinite entries would travel silently through a permutation: refuse them."""
+    if isinstance(x, torch.Tensor):
+        bad = x.is_floating_point() and not bool(torch.isfinite(x).all())
+    else:
+        arr = np.asarray(x)
+        bad = arr.dtype.kind in "fc" and not bool(np.isfinite(arr).all())
+    if bad:
+        raise ArtifactError(f"{what} contains NaN or infinite values",
+                            hint="fix or drop the non-finite entries before transporting")
+
+
+def check_width(size: int, gauge: SignedPermutation, what: str) -> None:
+    if size != gauge.d:
+        raise GaugeError(
+            f"width mismatch: the gauge has d={gauge.d} but {what} has width {size}",
+            hint="use a gauge estimated between the checkpoints this artifact belongs to (same hidden size)",
+        )
+
+
+def load_torch(path: Path, what: str, hint: str = "save only tensors and plain containers") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only names the Python global it refused; any other unpickling error means bad bytes
+        if "global" in str(exc).lower():
+            raise ArtifactError(
+                f"{path} holds Python objects that torch.load(weights_only=True) refuses to unpickle",
+                hint=f"loading it would run arbitrary code; {hint}",
+            ) from exc
+        raise CheckpointError(f"cannot read {what} {path}: {exc}", hint="the file is truncated or corrupt") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {what} {path}: {exc}", hint="the file is truncated or corrupt") from exc

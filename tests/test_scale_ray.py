@@ -1,0 +1,191 @@
+"""Distributed moment collection on Ray: shards merged exactly, never a silently partial sum.
+
+Runs a real local Ray instance with 2 CPUs on two tiny saved checkpoints (B = a random gauge applied
+to A). Ray start-up and worker imports dominate the time, so one instance serves the tests that
+need a running cluster; the `--ray local` path starts (and stops) its own.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gaugeport.activations import collect_moments
+from gaugeport.apply import apply_gauge_to_checkpoint
+from gaugeport.distributed import (
+    ClusterError,
+    FaultPlan,
+    as_batches,
+    collect_moments_distributed,
+    merge_shards,
+    special_ids,
+    split_shards,
+)
+from gaugeport.errors import DataError
+from gaugeport.gauge import SignedPermutation
+from gaugeport.tiny import probe_ids
+from gaugeport.verify import load_model
+
+ray = pytest.importorskip("ray")
+TOL = 1e-10  # float64 sums of O(1) activations over a few hundred tokens, merged in another order
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    a = tiny_dir("llama", 0)
+    b = apply_gauge_to_checkpoint(a, SignedPermutation.random(32, seed=5),
+                                  tmp_path_factory.mktemp("ray") / "b", progress=False)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def batches() -> list:
+    return [probe_ids(96, n_seq=3, seq_len=16, seed=s) for s in range(5)]  # 5 batches: uneven shards
+
+
+@pytest.fixture(scope="module")
+def reference(pair, batches):
+    a, b = pair
+    return collect_moments(load_model(a), load_model(b), batches, progress=False)
+
+
+@pytest.fixture
+def running_ray():
+    """A 2-CPU local instance shared by the tests that need one (started once, shut down at the end)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_ray():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def assert_same_moments(got, want) -> None:
+    assert got.n_tokens == want.n_tokens
+    assert set(got.sites) == set(want.sites)
+    for name, cm in want.sites.items():
+        np.testing.assert_allclose(got.sites[name].cross, cm.cross, rtol=0, atol=TOL * max(1.0, abs(cm.cross).max()))
+        np.testing.assert_allclose(got.sites[name].sumsq_a, cm.sumsq_a, rtol=TOL)
+        np.testing.assert_allclose(got.sites[name].sum_b, cm.sum_b, rtol=0, atol=TOL * cm.count)
+
+
+# ----------------------------------------------------------------------------- unreachable clusters
+# (first in the file: they need Ray not yet initialised in this process)
+def test_refused_address_fails_fast_with_a_hint():
+    t0 = time.perf_counter()
+    with pytest.raises(ClusterError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1") as err:
+        collect_moments_distributed_unreachable("127.0.0.1:1")
+    assert time.perf_counter() - t0 < 5
+    assert "ray start --head" in str(err.value)
+
+
+def test_silent_address_times_out_instead_of_hanging():
+    t0 = time.perf_counter()
+    with pytest.raises(ClusterError, match="cannot reach"):
+        collect_moments_distributed_unreachable("ray://10.255.255.1:10001", timeout=0.5)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_auto_follows_ray_address_to_an_unreachable_cluster(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(ClusterError, match="127.0.0.1:1"):
+        collect_moments_distributed_unreachable("auto")
+
+
+def test_malformed_address_is_refused():
+    with pytest.raises(ClusterError, match="not a Ray address"):
+        collect_moments_distributed_unreachable("ray://host:port")
+
+
+def collect_moments_distributed_unreachable(address: str, timeout: float = 2.0):
+    assert not ray.is_initialized()  # otherwise the open connection would be reused
+    from gaugeport.distributed import connect
+
+    return connect(address, workers=1, timeout_s=timeout)
+
+
+# ----------------------------------------------------------------------------- with a cluster
+def test_local_ray_merge_equals_single_process_and_stops_its_instance(pair, batches, reference):
+    assert not ray.is_initialized()
+    got = collect_moments_distributed(*pair, batches, None, "local", 2, False)
+    assert_same_moments(got, reference)
+    assert sorted(got.shard_ids) == ["ray-0-of-2", "ray-1-of-2"]
+    assert not ray.is_initialized()  # `--ray local` cleans up after itself
+
+
+def test_worker_dying_mid_shard_is_retried_and_the_merge_stays_exact(pair, batches, reference, running_ray,
+                                                                     tmp_path):
+    fault = FaultPlan("ray-1-of-2", times=1, marker_dir=str(tmp_path))
+    got = collect_moments_distributed(*pair, batches, None, "auto", 2, False, max_retries=1, _fault=fault)
+    assert_same_moments(got, reference)
+    assert len(list(tmp_path.glob("ray-1-of-2.attempt*"))) == 2  # it really died once and ran again
+
+
+def test_worker_dying_on_every_attempt_is_a_clear_error_naming_the_shard(pair, batches, running_ray, tmp_path):
+    fault = FaultPlan("ray-0-of-1", times=9, marker_dir=str(tmp_path))
+    with pytest.raises(DataError, match=r"shard ray-0-of-1 \(batches 0\.\.4\) failed after 2 attempts"):
+        collect_moments_distributed(*pair, batches, None, "auto", 1, False, max_retries=1, _fault=fault)
+
+
+def test_an_error_inside_a_worker_names_the_shard(pair, running_ray):
+    bad = [probe_ids(96, 2, 8, seed=0), probe_ids(96, 2, 8, seed=1) + 1000]  # ids beyond the vocabulary
+    with pytest.raises(DataError, match=r"shard ray-1-of-2 \(batches 1\.\.1\).*out of range"):
+        collect_moments_distributed(*pair, bad, None, "auto", 2, False)
+
+
+# ----------------------------------------------------------------------------- sharding and merging
+@pytest.mark.parametrize(("n_batches", "workers"), [(5, 2), (2, 8), (7, 7), (1, 3), (10, 4)])
+def test_shards_cover_every_batch_once_in_order_with_balanced_sizes(n_batches, workers):
+    shards = split_shards([10] * n_batches, workers)
+    assert len(shards) == min(n_batches, workers)
+    assert [s.start for s in shards] == [0, *[s.stop for s in shards[:-1]]]
+    assert shards[-1].stop == n_batches
+    sizes = [s.stop - s.start for s in shards]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    assert len({s.shard_id for s in shards}) == len(shards)
+    assert sum(s.n_tokens for s in shards) == 10 * n_batches
+
+
+@pytest.fixture(scope="module")
+def shard_results(pair, batches):
+    """Per-shard moments collected in-process, as the Ray tasks would return them."""
+    a, b = pair
+    items = as_batches(batches, special_ids(a) | special_ids(b))
+    shards = split_shards([x.n_tokens for x in items], 3)
+    ma, mb = load_model(a), load_model(b)
+    results = {s.shard_id: collect_moments(ma, mb, items[s.start:s.stop], progress=False, shard_id=s.shard_id)
+               for s in shards}
+    return shards, results
+
+
+def test_merge_of_in_process_shards_equals_one_pass(shard_results, reference):
+    shards, results = shard_results
+    assert_same_moments(merge_shards(results, shards), reference)
+
+
+def test_merge_missing_a_shard_says_which(shard_results):
+    shards, results = shard_results
+    partial = {k: v for k, v in results.items() if k != shards[1].shard_id}
+    with pytest.raises(DataError, match=f"partial merge: missing shards \\['{shards[1].shard_id}'\\]"):
+        merge_shards(partial, shards)
+
+
+def test_merge_refuses_a_shard_with_fewer_tokens_than_it_was_given(shard_results):
+    shards, results = shard_results
+    short = type(shards[0])(shards[0].shard_id, shards[0].start, shards[0].stop, shards[0].n_tokens + 1)
+    with pytest.raises(DataError, match="a partial shard"):
+        merge_shards(results, [short, *shards[1:]])
+
+
+def test_merge_refuses_moments_labelled_with_another_shard(shard_results):
+    shards, results = shard_results
+    swapped = {**results, shards[0].shard_id: results[shards[1].shard_id]}
+    with pytest.raises(DataError, match="carries shard ids"):
+        merge_shards(swapped, shards)
