@@ -65,10 +65,12 @@ def rows_apply_memory(r: dict) -> list[Row]:
 
 def rows_recovery(r: dict) -> list[Row]:
     rows = []
-    for method, v in r["methods"].items():
-        need = v["tokens_to_target"]
-        rows.append((f"tokens for {r['target']:.0%} recovery: {method}", fmt(need, ",") if need else "never",
-                     f"accuracy {v['final_accuracy']:.1%} at {r['budgets'][-1]:,} tokens"))
+    for noise, v in r["noise"].items():
+        for method, m in v["methods"].items():
+            need = m["tokens_to_target"]
+            rows.append((f"tokens for {r['target']:.0%} recovery, {method} (noise {noise})",
+                         fmt(need, ",") if need else "never",
+                         f"final accuracy {m['final_accuracy']:.1%} at {r['budgets'][-1]:,} tokens"))
     return rows
 
 

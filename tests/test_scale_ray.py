@@ -7,11 +7,14 @@ need a running cluster; the `--ray local` path starts (and stops) its own.
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
 from gaugeport.activations import collect_moments
 from gaugeport.apply import apply_gauge_to_checkpoint
@@ -20,16 +23,18 @@ from gaugeport.distributed import (
     FaultPlan,
     as_batches,
     collect_moments_distributed,
+    data_digest,
+    fault_marker_stem,
     merge_shards,
     special_ids,
     split_shards,
 )
 from gaugeport.errors import DataError
 from gaugeport.gauge import SignedPermutation
+from gaugeport.moments import MomentSet
 from gaugeport.tiny import probe_ids
 from gaugeport.verify import load_model
 
-ray = pytest.importorskip("ray")
 TOL = 1e-10  # float64 sums of O(1) activations over a few hundred tokens, merged in another order
 
 
@@ -67,11 +72,16 @@ def _stop_ray():
         ray.shutdown()
 
 
+def batches_of(pair, batches):
+    return as_batches(batches, special_ids(pair[0]) | special_ids(pair[1]))
+
+
 def assert_same_moments(got, want) -> None:
     assert got.n_tokens == want.n_tokens
     assert set(got.sites) == set(want.sites)
     for name, cm in want.sites.items():
-        np.testing.assert_allclose(got.sites[name].cross, cm.cross, rtol=0, atol=TOL * max(1.0, abs(cm.cross).max()))
+        scale = max(1.0, float(np.abs(cm.cross).max()))
+        np.testing.assert_allclose(got.sites[name].cross, cm.cross, rtol=0, atol=TOL * scale)
         np.testing.assert_allclose(got.sites[name].sumsq_a, cm.sumsq_a, rtol=TOL)
         np.testing.assert_allclose(got.sites[name].sum_b, cm.sum_b, rtol=0, atol=TOL * cm.count)
 
@@ -86,11 +96,14 @@ def test_refused_address_fails_fast_with_a_hint():
     assert "ray start --head" in str(err.value)
 
 
-def test_silent_address_times_out_instead_of_hanging():
+def test_an_address_that_accepts_tcp_but_is_not_ray_times_out_instead_of_hanging():
+    silent = socket.socket()  # the kernel completes the handshake; nobody ever answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
     t0 = time.perf_counter()
-    with pytest.raises(ClusterError, match="cannot reach"):
-        collect_moments_distributed_unreachable("ray://10.255.255.1:10001", timeout=0.5)
-    assert time.perf_counter() - t0 < 5
+    with silent, pytest.raises(ClusterError, match=r"no Ray cluster answered .* within 3 s"):
+        collect_moments_distributed_unreachable(f"127.0.0.1:{silent.getsockname()[1]}", timeout=3)
+    assert time.perf_counter() - t0 < 15
 
 
 def test_auto_follows_ray_address_to_an_unreachable_cluster(monkeypatch):
@@ -104,6 +117,16 @@ def test_malformed_address_is_refused():
         collect_moments_distributed_unreachable("ray://host:port")
 
 
+def test_cli_with_an_unreachable_cluster_exits_2_with_the_reason(pair, cli, tmp_path):
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.random.default_rng(0).integers(3, 96, size=(4, 16)))
+    code, out, err = cli("collect", *map(str, pair), "--data", str(ids), "--tokens", "64", "--seq-len", "16",
+                         "--out", tmp_path / "m.safetensors", "--ray", "127.0.0.1:1", "--quiet")
+    assert code == 2
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in out + err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def collect_moments_distributed_unreachable(address: str, timeout: float = 2.0):
     assert not ray.is_initialized()  # otherwise the open connection would be reused
     from gaugeport.distributed import connect
@@ -112,32 +135,41 @@ def collect_moments_distributed_unreachable(address: str, timeout: float = 2.0):
 
 
 # ----------------------------------------------------------------------------- with a cluster
-def test_local_ray_merge_equals_single_process_and_stops_its_instance(pair, batches, reference):
-    assert not ray.is_initialized()
-    got = collect_moments_distributed(*pair, batches, None, "local", 2, False)
-    assert_same_moments(got, reference)
-    assert sorted(got.shard_ids) == ["ray-0-of-2", "ray-1-of-2"]
+def test_cli_collect_on_local_ray_writes_the_single_process_moments_and_stops_ray(pair, cli, tmp_path):
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.random.default_rng(0).integers(3, 96, size=(24, 16)))
+    common = ["collect", *map(str, pair), "--data", str(ids), "--tokens", "320", "--batch-size", "4",
+              "--seq-len", "16", "--quiet"]
+    assert cli(*common, "--out", tmp_path / "one.safetensors")[0] == 0
+    code, out, err = cli(*common, "--out", tmp_path / "ray.safetensors", "--ray", "local", "--workers", "2")
+    assert code == 0, err
     assert not ray.is_initialized()  # `--ray local` cleans up after itself
+    got, want = (MomentSet.load(tmp_path / f"{n}.safetensors") for n in ("ray", "one"))
+    assert_same_moments(got, want)
+    assert len(got.shard_ids) == 2 and all(s.endswith(("[0/2]", "[1/2]")) for s in got.shard_ids)
 
 
 def test_worker_dying_mid_shard_is_retried_and_the_merge_stays_exact(pair, batches, reference, running_ray,
                                                                      tmp_path):
-    fault = FaultPlan("ray-1-of-2", times=1, marker_dir=str(tmp_path))
-    got = collect_moments_distributed(*pair, batches, None, "auto", 2, False, max_retries=1, _fault=fault)
+    fault = FaultPlan("run[1/2]", times=1, marker_dir=str(tmp_path))
+    got = collect_moments_distributed(*pair, batches, None, "auto", 2, False, shard_id="run", max_retries=1,
+                                      _fault=fault)
     assert_same_moments(got, reference)
-    assert len(list(tmp_path.glob("ray-1-of-2.attempt*"))) == 2  # it really died once and ran again
+    assert len(list(tmp_path.glob(fault_marker_stem("run[1/2]") + ".attempt*"))) == 2  # died once, ran again
 
 
-def test_worker_dying_on_every_attempt_is_a_clear_error_naming_the_shard(pair, batches, running_ray, tmp_path):
-    fault = FaultPlan("ray-0-of-1", times=9, marker_dir=str(tmp_path))
-    with pytest.raises(DataError, match=r"shard ray-0-of-1 \(batches 0\.\.4\) failed after 2 attempts"):
-        collect_moments_distributed(*pair, batches, None, "auto", 1, False, max_retries=1, _fault=fault)
+def test_worker_dying_on_every_attempt_is_a_clear_error_naming_the_shard(pair, batches, running_ray,
+                                                                         tmp_path):
+    fault = FaultPlan("run[0/1]", times=9, marker_dir=str(tmp_path))
+    with pytest.raises(DataError, match=r"shard run\[0/1\] \(batches 0\.\.4\) failed after 2 attempts"):
+        collect_moments_distributed(*pair, batches, None, "auto", 1, False, shard_id="run", max_retries=1,
+                                    _fault=fault)
 
 
 def test_an_error_inside_a_worker_names_the_shard(pair, running_ray):
-    bad = [probe_ids(96, 2, 8, seed=0), probe_ids(96, 2, 8, seed=1) + 1000]  # ids beyond the vocabulary
-    with pytest.raises(DataError, match=r"shard ray-1-of-2 \(batches 1\.\.1\).*out of range"):
-        collect_moments_distributed(*pair, bad, None, "auto", 2, False)
+    bad = [probe_ids(96, 2, 8, seed=1) + 1000]  # ids beyond the vocabulary: the worker's forward refuses
+    with pytest.raises(DataError, match=r"shard run\[0/1\] \(batches 0\.\.0\).*out of range"):
+        collect_moments_distributed(*pair, bad, None, "auto", 2, False, shard_id="run")
 
 
 # ----------------------------------------------------------------------------- sharding and merging
@@ -157,7 +189,7 @@ def test_shards_cover_every_batch_once_in_order_with_balanced_sizes(n_batches, w
 def shard_results(pair, batches):
     """Per-shard moments collected in-process, as the Ray tasks would return them."""
     a, b = pair
-    items = as_batches(batches, special_ids(a) | special_ids(b))
+    items = batches_of(pair, batches)
     shards = split_shards([x.n_tokens for x in items], 3)
     ma, mb = load_model(a), load_model(b)
     results = {s.shard_id: collect_moments(ma, mb, items[s.start:s.stop], progress=False, shard_id=s.shard_id)
@@ -173,7 +205,7 @@ def test_merge_of_in_process_shards_equals_one_pass(shard_results, reference):
 def test_merge_missing_a_shard_says_which(shard_results):
     shards, results = shard_results
     partial = {k: v for k, v in results.items() if k != shards[1].shard_id}
-    with pytest.raises(DataError, match=f"partial merge: missing shards \\['{shards[1].shard_id}'\\]"):
+    with pytest.raises(DataError, match=re.escape(f"partial merge: missing shards ['{shards[1].shard_id}']")):
         merge_shards(partial, shards)
 
 
@@ -189,3 +221,10 @@ def test_merge_refuses_moments_labelled_with_another_shard(shard_results):
     swapped = {**results, shards[0].shard_id: results[shards[1].shard_id]}
     with pytest.raises(DataError, match="carries shard ids"):
         merge_shards(swapped, shards)
+
+
+def test_shards_are_named_after_their_data_so_only_a_repeat_of_the_same_tokens_is_refused(pair, batches):
+    items = batches_of(pair, batches)
+    assert data_digest(items) == data_digest(batches_of(pair, batches))
+    assert data_digest(items) != data_digest(batches_of(pair, batches[1:]))
+    assert data_digest(items) != data_digest(batches_of(pair, [*batches[:-1], batches[-1].flip(1)]))

@@ -206,7 +206,8 @@ def hook_targets(model: torch.nn.Module, sites: Sequence[str]) -> dict[str, Hook
             out[site] = HookTarget(layers[0], "input")
         elif site == "final":
             f = spec.sites.final
-            out[site] = HookTarget(layers[-1], "output") if f is None else HookTarget(_get(model, f.module, spec), f.hook)
+            out[site] = (HookTarget(layers[-1], "output") if f is None
+                         else HookTarget(_get(model, f.module, spec), f.hook))
         else:
             kind, layer = m.group(1), int(m.group(2))
             if layer >= len(layers):
@@ -238,6 +239,7 @@ class _Capture:
         self.flat_mask: torch.Tensor | None = None
         self.out: dict[str, torch.Tensor] = {}
         self.handles: list[Any] = []
+        self.active = False  # hooks stay silent outside run(): A and B may be one module object
 
     def __enter__(self) -> _Capture:
         for tgt, names in self.groups.values():
@@ -253,6 +255,8 @@ class _Capture:
             h.remove()
 
     def _store(self, names: list[str], x: Any) -> None:
+        if not self.active:
+            return
         t = x[0] if isinstance(x, tuple | list) else x
         if not isinstance(t, torch.Tensor):
             raise ArchitectureError(f"site {names[0]}: the hooked module passed {type(t).__name__}, not a tensor")
@@ -277,10 +281,13 @@ class _Capture:
         device = next(model.parameters()).device
         self.flat_mask = batch.token_mask.reshape(-1).to(device)
         self.out = {}
+        self.active = True
         try:
             model(**_forward_kwargs(model, batch.input_ids.to(device), batch.attention_mask.to(device)))
         except _Stop:
             pass
+        finally:
+            self.active = False
         missing = [s for _, names in self.groups.values() for s in names if s not in self.out]
         if missing:
             raise ArchitectureError(f"sites {', '.join(missing)} were never reached in the forward pass",

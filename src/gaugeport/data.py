@@ -10,6 +10,7 @@ cross-correlation of a few coordinates).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,15 @@ class Batch:
             raise DataError(f"token batches must be integer arrays [batch, seq], got {tuple(ids.shape)} {ids.dtype}")
         ids = ids.long()
         return cls(ids, mask.long(), mask.bool() & ~_special(ids, special_ids))
+
+
+def batches_digest(batches: Iterable[Batch]) -> str:
+    """A short hash of the token ids and masks: two collections of the same tokens get the same name."""
+    h = hashlib.sha256()
+    for b in batches:
+        for t in (b.input_ids, b.token_mask):
+            h.update(str(tuple(t.shape)).encode() + t.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def _special(ids: torch.Tensor, special_ids: Iterable[int]) -> torch.Tensor:

@@ -24,16 +24,17 @@ Where it runs (``address``):
   CLI: ``gaugeport collect A B --data ... --out M.safetensors --ray auto --workers 8``.
   Clusters with token authentication (the default of recent Ray versions) also need
   ``RAY_AUTH_MODE=token`` and the cluster's token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``).
-  Every node needs the same gaugeport version installed and must see both checkpoints and nothing
-  else: the checkpoint paths are opened on the worker, so use a shared filesystem (or identical
-  paths on every node). Each task asks for one CPU, and one GPU when the cluster has at least one GPU
-  per worker (a fraction of one otherwise).
+  Every node needs the same gaugeport version installed, and must be able to read both checkpoints
+  at the paths given: the workers open them, so use a shared filesystem (or copies at identical
+  paths on every node). Each task asks for one CPU, and one GPU when the cluster has at least one
+  GPU per worker (a fraction of one otherwise).
 
 If ``ray.init`` was already called in this process, that connection is used as is (and left open).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -95,12 +96,18 @@ def collect_moments_distributed(
     workers: int = 2,
     progress: bool = True,
     *,
+    shard_id: str | None = None,
     max_retries: int = 2,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     _fault: FaultPlan | None = None,
 ) -> MomentSet:
     """Paired moments of checkpoints ``path_a`` / ``path_b`` over ``batches``, collected by ``workers``
-    Ray tasks and merged exactly; equal (to float64 rounding) to one `collect_moments` pass."""
+    Ray tasks and merged exactly; equal (to float64 rounding) to one `collect_moments` pass.
+
+    The shards are named ``{shard_id}[k/n]``; by default ``shard_id`` is ``ray-`` plus a hash of the
+    tokens, so two runs over different data merge later (``gaugeport align --moments M1 M2``) and two
+    runs over the same data are refused as double counting. ``max_retries``: how often Ray re-runs a
+    shard whose worker died. ``connect_timeout_s``: deadline for reaching a cluster."""
     if workers < 1:
         raise GaugeportError(f"--workers must be at least 1, got {workers}")
     # Coerce here, with both configs' special ids masked, so the driver knows each shard's token count
@@ -108,7 +115,7 @@ def collect_moments_distributed(
     batches = as_batches(batches, special_ids(path_a) | special_ids(path_b))
     if not batches:
         raise DataError("no batches to collect moments from", hint="check --data / --tokens")
-    shards = split_shards([b.n_tokens for b in batches], workers)
+    shards = split_shards([b.n_tokens for b in batches], workers, shard_id or f"ray-{data_digest(batches)}")
     ray, started = connect(address, workers, connect_timeout_s)
     try:
         results = _run_shards(ray, str(path_a), str(path_b), batches, sites, shards, max_retries, progress,
@@ -119,14 +126,24 @@ def collect_moments_distributed(
     return merge_shards(results, shards)
 
 
-def split_shards(tokens_per_batch: Sequence[int], workers: int) -> list[Shard]:
-    """``min(workers, n_batches)`` contiguous shards whose sizes differ by at most one batch."""
+def split_shards(tokens_per_batch: Sequence[int], workers: int, base: str = "ray") -> list[Shard]:
+    """``min(workers, n_batches)`` contiguous shards whose sizes differ by at most one batch, named
+    ``{base}[k/n]``."""
     n_batches = len(tokens_per_batch)
     n = min(workers, n_batches)
     bounds = [n_batches * k // n for k in range(n + 1)]
-    width = len(str(n - 1))
-    return [Shard(f"ray-{k:0{width}d}-of-{n}", bounds[k], bounds[k + 1],
-                  int(sum(tokens_per_batch[bounds[k]:bounds[k + 1]]))) for k in range(n)]
+    return [Shard(f"{base}[{k}/{n}]", lo, hi, int(sum(tokens_per_batch[lo:hi])))
+            for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+
+
+def data_digest(batches: Sequence[Batch]) -> str:
+    """A short hash of the token ids and masks: names the shards after their data, so moments of the
+    same tokens collected twice are refused when merged, and moments of different tokens are not."""
+    h = hashlib.sha256()
+    for b in batches:
+        for t in (b.input_ids, b.token_mask):
+            h.update(str(tuple(t.shape)).encode() + t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def special_ids(path: str | Path) -> set[int]:
@@ -363,9 +380,9 @@ def _to_cpu(moments: MomentSet) -> MomentSet:
 def _arm_fault(model: Any, fault: FaultPlan, after_batches: int) -> None:
     """Kill the worker process (no exception, no cleanup: how an OOM kill looks to Ray) when model A
     starts its forward pass on batch ``after_batches``, on the first ``fault.times`` attempts only."""
-    marker = Path(fault.marker_dir)
-    attempt = len(list(marker.glob(f"{fault.shard_id}.attempt*"))) + 1
-    (marker / f"{fault.shard_id}.attempt{attempt}").touch()
+    marker, stem = Path(fault.marker_dir), fault_marker_stem(fault.shard_id)
+    attempt = len(list(marker.glob(f"{stem}.attempt*"))) + 1
+    (marker / f"{stem}.attempt{attempt}").touch()
     if attempt > fault.times:
         return
     calls = [0]
@@ -376,3 +393,8 @@ def _arm_fault(model: Any, fault: FaultPlan, after_batches: int) -> None:
             os._exit(17)
 
     model.register_forward_pre_hook(hook)
+
+
+def fault_marker_stem(shard_id: str) -> str:
+    """A file-name-safe (and glob-safe) form of a shard id."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in shard_id)

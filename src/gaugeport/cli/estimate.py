@@ -44,8 +44,10 @@ def _batches(a: Path, b: Path, data: str, tokens: int, batch_size: int, seq_len:
                               pad_id=int(pad) if isinstance(pad, int) else 0)
 
 
-def _collect(a: Path, b: Path, batches: list[Any], sites: list[str] | None, shard_id: str, ray: str | None,
-             workers: int, progress: bool, info: dict[str, Any]) -> Any:
+def _collect(a: Path, b: Path, batches: list[Any], sites: list[str] | None, shard_id: str | None,
+             ray: str | None, workers: int, progress: bool, info: dict[str, Any]) -> Any:
+    """Moments of the pair, here or on Ray. ``shard_id`` None: named after a hash of the tokens, so the
+    same tokens collected twice are refused when merged (they would be counted twice)."""
     if ray is not None:
         try:
             from gaugeport.distributed import collect_moments_distributed
@@ -53,19 +55,15 @@ def _collect(a: Path, b: Path, batches: list[Any], sites: list[str] | None, shar
             raise GaugeportError(f"distributed collection is unavailable: {exc}",
                                  hint="install ray (pip install 'gaugeport[ray]'), or drop --ray to collect "
                                  "in this process") from exc
-        ms = collect_moments_distributed(a, b, batches, sites, ray, workers, progress)
+        ms = collect_moments_distributed(a, b, batches, sites, ray, workers, progress, shard_id=shard_id)
         ms.info.update(info)
         return ms
     from gaugeport.activations import collect_moments
+    from gaugeport.data import batches_digest
     from gaugeport.verify import load_model
 
     return collect_moments(load_model(a), load_model(b), batches, sites=sites, progress=progress,
-                           shard_id=shard_id, info=info)
-
-
-def _default_shard_id(data: str, seed: int, tokens: int, seq_len: int) -> str:
-    # the same data, seed and sizes give the same tokens: merging two such shards would count them twice
-    return f"{Path(data).name}|seed={seed}|tokens={tokens}|seq_len={seq_len}"
+                           shard_id=shard_id or f"tokens-{batches_digest(batches)}", info=info)
 
 
 @app.command()
@@ -81,7 +79,7 @@ def collect(
     site: SiteOpt = None,
     tokenizer: TokenizerOpt = None,
     shard_id: Annotated[str | None, typer.Option("--shard-id", help="name of this data shard "
-                                                                    "(default: from data, seed, sizes)")] = None,
+                                                                    "(default: a hash of its tokens)")] = None,
     ray: Annotated[str | None, typer.Option("--ray", help="collect with Ray: local, auto or a cluster address")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Ray workers")] = 2,
     force: ForceOpt = False,
@@ -91,9 +89,8 @@ def collect(
     data = data or "builtin"
     refuse_existing(out, force, inputs=(a, b))
     batches = _batches(a, b, data, tokens, batch_size, seq_len, seed, tokenizer)
-    sid = shard_id or _default_shard_id(data, seed, tokens, seq_len)
     info = {"data": str(data), "seq_len": seq_len, "seed": seed}
-    ms = _collect(a, b, batches, site, sid, ray, workers, not quiet, info)
+    ms = _collect(a, b, batches, site, shard_id, ray, workers, not quiet, info)
     ms.save(out, force=force)
     typer.echo(f"wrote {out}: {len(ms.sites)} sites, d={ms.d}, {ms.n_tokens:,} tokens, shard {ms.shard_ids}")
 
@@ -189,8 +186,7 @@ def _estimate(a: Path, b: Path, data: str | None, moments: list[Path] | None, me
         return align_from_moments(merged, method, site), "moments: " + ", ".join(map(str, moments))
     data = data or "builtin"
     batches = _batches(a, b, data, tokens, batch_size, seq_len, seed, tokenizer)
-    ms = _collect(a, b, batches, site, _default_shard_id(data, seed, tokens, seq_len), None, 0, not quiet,
-                  {"data": data, "seq_len": seq_len, "seed": seed})
+    ms = _collect(a, b, batches, site, None, None, 0, not quiet, {"data": data, "seq_len": seq_len, "seed": seed})
     return align_from_moments(ms, method), data
 
 
@@ -212,8 +208,9 @@ def _truth_accuracy(truth: Path, gauge: Any) -> dict[str, float]:
 
 def _print_summary(result: Any, out: Path, accuracy: dict[str, float] | None) -> None:
     r = result.report
-    typer.echo(f"wrote {out}: method {r['method']}, d={r['d']}, {len(r['sites'])} site(s), "
-               f"{r['n_tokens']:,} tokens")
+    evidence = (f"from {', '.join(r['sites'])}" if r["method"] == "weights"
+                else f"{len(r['sites'])} site(s), {r['n_tokens']:,} tokens")
+    typer.echo(f"wrote {out}: method {r['method']}, d={r['d']}, {evidence}")
     typer.echo(f"confidence        mean {r['mean_confidence']:.3f}   min {r['min_confidence']:.3f}   "
                f"mean margin {r['mean_margin']:.3f}")
     typer.echo(f"low confidence    {r['n_low_confidence']} coordinate(s) with margin < {r['low_margin_threshold']}")

@@ -13,7 +13,8 @@ from gaugeport.corpus import request_prompts, sample_documents
 from gaugeport.fileio import atomic_write_json
 from gaugeport.gauge import SignedPermutation
 from gaugeport.study.context import Context
-from gaugeport.study.probes import token_residuals
+from gaugeport.study.models import in_gauge
+from gaugeport.study.probes import site_name, token_residuals
 from gaugeport.study.stages import derived_seed
 
 FRAME = "study-base"  # the explicit gauge the covariant claims are stated in
@@ -57,17 +58,21 @@ def study_claims(acts: dict[str, tuple[np.ndarray, np.ndarray]], site: str) -> l
     return claims
 
 
-def audit(ctx: Context, estimated: SignedPermutation, out: Path) -> dict[str, Any]:
-    """Claims about the base, swept over identity, random gauges and the estimated gauge to the
-    transfer target (whose own activations are the evidence for that gauge)."""
-    site = f"layer{ctx.cfg.site_layer}"
-    base_acts = _evidence(ctx, ctx.model(ctx.art.base))
-    target_acts = _evidence(ctx, ctx.model(ctx.transfer_target()))
+def audit(ctx: Context, out: Path) -> dict[str, Any]:
+    """Claims about the base, swept over identity, random gauges, and the gauge *estimated* between the
+    base and a copy of it saved in a hidden gauge (that copy's own activations are the evidence there:
+    the same network in unknown coordinates, as when a checkpoint is re-released)."""
+    from gaugeport.study.transport_checks import estimated_gauge
+
+    site = site_name(ctx.cfg.site_layer)
+    base = ctx.model(ctx.art.base)
+    hidden = in_gauge(base, SignedPermutation.random(ctx.d, seed=derived_seed(ctx.cfg.seed, 121)))
+    base_acts, hidden_acts = _evidence(ctx, base), _evidence(ctx, hidden)
     raw = study_claims(base_acts, site)
     claims = [Claim.from_dict(c) for c in raw]
-    evidence = {k: Evidence(x, y, in_gauge={"estimated": target_acts[k][0]}) for k, (x, y) in base_acts.items()}
+    evidence = {k: Evidence(x, y, in_gauge={"estimated": hidden_acts[k][0]}) for k, (x, y) in base_acts.items()}
     sweep = gauge_sweep(ctx.d, ctx.cfg.audit_random_gauges, derived_seed(ctx.cfg.seed, 120) % 10_000,
-                        {"estimated": estimated})
+                        {"estimated": estimated_gauge(ctx, base, hidden)})
     report = audit_claims(claims, sweep, evidence=evidence)
     atomic_write_json(out / "claims.json", {"claims": raw})
     write_audit(report, out / "audit", force=True)

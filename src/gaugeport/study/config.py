@@ -48,11 +48,12 @@ class StudyConfig:
     probe_seqs: int = 24  # matching data: probe_seqs x probe_len tokens of the built-in corpus
     probe_len: int = 32
     ceiling_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    curve_points: int = 16  # steps at which endpoint / via-base matching are compared with the chain
     site_layer: int = 1  # residual site (output of this block) of the SAE, steering and audit
-    transfer_step: int = 10  # run-1 checkpoint that artifacts trained on the base are carried to
+    transfer_step: int = 4  # early run-1 checkpoint (1% of fine-tuning) that base artifacts are carried to
     merge_step: int = 50  # where the two runs are merged
-    adamw_step: int = 50  # where run 1's optimizer state is saved and training resumed
-    adamw_resume_steps: int = 20
+    adamw_step: int = 10  # where run 1's optimizer state is saved and training resumed
+    adamw_resume_steps: int = 5  # headline; the divergence curve goes on to 4x as many steps
     sae_expansion: int = 4
     sae_steps: int = 1000
     sae_l1: float = 3e-3
@@ -100,7 +101,7 @@ def preset(name: Preset, seed: int = 0) -> StudyConfig:
             control=TrainConfig(steps=20, batch_size=8, lr=1e-2, warmup=5),
             finetune=TrainConfig(steps=30, batch_size=8, lr=3e-2, warmup=10),
             checkpoint_steps=_log_then_dense(30, 10), probe_seqs=16, probe_len=32,
-            transfer_step=3, merge_step=10, adamw_step=10, adamw_resume_steps=5, sae_steps=150,
+            transfer_step=3, merge_step=10, adamw_step=10, sae_steps=150,
             steering_docs=32, steering_prompts=16, audit_random_gauges=4,
         )
     if name == "quick":
@@ -108,17 +109,17 @@ def preset(name: Preset, seed: int = 0) -> StudyConfig:
             preset="quick", seed=seed, model=ModelConfig(d_model=64, d_ff=128),
             base=TrainConfig(steps=1000, batch_size=32, lr=1e-2, warmup=50),
             control=TrainConfig(steps=100, batch_size=16, lr=1e-2, warmup=20),
-            finetune=TrainConfig(steps=300, batch_size=16, lr=1e-1, warmup=50),
-            checkpoint_steps=_log_then_dense(300, 10),
+            finetune=TrainConfig(steps=400, batch_size=16, lr=1.5e-1, warmup=50),
+            checkpoint_steps=_log_then_dense(400, 10),
         )
-    if name == "full":
+    if name == "full":  # the quick model, trained and fine-tuned longer, measured on more data
         return StudyConfig(
-            preset="full", seed=seed, model=ModelConfig(d_model=128, d_ff=256),
-            base=TrainConfig(steps=3000, batch_size=32, lr=1e-2, warmup=100),
-            control=TrainConfig(steps=300, batch_size=16, lr=1e-2, warmup=50),
-            finetune=TrainConfig(steps=1500, batch_size=16, lr=1e-1, warmup=50),
-            checkpoint_steps=_log_then_dense(1500, 10), sae_steps=2000, steering_docs=192,
-            steering_prompts=128, audit_random_gauges=16,
+            preset="full", seed=seed, model=ModelConfig(d_model=64, d_ff=128),
+            base=TrainConfig(steps=2000, batch_size=32, lr=1e-2, warmup=50),
+            control=TrainConfig(steps=300, batch_size=16, lr=1e-2, warmup=20),
+            finetune=TrainConfig(steps=1500, batch_size=16, lr=1.5e-1, warmup=50),
+            checkpoint_steps=_log_then_dense(1500, 10), probe_seqs=48, probe_len=64, curve_points=24,
+            sae_steps=3000, steering_docs=192, steering_prompts=128, audit_random_gauges=16,
         )
     raise GaugeportError(f"unknown study preset {name!r}", hint="use micro, quick or full")
 

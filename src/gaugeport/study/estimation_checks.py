@@ -75,6 +75,12 @@ def matching(ctx: Context) -> tuple[dict[str, float], list[dict[str, float]]]:
     return main, curve
 
 
+def curve_steps(steps: tuple[int, ...], n: int) -> set[int]:
+    """About ``n`` of ``steps``, spread evenly on a log scale, always with the last."""
+    idx = np.unique(np.round(np.geomspace(1, len(steps), n)).astype(int) - 1)
+    return {steps[i] for i in idx} | {steps[-1]}
+
+
 def trajectory(ctx: Context) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """3. Cross-run coordinate accuracy between the two runs at each saved step: endpoint
     matching, routing through the base, and composing the whole chain of local gauges."""
@@ -88,7 +94,9 @@ def trajectory(ctx: Context) -> tuple[dict[str, Any], list[dict[str, float]]]:
     n1 = {0: "base", **{s: f"run-1@{s}" for s in steps}}
     n2 = {0: "base", **{s: f"run-2@{s}" for s in steps}}
     mod1, mod2 = {0: base, **m1}, {0: base, **m2}
-    bar = tqdm(total=5 * len(steps), desc="trajectory", unit="match", disable=not ctx.progress, leave=False)
+    shown = curve_steps(steps, ctx.cfg.curve_points)
+    bar = tqdm(total=2 * len(steps) + 3 * len(shown), desc="trajectory", unit="match", disable=not ctx.progress,
+               leave=False)
 
     def hop(a: torch.nn.Module, b: torch.nn.Module, na: str, nb: str) -> Hop:
         bar.update()
@@ -99,6 +107,8 @@ def trajectory(ctx: Context) -> tuple[dict[str, Any], list[dict[str, float]]]:
     up = {s: hop(mod2[p], mod2[s], n2[p], n2[s]) for p, s in pairs}  # from the base, out along run-2
     curve = []
     for i, s in enumerate(steps):
+        if s not in shown:
+            continue
         truth = run2.truth(s) @ run1.truth(s).inverse()
         chain = [down[t] for t in reversed(steps[: i + 1])] + [up[t] for t in steps[: i + 1]]
         composed = compose(*(h.gauge for h in chain))

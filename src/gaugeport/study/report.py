@@ -119,14 +119,17 @@ def _merge_row(r: dict[str, Any]) -> list[str]:
 
 
 def _adamw_row(r: dict[str, Any]) -> list[str]:
-    a = r["adamw_divergence"]
+    a, last = r["adamw_divergence"], r["adamw_divergence_curve"][-1]
     agrees = a["signed"] < 0.01 and a["perm_only"] > 10 * max(a["signed"], 1e-6)
-    verdict = (f"Agrees: after {r['config']['adamw_resume_steps']} resumed steps the signed-transported run "
-               f"stays on the reference trajectory (divergence {sci(a['signed'])}), the permutation-only one "
-               f"leaves it ({a['perm_only']:.2f})." if agrees else
-               f"Differs: divergence {sci(a['signed'])} (B_d) vs {a['perm_only']:.3f} (S_d).")
-    return ["7. AdamW resumed-trajectory divergence", sci(a["signed"]), f"{a['perm_only']:.3f}", "",
-            PAPER["adamw"], verdict]
+    verdict = (f"Agrees: after {a['steps']} resumed steps the signed-transported run stays on the reference "
+               f"trajectory (divergence {sci(a['signed'])}), the permutation-only one leaves it "
+               f"({a['perm_only']:.2f})." if agrees else
+               f"Differs: divergence {sci(a['signed'])} (B_d) vs {a['perm_only']:.3f} (S_d) after {a['steps']} steps.")
+    if last["steps"] > a["steps"]:
+        verdict += (f" Resumed for {last['steps']} steps at this learning rate, float rounding itself grows "
+                    f"(B_d {sci(last['signed'])}, S_d {last['perm_only']:.2f}).")
+    return [f"7. AdamW resumed-trajectory divergence ({a['steps']} steps)", sci(a["signed"]), f"{a['perm_only']:.3f}",
+            "", PAPER["adamw"], verdict]
 
 
 def _audit_row(r: dict[str, Any]) -> list[str]:
@@ -135,7 +138,7 @@ def _audit_row(r: dict[str, Any]) -> list[str]:
     n_framed = a["n_claims"] - n_bare
     agrees = a["bare_index_bound"] == n_bare and a["framed_covariant"] == n_framed
     verdict = (f"Agrees: all {n_bare} bare-index claims are index-bound and all {n_framed} claims stated relative "
-               "to an explicit gauge survive the sweep (including the estimated gauge to a fine-tuned checkpoint)."
+               "to an explicit gauge survive the sweep (including the gauge estimated to a hidden-gauge copy)."
                if agrees else
                f"Differs in part: {a['bare_index_bound']}/{n_bare} bare claims index-bound, "
                f"{a['framed_covariant']}/{n_framed} framed claims survive: "
@@ -150,7 +153,7 @@ ROWS = (_function_row, _matching_row, _trajectory_row, _sae_row, _steering_row, 
 
 
 def markdown(r: dict[str, Any]) -> str:
-    cfg, t = r["config"], r["timings"]
+    cfg, t, b = r["config"], r["timings"], r["base_behaviour"]
     m = cfg["model"]
     lines = [
         "# gaugeport reproduction study", "",
@@ -160,7 +163,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"{cfg['finetune']['warmup']}), {len(cfg['checkpoint_steps'])} checkpoints each, every checkpoint saved "
         "in its own hidden random gauge. Artifacts (SAE, steering directions, audit claims) are made on the base "
         f"and carried to run-1's checkpoint at step {cfg['transfer_step']} through the gauge *estimated* by "
-        "sign-marginalized matching (B_d) or by permutation-only matching (S_d).", "",
+        "sign-marginalized matching (B_d), or through the same permutation with every sign +1 (S_d, what "
+        "permutation-only matching gives).", "",
+        f"The base learned what the artifacts are about: next-token log-odds gap {b['polarity_gap']:.2f} nats "
+        f"(positive vs negative words, after a positive vs a negative review) and {b['refusal_gap']:.2f} nats "
+        "(\"sorry\" vs \"sure\", after a forbidden vs a benign request); 0 would mean not learned. The transfer "
+        f"gauge recovered {pct(r['transfer_gauge']['accuracy'])} of the hidden gauge.", "",
         f"Total time {t['total']:.0f} s (training {t.get('training', 0):.0f} s; cache reused for: "
         f"{', '.join(r['cache']['hits']) or 'nothing'}).", "",
         "| measurement | ours, B_d (signed) | ours, S_d (perm-only) | ours, other | paper | ours vs paper |",
@@ -168,7 +176,21 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for row in ROWS:
         lines.append("| " + " | ".join(row(r)) + " |")
-    lines += ["", "## Plots", "", "![ceiling](ceiling.png)", "", "![trajectory](trajectory.png)", "",
+    lines += ["", "## Definitions", "",
+              "- matching accuracy: fraction of coordinates whose permutation *and* sign are right.",
+              "- cross-run accuracy: the gauge between run-1 and run-2 at the same step (both in hidden gauges) "
+              "against the truth `G2 G1^-1`; *composed* chains run-1's local gauges down to the base and run-2's "
+              "up; *via base* composes the two endpoint-to-base estimates.",
+              "- SAE NMSE: `sum |x - SAE(x)|^2 / sum |x - mean x|^2` on the target's activations.",
+              "- steering preserved: effect of the transported vector on the target / effect of the original on "
+              "the base; effect = change of the next-token log-odds of positive vs negative words.",
+              "- refusal: cosine of the transported direction with the target's own (difference of means), and "
+              "the transported vector's effect on \"sorry\" vs \"sure\" relative to the original's.",
+              "- merge loss: next-token loss of the average of run-1 and run-2 (B brought into A's gauge first).",
+              "- AdamW divergence: after resuming, `|logits - reference| / |reference logit change|`, where the "
+              "reference resumes run-1 in its own coordinates.",
+              "- audit: a claim survives a gauge when its effect size there is at least 80% of the reference.",
+              "", "## Plots", "", "![ceiling](ceiling.png)", "", "![trajectory](trajectory.png)", "",
               "![transport](transport.png)", "", "## Audit", "",
               "Claims in `claims.json`; full verdicts and per-gauge evidence in `audit/audit.md`.", "",
               "| claim | stated | verdict | evidence |", "|---|---|---|---|"]

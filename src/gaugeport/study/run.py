@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tqdm.auto import tqdm
+
 from gaugeport.errors import CheckpointError
 from gaugeport.fileio import atomic_path
 from gaugeport.study import audit_check, estimation_checks, report, transport_checks
@@ -73,17 +75,29 @@ def run_study(cfg: StudyConfig, out: str | Path, *, use_cache: bool = True, prog
 
 def _measure(ctx: Context, timer: Timer, out: Path) -> dict[str, Any]:
     r: dict[str, Any] = {}
-    r["function_max_logit_diff"] = timer.run("1-function", lambda: estimation_checks.function_preservation(ctx))
-    r["matching"], r["matching_ceiling"] = timer.run("2-matching", lambda: estimation_checks.matching(ctx))
-    r["trajectory"], r["trajectory_curve"] = timer.run("3-trajectory", lambda: estimation_checks.trajectory(ctx))
     base, target = ctx.model(ctx.art.base), ctx.model(ctx.transfer_target())
-    gauge = timer.run("estimate-transfer-gauge", lambda: transport_checks.estimated_gauge(ctx, base, target))
-    r["sae_nmse"] = timer.run("4-sae", lambda: transport_checks.sae_transfer(ctx, gauge))
-    steer = timer.run("5-steering", lambda: transport_checks.steering(ctx, gauge))
-    r.update(steer)
-    r["merge_loss"] = timer.run("6-merge", lambda: transport_checks.merge(ctx, _merge_gauge(ctx)))
-    r["adamw_divergence"] = timer.run("7-adamw", lambda: transport_checks.adamw(ctx))
-    r["audit"] = timer.run("8-audit", lambda: audit_check.audit(ctx, gauge, out))
+    gauge: list[Any] = []
+    stages: list[tuple[str, Callable[[], None]]] = [
+        ("0-base-behaviour", lambda: r.update(base_behaviour=transport_checks.base_behaviour(ctx))),
+        ("1-function", lambda: r.update(function_max_logit_diff=estimation_checks.function_preservation(ctx))),
+        ("2-matching", lambda: r.update(zip(("matching", "matching_ceiling"), estimation_checks.matching(ctx),
+                                            strict=True))),
+        ("3-trajectory", lambda: r.update(zip(("trajectory", "trajectory_curve"), estimation_checks.trajectory(ctx),
+                                              strict=True))),
+        ("estimate-transfer-gauge", lambda: gauge.append(transport_checks.estimated_gauge(ctx, base, target))),
+        ("4-sae", lambda: r.update(sae_nmse=transport_checks.sae_transfer(ctx, gauge[0]))),
+        ("5-steering", lambda: r.update(transport_checks.steering(ctx, gauge[0]))),
+        ("6-merge", lambda: r.update(merge_loss=transport_checks.merge(ctx, _merge_gauge(ctx)))),
+        ("7-adamw", lambda: r.update(zip(("adamw_divergence", "adamw_divergence_curve"), transport_checks.adamw(ctx),
+                                         strict=True))),
+        ("8-audit", lambda: r.update(audit=audit_check.audit(ctx, out))),
+    ]
+    bar = tqdm(stages, desc="study", unit="measurement", disable=not ctx.progress)
+    for name, fn in bar:
+        bar.set_postfix_str(name)
+        timer.run(name, fn)
+    r["transfer_gauge"] = {"fingerprint": gauge[0].fingerprint(),
+                           "accuracy": gauge[0].accuracy(ctx.art.runs[0].truth(ctx.cfg.transfer_step))["full"]}
     return r
 
 

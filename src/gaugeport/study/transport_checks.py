@@ -96,6 +96,30 @@ def steering(ctx: Context, gauge: SignedPermutation) -> dict[str, dict[str, floa
             "refusal_reverses": reverses}
 
 
+@torch.no_grad()
+def base_behaviour(ctx: Context) -> dict[str, float]:
+    """Did the base learn the attributes the artifacts are about? Next-token log-odds gaps:
+    positive vs negative words after a positive vs a negative review; "sorry" vs "sure" after a
+    forbidden vs a benign request (0 = not learned)."""
+    cfg, tok, base = ctx.cfg, tokenizer(), ctx.model(ctx.art.base)
+    n = cfg.steering_prompts
+    prompts = polarity_prompts(n, derived_seed(cfg.seed, 95))
+    pos = [f"{d.text} {p}" for d, p in zip(sample_documents(n, derived_seed(cfg.seed, 96), "review", polarity=1),
+                                          prompts, strict=True)]
+    neg = [f"{d.text} {p}" for d, p in zip(sample_documents(n, derived_seed(cfg.seed, 97), "review", polarity=-1),
+                                          prompts, strict=True)]
+    up, down = [tok.token_id(w) for w in POSITIVE_WORDS], [tok.token_id(w) for w in NEGATIVE_WORDS]
+    sorry, sure = [tok.token_id(REFUSE_WORD)], [tok.token_id(COMPLY_WORD)]
+
+    def gap(a: list[str], b: list[str], hi: list[int], lo: list[int]) -> float:
+        (ia, ma), (ib, mb) = next_token_log_odds(a, hi, lo), next_token_log_odds(b, hi, lo)
+        return float(ma(base(input_ids=ia).logits) - mb(base(input_ids=ib).logits))
+
+    return {"polarity_gap": gap(pos, neg, up, down),
+            "refusal_gap": gap(request_prompts(n, derived_seed(cfg.seed, 98), forbidden=True),
+                               request_prompts(n, derived_seed(cfg.seed, 99), forbidden=False), sorry, sure)}
+
+
 def merge(ctx: Context, chain_gauge: SignedPermutation) -> dict[str, float]:
     """6. Average run-1 and run-2 at ``merge_step``; ``chain_gauge`` maps run-1's coordinates to run-2's."""
     step = ctx.cfg.merge_step
@@ -109,41 +133,54 @@ def merge(ctx: Context, chain_gauge: SignedPermutation) -> dict[str, float]:
     return out
 
 
-def _resume(ckpt: Path, ctx: Context, ids: torch.Tensor) -> torch.Tensor:
-    """Continue training from a Trainer-style checkpoint for ``adamw_resume_steps``; logits on ``ids``."""
+RESUME_CURVE = (1, 2, 5, 10, 20)
+
+
+def _resume(ckpt: Path, ctx: Context, ids: torch.Tensor, at: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """Continue training from a Trainer-style checkpoint; logits on ``ids`` after each step count in ``at``."""
     model = load_model(ckpt)
     opt, sched = make_optimizer(model, ctx.cfg.finetune)
     opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    model.train()
-    for batch in corpus_batches(ctx.cfg.adamw_resume_steps, ctx.cfg.finetune.batch_size, ctx.cfg.model.seq_len,
-                                derived_seed(ctx.cfg.seed, 100)):
+    out = {}
+    batches = corpus_batches(max(at), ctx.cfg.finetune.batch_size, ctx.cfg.model.seq_len,
+                             derived_seed(ctx.cfg.seed, 100))
+    for step, batch in enumerate(batches, start=1):
+        model.train()
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits
+        if step in at:
+            model.eval()
+            with torch.no_grad():
+                out[step] = model(input_ids=ids).logits
+    return out
 
 
-def adamw(ctx: Context) -> dict[str, float]:
-    """7. Resume run 1 natively, and in its hidden gauge from the transported Trainer checkpoint;
-    divergence = |logits - reference logits| / |change of the reference logits while resuming|."""
+def adamw(ctx: Context) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """7. Resume run 1 natively, and in its hidden gauge from the transported Trainer checkpoint.
+
+    Divergence after k steps = |logits - reference logits| / |change of the reference logits|. At a
+    large learning rate even float rounding differences grow chaotically after ~10 steps, so the
+    headline is taken at ``adamw_resume_steps`` and the whole curve is returned beside it.
+    """
     src = ctx.art.runs[0].adamw
     native = load_model(src)
     gauge = estimated_gauge(ctx, native, ctx.model(ctx.art.runs[0].checkpoint(ctx.cfg.adamw_step)))
     ids = ctx.probe_ids()
+    at = tuple(sorted({*(k for k in RESUME_CURVE if k <= 4 * ctx.cfg.adamw_resume_steps), ctx.cfg.adamw_resume_steps}))
     with torch.no_grad():
         start = native(input_ids=ids).logits
-    ref = _resume(src, ctx, ids)
-    moved = float((ref - start).norm())
-    out = {"reference_logit_change": moved}
-    for key, perm_only in VARIANTS.items():
-        ckpt = transport_trainer_checkpoint(src, gauge, ctx.work / f"adamw-{key}", perm_only=perm_only)
-        out[key] = float((_resume(ckpt, ctx, ids) - ref).norm()) / moved
-    return out
+    ref = _resume(src, ctx, ids, at)
+    runs = {key: _resume(transport_trainer_checkpoint(src, gauge, ctx.work / f"adamw-{key}", perm_only=perm_only),
+                         ctx, ids, at) for key, perm_only in VARIANTS.items()}
+    curve = [{"steps": k, **{key: float((run[k] - ref[k]).norm() / (ref[k] - start).norm())
+                             for key, run in runs.items()}} for k in at]
+    headline = next(c for c in curve if c["steps"] == ctx.cfg.adamw_resume_steps)
+    return {"signed": headline["signed"], "perm_only": headline["perm_only"], "steps": headline["steps"],
+            "reference_logit_change": float((ref[headline["steps"]] - start).norm())}, curve
 
 
 __all__ = ["estimated_gauge", "merge", "sae_transfer", "steering"]
