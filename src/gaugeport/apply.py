@@ -7,7 +7,7 @@ transform of a tensor is ``gauge.apply`` along each residual axis that rule name
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -99,20 +99,29 @@ def apply_gauge_to_checkpoint(
     check_gauge_fits(spec, gauge, ckpt.d_model)
     rules = spec.classify_all(ckpt.names)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), **(provenance or {})}
-    total = len(ckpt.names)
     with atomic_path(Path(out), force, inputs=(Path(src),)) as tmp:
-        tmp.mkdir()
-        bar = tqdm(total=total, desc="apply", unit="tensor", disable=not progress)
-        for shard in ckpt.shards:
-            layout = shard_layout(ckpt, shard)
-            meta = {**ckpt.shard_metadata(shard), **stamp}
-            with SafetensorsStreamWriter(tmp / shard, layout, meta) as writer:
-                for name, tensor in ckpt.iter_shard(shard):
-                    writer.write(name, transform_tensor(name, tensor, rules[name], gauge))
-                    bar.update()
-        bar.close()
-        for side in ckpt.side_files():
-            shutil.copy2(side, tmp / side.name)
-        if ckpt.index is not None:
-            atomic_write_json(tmp / INDEX_FILE, ckpt.index)
+        rewrite_checkpoint(ckpt, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge), stamp,
+                           desc="apply", progress=progress)
     return Path(out)
+
+
+def rewrite_checkpoint(ckpt: Checkpoint, dest: Path, rewrite: Callable[[str, torch.Tensor], torch.Tensor],
+                       stamp: Mapping[str, str], *, desc: str, progress: bool = True) -> None:
+    """Write ``rewrite(name, tensor)`` of every tensor of ``ckpt`` into a new directory ``dest``.
+
+    Same shards, dtypes, shapes and index as the source; one tensor in memory at a time; side files
+    (config, tokenizer, generation config) copied; ``stamp`` added to every shard's metadata.
+    """
+    dest.mkdir()
+    bar = tqdm(total=len(ckpt.names), desc=desc, unit="tensor", disable=not progress)
+    for shard in ckpt.shards:
+        meta = {**ckpt.shard_metadata(shard), **stamp}
+        with SafetensorsStreamWriter(dest / shard, shard_layout(ckpt, shard), meta) as writer:
+            for name, tensor in ckpt.iter_shard(shard):
+                writer.write(name, rewrite(name, tensor))
+                bar.update()
+    bar.close()
+    for side in ckpt.side_files():
+        shutil.copy2(side, dest / side.name)
+    if ckpt.index is not None:
+        atomic_write_json(dest / INDEX_FILE, ckpt.index)

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
-from gaugeport.apply import apply_gauge_to_checkpoint, apply_gauge_to_state_dict, check_gauge_fits, transform_tensor
+from gaugeport.apply import (
+    apply_gauge_to_checkpoint,
+    apply_gauge_to_state_dict,
+    check_gauge_fits,
+    rewrite_checkpoint,
+    transform_tensor,
+)
 from gaugeport.archspec import spec_for_config
-from gaugeport.checkpoint import INDEX_FILE, Checkpoint, SafetensorsStreamWriter, shard_layout
+from gaugeport.checkpoint import Checkpoint, shard_layout
 from gaugeport.errors import ArtifactError, GaugeError
-from gaugeport.fileio import atomic_path, atomic_write_json
+from gaugeport.fileio import atomic_path
 from gaugeport.gauge import SignedPermutation
 from gaugeport.transport._common import GaugeLike, provenance, resolve_gauge
 
@@ -140,20 +144,11 @@ def _layout(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
 def _stream_merge(ckpt_a: Checkpoint, ckpt_b: Checkpoint, inv: SignedPermutation, tmp: Path, alpha: float,
                   method: Method, stamp: dict[str, str], progress: bool) -> None:
     rules = ckpt_a.spec.classify_all(ckpt_a.names)
-    tmp.mkdir()
-    bar = tqdm(total=len(ckpt_a.names), desc="merge", unit="tensor", disable=not progress)
-    for shard in ckpt_a.shards:
-        meta = {**ckpt_a.shard_metadata(shard), **stamp}
-        with SafetensorsStreamWriter(tmp / shard, shard_layout(ckpt_a, shard), meta) as writer:
-            for name, ta in ckpt_a.iter_shard(shard):
-                tb = transform_tensor(name, ckpt_b.tensor(name), rules[name], inv)
-                writer.write(name, merge_tensors(ta, tb, alpha, method))
-                bar.update()
-    bar.close()
-    for side in ckpt_a.side_files():
-        shutil.copy2(side, tmp / side.name)
-    if ckpt_a.index is not None:
-        atomic_write_json(tmp / INDEX_FILE, ckpt_a.index)
+
+    def merged(name: str, ta: torch.Tensor) -> torch.Tensor:
+        return merge_tensors(ta, transform_tensor(name, ckpt_b.tensor(name), rules[name], inv), alpha, method)
+
+    rewrite_checkpoint(ckpt_a, tmp, merged, stamp, desc="merge", progress=progress)
 
 
 def mergekit_config(a_dir: Path, b_aligned: Path, alpha: float, method: Method, config: Mapping[str, object],
