@@ -13,6 +13,7 @@ lower than the worker count suggests.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    load_before = os.getloadavg()[0]
     n_batches, batch, seq = (32, 8, 128) if args.quick else (64, 8, 128)
     batches = make_batches(cfg["vocab_size"], n_batches, batch, seq)
     with tempfile.TemporaryDirectory(prefix="gaugeport-bench-ray-") as tmp:
@@ -96,11 +98,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ray_cold_seconds": r["cold_seconds"], "ray_warm_seconds": r["warm_seconds"],
         "speedup_warm": single_s / r["warm_seconds"], "speedup_cold": single_s / r["cold_seconds"],
         "max_abs_diff_vs_single": max(max_abs_diff(r["moments"], ref), max_abs_diff(r["cold_moments"], ref)),
+        # other work on the machine: a speed-up needs `workers` idle cores
+        "cpu_count": os.cpu_count(), "load_average_1min_before": load_before,
+        "load_average_1min_after": os.getloadavg()[0],
     }
     print(f"{result['n_tokens']:,} tokens, d={cfg['hidden_size']}, {cfg['num_hidden_layers']} blocks: "
           f"1 process ({result['torch_threads_single_process']} torch threads) {single_s:.2f} s; "
           f"Ray x{args.workers} warm {r['warm_seconds']:.2f} s, cold {r['cold_seconds']:.2f} s "
-          f"(start {r['start_seconds']:.1f} s)")
+          f"(start {r['start_seconds']:.1f} s); load average {load_before:.1f} on {os.cpu_count()} cores")
     print(f"speed-up warm {result['speedup_warm']:.2f}x, cold {result['speedup_cold']:.2f}x; "
           f"max |merged - single| {result['max_abs_diff_vs_single']:.1e}")
     if args.out:

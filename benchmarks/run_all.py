@@ -58,6 +58,8 @@ def rows_apply_memory(r: dict) -> list[Row]:
     return [
         ("apply: peak RSS above baseline / largest tensor",
          f"{r['peak_above_baseline_over_largest_tensor']:.2f}x", ctx),
+        ("apply: allocated (anonymous) memory above baseline / largest tensor",
+         f"{r['peak_anon_above_baseline_over_largest_tensor']:.2f}x", "the rest: the source tensor, mmap'd"),
         ("apply: peak RSS (incl. interpreter) / checkpoint size", f"{r['peak_rss_over_checkpoint']:.2f}x",
          f"baseline {r['baseline_bytes'] / mb:.0f} MB = python + torch"),
     ]
@@ -77,7 +79,8 @@ def rows_recovery(r: dict) -> list[Row]:
 def rows_ray(r: dict) -> list[Row]:
     return [
         (f"ray speed-up, {r['workers']} workers vs 1 process (warm)", f"{r['speedup_warm']:.2f}x",
-         f"{r['n_tokens']:,} tokens, d={r['d_model']}"),
+         f"{r['n_tokens']:,} tokens, d={r['d_model']}; load avg {r.get('load_average_1min_before', 0):.1f} "
+         f"on {r.get('cpu_count')} cores"),
         (f"ray speed-up, {r['workers']} workers incl. Ray start", f"{r['speedup_cold']:.2f}x",
          f"start-up {r['ray_start_seconds']:.1f} s"),
         ("ray merged vs single-process moments, max |diff|", fmt(r["max_abs_diff_vs_single"], ".1e"),

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gaugeport.activations import collect_moments
 from gaugeport.apply import apply_gauge_to_checkpoint
@@ -173,16 +175,16 @@ def test_an_error_inside_a_worker_names_the_shard(pair, running_ray):
 
 
 # ----------------------------------------------------------------------------- sharding and merging
-@pytest.mark.parametrize(("n_batches", "workers"), [(5, 2), (2, 8), (7, 7), (1, 3), (10, 4)])
-def test_shards_cover_every_batch_once_in_order_with_balanced_sizes(n_batches, workers):
-    shards = split_shards([10] * n_batches, workers)
-    assert len(shards) == min(n_batches, workers)
+@given(tokens=st.lists(st.integers(0, 500), min_size=1, max_size=60), workers=st.integers(1, 40))
+def test_shards_cover_every_batch_once_in_order_with_balanced_sizes(tokens, workers):
+    shards = split_shards(tokens, workers)
+    assert len(shards) == min(len(tokens), workers)
     assert [s.start for s in shards] == [0, *[s.stop for s in shards[:-1]]]
-    assert shards[-1].stop == n_batches
+    assert shards[-1].stop == len(tokens)
     sizes = [s.stop - s.start for s in shards]
     assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
     assert len({s.shard_id for s in shards}) == len(shards)
-    assert sum(s.n_tokens for s in shards) == 10 * n_batches
+    assert [s.n_tokens for s in shards] == [sum(tokens[s.start:s.stop]) for s in shards]
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,20 @@ def test_audit_cli_writes_json_and_markdown_with_a_verdict_per_claim(cli, tmp_pa
     assert load_claims(tmp_path / "claims.json")[1].frame == "base"
 
 
+def test_audit_cli_takes_several_gauges_after_one_flag_and_data_evidence(cli, tmp_path):
+    x, y = labelled_data(2)
+    np.savez(tmp_path / "ev.npz", **{"resid_post.0.acts": x, "resid_post.0.labels": y})
+    (tmp_path / "claims.json").write_text(json.dumps([{"name": "n", "site": "resid_post.0", "kind": "coordinates",
+                                                       "indices": [3], "signs": [1], "frame": "base"}]))
+    for i in (1, 2):
+        save_gauge(SignedPermutation.random(D, seed=i), tmp_path / f"g{i}.safetensors")
+    code, out, _ = cli("audit", tmp_path / "claims.json", "--gauge", tmp_path / "g1.safetensors",
+                       tmp_path / "g2.safetensors", "--evidence", tmp_path / "ev.npz", "--out", tmp_path / "a")
+    assert code == 0, out
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert {"g1", "g2"} <= set(report["gauges"]) and report["claims"][0]["method"] == "data"
+
+
 def test_audit_cli_needs_a_width_and_reports_bad_claims_as_input_errors(cli, tmp_path):
     (tmp_path / "claims.json").write_text(json.dumps([{"name": "n", "site": "s", "kind": "coordinates",
                                                        "indices": [1]}]))

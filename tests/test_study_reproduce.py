@@ -82,3 +82,61 @@ def test_reproduce_refuses_to_replace_a_directory_that_is_not_a_report(cli, tmp_
     code, _, err = cli("reproduce", "--micro", "--out", tmp_path / "mine", "--quiet")
     assert code == 2 and "not a previous" in err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_failed_stage_build_leaves_nothing_for_the_next_run_to_trust(tmp_path):
+    from gaugeport.study.cache import StageCache
+
+    cache = StageCache(root=tmp_path)
+
+    def broken(path):
+        (path / "half-written").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        cache.stage("base", "k1", broken)
+    built = cache.stage("base", "k1", lambda p: (p / "done").write_text("ok"))
+    assert sorted(p.name for p in built.iterdir()) == ["done"]
+    assert cache.stage("base", "k1", broken) == built and cache.hits == ["base"]
+
+
+def test_no_cache_builds_in_a_scratch_directory_that_is_removed():
+    from gaugeport.study.cache import StageCache
+
+    cache = StageCache(use_cache=False)
+    path = cache.stage("sae", "k", lambda p: (p / "w").write_text("1"))
+    assert path.is_dir()
+    cache.close()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("name", ["micro", "quick", "full"])
+def test_every_preset_saves_the_checkpoints_its_measurements_use(name):
+    from dataclasses import replace
+
+    from gaugeport.errors import GaugeportError
+    from gaugeport.study.config import preset
+
+    cfg = preset(name)
+    assert {cfg.transfer_step, cfg.merge_step, cfg.adamw_step} <= set(cfg.checkpoint_steps)
+    parts = ("seed", "model", "base")
+    assert cfg.key(*parts) == preset(name).key(*parts) != replace(cfg, seed=1).key(*parts)
+    with pytest.raises(GaugeportError):
+        replace(cfg, merge_step=cfg.finetune.steps + 1)
+
+
+def test_the_study_sae_loads_with_saelens_and_reconstructs_like_the_study_measured(study):
+    from pathlib import Path
+
+    import torch
+    from sae_lens import SAE
+
+    from gaugeport.study.sae import load_saelens
+    from gaugeport.transport.evaluate import sae_nmse
+
+    _, first, _ = study
+    sae_dir = next(Path(first["cache"]["root"]).glob("sae-*/sae"))
+    sae = SAE.load_from_disk(sae_dir)
+    assert sae.cfg.metadata.hook_name == f"blocks.{first['config']['site_layer']}.hook_resid_post"
+    x = torch.randn(32, first["config"]["model"]["d_model"])
+    assert sae_nmse(sae, x) == pytest.approx(sae_nmse(load_saelens(sae_dir), x), rel=1e-5)

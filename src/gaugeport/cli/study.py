@@ -26,11 +26,13 @@ def compose(
                f"fingerprint {g.fingerprint()}")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def audit(
+    ctx: typer.Context,
     claims: Annotated[Path, typer.Argument(help="claims JSON: {\"claims\": [{name, site, kind, ...}]}")],
     out: Annotated[Path, typer.Option("--out", help="output directory (audit.json, audit.md)")],
-    gauge: Annotated[list[Path] | None, typer.Option("--gauge", help="estimated gauge(s) to include")] = None,
+    gauge: Annotated[list[Path] | None, typer.Option(
+        "--gauge", help="estimated gauge(s) to include in the sweep: --gauge G1 G2 ...")] = None,
     random: Annotated[int, typer.Option("--random", help="number of random signed permutations")] = 8,
     d: Annotated[int | None, typer.Option("--d", help="width, when no --gauge is given")] = None,
     evidence: Annotated[Path | None, typer.Option("--evidence", help=".npz with <key>.acts and <key>.labels")] = None,
@@ -42,8 +44,12 @@ def audit(
     from gaugeport.audit import audit_claims, gauge_sweep, load_claims, load_evidence, write_audit
     from gaugeport.gauge import load_gauge
 
+    extra = list(ctx.args)
+    if extra and (not gauge or any(x.startswith("-") for x in extra)):
+        raise GaugeportError(f"unexpected argument(s): {' '.join(extra)}",
+                             hint="audit takes one claims file; list gauge files after --gauge")
     parsed = load_claims(claims)
-    estimated = {p.stem: load_gauge(p) for p in gauge or []}
+    estimated = {p.stem: load_gauge(p) for p in [*(gauge or []), *map(Path, extra)]}
     widths = {g.d for g in estimated.values()} | ({d} if d is not None else set())
     if len(widths) != 1:
         raise GaugeportError("cannot tell the width of the sweep" if not widths else
@@ -63,7 +69,8 @@ def audit(
 
 @app.command()
 def reproduce(
-    quick: Annotated[bool, typer.Option("--quick", help="the make-demo size (minutes on 2 cores)")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="the make-demo size (minutes on 2 cores); "
+                                        "default: the full size")] = False,
     micro: Annotated[bool, typer.Option("--micro", help="smoke-test size (seconds)")] = False,
     out: Annotated[Path, typer.Option("--out", help="report directory")] = Path("reports/latest"),
     no_cache: Annotated[bool, typer.Option("--no-cache", help="train everything afresh, cache nothing")] = False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class StageCache:
         self.root = (root or cache_root()) / "study" if use_cache else self._scratch_dir()
         self.hits: list[str] = []
         self.misses: list[str] = []
+        self.seconds: dict[str, float] = {}  # build time of each stage built in this run
 
     def _scratch_dir(self) -> Path:
         self._scratch = Path(tempfile.mkdtemp(prefix="gaugeport-study-"))
@@ -42,9 +44,11 @@ class StageCache:
             self.hits.append(name)
             return path
         self.misses.append(name)
+        t0 = time.perf_counter()
         with atomic_path(path) as tmp:
             tmp.mkdir()
             build(tmp)
+        self.seconds[name] = time.perf_counter() - t0
         return path
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from gaugeport.errors import GaugeportError
 
-CACHE_VERSION = "1"  # bump when a change to the training code makes cached models stale
+CACHE_VERSION = "2"  # bump when a change to the training code makes cached models stale
 Preset = Literal["micro", "quick", "full"]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gaugeport.corpus import builtin_token_ids, tokenizer
@@ -51,6 +50,3 @@ class Context:
         """The run-1 checkpoint (in its hidden gauge) that base-trained artifacts are carried to."""
         return self.art.runs[0].checkpoint(self.cfg.transfer_step)
 
-
-def seeded(*parts: int) -> np.random.Generator:
-    return np.random.default_rng(derived_seed(*parts))

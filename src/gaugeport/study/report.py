@@ -9,6 +9,14 @@ from typing import Any
 from gaugeport.study.paper import PAPER
 
 
+def _magnitude(ours: float, paper: float, what: str, fmt=None) -> str:  # noqa: ANN001
+    """A sentence comparing one figure with the paper's: close (within 25%), or higher / lower."""
+    f = fmt or (lambda x: f"{x:.3g}")
+    if abs(ours - paper) <= 0.25 * abs(paper):
+        return f"our {what} figure ({f(ours)}) is close to the paper's ({f(paper)})"
+    return f"our {what} figure ({f(ours)}) is {'higher' if ours > paper else 'lower'} than the paper's ({f(paper)})"
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -35,9 +43,9 @@ def _function_row(r: dict[str, Any]) -> list[str]:
 def _matching_row(r: dict[str, Any]) -> list[str]:
     m, curve = r["matching"], r["matching_ceiling"]
     excess = max(c["raw"] - c["positive_fraction"] for c in curve)
-    verdict = (f"Agrees: raw signed matching never exceeds the positive-sign fraction by more than "
-               f"{pct(max(excess, 0))} over the {len(curve)} fractions tried (see ceiling.png), while "
-               f"sign-marginalized matching recovers {pct(m['signed'])}."
+    bound = "never exceeds" if excess <= 0 else f"exceeds by at most {pct(excess)}"
+    verdict = (f"Agrees: raw signed matching {bound} the positive-sign fraction over the {len(curve)} fractions "
+               f"tried (see ceiling.png), while sign-marginalized matching recovers {pct(m['signed'])}."
                if excess <= 0.05 else
                f"Differs: raw matching exceeded the positive-sign fraction by {pct(excess)} at some fraction.")
     return ["2. matching accuracy (hidden gauge, 50% positive signs)", pct(m["signed"]), pct(m["perm_only"]),
@@ -48,11 +56,13 @@ def _trajectory_row(r: dict[str, Any]) -> list[str]:
     t, p = r["trajectory"], PAPER["trajectory"]
     gain = t["composed"] - t["endpoint"]
     if gain >= 0.1:
+        via = ("so routing through the base does not explain the gain" if t["via_base"] < t["composed"] - 0.05
+               else "but routing through the base recovers about as much")
         verdict = (f"Same direction as the paper: at step {t['step']} composing the {t['n_hops']} local gauges keeps "
                    f"{pct(t['composed'])} of coordinates against {pct(t['endpoint'])} by endpoint matching and "
-                   f"{pct(t['via_base'])} via the base, so routing through the base does not explain the gain. "
+                   f"{pct(t['via_base'])} via the base, {via}. "
                    f"Our run is shorter ({t['step']} vs {p['steps']} steps) and far smaller, so only the shape "
-                   "compares, not the percentages.")
+                   "compares, not the percentages. " + _drift_note(r))
     else:
         verdict = (f"Differs: at step {t['step']} composition ({pct(t['composed'])}) does not clearly beat endpoint "
                    f"matching ({pct(t['endpoint'])}); the paper reports {pct(p['composed'])} vs {pct(p['endpoint'])}.")
@@ -61,14 +71,20 @@ def _trajectory_row(r: dict[str, Any]) -> list[str]:
             f"{pct(p['composed'])} composed vs {pct(p['endpoint'])} endpoint at {p['steps']:,} steps", verdict]
 
 
+def _drift_note(r: dict[str, Any]) -> str:
+    loss, ft = r["training_loss"], r["config"]["finetune"]
+    return (f"At this scale the drift comes from aggressive fine-tuning (lr {ft['lr']:g}): the runs end at "
+            f"training loss {loss['run-1']:.2f} / {loss['run-2']:.2f} against the base's {loss['base']:.2f}, so "
+            "this is a stress test of estimation rather than a fine-tune one would keep (PAPER.md §3 found the "
+            "same: gentle fine-tuning leaves endpoint matching intact at small scale).")
+
+
 def _sae_row(r: dict[str, Any]) -> list[str]:
     s, p = r["sae_nmse"], PAPER["sae_nmse"]
     if s["signed"] < s["perm_only"]:
-        verdict = (f"Same ordering as the paper. Ours: {s['signed']:.3f} (B_d) vs {s['perm_only']:.3f} (S_d), "
-                   f"paper {p['signed']} vs {p['perm_only']}. ")
-        verdict += (f"Our B_d figure is higher than the paper's: the target is a fine-tuned checkpoint, not the "
-                    f"SAE's own model, and the SAE reconstructs its own model at {s['native']:.3f}."
-                    if s["signed"] > 2 * p["signed"] + 0.01 else "Magnitudes are close to the paper's.")
+        verdict = (f"Same ordering as the paper; {_magnitude(s['signed'], p['signed'], 'B_d')} and "
+                   f"{_magnitude(s['perm_only'], p['perm_only'], 'S_d')}. The SAE reconstructs its own model at "
+                   f"{s['native']:.4f}; untransported on the target it scores {s['untransported']:.3f}.")
     else:
         verdict = f"Differs: signed transport did not reconstruct better ({s['signed']:.3f} vs {s['perm_only']:.3f})."
     return ["4. SAE reconstruction NMSE after transport", f"{s['signed']:.4f}", f"{s['perm_only']:.3f}",
@@ -79,9 +95,10 @@ def _sae_row(r: dict[str, Any]) -> list[str]:
 def _steering_row(r: dict[str, Any]) -> list[str]:
     s, p = r["steering_preserved"], PAPER["steering_preserved"]
     if s["signed"] > s["perm_only"]:
-        verdict = (f"Same ordering: {pct(s['signed'])} preserved with B_d vs {pct(s['perm_only'])} with S_d "
-                   f"(paper {pct(p['signed'])} vs {pct(p['perm_only'])}); the target's own direction gives "
-                   f"{pct(s['native_target'])}, the ceiling for a drifted checkpoint.")
+        verdict = (f"Same ordering; {_magnitude(s['signed'], p['signed'], 'B_d', pct)} and "
+                   f"{_magnitude(s['perm_only'], p['perm_only'], 'S_d', pct)}. For reference, the target's own "
+                   f"direction gives {pct(s['native_target'])}; a ratio above 100% means the target responds more "
+                   "strongly than the base to the same vector.")
     else:
         verdict = f"Differs: B_d preserved {pct(s['signed'])}, S_d {pct(s['perm_only'])}."
     return ["5a. polarity steering effect preserved", pct(s["signed"]), pct(s["perm_only"]),

@@ -59,6 +59,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, use_cache: bool = True, prog
                 art = build_all(cfg, cache, progress)
             ctx = Context(cfg, art, Path(tempfile.mkdtemp(dir=tmp)), progress)
             results = _measure(ctx, timer, tmp)
+            timer.seconds.update({f"train-{k}": v for k, v in cache.seconds.items()})
             timer.seconds["total"] = time.perf_counter() - t0
             results.update(config=cfg.to_dict(), timings=timer.seconds, generator=MARKER,
                            cache={"enabled": use_cache, "root": str(cache.root), "hits": cache.hits,

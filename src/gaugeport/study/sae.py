@@ -51,12 +51,23 @@ def save_saelens(weights: dict[str, torch.Tensor], path: Path, hook_name: str, m
     cfg = {
         "architecture": "standard", "d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-        "metadata": {"hook_name": hook_name, "model_name": model_name, "trained_by": "gaugeport reproduce"},
+        # the version fields tell SAELens this is a >= 6.0 config (else it drops the metadata as legacy)
+        "metadata": {"sae_lens_version": _saelens_version(), "sae_lens_training_version": _saelens_version(),
+                     "hook_name": hook_name, "model_name": model_name, "trained_by": "gaugeport reproduce"},
     }
     path.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(path / SAE_WEIGHTS))
     (path / SAE_CFG).write_text(json.dumps(cfg, indent=2))
     return path
+
+
+def _saelens_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:
+        return "6.0.0"
 
 
 def load_saelens(path: Path) -> dict[str, torch.Tensor]:
