@@ -32,6 +32,9 @@ _LAZY = {
     "align_by_weights": "gaugeport.align",
     "MomentSet": "gaugeport.moments",
     "collect_moments": "gaugeport.activations",
+    "align_chain": "gaugeport.trajectory",
+    "audit_claims": "gaugeport.audit",
+    "transport_vector": "gaugeport.transport",
 }
 
 
