@@ -22,7 +22,6 @@ Files are validated strictly: an unknown key is an error, so no field can become
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -240,13 +239,6 @@ def _template_regex(template: str, macros: dict[str, list[str]], model_type: str
         else:
             raise ArchitectureError(f"{model_type}: template {template!r} uses undefined macro {part}")
     return re.compile("".join(out))
-
-
-def expand_template(template: str, macros: dict[str, list[str]], n_layers: int) -> list[str]:
-    """All concrete names a template stands for (used by tests and docs)."""
-    keys = re.findall(r"\{(\w+)\}", template)
-    choices = [[str(i) for i in range(n_layers)] if k == "layer" else macros[k] for k in keys]
-    return [template.format(**dict(zip(keys, combo, strict=True))) for combo in itertools.product(*choices)]
 
 
 def _hook(raw: dict[str, Any] | None, model_type: str) -> HookPoint | None:
