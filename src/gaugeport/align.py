@@ -28,7 +28,7 @@ import torch
 
 from gaugeport.errors import ArchitectureError, DataError
 from gaugeport.gauge import SignedPermutation, save_gauge
-from gaugeport.matching import METHODS, Match, match_margin, match_scores
+from gaugeport.matching import METHODS, ConfidenceSummary, Match, match_margin, match_scores
 from gaugeport.moments import CrossMoments, MomentSet
 
 LOW_MARGIN = 0.05  # coordinates matched by less than this margin are listed in the report
@@ -36,7 +36,7 @@ ALL_METHODS = (*METHODS, "weights")
 
 
 @dataclass
-class Alignment:
+class Alignment(ConfidenceSummary):
     """An estimated gauge A -> B with its per-coordinate confidence and a JSON-ready report."""
 
     gauge: SignedPermutation
@@ -47,14 +47,6 @@ class Alignment:
     site_agreement: dict[str, float] = field(default_factory=dict)
     n_tokens: int = 0
     report: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def mean_confidence(self) -> float:
-        return float(np.mean(self.confidence))
-
-    @property
-    def min_confidence(self) -> float:
-        return float(np.min(self.confidence))
 
     def provenance(self) -> dict[str, Any]:
         """The metadata a gauge file carries."""

@@ -32,6 +32,20 @@ Method = Literal["signed", "raw", "perm-only"]
 METHODS: tuple[str, ...] = ("signed", "raw", "perm-only")
 
 
+class ConfidenceSummary:
+    """Mean / min of a per-coordinate ``confidence`` array (shared by alignments and chain hops)."""
+
+    confidence: np.ndarray
+
+    @property
+    def mean_confidence(self) -> float:
+        return float(np.mean(self.confidence))
+
+    @property
+    def min_confidence(self) -> float:
+        return float(np.min(self.confidence))
+
+
 @dataclass(frozen=True)
 class Match:
     """A matched gauge with per-coordinate confidence (indexed by A's coordinates)."""

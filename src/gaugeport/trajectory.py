@@ -22,26 +22,19 @@ from tqdm.auto import tqdm
 
 from gaugeport.errors import GaugeError, GaugeportError
 from gaugeport.gauge import SignedPermutation, compose, read_gauge_file, save_gauge
+from gaugeport.matching import ConfidenceSummary
 
 ModelRef = str | Path | torch.nn.Module
 
 
 @dataclass(frozen=True)
-class Hop:
+class Hop(ConfidenceSummary):
     """One local gauge of a chain, with the per-coordinate confidence of its estimate."""
 
     source: str
     target: str
     gauge: SignedPermutation
     confidence: np.ndarray  # per coordinate of the source
-
-    @property
-    def mean_confidence(self) -> float:
-        return float(np.mean(self.confidence))
-
-    @property
-    def min_confidence(self) -> float:
-        return float(np.min(self.confidence))
 
 
 @dataclass(frozen=True)
