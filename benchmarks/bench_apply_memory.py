@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from gaugeport.checkpoint import INDEX_FILE, SafetensorsStreamWriter
-from gaugeport.fileio import atomic_write_json
+from gaugeport.core.checkpoint import INDEX_FILE, SafetensorsStreamWriter
+from gaugeport.core.fileio import atomic_write_json
 
 MB = 2**20
 # name: (d_model, intermediate, n_layers, n_heads, n_kv_heads, vocab, shard_mb)
@@ -121,9 +121,9 @@ def child(src: str, out: str, seed: int) -> None:
     """Runs in the subprocess: apply, sample RssAnon in a thread, print the figures as JSON."""
     import threading
 
-    from gaugeport.apply import apply_gauge_to_checkpoint
-    from gaugeport.checkpoint import Checkpoint
-    from gaugeport.gauge import SignedPermutation
+    from gaugeport.core.apply import apply_gauge_to_checkpoint
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.core.gauge import SignedPermutation
 
     gauge = SignedPermutation.random(Checkpoint.open(src).d_model, seed=seed)
     baseline_kb, baseline_anon_kb = _status_kb("VmHWM"), _status_kb("RssAnon")
@@ -159,9 +159,9 @@ def run_child(src: Path, out: Path, seed: int) -> dict[str, float]:
 
 def spot_check(src: Path, out: Path, seed: int) -> float:
     """Max |difference| between two output tensors and `transform_tensor` of their sources (0 expected)."""
-    from gaugeport.apply import transform_tensor
-    from gaugeport.checkpoint import Checkpoint
-    from gaugeport.gauge import SignedPermutation
+    from gaugeport.core.apply import transform_tensor
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.core.gauge import SignedPermutation
 
     a, b = Checkpoint.open(src), Checkpoint.open(out)
     gauge, spec = SignedPermutation.random(a.d_model, seed=seed), a.spec

@@ -6,7 +6,7 @@ ways, each timed as the best of ``--repeat`` passes over all batches:
 * ``bare``: ``model(input_ids, attention_mask)`` for A and B, logits included (what running the
   models costs anyway);
 * ``trunk``: the same, stopped before the final norm (what collection must compute at least);
-* ``collect``: :func:`gaugeport.activations.collect_moments` at the default sites (every distinct
+* ``collect``: :func:`gaugeport.estimate.activations.collect_moments` at the default sites (every distinct
   residual stream), float32 batch products accumulated in float64.
 
 Headline: ``collect / bare`` (target <= 1.25x), also ``collect / trunk``. Writes JSON next to this
@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from gaugeport.activations import _Capture, collect_moments, default_sites
-from gaugeport.apply import apply_gauge_to_model
-from gaugeport.data import Batch
-from gaugeport.gauge import SignedPermutation
-from gaugeport.tiny import tiny_model
+from gaugeport.core.apply import apply_gauge_to_model
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.estimate.activations import _Capture, collect_moments, default_sites
+from gaugeport.estimate.data import Batch
+from gaugeport.models.tiny import tiny_model
 
 FULL = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4, "num_attention_heads": 8,
         "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 8192, "max_position_embeddings": 512}

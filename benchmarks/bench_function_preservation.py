@@ -16,11 +16,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gaugeport.apply import apply_gauge_to_checkpoint, apply_gauge_to_state_dict
-from gaugeport.archspec import get_spec, supported_architectures
-from gaugeport.gauge import SignedPermutation
-from gaugeport.tiny import probe_ids, save_tiny, tiny_model
-from gaugeport.verify import compare_models, load_model
+from gaugeport.core.apply import apply_gauge_to_checkpoint, apply_gauge_to_state_dict
+from gaugeport.core.archspec import get_spec, supported_architectures
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.core.verify import compare_models, load_model
+from gaugeport.models.tiny import probe_ids, save_tiny, tiny_model
 
 
 def measure(model_type: str, seeds: int) -> dict[str, float]:

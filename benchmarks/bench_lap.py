@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gaugeport.lap import COST_DTYPE, dense_solvers, sparse_assignment, top_k_candidates
+from gaugeport.estimate.lap import COST_DTYPE, dense_solvers, sparse_assignment, top_k_candidates
 
 REGIMES = {"typical": (0.3, 0.95), "weak": (0.02, 0.2)}
 

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaugeport.activations import collect_moments
-from gaugeport.apply import apply_gauge_to_checkpoint
-from gaugeport.distributed import collect_moments_distributed
-from gaugeport.fileio import atomic_write_json
-from gaugeport.gauge import SignedPermutation
-from gaugeport.tiny import tiny_model
-from gaugeport.verify import load_model
+from gaugeport.core.apply import apply_gauge_to_checkpoint
+from gaugeport.core.fileio import atomic_write_json
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.core.verify import load_model
+from gaugeport.estimate.activations import collect_moments
+from gaugeport.estimate.distributed import collect_moments_distributed
+from gaugeport.models.tiny import tiny_model
 
 FULL = {"hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 8, "num_key_value_heads": 4,
         "head_dim": 32, "num_hidden_layers": 4, "vocab_size": 4096}

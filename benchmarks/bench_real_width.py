@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from gaugeport.apply import apply_gauge_to_model
-from gaugeport.gauge import SignedPermutation
-from gaugeport.tiny import probe_ids, tiny_model
+from gaugeport.core.apply import apply_gauge_to_model
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.models.tiny import probe_ids, tiny_model
 
 # (model_type, hidden, intermediate, heads, kv heads, head_dim, vocab): shapes of released models.
 SHAPES = {

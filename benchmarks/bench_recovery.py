@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from gaugeport.activations import collect_moments
-from gaugeport.align import align_from_moments
-from gaugeport.apply import apply_gauge_to_model
-from gaugeport.fileio import atomic_write_json
-from gaugeport.gauge import SignedPermutation
-from gaugeport.matching import METHODS
-from gaugeport.tiny import tiny_model
+from gaugeport.core.apply import apply_gauge_to_model
+from gaugeport.core.fileio import atomic_write_json
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.estimate.activations import collect_moments
+from gaugeport.estimate.align import align_from_moments
+from gaugeport.estimate.matching import METHODS
+from gaugeport.models.tiny import tiny_model
 
 TARGET = 0.99
 MODEL = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gaugeport.fileio import atomic_write_json
+from gaugeport.core.fileio import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 Row = tuple[str, str, str]  # figure, value, baseline / note

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gaugeport.tiny import save_tiny
+from gaugeport.models.tiny import save_tiny
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ import torch
 
 import gaugeport
 from gaugeport import SignedPermutation, apply_gauge
-from gaugeport.errors import DataError, GaugeportError
-from gaugeport.tiny import probe_ids, tiny_model
-from gaugeport.verify import compare_models, verify_checkpoints
+from gaugeport.core.errors import DataError, GaugeportError
+from gaugeport.core.verify import compare_models, verify_checkpoints
+from gaugeport.models.tiny import probe_ids, tiny_model
 
 
 def test_apply_gauge_on_a_module_is_in_place_and_preserves_logits():

@@ -15,25 +15,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gaugeport.errors import GaugeportError
-from gaugeport.gauge import SignedPermutation, compose, load_gauge, read_gauge_file, save_gauge
+from gaugeport.core.errors import GaugeportError
+from gaugeport.core.gauge import SignedPermutation, compose, load_gauge, read_gauge_file, save_gauge
 
 __version__ = "0.1.0"
 
 # Public names provided by other modules, imported on first use (keeps `import gaugeport` light).
 _LAZY = {
-    "get_spec": "gaugeport.archspec",
-    "supported_architectures": "gaugeport.archspec",
-    "verify_checkpoints": "gaugeport.verify",
-    "compare_models": "gaugeport.verify",
-    "match_coordinates": "gaugeport.matching",
-    "match_with_confidence": "gaugeport.matching",
-    "align_models": "gaugeport.align",
-    "align_by_weights": "gaugeport.align",
-    "MomentSet": "gaugeport.moments",
-    "collect_moments": "gaugeport.activations",
-    "align_chain": "gaugeport.trajectory",
-    "audit_claims": "gaugeport.audit",
+    "get_spec": "gaugeport.core.archspec",
+    "supported_architectures": "gaugeport.core.archspec",
+    "verify_checkpoints": "gaugeport.core.verify",
+    "compare_models": "gaugeport.core.verify",
+    "match_coordinates": "gaugeport.estimate.matching",
+    "match_with_confidence": "gaugeport.estimate.matching",
+    "align_models": "gaugeport.estimate.align",
+    "align_by_weights": "gaugeport.estimate.align",
+    "MomentSet": "gaugeport.estimate.moments",
+    "collect_moments": "gaugeport.estimate.activations",
+    "align_chain": "gaugeport.estimate.trajectory",
+    "audit_claims": "gaugeport.transport.audit",
     "transport_vector": "gaugeport.transport",
 }
 
@@ -50,8 +50,8 @@ def apply_gauge(target: Any, gauge: SignedPermutation, *, out: str | Path | None
     give ``model_type``) or a checkpoint directory (written to ``out``, whose path is returned)."""
     import torch
 
-    from gaugeport import apply as _apply
-    from gaugeport.archspec import get_spec
+    from gaugeport.core import apply as _apply
+    from gaugeport.core.archspec import get_spec
 
     if isinstance(target, torch.nn.Module):
         return _apply.apply_gauge_to_model(target, gauge)
@@ -70,7 +70,7 @@ def inspect(target: Any) -> Any:
     """Inspect a checkpoint directory or a transformers model: norm kind, gauge group, gain genericity."""
     import torch
 
-    from gaugeport.inspection import inspect_checkpoint, inspect_model
+    from gaugeport.core.inspection import inspect_checkpoint, inspect_model
 
     return inspect_model(target) if isinstance(target, torch.nn.Module) else inspect_checkpoint(target)
 

@@ -6,7 +6,7 @@ import sys
 
 from gaugeport.cli import core, estimate, study, transport  # noqa: F401  (register verbs)
 from gaugeport.cli._app import app
-from gaugeport.errors import GaugeportError
+from gaugeport.core.errors import GaugeportError
 
 EXIT_BAD_INPUT = 2
 

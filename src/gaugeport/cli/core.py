@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
-from gaugeport.apply import apply_gauge_to_checkpoint
-from gaugeport.checkpoint import Checkpoint
 from gaugeport.cli._app import app
-from gaugeport.errors import GaugeportError
-from gaugeport.gauge import SignedPermutation, load_gauge, save_gauge
-from gaugeport.inspection import inspect_checkpoint
-from gaugeport.verify import DEFAULT_TOL, verify_checkpoints
+from gaugeport.core.apply import apply_gauge_to_checkpoint
+from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.errors import GaugeportError
+from gaugeport.core.gauge import SignedPermutation, load_gauge, save_gauge
+from gaugeport.core.inspection import inspect_checkpoint
+from gaugeport.core.verify import DEFAULT_TOL, verify_checkpoints
 
 
 @app.command()
@@ -63,7 +63,7 @@ def apply(
         g = g.perm_only() if perm_only else g
         provenance = {"gaugeport_random_seed": str(random_seed)}
     if save_gauge_to is not None:  # refuse an existing gauge file before doing any work
-        from gaugeport.fileio import refuse_existing
+        from gaugeport.core.fileio import refuse_existing
         refuse_existing(save_gauge_to, force)
     apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
     if save_gauge_to is not None:

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from gaugeport.cli._app import app
-from gaugeport.errors import DataError, GaugeportError
-from gaugeport.fileio import refuse_existing
+from gaugeport.core.errors import DataError, GaugeportError
+from gaugeport.core.fileio import refuse_existing
 
 DataOpt = Annotated[str | None, typer.Option(
     "--data", help="token ids .npy [n_seq, len], a .txt/.jsonl file, a datasets.save_to_disk dir, or 'builtin'")]
@@ -28,8 +28,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress bar")]
 def _batches(a: Path, b: Path, data: str, tokens: int, batch_size: int, seq_len: int, seed: int,
              tokenizer: Path | None) -> list[Any]:
     """Token batches for the pair, read from the configs only (no model is loaded for this)."""
-    from gaugeport.checkpoint import Checkpoint
-    from gaugeport.data import load_token_batches, tokenizer_for
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.estimate.data import load_token_batches, tokenizer_for
 
     cfgs = [Checkpoint.open(p).config for p in (a, b)]
     cfgs = [c.get("text_config", c) for c in cfgs]
@@ -50,7 +50,7 @@ def _collect(a: Path, b: Path, batches: list[Any], sites: list[str] | None, shar
     same tokens collected twice are refused when merged (they would be counted twice)."""
     if ray is not None:
         try:
-            from gaugeport.distributed import collect_moments_distributed
+            from gaugeport.estimate.distributed import collect_moments_distributed
         except ImportError as exc:
             raise GaugeportError(f"distributed collection is unavailable: {exc}",
                                  hint="install ray (pip install 'gaugeport[ray]'), or drop --ray to collect "
@@ -58,9 +58,9 @@ def _collect(a: Path, b: Path, batches: list[Any], sites: list[str] | None, shar
         ms = collect_moments_distributed(a, b, batches, sites, ray, workers, progress, shard_id=shard_id)
         ms.info.update(info)
         return ms
-    from gaugeport.activations import collect_moments
-    from gaugeport.data import batches_digest
-    from gaugeport.verify import load_model
+    from gaugeport.core.verify import load_model
+    from gaugeport.estimate.activations import collect_moments
+    from gaugeport.estimate.data import batches_digest
 
     return collect_moments(load_model(a), load_model(b), batches, sites=sites, progress=progress,
                            shard_id=shard_id or f"tokens-{batches_digest(batches)}", info=info)
@@ -133,7 +133,7 @@ def align(
     accuracy = _truth_accuracy(truth, result.gauge) if truth is not None else None
     result.save(out, force=force, provenance={"a": str(a), "b": str(b), "data": source})
     if report is not None:
-        from gaugeport.fileio import atomic_write_json
+        from gaugeport.core.fileio import atomic_write_json
 
         atomic_write_json(report, {**result.report, "a": str(a), "b": str(b), "data": source,
                                    "accuracy": accuracy}, force=force)
@@ -157,7 +157,7 @@ def _spread_extra_args(extra: list[str], moments: list[Path] | None,
 
 
 def _check_align_args(method: str, data: str | None, moments: list[Path] | None, via: list[Path] | None) -> None:
-    from gaugeport.align import ALL_METHODS
+    from gaugeport.estimate.align import ALL_METHODS
 
     if method not in ALL_METHODS:
         raise GaugeportError(f"unknown method {method!r}", hint="choose one of: " + ", ".join(ALL_METHODS))
@@ -173,13 +173,13 @@ def _check_align_args(method: str, data: str | None, moments: list[Path] | None,
 def _estimate(a: Path, b: Path, data: str | None, moments: list[Path] | None, method: str,
               site: list[str] | None, tokens: int, batch_size: int, seq_len: int, seed: int,
               tokenizer: Path | None, quiet: bool) -> tuple[Any, str]:
-    from gaugeport.align import align_by_weights, align_from_moments
+    from gaugeport.estimate.align import align_by_weights, align_from_moments
 
     if method == "weights":
         return align_by_weights(a, b), "weights"
     if moments:
-        from gaugeport.activations import checkpoint_fingerprint
-        from gaugeport.moments import MomentSet
+        from gaugeport.estimate.activations import checkpoint_fingerprint
+        from gaugeport.estimate.moments import MomentSet
 
         merged = MomentSet.merge_all(MomentSet.load(m) for m in moments)
         _check_moments_match(merged, checkpoint_fingerprint(a), checkpoint_fingerprint(b), moments)
@@ -201,7 +201,7 @@ def _check_moments_match(ms: Any, fp_a: str, fp_b: str, files: list[Path]) -> No
 
 
 def _truth_accuracy(truth: Path, gauge: Any) -> dict[str, float]:
-    from gaugeport.gauge import load_gauge
+    from gaugeport.core.gauge import load_gauge
 
     return gauge.accuracy(load_gauge(truth))
 
@@ -226,10 +226,10 @@ def _align_via(a: Path, b: Path, via: list[Path], out: Path, data: str | None, m
                site: list[str] | None, tokens: int, batch_size: int, seq_len: int, seed: int,
                tokenizer: Path | None, truth: Path | None, report: Path | None, force: bool, quiet: bool) -> None:
     try:
-        from gaugeport.trajectory import align_chain
+        from gaugeport.estimate.trajectory import align_chain
     except ImportError as exc:
         raise GaugeportError(f"chain alignment (--via) is unavailable: {exc}") from exc
-    from gaugeport.gauge import save_gauge
+    from gaugeport.core.gauge import save_gauge
 
     data = data or "builtin"
     batches = _batches(a, b, data, tokens, batch_size, seq_len, seed, tokenizer)
@@ -241,7 +241,7 @@ def _align_via(a: Path, b: Path, via: list[Path], out: Path, data: str | None, m
                                   "min_confidence": float(chain.confidence.min()), "chain": summary},
                {"confidence": chain.confidence.astype("float32")}, force=force)
     if report is not None:
-        from gaugeport.fileio import atomic_write_json
+        from gaugeport.core.fileio import atomic_write_json
 
         atomic_write_json(report, {**summary, "accuracy": accuracy}, force=force)
     typer.echo(chain.summary())

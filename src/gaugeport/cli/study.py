@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gaugeport.cli._app import app
-from gaugeport.errors import GaugeportError
+from gaugeport.core.errors import GaugeportError
 
 
 @app.command()
@@ -19,7 +19,7 @@ def compose(
     force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
 ) -> None:
     """Compose gauges along a chain: G1 is applied first, so the result maps A's coordinates to B's."""
-    from gaugeport.trajectory import compose_gauge_files
+    from gaugeport.estimate.trajectory import compose_gauge_files
 
     g = compose_gauge_files(gauges, out, force=force)
     typer.echo(f"wrote {out}: {len(gauges)} gauges composed (first applied first), d={g.d}, "
@@ -41,8 +41,8 @@ def audit(
     force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
 ) -> None:
     """Re-express index-level claims under a sweep of gauges; verdict: gauge-covariant or index-bound."""
-    from gaugeport.audit import audit_claims, gauge_sweep, load_claims, load_evidence, write_audit
-    from gaugeport.gauge import load_gauge
+    from gaugeport.core.gauge import load_gauge
+    from gaugeport.transport.audit import audit_claims, gauge_sweep, load_claims, load_evidence, write_audit
 
     extra = list(ctx.args)
     if extra and (not gauge or any(x.startswith("-") for x in extra)):

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gaugeport.cli._app import app
-from gaugeport.gauge import load_gauge
+from gaugeport.core.gauge import load_gauge
 
 
 class Kind(StrEnum):

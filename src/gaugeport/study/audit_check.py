@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaugeport.audit import Claim, Evidence, audit_claims, effect_sizes, gauge_sweep, write_audit
-from gaugeport.corpus import request_prompts, sample_documents
-from gaugeport.fileio import atomic_write_json
-from gaugeport.gauge import SignedPermutation
+from gaugeport.core.fileio import atomic_write_json
+from gaugeport.core.gauge import SignedPermutation
 from gaugeport.study.context import Context
+from gaugeport.study.corpus import request_prompts, sample_documents
 from gaugeport.study.models import in_gauge
 from gaugeport.study.probes import site_name, token_residuals
 from gaugeport.study.stages import derived_seed
+from gaugeport.transport.audit import Claim, Evidence, audit_claims, effect_sizes, gauge_sweep, write_audit
 
 FRAME = "study-base"  # the explicit gauge the covariant claims are stated in
 

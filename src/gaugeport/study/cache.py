@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gaugeport.fileio import atomic_path
+from gaugeport.core.fileio import atomic_path
 
 
 def cache_root() -> Path:

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from gaugeport.errors import GaugeportError
+from gaugeport.core.errors import GaugeportError
 
 CACHE_VERSION = "2"  # bump when a change to the training code makes cached models stale
 Preset = Literal["micro", "quick", "full"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from gaugeport.corpus import builtin_token_ids, tokenizer
-from gaugeport.data import BUILTIN, Batch, load_token_batches
+from gaugeport.estimate.data import BUILTIN, Batch, load_token_batches
 from gaugeport.study.config import StudyConfig
+from gaugeport.study.corpus import builtin_token_ids, tokenizer
 from gaugeport.study.models import load_model
 from gaugeport.study.stages import Artifacts, derived_seed
 

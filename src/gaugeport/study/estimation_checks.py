@@ -9,15 +9,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gaugeport.activations import collect_moments
-from gaugeport.align import align_from_moments
-from gaugeport.apply import transform_tensor
-from gaugeport.archspec import spec_for_config
-from gaugeport.gauge import SignedPermutation, compose
+from gaugeport.core.apply import transform_tensor
+from gaugeport.core.archspec import spec_for_config
+from gaugeport.core.gauge import SignedPermutation, compose
+from gaugeport.estimate.activations import collect_moments
+from gaugeport.estimate.align import align_from_moments
+from gaugeport.estimate.trajectory import Hop, estimate_hop
 from gaugeport.study.context import Context
 from gaugeport.study.models import in_gauge
 from gaugeport.study.stages import derived_seed
-from gaugeport.trajectory import Hop, estimate_hop
 
 METHODS = {"signed": "signed", "raw": "raw", "perm_only": "perm-only"}
 

@@ -12,11 +12,11 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from gaugeport.apply import apply_gauge_to_model
-from gaugeport.corpus import builtin_token_ids, tokenizer
-from gaugeport.gauge import SignedPermutation
+from gaugeport.core.apply import apply_gauge_to_model
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.models.tiny import tiny_model
 from gaugeport.study.config import ModelConfig, TrainConfig
-from gaugeport.tiny import tiny_model
+from gaugeport.study.corpus import builtin_token_ids, tokenizer
 
 Arch = Literal["llama", "gpt2"]
 OnCheckpoint = Callable[[int, torch.nn.Module, torch.optim.Optimizer], None]
@@ -90,7 +90,7 @@ def save_model(model: torch.nn.Module, path: Path) -> Path:
 
 
 def load_model(path: Path) -> torch.nn.Module:
-    from gaugeport.verify import load_model as _load
+    from gaugeport.core.verify import load_model as _load
 
     return _load(path)
 

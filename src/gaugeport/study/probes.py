@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gaugeport.corpus import PAD, encode_batch, tokenizer
-from gaugeport.transport.evaluate import site_activations
+from gaugeport.study.corpus import PAD, encode_batch, tokenizer
+from gaugeport.study.evaluate import site_activations
 
 
 def site_name(layer: int) -> str:

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from gaugeport.errors import CheckpointError
-from gaugeport.fileio import atomic_path
+from gaugeport.core.errors import CheckpointError
+from gaugeport.core.fileio import atomic_path
 from gaugeport.study import audit_check, estimation_checks, report, transport_checks
 from gaugeport.study.cache import StageCache
 from gaugeport.study.config import StudyConfig
@@ -104,7 +104,7 @@ def _measure(ctx: Context, timer: Timer, out: Path) -> dict[str, Any]:
 
 def _merge_gauge(ctx: Context):  # noqa: ANN202 (SignedPermutation; imported lazily)
     """Run-1 -> run-2 at ``merge_step`` by composing the chain through the base."""
-    from gaugeport.trajectory import align_chain
+    from gaugeport.estimate.trajectory import align_chain
 
     s = ctx.cfg.merge_step
     steps = [t for t in ctx.cfg.checkpoint_steps if t <= s]

@@ -71,6 +71,6 @@ def _saelens_version() -> str:
 
 
 def load_saelens(path: Path) -> dict[str, torch.Tensor]:
-    from gaugeport.fileio import read_safetensors
+    from gaugeport.core.fileio import read_safetensors
 
     return read_safetensors(path / SAE_WEIGHTS, what="SAE weights")[0]

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaugeport.corpus import builtin_token_ids
-from gaugeport.gauge import SignedPermutation, load_gauge, save_gauge
+from gaugeport.core.gauge import SignedPermutation, load_gauge, save_gauge
 from gaugeport.study.cache import StageCache
 from gaugeport.study.config import StudyConfig
+from gaugeport.study.corpus import builtin_token_ids
+from gaugeport.study.evaluate import site_activations
 from gaugeport.study.models import build_model, in_gauge, load_model, make_optimizer, save_model, train_lm
 from gaugeport.study.probes import site_name
 from gaugeport.study.sae import save_saelens, train_sae
-from gaugeport.transport.evaluate import site_activations
 
 RUN_NAMES = ("run-1", "run-2")
 

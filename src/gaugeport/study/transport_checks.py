@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
-from gaugeport.align import align_models
-from gaugeport.corpus import (
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.estimate.align import align_models
+from gaugeport.study.context import Context
+from gaugeport.study.corpus import (
     COMPLY_WORD,
     NEGATIVE_WORDS,
     POSITIVE_WORDS,
@@ -18,14 +20,7 @@ from gaugeport.corpus import (
     sample_documents,
     tokenizer,
 )
-from gaugeport.gauge import SignedPermutation
-from gaugeport.study.context import Context
-from gaugeport.study.models import corpus_batches, load_model, make_optimizer
-from gaugeport.study.probes import mean_difference, next_token_log_odds, site_name
-from gaugeport.study.sae import load_saelens
-from gaugeport.study.stages import derived_seed
-from gaugeport.transport import merge_models, transport_sae_dir, transport_trainer_checkpoint, transport_vector
-from gaugeport.transport.evaluate import (
+from gaugeport.study.evaluate import (
     lm_loss,
     sae_nmse,
     sign_reversal,
@@ -33,6 +28,11 @@ from gaugeport.transport.evaluate import (
     steering_effect,
     steering_preserved,
 )
+from gaugeport.study.models import corpus_batches, load_model, make_optimizer
+from gaugeport.study.probes import mean_difference, next_token_log_odds, site_name
+from gaugeport.study.sae import load_saelens
+from gaugeport.study.stages import derived_seed
+from gaugeport.transport import merge_models, transport_sae_dir, transport_trainer_checkpoint, transport_vector
 
 VARIANTS = {"signed": False, "perm_only": True}  # name -> perm_only flag of the transport functions
 

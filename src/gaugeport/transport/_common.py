@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from gaugeport import __version__
-from gaugeport.errors import ArtifactError, CheckpointError, GaugeError
-from gaugeport.gauge import ArrayLike, SignedPermutation, load_gauge
+from gaugeport.core.errors import ArtifactError, CheckpointError, GaugeError
+from gaugeport.core.gauge import ArrayLike, SignedPermutation, load_gauge
 
 GaugeLike = SignedPermutation | str | Path
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from gaugeport.apply import apply_gauge_to_checkpoint, check_gauge_fits
-from gaugeport.archspec import spec_for_config
-from gaugeport.checkpoint import INDEX_FILE, WEIGHT_SUFFIXES, Checkpoint
-from gaugeport.errors import ArtifactError
-from gaugeport.fileio import atomic_path
-from gaugeport.gauge import Mode, SignedPermutation
+from gaugeport.core.apply import apply_gauge_to_checkpoint, check_gauge_fits
+from gaugeport.core.archspec import spec_for_config
+from gaugeport.core.checkpoint import INDEX_FILE, WEIGHT_SUFFIXES, Checkpoint
+from gaugeport.core.errors import ArtifactError
+from gaugeport.core.fileio import atomic_path
+from gaugeport.core.gauge import Mode, SignedPermutation
 from gaugeport.transport._common import GaugeLike, check_finite, load_torch, provenance, resolve_gauge
 
 OPTIMIZER = "optimizer.pt"

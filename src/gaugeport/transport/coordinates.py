@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gaugeport.errors import ArtifactError, CheckpointError, GaugeError
-from gaugeport.fileio import atomic_path
-from gaugeport.gauge import SignedPermutation
+from gaugeport.core.errors import ArtifactError, CheckpointError, GaugeError
+from gaugeport.core.fileio import atomic_path
+from gaugeport.core.gauge import SignedPermutation
 from gaugeport.transport._common import GaugeLike, provenance, resolve_gauge
 
 TableKind = Literal["coordinates", "attributions"]

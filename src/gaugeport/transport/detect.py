@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gaugeport.errors import ArtifactError, CheckpointError
+from gaugeport.core.errors import ArtifactError, CheckpointError
 from gaugeport.transport._common import GaugeLike
 
 KINDS = ("vector", "sae", "coordinates", "attributions", "trainer-checkpoint")

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from gaugeport.errors import ArtifactError, CheckpointError
-from gaugeport.fileio import atomic_path
+from gaugeport.core.errors import ArtifactError, CheckpointError
+from gaugeport.core.fileio import atomic_path
 from gaugeport.transport._common import GaugeLike, provenance, resolve_gauge
 from gaugeport.transport.vectors import transport_vector
 

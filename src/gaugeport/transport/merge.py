@@ -18,18 +18,18 @@ from typing import Literal
 
 import torch
 
-from gaugeport.apply import (
+from gaugeport.core.apply import (
     apply_gauge_to_checkpoint,
     apply_gauge_to_state_dict,
     check_gauge_fits,
     rewrite_checkpoint,
     transform_tensor,
 )
-from gaugeport.archspec import spec_for_config
-from gaugeport.checkpoint import Checkpoint, shard_layout
-from gaugeport.errors import ArtifactError, GaugeError
-from gaugeport.fileio import atomic_path
-from gaugeport.gauge import SignedPermutation
+from gaugeport.core.archspec import spec_for_config
+from gaugeport.core.checkpoint import Checkpoint, shard_layout
+from gaugeport.core.errors import ArtifactError, GaugeError
+from gaugeport.core.fileio import atomic_path
+from gaugeport.core.gauge import SignedPermutation
 from gaugeport.transport._common import GaugeLike, provenance, resolve_gauge
 
 Method = Literal["linear", "slerp"]

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from gaugeport.checkpoint import WEIGHT_SUFFIXES
-from gaugeport.errors import ArtifactError, CheckpointError, GaugeGroupError
-from gaugeport.fileio import atomic_path, read_safetensors
-from gaugeport.gauge import SignedPermutation
+from gaugeport.core.checkpoint import WEIGHT_SUFFIXES
+from gaugeport.core.errors import ArtifactError, CheckpointError, GaugeGroupError
+from gaugeport.core.fileio import atomic_path, read_safetensors
+from gaugeport.core.gauge import SignedPermutation
 from gaugeport.transport._common import (
     GaugeLike,
     check_finite,

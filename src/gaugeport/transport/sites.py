@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from gaugeport.errors import ArtifactError
+from gaugeport.core.errors import ArtifactError
 
 # hook suffix (after "blocks.L.") -> gaugeport site prefix; None: stream-shaped but no site of its own
 STREAM_HOOKS: dict[str, str | None] = {

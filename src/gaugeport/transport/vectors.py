@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaugeport.errors import ArtifactError, CheckpointError
-from gaugeport.fileio import atomic_path, read_safetensors
-from gaugeport.gauge import SignedPermutation
+from gaugeport.core.errors import ArtifactError, CheckpointError
+from gaugeport.core.fileio import atomic_path, read_safetensors
+from gaugeport.core.gauge import SignedPermutation
 from gaugeport.transport._common import (
     GaugeLike,
     check_finite,

@@ -1,0 +1,1 @@
+"""Core: the gauge object, architecture tables, checkpoints, apply / verify / inspect."""

@@ -1,0 +1,127 @@
+"""Apply a gauge to weights: a tensor, a state dict, an ``nn.Module`` or a checkpoint on disk.
+
+Every tensor is transformed by the one rule of its architecture table that claims it; the
+transform of a tensor is ``gauge.apply`` along each residual axis that rule names.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from gaugeport.core.archspec import ArchSpec, ParamRule, spec_for_config
+from gaugeport.core.checkpoint import INDEX_FILE, Checkpoint, SafetensorsStreamWriter, shard_layout
+from gaugeport.core.errors import GaugeError, GaugeGroupError
+from gaugeport.core.fileio import atomic_path, atomic_write_json
+from gaugeport.core.gauge import SignedPermutation
+
+
+def check_gauge_fits(spec: ArchSpec, gauge: SignedPermutation, d_model: int) -> None:
+    """Refuse a gauge of the wrong width, or outside the architecture's gauge group."""
+    if gauge.d != d_model:
+        raise GaugeError(
+            f"width mismatch: the gauge has d={gauge.d} but this {spec.model_type} model has d_model={d_model}",
+            hint="estimate or generate a gauge for this model's hidden size",
+        )
+    if not spec.allows_coordinate_signs and not gauge.is_global_sign:
+        n_neg = int((gauge.signs < 0).sum())
+        raise GaugeGroupError(
+            f"{spec.model_type} uses LayerNorm, whose gauge group is permutations plus one global sign; "
+            f"this gauge flips {n_neg} of {gauge.d} coordinates individually",
+            hint="LayerNorm subtracts the mean over coordinates, and flipping some coordinates changes that "
+            "mean, so the function would change. Use --perm-only (or a gauge with all signs equal).",
+        )
+
+
+def transform_tensor(name: str, tensor: torch.Tensor, rule: ParamRule, gauge: SignedPermutation) -> torch.Tensor:
+    """Apply ``gauge`` to one stored tensor along every residual axis its rule names."""
+    out = tensor
+    for axis in rule.axes:
+        if axis >= tensor.ndim or tensor.shape[axis] != gauge.d:
+            raise GaugeError(
+                f"{name}: expected the residual axis {axis} to have size {gauge.d}, got shape {tuple(tensor.shape)}",
+                hint="the checkpoint's hidden size does not match the gauge, or the table row is wrong",
+            )
+        out = gauge.apply(out, axis=axis, mode=rule.mode)
+    return out
+
+
+def apply_gauge_to_state_dict(
+    state_dict: Mapping[str, torch.Tensor], gauge: SignedPermutation, spec: ArchSpec, d_model: int | None = None
+) -> dict[str, torch.Tensor]:
+    """A new state dict in the gauge's target coordinates (the input is not modified)."""
+    check_gauge_fits(spec, gauge, gauge.d if d_model is None else d_model)
+    rules = spec.classify_all(list(state_dict))
+    return {n: transform_tensor(n, t, rules[n], gauge) for n, t in state_dict.items()}
+
+
+@torch.no_grad()
+def apply_gauge_to_model(model: torch.nn.Module, gauge: SignedPermutation) -> torch.nn.Module:
+    """Rewrite a transformers model's weights in place; tied weights are transformed once."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise GaugeError("apply_gauge_to_model needs a transformers model (with .config)",
+                         hint="for a bare state dict use apply_gauge_to_state_dict(sd, gauge, get_spec(model_type))")
+    spec = spec_for_config(config)
+    cfg = getattr(config, "text_config", None) or config
+    check_gauge_fits(spec, gauge, int(getattr(cfg, "hidden_size", None) or cfg.n_embd))
+    state = model.state_dict(keep_vars=True)
+    rules = spec.classify_all(list(state))
+    done: set[int] = set()
+    for name, tensor in state.items():
+        if id(tensor) in done:  # tied: one storage, one transform
+            continue
+        done.add(id(tensor))
+        tensor.data.copy_(transform_tensor(name, tensor.data, rules[name], gauge))
+    return model
+
+
+def apply_gauge_to_checkpoint(
+    src: str | Path,
+    gauge: SignedPermutation,
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    provenance: Mapping[str, str] | None = None,
+) -> Path:
+    """Stream ``src`` tensor by tensor into a new checkpoint ``out`` in the gauge's coordinates.
+
+    Peak memory is about the largest tensor. Config, tokenizer and generation files are copied;
+    the index of a sharded checkpoint is kept. ``out`` appears only when everything succeeded.
+    """
+    ckpt = Checkpoint.open(src)
+    spec = ckpt.spec
+    check_gauge_fits(spec, gauge, ckpt.d_model)
+    rules = spec.classify_all(ckpt.names)
+    stamp = {"gaugeport_gauge": gauge.fingerprint(), **(provenance or {})}
+    with atomic_path(Path(out), force, inputs=(Path(src),)) as tmp:
+        rewrite_checkpoint(ckpt, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge), stamp,
+                           desc="apply", progress=progress)
+    return Path(out)
+
+
+def rewrite_checkpoint(ckpt: Checkpoint, dest: Path, rewrite: Callable[[str, torch.Tensor], torch.Tensor],
+                       stamp: Mapping[str, str], *, desc: str, progress: bool = True) -> None:
+    """Write ``rewrite(name, tensor)`` of every tensor of ``ckpt`` into a new directory ``dest``.
+
+    Same shards, dtypes, shapes and index as the source; one tensor in memory at a time; side files
+    (config, tokenizer, generation config) copied; ``stamp`` added to every shard's metadata.
+    """
+    dest.mkdir()
+    bar = tqdm(total=len(ckpt.names), desc=desc, unit="tensor", disable=not progress)
+    for shard in ckpt.shards:
+        meta = {**ckpt.shard_metadata(shard), **stamp}
+        with SafetensorsStreamWriter(dest / shard, shard_layout(ckpt, shard), meta) as writer:
+            for name, tensor in ckpt.iter_shard(shard):
+                writer.write(name, rewrite(name, tensor))
+                bar.update()
+    bar.close()
+    for side in ckpt.side_files():
+        shutil.copy2(side, dest / side.name)
+    if ckpt.index is not None:
+        atomic_write_json(dest / INDEX_FILE, ckpt.index)

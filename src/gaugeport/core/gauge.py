@@ -1,0 +1,312 @@
+"""The gauge object: a signed permutation of the residual-stream coordinates.
+
+Convention (used everywhere in gaugeport)
+-----------------------------------------
+A gauge ``G`` maps coordinates of checkpoint A to coordinates of checkpoint B::
+
+    y[perm[i]] = signs[i] * x[i]        (x in A's coordinates, y = G x in B's)
+
+i.e. "coordinate ``i`` of A is coordinate ``perm[i]`` of B, multiplied by ``signs[i]``".
+As a dense matrix ``M[perm[i], i] = signs[i]`` and ``y = M @ x``.
+
+Because a signed permutation is orthogonal (``M^-1 = M^T``), the same operation serves
+matrices that *write* the stream (residual axis = output axis, ``W' = M W``) and matrices
+that *read* it (residual axis = input axis, ``W' = W M^-1 = W M^T``): in both cases slice
+``i`` of the stored residual axis moves to position ``perm[i]`` and is multiplied by
+``signs[i]``. Norm gains move the same way but are never sign-flipped (``mode="abs"``).
+
+Composition follows matrix multiplication: ``h @ g`` applies ``g`` first, then ``h``.
+``compose(g1, g2, ..., gk)`` applies ``g1`` first (chain order, A -> C1 -> ... -> B).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from gaugeport.core.errors import GaugeError
+
+FORMAT_NAME = "gaugeport.signed_permutation"
+FORMAT_VERSION = "1"
+CONVENTION = (
+    "y[perm[i]] = signs[i] * x[i]: coordinate i of the source checkpoint (A) is coordinate "
+    "perm[i] of the target checkpoint (B), multiplied by signs[i]; dense M[perm[i], i] = signs[i]"
+)
+
+Mode = Literal["signed", "abs", "none"]
+ArrayLike = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class SignedPermutation:
+    """A signed permutation of ``d`` coordinates (see the module docstring for the convention)."""
+
+    perm: np.ndarray  # int64, shape (d,), a permutation of range(d)
+    signs: np.ndarray  # int8, shape (d,), entries +1 / -1
+
+    def __post_init__(self) -> None:
+        perm = np.asarray(self.perm)
+        signs = np.asarray(self.signs)
+        if perm.ndim != 1 or signs.shape != perm.shape:
+            raise GaugeError(f"perm and signs must be 1-D of equal length, got {perm.shape} and {signs.shape}")
+        if not np.issubdtype(perm.dtype, np.integer) and (
+            not np.all(np.isfinite(perm)) or not np.all(perm == np.round(perm))
+        ):
+            raise GaugeError("perm contains NaN, infinite or non-integer entries")
+        if not np.issubdtype(signs.dtype, np.integer) and not np.all(np.isfinite(signs)):
+            raise GaugeError("signs contain NaN or infinite entries")
+        perm = perm.astype(np.int64)
+        signs = signs.astype(np.int8) if np.all(np.isin(signs, (-1, 1))) else signs
+        d = perm.shape[0]
+        if not np.array_equal(np.sort(perm), np.arange(d)):
+            raise GaugeError(f"perm is not a permutation of 0..{d - 1} (repeated or out-of-range entries)")
+        if signs.dtype != np.int8:
+            raise GaugeError("signs must be +1 or -1 only")
+        perm.setflags(write=False)
+        signs.setflags(write=False)
+        object.__setattr__(self, "perm", perm)
+        object.__setattr__(self, "signs", signs)
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def identity(cls, d: int) -> SignedPermutation:
+        return cls(np.arange(d), np.ones(d, dtype=np.int8))
+
+    @classmethod
+    def random(cls, d: int, seed: int = 0, positive_fraction: float = 0.5) -> SignedPermutation:
+        """A uniformly random permutation with ``round(positive_fraction * d)`` positive signs."""
+        if not 0.0 <= positive_fraction <= 1.0:
+            raise GaugeError(f"positive_fraction must lie in [0, 1], got {positive_fraction}")
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(d)
+        signs = -np.ones(d, dtype=np.int8)
+        signs[rng.permutation(d)[: int(round(positive_fraction * d))]] = 1
+        return cls(perm, signs)
+
+    @classmethod
+    def from_matrix(cls, matrix: ArrayLike) -> SignedPermutation:
+        m = _to_numpy(matrix)
+        if m.ndim != 2 or m.shape[0] != m.shape[1]:
+            raise GaugeError(f"expected a square matrix, got shape {m.shape}")
+        nonzero = m != 0
+        if not np.all(nonzero.sum(0) == 1) or not np.all(nonzero.sum(1) == 1) or not np.all(np.abs(m[nonzero]) == 1):
+            raise GaugeError("matrix is not a signed permutation (one +-1 per row and column)")
+        perm = np.argmax(nonzero, axis=0)
+        signs = m[perm, np.arange(m.shape[1])]
+        return cls(perm, signs.astype(np.int8))
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def d(self) -> int:
+        return int(self.perm.shape[0])
+
+    @property
+    def positive_fraction(self) -> float:
+        return float(np.mean(self.signs > 0))
+
+    @property
+    def is_global_sign(self) -> bool:
+        """True when all signs are equal (the only signs a LayerNorm model tolerates)."""
+        return bool(np.all(self.signs == self.signs[0])) if self.d else True
+
+    def to_matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        m = torch.zeros(self.d, self.d, dtype=dtype)
+        m[torch.from_numpy(self.perm.copy()), torch.arange(self.d)] = torch.from_numpy(self.signs.copy()).to(dtype)
+        return m
+
+    def fingerprint(self) -> str:
+        """Short content hash, recorded as provenance in transported artifacts."""
+        h = hashlib.sha256(self.perm.tobytes() + self.signs.tobytes())
+        return h.hexdigest()[:16]
+
+    # ----------------------------------------------------------------- algebra
+    def inverse(self) -> SignedPermutation:
+        inv = np.empty_like(self.perm)
+        inv[self.perm] = np.arange(self.d)
+        return SignedPermutation(inv, self.signs[inv])
+
+    def __matmul__(self, other: SignedPermutation) -> SignedPermutation:
+        """``self @ other``: apply ``other`` first, then ``self`` (matrix product order)."""
+        if not isinstance(other, SignedPermutation):
+            return NotImplemented
+        _check_width(self.d, other.d, "compose")
+        return SignedPermutation(self.perm[other.perm], other.signs * self.signs[other.perm])
+
+    def then(self, other: SignedPermutation) -> SignedPermutation:
+        """Apply ``self`` first, then ``other`` (``other @ self``)."""
+        return other @ self
+
+    def with_signs(self, signs: ArrayLike | None) -> SignedPermutation:
+        """Same permutation, other signs (``None``: all +1, the S_d baseline)."""
+        s = np.ones(self.d, dtype=np.int8) if signs is None else _to_numpy(signs)
+        return SignedPermutation(self.perm, s)
+
+    def perm_only(self) -> SignedPermutation:
+        return self.with_signs(None)
+
+    # ----------------------------------------------------------------- action
+    def apply(self, x: ArrayLike, axis: int = -1, mode: Mode = "signed") -> ArrayLike:
+        """Move slice ``i`` of ``axis`` to ``perm[i]`` and multiply by ``signs[i]`` (``mode="signed"``).
+
+        ``mode="abs"`` only permutes (norm gains, second moments); ``mode="none"`` returns ``x``.
+        Works on numpy arrays and torch tensors, any dtype, any axis; never modifies ``x``.
+        """
+        if mode == "none":
+            return x
+        if mode not in ("signed", "abs"):
+            raise GaugeError(f"unknown mode {mode!r}; expected 'signed', 'abs' or 'none'")
+        ndim = x.ndim
+        ax = axis % ndim if ndim else 0
+        if ndim == 0 or x.shape[ax] != self.d:
+            shape = tuple(x.shape)
+            raise GaugeError(
+                f"width mismatch: the gauge has d={self.d} but axis {axis} of the tensor has size "
+                f"{shape[ax] if ndim else 'n/a'} (shape {shape})",
+                hint="use a gauge estimated for this model's hidden size",
+            )
+        inv = self.inverse().perm  # out[j] = signs[inv[j]] * x[inv[j]]
+        bshape = [1] * ndim
+        bshape[ax] = self.d
+        if isinstance(x, torch.Tensor):
+            out = x.index_select(ax, torch.from_numpy(inv.copy()).to(x.device))
+            if mode == "signed":
+                s = torch.from_numpy(self.signs[inv].copy()).to(device=x.device, dtype=x.dtype)
+                out.mul_(s.reshape(bshape))  # in place on the fresh copy: one tensor-sized buffer, not two
+            return out
+        arr = np.asarray(x)
+        out = np.take(arr, inv, axis=ax)
+        if mode == "signed":
+            out = out * self.signs[inv].reshape(bshape).astype(arr.dtype if arr.dtype.kind in "fc" else np.int64)
+        return out
+
+    __call__ = apply
+
+    # ----------------------------------------------------------------- comparison
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SignedPermutation):
+            return NotImplemented
+        return np.array_equal(self.perm, other.perm) and np.array_equal(self.signs, other.signs)
+
+    def __hash__(self) -> int:
+        return hash((self.perm.tobytes(), self.signs.tobytes()))
+
+    def __repr__(self) -> str:
+        return f"SignedPermutation(d={self.d}, positive_fraction={self.positive_fraction:.3f})"
+
+    def accuracy(self, truth: SignedPermutation) -> dict[str, float]:
+        """Agreement with a reference gauge, per coordinate of the source.
+
+        ``full``: permutation and sign both right; ``perm``: permutation right (signs ignored);
+        ``sign_given_perm``: among coordinates with the right permutation, the fraction with the
+        right sign.
+        """
+        _check_width(self.d, truth.d, "accuracy")
+        perm_ok = self.perm == truth.perm
+        sign_ok = self.signs == truth.signs
+        n_perm = int(perm_ok.sum())
+        return {
+            "full": float(np.mean(perm_ok & sign_ok)),
+            "perm": float(np.mean(perm_ok)),
+            "sign_given_perm": float(np.mean(sign_ok[perm_ok])) if n_perm else 0.0,
+        }
+
+
+def compose(*gauges: SignedPermutation) -> SignedPermutation:
+    """Chain composition: ``compose(g1, g2, g3)`` applies ``g1`` first (``g3 @ g2 @ g1``)."""
+    if not gauges:
+        raise GaugeError("compose needs at least one gauge")
+    out = gauges[0]
+    for g in gauges[1:]:
+        out = g @ out
+    return out
+
+
+# --------------------------------------------------------------------- file format
+def save_gauge(
+    gauge: SignedPermutation,
+    path: str | Path,
+    provenance: Mapping[str, Any] | None = None,
+    extras: Mapping[str, ArrayLike] | None = None,
+    *,
+    force: bool = False,
+) -> Path:
+    """Write ``gauge`` as a ``.safetensors`` file (atomically). ``extras``: per-coordinate arrays
+    such as ``confidence`` and ``margin`` (length ``d``), stored beside ``perm`` and ``signs``."""
+    from gaugeport.core.fileio import atomic_save_safetensors
+
+    tensors: dict[str, torch.Tensor] = {
+        "perm": torch.from_numpy(gauge.perm.copy()),
+        "signs": torch.from_numpy(gauge.signs.copy()),
+    }
+    for name, arr in (extras or {}).items():
+        if name in tensors:
+            raise GaugeError(f"extra tensor name {name!r} is reserved")
+        t = torch.as_tensor(_to_numpy(arr)).contiguous()
+        if t.shape[0] != gauge.d:
+            raise GaugeError(f"extra {name!r} has length {t.shape[0]}, expected d={gauge.d}")
+        tensors[name] = t
+    metadata = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "d": str(gauge.d),
+        "convention": CONVENTION,
+        "fingerprint": gauge.fingerprint(),
+        "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
+    }
+    return atomic_save_safetensors(tensors, Path(path), metadata, force=force)
+
+
+@dataclass(frozen=True)
+class GaugeFile:
+    gauge: SignedPermutation
+    provenance: dict[str, Any]
+    extras: dict[str, np.ndarray]
+
+
+def read_gauge_file(path: str | Path) -> GaugeFile:
+    """Load a gauge file with its provenance and per-coordinate extras (e.g. confidence)."""
+    from gaugeport.core.fileio import read_safetensors
+
+    tensors, metadata = read_safetensors(Path(path), what="gauge file")
+    if metadata.get("format") != FORMAT_NAME:
+        raise GaugeError(
+            f"{path} is not a gaugeport gauge file (metadata format={metadata.get('format')!r})",
+            hint="gauges are written by `gaugeport align`, `gaugeport apply --save-gauge` or `save_gauge`",
+        )
+    if "perm" not in tensors or "signs" not in tensors:
+        raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor")
+    perm, signs = tensors.pop("perm").numpy(), tensors.pop("signs").numpy()
+    if np.issubdtype(signs.dtype, np.floating) and not np.all(np.isfinite(signs)):
+        raise GaugeError(f"{path}: signs contain NaN or infinite values")
+    gauge = SignedPermutation(perm, signs)
+    if str(gauge.d) != metadata.get("d", str(gauge.d)):
+        raise GaugeError(f"{path}: metadata says d={metadata['d']} but perm has length {gauge.d}")
+    try:
+        provenance = json.loads(metadata.get("provenance", "{}"))
+    except json.JSONDecodeError as exc:
+        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})") from exc
+    return GaugeFile(gauge, provenance, {k: v.float().numpy() for k, v in tensors.items()})
+
+
+def load_gauge(path: str | Path) -> SignedPermutation:
+    """Load a gauge saved by :func:`save_gauge`."""
+    return read_gauge_file(path).gauge
+
+
+# --------------------------------------------------------------------- helpers
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_width(d1: int, d2: int, what: str) -> None:
+    if d1 != d2:
+        raise GaugeError(f"{what}: width mismatch between gauges (d={d1} vs d={d2})")

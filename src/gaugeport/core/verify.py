@@ -1,0 +1,131 @@
+"""Check, never assume: do two checkpoints compute the same function (through a gauge)?
+
+Function level: seeded probe token ids (or user data) through both models; the logits must
+agree, and with a gauge every hidden state of B must equal the gauge applied to A's.
+Weight level: every tensor of B must equal the gauge applied to the same tensor of A.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from gaugeport.core.apply import check_gauge_fits, transform_tensor
+from gaugeport.core.archspec import get_spec
+from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.errors import CheckpointError, DataError, GaugeError
+from gaugeport.core.gauge import SignedPermutation
+
+DEFAULT_TOL = 1e-4  # relative to the largest |logit| of A; float32 reorderings give ~1e-6
+
+
+@dataclass
+class Verification:
+    output: str  # which output was compared: "logits" or "pooler_output" (encoders)
+    max_abs_diff: float
+    max_rel_diff: float
+    hidden_max_abs_diff: float | None  # with a gauge: max |h_B - G h_A| over all hidden states
+    hidden_max_rel_diff: float | None
+    weight_max_abs_diff: float | None  # with a gauge and checkpoints: max |W_B - G(W_A)|
+    weight_worst_tensor: str | None
+    n_tokens: int
+    tol: float
+
+    @property
+    def ok(self) -> bool:
+        checks = [self.max_rel_diff, self.hidden_max_rel_diff]
+        return all(c is None or c <= self.tol for c in checks) and (
+            self.weight_max_abs_diff is None or self.weight_max_abs_diff <= self.tol)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    """Load a checkpoint with the auto class its architecture table names, in float32, eval mode."""
+    ckpt = Checkpoint.open(path)
+    cls = getattr(transformers, ckpt.spec.auto_class)
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model = cls.from_pretrained(str(path), dtype=torch.float32)
+    except Exception as exc:
+        raise CheckpointError(f"transformers could not load {path}: {exc}") from exc
+    return model.eval()
+
+
+def probe_token_ids(vocab_size: int, n_seq: int = 4, seq_len: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (n_seq, seq_len), generator=g)
+
+
+def load_token_ids(path: str | Path, vocab_size: int) -> torch.Tensor:
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{path}: expected integer token ids of shape [n_seq, seq_len], got {arr.dtype} {arr.shape}")
+    if arr.size == 0:
+        raise DataError(f"{path}: no token ids")
+    if arr.min() < 0 or arr.max() >= vocab_size:
+        raise DataError(f"{path}: token ids must lie in [0, {vocab_size}), found [{arr.min()}, {arr.max()}]")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+@torch.no_grad()
+def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, ids: torch.Tensor,
+                   gauge: SignedPermutation | None = None, tol: float = DEFAULT_TOL) -> Verification:
+    out_a = model_a(input_ids=ids, output_hidden_states=True)
+    out_b = model_b(input_ids=ids, output_hidden_states=True)
+    key = "logits" if getattr(out_a, "logits", None) is not None else "pooler_output"
+    ya, yb = getattr(out_a, key), getattr(out_b, key)
+    if ya.shape != yb.shape:
+        raise CheckpointError(f"outputs differ in shape: {tuple(ya.shape)} vs {tuple(yb.shape)}")
+    diff = (ya - yb).abs().max().item()
+    scale = max(ya.abs().max().item(), 1e-12)
+    h_abs = h_rel = None
+    if gauge is not None:
+        diffs = [(gauge.apply(ha, -1) - hb).abs().max().item() for ha, hb in
+                 zip(out_a.hidden_states, out_b.hidden_states, strict=True)]
+        scales = [ha.abs().max().item() for ha in out_a.hidden_states]
+        h_abs = max(diffs)
+        h_rel = max(d / max(s, 1e-12) for d, s in zip(diffs, scales, strict=True))
+    return Verification(key, diff, diff / scale, h_abs, h_rel, None, None, int(ids.numel()), tol)
+
+
+def weight_difference(path_a: str | Path, path_b: str | Path, gauge: SignedPermutation) -> tuple[float, str]:
+    """Max |W_B - G(W_A)| over all tensors (streamed), and the tensor where it occurs."""
+    a, b = Checkpoint.open(path_a), Checkpoint.open(path_b)
+    if set(a.names) != set(b.names):
+        extra = sorted(set(a.names) ^ set(b.names))[:5]
+        raise CheckpointError(f"checkpoints hold different tensors (e.g. {', '.join(extra)})")
+    spec = a.spec
+    check_gauge_fits(spec, gauge, a.d_model)
+    rules = spec.classify_all(a.names)
+    worst, worst_name = 0.0, ""
+    for name, tb in b.iter_tensors():
+        ta = transform_tensor(name, a.tensor(name), rules[name], gauge)
+        d = (ta.double() - tb.double()).abs().max().item() if ta.numel() else 0.0
+        if d >= worst:
+            worst, worst_name = d, name
+    return worst, worst_name
+
+
+def verify_checkpoints(path_a: str | Path, path_b: str | Path, gauge: SignedPermutation | None = None, *,
+                       tol: float = DEFAULT_TOL, data: str | Path | None = None, n_seq: int = 4,
+                       seq_len: int = 32, seed: int = 0, weights: bool = True) -> Verification:
+    a, b = Checkpoint.open(path_a), Checkpoint.open(path_b)
+    if a.model_type != b.model_type:
+        raise CheckpointError(f"different architectures: {a.model_type} vs {b.model_type}")
+    if a.d_model != b.d_model:
+        raise GaugeError(f"width mismatch: A has d_model={a.d_model}, B has d_model={b.d_model}")
+    if gauge is not None:
+        check_gauge_fits(get_spec(a.model_type), gauge, a.d_model)
+    vocab = int(a.config.get("vocab_size", 0))
+    ids = load_token_ids(data, vocab) if data else probe_token_ids(vocab, n_seq, seq_len, seed)
+    result = compare_models(load_model(path_a), load_model(path_b), ids, gauge, tol)
+    if gauge is not None and weights:
+        result.weight_max_abs_diff, result.weight_worst_tensor = weight_difference(path_a, path_b, gauge)
+    return result

@@ -1,0 +1,1 @@
+"""Estimation: activation moments, matching, alignment and chains of checkpoints."""

@@ -1,0 +1,1 @@
+"""Models: tiny test models built from transformers configs, and model loading."""
