@@ -31,17 +31,14 @@ def _batches(a: Path, b: Path, data: str, tokens: int, batch_size: int, seq_len:
     from gaugeport.core.checkpoint import Checkpoint
     from gaugeport.estimate.data import load_token_batches, tokenizer_for
 
-    cfgs = [Checkpoint.open(p).config for p in (a, b)]
-    cfgs = [c.get("text_config", c) for c in cfgs]
-    vocab = min(int(c["vocab_size"]) for c in cfgs if c.get("vocab_size")) if any(
-        c.get("vocab_size") for c in cfgs) else None
-    specials = {int(v) for c in cfgs for k in ("pad_token_id", "bos_token_id", "eos_token_id")
-                for v in (c.get(k) if isinstance(c.get(k), list) else [c.get(k)]) if v is not None}
+    facts = [Checkpoint.open(p).facts for p in (a, b)]
+    vocabs = [f.vocab_size for f in facts if f.vocab_size]
+    specials = set().union(*(f.special_ids for f in facts))
     tok = tokenizer if tokenizer is not None else tokenizer_for(a)
-    pad = cfgs[0].get("pad_token_id")
+    pad = facts[0].pad_id
     return load_token_batches(data, tokenizer=tok, n_tokens=tokens, batch_size=batch_size, seq_len=seq_len,
-                              seed=seed, vocab_size=vocab, special_ids=specials,
-                              pad_id=int(pad) if isinstance(pad, int) else 0)
+                              seed=seed, vocab_size=min(vocabs) if vocabs else None, special_ids=specials,
+                              pad_id=pad if pad is not None else 0)
 
 
 def _collect(a: Path, b: Path, batches: list[Any], sites: list[str] | None, shard_id: str | None,

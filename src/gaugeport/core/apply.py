@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gaugeport.core.archspec import ArchSpec, ParamRule, spec_for_config
+from gaugeport.core.archspec import ArchSpec, ParamRule
 from gaugeport.core.checkpoint import INDEX_FILE, Checkpoint, SafetensorsStreamWriter, shard_layout
 from gaugeport.core.errors import GaugeError, GaugeGroupError
+from gaugeport.core.facts import ModelFacts
 from gaugeport.core.fileio import atomic_path, atomic_write_json
 from gaugeport.core.gauge import SignedPermutation
 
@@ -38,15 +39,15 @@ def check_gauge_fits(spec: ArchSpec, gauge: SignedPermutation, d_model: int) -> 
 
 
 def transform_tensor(name: str, tensor: torch.Tensor, rule: ParamRule, gauge: SignedPermutation) -> torch.Tensor:
-    """Apply ``gauge`` to one stored tensor along every residual axis its rule names."""
+    """Apply ``gauge`` to one stored tensor along every residual axis its rule names (each with its mode)."""
     out = tensor
-    for axis in rule.axes:
+    for axis, mode in zip(rule.axes, rule.modes, strict=True):
         if axis >= tensor.ndim or tensor.shape[axis] != gauge.d:
             raise GaugeError(
                 f"{name}: expected the residual axis {axis} to have size {gauge.d}, got shape {tuple(tensor.shape)}",
                 hint="the checkpoint's hidden size does not match the gauge, or the table row is wrong",
             )
-        out = gauge.apply(out, axis=axis, mode=rule.mode)
+        out = gauge.apply(out, axis=axis, mode=mode)
     return out
 
 
@@ -66,9 +67,9 @@ def apply_gauge_to_model(model: torch.nn.Module, gauge: SignedPermutation) -> to
     if config is None:
         raise GaugeError("apply_gauge_to_model needs a transformers model (with .config)",
                          hint="for a bare state dict use apply_gauge_to_state_dict(sd, gauge, get_spec(model_type))")
-    spec = spec_for_config(config)
-    cfg = getattr(config, "text_config", None) or config
-    check_gauge_fits(spec, gauge, int(getattr(cfg, "hidden_size", None) or cfg.n_embd))
+    facts = ModelFacts.from_config(config)
+    spec = facts.spec
+    check_gauge_fits(spec, gauge, facts.d_model)
     state = model.state_dict(keep_vars=True)
     rules = spec.classify_all(list(state))
     done: set[int] = set()

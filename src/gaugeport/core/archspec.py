@@ -5,17 +5,35 @@ A row names a parameter by template (``model.layers.{layer}.mlp.down_proj.weight
 ``{macro}`` placeholders expand to the alternatives listed under ``macros``) and gives its
 ``role`` and the *stored* axis that carries the residual coordinates:
 
-==============  ======  =====================================================================
-role            mode    meaning
-==============  ======  =====================================================================
-``read``        signed  matrix that reads the stream (q/k/v/gate/up, lm_head); W' = W M^T
-``write``       signed  matrix that writes the stream (embeddings, o_proj, down_proj); W' = M W
-``read_write``  signed  both axes are residual-like (BERT's MLM transform); ``axis`` is a list
-``write_bias``  signed  bias added to the stream
-``norm_bias``   signed  LayerNorm bias (added after normalisation, so it moves with the stream)
-``gain``        abs     norm gain: permuted, never signed (Gemma's ``1 + w`` too)
-``untouched``   none    off the residual axis (q/k/v biases, q/k-norm over head_dim, buffers)
-==============  ======  =====================================================================
+=================  ==============  ================================================================
+role               modes per axis  meaning
+=================  ==============  ================================================================
+``read``           signed          matrix that reads the stream (q/k/v/gate/up, lm_head); W' = W M^T
+``write``          signed          matrix that writes the stream (embeddings, o_proj, down_proj); W' = M W
+``read_write``     signed, signed  both axes are residual-like; ``axis`` is a list
+``read_permute``   signed, abs     reads the stream (first axis) and writes a space that is only
+                                   permuted (second axis): a non-odd activation (GELU) follows
+``permute``        abs             a vector on such a permuted-only space (that matrix's bias)
+``write_bias``     signed          bias added to the stream
+``norm_bias``      signed          LayerNorm bias (added after normalisation, so it moves with the stream)
+``gain``           abs             norm gain of the stream: permuted, never signed (Gemma's ``1 + w`` too)
+``signed_gain``    signed          gain of a norm that reads a permuted-only space and whose output is
+                                   read as the stream again (the sign re-enters there)
+``untouched``      none            off the residual axis (q/k/v biases, q/k-norm over head_dim, buffers)
+=================  ==============  ================================================================
+
+Row flags: ``optional`` (a config switch can drop the tensor: biases, buffers, untied heads),
+``embedding`` (``token``, ``position``, ``token_type`` or ``output``: which vocabulary-indexed matrix
+the row is) and ``tied_to`` (the template of the tensor an output head shares storage with when tied).
+
+Table keys beside ``params``: ``norm`` (``rms``/``layer``), ``gain_offset`` (stored gain = g - offset),
+``extends`` (inherit a table; ``params_extra`` appends rows), ``aliases`` (other ``model_type`` values
+this table serves), ``task_class`` (the head class to load when ``config.architectures`` names none),
+``prefix_aliases`` (``{"on disk": "in the templates"}`` prefix rewrites: a bare base model without
+``model.``, a multimodal wrapper's ``language_model.model.``), ``untouched_subtrees`` (prefixes whose
+tensors are all off the stream, e.g. a vision tower), ``config`` (which ``config.json`` keys hold the
+hidden size, layer count and vocabulary, and the ``section`` holding them, e.g. ``text_config``) and
+``sites`` (where activation collection hooks in).
 
 Files are validated strictly: an unknown key is an error, so no field can become dead data.
 """
@@ -24,7 +42,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -32,23 +50,36 @@ from typing import Any, Literal
 from gaugeport.core.errors import ArchitectureError
 from gaugeport.core.gauge import Mode
 
-Role = Literal["read", "write", "read_write", "write_bias", "norm_bias", "gain", "untouched"]
-ROLE_MODE: dict[str, Mode] = {
-    "read": "signed",
-    "write": "signed",
-    "read_write": "signed",
-    "write_bias": "signed",
-    "norm_bias": "signed",
-    "gain": "abs",
-    "untouched": "none",
+Role = Literal["read", "write", "read_write", "read_permute", "permute", "write_bias", "norm_bias", "gain",
+               "signed_gain", "untouched"]
+# The mode of each residual axis a role names, in the order of the row's ``axis`` list; a single mode
+# applies to every axis the row names.
+ROLE_MODES: dict[str, tuple[Mode, ...]] = {
+    "read": ("signed",),
+    "write": ("signed",),
+    "read_write": ("signed",),
+    "read_permute": ("signed", "abs"),
+    "permute": ("abs",),
+    "write_bias": ("signed",),
+    "norm_bias": ("signed",),
+    "gain": ("abs",),
+    "signed_gain": ("signed",),
+    "untouched": (),
 }
+EMBEDDING_KINDS = ("token", "position", "token_type", "output")
 _TABLE_KEYS = {
-    "model_type", "extends", "norm", "gain_offset", "embed_scale", "auto_class", "prefixes",
-    "params", "params_extra", "macros", "sites",
+    "model_type", "extends", "norm", "gain_offset", "task_class", "aliases", "prefix_aliases",
+    "untouched_subtrees", "config", "params", "params_extra", "macros", "sites",
 }
-_ROW_KEYS = {"name", "role", "axis", "optional", "why"}
+_ROW_KEYS = {"name", "role", "axis", "optional", "embedding", "tied_to", "why"}
 _SITE_KEYS = {"layers", "mid", "final"}
 _HOOK_KEYS = {"module", "hook"}
+_CONFIG_KEYS = {"section", "hidden_size", "num_layers", "vocab_size"}
+CONFIG_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "hidden_size": ("hidden_size",),
+    "num_layers": ("num_hidden_layers",),
+    "vocab_size": ("vocab_size",),
+}
 
 
 @dataclass(frozen=True)
@@ -58,10 +89,27 @@ class ParamRule:
     axes: tuple[int, ...]
     optional: bool
     pattern: re.Pattern[str] = field(repr=False, compare=False)
+    embedding: str | None = None  # token / position / token_type / output
+    tied_to: str | None = None  # template of the tensor an output head shares storage with when tied
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        """The mode of each axis in ``axes`` (signed, or abs: permuted only)."""
+        m = ROLE_MODES[self.role]
+        return m * len(self.axes) if len(m) == 1 else m
 
     @property
     def mode(self) -> Mode:
-        return ROLE_MODE[self.role]
+        """The one mode of every axis; roles that mix modes must be read through ``modes``."""
+        modes = set(ROLE_MODES[self.role])
+        if len(modes) > 1:
+            raise ArchitectureError(f"row {self.template} ({self.role}) mixes modes per axis; read .modes")
+        return modes.pop() if modes else "none"
+
+    @property
+    def is_stream_gain(self) -> bool:
+        """A norm gain on the residual stream (its values fingerprint the coordinates)."""
+        return self.role == "gain"
 
 
 @dataclass(frozen=True)
@@ -80,15 +128,30 @@ class SiteSpec:
 
 
 @dataclass(frozen=True)
+class ConfigKeys:
+    """Where a ``config.json`` keeps the facts gaugeport needs (read by ``ModelFacts.from_config``)."""
+
+    section: str | None = None  # e.g. "text_config" in a multimodal wrapper
+    hidden_size: tuple[str, ...] = CONFIG_DEFAULTS["hidden_size"]
+    num_layers: tuple[str, ...] = CONFIG_DEFAULTS["num_layers"]
+    vocab_size: tuple[str, ...] = CONFIG_DEFAULTS["vocab_size"]
+
+
+_UNTOUCHED_SUBTREE = "untouched"
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     model_type: str
     norm: Literal["rms", "layer"]
     rules: tuple[ParamRule, ...]
     sites: SiteSpec
     gain_offset: float = 0.0
-    embed_scale: str | None = None
-    auto_class: str = "AutoModelForCausalLM"
-    prefixes: tuple[str, ...] = ()
+    task_class: str = "AutoModelForCausalLM"
+    prefix_aliases: tuple[tuple[str, str], ...] = ()  # (prefix on disk / in memory, prefix in the templates)
+    untouched_subtrees: tuple[str, ...] = ()
+    config_keys: ConfigKeys = ConfigKeys()
+    table: str = ""  # the JSON file (model_type, or the table an alias points to)
 
     @property
     def group(self) -> str:
@@ -99,16 +162,34 @@ class ArchSpec:
     def allows_coordinate_signs(self) -> bool:
         return self.norm == "rms"
 
+    def canonical_names(self, name: str) -> list[str]:
+        """``name`` and its spellings under the table's prefix aliases (the templates use one spelling)."""
+        return [name] + [to + name[len(src):] for src, to in self.prefix_aliases if name.startswith(src)]
+
+    def module_paths(self, path: str) -> list[str]:
+        """A template-spelled module path and its spellings in the other layouts (inverse of the aliases)."""
+        return [path] + [src + path[len(to):] for src, to in self.prefix_aliases if path.startswith(to)]
+
+    def rule(self, template: str) -> ParamRule:
+        """The row whose template is ``template``."""
+        for r in self.rules:
+            if r.template == template:
+                return r
+        raise ArchitectureError(f"the {self.model_type!r} table has no row {template!r}")
+
     def classify(self, name: str) -> ParamRule:
         """The unique rule claiming ``name``; an error naming the parameter when none or several do."""
-        candidates = [name] + [name[len(p):] for p in self.prefixes if name.startswith(p)]
+        candidates = self.canonical_names(name)
+        for sub in self.untouched_subtrees:
+            if any(c.startswith(sub) for c in candidates):
+                return ParamRule(sub + "*", "untouched", (), True, re.compile(re.escape(sub) + ".*"))
         hits = [r for r in self.rules if any(r.pattern.fullmatch(c) for c in candidates)]
         if not hits:
             raise ArchitectureError(
                 f"parameter {name!r} is not classified by the {self.model_type!r} gauge table",
                 hint="this checkpoint has a tensor gaugeport does not know how to transform; "
                 "add a row to the architecture table (src/gaugeport/core/architectures/"
-                f"{self.model_type}.json) rather than skipping it",
+                f"{self.table or self.model_type}.json) rather than skipping it",
             )
         if len(hits) > 1:
             raise ArchitectureError(
@@ -133,7 +214,8 @@ class ArchSpec:
                 f"{len(missing)} parameter(s) not classified by the {self.model_type!r} gauge table: "
                 + ", ".join(missing[:8])
                 + (" ..." if len(missing) > 8 else ""),
-                hint=f"add rows to src/gaugeport/core/architectures/{self.model_type}.json; nothing is skipped",
+                hint=f"add rows to src/gaugeport/core/architectures/{self.table or self.model_type}.json; "
+                "nothing is skipped",
             )
         claimed = {r.template for r in out.values()}
         unmatched = [r.template for r in self.rules if not r.optional and r.template not in claimed]
@@ -144,19 +226,42 @@ class ArchSpec:
             )
         return out
 
+    def embedding_rules(self, kind: str) -> list[ParamRule]:
+        """Rows flagged ``"embedding": kind`` (token, position, token_type, output)."""
+        return [r for r in self.rules if r.embedding == kind]
+
 
 # --------------------------------------------------------------------- loading
-def supported_architectures() -> list[str]:
+def table_names() -> list[str]:
+    """The JSON tables shipped (one per architecture; aliases excluded)."""
     return sorted(p.name[: -len(".json")] for p in resources.files("gaugeport.core.architectures").iterdir()
                   if p.name.endswith(".json"))
 
 
-_ALIASES = {"gemma3": "gemma3_text"}
+def supported_architectures() -> list[str]:
+    """Every ``model_type`` gaugeport knows: one per table plus the tables' ``aliases``."""
+    return sorted(set(table_names()) | set(_alias_index()))
+
+
+@cache
+def _alias_index() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in table_names():
+        raw = json.loads(resources.files("gaugeport.core.architectures").joinpath(f"{name}.json").read_text())
+        for alias in raw.get("aliases", []):
+            if alias in out or alias in table_names():
+                raise ArchitectureError(f"model_type alias {alias!r} is declared twice (in {name}.json)")
+            out[alias] = name
+    return out
 
 
 def get_spec(model_type: str) -> ArchSpec:
-    """The gauge table for ``model_type`` (as in a HF ``config.json``)."""
-    return _load(_ALIASES.get(model_type, model_type))
+    """The gauge table for ``model_type`` (as in a HF ``config.json``; a table's ``aliases`` count)."""
+    table = _alias_index().get(model_type, model_type)
+    spec = _load(table)
+    if table != model_type:
+        spec = replace(spec, model_type=model_type)
+    return spec
 
 
 def spec_for_config(config: Any) -> ArchSpec:
@@ -172,21 +277,28 @@ def _load(model_type: str) -> ArchSpec:
     raw = _raw_table(model_type)
     sites = raw["sites"]
     _check_keys(sites, _SITE_KEYS, f"{model_type}.sites")
+    aliases = raw.get("prefix_aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise ArchitectureError(f"{model_type}: prefix_aliases must map prefix strings to prefix strings")
     return ArchSpec(
         model_type=model_type,
         norm=_norm(raw, model_type),
         rules=tuple(_compile_rows(raw, model_type)),
         sites=SiteSpec(sites["layers"], _hook(sites.get("mid"), model_type), _hook(sites.get("final"), model_type)),
         gain_offset=float(raw.get("gain_offset", 0.0)),
-        embed_scale=raw.get("embed_scale"),
-        auto_class=raw.get("auto_class", "AutoModelForCausalLM"),
-        prefixes=tuple(raw.get("prefixes", ())),
+        task_class=raw.get("task_class", "AutoModelForCausalLM"),
+        prefix_aliases=tuple(aliases.items()),
+        untouched_subtrees=tuple(raw.get("untouched_subtrees", ())),
+        config_keys=_config_keys(raw.get("config", {}), model_type),
+        table=model_type,
     )
 
 
 def _raw_table(model_type: str) -> dict[str, Any]:
-    """Read one table, resolving ``extends`` (the child's keys win; ``params_extra`` appends)."""
-    if model_type not in supported_architectures():
+    """Read one table, resolving ``extends`` (the child's keys win; ``params_extra`` appends; macros,
+    prefix aliases and untouched subtrees merge). ``extends`` may name another table's alias."""
+    model_type = _alias_index().get(model_type, model_type)
+    if model_type not in table_names():
         raise ArchitectureError(
             f"unsupported architecture {model_type!r}",
             hint="supported: " + ", ".join(supported_architectures())
@@ -198,10 +310,13 @@ def _raw_table(model_type: str) -> dict[str, Any]:
         raise ArchitectureError(f"table {model_type}.json declares model_type={raw.get('model_type')!r}")
     if "extends" in raw:
         parent = _raw_table(raw["extends"])
+        parent.pop("aliases", None)  # a parent's aliases name the parent, not the child
         extra = raw.pop("params_extra", [])
         merged = {**parent, **{k: v for k, v in raw.items() if k != "extends"}}
         merged["params"] = parent["params"] + parent.get("params_extra", []) + extra
         merged["macros"] = {**parent.get("macros", {}), **raw.get("macros", {})}
+        merged["prefix_aliases"] = {**parent.get("prefix_aliases", {}), **raw.get("prefix_aliases", {})}
+        merged["untouched_subtrees"] = parent.get("untouched_subtrees", []) + raw.get("untouched_subtrees", [])
         merged.pop("params_extra", None)
         return merged
     raw["params"] = raw["params"] + raw.pop("params_extra", [])
@@ -214,15 +329,36 @@ def _compile_rows(raw: dict[str, Any], model_type: str) -> list[ParamRule]:
     for row in raw["params"]:
         _check_keys(row, _ROW_KEYS, f"{model_type}: row {row.get('name')}")
         role = row["role"]
-        if role not in ROLE_MODE:
+        if role not in ROLE_MODES:
             raise ArchitectureError(f"{model_type}: row {row['name']} has unknown role {role!r}")
         axis = row.get("axis")
         axes = () if role == "untouched" else tuple(axis if isinstance(axis, list) else [axis])
         if role != "untouched" and any(not isinstance(a, int) for a in axes):
             raise ArchitectureError(f"{model_type}: row {row['name']} (role {role}) needs an integer axis")
+        if len(ROLE_MODES[role]) > 1 and len(axes) != len(ROLE_MODES[role]):
+            raise ArchitectureError(f"{model_type}: row {row['name']} (role {role}) needs "
+                                    f"{len(ROLE_MODES[role])} axes, one per mode {ROLE_MODES[role]}")
+        emb = row.get("embedding")
+        if emb is not None and emb not in EMBEDDING_KINDS:
+            raise ArchitectureError(f"{model_type}: row {row['name']} has embedding {emb!r}; "
+                                    f"expected one of {', '.join(EMBEDDING_KINDS)}")
         rules.append(ParamRule(row["name"], role, axes, bool(row.get("optional", False)),
-                               _template_regex(row["name"], macros, model_type)))
+                               _template_regex(row["name"], macros, model_type), emb, row.get("tied_to")))
+    templates = {r.template for r in rules}
+    for r in rules:
+        if r.tied_to is not None and r.tied_to not in templates:
+            raise ArchitectureError(f"{model_type}: row {r.template} is tied_to {r.tied_to!r}, which is no row")
     return rules
+
+
+def _config_keys(raw: dict[str, Any], model_type: str) -> ConfigKeys:
+    _check_keys(raw, _CONFIG_KEYS, f"{model_type}.config")
+
+    def keys(name: str) -> tuple[str, ...]:
+        v = raw.get(name, CONFIG_DEFAULTS[name])
+        return (v,) if isinstance(v, str) else tuple(v)
+
+    return ConfigKeys(raw.get("section"), keys("hidden_size"), keys("num_layers"), keys("vocab_size"))
 
 
 def _template_regex(template: str, macros: dict[str, list[str]], model_type: str) -> re.Pattern[str]:

@@ -19,6 +19,7 @@ from safetensors import safe_open
 
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.errors import CheckpointError
+from gaugeport.core.facts import ModelFacts
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -78,17 +79,17 @@ class Checkpoint:
         return str(self.config.get("model_type"))
 
     @property
+    def facts(self) -> ModelFacts:
+        """Hidden size, layers, vocabulary, special ids: read where the architecture table says."""
+        return ModelFacts.from_config(self.config)
+
+    @property
     def d_model(self) -> int:
-        cfg = self.config.get("text_config", self.config)
-        for key in ("hidden_size", "n_embd", "d_model"):
-            if key in cfg:
-                return int(cfg[key])
-        raise CheckpointError(f"{self.path}/config.json names no hidden size (hidden_size / n_embd)")
+        return self.facts.d_model
 
     @property
     def n_layers(self) -> int:
-        cfg = self.config.get("text_config", self.config)
-        return int(cfg.get("num_hidden_layers", cfg.get("n_layer", 0)))
+        return self.facts.n_layers
 
     @property
     def names(self) -> list[str]:

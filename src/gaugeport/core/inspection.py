@@ -8,6 +8,7 @@ gains and biases, any rotation fixing the all-ones direction as well.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaugeport.core.archspec import ArchSpec
+from gaugeport.core.archspec import ParamRule
 from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.facts import ModelFacts, facts_of
 
 
 @dataclass
@@ -61,31 +63,35 @@ def min_fingerprint_gap(fp: np.ndarray) -> tuple[float, int]:
 
 def inspect_checkpoint(path: str | Path) -> Inspection:
     ckpt = Checkpoint.open(path)
-    spec = ckpt.spec
-    rules = spec.classify_all(ckpt.names)
-    gains = [ckpt.tensor(n) for n, r in rules.items() if r.role == "gain"]
-    tied = bool(ckpt.config.get("tie_word_embeddings", False)) or not any(
-        n.endswith(("lm_head.weight", "embed_out.weight")) for n in ckpt.names)
-    return _summarise(spec, ckpt.d_model, ckpt.n_layers, gains, len(rules),
-                      sum(r.role != "untouched" for r in rules.values()), tied)
+    facts = ckpt.facts
+    rules = facts.spec.classify_all(ckpt.names)
+    gains = [ckpt.tensor(n) for n, r in rules.items() if r.is_stream_gain]
+    return _summarise(facts, gains, rules, stored_once=True)
 
 
 def inspect_model(model: torch.nn.Module) -> Inspection:
-    from gaugeport.core.archspec import spec_for_config
-
-    spec = spec_for_config(model.config)
+    facts = facts_of(model)
     state = model.state_dict()
-    rules = spec.classify_all(list(state))
-    cfg = model.config
-    gains = [state[n] for n, r in rules.items() if r.role == "gain"]
-    return _summarise(spec, int(getattr(cfg, "hidden_size", None) or cfg.n_embd),
-                      int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer), gains, len(rules),
-                      sum(r.role != "untouched" for r in rules.values()),
-                      bool(getattr(cfg, "tie_word_embeddings", False)))
+    rules = facts.spec.classify_all(list(state))
+    gains = [state[n] for n, r in rules.items() if r.is_stream_gain]
+    return _summarise(facts, gains, rules, stored_once=False)
 
 
-def _summarise(spec: ArchSpec, d: int, n_layers: int, gains: list[torch.Tensor], n_tensors: int,
-               n_residual: int, tied: bool) -> Inspection:
+def tied_embeddings(facts: ModelFacts, rules: Mapping[str, ParamRule], stored_once: bool) -> bool:
+    """Whether the output head shares the token embedding (the table's ``tied_to`` rows say which).
+
+    The config's ``tie_word_embeddings`` decides when it is set; otherwise a file that stores no
+    tensor of a ``tied_to`` row (``stored_once``: tied tensors are saved once) is tied.
+    """
+    if facts.tie_word_embeddings is not None:
+        return facts.tie_word_embeddings
+    heads = {r.template for r in facts.spec.rules if r.tied_to is not None}
+    return stored_once and bool(heads) and not any(r.template in heads for r in rules.values())
+
+
+def _summarise(facts: ModelFacts, gains: list[torch.Tensor], rules: Mapping[str, ParamRule],
+               stored_once: bool) -> Inspection:
+    spec, d = facts.spec, facts.d_model
     fp = gain_fingerprints(gains, spec.gain_offset) if gains else np.ones((1, d))
     gap, blocks = min_fingerprint_gap(fp)
     uniform = bool(np.all(fp == fp[:, :1]))
@@ -106,5 +112,6 @@ def _summarise(spec: ArchSpec, d: int, n_layers: int, gains: list[torch.Tensor],
         if uniform:
             warnings.append("uniform LayerNorm gains: if the norm biases are uniform too, any rotation fixing "
                             "the all-ones direction is a symmetry, and coordinates carry no meaning")
-    return Inspection(spec.model_type, d, n_layers, spec.norm, group, gap, blocks, n_tensors, n_residual,
-                      tied, spec.gain_offset, warnings)
+    return Inspection(facts.model_type, d, facts.n_layers, spec.norm, group, gap, blocks, len(rules),
+                      sum(r.role != "untouched" for r in rules.values()), tied_embeddings(facts, rules, stored_once),
+                      spec.gain_offset, warnings)

@@ -1,7 +1,9 @@
 """Check, never assume: do two checkpoints compute the same function (through a gauge)?
 
-Function level: seeded probe token ids (or user data) through both models; the logits must
-agree, and with a gauge every hidden state of B must equal the gauge applied to A's.
+Function level: seeded probe token ids (or user data) through both models, each loaded as the
+class it was saved from (``config.architectures``; the table's task head when it names none), and
+never with a randomly initialised tensor; the outputs users consume (LM / MLM logits) must agree,
+and with a gauge every hidden state of B must equal the gauge applied to A's.
 Weight level: every tensor of B must equal the gauge applied to the same tensor of A.
 """
 
@@ -19,6 +21,7 @@ from gaugeport.core.apply import check_gauge_fits, transform_tensor
 from gaugeport.core.archspec import get_spec
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import CheckpointError, DataError, GaugeError
+from gaugeport.core.facts import ModelFacts
 from gaugeport.core.gauge import SignedPermutation
 
 DEFAULT_TOL = 1e-4  # relative to the largest |logit| of A; float32 reorderings give ~1e-6
@@ -26,7 +29,7 @@ DEFAULT_TOL = 1e-4  # relative to the largest |logit| of A; float32 reorderings 
 
 @dataclass
 class Verification:
-    output: str  # which output was compared: "logits" or "pooler_output" (encoders)
+    output: str  # which output was compared: "logits", "pooler_output" or "last_hidden_state" (base models)
     max_abs_diff: float
     max_rel_diff: float
     hidden_max_abs_diff: float | None  # with a gauge: max |h_B - G h_A| over all hidden states
@@ -46,15 +49,33 @@ class Verification:
         return {**asdict(self), "ok": self.ok}
 
 
+def model_class_for(config: Any) -> type:
+    """The class a checkpoint was saved from (``config.architectures``), else the table's task head."""
+    facts = ModelFacts.from_config(config)
+    for name in facts.architectures:
+        cls = getattr(transformers, name, None) if name.isidentifier() else None
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls
+    return getattr(transformers, facts.spec.task_class)
+
+
 def load_model(path: str | Path) -> torch.nn.Module:
-    """Load a checkpoint with the auto class its architecture table names, in float32, eval mode."""
+    """Load a checkpoint as its own class, in float32, eval mode; refuse if any tensor would be random."""
     ckpt = Checkpoint.open(path)
-    cls = getattr(transformers, ckpt.spec.auto_class)
+    cls = model_class_for(ckpt.config)
     transformers.utils.logging.disable_progress_bar()
     try:
-        model = cls.from_pretrained(str(path), dtype=torch.float32)
+        model, info = cls.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
     except Exception as exc:
         raise CheckpointError(f"transformers could not load {path}: {exc}") from exc
+    missing = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if missing:
+        raise CheckpointError(
+            f"loading {path} as {getattr(cls, '__name__', cls)} would randomly initialise {len(missing)} tensor(s): "
+            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+            hint="a comparison through random weights proves nothing; fix config.json's 'architectures' to "
+            "name the class these weights were saved from",
+        )
     return model.eval()
 
 
@@ -79,8 +100,10 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, ids: torc
                    gauge: SignedPermutation | None = None, tol: float = DEFAULT_TOL) -> Verification:
     out_a = model_a(input_ids=ids, output_hidden_states=True)
     out_b = model_b(input_ids=ids, output_hidden_states=True)
-    key = "logits" if getattr(out_a, "logits", None) is not None else "pooler_output"
+    key = next(k for k in ("logits", "pooler_output", "last_hidden_state") if getattr(out_a, k, None) is not None)
     ya, yb = getattr(out_a, key), getattr(out_b, key)
+    if key == "last_hidden_state" and gauge is not None:  # a bare base model: its output is the stream
+        ya = gauge.apply(ya, -1)
     if ya.shape != yb.shape:
         raise CheckpointError(f"outputs differ in shape: {tuple(ya.shape)} vs {tuple(yb.shape)}")
     diff = (ya - yb).abs().max().item()
@@ -123,7 +146,9 @@ def verify_checkpoints(path_a: str | Path, path_b: str | Path, gauge: SignedPerm
         raise GaugeError(f"width mismatch: A has d_model={a.d_model}, B has d_model={b.d_model}")
     if gauge is not None:
         check_gauge_fits(get_spec(a.model_type), gauge, a.d_model)
-    vocab = int(a.config.get("vocab_size", 0))
+    vocab = a.facts.vocab_size
+    if not vocab:
+        raise CheckpointError(f"{path_a}/config.json names no vocabulary size; probe tokens cannot be drawn")
     ids = load_token_ids(data, vocab) if data else probe_token_ids(vocab, n_seq, seq_len, seed)
     result = compare_models(load_model(path_a), load_model(path_b), ids, gauge, tol)
     if gauge is not None and weights:

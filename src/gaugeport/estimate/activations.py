@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.errors import ArchitectureError, DataError
+from gaugeport.core.facts import facts_of
 from gaugeport.estimate.data import Batch
 from gaugeport.estimate.moments import CrossMoments, MomentSet, NonFiniteError
 
@@ -59,27 +60,16 @@ def model_spec(model: torch.nn.Module) -> ArchSpec:
 
 
 def d_model(model: torch.nn.Module) -> int:
-    cfg = getattr(model.config, "text_config", None) or model.config
-    for key in ("hidden_size", "n_embd", "d_model"):
-        if getattr(cfg, key, None):
-            return int(getattr(cfg, key))
-    raise ArchitectureError(f"{type(model).__name__}: config names no hidden size")
+    return facts_of(model).d_model
 
 
 def vocab_size(model: torch.nn.Module) -> int | None:
-    cfg = getattr(model.config, "text_config", None) or model.config
-    v = getattr(cfg, "vocab_size", None)
-    return int(v) if v else None
+    return facts_of(model).vocab_size
 
 
 def special_token_ids(model: torch.nn.Module) -> set[int]:
     """pad / bos / eos ids from the config (masked out of the statistics)."""
-    cfg = getattr(model.config, "text_config", None) or model.config
-    out: set[int] = set()
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        v = getattr(cfg, key, None)
-        out |= {int(x) for x in (v if isinstance(v, list | tuple) else [v]) if x is not None}
-    return out
+    return set(facts_of(model).special_ids)
 
 
 FINGERPRINT_VALUES = 16
@@ -106,9 +96,8 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     from gaugeport.core.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(path)
-    cfg = ckpt.config.get("text_config", ckpt.config)
-    facts = {"model_type": ckpt.spec.model_type, "d": ckpt.d_model, "layers": ckpt.n_layers,
-             "vocab": int(cfg["vocab_size"]) if cfg.get("vocab_size") else None}
+    mf = ckpt.facts
+    facts = {"model_type": mf.spec.model_type, "d": mf.d_model, "layers": mf.n_layers, "vocab": mf.vocab_size}
     digests = set()
     for shard in ckpt.shards:
         with safe_open(str(ckpt.path / shard), framework="pt") as f:
@@ -134,10 +123,9 @@ def _fingerprint(facts: dict[str, Any], digests: set[str]) -> str:
 
 
 def _get(model: torch.nn.Module, path: str, spec: ArchSpec) -> torch.nn.Module:
-    """Resolve an attribute path, allowing the table's prefixes (``bert.`` in BertForMaskedLM, ...)."""
-    candidates = [path] + [p + path for p in spec.prefixes] + [path[len(p):] for p in spec.prefixes
-                                                              if path.startswith(p)]
-    for c in candidates:
+    """Resolve an attribute path in any layout the table's prefix aliases allow (``bert.`` in
+    BertForMaskedLM, a bare base model without ``model.``, a multimodal wrapper's language model)."""
+    for c in spec.module_paths(path):
         try:
             return model.get_submodule(c.rstrip("."))
         except AttributeError:

@@ -249,24 +249,23 @@ def _shared_rows(wa: _Weights, wb: _Weights) -> tuple[np.ndarray, np.ndarray, st
 
 def _read_weights(x: Any) -> _Weights:
     if isinstance(x, torch.nn.Module):
-        from gaugeport.estimate.activations import d_model, model_fingerprint, model_spec
+        from gaugeport.core.facts import facts_of
+        from gaugeport.estimate.activations import model_fingerprint
 
-        spec = model_spec(x)
-        state = x.state_dict()
-        cfg = getattr(x.config, "text_config", None) or x.config
-        return _weights_from(spec, d_model(x), state, int(getattr(cfg, "vocab_size", 0) or 0), None,
+        facts = facts_of(x)
+        return _weights_from(facts.spec, facts.d_model, x.state_dict(), facts.vocab_size or 0, None,
                              model_fingerprint(x))
     from gaugeport.core.checkpoint import Checkpoint
     from gaugeport.estimate.data import tokenizer_for
 
     ckpt = Checkpoint.open(x)
-    cfg = ckpt.config.get("text_config", ckpt.config)
+    facts = ckpt.facts
     tok = tokenizer_for(ckpt.path)
     tokens = dict(tok.get_vocab()) if tok is not None and hasattr(tok, "get_vocab") else None
-    spec = ckpt.spec
-    wanted = {n for n in ckpt.names if spec.classify(n).role in ("write", "read", "gain")}
+    spec = facts.spec
+    wanted = {n for n in ckpt.names if (r := spec.classify(n)).is_stream_gain or r.embedding in ("token", "output")}
     state = _LazyState(ckpt, wanted)
-    return _weights_from(spec, ckpt.d_model, state, int(cfg.get("vocab_size", 0) or 0), tokens,
+    return _weights_from(spec, facts.d_model, state, facts.vocab_size or 0, tokens,
                          f"{spec.model_type}:{ckpt.path.resolve()}")
 
 
@@ -296,13 +295,16 @@ def _weights_from(spec: Any, d: int, state: Any, vocab: int, tokens: dict[str, i
             rule = spec.classify(name)
         except ArchitectureError:
             continue
-        if rule.role == "gain":
+        if rule.is_stream_gain:
             gains.append(state[name].float())
-        elif rule.role in ("write", "read") and rule.axes == (1,) and _is_vocab_matrix(name, state, vocab, d):
+        elif rule.embedding in ("token", "output"):  # the table flags the vocabulary-indexed matrices
             t = state[name].float()
-            if rule.role == "write" and embed is None:
+            if t.ndim != 2 or t.shape[1] != d:
+                raise ArchitectureError(f"{name} (the {rule.embedding} embedding) has shape {tuple(t.shape)}, "
+                                        f"expected [vocab, {d}]")
+            if rule.embedding == "token":
                 embed = t
-            elif rule.role == "read":
+            else:
                 lm_head = t
     if embed is None:
         raise ArchitectureError(f"no token embedding (vocab x d write matrix) found in this {spec.model_type} model",
@@ -311,9 +313,3 @@ def _weights_from(spec: Any, d: int, state: Any, vocab: int, tokens: dict[str, i
         lm_head = None  # tied: the same evidence twice
     return _Weights(spec.model_type, spec.norm, d, embed, lm_head, gains, tokens, fingerprint)
 
-
-def _is_vocab_matrix(name: str, state: Any, vocab: int, d: int) -> bool:
-    if any(k in name for k in ("position", "wpe", "token_type")):
-        return False  # position / segment embeddings: not indexed by the vocabulary
-    t = state[name]
-    return t.ndim == 2 and t.shape[1] == d and t.shape[0] == vocab

@@ -34,6 +34,12 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
                  "max_position_embeddings": 128},
     "bert": {**_COMMON, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
              "max_position_embeddings": 128},
+    # the multimodal wrapper: the text model's facts live in text_config; a 1-layer vision tower
+    # (28 x 28 images in 14 x 14 patches) whose 4 soft tokens the projector writes into the stream
+    "gemma3": {"text_config": {**_DECODER, "sliding_window": 16}, "mm_tokens_per_image": 4,
+               "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+                                 "num_hidden_layers": 1, "image_size": 28, "patch_size": 14},
+               "boi_token_index": 93, "eoi_token_index": 94, "image_token_index": 95},
 }
 
 
@@ -43,7 +49,8 @@ def tiny_config(model_type: str, **overrides: Any) -> transformers.PretrainedCon
 
 
 def model_class(model_type: str) -> type:
-    return getattr(transformers, get_spec(model_type).auto_class)
+    """The table's task head (``AutoModelForCausalLM``, ``AutoModelForMaskedLM`` for BERT, ...)."""
+    return getattr(transformers, get_spec(model_type).task_class)
 
 
 @torch.no_grad()
@@ -53,14 +60,14 @@ def tiny_model(model_type: str, seed: int = 0, randomize: bool = True, **overrid
     model = model_class(model_type).from_config(tiny_config(model_type, **overrides), dtype=torch.float32)
     model.eval()
     if randomize:
+        spec = get_spec(model_type)
         for name, p in model.named_parameters():
             if p.ndim == 1:  # gains and biases: generic values, never exactly uniform
-                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if _is_gain(name, p) else 0.0))
+                gain = spec.classify(name).role in ("gain", "signed_gain")  # the table says which are gains
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if gain else 0.0))
+            elif p.ndim >= 2 and not p.any():  # zero-initialised matrices (Gemma-3's projector) would hide errors
+                p.copy_(torch.randn_like(p) / p.shape[0] ** 0.5)
     return model
-
-
-def _is_gain(name: str, p: torch.Tensor) -> bool:
-    return name.endswith("weight") and ("norm" in name.lower() or ".ln_" in name)
 
 
 def save_tiny(model_type: str, path: str | Path, seed: int = 0, **overrides: Any) -> Path:

@@ -38,9 +38,10 @@ MOMENT_MODE = {"exp_avg": "like_param", "exp_avg_sq": "abs", "max_exp_avg_sq": "
 
 
 # ------------------------------------------------------------------------------------- one parameter
-def transport_param_state(state: Mapping[str, Any], shape: tuple[int, ...], axes: tuple[int, ...], mode: Mode,
-                          g: SignedPermutation, name: str) -> dict[str, Any]:
-    """Adam state of one parameter whose residual ``axes`` transform with ``mode``."""
+def transport_param_state(state: Mapping[str, Any], shape: tuple[int, ...], axes: tuple[int, ...],
+                          mode: Mode | tuple[Mode, ...], g: SignedPermutation, name: str) -> dict[str, Any]:
+    """Adam state of one parameter whose residual ``axes`` transform with ``mode`` (one, or one per axis)."""
+    modes = mode if isinstance(mode, tuple) else (mode,) * len(axes)
     out: dict[str, Any] = {}
     for key, value in state.items():
         if key == "step":
@@ -56,8 +57,8 @@ def transport_param_state(state: Mapping[str, Any], shape: tuple[int, ...], axes
                                 hint="the optimizer's parameter order does not match the Trainer's groups "
                                 "(a custom optimizer or a sharded layout?)")
         check_finite(value, f"optimizer {key} of {name}")
-        m: Mode = mode if MOMENT_MODE[key] == "like_param" else ("abs" if mode != "none" else "none")
-        for axis in axes:
+        for axis, md in zip(axes, modes, strict=True):
+            m: Mode = md if MOMENT_MODE[key] == "like_param" else ("abs" if md != "none" else "none")
             value = g.apply(value, axis=axis, mode=m)
         out[key] = value
     return out
@@ -84,7 +85,7 @@ def meta_model(config: Mapping[str, Any]) -> torch.nn.Module:
     with torch.device("meta"):
         if cls is not None:
             return cls(cfg)
-        return getattr(transformers, spec_for_config(config).auto_class).from_config(cfg)
+        return getattr(transformers, spec_for_config(config).task_class).from_config(cfg)
 
 
 def transport_optimizer_state(opt_state: Mapping[str, Any], model_or_config: torch.nn.Module | Mapping[str, Any],
@@ -98,7 +99,7 @@ def transport_optimizer_state(opt_state: Mapping[str, Any], model_or_config: tor
     for idx, (name, shape) in names.items():
         if idx in new_state:
             rule = spec.classify(name)
-            new_state[idx] = transport_param_state(new_state[idx], shape, rule.axes, rule.mode, g, name)
+            new_state[idx] = transport_param_state(new_state[idx], shape, rule.axes, rule.modes, g, name)
     return {**opt_state, "state": new_state}
 
 
