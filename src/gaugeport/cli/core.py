@@ -51,6 +51,9 @@ def apply(
     save_gauge_to: Annotated[Path | None, typer.Option("--save-gauge", help="write the random gauge here")] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    dequantize: Annotated[str | None, typer.Option(
+        "--dequantize", help="quantized input (fp8 block scales, GPTQ): write a plain bf16 (or fp32) checkpoint "
+        "in the new gauge; lossy only by the quantization already there")] = None,
 ) -> None:
     """Rewrite a checkpoint in new residual coordinates (streamed, tensor by tensor)."""
     if (gauge is None) == (random_seed is None):
@@ -59,14 +62,15 @@ def apply(
         g = load_gauge(gauge)
         provenance = {"gaugeport_source_gauge": str(gauge)}
     else:
-        d = Checkpoint.open(ckpt).d_model
+        d = Checkpoint.open(ckpt, allow_quantized=dequantize is not None).d_model
         g = SignedPermutation.random(d, seed=random_seed, positive_fraction=positive_fraction)
         g = g.perm_only() if perm_only else g
         provenance = {"gaugeport_random_seed": str(random_seed)}
     if save_gauge_to is not None:  # refuse an existing gauge file before doing any work
         from gaugeport.core.fileio import refuse_existing
         refuse_existing(save_gauge_to, force)
-    apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
+    apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance,
+                              dequantize=dequantize)
     if save_gauge_to is not None:
         save_gauge(g, save_gauge_to, provenance={"source": str(ckpt), "target": str(out), **provenance}, force=force)
     typer.echo(f"wrote {out} (gauge {g.fingerprint()}, d={g.d}, {g.positive_fraction:.0%} positive signs)")

@@ -89,12 +89,18 @@ def apply_gauge_to_checkpoint(
     force: bool = False,
     progress: bool = True,
     provenance: Mapping[str, str] | None = None,
+    dequantize: str | None = None,
 ) -> Path:
     """Stream ``src`` tensor by tensor into a new checkpoint ``out`` in the gauge's coordinates.
 
     Peak memory is about the largest tensor. Config, tokenizer and generation files are copied;
     the index of a sharded checkpoint is kept. ``out`` appears only when everything succeeded.
+    A quantized checkpoint is refused unless ``dequantize="bf16"`` (or ``"fp32"``): then a plain
+    checkpoint of that dtype is written, each weight dequantized and then transformed.
     """
+    if dequantize is not None:
+        return _apply_dequantized(Path(src), gauge, Path(out), dequantize, force=force, progress=progress,
+                                  provenance=provenance)
     ckpt = Checkpoint.open(src)
     spec = ckpt.spec
     check_gauge_fits(spec, gauge, ckpt.d_model)
@@ -104,6 +110,32 @@ def apply_gauge_to_checkpoint(
         rewrite_checkpoint(ckpt, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge), stamp,
                            desc="apply", progress=progress)
     return Path(out)
+
+
+DEQUANTIZE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _apply_dequantized(src: Path, gauge: SignedPermutation, out: Path, dtype_name: str, *, force: bool,
+                       progress: bool, provenance: Mapping[str, str] | None) -> Path:
+    from gaugeport.core.quant import plan_dequantized, refuse_quantized, write_dequantized
+
+    if dtype_name not in DEQUANTIZE_DTYPES:
+        raise GaugeError(f"--dequantize {dtype_name!r}: choose one of {', '.join(DEQUANTIZE_DTYPES)}")
+    ckpt = Checkpoint.open(src, allow_quantized=True)
+    q = ckpt.quantization
+    if q is None:
+        raise GaugeError(f"{src} is not quantized: --dequantize has nothing to do",
+                         hint="drop --dequantize; plain checkpoints keep their dtype")
+    if not q.dequantizable:
+        raise refuse_quantized(q, src)
+    spec = ckpt.spec
+    check_gauge_fits(spec, gauge, ckpt.d_model)
+    rules = spec.classify_all([p.name for p in plan_dequantized(q, ckpt.names)])
+    stamp = {"gaugeport_gauge": gauge.fingerprint(), "gaugeport_dequantized_from": q.scheme, **(provenance or {})}
+    with atomic_path(out, force, inputs=(src,)) as tmp:
+        write_dequantized(ckpt, q, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge),
+                          DEQUANTIZE_DTYPES[dtype_name], stamp, progress=progress)
+    return out
 
 
 def rewrite_checkpoint(ckpt: Checkpoint, dest: Path, rewrite: Callable[[str, torch.Tensor], torch.Tensor],

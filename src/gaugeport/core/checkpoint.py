@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -20,6 +20,9 @@ from safetensors import safe_open
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.errors import CheckpointError
 from gaugeport.core.facts import ModelFacts
+
+if TYPE_CHECKING:
+    from gaugeport.core.quant import Quantization
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -42,7 +45,8 @@ class Checkpoint:
     index: dict[str, Any] | None  # parsed model.safetensors.index.json, None for a single file
 
     @classmethod
-    def open(cls, path: str | Path) -> Checkpoint:
+    def open(cls, path: str | Path, *, allow_quantized: bool = False) -> Checkpoint:
+        """Open a checkpoint directory; a quantized one is refused (naming its scheme) unless allowed."""
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {path}")
@@ -67,7 +71,12 @@ class Checkpoint:
                 f"{path} has no {SINGLE_FILE} or {INDEX_FILE}" + (f" (found {', '.join(others)})" if others else ""),
                 hint="gaugeport reads safetensors; re-save with model.save_pretrained(dir) (safetensors by default)",
             )
-        return cls(path, config, shard_of, index)
+        ckpt = cls(path, config, shard_of, index)
+        if not allow_quantized and (q := ckpt.quantization) is not None:
+            from gaugeport.core.quant import refuse_quantized
+
+            raise refuse_quantized(q, path)
+        return ckpt
 
     # ------------------------------------------------------------------ facts
     @property
@@ -77,6 +86,13 @@ class Checkpoint:
     @property
     def model_type(self) -> str:
         return str(self.config.get("model_type"))
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """The quantization scheme (from quantization_config or tensor names); None for plain weights."""
+        from gaugeport.core.quant import detect_quantization
+
+        return detect_quantization(self.config, self.names)
 
     @property
     def facts(self) -> ModelFacts:
