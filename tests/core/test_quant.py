@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gaugeport.core.apply import apply_gauge_to_checkpoint, transform_tensor
+from gaugeport.core.apply import transform_tensor
 from gaugeport.core.archspec import get_spec
 from gaugeport.core.errors import CheckpointError
 from gaugeport.core.gauge import SignedPermutation, save_gauge

@@ -35,6 +35,16 @@ tensors are all off the stream, e.g. a vision tower), ``config`` (which ``config
 hidden size, layer count and vocabulary, and the ``section`` holding them, e.g. ``text_config``) and
 ``sites`` (where activation collection hooks in).
 
+``{layer}``, ``{expert}`` and ``{index}`` match any index, so one row covers every block, every
+expert of a published per-expert layout (``experts.{expert}.w1.weight``) and every per-head norm
+(``q_layernorm.norms.{index}.weight``).
+Fused mixture-of-experts tensors (``experts.gate_up_proj`` of shape ``[E, 2I, d]``) need nothing
+special: the leading expert axis is just not named, and ``axis`` is the residual one.
+An optional ``blocks`` list, parallel to ``axis``, says how many residual vectors are concatenated
+along each named axis (default 1 each): DeepSeek's multi-token-prediction ``eh_proj`` reads
+``[enorm(embedding); hnorm(hidden)]``, so its row is ``"axis": [0, 1], "blocks": [1, 2]`` and the
+gauge acts on each ``d``-sized block of the input axis separately.
+
 Files are validated strictly: an unknown key is an error, so no field can become dead data.
 """
 
@@ -71,7 +81,8 @@ _TABLE_KEYS = {
     "model_type", "extends", "norm", "gain_offset", "task_class", "aliases", "prefix_aliases",
     "untouched_subtrees", "config", "params", "params_extra", "macros", "sites",
 }
-_ROW_KEYS = {"name", "role", "axis", "optional", "embedding", "tied_to", "why"}
+_ROW_KEYS = {"name", "role", "axis", "optional", "embedding", "tied_to", "why", "blocks"}
+_INDEX_PLACEHOLDERS = {"layer", "expert", "index"}  # each matches any decimal index
 _SITE_KEYS = {"layers", "mid", "final"}
 _HOOK_KEYS = {"module", "hook"}
 _CONFIG_KEYS = {"section", "hidden_size", "num_layers", "vocab_size"}
@@ -91,6 +102,7 @@ class ParamRule:
     pattern: re.Pattern[str] = field(repr=False, compare=False)
     embedding: str | None = None  # token / position / token_type / output
     tied_to: str | None = None  # template of the tensor an output head shares storage with when tied
+    blocks: tuple[int, ...] = ()  # residual vectors concatenated along each axis; () means one each
 
     @property
     def modes(self) -> tuple[Mode, ...]:
@@ -110,6 +122,10 @@ class ParamRule:
     def is_stream_gain(self) -> bool:
         """A norm gain on the residual stream (its values fingerprint the coordinates)."""
         return self.role == "gain"
+
+    def blocks_on(self, i: int) -> int:
+        """How many ``d``-sized residual blocks are concatenated along ``self.axes[i]``."""
+        return self.blocks[i] if self.blocks else 1
 
 
 @dataclass(frozen=True)
@@ -342,8 +358,11 @@ def _compile_rows(raw: dict[str, Any], model_type: str) -> list[ParamRule]:
         if emb is not None and emb not in EMBEDDING_KINDS:
             raise ArchitectureError(f"{model_type}: row {row['name']} has embedding {emb!r}; "
                                     f"expected one of {', '.join(EMBEDDING_KINDS)}")
+        blocks = tuple(row.get("blocks", ()))
+        if blocks and (len(blocks) != len(axes) or any(not isinstance(b, int) or b < 1 for b in blocks)):
+            raise ArchitectureError(f"{model_type}: row {row['name']} needs one positive integer in 'blocks' per axis")
         rules.append(ParamRule(row["name"], role, axes, bool(row.get("optional", False)),
-                               _template_regex(row["name"], macros, model_type), emb, row.get("tied_to")))
+                               _template_regex(row["name"], macros, model_type), emb, row.get("tied_to"), blocks))
     templates = {r.template for r in rules}
     for r in rules:
         if r.tied_to is not None and r.tied_to not in templates:
@@ -368,7 +387,7 @@ def _template_regex(template: str, macros: dict[str, list[str]], model_type: str
         m = re.fullmatch(r"\{(\w+)\}", part)
         if not m:
             out.append(re.escape(part))
-        elif m.group(1) == "layer":
+        elif m.group(1) in _INDEX_PLACEHOLDERS:
             out.append(r"\d+")
         elif m.group(1) in macros:
             out.append("(?:" + "|".join(re.escape(v) for v in macros[m.group(1)]) + ")")
