@@ -161,7 +161,8 @@ FLAGSHIPS: dict[str, dict] = {
     "starcoder2": {"architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2", "hidden_size": 4608,
                    "intermediate_size": 18432, "num_hidden_layers": 32, "num_attention_heads": 36,
                    "num_key_value_heads": 4, "vocab_size": 49152, "max_position_embeddings": 16384,
-                   "sliding_window": 4096, "use_bias": True, "rope_theta": 1000000, "bos_token_id": 0, "eos_token_id": 0},
+                   "sliding_window": 4096, "use_bias": True, "rope_theta": 1000000, "bos_token_id": 0,
+                   "eos_token_id": 0},
     # stabilityai/stablelm-2-1_6b
     "stablelm": {"architectures": ["StableLmForCausalLM"], "model_type": "stablelm", "hidden_size": 2048,
                  "intermediate_size": 5632, "num_hidden_layers": 24, "num_attention_heads": 32,
