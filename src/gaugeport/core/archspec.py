@@ -153,9 +153,6 @@ class ConfigKeys:
     vocab_size: tuple[str, ...] = CONFIG_DEFAULTS["vocab_size"]
 
 
-_UNTOUCHED_SUBTREE = "untouched"
-
-
 @dataclass(frozen=True)
 class ArchSpec:
     model_type: str
