@@ -31,8 +31,8 @@ def build_model(arch: Arch, mc: ModelConfig, seed: int) -> torch.nn.Module:
                           num_attention_heads=mc.n_heads, num_key_value_heads=mc.n_heads,
                           head_dim=mc.d_model // mc.n_heads, num_hidden_layers=mc.n_layers,
                           vocab_size=vocab, max_position_embeddings=mc.seq_len)
-    return tiny_model("gpt2", seed, mixed_gain_signs=False, n_embd=mc.d_model, n_inner=mc.d_ff, n_head=mc.n_heads, n_layer=mc.n_layers,
-                      vocab_size=vocab, n_positions=mc.seq_len)
+    return tiny_model("gpt2", seed, mixed_gain_signs=False, n_embd=mc.d_model, n_inner=mc.d_ff, n_head=mc.n_heads,
+                      n_layer=mc.n_layers, vocab_size=vocab, n_positions=mc.seq_len)
 
 
 def corpus_batches(n_batches: int, batch_size: int, seq_len: int, seed: int) -> Iterator[torch.Tensor]:
