@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import pytest
 
@@ -28,10 +30,12 @@ def test_adam_moments_move_relative_to_their_parameter(moment: str, param_mode: 
     assert moment_rules()[moment].mode(param_mode) == mode
 
 
-def test_artifact_kinds_are_spelled_once(cli) -> None:
+def test_artifact_kinds_are_spelled_once() -> None:
+    from gaugeport.cli.transport import transport
+
     assert set(CLAIM_KINDS.values()) <= set(ArtifactKind)  # audit claims re-expressed by these transports
-    code, out, _ = cli("transport", "--help")
-    assert code == 0 and all(k.value in out for k in ArtifactKind)  # the CLI's --kind choices are the enum
+    kind = typing.get_type_hints(transport, include_extras=True)["kind"]  # Annotated[ArtifactKind | None, ...]
+    assert ArtifactKind in typing.get_args(typing.get_args(kind)[0])  # the CLI's --kind choices are the enum
 
 
 def test_transport_functions_take_a_gauge_not_a_path(tmp_path) -> None:
