@@ -53,7 +53,8 @@ def apply(
 ) -> None:
     """Rewrite a checkpoint in new residual coordinates (streamed, tensor by tensor)."""
     if (gauge is None) == (random_seed is None):
-        raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N")
+        raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N",
+                             hint="--random-seed N draws a random gauge (save it with --save-gauge)")
     if gauge is not None:
         g = load_gauge(gauge)
         provenance = {"gaugeport_source_gauge": str(gauge)}
@@ -62,12 +63,14 @@ def apply(
         g = SignedPermutation.random(d, seed=random_seed, positive_fraction=positive_fraction)
         g = g.perm_only() if perm_only else g
         provenance = {"gaugeport_random_seed": str(random_seed)}
-    if save_gauge_to is not None:  # refuse an existing gauge file before doing any work
-        from gaugeport.core.fileio import refuse_existing
-        refuse_existing(save_gauge_to, force)
-    apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
-    if save_gauge_to is not None:
-        save_gauge(g, save_gauge_to, provenance={"source": str(ckpt), "target": str(out), **provenance}, force=force)
+    if save_gauge_to is None:
+        apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
+    else:  # the gauge is written first (to a temp path) and lands with the checkpoint, never after it fails
+        from gaugeport.core.fileio import atomic_path
+
+        with atomic_path(save_gauge_to, force) as gauge_tmp:
+            save_gauge(g, gauge_tmp, provenance={"source": str(ckpt), "target": str(out), **provenance})
+            apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
     typer.echo(f"wrote {out} (gauge {g.fingerprint()}, d={g.d}, {g.positive_fraction:.0%} positive signs)")
 
 
