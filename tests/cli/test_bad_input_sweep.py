@@ -169,6 +169,58 @@ def _npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _bad_signs(w: Workspace, value: int, dtype: torch.dtype = torch.int8) -> Path:
+    signs = torch.ones(32, dtype=dtype)
+    signs[5] = value
+    return w.raw_gauge("bad.safetensors", torch.randperm(32, generator=torch.Generator().manual_seed(0)), signs)
+
+
+def _vector(w: Workspace) -> Path:
+    return w.file("v.npy", _npy(np.ones(32, np.float32)))
+
+
+def _sae(w: Workspace, d_in_cfg: int = 32) -> Path:
+    sae = w.root / "sae"
+    sae.mkdir()
+    save_file({"W_enc": torch.randn(32, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 32),
+               "b_dec": torch.zeros(32)}, str(sae / "sae_weights.safetensors"))
+    (sae / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": d_in_cfg, "d_sae": 8}))
+    return sae
+
+
+def _evil_pt(w: Workspace) -> Path:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.mkdir, (str(w.root / "pwned"),))
+
+    return w.file("evil.pt", pickle.dumps(Evil()))
+
+
+def _compose_bad_confidence(w: Workspace) -> list[object]:
+    g = SignedPermutation.random(32, seed=0)
+    p = w.root / "g1.safetensors"
+    save_file({"perm": torch.from_numpy(g.perm.copy()), "signs": torch.from_numpy(g.signs.copy()),
+               "confidence": torch.ones(7)}, str(p),
+              metadata={"format": "gaugeport.signed_permutation", "version": "1", "d": "32"})
+    return ["compose", p, w.gauge("g2.safetensors", seed=1), "--out", w.root / "o.safetensors"]
+
+
+def _long_rows(w: Workspace, verb: str) -> list[object]:
+    a, b = w.ckpt("a", model="gpt2"), w.ckpt("b", model="gpt2", seed=1)
+    if verb == "verify":
+        ids = w.file("ids.npy", _npy(np.ones((1, 200), np.int64)))
+        return ["verify", a, b, "--data", ids]
+    return ["align", a, b, "--data", "builtin", "--tokens", "400", "--seq-len", "200", "--out", w.root / "g"]
+
+
+def _trainer_with_bad_gauge(w: Workspace) -> list[object]:
+    run = w.ckpt("run/checkpoint-1")
+    (run / "optimizer.pt").write_bytes(b"")
+    return ["transport", run, "--gauge", _bad_signs(w, 0), "--out", w.root / "out"]
+
+
 CLAIMS = json.dumps({"claims": [{"name": "c", "site": "resid_post.0", "kind": "coordinates", "indices": [1]}]})
 
 # id -> (build argv in a workspace, expected exit code, expected message fragment)
@@ -232,6 +284,91 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
                    "--out", w.root / "o"], 2, "hidden_size = 'abc'"),
     "index-weight-map-is-list": (
         lambda w: ["inspect", (lambda a: w.index(a, ["x"]) or a)(w.shard(w.ckpt()))], 2, "weight_map is list"),
+    # 3. signs validated on load, for every dtype (int8 included), and on construction
+    "apply-gauge-sign-0-int8": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _bad_signs(w, 0), "--out", w.root / "o"], 2, "signs[5] = 0"),
+    "apply-gauge-sign-2-int8": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _bad_signs(w, 2), "--out", w.root / "o"], 2, "+1 or -1 only"),
+    "apply-gauge-sign-2-int64": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _bad_signs(w, 2, torch.int64), "--out", w.root / "o"], 2,
+        "+1 or -1 only"),
+    "apply-gauge-sign-half-float32": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _bad_signs(w, 0, torch.float32), "--out", w.root / "o"], 2,
+        "+1 or -1 only"),
+    "transport-gauge-sign-0": (
+        lambda w: ["transport", _vector(w), "--gauge", _bad_signs(w, 0), "--out", w.root / "o.npy"], 2,
+        "+1 or -1 only"),
+    "compose-gauge-sign-2": (
+        lambda w: ["compose", _bad_signs(w, 2), w.gauge(), "--out", w.root / "o.safetensors"], 2, "+1 or -1 only"),
+    "trainer-transport-gauge-sign-0": (_trainer_with_bad_gauge, 2, "+1 or -1 only"),
+    "gauge-perm-bf16": (
+        lambda w: ["apply", w.ckpt(), "--gauge", w.raw_gauge("p.safetensors", torch.arange(32).bfloat16(),
+                   torch.ones(32, dtype=torch.int8)), "--out", w.root / "o"], 2, "perm is stored as torch.bfloat16"),
+    "gauge-perm-repeated": (
+        lambda w: ["apply", w.ckpt(), "--gauge", w.raw_gauge("p.safetensors", torch.zeros(32, dtype=torch.int64),
+                   torch.ones(32, dtype=torch.int8)), "--out", w.root / "o"], 2, "not a permutation"),
+    "gauge-is-a-folder": (lambda w: ["apply", w.ckpt(), "--gauge", w.root / "a", "--out", w.root / "o"], 2,
+                          "is a directory, not a file"),
+    "gauge-missing": (lambda w: ["apply", w.ckpt(), "--gauge", w.root / "nope.safetensors", "--out", w.root / "o"],
+                      2, "gauge file not found"),
+    "compose-wrong-length-confidence": (_compose_bad_confidence, 2, "'confidence' has shape (7,)"),
+    "attribution-csv-sign-0": (
+        lambda w: ["transport", w.file("a.csv", "coordinate,score,sign\n1,0.5,0\n"), "--gauge", w.gauge(),
+                   "--out", w.root / "o.csv"], 2, "sign must be -1 or +1"),
+    "attribution-json-sign-5": (
+        lambda w: ["transport", w.file("a.json", json.dumps([{"coordinate": 1, "score": 0.5, "sign": 5}])),
+                   "--gauge", w.gauge(), "--out", w.root / "o.json"], 2, "sign must be -1 or +1"),
+    "coordinates-json-signs-2": (
+        lambda w: ["transport", w.file("c.json", json.dumps({"coordinates": [1, 2], "signs": [1, 2]})),
+                   "--gauge", w.gauge(), "--out", w.root / "o.json"], 2, "signs must be -1 or +1"),
+    "attribution-json-scores-strings": (
+        lambda w: ["transport", w.file("a.json", json.dumps({"coordinates": [1, 2], "scores": ["x", "y"]})),
+                   "--gauge", w.gauge(), "--out", w.root / "o.json"], 2, "score 'x' is not a number"),
+    "attribution-csv-extra-field": (
+        lambda w: ["transport", w.file("a.csv", "coordinate,score\n1,0.5,oops\n"), "--gauge", w.gauge(),
+                   "--out", w.root / "o.csv"], 2, "more fields than the header"),
+    "sae-cfg-d-in-disagrees": (
+        lambda w: ["transport", _sae(w, d_in_cfg=48), "--gauge", w.gauge(), "--out", w.root / "o"], 2,
+        "cfg.json says d_in=48"),
+    # 6. more malformed input that used to end in a traceback
+    "random-seed-negative": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "-1", "--out", w.root / "o"], 2, "non-negative integer"),
+    "verify-long-sequences": (lambda w: _long_rows(w, "verify"), 2, "learned positions"),
+    "align-long-sequences": (lambda w: _long_rows(w, "align"), 2, "learned positions"),
+    "verify-data-object-npy": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--data",
+                   w.file("o.npy", _npy(np.array([{"x": 1}], dtype=object)))], 2, "holds Python objects"),
+    "verify-data-jsonl": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--data", w.file("d.jsonl", '{"text": "hi"}\n')], 2,
+        "from a .npy file"),
+    "verify-data-folder": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--data", w.ckpt("c")], 2, "is a directory, not a file"),
+    "verify-tol-negative": (lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--tol", "-1"], 2, "finite number >= 0"),
+    "verify-tol-nan": (lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--tol", "nan"], 2, "finite number >= 0"),
+    "audit-d-negative": (
+        lambda w: ["audit", w.file("c.json", CLAIMS), "--d", "-5", "--out", w.root / "o"], 2, "positive integer"),
+    "audit-random-negative": (
+        lambda w: ["audit", w.file("c.json", CLAIMS), "--d", "32", "--random", "-1", "--out", w.root / "o"], 2,
+        "must be >= 0"),
+    "audit-evidence-npy": (
+        lambda w: ["audit", w.file("c.json", CLAIMS), "--d", "32", "--evidence",
+                   w.file("x.npy", _npy(np.ones((4, 32), np.float32))), "--out", w.root / "o"], 2,
+        "not an .npz archive"),
+    "audit-claims-folder": (
+        lambda w: ["audit", w.ckpt(), "--d", "32", "--out", w.root / "o"], 2, "is a directory, not a file"),
+    "align-one-token-rows": (
+        lambda w: ["align", w.ckpt("a"), w.ckpt("b", seed=1), "--data", w.file("t.npy", _npy(
+            np.full((2, 1), 5, np.int64))), "--tokens", "2", "--out", w.root / "g"], 2, "needs at least 16"),
+    "index-json-is-a-list": (
+        lambda w: ["inspect", (lambda a: (a / "model.safetensors.index.json").write_text("[]") and a)(
+            w.shard(w.ckpt()))], 2, "not an object"),
+    "index-shard-name-not-a-string": (
+        lambda w: ["inspect", (lambda a: w.index(a, dict.fromkeys(w.weight_map(a), 7)) or a)(w.shard(w.ckpt()))],
+        2, "not a plain"),
+    # 11. a pickle with code objects: refused for safety, and the check is never to be disabled
+    "transport-malicious-pickle": (
+        lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,
+        "refuses to load it, for safety"),
     # 9. messages
     "inspect-config-file-not-dir": (lambda w: ["inspect", w.ckpt() / "config.json"], 2, "is a file, not a"),
     "inspect-missing": (lambda w: ["inspect", w.root / "nope"], 2, "not found"),
@@ -254,3 +391,4 @@ def test_bad_input(case: str, cli, tiny_dir, tmp_path: Path, capsys: pytest.Capt
     at = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     assert at and at[0] + 1 < len(lines) and lines[at[0] + 1].startswith("hint: "), err
     assert tree_state(ws) == before, "the workspace changed (something written or an input modified)"
+    assert "weights_only=False" not in err

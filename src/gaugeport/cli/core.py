@@ -80,7 +80,9 @@ def verify(
     a: Annotated[Path, typer.Argument(help="checkpoint A")],
     b: Annotated[Path, typer.Argument(help="checkpoint B")],
     gauge: Annotated[Path | None, typer.Option("--gauge", help="gauge mapping A's coordinates to B's")] = None,
-    tol: Annotated[float, typer.Option("--tol", help="max relative difference")] = DEFAULT_TOL,
+    tol: Annotated[float, typer.Option("--tol", help="max relative difference (logits, hidden states "
+                                                     "and each weight tensor, relative to its largest |value|)")
+                   ] = DEFAULT_TOL,
     data: Annotated[Path | None, typer.Option("--data", help="token ids .npy [n_seq, seq_len]")] = None,
     seed: Annotated[int, typer.Option(help="seed of the probe token ids")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -97,8 +99,8 @@ def verify(
             typer.echo(f"hidden states (B vs G applied to A): max abs {res.hidden_max_abs_diff:.3e}, "
                        f"relative {res.hidden_max_rel_diff:.3e}")
         if res.weight_max_abs_diff is not None:
-            typer.echo(f"weights (B vs G applied to A): max abs {res.weight_max_abs_diff:.3e} "
-                       f"(worst: {res.weight_worst_tensor})")
+            typer.echo(f"weights (B vs G applied to A): max abs {res.weight_max_abs_diff:.3e}, relative "
+                       f"{res.weight_max_rel_diff:.3e} (worst: {res.weight_worst_tensor})")
         typer.echo(f"{'PASS' if res.ok else 'FAIL'} (tolerance {tol:g})")
     if not res.ok:
         raise typer.Exit(1)

@@ -8,8 +8,9 @@ streams each tensor straight to its file, so peak memory stays near the largest 
 from __future__ import annotations
 
 import json
+import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from gaugeport.core.archspec import ArchSpec, spec_for_config
-from gaugeport.core.errors import CheckpointError
+from gaugeport.core.errors import CheckpointError, DataError
 from gaugeport.core.fileio import is_plain_file_name, note_input
 
 SINGLE_FILE = "model.safetensors"
@@ -141,6 +142,12 @@ class Checkpoint:
         return int(cfg.get("num_hidden_layers", cfg.get("n_layer", 0)))
 
     @property
+    def position_limit(self) -> int | None:
+        """Longest sequence the model can read (learned absolute positions), None without such a table."""
+        shapes = ((n, s) for shard in self.shards for n, (_, s) in shard_layout(self, shard).items())
+        return learned_position_limit(shapes)
+
+    @property
     def names(self) -> list[str]:
         return list(self.shard_of)
 
@@ -247,6 +254,25 @@ def shard_layout(ckpt: Checkpoint, shard: str) -> dict[str, tuple[torch.dtype, t
 
 
 # ---------------------------------------------------------------------- validation
+_LEARNED_POSITIONS = re.compile(r"(^|\.)(wpe|position_embeddings|embed_positions)\.weight$")
+
+
+def learned_position_limit(named_shapes: Iterable[tuple[str, Sequence[int]]]) -> int | None:
+    """Rows of a learned absolute position-embedding table (GPT-2 ``wpe``, BERT ``position_embeddings``):
+    the longest sequence the model can read. None for rotary / relative positions (no hard limit)."""
+    for name, shape in named_shapes:
+        if _LEARNED_POSITIONS.search(name) and len(shape) == 2:
+            return int(shape[0])
+    return None
+
+
+def check_sequence_length(seq_len: int, limit: int | None, where: str = "the model") -> None:
+    """Refuse sequences longer than a learned position table (they would index past its end)."""
+    if limit is not None and seq_len > limit:
+        raise DataError(f"sequences of {seq_len} tokens are longer than {where} can read ({limit} learned positions)",
+                        hint=f"use --seq-len {limit} or less (or shorter rows in the data)")
+
+
 _FINITE_CHUNK = 1 << 20  # elements per isfinite() call: the check's extra memory stays a few MB
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gaugeport.core.errors import CheckpointError
 
@@ -236,9 +235,16 @@ def os_error_to_gaugeport(exc: OSError, path: Path | None = None) -> CheckpointE
 def atomic_save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str] | None = None, *, force: bool = False
 ) -> Path:
+    """Write a safetensors file atomically with deterministic bytes (tensors and metadata in sorted order:
+    the same content always gives the same file, which ``safetensors.save_file`` does not promise)."""
+    from gaugeport.core.checkpoint import SafetensorsStreamWriter
+
     with atomic_path(path, force) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata=dict(sorted((metadata or {}).items())))
+        layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
+        meta = {str(k): str(v) for k, v in sorted((metadata or {}).items())}
+        with SafetensorsStreamWriter(tmp, layout, meta) as writer:
+            for name in sorted(tensors):
+                writer.write(name, tensors[name])
     return Path(path)
 
 
