@@ -294,3 +294,40 @@ def is_plain_file_name(name: object) -> bool:
     if "/" in name or "\\" in name or "\x00" in name or ":" in name:
         return False
     return Path(name).name == name and not Path(name).is_absolute()
+
+
+def pickle_globals(path: str | Path) -> list[str] | None:
+    """The callables and classes a pickle (or a ``torch.save`` zip) names, read without unpickling anything.
+
+    None when the bytes are not a readable pickle (truncated or corrupt). Used to tell a file that
+    ``torch.load(weights_only=True)`` refused because it holds code objects from one that is damaged.
+    """
+    import io
+    import pickletools
+    import zipfile
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return None
+                raw = zf.read(member)
+        else:
+            raw = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return None
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(raw)):
+            if op.name == "GLOBAL" or op.name == "INST":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # pickletools raises ValueError / struct errors / others on damaged bytes
+        return None
+    return names

@@ -69,17 +69,22 @@ def load_torch(path: Path, what: str, hint: str = "save only tensors and plain c
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol warnings are noise here
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         # the weights-only unpickler met something other than tensors and plain containers: a global
         # (a class or function), or an opcode it does not run. Torch's own text suggests turning the check
         # off; never repeat that.
-        text = str(exc)
-        if "weights only" in text.lower() or "weightsunpickler" in text.lower() or "global" in text.lower():
+        from gaugeport.core.fileio import pickle_globals
+
+        names = pickle_globals(path)
+        if names:
+            foreign = [n for n in names if not n.startswith(("torch.", "collections.OrderedDict"))] or names
             raise ArtifactError(
-                f"{path} contains code objects or Python objects other than tensors (a pickle that could run "
-                "code when loaded); gaugeport refuses to load it, for safety",
+                f"{path} contains code objects (it names {', '.join(sorted(set(foreign))[:3])}); gaugeport "
+                "refuses to load it, for safety: loading it could run arbitrary code",
                 hint=f"this check is never disabled; {hint}",
             ) from None
-        raise CheckpointError(f"cannot read {what} {path}: {exc}", hint="the file is truncated or corrupt") from exc
+        raise CheckpointError(f"cannot read {what} {path}: not a readable torch file",
+                              hint="the file is truncated or corrupt") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {what} {path}: {exc}", hint="the file is truncated or corrupt") from exc
+        text = "not a readable torch file" if "weights_only" in str(exc) else str(exc)
+        raise CheckpointError(f"cannot read {what} {path}: {text}", hint="the file is truncated or corrupt") from None
