@@ -109,11 +109,14 @@ class Checkpoint:
         rules = spec.classify_all(self.names)
         for shard in self.shards:
             for name, (_, shape) in shard_layout(self, shard).items():
-                for axis in rules[name].axes:
-                    if axis >= len(shape) or shape[axis] != d:
+                rule = rules[name]
+                for i, axis in enumerate(rule.axes):
+                    k = rule.blocks_on(i) if hasattr(rule, "blocks_on") else 1
+                    if axis >= len(shape) or shape[axis] != k * d:
                         raise CheckpointError(
                             f"{self.path}: config.json says the hidden size is {d}, but tensor {name!r} has "
-                            f"shape {tuple(shape)} (residual axis {axis})",
+                            f"shape {tuple(shape)} (residual axis {axis}"
+                            + (f", {k} blocks of the hidden size)" if k > 1 else ")"),
                             hint="config.json and the weights disagree: the checkpoint is corrupt or mixed from "
                             "two models",
                         )

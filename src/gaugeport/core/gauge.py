@@ -64,7 +64,9 @@ class SignedPermutation:
                                  hint="perm must hold the integers 0..d-1, each once (stored as int64)")
         if signs.dtype.kind not in "iuf":
             raise GaugeError(f"signs have dtype {signs.dtype}, not a number", hint="signs must be +1 or -1")
-        bad = ~np.isin(signs, (-1, 1))  # NaN and inf are not in {-1, 1} either
+        if signs.dtype.kind == "f" and not np.all(np.isfinite(signs)):
+            raise GaugeError("signs contain NaN or infinite entries", hint="signs must be +1 or -1 (corrupt file?)")
+        bad = ~np.isin(signs, (-1, 1))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise GaugeError(
