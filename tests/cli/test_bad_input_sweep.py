@@ -154,6 +154,18 @@ def _symlinked_out(w: Workspace) -> list[object]:
     return ["apply", a, "--random-seed", "0", "--out", w.root / "alias", "--force"]
 
 
+def _symlinked_save_gauge(w: Workspace) -> list[object]:
+    a = w.ckpt("a")
+    (w.root / "g.safetensors").symlink_to(a / "model.safetensors")
+    return ["apply", a, "--random-seed", "0", "--save-gauge", w.root / "g.safetensors", "--out", w.root / "b",
+            "--force"]
+
+
+def _merge_hidden_size_disagrees(w: Workspace) -> list[object]:
+    a, b = w.edit_config(w.ckpt("a"), hidden_size=48), w.edit_config(w.ckpt("b", seed=1), hidden_size=48)
+    return ["merge", a, b, "--gauge", w.gauge(d=48), "--out", w.root / "out", "--quiet"]
+
+
 def _hardlinked_gauge(w: Workspace) -> list[object]:
     g = w.gauge()
     os.link(g, w.root / "g2.safetensors")
@@ -244,6 +256,7 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
         lambda w: ["apply", w.ckpt("d/a"), "--random-seed", "0", "--out", w.root / "d", "--force"], 2,
         "contains the input"),
     "apply-out-symlink-to-input": (_symlinked_out, 2, "the input"),
+    "apply-save-gauge-symlink-into-input": (_symlinked_save_gauge, 2, "overlaps the input"),
     "transport-out-is-gauge-force": (
         lambda w: ["transport", w.file("v.npy", _npy(np.ones(32, np.float32))), "--gauge", w.gauge(),
                    "--out", w.root / "g.safetensors", "--force"], 2, "is the input"),
@@ -273,6 +286,10 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "merge-nan-weight": (lambda w: _nan(w, "merge", float("nan")), 2, "model.layers.0.mlp.down_proj.weight"),
     # 5. config and tensors agree
     "config-hidden-size-disagrees": (_hidden_size_disagrees, 2, "says the hidden size is 48"),
+    "merge-config-hidden-size-disagrees": (_merge_hidden_size_disagrees, 2, "says the hidden size is 48"),
+    "verify-nan-weight-without-gauge": (
+        lambda w: ["verify", w.ckpt("a"), w.poison(w.ckpt("b"), "model.layers.0.mlp.down_proj.weight",
+                   float("nan"))], 2, "model B produced NaN or infinite logits"),
     "index-maps-tensor-to-wrong-shard": (_wrong_shard, 2, "which does not contain it"),
     "index-lists-absent-tensor": (_index_lists_absent, 2, "model.layers.9.mlp.up_proj.weight"),
     # 6. no tracebacks: malformed files

@@ -104,6 +104,11 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, ids: torc
     out_b = model_b(input_ids=ids, output_hidden_states=True)
     key = "logits" if getattr(out_a, "logits", None) is not None else "pooler_output"
     ya, yb = getattr(out_a, key), getattr(out_b, key)
+    for which, y in (("A", ya), ("B", yb)):
+        if not bool(torch.isfinite(y).all()):
+            raise DataError(f"model {which} produced NaN or infinite {key}",
+                            hint="its weights contain NaN/Inf or overflow in float32 "
+                            "(`gaugeport inspect` names the tensor)")
     if ya.shape != yb.shape:
         raise CheckpointError(f"outputs differ in shape: {tuple(ya.shape)} vs {tuple(yb.shape)}")
     diff = (ya - yb).abs().max().item()
