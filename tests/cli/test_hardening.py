@@ -166,3 +166,18 @@ def test_outputs_are_checked_against_inputs_through_symlinks_and_hard_links(tmp_
             fileio.check_outputs({"--out": tmp_path / out}, [src], force=True)
     with pytest.raises(CheckpointError, match="overwrite each other"):
         fileio.check_outputs({"--out": tmp_path / "o", "--report": tmp_path / "o" / "r.json"}, [], force=True)
+
+
+def test_every_output_option_is_declared_so_it_is_checked_against_the_inputs():
+    """An option that writes (named like --out, --save-*, --report, --emit-*) must be in OUTPUT_PARAMS,
+    or the check that keeps outputs off inputs would treat it as an input."""
+    import re
+
+    from gaugeport.cli import build_command
+    from gaugeport.cli._app import OUTPUT_PARAMS
+
+    command = build_command()
+    undeclared = [f"{verb} {p.opts[0]}" for verb, sub in command.commands.items() for p in sub.params
+                  if re.search(r"out|save|report|dump|write", p.name) and p.name not in OUTPUT_PARAMS
+                  and not getattr(p, "is_flag", False)]
+    assert not undeclared, undeclared

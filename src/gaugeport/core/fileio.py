@@ -194,7 +194,9 @@ def atomic_path(path: Path, force: bool = False, inputs: tuple[Path, ...] = ()) 
         yield target
         if not target.exists():
             raise CheckpointError(f"internal error: nothing was written for {path}")
-        refuse_existing(path, force, inputs)  # inputs read meanwhile (e.g. shards) are checked again
+        # inputs read meanwhile (e.g. shards named by an index) are checked again; an output that appeared
+        # meanwhile (a concurrent run building the same cache entry) is replaced, as it would be with force
+        refuse_existing(path, True, inputs)
         if _exists(path):  # force: move the old one aside, then replace it
             trash = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", suffix="-old", dir=root))
             os.replace(path, trash / path.name)
