@@ -65,7 +65,11 @@ def inspect_checkpoint(path: str | Path) -> Inspection:
     ckpt = Checkpoint.open(path)
     facts = ckpt.facts
     rules = facts.spec.classify_all(ckpt.names)
-    gains = [ckpt.tensor(n) for n, r in rules.items() if r.is_stream_gain]
+    ckpt.check_widths(facts.spec)
+    gains = []
+    for name, tensor in ckpt.iter_tensors():  # one streamed pass: every tensor is checked for NaN / Inf
+        if rules[name].is_stream_gain:
+            gains.append(tensor)
     return _summarise(facts, gains, rules, stored_once=True)
 
 
