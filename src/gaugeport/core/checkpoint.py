@@ -305,6 +305,8 @@ def check_finite(name: str, tensor: torch.Tensor, where: Path | str = "") -> tor
     flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), _FINITE_CHUNK):
         chunk = flat[start:start + _FINITE_CHUNK]
+        if chunk.element_size() == 1:  # float8 (quantized releases): torch has no isfinite for it
+            chunk = chunk.float()
         if not bool(torch.isfinite(chunk).all()):
             bad = chunk[~torch.isfinite(chunk)]
             kind = "NaN" if bool(torch.isnan(bad).any()) else "infinite"
