@@ -18,6 +18,10 @@ class Kind(StrEnum):
     coordinates = "coordinates"
     attributions = "attributions"
     trainer_checkpoint = "trainer-checkpoint"
+    saelens = "saelens"  # the SAE kinds below force one SAE format ("sae" detects it)
+    sparsify = "sparsify"
+    dictionary_learning = "dictionary-learning"
+    gemma_scope = "gemma-scope"
 
 
 class MergeMethod(StrEnum):
@@ -31,7 +35,8 @@ PERM_ONLY_HELP = ("S_d baseline: drop the gauge's signs (what a permutation-only
 
 @app.command()
 def transport(
-    artifact: Annotated[Path, typer.Argument(help="vector file (.pt .safetensors .npy .gguf), SAELens SAE dir, "
+    artifact: Annotated[Path, typer.Argument(help="vector file (.pt .safetensors .npy .gguf), SAE (SAELens or "
+                                                  "sparsify dir, dictionary_learning ae.pt, Gemma Scope params.npz), "
                                                   "coordinate/attribution .json/.csv, or Trainer checkpoint-N/")],
     gauge: Annotated[Path, typer.Option("--gauge", help="gauge mapping the artifact's model (A) to the target (B)")],
     out: Annotated[Path, typer.Option("--out", help="output path (same format as the input)")],

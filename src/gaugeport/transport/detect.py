@@ -8,7 +8,9 @@ from pathlib import Path
 from gaugeport.core.errors import ArtifactError, CheckpointError
 from gaugeport.transport._common import GaugeLike
 
-KINDS = ("vector", "sae", "coordinates", "attributions", "trainer-checkpoint")
+KINDS = ("vector", "sae", "coordinates", "attributions", "trainer-checkpoint",
+         "saelens", "sparsify", "dictionary-learning", "gemma-scope")  # the last four force an SAE format
+_SAE_FORMATS = ("saelens", "sparsify", "dictionary-learning", "gemma-scope")
 _TABLES = ("coordinates", "attributions")
 
 
@@ -20,6 +22,11 @@ def detect_kind(path: str | Path) -> str:
     if path.is_dir():
         return _dir_kind(path)
     suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth", ".npz"):  # by content: a dictionary_learning ae.pt, a Gemma Scope params.npz
+        from gaugeport.transport.sae_formats import detect_sae_format
+
+        if detect_sae_format(path) is not None:
+            return "sae"
     if suffix in (".pt", ".pth", ".npy", ".safetensors", ".gguf"):
         return "vector"
     if suffix in (".json", ".csv"):
@@ -30,15 +37,18 @@ def detect_kind(path: str | Path) -> str:
 
 
 def _dir_kind(path: Path) -> str:
+    from gaugeport.transport.sae_formats import detect_sae_format
+
     names = {p.name for p in path.iterdir()}
-    if {"cfg.json", "sae_weights.safetensors"} <= names:
+    if detect_sae_format(path) is not None:
         return "sae"
     if "config.json" in names and "optimizer.pt" in names:
         return "trainer-checkpoint"
     if "config.json" in names:
         raise ArtifactError(f"{path} is a model checkpoint without optimizer state",
                             hint="rewrite model weights with `gaugeport apply`; `transport` is for artifacts")
-    raise ArtifactError(f"{path} is neither an SAELens SAE directory (cfg.json + sae_weights.safetensors) "
+    raise ArtifactError(f"{path} is neither an SAE directory (SAELens cfg.json + sae_weights.safetensors, "
+                        "sparsify cfg.json + sae.safetensors, dictionary_learning ae.pt, Gemma Scope params.npz) "
                         "nor a Trainer checkpoint (config.json + optimizer.pt)")
 
 
@@ -67,6 +77,10 @@ def transport_artifact(path: str | Path, gauge: GaugeLike, out: str | Path, kind
                        perm_only: bool = False, force: bool = False, unsigned_scores: bool = False) -> Path:
     """Detect (or take) the kind of ``path`` and transport it to ``out``."""
     detected = detect_kind(path)
+    if kind in _SAE_FORMATS and detected in ("sae", "vector"):  # --kind names the SAE format: force it
+        from gaugeport.transport.sae_formats import transport_sae_path
+
+        return transport_sae_path(path, gauge, out, fmt=kind, perm_only=perm_only, force=force)
     if kind is not None and kind != detected and not (kind in _TABLES and detected in _TABLES):
         raise ArtifactError(f"--kind {kind} does not fit {Path(path).name}, which looks like a {detected}",
                             hint=f"kinds: {', '.join(KINDS)}; leave --kind out to detect it")
@@ -76,9 +90,9 @@ def transport_artifact(path: str | Path, gauge: GaugeLike, out: str | Path, kind
 
         return transport_vector_file(path, gauge, out, perm_only=perm_only, force=force)
     if kind == "sae":
-        from gaugeport.transport.sae import transport_sae_dir
+        from gaugeport.transport.sae_formats import transport_sae_path
 
-        return transport_sae_dir(path, gauge, out, perm_only=perm_only, force=force)
+        return transport_sae_path(path, gauge, out, perm_only=perm_only, force=force)
     if kind == "trainer-checkpoint":
         from gaugeport.transport.adamw import transport_trainer_checkpoint
 
