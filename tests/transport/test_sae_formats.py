@@ -241,3 +241,41 @@ def test_kind_forces_the_sae_format(tmp_path: Path, cli, g: SignedPermutation) -
     code, out, _ = cli("transport", tmp_path / "ae.pt", "--gauge", tmp_path / "g.gauge", "--out",
                        tmp_path / "o.pt", "--kind", "dictionary-learning")
     assert code == 0 and (tmp_path / "o.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- site names
+@pytest.mark.parametrize(("name", "site"), [
+    ("blocks.3.hook_resid_pre", "resid_pre.3"), ("blocks.3.hook_resid_mid", "resid_mid.3"),
+    ("blocks.3.hook_resid_post", "resid_post.3"), ("hook_embed", "embed"), ("ln_final.hook_normalized", "final"),
+    ("model.layers.3", "resid_post.3"), ("model.layers[3].output", "resid_post.3"), ("layers.3", "resid_post.3"),
+    ("model.layers.3.input", "resid_pre.3"), ("model.embed_tokens", "embed"), ("model.norm.input", "final"),
+    ("transformer.h.2", "resid_post.2"), ("resid_post.3", "resid_post.3"),
+])
+def test_transformer_lens_and_module_names_map_to_sites_and_back(name: str, site: str) -> None:
+    from gaugeport.transport.sites import canonical_site, site_to_hook, site_to_module
+
+    assert canonical_site(name) == site
+    assert canonical_site(site_to_hook(site)) == site  # both ways
+    if not site.startswith("resid_mid"):
+        assert canonical_site(site_to_module(site)) == site
+
+
+@pytest.mark.parametrize(("name", "status"), [
+    ("layers.6.mlp", "stream"), ("model.layers.6.self_attn.o_proj", "stream"), ("layers.6.post_attention_layernorm",
+                                                                                   "stream"),
+    ("layers.6.mlp.up_proj", "off-stream"), ("model.layers.6.self_attn.q_proj", "off-stream"),
+    ("blocks.6.attn.hook_z", "off-stream"), ("blocks.6.hook_mlp_out", "stream"),
+])
+def test_stream_status_of_module_paths_and_hooks(name: str, status: str) -> None:
+    from gaugeport.transport.sites import stream_hook_status
+
+    assert stream_hook_status(name) == status
+
+
+def test_collection_accepts_transformer_lens_and_module_site_names() -> None:
+    from gaugeport.estimate.activations import resolve_sites
+    from gaugeport.models.tiny import tiny_model
+
+    model = tiny_model("llama", seed=0)
+    assert resolve_sites(model, ["blocks.0.hook_resid_post", "model.layers.1", "hook_embed"]) == [
+        "resid_post.0", "resid_post.1", "embed"]
