@@ -42,7 +42,9 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
-        path = Path(path)
+        from gaugeport.models.hub import resolve_checkpoint  # a hub ID (org/name[@revision]) -> its cached snapshot
+
+        path = resolve_checkpoint(path)
         if not path.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {path}")
         cfg_path = path / "config.json"
@@ -72,6 +74,13 @@ class Checkpoint:
     @property
     def spec(self) -> ArchSpec:
         return spec_for_config(self.config)
+
+    @property
+    def hub(self) -> dict[str, str]:
+        """The hub repo and commit when this checkpoint is a hub cache snapshot (else empty)."""
+        from gaugeport.models.hub import hub_provenance
+
+        return hub_provenance(self.path)
 
     @property
     def model_type(self) -> str:

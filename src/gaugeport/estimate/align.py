@@ -51,7 +51,8 @@ class Alignment(ConfidenceSummary):
     def provenance(self) -> dict[str, Any]:
         """The metadata a gauge file carries."""
         keys = ("method", "sites", "n_tokens", "mean_confidence", "min_confidence", "mean_margin",
-                "n_low_confidence", "group", "model_a", "model_b", "shard_ids", "solver", "a", "b", "data")
+                "n_low_confidence", "group", "model_a", "model_b", "shard_ids", "solver", "a", "b", "data",
+                "a_revision", "b_revision")
         return {k: self.report[k] for k in keys if k in self.report}
 
     def summary(self) -> str:
