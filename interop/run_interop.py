@@ -46,13 +46,9 @@ def venv(lib: str, cache: Path) -> Path:
     subprocess.run([os.environ.get("PYTHON", "python3"), "-m", "venv", str(root)], check=True)
     pip = [str(root / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     subprocess.run([*pip, "torch==2.13.0"], check=True)  # first: no dependency drags in a CUDA build
-    if lib == "dictionary-learning":
-        # its pins (nnsight<0.4 -> torchvision -> a newer torch) would replace torch: install it without them,
-        # with what its dictionary modules import
-        subprocess.run([*pip, "transformers>=4.46,<5", "einops"], check=True)
+    subprocess.run([*pip, "-r", str(req)], check=True)
+    if lib == "dictionary-learning":  # without its pins (see the requirements file)
         subprocess.run([*pip, "--no-deps", "nnsight==0.3.7", "dictionary-learning==0.1.0"], check=True)
-    else:
-        subprocess.run([*pip, "-r", str(req)], check=True)
     stamp.write_text(stamp_text)
     return root / "bin" / "python"
 
