@@ -117,6 +117,9 @@ def _pick_sites(moments: MomentSet, sites: Sequence[str] | None) -> list[str]:
         raise DataError("the moments hold no site")
     if not sites:
         return list(moments.sites)
+    from gaugeport.transport.sites import canonical_site  # TransformerLens hook names, module paths
+
+    sites = [canonical_site(s) for s in sites]
     missing = [s for s in sites if s not in moments.sites]
     if missing:
         raise DataError(f"site(s) {', '.join(missing)} not in the moments",
