@@ -130,10 +130,12 @@ EXTRACTORS: dict[str, Callable[[Any], list[Row]]] = {
     "ray": rows_ray,
     "lap": rows_lap,
     "match": _delegate,
+    "apply_throughput": _delegate,
     "collect": rows_collect,
 }
 # Run cheap-to-noisy order: timing benchmarks last would see a warmer page cache; keep a fixed order.
-ORDER = ["function_preservation", "real_width", "lap", "match", "collect", "recovery", "apply_memory", "ray"]
+ORDER = ["function_preservation", "real_width", "lap", "match", "collect", "recovery", "apply_memory",
+         "apply_throughput", "ray"]
 
 
 # ---------------------------------------------------------------------- running
