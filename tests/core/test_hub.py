@@ -69,6 +69,12 @@ def test_missing_hub_id_offline_is_a_clear_error(hub_home: Path, cli) -> None:
     assert code == 2 and "error:" in err and "hint:" in err
 
 
+def test_online_a_missing_hub_id_is_still_never_fetched(hub_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(CheckpointError, match="huggingface-cli download org/absent"):
+        resolve_checkpoint("org/absent")
+
+
 def test_apply_and_verify_take_a_hub_id_and_record_the_revision(hub_home: Path, cli, tmp_path: Path) -> None:
     code, _, err = cli("apply", "org/tiny@v1", "--random-seed", "3", "--save-gauge", tmp_path / "g.safetensors",
                        "--out", tmp_path / "b", "--quiet")

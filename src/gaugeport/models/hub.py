@@ -4,8 +4,8 @@
 it is (a local directory always wins over a hub ID of the same spelling). Otherwise a reference
 shaped like ``org/name[@revision]`` is looked up in ``huggingface_hub``'s local cache (``HF_HUB_CACHE``,
 else ``$HF_HOME/hub``, read when the call is made); ``revision`` is a branch, a tag or a commit hash
-(default ``main``). Only when the snapshot is not cached and ``HF_HUB_OFFLINE`` is not set does
-``huggingface_hub`` download it.
+(default ``main``). gaugeport never downloads: a snapshot that is not cached is an error whose
+hint is the download command (so a mistyped relative path never reaches the network either).
 
 A resolved directory is a cache snapshot, ``.../models--org--name/snapshots/<commit>``, so the repo
 and the exact commit can always be read back from the path: :func:`hub_provenance` does, and
@@ -69,19 +69,13 @@ def resolve_checkpoint(ref: str | Path) -> Path:
     try:
         return Path(snapshot_download(repo, revision=rev, cache_dir=cache, local_files_only=True))
     except LocalEntryNotFoundError as exc:
-        if hub_offline():
-            raise CheckpointError(
-                f"{ref} is neither a local path nor cached in {cache} (HF_HUB_OFFLINE is set)",
-                hint=f"download it first (huggingface-cli download {repo}"
-                + (f" --revision {rev}" if rev != "main" else "") + "), or point at a local directory") from exc
+        offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
+        raise CheckpointError(
+            f"{ref} is neither a local path nor a snapshot cached in {cache}{offline}",
+            hint=f"download it once (huggingface-cli download {repo}"
+            + (f" --revision {rev}" if rev != "main" else "") + "), or point at a local directory") from exc
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot resolve {ref} in the hub cache {cache}: {exc}") from exc
-    try:  # not cached and online: let huggingface_hub fetch it
-        return Path(snapshot_download(repo, revision=rev, cache_dir=cache))
-    except Exception as exc:  # network, auth, unknown repo: one clear message
-        raise CheckpointError(f"{ref} is not a local path and could not be fetched from the hub: {exc}",
-                              hint="check the ID and revision, or set HF_HUB_OFFLINE=1 to use the cache only"
-                              ) from exc
 
 
 def hub_provenance(path: str | Path) -> dict[str, str]:
