@@ -69,9 +69,8 @@ def test_sparsify_round_trip_through_sparsify(tmp_path: Path, g: SignedPermutati
     sae.save_to_disk(run / "layers.1")  # a training run's root: one directory per hookpoint
     sae.save_to_disk(run / "layers.1.mlp")
     (run / "config.json").write_text(json.dumps({"model": "tiny"}))
-    save_gauge(g, tmp_path / "g.gauge")
     assert detect_kind(run) == "sae" and detect_sae_format(run) == "sparsify"
-    out = transport_artifact(run, tmp_path / "g.gauge", tmp_path / "out")
+    out = transport_artifact(run, g, tmp_path / "out")
     assert json.loads((out / "config.json").read_text()) == {"model": "tiny"}
     for hookpoint, site in (("layers.1", "resid_post.1"), ("layers.1.mlp", None)):
         back = SparseCoder.load_from_disk(out / hookpoint)

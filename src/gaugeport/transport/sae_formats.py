@@ -51,7 +51,7 @@ from gaugeport.core.checkpoint import WEIGHT_SUFFIXES
 from gaugeport.core.errors import ArtifactError, CheckpointError, GaugeGroupError
 from gaugeport.core.fileio import atomic_path, read_safetensors
 from gaugeport.core.gauge import SignedPermutation
-from gaugeport.transport._common import GaugeLike, check_finite, check_width, load_torch, provenance, resolve_gauge
+from gaugeport.transport._common import as_applied, check_finite, check_width, load_torch, provenance
 from gaugeport.transport.sites import module_to_site, stream_hook_status
 
 SAE_FORMATS = ("saelens", "sparsify", "dictionary-learning", "gemma-scope")
@@ -148,11 +148,11 @@ def _check_normalisation(cfg: Mapping[str, Any], g: SignedPermutation, fmt: str)
 
 
 # ------------------------------------------------------------------------------------- sparsify
-def transport_sparsify_dir(src_dir: str | Path, gauge: GaugeLike, out_dir: str | Path, perm_only: bool = False,
+def transport_sparsify_dir(src_dir: str | Path, gauge: SignedPermutation, out_dir: str | Path, perm_only: bool = False,
                            force: bool = False) -> Path:
     """A sparsify hookpoint directory, or a run's root with one directory per hookpoint."""
     src, out = Path(src_dir), Path(out_dir)
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     stamp = provenance(gauge, src, perm_only, "sae:sparsify")
     single = (src / SPARSIFY_CFG).is_file()
     plan: dict[str, tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, str]]] = {}
@@ -196,11 +196,11 @@ def _sparsify_one(path: Path, g: SignedPermutation, stamp: dict[str, str],
 
 
 # ------------------------------------------------------------------------------------- dictionary_learning
-def transport_dictionary_learning(src: str | Path, gauge: GaugeLike, out: str | Path, perm_only: bool = False,
+def transport_dictionary_learning(src: str | Path, gauge: SignedPermutation, out: str | Path, perm_only: bool = False,
                                   force: bool = False) -> Path:
     """An ``ae.pt`` state dict, or a directory holding one (plus its ``config.json``)."""
     src, out = Path(src), Path(out)
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     weights = src / DL_WEIGHTS if src.is_dir() else src
     state = load_torch(weights, "dictionary_learning state dict",
                        hint="save the state dict (torch.save(ae.state_dict(), path)), not the module")
@@ -229,11 +229,11 @@ def transport_dictionary_learning(src: str | Path, gauge: GaugeLike, out: str | 
 
 
 # ------------------------------------------------------------------------------------- Gemma Scope
-def transport_gemma_scope(src: str | Path, gauge: GaugeLike, out: str | Path, perm_only: bool = False,
+def transport_gemma_scope(src: str | Path, gauge: SignedPermutation, out: str | Path, perm_only: bool = False,
                           force: bool = False) -> Path:
     """A Gemma Scope ``params.npz`` (or a directory holding one); written with the same keys and dtypes."""
     src, out = Path(src), Path(out)
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     params = src / GEMMA_SCOPE_PARAMS if src.is_dir() else src
     arrays = _read_npz(params)
     moved = transport_state(arrays, GEMMA_SCOPE_AXES, g, "Gemma Scope")
@@ -294,7 +294,7 @@ def _other_files(src: Path, handled: set[str]) -> list[str]:
     return out
 
 
-def transport_sae_path(src: str | Path, gauge: GaugeLike, out: str | Path, fmt: str | None = None,
+def transport_sae_path(src: str | Path, gauge: SignedPermutation, out: str | Path, fmt: str | None = None,
                        perm_only: bool = False, force: bool = False) -> Path:
     """Detect (or take) the SAE format of ``src`` and transport it to ``out`` in the same format."""
     detected = detect_sae_format(src)
@@ -320,13 +320,13 @@ def transport_sae_path(src: str | Path, gauge: GaugeLike, out: str | Path, fmt: 
 
 
 # ------------------------------------------------------------------------------------- in memory
-def transport_sae_object(sae: Any, gauge: GaugeLike, perm_only: bool = False) -> Any:
+def transport_sae_object(sae: Any, gauge: SignedPermutation, perm_only: bool = False) -> Any:
     """A transported copy of an in-memory SAE, of the same type (the input is not modified).
 
     ``sae_lens.SAE`` (any architecture; its config is checked as for SAELens directories), sparsify
     ``SparseCoder`` / ``Sae``, or a dictionary_learning module.
     """
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     if not isinstance(sae, torch.nn.Module):
         raise ArtifactError(f"cannot transport a {type(sae).__name__} as an SAE",
                             hint="give a sae_lens.SAE, a sparsify SparseCoder or a dictionary_learning module")
