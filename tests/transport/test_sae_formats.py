@@ -231,14 +231,14 @@ def test_a_plain_steering_vector_pt_is_still_a_vector(tmp_path: Path) -> None:
     assert detect_kind(tmp_path / "v.pt") == "vector"
 
 
-def test_kind_forces_the_sae_format(tmp_path: Path, cli, g: SignedPermutation) -> None:
+def test_sae_format_option_forces_the_format(tmp_path: Path, cli, g: SignedPermutation) -> None:
     torch.save(dl_state("AutoEncoder"), tmp_path / "ae.pt")
     save_gauge(g, tmp_path / "g.gauge")
     code, _, err = cli("transport", tmp_path / "ae.pt", "--gauge", tmp_path / "g.gauge", "--out",
-                       tmp_path / "o.pt", "--kind", "gemma-scope")
+                       tmp_path / "o.pt", "--sae-format", "gemma-scope")
     assert code == 2 and "looks like a dictionary-learning SAE" in err
     code, out, _ = cli("transport", tmp_path / "ae.pt", "--gauge", tmp_path / "g.gauge", "--out",
-                       tmp_path / "o.pt", "--kind", "dictionary-learning")
+                       tmp_path / "o.pt", "--sae-format", "dictionary-learning")
     assert code == 0 and (tmp_path / "o.pt").is_file()
 
 

@@ -10,11 +10,12 @@ import typer
 
 from gaugeport.cli._app import app
 from gaugeport.cli._options import ForceOpt, GaugeOpt, QuietOpt
+from gaugeport.core.errors import ArtifactError
 from gaugeport.core.gauge import load_gauge
-from gaugeport.transport.detect import KINDS
+from gaugeport.transport.detect import SAE_FORMATS
+from gaugeport.transport.rules import ArtifactKind
 
-# the artifact kinds, plus the SAE formats (saelens, sparsify, dictionary-learning, gemma-scope) that force one
-Kind = StrEnum("Kind", {k.replace("-", "_"): k for k in KINDS})  # type: ignore[misc]
+SaeFormat = StrEnum("SaeFormat", {f.replace("-", "_"): f for f in SAE_FORMATS})  # type: ignore[misc]
 
 
 class MergeMethod(StrEnum):
@@ -33,8 +34,9 @@ def transport(
                                                   "coordinate/attribution .json/.csv, or Trainer checkpoint-N/")],
     gauge: Annotated[Path, typer.Option("--gauge", help="gauge mapping the artifact's model (A) to the target (B)")],
     out: Annotated[Path, typer.Option("--out", help="output path (same format as the input)")],
-    kind: Annotated[Kind | None, typer.Option("--kind", help="artifact kind (default: detected); an SAE format "
-                                                        "name forces that format")] = None,
+    kind: Annotated[ArtifactKind | None, typer.Option("--kind", help="artifact kind (default: detected)")] = None,
+    sae_format: Annotated[SaeFormat | None, typer.Option("--sae-format", help="force this SAE format (default: "
+                                                                       "detected from the content)")] = None,
     perm_only: Annotated[bool, typer.Option("--perm-only", help=PERM_ONLY_HELP)] = False,
     unsigned_scores: Annotated[bool, typer.Option("--unsigned-scores",
                                                   help="coordinate scores are magnitudes: map indices, keep scores")
@@ -45,9 +47,11 @@ def transport(
     from gaugeport.transport.detect import detect_kind, transport_artifact
 
     g = load_gauge(gauge)  # read once, here at the edge
-    chosen = kind.value if kind else detect_kind(artifact)
-    transport_artifact(artifact, g, out, kind=chosen, perm_only=perm_only, force=force,
-                       unsigned_scores=unsigned_scores)
+    chosen = kind or (ArtifactKind.SAE if sae_format else detect_kind(artifact))
+    if sae_format and chosen != ArtifactKind.SAE:
+        raise ArtifactError(f"--sae-format goes with SAEs, not with --kind {chosen}")
+    transport_artifact(artifact, g, out, kind=sae_format.value if sae_format else chosen, perm_only=perm_only,
+                       force=force, unsigned_scores=unsigned_scores)
     mode = "permutation only (S_d baseline)" if perm_only else "signed"
     typer.echo(f"wrote {out} ({chosen}, gauge {g.fingerprint()}, d={g.d}, {mode})")
 
