@@ -65,7 +65,8 @@ def load_model(path: str | Path) -> torch.nn.Module:
     cls = model_class_for(ckpt.config)
     transformers.utils.logging.disable_progress_bar()
     try:
-        model, info = cls.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
+        model, info = cls.from_pretrained(str(ckpt.path), dtype=torch.float32,  # ckpt.path: a hub ID resolved
+                                          output_loading_info=True)
     except Exception as exc:
         raise CheckpointError(f"transformers could not load {path}: {exc}") from exc
     missing = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
