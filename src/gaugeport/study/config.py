@@ -62,7 +62,7 @@ class RealConfig:
     probe_rows: int = 8  # matching, transfer and audit gauges: 8 x 128 = 1,024 tokens
     traj_probe_rows: int = 4  # every gauge of the trajectory: 512 tokens
     eval_rows: int = 4
-    regimes: tuple[Regime, ...] = (Regime("aggressive", 12, 1e-3, 2, 2), Regime("gentle", 8, 2e-5, 2, 4))
+    regimes: tuple[Regime, ...] = (Regime("aggressive", 12, 2e-3, 2, 1), Regime("gentle", 8, 2e-5, 2, 4))
     adamw_step: int = 4  # gentle run-1 keeps its Trainer checkpoint here
     adamw_resume_steps: int = 3
     sae_layer: int = 15

@@ -95,11 +95,12 @@ def sources(rc: RealConfig, cache: StageCache, seed: int) -> Sources:
         path = cache.stage("stand-in", f"{seed}-v1", lambda p: _stand_in(p, seed))
         return Sources(path / "lm", path / "control", ByteTokenizer(), "stand-in (tiny Llama, random init)",
                        "stand-in (tiny BERT, random init)", {"stand_in": True})
-    from gaugeport.models import real
+    from gaugeport.models.real import MINILM, SMOLLM2, minilm_checkpoint, smollm2_checkpoint
 
-    lm, control = real.smollm2_135m_instruct(), real.all_minilm_l6_v2()
-    return Sources(Path(lm), Path(control), HFTokenizer(Path(lm)), "SmolLM2-135M-Instruct", "all-MiniLM-L6-v2",
-                   real.provenance() if hasattr(real, "provenance") else {})
+    lm, control = smollm2_checkpoint(), minilm_checkpoint()
+    prov = {m.name: {"package": f"{m.package}=={m.version}", "license": m.license, "source": m.source}
+            for m in (SMOLLM2, MINILM)}
+    return Sources(Path(lm), Path(control), HFTokenizer(Path(lm)), "SmolLM2-135M-Instruct", "all-MiniLM-L6-v2", prov)
 
 
 def _stand_in(out: Path, seed: int) -> None:
