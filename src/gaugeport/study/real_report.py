@@ -268,7 +268,8 @@ def markdown(r: dict[str, Any], quick: dict[str, Any] | None) -> str:
 
 
 def plots(r: dict[str, Any], out: Path) -> list[Path]:
-    from gaugeport.study.report import _save, plots as toy_plots
+    from gaugeport.study.report import _save
+    from gaugeport.study.report import plots as toy_plots
 
     paths = toy_plots(r, out)  # ceiling.png, transport.png (and a one-regime trajectory.png, replaced here)
     import matplotlib.pyplot as plt

@@ -66,7 +66,8 @@ def split(name: Split) -> list[str]:
 Encode = Callable[[str], list[int]]
 
 
-def token_rows(encode: Encode, name: Split, n_rows: int, seq_len: int, seed: int, bos: int | None = None) -> torch.Tensor:
+def token_rows(encode: Encode, name: Split, n_rows: int, seq_len: int, seed: int,
+               bos: int | None = None) -> torch.Tensor:
     """``[n_rows, seq_len]`` ids: the split's paragraphs in a seeded order, packed back to back.
 
     Each row starts at a paragraph start (with ``bos`` first when given); rows never share text.
