@@ -62,11 +62,11 @@ class RealConfig:
     probe_rows: int = 8  # matching, transfer and audit gauges: 8 x 128 = 1,024 tokens
     traj_probe_rows: int = 4  # every gauge of the trajectory: 512 tokens
     eval_rows: int = 4
-    regimes: tuple[Regime, ...] = (Regime("aggressive", 8, 2e-3, 2, 2), Regime("gentle", 6, 2e-5, 2, 3))
-    adamw_step: int = 3  # gentle run-1 keeps its Trainer checkpoint here
+    regimes: tuple[Regime, ...] = (Regime("aggressive", 4, 3e-3, 1, 1), Regime("gentle", 4, 2e-5, 1, 2))
+    adamw_step: int = 2  # gentle run-1 keeps its Trainer checkpoint here
     adamw_resume_steps: int = 2
     sae_layer: int = 15
-    sae_rows: int = 24
+    sae_rows: int = 16
     steering_layer: int = 15
     steering_scale: float = 4.0
     refusal_layer: int = 15
@@ -189,7 +189,7 @@ def real_preset(stand_in: bool = False, seed: int = 0, device: str = "cpu") -> S
                         device=device, extra={"sae_steps": 100})
         model = ModelConfig(d_model=32, n_layers=3, n_heads=4, d_ff=64, seq_len=32)
     else:
-        rc = RealConfig(device=device, ceiling_fractions=(0.0, 0.5, 1.0), extra={"sae_steps": 800})
+        rc = RealConfig(device=device, ceiling_fractions=(0.0, 0.5, 1.0), extra={"sae_steps": 500})
         model = ModelConfig(d_model=576, n_layers=30, n_heads=9, d_ff=1536, seq_len=rc.seq_len)
     g = rc.gentle
     pretrained = TrainConfig(steps=0, batch_size=0, lr=0.0, warmup=0)

@@ -287,7 +287,9 @@ class RealArtifacts:
 
 
 def build_real(rc: RealConfig, seed: int, cache: StageCache, progress: bool = True,
-               timer: Callable[[str], Any] | None = None) -> RealArtifacts:
+               timer: Callable[[str], Any] | None = None, only: set[str] | None = None) -> RealArtifacts:
+    """Every stage (cached). ``only``: build just these stages (``trajectory-<regime>``, ``sae``), e.g.
+    from separate processes sharing one cache; the returned artifacts then name unbuilt paths."""
     import hashlib
 
     def key(*parts: Any) -> str:
@@ -303,13 +305,17 @@ def build_real(rc: RealConfig, seed: int, cache: StageCache, progress: bool = Tr
     src = timed("acquire-models", lambda: sources(rc, cache, seed))
     common = {k: v for k, v in rc.key_dict().items() if k in ("seq_len", "train_seq_len", "train_batch",
                                                               "traj_probe_rows", "eval_rows", "adamw_step")}
+
+    def stage(name: str, k: str, build: Callable[[Path], None]) -> Path:
+        if only is not None and name.removeprefix("real-") not in only:
+            return cache.root / f"{name}-{k}"
+        return timed(f"train-{name.removeprefix('real-')}", lambda: cache.stage(name, k, build))
+
     trajs = {}
     for reg in rc.regimes:
         keep = reg is rc.gentle
-        trajs[reg.name] = timed(f"train-trajectory-{reg.name}", lambda reg=reg, keep=keep: cache.stage(
-            f"real-trajectory-{reg.name}", key(asdict(reg), common, keep),
-            lambda p: build_trajectory(p, src, rc, reg, seed, progress, keep)))
-    sae = timed("train-sae", lambda: cache.stage(
-        "real-sae", key(rc.sae_layer, rc.sae_rows, rc.seq_len, rc.extra.get("sae_steps"), rc.extra.get("sae_l1")),
-        lambda p: build_sae(p, src, rc, seed, progress)))
+        trajs[reg.name] = stage(f"real-trajectory-{reg.name}", key(asdict(reg), common, keep),
+                                lambda p, reg=reg, keep=keep: build_trajectory(p, src, rc, reg, seed, progress, keep))
+    sae = stage("real-sae", key(rc.sae_layer, rc.sae_rows, rc.seq_len, rc.extra.get("sae_steps"),
+                                rc.extra.get("sae_l1")), lambda p: build_sae(p, src, rc, seed, progress))
     return RealArtifacts(src, trajs, sae / "sae")

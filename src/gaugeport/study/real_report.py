@@ -249,8 +249,11 @@ def markdown(r: dict[str, Any], quick: dict[str, Any] | None) -> str:
         "|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows(r, quick)]
-    lines += ["", "## Timings", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
+    built = r["cache"].get("build_seconds", {})
+    lines += ["", "## Timings", "", "Wall seconds of this run (a reused stage costs only its lookup); the last "
+              "column is the time each trained stage took when it was built (cold).", "",
+              "| stage | seconds | cold build |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {_built(built, k)} |" for k, v in t.items()]
     lines += ["", "## Plots", "", "![ceiling](ceiling.png)", "", "![trajectory](trajectory.png)", "",
               "![transport](transport.png)", "", "## Audit", "",
               "| claim | stated | verdict | evidence |", "|---|---|---|---|"]
@@ -266,6 +269,14 @@ def markdown(r: dict[str, Any], quick: dict[str, Any] | None) -> str:
               f"{'`quick-toy/` of this run' if quick else 'absent'}; the paper column quotes the paper's published "
               "figures (`gaugeport.study.paper`).", ""]
     return "\n".join(lines)
+
+
+def _built(built: dict[str, float], stage: str) -> str:
+    name = stage.removeprefix("train-")
+    for key in (name, f"real-{name}"):
+        if key in built and built[key] == built[key]:  # not NaN
+            return f"{built[key]:.1f}"
+    return ""
 
 
 def plots(r: dict[str, Any], out: Path) -> list[Path]:

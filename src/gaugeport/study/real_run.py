@@ -55,7 +55,8 @@ def run_real(cfg: StudyConfig, out: Path, *, use_cache: bool = True, progress: b
                        "n_layers": ctx.base.config.num_hidden_layers, "device": rc.device,
                        "provenance": src.provenance},
                 corpus=dict(CORPUS) if not rc.stand_in else {**CORPUS, "note": "stand-in: byte tokenizer"},
-                cache={"enabled": use_cache, "root": str(cache.root), "hits": cache.hits, "misses": cache.misses},
+                cache={"enabled": use_cache, "root": str(cache.root), "hits": cache.hits, "misses": cache.misses,
+                       "build_seconds": cache.built_seconds},
                 training_loss={f"{name}/{run}": loss for name, reg in results["trajectory_regimes"].items()
                                for run, loss in zip(("run-1", "run-2"), reg["final_train_loss"], strict=True)},
                 quick={"included": quick_results is not None})
