@@ -16,7 +16,6 @@ from pathlib import Path
 
 from gaugeport.core.fileio import atomic_path
 
-
 BUILD_SECONDS = "build-seconds.txt"  # inside each stage: how long building it took (shown by cached re-runs)
 
 
