@@ -82,6 +82,9 @@ def reproduce(
         "--preset", help="micro, quick, full, real (SmolLM2-135M-Instruct on real text, ~30 min cold on 2 idle "
         "cores) or real-micro (the real preset's code path on a tiny stand-in)")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N] (real presets)")] = "cpu",
+    compare: Annotated[Path | None, typer.Option(
+        "--compare", help="real presets: results.json of a quick run for the report's toy column "
+        "(default: run the quick preset, cached)")] = None,
 ) -> None:
     """Reproduce the paper's evidence at small scale: report.md, results.json and plots in --out."""
     from gaugeport.study.config import preset, with_device
@@ -101,6 +104,8 @@ def reproduce(
             raise GaugeportError(f"--device {device}: no CUDA device is available", hint="use --device cpu")
     name = preset_name or ("micro" if micro else "quick" if quick else "full")
     cfg = with_device(preset(name, seed), device)  # type: ignore[arg-type]
-    results = run_study(cfg, out, use_cache=not no_cache, progress=not quiet, force=force)
+    if compare is not None and cfg.real is None:
+        raise GaugeportError("--compare is for the real presets", hint="use --preset real")
+    results = run_study(cfg, out, use_cache=not no_cache, progress=not quiet, force=force, quick_results=compare)
     typer.echo((Path(out) / "report.md").read_text() if not quiet else json.dumps(results["timings"]))
     typer.echo(f"wrote {out}/report.md, results.json and plots in {results['timings']['total']:.0f} s")

@@ -24,7 +24,7 @@ from gaugeport.study.text import CORPUS
 
 
 def run_real(cfg: StudyConfig, out: Path, *, use_cache: bool = True, progress: bool = True, replace: bool = False,
-             cache_root: Path | None = None, quick_results: dict[str, Any] | None = None) -> dict[str, Any]:
+             cache_root: Path | None = None, quick_results: dict[str, Any] | Path | None = None) -> dict[str, Any]:
     """Build (or reuse) the real preset's stages, measure, write report.md / results.json / plots.
 
     ``quick_results``: the toy run for the report's middle column; default: the ``quick`` preset is run
@@ -42,6 +42,8 @@ def run_real(cfg: StudyConfig, out: Path, *, use_cache: bool = True, progress: b
             ctx = rc_checks.RealContext(cfg, rc, art, Path(tempfile.mkdtemp(dir=tmp)), progress)
             results = _measure(ctx, timer, tmp)
             shutil.rmtree(ctx.work, ignore_errors=True)
+            if isinstance(quick_results, Path):  # not there (yet): run the quick preset instead
+                quick_results = _read_quick(quick_results) if quick_results.exists() else None
             if quick_results is None and not rc.stand_in:
                 from gaugeport.study.run import run_study
 
@@ -71,6 +73,21 @@ def run_real(cfg: StudyConfig, out: Path, *, use_cache: bool = True, progress: b
     finally:
         cache.close()
     return results
+
+
+def _read_quick(path: Path) -> dict[str, Any]:
+    """A toy run's ``results.json`` (``--compare``), checked to be one."""
+    from gaugeport.core.errors import DataError
+
+    try:
+        r = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"--compare {path}: cannot read a results.json ({exc})",
+                        hint="give the results.json of `gaugeport reproduce --quick`") from None
+    if not isinstance(r, dict) or r.get("generator") != MARKER or r.get("config", {}).get("real") is not None:
+        raise DataError(f"--compare {path} is not the results.json of a toy `gaugeport reproduce` run",
+                        hint="give the results.json of `gaugeport reproduce --quick`")
+    return r
 
 
 def _measure(ctx: rc_checks.RealContext, timer: Timer, out: Path) -> dict[str, Any]:

@@ -42,12 +42,13 @@ class Timer:
 
 def run_study(cfg: StudyConfig, out: str | Path, *, use_cache: bool = True, progress: bool = True,
               force: bool = False, cache_root: Path | None = None,
-              quick_results: dict[str, Any] | None = None) -> dict[str, Any]:
+              quick_results: dict[str, Any] | Path | None = None) -> dict[str, Any]:
     """Run the whole study and write ``report.md``, ``results.json``, plots and the audit into ``out``.
 
     ``out`` appears atomically. An existing ``out`` is replaced only when it is an earlier report of
     this command (or with ``force``). The real presets (``cfg.real``) run :func:`.real_run.run_real`;
-    ``quick_results`` gives them the toy run to compare with (default: run the quick preset, cached).
+    ``quick_results`` gives them the toy run to compare with, or the path of its ``results.json``
+    (read when needed; default: run the quick preset, cached).
     """
     out = Path(out)
     replace = force or _is_previous_report(out)
