@@ -266,8 +266,9 @@ def markdown(r: dict[str, Any], quick: dict[str, Any] | None) -> str:
               "vector on the target / effect of the original on the base (next-token log-odds of positive vs "
               "negative words); AdamW divergence = |logits - native resume| / |native resume's logit change|.", "",
               "All figures are measured by this run (`results.json`); the quick column is "
-              f"{'`quick-toy/` of this run' if quick else 'absent'}; the paper column quotes the paper's published "
-              "figures (`gaugeport.study.paper`).", ""]
+              + ("the toy preset's results (`quick-results.json`: run by this command into `quick-toy/`, or read "
+                 "with `--compare`)" if quick else "absent") + "; the paper column quotes the paper's abstract "
+              "(`gaugeport.study.paper`).", ""]
     return "\n".join(lines)
 
 
