@@ -56,15 +56,10 @@ class StageCache:
             return path
         self.misses.append(name)
         t0 = time.perf_counter()
-        try:
-            with atomic_path(path) as tmp:
-                tmp.mkdir()
-                build(tmp)
-                (tmp / BUILD_SECONDS).write_text(f"{time.perf_counter() - t0:.3f}\n")
-        except OSError:
-            if not (path / BUILD_SECONDS).is_file():
-                raise
-            # another process sharing this cache finished the same stage first: keep its copy
+        with atomic_path(path) as tmp:  # a concurrent builder of the same stage: the last complete copy wins
+            tmp.mkdir()
+            build(tmp)
+            (tmp / BUILD_SECONDS).write_text(f"{time.perf_counter() - t0:.3f}\n")
         self.seconds[name] = self.built_seconds[name] = time.perf_counter() - t0
         return path
 
