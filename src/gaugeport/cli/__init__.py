@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from gaugeport.cli import core, estimate, study, transport  # noqa: F401  (register verbs)
+from gaugeport.cli import core, estimate, provenance, study, transport  # noqa: F401  (register verbs)
 from gaugeport.cli._app import app
 from gaugeport.core.errors import GaugeportError
 

@@ -45,6 +45,7 @@ ROLE_MODE: dict[str, Mode] = {
 _TABLE_KEYS = {
     "model_type", "extends", "norm", "gain_offset", "embed_scale", "auto_class", "prefixes",
     "params", "params_extra", "macros", "sites",
+    "hidden",  # MLP-unit and attention-head rows of the full-network gauge (parsed by core/hidden.py)
 }
 _ROW_KEYS = {"name", "role", "axis", "optional", "why"}
 _SITE_KEYS = {"layers", "mid", "final"}

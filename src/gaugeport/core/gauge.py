@@ -292,7 +292,10 @@ def read_gauge_file(path: str | Path) -> GaugeFile:
         provenance = json.loads(metadata.get("provenance", "{}"))
     except json.JSONDecodeError as exc:
         raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})") from exc
-    return GaugeFile(gauge, provenance, {k: v.float().numpy() for k, v in tensors.items()})
+    # a version-2 file (gaugeport.core.fullgauge) also holds per-layer hidden-unit gauges ("layers.*"):
+    # this reader returns its residual part
+    return GaugeFile(gauge, provenance, {k: v.float().numpy() for k, v in tensors.items()
+                                         if not k.startswith("layers.")})
 
 
 def load_gauge(path: str | Path) -> SignedPermutation:
