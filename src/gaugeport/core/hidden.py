@@ -33,6 +33,10 @@ with ``"mlp:signed"`` rows must set it. Head permutations respect grouped-query 
 key/value heads (groups) are permuted, and the query heads inside each group move with it.
 Sizes come from the config (``intermediate_size`` / ``n_inner``, ``num_attention_heads``,
 ``num_key_value_heads``, ``head_dim``) and are checked against every tensor's shape.
+
+``folds`` (optional) names, for each RMSNorm gain, the readers it can be folded into
+(``W' = W diag(g)``, gain set to one); provenance uses it to undo the fold-gains-then-rotate
+disguise, in which a folded checkpoint's residual stream is rotated by any orthogonal matrix.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from gaugeport.core.archspec import _raw_table, get_spec
 from gaugeport.core.errors import ArchitectureError
 
 SegmentKind = Literal["mlp", "q_heads", "kv_heads"]
-_HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims"}
+_HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims", "folds"}
+_FOLD_KEYS = {"gain", "into", "why"}
 _ROW_KEYS = {"name", "axis", "segments", "why"}
 _DIM_KEYS = {"mlp", "n_heads", "n_kv_heads", "head_dim"}
 _SEGMENT = re.compile(r"(mlp|q_heads|kv_heads)(?:\*(\d+))?(?::(signed|abs))?")
@@ -99,6 +104,16 @@ class HiddenSpec:
     rules: tuple[HiddenRule, ...]
     prefixes: tuple[str, ...]
     dim_keys: dict[str, tuple[str, ...]]
+    folds: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = ()
+
+    def fold_targets(self, gain_name: str) -> list[str] | None:
+        """The readers a norm gain folds into (``W' = W diag(g)``), or None when the table names none."""
+        for pattern, into in self.folds:
+            m = pattern.fullmatch(gain_name)
+            if m:
+                layer = m.groupdict().get("layer")
+                return [t.replace("{layer}", layer) if layer is not None else t for t in into]
+        return None
 
     def match(self, name: str) -> tuple[HiddenRule, int] | None:
         """The hidden rule claiming ``name`` and the layer index, or None (no hidden axis)."""
@@ -202,10 +217,19 @@ def _load(model_type: str) -> HiddenSpec:
         rules.append(HiddenRule(row["name"], axis, tuple(segs), _template_regex(row["name"], macros, model_type)))
     if not rules:
         raise ArchitectureError(f"{where} has no rows")
-    return HiddenSpec(model_type, mlp_signs, tuple(rules), tuple(raw.get("prefixes", ())), dim_keys)
+    folds = []
+    for f in hidden.get("folds", []):
+        _check_keys(f, _FOLD_KEYS, f"{where}.folds")
+        into = f.get("into")
+        if not isinstance(f.get("gain"), str) or not isinstance(into, list) or \
+                not all(isinstance(x, str) for x in into):
+            raise ArchitectureError(f"{where}.folds: each fold needs a gain template and a list of readers")
+        folds.append((_template_regex(f["gain"], macros, model_type, need_layer=False), tuple(into)))
+    return HiddenSpec(model_type, mlp_signs, tuple(rules), tuple(raw.get("prefixes", ())), dim_keys, tuple(folds))
 
 
-def _template_regex(template: str, macros: dict[str, list[str]], model_type: str) -> re.Pattern[str]:
+def _template_regex(template: str, macros: dict[str, list[str]], model_type: str,
+                    need_layer: bool = True) -> re.Pattern[str]:
     out = []
     for part in re.split(r"(\{\w+\})", template):
         m = re.fullmatch(r"\{(\w+)\}", part)
@@ -217,7 +241,7 @@ def _template_regex(template: str, macros: dict[str, list[str]], model_type: str
             out.append("(?:" + "|".join(re.escape(v) for v in macros[m.group(1)]) + ")")
         else:
             raise ArchitectureError(f"{model_type}: hidden template {template!r} uses undefined macro {part}")
-    if "(?P<layer>" not in "".join(out):
+    if need_layer and "(?P<layer>" not in "".join(out):
         raise ArchitectureError(f"{model_type}: hidden template {template!r} has no {{layer}}")
     return re.compile("".join(out))
 
