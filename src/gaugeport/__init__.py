@@ -6,6 +6,7 @@ The small public API (everything else lives in its own module)::
     g = SignedPermutation.random(4096, seed=0)          # y[perm[i]] = signs[i] * x[i]
     apply_gauge("ckpt_a/", g, out="ckpt_b/")            # a checkpoint dir, a state dict or an nn.Module
     match_coordinates(C, method="signed")               # estimate a gauge from a d x d correlation
+    align_checkpoints("ckpt_a/", "ckpt_b/", DataOptions("corpus.txt")).save("g.safetensors")
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ _LAZY = {
     "MomentSet": "gaugeport.estimate.moments",
     "collect_moments": "gaugeport.estimate.activations",
     "align_chain": "gaugeport.estimate.trajectory",
+    "DataOptions": "gaugeport.estimate.pipeline",
+    "align_checkpoints": "gaugeport.estimate.pipeline",
+    "collect_checkpoints": "gaugeport.estimate.pipeline",
     "audit_claims": "gaugeport.transport.audit",
     "transport_vector": "gaugeport.transport",
 }

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gaugeport.cli._app import app
+from gaugeport.cli._options import ForceOpt, QuietOpt
 from gaugeport.core.apply import apply_gauge_to_checkpoint
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import GaugeportError
@@ -56,8 +57,8 @@ def apply(
     perm_only: Annotated[bool, typer.Option("--perm-only", help="random gauge without sign flips")] = False,
     positive_fraction: Annotated[float, typer.Option(help="fraction of +1 signs in a random gauge")] = 0.5,
     save_gauge_to: Annotated[Path | None, typer.Option("--save-gauge", help="write the random gauge here")] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
     full: Annotated[bool, typer.Option("--full", help="random full-network gauge: residual, MLP units and "
                                        "heads (a version-2 --gauge file is always applied in full)")] = False,
 ) -> None:

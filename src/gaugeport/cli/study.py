@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gaugeport.cli._app import app
+from gaugeport.cli._options import ForceOpt
 from gaugeport.core.errors import GaugeportError
 
 
@@ -16,7 +17,7 @@ from gaugeport.core.errors import GaugeportError
 def compose(
     gauges: Annotated[list[Path], typer.Argument(help="gauge files in chain order: G1 (A -> C1) first")],
     out: Annotated[Path, typer.Option("--out", help="output gauge file (A -> B)")],
-    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Compose gauges along a chain: G1 is applied first, so the result maps A's coordinates to B's."""
     from gaugeport.core.fullgauge import compose_full_gauge_files, is_full_gauge_file
@@ -44,7 +45,7 @@ def audit(
     evidence: Annotated[Path | None, typer.Option("--evidence", help=".npz with <key>.acts and <key>.labels")] = None,
     tol: Annotated[float, typer.Option("--tol", help="a claim survives a gauge at agreement >= 1 - tol")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="seed of the random gauges")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Re-express index-level claims under a sweep of gauges; verdict: gauge-covariant or index-bound."""
     from gaugeport.core.gauge import load_gauge

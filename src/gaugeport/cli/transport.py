@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gaugeport.cli._app import app
+from gaugeport.cli._options import ForceOpt, GaugeOpt, QuietOpt
 from gaugeport.core.gauge import load_gauge
 
 
@@ -40,7 +41,7 @@ def transport(
     unsigned_scores: Annotated[bool, typer.Option("--unsigned-scores",
                                                   help="coordinate scores are magnitudes: map indices, keep scores")
                                ] = False,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Carry an artifact of checkpoint A into checkpoint B's coordinates (B = G applied to A)."""
     from gaugeport.transport.detect import detect_kind, transport_artifact
@@ -57,8 +58,7 @@ def transport(
 def merge(
     a: Annotated[Path, typer.Argument(help="checkpoint A (the merge is written in A's coordinates)")],
     b: Annotated[Path, typer.Argument(help="checkpoint B")],
-    gauge: Annotated[Path, typer.Option("--gauge", help="gauge mapping A's coordinates to B's "
-                                                        "(as `gaugeport align A B` writes it)")],
+    gauge: GaugeOpt,
     out: Annotated[Path, typer.Option("--out", help="output checkpoint directory")],
     alpha: Annotated[float, typer.Option("--alpha", help="B's weight: 0 gives A, 1 gives B")] = 0.5,
     method: Annotated[MergeMethod, typer.Option("--method", help="linear or slerp (per tensor)")] = MergeMethod.linear,
@@ -66,8 +66,8 @@ def merge(
                          ] = False,
     emit_mergekit: Annotated[bool, typer.Option("--emit-mergekit", help="write B aligned to A plus a mergekit "
                                                                          "config instead of merging")] = False,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing output")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Bring B into A's gauge, then average: a coordinate-preserving merge (a normal HF checkpoint)."""
     from gaugeport.transport.merge import MERGEKIT_CONFIG, merge_checkpoints

@@ -51,8 +51,22 @@ class Alignment(ConfidenceSummary):
     def provenance(self) -> dict[str, Any]:
         """The metadata a gauge file carries."""
         keys = ("method", "sites", "n_tokens", "mean_confidence", "min_confidence", "mean_margin",
-                "n_low_confidence", "group", "model_a", "model_b", "shard_ids", "solver")
+                "n_low_confidence", "group", "model_a", "model_b", "shard_ids", "solver", "a", "b", "data")
         return {k: self.report[k] for k in keys if k in self.report}
+
+    def summary(self) -> str:
+        """Method, evidence, confidence and site agreement, as ``gaugeport align`` prints them."""
+        r = self.report
+        evidence = (f"from {', '.join(r['sites'])}" if r["method"] == "weights"
+                    else f"{len(r['sites'])} site(s), {r['n_tokens']:,} tokens")
+        lines = [f"method {r['method']}, d={r['d']}, {evidence}",
+                 f"confidence        mean {r['mean_confidence']:.3f}   min {r['min_confidence']:.3f}   "
+                 f"mean margin {r['mean_margin']:.3f}",
+                 f"low confidence    {r['n_low_confidence']} coordinate(s) with margin < {r['low_margin_threshold']}"]
+        if r.get("site_agreement"):
+            worst = min(r["site_agreement"], key=r["site_agreement"].get)
+            lines.append(f"site agreement    min {r['site_agreement'][worst]:.3f} ({worst})")
+        return "\n".join(lines)
 
     def extras(self) -> dict[str, np.ndarray]:
         return {"confidence": self.confidence.astype(np.float32), "margin": self.margin.astype(np.float32)}

@@ -42,6 +42,7 @@ class Chain:
     """Local gauges ``hops[0]`` (first) ... ``hops[-1]`` (last) and their composition."""
 
     hops: tuple[Hop, ...]
+    method: str = "signed"
 
     def __post_init__(self) -> None:
         if not self.hops:
@@ -62,7 +63,7 @@ class Chain:
         return int(np.argmin([h.mean_confidence for h in self.hops]))
 
     def prefix(self, n_hops: int) -> Chain:
-        return Chain(self.hops[:n_hops])
+        return Chain(self.hops[:n_hops], self.method)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,13 @@ class Chain:
             "composed_fingerprint": self.gauge.fingerprint(),
             "composed_mean_confidence": float(np.mean(self.confidence)),
         }
+
+    def save(self, path: str | Path, *, force: bool = False, provenance: dict[str, Any] | None = None) -> Path:
+        """Write the composed gauge with its per-coordinate confidence and the hop report (``chain``) as
+        provenance; ``provenance`` adds keys (``gaugeport align --via`` adds the sites and token count)."""
+        meta = {"method": f"{self.method} (chain)", "mean_confidence": float(self.confidence.mean()),
+                "min_confidence": float(self.confidence.min()), "chain": self.to_dict(), **(provenance or {})}
+        return save_gauge(self.gauge, path, meta, {"confidence": self.confidence.astype(np.float32)}, force=force)
 
     def summary(self) -> str:
         lines = [f"{'hop':>4}  {'mean conf':>9}  {'min conf':>8}  source -> target"]
@@ -129,13 +137,7 @@ def align_chain(checkpoints: Sequence[ModelRef], batches: Any = None, *, method:
         hops.append(estimate_hop(prev, cur, batches, method=method, sites=sites, source=names[i - 1],
                                  target=names[i]))
         prev = cur
-    return Chain(tuple(hops))
-
-
-def save_chain(chain: Chain, path: str | Path, *, force: bool = False) -> Path:
-    """Write the composed gauge with its per-coordinate confidence and the hop report as provenance."""
-    return save_gauge(chain.gauge, path, provenance={"method": "composed chain", **chain.to_dict()},
-                      extras={"confidence": chain.confidence}, force=force)
+    return Chain(tuple(hops), method)
 
 
 def compose_gauge_files(paths: Sequence[str | Path], out: str | Path, *, force: bool = False) -> SignedPermutation:

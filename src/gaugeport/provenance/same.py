@@ -165,12 +165,9 @@ def _residual_gauge(a: str | Path, b: str | Path, data: str | None, tokens: int,
 
         al = align_by_weights(a, b)
     else:
-        from gaugeport.cli.estimate import _batches
-        from gaugeport.core.verify import load_model
-        from gaugeport.estimate.align import align_models
+        from gaugeport.estimate.pipeline import DataOptions, align_checkpoints
 
-        batches = _batches(Path(a), Path(b), data, tokens, 8, 64, 0, None)
-        al = align_models(load_model(a), load_model(b), batches, progress=progress)
+        al = align_checkpoints(a, b, DataOptions(data, tokens=tokens, seq_len=64), progress=progress)
     return al.gauge, {"kind": "signed_permutation", "method": al.method, "mean_confidence": al.mean_confidence,
                       "min_confidence": al.min_confidence, "mean_margin": float(np.mean(al.margin)),
                       "fingerprint": al.gauge.fingerprint()}
@@ -204,12 +201,12 @@ def _procrustes(ca: Checkpoint, get_a: _Tensors, get_b: _Tensors, spec: ArchSpec
 # ----------------------------------------------------------------------------- activations
 def _refine_mlp_with_activations(est: HiddenEstimate, a: str | Path, b: str | Path, data: str, tokens: int,
                                  hspec: HiddenSpec, notes: list[str]) -> None:
-    from gaugeport.cli.estimate import _batches
     from gaugeport.core.fullgauge import LayerGauge
     from gaugeport.core.verify import load_model
+    from gaugeport.estimate.pipeline import DataOptions
 
     batches = [bt.input_ids if hasattr(bt, "input_ids") else bt
-               for bt in _batches(Path(a), Path(b), data, tokens, 8, 64, 0, None)]
+               for bt in DataOptions(data, tokens=tokens, seq_len=64).batches(a, b)]
     down = [r.template.split(".")[-2] for r in hspec.rules
             if r.segments[0].kind == "mlp" and r.axis == 1 and r.template.endswith("weight")]
     corrs = mlp_unit_moments(load_model(a), load_model(b), batches, down_name=down[0] if down else "down_proj")
