@@ -42,6 +42,7 @@ from gaugeport.estimate.lap import linear_assignment
 from gaugeport.estimate.matching import match_margin
 
 SKETCH_DIM = 1024  # features wider than this are compared through a seeded Gaussian sketch
+RUNNER_UP_K = 8  # held-out test: a match competes with its unit's best input-side candidates
 
 
 # ----------------------------------------------------------------------------- residual maps
@@ -221,14 +222,20 @@ def estimate_hidden(fa: dict[int, UnitFeatures], fb: dict[int, UnitFeatures], di
     return HiddenEstimate(layers, conf, margin, hconf, held)
 
 
-def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool) -> dict[str, Any]:
-    """Match MLP units on input features only; score the matched pairs on output features.
+def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
+                       condition: bool = True) -> dict[str, Any]:
+    """Match MLP units on input features only; test the matches on output features.
 
-    ``T = sum_i M[i, pi(i)]`` with ``M`` the output-side cosine (times the sign the input side
-    chose for that pair). Under a uniformly random pairing, ``T`` has mean ``sum(M) / n`` and
-    variance ``sum(D^2) / (n - 1)`` (``D``: ``M`` doubly centred); ``z`` is ``T`` standardised.
+    ``M[i, j]``: the output-side cosine of A's unit ``i`` and B's unit ``j`` (times the sign the input
+    side chose for that pair). With ``condition``, ``M`` is first residualised on the input-side
+    cosines (least squares over the unmatched pairs), removing the rise that shared, data-induced
+    structure gives both in unrelated models. Each unit's match then competes with the unit's
+    ``k`` best input-side candidates: its rank by ``M`` among them is uniform on ``1..k`` under the
+    null, so ``z = sum((k + 1) / 2 - rank) / sqrt(n (k^2 - 1) / 12)``.
     """
     s_in, sgn_in = _mlp_scores(a, b, ("in",))
+    predictors = [c for c in (_cosines(a, b, "mlp", "abs", "in"), _cosines(a, b, "mlp", "signed", "in"))
+                  if c is not None]
     s_out_abs = _cosines(a, b, "mlp", "abs", "out")
     s_out_sgn = _cosines(a, b, "mlp", "signed", "out")
     if s_out_abs is None and s_out_sgn is None:
@@ -241,12 +248,32 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool) -> dic
         m_mat += sign * s_out_sgn
     cols = linear_assignment(s_in).cols
     n = m_mat.shape[0]
-    t = float(m_mat[np.arange(n), cols].sum())
-    mean = float(m_mat.sum() / n)
-    dc = m_mat - m_mat.mean(1, keepdims=True) - m_mat.mean(0, keepdims=True) + m_mat.mean()
-    var = float((dc ** 2).sum() / max(n - 1, 1))
-    z = (t - mean) / np.sqrt(var) if var > 0 else 0.0
-    return {"z": float(z), "n": int(n), "matched_out_cos": t / n, "null_mean_cos": mean / n,
+    rows = np.arange(n)
+    raw_matched = float(m_mat[rows, cols].mean())
+    null_mean = float(m_mat.mean())
+    if condition:
+        # remove what input-side similarity alone predicts about the output side (fitted on the unmatched
+        # pairs): shared, data-induced structure makes both rise together in unrelated models
+        mask = np.ones_like(m_mat, dtype=bool)
+        mask[rows, cols] = False
+        feats = [np.ones_like(s_in)] + [f for c in predictors for f in (c, np.abs(c))]
+        coef, *_ = np.linalg.lstsq(np.stack([f[mask] for f in feats], axis=1), m_mat[mask], rcond=None)
+        m_mat = m_mat - sum(c * f for c, f in zip(coef, feats, strict=True))
+    k = min(RUNNER_UP_K, n)
+    # each unit's k best input-side candidates (its match among them); under the null the match's
+    # output-side rank among them is uniform on 1..k
+    cand = np.argpartition(-s_in, k - 1, axis=1)[:, :k]
+    has = (cand == cols[:, None]).any(axis=1)
+    cand[~has, -1] = cols[~has]
+    out_scores = np.take_along_axis(m_mat, cand, axis=1)
+    matched_out = m_mat[rows, cols][:, None]
+    rank = 1 + (out_scores > matched_out).sum(axis=1)  # 1 = the match has the best output-side score
+    t = float(((k + 1) / 2 - rank).sum())
+    var = n * (k * k - 1) / 12.0
+    z = t / np.sqrt(var) if var > 0 else 0.0
+    top1 = float(np.mean(rank == 1))
+    return {"z": float(z), "n": int(n), "k": int(k), "top1_fraction": top1, "matched_out_cos": raw_matched,
+            "null_mean_cos": null_mean,
             "matched_in_score": float(s_in[np.arange(n), cols].mean())}
 
 
