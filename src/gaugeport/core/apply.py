@@ -38,15 +38,25 @@ def check_gauge_fits(spec: ArchSpec, gauge: SignedPermutation, d_model: int) -> 
 
 
 def transform_tensor(name: str, tensor: torch.Tensor, rule: ParamRule, gauge: SignedPermutation) -> torch.Tensor:
-    """Apply ``gauge`` to one stored tensor along every residual axis its rule names."""
+    """Apply ``gauge`` to one stored tensor along every residual axis its rule names.
+
+    An axis holding ``k`` concatenated residual vectors (``rule.blocks``) is split into ``k`` blocks
+    of size ``d`` and the gauge acts on each block.
+    """
     out = tensor
-    for axis in rule.axes:
-        if axis >= tensor.ndim or tensor.shape[axis] != gauge.d:
+    for i, axis in enumerate(rule.axes):
+        k = rule.blocks_on(i)
+        if axis >= tensor.ndim or tensor.shape[axis] != k * gauge.d:
             raise GaugeError(
-                f"{name}: expected the residual axis {axis} to have size {gauge.d}, got shape {tuple(tensor.shape)}",
+                f"{name}: expected the residual axis {axis} to have size "
+                f"{gauge.d if k == 1 else f'{k} x {gauge.d}'}, got shape {tuple(tensor.shape)}",
                 hint="the checkpoint's hidden size does not match the gauge, or the table row is wrong",
             )
-        out = gauge.apply(out, axis=axis, mode=rule.mode)
+        if k == 1:
+            out = gauge.apply(out, axis=axis, mode=rule.mode)
+        else:
+            split = out.shape[:axis] + (k, gauge.d) + out.shape[axis + 1:]
+            out = gauge.apply(out.reshape(split), axis=axis + 1, mode=rule.mode).reshape(out.shape)
     return out
 
 

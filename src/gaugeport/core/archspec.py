@@ -17,6 +17,16 @@ role            mode    meaning
 ``untouched``   none    off the residual axis (q/k/v biases, q/k-norm over head_dim, buffers)
 ==============  ======  =====================================================================
 
+``{layer}``, ``{expert}`` and ``{index}`` match any index, so one row covers every block, every
+expert of a published per-expert layout (``experts.{expert}.w1.weight``) and every per-head norm
+(``q_layernorm.norms.{index}.weight``).
+Fused mixture-of-experts tensors (``experts.gate_up_proj`` of shape ``[E, 2I, d]``) need nothing
+special: the leading expert axis is just not named, and ``axis`` is the residual one.
+An optional ``blocks`` list, parallel to ``axis``, says how many residual vectors are concatenated
+along each named axis (default 1 each): DeepSeek's multi-token-prediction ``eh_proj`` reads
+``[enorm(embedding); hnorm(hidden)]``, so its row is ``"axis": [0, 1], "blocks": [1, 2]`` and the
+gauge acts on each ``d``-sized block of the input axis separately.
+
 Files are validated strictly: an unknown key is an error, so no field can become dead data.
 """
 
@@ -47,7 +57,8 @@ _TABLE_KEYS = {
     "params", "params_extra", "macros", "sites",
     "hidden",  # MLP-unit and attention-head rows of the full-network gauge (parsed by core/hidden.py)
 }
-_ROW_KEYS = {"name", "role", "axis", "optional", "why"}
+_ROW_KEYS = {"name", "role", "axis", "optional", "why", "blocks"}
+_INDEX_PLACEHOLDERS = {"layer", "expert", "index"}  # each matches any decimal index
 _SITE_KEYS = {"layers", "mid", "final"}
 _HOOK_KEYS = {"module", "hook"}
 
@@ -59,10 +70,15 @@ class ParamRule:
     axes: tuple[int, ...]
     optional: bool
     pattern: re.Pattern[str] = field(repr=False, compare=False)
+    blocks: tuple[int, ...] = ()  # residual vectors concatenated along each axis; () means one each
 
     @property
     def mode(self) -> Mode:
         return ROLE_MODE[self.role]
+
+    def blocks_on(self, i: int) -> int:
+        """How many ``d``-sized residual blocks are concatenated along ``self.axes[i]``."""
+        return self.blocks[i] if self.blocks else 1
 
 
 @dataclass(frozen=True)
@@ -221,8 +237,11 @@ def _compile_rows(raw: dict[str, Any], model_type: str) -> list[ParamRule]:
         axes = () if role == "untouched" else tuple(axis if isinstance(axis, list) else [axis])
         if role != "untouched" and any(not isinstance(a, int) for a in axes):
             raise ArchitectureError(f"{model_type}: row {row['name']} (role {role}) needs an integer axis")
+        blocks = tuple(row.get("blocks", ()))
+        if blocks and (len(blocks) != len(axes) or any(not isinstance(b, int) or b < 1 for b in blocks)):
+            raise ArchitectureError(f"{model_type}: row {row['name']} needs one positive integer in 'blocks' per axis")
         rules.append(ParamRule(row["name"], role, axes, bool(row.get("optional", False)),
-                               _template_regex(row["name"], macros, model_type)))
+                               _template_regex(row["name"], macros, model_type), blocks))
     return rules
 
 
@@ -233,7 +252,7 @@ def _template_regex(template: str, macros: dict[str, list[str]], model_type: str
         m = re.fullmatch(r"\{(\w+)\}", part)
         if not m:
             out.append(re.escape(part))
-        elif m.group(1) == "layer":
+        elif m.group(1) in _INDEX_PLACEHOLDERS:
             out.append(r"\d+")
         elif m.group(1) in macros:
             out.append("(?:" + "|".join(re.escape(v) for v in macros[m.group(1)]) + ")")

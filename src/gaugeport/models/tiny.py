@@ -34,6 +34,47 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
                  "max_position_embeddings": 128},
     "bert": {**_COMMON, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
              "max_position_embeddings": 128},
+    # dense, RMSNorm
+    "granite": {**_DECODER, "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "logits_scaling": 2.0,
+                "attention_multiplier": 0.2},
+    "smollm3": _DECODER,
+    "ministral": _DECODER,
+    "seed_oss": {**_DECODER, "attention_out_bias": True},
+    "arcee": _DECODER,
+    "ernie4_5": _DECODER,
+    "hunyuan_v1_dense": _DECODER,
+    "olmo3": _DECODER,
+    "exaone4": _DECODER,
+    "glm": _DECODER,
+    "glm4": _DECODER,
+    # LayerNorm
+    "phi": {**_DECODER, "num_key_value_heads": 4, "partial_rotary_factor": 0.5, "qk_layernorm": True},
+    "starcoder2": _DECODER,
+    "stablelm": {**_DECODER, "qk_layernorm": True, "use_qkv_bias": True, "partial_rotary_factor": 0.25},
+    "cohere": {**_DECODER, "use_qk_norm": True},
+    "cohere2": {**_DECODER, "sliding_window": 16},
+    "falcon": {**_COMMON, "hidden_size": 32, "num_attention_heads": 4, "num_kv_heads": 2, "bias": True,
+               "new_decoder_architecture": True, "ffn_hidden_size": 64},
+    "olmo": _DECODER,
+    # mixture of experts: 4 experts, 2 active (1 for llama4), dense blocks where the family has them
+    "mixtral": {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2_moe": {**_DECODER, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 48, "mlp_only_layers": [0]},
+    "qwen3_moe": {**_DECODER, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "olmoe": {**_DECODER, "num_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32},
+    "granitemoe": {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32,
+                   "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "logits_scaling": 2.0},
+    "llama4_text": {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size": 32,
+                    "intermediate_size_mlp": 64, "interleave_moe_layer_step": 2},
+    "gpt_oss": {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32,
+                "sliding_window": 16},
+    "deepseek_v3": {**_DECODER, "n_routed_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2,
+                    "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
+                    "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8,
+                    "v_head_dim": 8, "head_dim": 4, "num_key_value_heads": 4},
+    "glm4_moe": {**_DECODER, "n_routed_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2,
+                 "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
+                 "use_qk_norm": True},
 }
 
 
@@ -54,7 +95,7 @@ def tiny_model(model_type: str, seed: int = 0, randomize: bool = True, **overrid
     model.eval()
     if randomize:
         for name, p in model.named_parameters():
-            if p.ndim == 1:  # gains and biases: generic values, never exactly uniform
+            if p.ndim == 1 or name.endswith("_bias"):  # gains, biases (per-expert too): generic values
                 p.copy_(torch.randn_like(p) * 0.3 + (1.0 if _is_gain(name, p) else 0.0))
     return model
 
