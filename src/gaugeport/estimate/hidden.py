@@ -41,7 +41,8 @@ from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec
 from gaugeport.estimate.lap import linear_assignment
 from gaugeport.estimate.matching import match_margin
 
-SKETCH_DIM = 1024  # features wider than this are compared through a seeded Gaussian sketch
+SKETCH_DIM = 512  # features wider than this are compared through a seeded Gaussian sketch
+FIT_PAIRS = 1_000_000  # pairs the held-out regression is fitted on (all of them for n <= 1000)
 RUNNER_UP_K = 8  # held-out test: a match competes with its unit's best input-side candidates
 
 
@@ -79,6 +80,7 @@ class UnitFeatures:
     """One layer's feature blocks per unit kind: lists of ``[n_units, f]`` float32 arrays."""
 
     blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
+    cache: dict[int, dict[tuple[str, str, str], np.ndarray | None]] = field(default_factory=dict, repr=False)
 
     def add(self, kind: str, mode: str, side: str, arr: np.ndarray) -> None:
         self.blocks.setdefault((kind, mode, side), []).append(arr)
@@ -107,37 +109,40 @@ def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: A
         role = spec.classify(name).role
         side = "out" if role in ("write", "write_bias") else "in"  # reads the stream (or a head-side bias/norm)
         for kind, mode, arr in unit_blocks(get(name), rule, dims):
-            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, arr)
+            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, unit_rows(arr))
     return feats
 
 
-def _unit_rows(x: np.ndarray, sketch: np.ndarray | None) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows sketched to at most ``SKETCH_DIM`` columns (a seeded CountSketch: linear, the same for A
+    and B, inner products kept in expectation) and scaled to unit norm, in float32."""
     x = x.astype(np.float32, copy=False)
-    if sketch is not None:
-        x = x @ sketch
+    f = x.shape[1]
+    if f > SKETCH_DIM:
+        import scipy.sparse as sp
+
+        rng = np.random.default_rng(f)
+        sketch = sp.csr_matrix((rng.choice(np.array([-1.0, 1.0], dtype=np.float32), f),
+                                (np.arange(f), rng.integers(0, SKETCH_DIM, f))), shape=(f, SKETCH_DIM))
+        x = np.asarray((sketch.T @ x.T).T, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def _sketch(f: int, dim: int, seed: int = 0) -> np.ndarray | None:
-    if f <= dim:
-        return None
-    rng = np.random.default_rng(seed + f)
-    return (rng.standard_normal((f, dim)) / np.sqrt(dim)).astype(np.float32)
-
-
 def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str) -> np.ndarray | None:
-    """Mean over blocks of the cosine matrix between A's and B's units (rows: A, columns: B)."""
-    ba, bb = fa.blocks.get((kind, mode, side), []), fb.blocks.get((kind, mode, side), [])
-    if not ba:
-        return None
+    """Mean over blocks of the cosine matrix between A's and B's units (rows: A, columns: B); cached."""
+    key = (kind, mode, side)
+    cache = fa.cache.setdefault(id(fb), {})
+    if key in cache:
+        return cache[key]
+    ba, bb = fa.blocks.get(key, []), fb.blocks.get(key, [])
     total = None
     for xa, xb in zip(ba, bb, strict=True):
-        sk = _sketch(xa.shape[1], SKETCH_DIM)
-        c = _unit_rows(xa, sk) @ _unit_rows(xb, sk).T
+        c = xa @ xb.T
         total = c if total is None else total + c
-    assert total is not None
-    return total / len(ba)
+    out = None if total is None else total / np.float32(len(ba))
+    cache[key] = out
+    return out
 
 
 # ----------------------------------------------------------------------------- matching
@@ -219,6 +224,7 @@ def estimate_hidden(fa: dict[int, UnitFeatures], fb: dict[int, UnitFeatures], di
         margin.append(m.margin)
         hconf.append(hc)
         held.append(held_out_statistic(a, b, mlp_signs))
+        a.cache.clear()  # n x n cosine matrices: free them before the next layer
     return HiddenEstimate(layers, conf, margin, hconf, held)
 
 
@@ -244,30 +250,44 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
     if s_out_abs is not None:
         m_mat += s_out_abs
     if s_out_sgn is not None:
-        sign = np.where(sgn_in < 0, -1.0, 1.0) if (mlp_signs and sgn_in is not None) else 1.0
-        m_mat += sign * s_out_sgn
+        m_mat += np.where(sgn_in < 0, -s_out_sgn, s_out_sgn) if (mlp_signs and sgn_in is not None) else s_out_sgn
     cols = linear_assignment(s_in).cols
     n = m_mat.shape[0]
     rows = np.arange(n)
     raw_matched = float(m_mat[rows, cols].mean())
     null_mean = float(m_mat.mean())
-    if condition:
-        # remove what input-side similarity alone predicts about the output side (fitted on the unmatched
-        # pairs): shared, data-induced structure makes both rise together in unrelated models
-        mask = np.ones_like(m_mat, dtype=bool)
-        mask[rows, cols] = False
-        feats = [np.ones_like(s_in)] + [f for c in predictors for f in (c, np.abs(c))]
-        coef, *_ = np.linalg.lstsq(np.stack([f[mask] for f in feats], axis=1), m_mat[mask], rcond=None)
-        m_mat = m_mat - sum(c * f for c, f in zip(coef, feats, strict=True))
     k = min(RUNNER_UP_K, n)
-    # each unit's k best input-side candidates (its match among them); under the null the match's
-    # output-side rank among them is uniform on 1..k
-    cand = np.argpartition(-s_in, k - 1, axis=1)[:, :k]
+    # each unit's k best input-side candidates (its match among them)
+    cand = np.concatenate([np.argpartition(-s_in[i:i + 1024], k - 1, axis=1)[:, :k]  # row chunks: no n x n index
+                           for i in range(0, n, 1024)])
     has = (cand == cols[:, None]).any(axis=1)
     cand[~has, -1] = cols[~has]
-    out_scores = np.take_along_axis(m_mat, cand, axis=1)
-    matched_out = m_mat[rows, cols][:, None]
-    rank = 1 + (out_scores > matched_out).sum(axis=1)  # 1 = the match has the best output-side score
+    out_scores = np.take_along_axis(m_mat, cand, axis=1).astype(np.float64)
+    matched_out = m_mat[rows, cols].astype(np.float64)
+    if condition:
+        # remove what input-side similarity alone predicts about the output side, fitted by least squares on
+        # (up to FIT_PAIRS) unmatched pairs: shared, data-induced structure makes both rise together in
+        # unrelated models
+        rng = np.random.default_rng(0)
+        if n * n <= FIT_PAIRS:
+            fi, fj = (x.reshape(-1) for x in np.meshgrid(rows, rows, indexing="ij"))
+        else:
+            fi, fj = rng.integers(0, n, FIT_PAIRS), rng.integers(0, n, FIT_PAIRS)
+        keep = fj != cols[fi]
+        fi, fj = fi[keep], fj[keep]
+
+        def design(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            cs = [np.ones(i.shape, dtype=np.float64)]
+            for c in predictors:
+                v = c[i, j].astype(np.float64)
+                cs += [v, np.abs(v)]
+            return np.stack(cs, axis=-1)
+
+        coef, *_ = np.linalg.lstsq(design(fi, fj), m_mat[fi, fj].astype(np.float64), rcond=None)
+        out_scores = out_scores - design(np.repeat(rows[:, None], k, axis=1), cand) @ coef
+        matched_out = matched_out - design(rows, cols) @ coef
+    # under the null the match's output-side rank among its unit's candidates is uniform on 1..k
+    rank = 1 + (out_scores > matched_out[:, None] + 1e-12).sum(axis=1)  # 1 = the best output-side score
     t = float(((k + 1) / 2 - rank).sum())
     var = n * (k * k - 1) / 12.0
     z = t / np.sqrt(var) if var > 0 else 0.0
@@ -300,8 +320,8 @@ def mlp_unit_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches
     out = []
     for layer in sorted(acts["a"]):
         xa, xb = torch.cat(acts["a"][layer]), torch.cat(acts["b"][layer])
-        xa = (xa - xa.mean(0)) / xa.std(0).clamp_min(1e-12)
-        xb = (xb - xb.mean(0)) / xb.std(0).clamp_min(1e-12)
+        xa = (xa - xa.mean(0)) / xa.std(0, correction=0).clamp_min(1e-12)
+        xb = (xb - xb.mean(0)) / xb.std(0, correction=0).clamp_min(1e-12)
         out.append((xa.T @ xb / xa.shape[0]).numpy())
     return out
 

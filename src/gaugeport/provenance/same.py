@@ -242,8 +242,8 @@ def _identical_check(ca: Checkpoint, cb: Checkpoint, get_a: Callable[[str], torc
         if hit is not None:
             pred = transform_hidden(name, pred, hit[0], hit[1], gauge, dims)
         tb = get_b(name)
-        scale = float(tb.double().abs().max()) if tb.numel() else 0.0
-        diff = float((pred.double() - tb.double()).abs().max()) if tb.numel() else 0.0
+        scale = float(tb.float().abs().max()) if tb.numel() else 0.0
+        diff = float((pred.float() - tb.float()).abs().max()) if tb.numel() else 0.0
         rel = diff / scale if scale > 0 else diff
         if rel >= worst:
             worst, worst_name = rel, name
