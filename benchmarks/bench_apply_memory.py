@@ -1,13 +1,13 @@
 """Peak memory of `apply_gauge_to_checkpoint` on a sharded checkpoint, against its largest tensor.
 
-Writes a synthetic llama-style checkpoint (real tensor names and shapes, Llama-2/3-like widths, a few
-blocks, bf16, several shards plus `model.safetensors.index.json`) one tensor at a time, so the writer
-stays small. Then applies a random gauge in a *fresh subprocess* and reads that child's memory: the
-kernel's exact high-water mark `VmHWM` (= `ru_maxrss`; counts file pages mapped by safetensors too)
-and the sampled peak of anonymous memory (`RssAnon`, what the process really allocated). The same
-child measures its own high-water mark just before applying (interpreter + torch + gaugeport
-imported), which is the baseline subtracted in the `above baseline` ratios. Spot-checks two output
-tensors against `transform_tensor`, then deletes everything it wrote.
+Writes a synthetic llama-style checkpoint (`gaugeport.models.synthetic`: real tensor names and
+shapes, Llama-2/3-like widths, a few blocks, bf16, several shards plus `model.safetensors.index.json`)
+one tensor at a time, so the writer stays small. Then applies a random gauge in a *fresh subprocess*
+and reads that child's memory: the kernel's exact high-water mark `VmHWM` (= `ru_maxrss`; counts
+file pages mapped by safetensors too) and the sampled peak of anonymous memory (`RssAnon`, what the
+process really allocated). The same child measures its own high-water mark just before applying
+(interpreter + torch + gaugeport imported), which is the baseline subtracted in the `above baseline`
+ratios. Spot-checks two output tensors against `transform_tensor`, then deletes everything it wrote.
 
 Default: d=4096 (3 blocks, 1.8 GB checkpoint, 3.7 GB of disk at peak); `--quick`: d=2048, 0.5 GB.
 """
@@ -25,87 +25,14 @@ from pathlib import Path
 
 import torch
 
-from gaugeport.core.checkpoint import INDEX_FILE, SafetensorsStreamWriter
 from gaugeport.core.fileio import atomic_write_json
+from gaugeport.models.synthetic import MB, LlamaShape, write_synthetic_llama
 
-MB = 2**20
-# name: (d_model, intermediate, n_layers, n_heads, n_kv_heads, vocab, shard_mb)
+# Llama-2/3-like widths, a few blocks
 SHAPES = {
-    "full": (4096, 14336, 3, 32, 8, 32000, 700),
-    "quick": (2048, 5632, 4, 16, 4, 32000, 200),
+    "full": LlamaShape(4096, 14336, 3, 32, 8, 32000, shard_mb=700),
+    "quick": LlamaShape(2048, 5632, 4, 16, 4, 32000, shard_mb=200),
 }
-
-
-# ---------------------------------------------------------------------- the synthetic checkpoint
-def llama_layout(d: int, inter: int, layers: int, heads: int, kv: int,
-                 vocab: int) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a Hugging Face llama checkpoint (untied lm_head)."""
-    kv_dim = d // heads * kv
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, d)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (d, d), p + "self_attn.k_proj.weight": (kv_dim, d),
-            p + "self_attn.v_proj.weight": (kv_dim, d), p + "self_attn.o_proj.weight": (d, d),
-            p + "mlp.gate_proj.weight": (inter, d), p + "mlp.up_proj.weight": (inter, d),
-            p + "mlp.down_proj.weight": (d, inter),
-            p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
-        })
-    shapes.update({"model.norm.weight": (d,), "lm_head.weight": (vocab, d)})
-    return shapes
-
-
-def llama_config(d: int, inter: int, layers: int, heads: int, kv: int, vocab: int, dtype: str) -> dict:
-    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": d,
-            "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": kv, "head_dim": d // heads, "vocab_size": vocab, "rms_norm_eps": 1e-5,
-            "max_position_embeddings": 4096, "tie_word_embeddings": False, "torch_dtype": dtype}
-
-
-def split_shards(shapes: dict[str, tuple[int, ...]], itemsize: int, shard_bytes: int) -> list[list[str]]:
-    """Greedy shards in checkpoint order, each at most ``shard_bytes`` (or one oversized tensor)."""
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, shape in shapes.items():
-        nbytes = torch.Size(shape).numel() * itemsize
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
-def write_checkpoint(path: Path, shape: tuple, dtype: torch.dtype, seed: int = 0) -> dict[str, int]:
-    """Write the checkpoint tensor by tensor; returns its sizes in bytes."""
-    d, inter, layers, heads, kv, vocab, shard_mb = shape
-    shapes = llama_layout(d, inter, layers, heads, kv, vocab)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    shards = split_shards(shapes, itemsize, shard_mb * MB)
-    gen = torch.Generator().manual_seed(seed)
-    path.mkdir(parents=True)
-    weight_map: dict[str, str] = {}
-    shard_sizes = []
-    for k, names in enumerate(shards):
-        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        layout = {n: (dtype, shapes[n]) for n in names}
-        with SafetensorsStreamWriter(path / file, layout, {"format": "pt"}) as writer:
-            for name in writer.order:
-                t = torch.empty(shapes[name], dtype=torch.float32)
-                # gains near 1 and generic, matrices small: the values only need to be non-trivial
-                t.normal_(1.0 if len(shapes[name]) == 1 else 0.0, 0.02, generator=gen)
-                writer.write(name, t.to(dtype))
-                del t
-                weight_map[name] = file
-        shard_sizes.append(sum(torch.Size(shapes[n]).numel() * itemsize for n in names))
-    total = sum(shard_sizes)
-    (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    dtype_name = str(dtype).removeprefix("torch.")
-    config = llama_config(d, inter, layers, heads, kv, vocab, dtype_name)
-    (path / "config.json").write_text(json.dumps(config))
-    largest = max(torch.Size(s).numel() for s in shapes.values()) * itemsize
-    return {"total_bytes": total, "largest_tensor_bytes": largest, "largest_shard_bytes": max(shard_sizes),
-            "n_shards": len(shards), "n_tensors": len(shapes), "d_model": d}
 
 
 # ---------------------------------------------------------------------- the measured child
@@ -178,7 +105,7 @@ def measure(quick: bool, dtype: torch.dtype, tmp_root: str | None, seed: int = 0
     with tempfile.TemporaryDirectory(prefix="gaugeport-bench-", dir=tmp_root) as tmp:
         src, out = Path(tmp) / "src", Path(tmp) / "out"
         t0 = time.perf_counter()
-        sizes = write_checkpoint(src, shape, dtype, seed)
+        sizes = write_synthetic_llama(src, shape, dtype, seed)
         write_s = time.perf_counter() - t0
         mem = run_child(src, out, seed + 1)
         check = spot_check(src, out, seed + 1)

@@ -144,12 +144,17 @@ def test_weights_method_uses_an_untied_lm_head_and_the_gains() -> None:
     assert res.report["weight_sources"] == ["embed_tokens", "lm_head", "gains[5]"]
 
 
-def test_weights_method_reads_checkpoints_without_loading_models(tiny_dir, tmp_path) -> None:
+def test_weights_method_reads_checkpoints_without_loading_models(tiny_dir, tmp_path, monkeypatch) -> None:
     from gaugeport.core.apply import apply_gauge_to_checkpoint
 
     truth = SignedPermutation.random(D, seed=21)
     src = tiny_dir("llama")
     apply_gauge_to_checkpoint(src, truth, tmp_path / "b", progress=False)
+
+    def no_module(*_, **__):
+        raise AssertionError("a model (torch.nn.Module) was built")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_module)
     assert align_by_weights(src, tmp_path / "b").gauge == truth
 
 

@@ -25,11 +25,9 @@ from gaugeport.core.verify import load_model
 from gaugeport.estimate.activations import collect_moments
 from gaugeport.estimate.distributed import (
     ClusterError,
-    FaultPlan,
     as_batches,
     collect_moments_distributed,
     data_digest,
-    fault_marker_stem,
     merge_shards,
     special_ids,
     split_shards,
@@ -72,6 +70,38 @@ def _stop_ray():
     yield
     if ray.is_initialized():
         ray.shutdown()
+
+
+def dying_worker(shard_id: str, times: int, marker_dir: Path):
+    """A stand-in for the Ray task body whose worker process exits abruptly (no exception, no cleanup:
+    how an OOM kill looks to Ray) halfway through ``shard_id``, on its first ``times`` attempts. Attempts
+    are counted with marker files, since each runs in a fresh process. A closure, so Ray ships it by value."""
+
+    def collect_shard(path_a, path_b, batches, sites, sid):
+        import os
+
+        from gaugeport.estimate import distributed  # imported afresh in the worker: the real task body
+
+        if sid == shard_id:
+            attempt = len(list(marker_dir.glob("attempt*"))) + 1
+            (marker_dir / f"attempt{attempt}").touch()
+            if attempt <= times:
+                distributed._collect_shard(path_a, path_b, batches[: len(batches) // 2], sites, sid)
+                os._exit(17)
+        return distributed._collect_shard(path_a, path_b, batches, sites, sid)
+
+    return collect_shard
+
+
+@pytest.fixture
+def kill_worker(monkeypatch):
+    """``kill_worker(shard_id, times, marker_dir)``: the next distributed collection's workers die as told."""
+    from gaugeport.estimate import distributed
+
+    def arm(shard_id: str, times: int, marker_dir: Path) -> None:
+        monkeypatch.setattr(distributed, "_collect_shard", dying_worker(shard_id, times, marker_dir))
+
+    return arm
 
 
 def batches_of(pair, batches):
@@ -152,20 +182,18 @@ def test_cli_collect_on_local_ray_writes_the_single_process_moments_and_stops_ra
 
 
 def test_worker_dying_mid_shard_is_retried_and_the_merge_stays_exact(pair, batches, reference, running_ray,
-                                                                     tmp_path):
-    fault = FaultPlan("run[1/2]", times=1, marker_dir=str(tmp_path))
-    got = collect_moments_distributed(*pair, batches, None, "auto", 2, False, shard_id="run", max_retries=1,
-                                      _fault=fault)
+                                                                     kill_worker, tmp_path):
+    kill_worker("run[1/2]", times=1, marker_dir=tmp_path)
+    got = collect_moments_distributed(*pair, batches, None, "auto", 2, False, shard_id="run", max_retries=1)
     assert_same_moments(got, reference)
-    assert len(list(tmp_path.glob(fault_marker_stem("run[1/2]") + ".attempt*"))) == 2  # died once, ran again
+    assert len(list(tmp_path.glob("attempt*"))) == 2  # died once, ran again
 
 
 def test_worker_dying_on_every_attempt_is_a_clear_error_naming_the_shard(pair, batches, running_ray,
-                                                                         tmp_path):
-    fault = FaultPlan("run[0/1]", times=9, marker_dir=str(tmp_path))
+                                                                         kill_worker, tmp_path):
+    kill_worker("run[0/1]", times=9, marker_dir=tmp_path)
     with pytest.raises(DataError, match=r"shard run\[0/1\] \(batches 0\.\.4\) failed after 2 attempts"):
-        collect_moments_distributed(*pair, batches, None, "auto", 1, False, shard_id="run", max_retries=1,
-                                    _fault=fault)
+        collect_moments_distributed(*pair, batches, None, "auto", 1, False, shard_id="run", max_retries=1)
 
 
 def test_an_error_inside_a_worker_names_the_shard(pair, running_ray):

@@ -88,8 +88,7 @@ def test_perm_only_transport_visibly_diverges(run_a) -> None:
 def test_everything_else_is_copied_and_weights_carry_provenance(run_a, tmp_path) -> None:
     root, _, g = run_a
     src = root / "a" / f"checkpoint-{SAVE_AT}"
-    gpath = save_gauge(g, tmp_path / "g.safetensors")
-    transport_trainer_checkpoint(src, gpath, tmp_path / "out")
+    transport_trainer_checkpoint(src, g, tmp_path / "out")
     for name in ("scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin", "config.json"):
         assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes()
     from safetensors import safe_open
@@ -142,9 +141,15 @@ def test_sharded_optimizer_layout_is_refused(run_a, tmp_path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_detects_a_trainer_checkpoint(run_a, tmp_path, cli) -> None:
+def test_cli_detects_a_trainer_checkpoint_and_reads_the_gauge_file_once(run_a, tmp_path, cli, monkeypatch) -> None:
+    from gaugeport.core import gauge
+
     root, _, g = run_a
     gpath = save_gauge(g, tmp_path / "g.safetensors")
+    reads = []
+    real = gauge.read_gauge_file
+    monkeypatch.setattr(gauge, "read_gauge_file", lambda path: reads.append(path) or real(path))
     code, out, _ = cli("transport", root / "a" / f"checkpoint-{SAVE_AT}", "--gauge", gpath, "--out", tmp_path / "o")
     assert code == 0 and "trainer-checkpoint" in out
+    assert reads == [gpath]
     assert (tmp_path / "o" / "optimizer.pt").is_file() and (tmp_path / "o" / "model.safetensors").is_file()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gaugeport.core.errors import ArtifactError, GaugeError
-from gaugeport.core.gauge import SignedPermutation, save_gauge
+from gaugeport.core.gauge import SignedPermutation, load_gauge, save_gauge
 from gaugeport.transport import transport_attributions, transport_coordinates, transport_vector
 from gaugeport.transport.coordinates import transport_coordinates_file
 
@@ -65,7 +65,7 @@ def gpath(tmp_path, gauge):
 def _run(tmp_path, gpath, name: str, content: str, **kw):
     (tmp_path / name).write_text(content)
     out = tmp_path / f"out{(tmp_path / name).suffix}"
-    transport_coordinates_file(tmp_path / name, gpath, out, **kw)
+    transport_coordinates_file(tmp_path / name, load_gauge(gpath), out, **kw)
     return out.read_text()
 
 
@@ -115,5 +115,5 @@ def test_out_of_range_coordinate_is_a_width_error(gauge) -> None:
 def test_bad_tables_are_refused_without_output(tmp_path, gpath, content) -> None:
     (tmp_path / "bad.json").write_text(content)
     with pytest.raises(ArtifactError):
-        transport_coordinates_file(tmp_path / "bad.json", gpath, tmp_path / "o.json")
+        transport_coordinates_file(tmp_path / "bad.json", load_gauge(gpath), tmp_path / "o.json")
     assert not (tmp_path / "o.json").exists()

@@ -91,8 +91,7 @@ def test_checkpoint_merge_streams_the_same_merge(trio, ids, tmp_path) -> None:
     a, _, g, b = trio
     a.save_pretrained(tmp_path / "a")
     b.save_pretrained(tmp_path / "b")
-    merge_checkpoints(tmp_path / "a", tmp_path / "b", save_gauge(g, tmp_path / "g.safetensors"), tmp_path / "m",
-                      alpha=0.5, method="slerp")
+    merge_checkpoints(tmp_path / "a", tmp_path / "b", g, tmp_path / "m", alpha=0.5, method="slerp")
     on_disk = load_model(tmp_path / "m")
     assert float((logits(on_disk, ids) - logits(merge_models(a, b, g, 0.5, "slerp"), ids)).abs().max()) <= TOL
 

@@ -149,26 +149,26 @@ def gauge_file(tmp_path):
 
 
 def test_pt_dict_round_trip(tmp_path, gauge_file) -> None:
-    g, gpath = gauge_file
+    g, _ = gauge_file
     v = {0: _vec(0), 1: _vec(1)}
     torch.save(v, tmp_path / "v.pt")
-    transport_vector_file(tmp_path / "v.pt", gpath, tmp_path / "o.pt")
+    transport_vector_file(tmp_path / "v.pt", g, tmp_path / "o.pt")
     out = torch.load(tmp_path / "o.pt", weights_only=True)
     torch.testing.assert_close(out[1], g.apply(v[1]), rtol=0, atol=0)
 
 
 def test_npy_layers_by_d_round_trip(tmp_path, gauge_file) -> None:
-    g, gpath = gauge_file
+    g, _ = gauge_file
     v = _vec(3, (2, D)).numpy()
     np.save(tmp_path / "v.npy", v)
-    transport_vector_file(tmp_path / "v.npy", gpath, tmp_path / "o.npy")
+    transport_vector_file(tmp_path / "v.npy", g, tmp_path / "o.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), g.apply(v))
 
 
 def test_safetensors_records_provenance_in_metadata(tmp_path, gauge_file) -> None:
-    g, gpath = gauge_file
+    g, _ = gauge_file
     save_file({"layer.4": _vec(0)}, str(tmp_path / "v.safetensors"), metadata={"author": "me"})
-    transport_vector_file(tmp_path / "v.safetensors", gpath, tmp_path / "o.safetensors")
+    transport_vector_file(tmp_path / "v.safetensors", g, tmp_path / "o.safetensors")
     with safe_open(str(tmp_path / "o.safetensors"), framework="pt") as f:
         meta = f.metadata()
         torch.testing.assert_close(f.get_tensor("layer.4"), g.apply(_vec(0)))
@@ -190,10 +190,10 @@ def _export_gguf(path, model_hint: str, directions: dict[int, np.ndarray]) -> No
 
 
 def test_gguf_control_vector_round_trip_keeps_fields_and_adds_provenance(tmp_path, gauge_file) -> None:
-    g, gpath = gauge_file
+    g, _ = gauge_file
     dirs = {1: _vec(0).numpy(), 2: _vec(1).numpy()}
     _export_gguf(tmp_path / "cv.gguf", "llama", dirs)
-    transport_vector_file(tmp_path / "cv.gguf", gpath, tmp_path / "o.gguf")
+    transport_vector_file(tmp_path / "cv.gguf", g, tmp_path / "o.gguf")
     reader = gguf.GGUFReader(tmp_path / "o.gguf")  # as repeng's import_gguf reads it
     assert reader.get_field("general.architecture").contents() == "controlvector"
     assert reader.get_field("controlvector.model_hint").contents() == "llama"

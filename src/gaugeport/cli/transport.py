@@ -11,14 +11,7 @@ import typer
 from gaugeport.cli._app import app
 from gaugeport.cli._options import ForceOpt, QuietOpt
 from gaugeport.core.gauge import load_gauge
-
-
-class Kind(StrEnum):
-    vector = "vector"
-    sae = "sae"
-    coordinates = "coordinates"
-    attributions = "attributions"
-    trainer_checkpoint = "trainer-checkpoint"
+from gaugeport.transport.rules import ArtifactKind
 
 
 class MergeMethod(StrEnum):
@@ -36,7 +29,7 @@ def transport(
                                                   "coordinate/attribution .json/.csv, or Trainer checkpoint-N/")],
     gauge: Annotated[Path, typer.Option("--gauge", help="gauge mapping the artifact's model (A) to the target (B)")],
     out: Annotated[Path, typer.Option("--out", help="output path (same format as the input)")],
-    kind: Annotated[Kind | None, typer.Option("--kind", help="artifact kind (default: detected)")] = None,
+    kind: Annotated[ArtifactKind | None, typer.Option("--kind", help="artifact kind (default: detected)")] = None,
     perm_only: Annotated[bool, typer.Option("--perm-only", help=PERM_ONLY_HELP)] = False,
     unsigned_scores: Annotated[bool, typer.Option("--unsigned-scores",
                                                   help="coordinate scores are magnitudes: map indices, keep scores")
@@ -46,9 +39,9 @@ def transport(
     """Carry an artifact of checkpoint A into checkpoint B's coordinates (B = G applied to A)."""
     from gaugeport.transport.detect import detect_kind, transport_artifact
 
-    g = load_gauge(gauge)
-    chosen = kind.value if kind else detect_kind(artifact)
-    transport_artifact(artifact, gauge, out, kind=chosen, perm_only=perm_only, force=force,
+    g = load_gauge(gauge)  # read once, here at the edge
+    chosen = kind or detect_kind(artifact)
+    transport_artifact(artifact, g, out, kind=chosen, perm_only=perm_only, force=force,
                        unsigned_scores=unsigned_scores)
     mode = "permutation only (S_d baseline)" if perm_only else "signed"
     typer.echo(f"wrote {out} ({chosen}, gauge {g.fingerprint()}, d={g.d}, {mode})")
@@ -91,7 +84,8 @@ def merge(
         raise GaugeportError("merge needs --gauge G.safetensors (or --full, which estimates the gauge)",
                              hint="estimate one with `gaugeport align A B --out G.safetensors`")
 
-    merge_checkpoints(a, b, gauge, out, alpha=alpha, method=method.value, perm_only=perm_only, force=force,
+    merge_checkpoints(a, b, load_gauge(gauge), out, alpha=alpha, method=method.value, perm_only=perm_only,
+                      force=force,
                       emit_mergekit=emit_mergekit, progress=not quiet)
     if emit_mergekit:
         typer.echo(f"wrote {out}/b_aligned and {out}/{MERGEKIT_CONFIG}; run: mergekit-yaml {out}/{MERGEKIT_CONFIG} "

@@ -76,16 +76,6 @@ class Shard:
         return f"shard {self.shard_id} (batches {self.start}..{self.stop - 1})"
 
 
-@dataclass(frozen=True)
-class FaultPlan:
-    """Testing only: the worker of ``shard_id`` exits abruptly after half its batches, on its first
-    ``times`` attempts (attempts are counted with marker files in ``marker_dir``)."""
-
-    shard_id: str
-    times: int
-    marker_dir: str
-
-
 # ---------------------------------------------------------------------- public entry point
 def collect_moments_distributed(
     path_a: str | Path,
@@ -99,7 +89,6 @@ def collect_moments_distributed(
     shard_id: str | None = None,
     max_retries: int = 2,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-    _fault: FaultPlan | None = None,
 ) -> MomentSet:
     """Paired moments of checkpoints ``path_a`` / ``path_b`` over ``batches``, collected by ``workers``
     Ray tasks and merged exactly; equal (to float64 rounding) to one `collect_moments` pass.
@@ -118,8 +107,7 @@ def collect_moments_distributed(
     shards = split_shards([b.n_tokens for b in batches], workers, shard_id or f"ray-{data_digest(batches)}")
     ray, started = connect(address, workers, connect_timeout_s)
     try:
-        results = _run_shards(ray, str(path_a), str(path_b), batches, sites, shards, max_retries, progress,
-                              _fault)
+        results = _run_shards(ray, str(path_a), str(path_b), batches, sites, shards, max_retries, progress)
     finally:
         if started:
             ray.shutdown()
@@ -301,14 +289,12 @@ def probe_ray(target: str, timeout_s: float, address: str) -> None:
 
 # ---------------------------------------------------------------------- running the tasks
 def _run_shards(ray: Any, path_a: str, path_b: str, batches: list[Batch], sites: Sequence[str] | None,
-                shards: list[Shard], max_retries: int, progress: bool,
-                fault: FaultPlan | None) -> dict[str, MomentSet]:
+                shards: list[Shard], max_retries: int, progress: bool) -> dict[str, MomentSet]:
     from tqdm.auto import tqdm
 
     task = ray.remote(_collect_shard).options(num_cpus=1, num_gpus=_gpus_per_task(ray, len(shards)),
                                               max_retries=max_retries, retry_exceptions=False)
-    pending = {task.remote(path_a, path_b, ray.put(batches[s.start:s.stop]), sites, s.shard_id, fault): s
-               for s in shards}
+    pending = {task.remote(path_a, path_b, ray.put(batches[s.start:s.stop]), sites, s.shard_id): s for s in shards}
     results: dict[str, MomentSet] = {}
     bar = tqdm(total=len(shards), desc="collect (ray)", unit="shard", disable=not progress)
     t0, tokens = time.perf_counter(), 0
@@ -353,7 +339,7 @@ def _gpus_per_task(ray: Any, n_tasks: int) -> float:
 
 
 def _collect_shard(path_a: str, path_b: str, batches: list[Batch], sites: Sequence[str] | None,
-                   shard_id: str, fault: FaultPlan | None) -> MomentSet:
+                   shard_id: str) -> MomentSet:
     """The Ray task body: load both checkpoints here, run the paired passes, return the moments."""
     import ray
     import torch
@@ -363,8 +349,6 @@ def _collect_shard(path_a: str, path_b: str, batches: list[Batch], sites: Sequen
 
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     model_a, model_b = load_model(path_a).to(device), load_model(path_b).to(device)
-    if fault is not None and fault.shard_id == shard_id:
-        _arm_fault(model_a, fault, after_batches=len(batches) // 2)
     moments = collect_moments(model_a, model_b, batches, sites=sites, progress=False, shard_id=shard_id)
     return _to_cpu(moments)
 
@@ -375,26 +359,3 @@ def _to_cpu(moments: MomentSet) -> MomentSet:
         for name in ("mean_a", "mean_b", "m2_a", "m2_b", "comoment"):
             setattr(cm, name, getattr(cm, name).cpu())
     return moments
-
-
-def _arm_fault(model: Any, fault: FaultPlan, after_batches: int) -> None:
-    """Kill the worker process (no exception, no cleanup: how an OOM kill looks to Ray) when model A
-    starts its forward pass on batch ``after_batches``, on the first ``fault.times`` attempts only."""
-    marker, stem = Path(fault.marker_dir), fault_marker_stem(fault.shard_id)
-    attempt = len(list(marker.glob(f"{stem}.attempt*"))) + 1
-    (marker / f"{stem}.attempt{attempt}").touch()
-    if attempt > fault.times:
-        return
-    calls = [0]
-
-    def hook(*_: Any, **__: Any) -> None:
-        calls[0] += 1
-        if calls[0] > after_batches:
-            os._exit(17)
-
-    model.register_forward_pre_hook(hook)
-
-
-def fault_marker_stem(shard_id: str) -> str:
-    """A file-name-safe (and glob-safe) form of a shard id."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in shard_id)

@@ -1,4 +1,4 @@
-"""From a cross-correlation to a gauge: sign-marginalized matching and its baselines (PAPER.md §2).
+"""From a cross-correlation to a gauge: sign-marginalized matching and its baselines (docs/estimation.md).
 
 ``C[i, j] = corr(a_i, b_j)``: rows are A's coordinates, columns B's. Methods:
 

@@ -2,7 +2,7 @@
 
 Endpoint matching between checkpoints that drifted far apart fails; consecutive checkpoints of a
 saved trajectory stay close, so their local gauges are reliable and their composition
-``G_total = G_k @ ... @ G_1`` recovers the endpoint gauge (PAPER.md §3). A chain is only as good
+``G_total = G_k @ ... @ G_1`` recovers the endpoint gauge (docs/estimation.md). A chain is only as good
 as its weakest hop, so every hop's confidence is reported and the weakest is flagged.
 
 Order: a chain ``[A, C1, ..., B]`` is aligned hop by hop, ``A -> C1``, ``C1 -> C2``, ..., and the

@@ -2,7 +2,9 @@
 
 Used by the tests, the demo and the benchmarks: real ``transformers`` model classes built from
 configs (no hub download), with norm gains and biases randomised so that the gains are generic
-(all distinct) and every bias is non-zero, which is what makes a gauge test able to fail.
+(all distinct) and every bias is non-zero, which is what makes a gauge test able to fail. Norm gains
+take both signs (half of each gain vector's entries, at random places, are negative) with random
+magnitudes: a bug that signs a gain, or takes its absolute value, changes a model's function.
 """
 
 from __future__ import annotations
@@ -87,16 +89,28 @@ def model_class(model_type: str) -> type:
     return getattr(transformers, get_spec(model_type).auto_class)
 
 
+GAIN_SIGN_SEED = 7919  # offset of the generator that picks the negative gain entries
+
+
 @torch.no_grad()
-def tiny_model(model_type: str, seed: int = 0, randomize: bool = True, **overrides: Any) -> torch.nn.Module:
-    """A tiny float32 model in eval mode; ``randomize`` makes gains generic and biases non-zero."""
+def tiny_model(model_type: str, seed: int = 0, randomize: bool = True, mixed_gain_signs: bool = True,
+               **overrides: Any) -> torch.nn.Module:
+    """A tiny float32 model in eval mode; ``randomize`` makes gains generic and biases non-zero.
+
+    ``mixed_gain_signs``: negate half of every norm gain's entries (a generator of their own picks
+    which, so every other parameter is the same either way). The study turns it off: its models
+    are trained from the usual positive gains."""
     torch.manual_seed(seed)
     model = model_class(model_type).from_config(tiny_config(model_type, **overrides), dtype=torch.float32)
     model.eval()
     if randomize:
+        flips = torch.Generator().manual_seed(seed + GAIN_SIGN_SEED)
         for name, p in model.named_parameters():
             if p.ndim == 1 or name.endswith("_bias"):  # gains, biases (per-expert too): generic values
-                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if _is_gain(name, p) else 0.0))
+                gain = _is_gain(name, p)
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if gain else 0.0))
+                if gain and mixed_gain_signs:
+                    p[torch.randperm(p.shape[0], generator=flips)[: p.shape[0] // 2]] *= -1
     return model
 
 

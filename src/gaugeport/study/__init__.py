@@ -1,4 +1,4 @@
-"""The reproduction study behind ``gaugeport reproduce`` (PAPER.md §3-§6 at 2-core CPU scale).
+"""The reproduction study behind ``gaugeport reproduce`` (the paper's claims at 2-core CPU scale; docs/).
 
 ``config`` (presets, cache keys), ``cache`` (trained stages under ``$XDG_CACHE_HOME/gaugeport``),
 ``models`` + ``stages`` (training), ``sae``, ``probes``, the measurements (``estimation_checks``,

@@ -1,6 +1,6 @@
 """Study configurations (micro / quick / full) and the hash that keys the cache.
 
-Sizes were calibrated on a 2-core CPU (see PAPER.md §3): fine-tuning is *aggressive* (a large
+Sizes were calibrated on a 2-core CPU: fine-tuning is *aggressive* (a large
 learning rate after a short warm-up) so that the two runs drift far apart while consecutive
 checkpoints, saved log-spaced early and densely later, stay close.
 """

@@ -23,15 +23,16 @@ OnCheckpoint = Callable[[int, torch.nn.Module, torch.optim.Optimizer], None]
 
 
 def build_model(arch: Arch, mc: ModelConfig, seed: int) -> torch.nn.Module:
-    """A fresh model over the corpus vocabulary; gains start generic (B_d, not O(d), is the symmetry)."""
+    """A fresh model over the corpus vocabulary; gains start generic (B_d, not O(d), is the symmetry) and
+    positive, as a trained model's usually are (training moves them; the report's figures rest on this)."""
     vocab = tokenizer().vocab_size
     if arch == "llama":
-        return tiny_model("llama", seed, hidden_size=mc.d_model, intermediate_size=mc.d_ff,
+        return tiny_model("llama", seed, mixed_gain_signs=False, hidden_size=mc.d_model, intermediate_size=mc.d_ff,
                           num_attention_heads=mc.n_heads, num_key_value_heads=mc.n_heads,
                           head_dim=mc.d_model // mc.n_heads, num_hidden_layers=mc.n_layers,
                           vocab_size=vocab, max_position_embeddings=mc.seq_len)
-    return tiny_model("gpt2", seed, n_embd=mc.d_model, n_inner=mc.d_ff, n_head=mc.n_heads, n_layer=mc.n_layers,
-                      vocab_size=vocab, n_positions=mc.seq_len)
+    return tiny_model("gpt2", seed, mixed_gain_signs=False, n_embd=mc.d_model, n_inner=mc.d_ff, n_head=mc.n_heads,
+                      n_layer=mc.n_layers, vocab_size=vocab, n_positions=mc.seq_len)
 
 
 def corpus_batches(n_batches: int, batch_size: int, seq_len: int, seed: int) -> Iterator[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The paper's own figures (PAPER.md, from the abstract of arXiv 2606.31963), quoted beside ours.
+"""The paper's own figures (from the abstract of arXiv 2606.31963), quoted beside ours.
 
 These are citations, not results: every number of ours in the report is measured by the run.
 """

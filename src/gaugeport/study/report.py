@@ -75,8 +75,8 @@ def _drift_note(r: dict[str, Any]) -> str:
     loss, ft = r["training_loss"], r["config"]["finetune"]
     return (f"At this scale the drift comes from aggressive fine-tuning (lr {ft['lr']:g}): the runs end at "
             f"training loss {loss['run-1']:.2f} / {loss['run-2']:.2f} against the base's {loss['base']:.2f}, so "
-            "this is a stress test of estimation rather than a fine-tune one would keep (PAPER.md §3 found the "
-            "same: gentle fine-tuning leaves endpoint matching intact at small scale).")
+            "this is a stress test of estimation rather than a fine-tune one would keep (when the sizes were "
+            "calibrated, gentle fine-tuning left endpoint matching intact at this scale).")
 
 
 def _sae_row(r: dict[str, Any]) -> list[str]:
@@ -230,7 +230,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [f"| {c['name']} | {c['stated']} | {c['verdict']} | {c['note']} |" for c in r["audit"]["claims"]]
     lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
-    lines += ["", "All figures are measured by this run (`results.json`); the paper column quotes PAPER.md.", ""]
+    lines += ["", "All figures are measured by this run (`results.json`); the paper column quotes the paper's "
+              "abstract (arXiv 2606.31963).", ""]
     return "\n".join(lines)
 
 

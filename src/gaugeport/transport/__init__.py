@@ -1,9 +1,11 @@
-"""Transport artifacts between checkpoints related by a gauge (PAPER.md §4).
+"""Transport artifacts between checkpoints related by a gauge (docs/transport.md).
 
 One module per artifact kind, all applying the gauge through ``SignedPermutation.apply``:
-``vectors`` (+ ``gguf_vectors``), ``sae``, ``coordinates``, ``adamw``, ``merge``; ``evaluate`` measures
-what survived; ``detect`` picks the module for a path. Every function takes ``perm_only`` to
-reproduce the S_d (permutation-only) baseline.
+``vectors`` (+ ``gguf_vectors``, the control-vector file format), ``sae``, ``coordinates``, ``adamw``,
+``merge``; ``rules`` holds the vocabulary (``ArtifactKind``, and the SAE / Adam rule rows of
+``rules.json``); ``detect`` picks the module for a path; ``audit`` re-expresses claims with these
+transports. Every function takes a ``SignedPermutation`` (the caller reads a gauge file once) and
+``perm_only`` to reproduce the S_d (permutation-only) baseline.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from gaugeport.transport.coordinates import (
 )
 from gaugeport.transport.detect import KINDS, detect_kind, transport_artifact
 from gaugeport.transport.merge import merge_checkpoints, merge_models, merge_tensors
+from gaugeport.transport.rules import ArtifactKind
 from gaugeport.transport.sae import transport_sae_dir, transport_sae_state
 from gaugeport.transport.sites import hook_to_site, site_to_hook
 from gaugeport.transport.vectors import transport_vector, transport_vector_file
 
 __all__ = [
-    "KINDS", "detect_kind", "transport_artifact",
+    "ArtifactKind", "KINDS", "detect_kind", "transport_artifact",
     "transport_vector", "transport_vector_file",
     "transport_sae_dir", "transport_sae_state",
     "transport_coordinates", "transport_attributions", "transport_coordinates_file", "transport_json", "transport_csv",

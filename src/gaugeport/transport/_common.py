@@ -11,29 +11,27 @@ import torch
 
 from gaugeport import __version__
 from gaugeport.core.errors import ArtifactError, CheckpointError, GaugeError
-from gaugeport.core.gauge import ArrayLike, SignedPermutation, load_gauge
-
-GaugeLike = SignedPermutation | str | Path
+from gaugeport.core.gauge import ArrayLike, SignedPermutation
 
 
-def resolve_gauge(gauge: GaugeLike, perm_only: bool = False) -> SignedPermutation:
-    """The gauge to apply: loaded from a file when given a path; ``perm_only`` drops the signs
-    (the S_d baseline: what a permutation-only tool would do with the same gauge)."""
-    g = gauge if isinstance(gauge, SignedPermutation) else load_gauge(gauge)
-    return g.perm_only() if perm_only else g
+def as_applied(gauge: SignedPermutation, perm_only: bool = False) -> SignedPermutation:
+    """The gauge to apply; ``perm_only`` drops the signs (the S_d baseline: what a permutation-only tool
+    would do with the same gauge). Transport functions take a gauge, never a path: the caller reads
+    the gauge file once (``load_gauge``) and hands the gauge to every step."""
+    if not isinstance(gauge, SignedPermutation):
+        raise GaugeError(f"expected a SignedPermutation, got {type(gauge).__name__}",
+                         hint="read a gauge file once with gaugeport.load_gauge(path) and pass the gauge")
+    return gauge.perm_only() if perm_only else gauge
 
 
-def provenance(gauge: GaugeLike, source: str | Path | None, perm_only: bool, kind: str) -> dict[str, str]:
+def provenance(gauge: SignedPermutation, source: str | Path | None, perm_only: bool, kind: str) -> dict[str, str]:
     """String key/values recorded in outputs whose format has room for them."""
-    g = gauge if isinstance(gauge, SignedPermutation) else load_gauge(gauge)
     out = {
         "gaugeport_version": __version__,
         "gaugeport_kind": kind,
-        "gaugeport_gauge": g.fingerprint(),
+        "gaugeport_gauge": gauge.fingerprint(),
         "gaugeport_transport": "perm-only (S_d baseline: signs dropped)" if perm_only else "signed",
     }
-    if not isinstance(gauge, SignedPermutation):
-        out["gaugeport_gauge_file"] = str(gauge)
     if source is not None:
         out["gaugeport_source"] = str(source)
     return out

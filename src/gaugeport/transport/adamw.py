@@ -1,4 +1,4 @@
-"""AdamW state in a Hugging Face Trainer checkpoint (``checkpoint-N/``), PAPER.md §4.
+"""AdamW state in a Hugging Face Trainer checkpoint (``checkpoint-N/``); docs/transport.md.
 
 Adam is elementwise, so it commutes with a signed permutation applied to parameters, gradients and
 moments together: ``exp_avg`` (a running mean of gradients) transforms like its parameter (signed;
@@ -28,35 +28,35 @@ from gaugeport.core.checkpoint import INDEX_FILE, WEIGHT_SUFFIXES, Checkpoint
 from gaugeport.core.errors import ArtifactError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.gauge import Mode, SignedPermutation
-from gaugeport.transport._common import GaugeLike, check_finite, load_torch, provenance, resolve_gauge
+from gaugeport.transport._common import as_applied, check_finite, load_torch, provenance
+from gaugeport.transport.rules import moment_rules
 
 OPTIMIZER = "optimizer.pt"
 # Trainer files that carry no residual coordinates: copied as they are
 COPIED = re.compile(r"scheduler\.pt|scaler\.pt|training_args\.bin|rng_state(_\d+)?\.pth")
-# what each Adam moment is, relative to its parameter
-MOMENT_MODE = {"exp_avg": "like_param", "exp_avg_sq": "abs", "max_exp_avg_sq": "abs"}
 
 
 # ------------------------------------------------------------------------------------- one parameter
 def transport_param_state(state: Mapping[str, Any], shape: tuple[int, ...], axes: tuple[int, ...], mode: Mode,
                           g: SignedPermutation, name: str) -> dict[str, Any]:
     """Adam state of one parameter whose residual ``axes`` transform with ``mode``."""
+    rules = moment_rules()  # what each Adam moment is, relative to its parameter
     out: dict[str, Any] = {}
     for key, value in state.items():
-        if key == "step":
-            out[key] = value
-            continue
-        if key not in MOMENT_MODE:
+        if key not in rules:
             raise ArtifactError(f"optimizer state {key!r} of {name} is not an Adam/AdamW moment",
                                 hint="gaugeport transports Adam/AdamW state (exp_avg, exp_avg_sq, step); "
                                 "other optimizers keep other statistics")
+        m = rules[key].mode(mode)
+        if m is None:
+            out[key] = value
+            continue
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(shape):
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ArtifactError(f"optimizer {key} for {name} has shape {got}, the parameter has {tuple(shape)}",
                                 hint="the optimizer's parameter order does not match the Trainer's groups "
                                 "(a custom optimizer or a sharded layout?)")
         check_finite(value, f"optimizer {key} of {name}")
-        m: Mode = mode if MOMENT_MODE[key] == "like_param" else ("abs" if mode != "none" else "none")
         for axis in axes:
             value = g.apply(value, axis=axis, mode=m)
         out[key] = value
@@ -88,9 +88,9 @@ def meta_model(config: Mapping[str, Any]) -> torch.nn.Module:
 
 
 def transport_optimizer_state(opt_state: Mapping[str, Any], model_or_config: torch.nn.Module | Mapping[str, Any],
-                              gauge: GaugeLike, perm_only: bool = False) -> dict[str, Any]:
+                              gauge: SignedPermutation, perm_only: bool = False) -> dict[str, Any]:
     """A Trainer AdamW ``optimizer.state_dict()`` in the gauge's coordinates (the input is not modified)."""
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     model = model_or_config if isinstance(model_or_config, torch.nn.Module) else meta_model(model_or_config)
     spec = spec_for_config(model.config)
     names = _match_groups(opt_state, trainer_param_groups(model))
@@ -119,8 +119,8 @@ def _match_groups(opt_state: Mapping[str, Any], groups: tuple[list[tuple[str, tu
 
 
 # ------------------------------------------------------------------------------------- checkpoint-N/
-def transport_trainer_checkpoint(src_dir: str | Path, gauge: GaugeLike, out_dir: str | Path, perm_only: bool = False,
-                                 force: bool = False, progress: bool = False) -> Path:
+def transport_trainer_checkpoint(src_dir: str | Path, gauge: SignedPermutation, out_dir: str | Path,
+                                 perm_only: bool = False, force: bool = False, progress: bool = False) -> Path:
     """Transport a Trainer ``checkpoint-N/`` so that training resumes in the gauge's coordinates.
 
     Model weights go through the core apply with the full gauge, so the output holds checkpoint B;
@@ -130,17 +130,18 @@ def transport_trainer_checkpoint(src_dir: str | Path, gauge: GaugeLike, out_dir:
     """
     src, out = Path(src_dir), Path(out_dir)
     ckpt = Checkpoint.open(src)
-    check_gauge_fits(ckpt.spec, resolve_gauge(gauge), ckpt.d_model)
+    g = as_applied(gauge)
+    check_gauge_fits(ckpt.spec, g, ckpt.d_model)
     if not (src / OPTIMIZER).is_file():
         raise ArtifactError(f"{src} has no {OPTIMIZER}: not a Trainer checkpoint with optimizer state",
                             hint="for model weights alone use `gaugeport apply`")
     copied = _plan_trainer_files(src, ckpt)
     state = load_torch(src / OPTIMIZER, "optimizer state", hint="the Trainer saves optimizer.pt with torch.save of "
                        "optimizer.state_dict(); anything else is not a Trainer checkpoint")
-    moved = transport_optimizer_state(state, ckpt.config, gauge, perm_only)
-    stamp = provenance(gauge, src, perm_only, "trainer-checkpoint")
+    moved = transport_optimizer_state(state, ckpt.config, g, perm_only)
+    stamp = provenance(g, src, perm_only, "trainer-checkpoint")
     with atomic_path(out, force, inputs=(src,)) as tmp:
-        apply_gauge_to_checkpoint(src, resolve_gauge(gauge), tmp, progress=progress, provenance=stamp)
+        apply_gauge_to_checkpoint(src, g, tmp, progress=progress, provenance=stamp)
         torch.save(moved, tmp / OPTIMIZER)
         for name in copied:
             shutil.copy2(src / name, tmp / name)

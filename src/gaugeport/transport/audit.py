@@ -1,4 +1,4 @@
-"""Gauge-sweep audits of index-level claims (PAPER.md §5).
+"""Gauge-sweep audits of index-level claims (docs/transport.md).
 
 A claim names residual coordinates ("coordinate 17 encodes polarity"), a direction, or signed
 attributions, at a site of a reference checkpoint. The same network can be written in any gauge
@@ -45,9 +45,15 @@ import numpy as np
 from gaugeport.core.errors import ArtifactError, DataError, GaugeError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.gauge import SignedPermutation
+from gaugeport.transport.coordinates import transport_attributions, transport_coordinates
+from gaugeport.transport.rules import ArtifactKind
+from gaugeport.transport.vectors import transport_vector
 
 Kind = Literal["coordinates", "direction", "attribution"]
-KINDS = ("coordinates", "direction", "attribution")
+# claim kind (as claims files spell it) -> the artifact kind whose transport re-expresses it
+CLAIM_KINDS: dict[str, ArtifactKind] = {"coordinates": ArtifactKind.COORDINATES, "direction": ArtifactKind.VECTOR,
+                                        "attribution": ArtifactKind.ATTRIBUTIONS}
+KINDS = tuple(CLAIM_KINDS)
 COVARIANT, INDEX_BOUND = "gauge-covariant", "index-bound"
 DEFAULT_TOL = 0.2
 
@@ -116,10 +122,14 @@ class Claim:
                              f"[{self.indices.min()}, {self.indices.max()}]")
 
     def reexpress(self, g: SignedPermutation) -> Claim:
-        """The same claim in the coordinates of ``g`` (indices mapped, signs and scores flipped)."""
-        if self.kind == "direction":
-            return _replace(self, self.indices, np.asarray(g.apply(self.values)))
-        return _replace(self, g.perm[self.indices], self.values * g.signs[self.indices])
+        """The same claim in the coordinates of ``g``, carried by the transport of its artifact kind."""
+        artifact = CLAIM_KINDS[self.kind]
+        if artifact == ArtifactKind.VECTOR:
+            return _replace(self, self.indices, np.asarray(transport_vector(self.values, g)))
+        if artifact == ArtifactKind.ATTRIBUTIONS:
+            return _replace(self, *transport_attributions(self.indices, self.values, g))
+        indices, signs = transport_coordinates(self.indices, g)
+        return _replace(self, indices, self.values * signs)  # a sign not claimed (0) stays unclaimed
 
     def read_in(self, g: SignedPermutation) -> Claim:
         """What a reader of the claim *as stated* looks at in the coordinates of ``g``."""

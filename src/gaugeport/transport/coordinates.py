@@ -1,4 +1,4 @@
-"""Top-k coordinate sets and signed attributions (PAPER.md §4).
+"""Top-k coordinate sets and signed attributions (docs/transport.md).
 
 Coordinate ``i`` of A is coordinate ``perm[i]`` of B with sign ``signs[i]``: every index is mapped
 through ``perm``, a signed score (an attribution, a probe weight) is multiplied by the sign, and a
@@ -28,7 +28,7 @@ import numpy as np
 from gaugeport.core.errors import ArtifactError, CheckpointError, GaugeError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.gauge import SignedPermutation
-from gaugeport.transport._common import GaugeLike, provenance, resolve_gauge
+from gaugeport.transport._common import as_applied, provenance
 
 TableKind = Literal["coordinates", "attributions"]
 INDEX_KEYS = ("coordinate", "index")
@@ -37,19 +37,19 @@ NESTED_KEYS = ("attributions", "records", "features")
 
 
 # ------------------------------------------------------------------------------------- arrays
-def transport_coordinates(indices: Sequence[int] | np.ndarray, gauge: GaugeLike, signs: Sequence[int] | None = None,
-                          perm_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def transport_coordinates(indices: Sequence[int] | np.ndarray, gauge: SignedPermutation,
+                          signs: Sequence[int] | None = None, perm_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a coordinate set in B, and the sign each carries (``signs``: the set's own, default +1)."""
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     idx = _indices(indices, g)
     own = np.ones(len(idx), dtype=np.int64) if signs is None else _signs(signs, len(idx))
     return g.perm[idx], own * g.signs[idx]
 
 
 def transport_attributions(indices: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
-                           gauge: GaugeLike, perm_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                           gauge: SignedPermutation, perm_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(coordinate, score)`` pairs in B: index mapped, score multiplied by the coordinate's sign."""
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     idx = _indices(indices, g)
     sc = np.asarray(scores, dtype=np.float64)
     if sc.shape != idx.shape:
@@ -193,8 +193,9 @@ def transport_csv(text: str, g: SignedPermutation, kind: TableKind | None = None
 
 
 # ------------------------------------------------------------------------------------- files
-def transport_coordinates_file(src: str | Path, gauge: GaugeLike, out: str | Path, kind: TableKind | None = None,
-                               perm_only: bool = False, force: bool = False, unsigned_scores: bool = False) -> Path:
+def transport_coordinates_file(src: str | Path, gauge: SignedPermutation, out: str | Path,
+                               kind: TableKind | None = None, perm_only: bool = False, force: bool = False,
+                               unsigned_scores: bool = False) -> Path:
     """Transport a ``.json`` or ``.csv`` coordinate set / attribution list into ``out`` (same format)."""
     src, out = Path(src), Path(out)
     suffix = src.suffix.lower()
@@ -208,7 +209,7 @@ def transport_coordinates_file(src: str | Path, gauge: GaugeLike, out: str | Pat
         text = src.read_text()
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{src} is not a text file ({exc})", hint="the file is corrupt") from exc
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     if suffix == ".csv":
         result = transport_csv(text, g, kind, unsigned_scores)
     else:

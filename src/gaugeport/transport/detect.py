@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 
 from gaugeport.core.errors import ArtifactError, CheckpointError
-from gaugeport.transport._common import GaugeLike
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.transport.rules import ArtifactKind
 
-KINDS = ("vector", "sae", "coordinates", "attributions", "trainer-checkpoint")
-_TABLES = ("coordinates", "attributions")
+KINDS = tuple(k.value for k in ArtifactKind)
+_TABLES = (ArtifactKind.COORDINATES, ArtifactKind.ATTRIBUTIONS)
 
 
-def detect_kind(path: str | Path) -> str:
-    """The artifact kind of ``path`` (see ``KINDS``), from its layout and, for tables, its content."""
+def detect_kind(path: str | Path) -> ArtifactKind:
+    """The artifact kind of ``path``, from its layout and, for tables, its content."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"artifact not found: {path}")
@@ -21,7 +22,7 @@ def detect_kind(path: str | Path) -> str:
         return _dir_kind(path)
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth", ".npy", ".safetensors", ".gguf"):
-        return "vector"
+        return ArtifactKind.VECTOR
     if suffix in (".json", ".csv"):
         return _table_kind(path)
     raise ArtifactError(f"cannot tell what kind of artifact {path.name} is",
@@ -29,12 +30,12 @@ def detect_kind(path: str | Path) -> str:
                         "SAEs and Trainer checkpoints: directories")
 
 
-def _dir_kind(path: Path) -> str:
+def _dir_kind(path: Path) -> ArtifactKind:
     names = {p.name for p in path.iterdir()}
     if {"cfg.json", "sae_weights.safetensors"} <= names:
-        return "sae"
+        return ArtifactKind.SAE
     if "config.json" in names and "optimizer.pt" in names:
-        return "trainer-checkpoint"
+        return ArtifactKind.TRAINER_CHECKPOINT
     if "config.json" in names:
         raise ArtifactError(f"{path} is a model checkpoint without optimizer state",
                             hint="rewrite model weights with `gaugeport apply`; `transport` is for artifacts")
@@ -42,7 +43,7 @@ def _dir_kind(path: Path) -> str:
                         "nor a Trainer checkpoint (config.json + optimizer.pt)")
 
 
-def _table_kind(path: Path) -> str:
+def _table_kind(path: Path) -> ArtifactKind:
     """Attributions when entries carry a score, coordinate sets otherwise."""
     try:
         text = path.read_text()
@@ -50,42 +51,43 @@ def _table_kind(path: Path) -> str:
         raise CheckpointError(f"{path} is not a text file ({exc})") from exc
     if path.suffix.lower() == ".csv":
         header = text.splitlines()[0].split(",") if text.strip() else []
-        return "attributions" if "score" in [h.strip() for h in header] else "coordinates"
+        return ArtifactKind.ATTRIBUTIONS if "score" in [h.strip() for h in header] else ArtifactKind.COORDINATES
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc})", hint="the file is truncated or corrupt") from exc
     if isinstance(data, dict):
-        return "attributions" if "scores" in data or "attributions" in data else "coordinates"
+        return ArtifactKind.ATTRIBUTIONS if "scores" in data or "attributions" in data else ArtifactKind.COORDINATES
     first = data[0] if isinstance(data, list) and data else None
     if isinstance(first, list) or (isinstance(first, dict) and "score" in first):
-        return "attributions"
-    return "coordinates"
+        return ArtifactKind.ATTRIBUTIONS
+    return ArtifactKind.COORDINATES
 
 
-def transport_artifact(path: str | Path, gauge: GaugeLike, out: str | Path, kind: str | None = None,
-                       perm_only: bool = False, force: bool = False, unsigned_scores: bool = False) -> Path:
+def transport_artifact(path: str | Path, gauge: SignedPermutation, out: str | Path,
+                       kind: ArtifactKind | str | None = None, perm_only: bool = False, force: bool = False,
+                       unsigned_scores: bool = False) -> Path:
     """Detect (or take) the kind of ``path`` and transport it to ``out``."""
+    if kind is not None and kind not in KINDS:
+        raise ArtifactError(f"unknown artifact kind {kind!r}", hint=f"kinds: {', '.join(KINDS)}")
     detected = detect_kind(path)
-    if kind is not None and kind != detected and not (kind in _TABLES and detected in _TABLES):
-        raise ArtifactError(f"--kind {kind} does not fit {Path(path).name}, which looks like a {detected}",
+    chosen = ArtifactKind(kind) if kind is not None else detected
+    if chosen != detected and not (chosen in _TABLES and detected in _TABLES):
+        raise ArtifactError(f"--kind {chosen} does not fit {Path(path).name}, which looks like a {detected}",
                             hint=f"kinds: {', '.join(KINDS)}; leave --kind out to detect it")
-    kind = kind or detected
-    if kind == "vector":
+    if chosen == ArtifactKind.VECTOR:
         from gaugeport.transport.vectors import transport_vector_file
 
         return transport_vector_file(path, gauge, out, perm_only=perm_only, force=force)
-    if kind == "sae":
+    if chosen == ArtifactKind.SAE:
         from gaugeport.transport.sae import transport_sae_dir
 
         return transport_sae_dir(path, gauge, out, perm_only=perm_only, force=force)
-    if kind == "trainer-checkpoint":
+    if chosen == ArtifactKind.TRAINER_CHECKPOINT:
         from gaugeport.transport.adamw import transport_trainer_checkpoint
 
         return transport_trainer_checkpoint(path, gauge, out, perm_only=perm_only, force=force)
-    if kind in _TABLES:
-        from gaugeport.transport.coordinates import transport_coordinates_file
+    from gaugeport.transport.coordinates import transport_coordinates_file
 
-        return transport_coordinates_file(path, gauge, out, kind=kind, perm_only=perm_only,  # type: ignore[arg-type]
-                                          force=force, unsigned_scores=unsigned_scores)
-    raise ArtifactError(f"unknown artifact kind {kind!r}", hint=f"kinds: {', '.join(KINDS)}")
+    return transport_coordinates_file(path, gauge, out, kind=chosen.value, perm_only=perm_only,  # type: ignore[arg-type]
+                                      force=force, unsigned_scores=unsigned_scores)

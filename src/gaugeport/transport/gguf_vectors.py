@@ -1,9 +1,10 @@
 """repeng control vectors as llama.cpp ``.gguf`` files (``ControlVector.export_gguf`` layout).
 
 The file has ``general.architecture = "controlvector"``, ``controlvector.model_hint`` (a model type),
-``controlvector.layer_count`` and one 1-D tensor ``direction.{layer}`` per layer. Transport rewrites
-every direction as ``G v``, keeps every other key/value field, and adds ``gaugeport.*`` fields
-(fingerprint, source); llama.cpp and repeng read only the fields they know, so both still load it.
+``controlvector.layer_count`` and one 1-D tensor ``direction.{layer}`` per layer. This module only
+reads and writes the format; :func:`gaugeport.transport.vectors.transport_vector_file` rewrites every
+direction as ``G v``, keeps every other key/value field, and adds ``gaugeport.*`` fields (fingerprint,
+source); llama.cpp and repeng read only the fields they know, so both still load it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import numpy as np
 
 from gaugeport.core.errors import ArtifactError, CheckpointError
 from gaugeport.core.fileio import atomic_path
-from gaugeport.transport._common import GaugeLike, provenance, resolve_gauge
-from gaugeport.transport.vectors import transport_vector
 
 ARCH = "controlvector"
 _SKIP_FIELDS = ("GGUF.", "general.architecture")  # written by GGUFWriter itself
@@ -89,17 +88,3 @@ def write_control_vector_gguf(cv: ControlVectorFile, path: str | Path, *, force:
         writer.write_tensors_to_file()
         writer.close()
     return path
-
-
-def transport_gguf_file(src: str | Path, gauge: GaugeLike, out: str | Path, perm_only: bool = False,
-                        force: bool = False) -> Path:
-    import gguf
-
-    src = Path(src)
-    cv = read_control_vector_gguf(src)
-    moved = transport_vector(cv.directions, resolve_gauge(gauge, perm_only))
-    fields = dict(cv.fields)
-    for key, value in provenance(gauge, src, perm_only, "vector").items():
-        fields[f"gaugeport.{key.removeprefix('gaugeport_')}"] = (value, gguf.GGUFValueType.STRING, None)
-    return write_control_vector_gguf(ControlVectorFile(cv.model_hint, moved, fields), out, force=force,
-                                     inputs=(src,))

@@ -1,4 +1,4 @@
-"""Coordinate-preserving merges (PAPER.md §4): bring B into A's gauge first, then average.
+"""Coordinate-preserving merges (docs/transport.md): bring B into A's gauge first, then average.
 
 Averaging two checkpoints coordinate by coordinate only makes sense when coordinate ``i`` means the
 same thing in both. The gauge ``G`` maps A's coordinates to B's (as ``gaugeport align A B`` writes
@@ -30,7 +30,7 @@ from gaugeport.core.checkpoint import Checkpoint, shard_layout
 from gaugeport.core.errors import ArtifactError, GaugeError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.gauge import SignedPermutation
-from gaugeport.transport._common import GaugeLike, provenance, resolve_gauge
+from gaugeport.transport._common import as_applied, provenance
 
 Method = Literal["linear", "slerp"]
 METHODS = ("linear", "slerp")
@@ -74,14 +74,14 @@ def _check_alpha(alpha: float) -> None:
 
 # ------------------------------------------------------------------------------------- models
 @torch.no_grad()
-def merge_models(model_a: torch.nn.Module, model_b: torch.nn.Module, gauge: GaugeLike, alpha: float = 0.5,
+def merge_models(model_a: torch.nn.Module, model_b: torch.nn.Module, gauge: SignedPermutation, alpha: float = 0.5,
                  method: Method = "linear", perm_only: bool = False) -> torch.nn.Module:
     """A new model in A's coordinates: ``merge(A, G^-1 B)``; neither input is modified."""
     _check_alpha(alpha)
     spec = spec_for_config(model_a.config)
     if spec_for_config(model_b.config).model_type != spec.model_type:
         raise ArtifactError(f"cannot merge a {spec.model_type} model with a {model_b.config.model_type} model")
-    inv = resolve_gauge(gauge, perm_only).inverse()
+    inv = as_applied(gauge, perm_only).inverse()
     sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
     _check_same_layout({k: tuple(v.shape) for k, v in sd_a.items()}, {k: tuple(v.shape) for k, v in sd_b.items()})
     aligned = apply_gauge_to_state_dict(sd_b, inv, spec)
@@ -103,8 +103,8 @@ def _check_same_layout(a: Mapping[str, tuple[int, ...]], b: Mapping[str, tuple[i
 
 
 # ------------------------------------------------------------------------------------- checkpoints
-def merge_checkpoints(a_dir: str | Path, b_dir: str | Path, gauge: GaugeLike, out_dir: str | Path, alpha: float = 0.5,
-                      method: Method = "linear", perm_only: bool = False, force: bool = False,
+def merge_checkpoints(a_dir: str | Path, b_dir: str | Path, gauge: SignedPermutation, out_dir: str | Path,
+                      alpha: float = 0.5, method: Method = "linear", perm_only: bool = False, force: bool = False,
                       emit_mergekit: bool = False, progress: bool = False) -> Path:
     """Merge two checkpoints tensor by tensor into a normal HF checkpoint in A's coordinates.
 
@@ -119,7 +119,7 @@ def merge_checkpoints(a_dir: str | Path, b_dir: str | Path, gauge: GaugeLike, ou
     if ckpt_a.model_type != ckpt_b.model_type:
         raise ArtifactError(f"cannot merge a {ckpt_a.model_type} checkpoint with a {ckpt_b.model_type} one")
     spec = ckpt_a.spec
-    inv = resolve_gauge(gauge, perm_only).inverse()
+    inv = as_applied(gauge, perm_only).inverse()
     check_gauge_fits(spec, inv, ckpt_a.d_model)
     if ckpt_b.d_model != ckpt_a.d_model:
         raise GaugeError(f"width mismatch: A has d_model={ckpt_a.d_model}, B has {ckpt_b.d_model}")

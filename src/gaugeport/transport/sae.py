@@ -1,4 +1,4 @@
-"""Sparse autoencoders and transcoders in SAELens' on-disk format (PAPER.md §4).
+"""Sparse autoencoders and transcoders in SAELens' on-disk format (docs/transport.md).
 
 An SAE reads the stream with ``W_enc`` (d_in x d_sae: residual axis 0) and writes it with ``W_dec``
 (d_sae x d_out: residual axis 1) and ``b_dec`` (d_out), so ``encode(G x) = encode(x)`` and
@@ -30,35 +30,26 @@ from gaugeport.core.errors import ArtifactError, CheckpointError, GaugeGroupErro
 from gaugeport.core.fileio import atomic_path, read_safetensors
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.transport._common import (
-    GaugeLike,
+    as_applied,
     check_finite,
     check_width,
     load_torch,
     provenance,
-    resolve_gauge,
 )
+from gaugeport.transport.rules import tensor_rules
 from gaugeport.transport.sites import hook_to_site, stream_hook_status
 
 SAE_CFG, SAE_WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 TRAINER_STATE, SCALER_CFG, WHITENING = "trainer_state.pt", "activation_scaler.json", "activation_whitening.safetensors"
 
-# tensor -> stored axes on the residual stream; every other SAE tensor is feature-side (untouched)
-RESIDUAL_AXES: dict[str, tuple[int, ...]] = {
-    "W_enc": (0,),  # d_in x d_sae: reads the stream
-    "W_dec": (1,),  # d_sae x d_out: writes it
-    "b_dec": (0,),  # d_out: added to the output (and subtracted from the input when apply_b_dec_to_input)
-    "W_skip": (0, 1),  # d_out x d_in: a linear map stream -> stream
-}
-FEATURE_SIDE = frozenset({"b_enc", "threshold", "log_threshold", "b_gate", "b_mag", "r_mag", "scaling_factor",
-                          "finetuning_scaling_factor"})
-WHITENING_AXES = {"mean": (0,), "matrix": (0,), "inverse_matrix": (1,)}  # z = (x - mean) @ matrix
+# which SAE tensors carry residual coordinates, on which stored axes: rows of transport/rules.json
 UNSUPPORTED = {"temporal": "its attention layers mix the stream across positions in learned heads "
                            "(not yet described by a transport rule)"}
 COPIED_FILES = {SPARSITY, SCALER_CFG}
 
 
 # ------------------------------------------------------------------------------------- in memory
-def transport_sae_state(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any] | None, gauge: GaugeLike,
+def transport_sae_state(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any] | None, gauge: SignedPermutation,
                         perm_only: bool = False, *, whitened: bool = False) -> dict[str, torch.Tensor]:
     """A new SAELens state dict in the gauge's target coordinates.
 
@@ -67,7 +58,7 @@ def transport_sae_state(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any
     per-coordinate signs. ``whitened``: the weights read unfolded whitened activations (see the
     module docstring), so they stay as they are.
     """
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     check_sae_cfg(dict(cfg or {}), g)
     out = {}
     for name, t in state.items():
@@ -78,13 +69,15 @@ def transport_sae_state(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any
 
 
 def sae_tensor_axes(name: str) -> tuple[int, ...]:
-    if name in RESIDUAL_AXES:
-        return RESIDUAL_AXES[name]
-    if name in FEATURE_SIDE:
-        return ()
+    """The stored axes of SAE tensor ``name`` that carry residual coordinates (``()``: feature side)."""
+    rules = tensor_rules("sae")
+    if name in rules:
+        return rules[name].axes
+    residual = sorted(n for n, r in rules.items() if r.axes)
+    feature = sorted(n for n, r in rules.items() if not r.axes)
     raise ArtifactError(
         f"SAE tensor {name!r} is not one gaugeport knows how to transform",
-        hint=f"known: residual-side {sorted(RESIDUAL_AXES)}, feature-side {sorted(FEATURE_SIDE)}; "
+        hint=f"known: residual-side {residual}, feature-side {feature}; "
         "an unknown tensor is never passed through untransformed",
     )
 
@@ -136,12 +129,12 @@ def sae_site(cfg: Mapping[str, Any]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------- directories
-def transport_sae_dir(src_dir: str | Path, gauge: GaugeLike, out_dir: str | Path, perm_only: bool = False,
+def transport_sae_dir(src_dir: str | Path, gauge: SignedPermutation, out_dir: str | Path, perm_only: bool = False,
                       force: bool = False) -> Path:
     """Transport an SAELens SAE directory; ``out_dir`` loads with ``SAE.load_from_disk`` as before."""
     src, out = Path(src_dir), Path(out_dir)
     cfg = _read_cfg(src)
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     whitened = _has_unfolded_whitening(src)
     if whitened and "d_out" in cfg:
         raise ArtifactError("a transcoder with unfolded whitening: its output side is not covered by the whitening "
@@ -218,11 +211,12 @@ def _has_unfolded_whitening(src: Path) -> bool:
 
 def _transport_whitening(path: Path, g: SignedPermutation) -> dict[str, torch.Tensor]:
     tensors, _ = read_safetensors(path, what="whitening statistics")
-    if set(tensors) != set(WHITENING_AXES):
-        raise ArtifactError(f"{path} holds {sorted(tensors)}; expected {sorted(WHITENING_AXES)}")
+    rules = tensor_rules("sae_whitening")
+    if set(tensors) != set(rules):
+        raise ArtifactError(f"{path} holds {sorted(tensors)}; expected {sorted(rules)}")
     for name, t in tensors.items():
         check_finite(t, f"whitening {name}")
-    return {name: _move(t, WHITENING_AXES[name], g, f"whitening {name}") for name, t in tensors.items()}
+    return {name: _move(t, rules[name].axes, g, f"whitening {name}") for name, t in tensors.items()}
 
 
 def _transport_trainer_state(path: Path, cfg: dict[str, Any], g: SignedPermutation, whitened: bool) -> Any:

@@ -1,4 +1,4 @@
-"""Steering vectors and probe directions: ``v' = G v`` on the last axis (PAPER.md §4).
+"""Steering vectors and probe directions: ``v' = G v`` on the last axis (docs/transport.md).
 
 In memory: a tensor or array of shape ``(d,)`` or ``(layers, d)``, a mapping layer -> vector, a
 mapping with a ``layer_activations`` entry, or (duck-typed, so neither library has to share our
@@ -24,21 +24,20 @@ from gaugeport.core.errors import ArtifactError, CheckpointError
 from gaugeport.core.fileio import atomic_path, read_safetensors
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.transport._common import (
-    GaugeLike,
+    as_applied,
     check_finite,
     check_width,
     load_torch,
     provenance,
-    resolve_gauge,
 )
 
 VECTOR_SUFFIXES = (".pt", ".pth", ".safetensors", ".npy", ".gguf")
 
 
 # ------------------------------------------------------------------------------------- in memory
-def transport_vector(v: Any, gauge: GaugeLike, perm_only: bool = False) -> Any:
+def transport_vector(v: Any, gauge: SignedPermutation, perm_only: bool = False) -> Any:
     """``v`` in the gauge's target coordinates, of the same type and structure (``v`` is not modified)."""
-    return _transport(v, resolve_gauge(gauge, perm_only), "vector")
+    return _transport(v, as_applied(gauge, perm_only), "vector")
 
 
 def _transport(v: Any, g: SignedPermutation, what: str) -> Any:
@@ -85,7 +84,7 @@ def _rebuild(obj: Any, **fields: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------- files
-def transport_vector_file(src: str | Path, gauge: GaugeLike, out: str | Path, perm_only: bool = False,
+def transport_vector_file(src: str | Path, gauge: SignedPermutation, out: str | Path, perm_only: bool = False,
                           force: bool = False) -> Path:
     """Read a vector file, transport it, write ``out`` (same format as ``src``) atomically."""
     src, out = Path(src), Path(out)
@@ -93,13 +92,11 @@ def transport_vector_file(src: str | Path, gauge: GaugeLike, out: str | Path, pe
     if vector_suffix(out) != suffix:
         raise ArtifactError(f"output {out.name} must have the input's format ({suffix})",
                             hint=f"name the output like OUT{suffix}")
-    if suffix == ".gguf":
-        from gaugeport.transport.gguf_vectors import transport_gguf_file
-
-        return transport_gguf_file(src, gauge, out, perm_only=perm_only, force=force)
-    g = resolve_gauge(gauge, perm_only)
+    g = as_applied(gauge, perm_only)
     meta = provenance(gauge, src, perm_only, "vector")
-    if suffix == ".npy":
+    if suffix == ".gguf":
+        _transport_gguf(src, g, meta, out, force)
+    elif suffix == ".npy":
         arr = _transport(read_npy(src), g, src.name)
         with atomic_path(out, force, inputs=(src,)) as tmp, open(tmp, "wb") as f:
             np.save(f, arr, allow_pickle=False)
@@ -119,6 +116,20 @@ def transport_vector_file(src: str | Path, gauge: GaugeLike, out: str | Path, pe
         with atomic_path(out, force, inputs=(src,)) as tmp:
             torch.save(obj, tmp)
     return out
+
+
+def _transport_gguf(src: Path, g: SignedPermutation, meta: dict[str, str], out: Path, force: bool) -> None:
+    """A repeng control vector: every direction moved, every other field kept, ``gaugeport.*`` fields added."""
+    import gguf
+
+    from gaugeport.transport.gguf_vectors import ControlVectorFile, read_control_vector_gguf, write_control_vector_gguf
+
+    cv = read_control_vector_gguf(src)
+    fields = dict(cv.fields)
+    for key, value in meta.items():
+        fields[f"gaugeport.{key.removeprefix('gaugeport_')}"] = (value, gguf.GGUFValueType.STRING, None)
+    moved = ControlVectorFile(cv.model_hint, _transport(cv.directions, g, "vector"), fields)
+    write_control_vector_gguf(moved, out, force=force, inputs=(src,))
 
 
 def vector_suffix(path: Path) -> str:
