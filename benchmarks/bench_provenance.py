@@ -87,15 +87,14 @@ def write_pair(root: Path, shape: tuple) -> dict:
     """A (random) and B = gauged (A + noise); both written tensor by tensor."""
     import torch
 
-    sys.path.insert(0, str(HERE))
-    from bench_apply_memory import INDEX_FILE, llama_config, llama_layout, split_shards
-
-    from gaugeport.core.checkpoint import SafetensorsStreamWriter
+    from gaugeport.core.checkpoint import INDEX_FILE, SafetensorsStreamWriter
     from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
+    from gaugeport.models.synthetic import LlamaShape, llama_config, llama_layout, shard_names
 
     d, inter, layers, heads, kv, vocab, shard_mb = shape
-    shapes = llama_layout(d, inter, layers, heads, kv, vocab)
-    shards = split_shards(shapes, 2, shard_mb * MB)
+    ls = LlamaShape(d, inter, layers, heads, kv, vocab, shard_mb)
+    shapes = llama_layout(ls)
+    shards = shard_names(shapes, 2, shard_mb * MB)
     for tag in ("a", "b-native"):
         (root / tag).mkdir(parents=True)
     weight_map = {}
@@ -118,8 +117,7 @@ def write_pair(root: Path, shape: tuple) -> dict:
             w.close()
     for tag in ("a", "b-native"):
         (root / tag / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-        (root / tag / "config.json").write_text(json.dumps(llama_config(d, inter, layers, heads, kv, vocab,
-                                                                         "bfloat16")))
+        (root / tag / "config.json").write_text(json.dumps(llama_config(ls, torch.bfloat16)))
     truth = random_full_gauge_for(root / "b-native", 5)
     apply_full_gauge_to_checkpoint(root / "b-native", truth, root / "b", progress=False)
     shutil.rmtree(root / "b-native")
