@@ -14,15 +14,22 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gaugeport.core.errors import GaugeportError
-from gaugeport.core.gauge import SignedPermutation, compose, load_gauge, read_gauge_file, save_gauge
+
+if TYPE_CHECKING:
+    from gaugeport.core.gauge import SignedPermutation, compose, load_gauge, read_gauge_file, save_gauge  # noqa: F401
 
 __version__ = "0.1.0"
 
 # Public names provided by other modules, imported on first use (keeps `import gaugeport` light).
 _LAZY = {
+    "SignedPermutation": "gaugeport.core.gauge",
+    "compose": "gaugeport.core.gauge",
+    "load_gauge": "gaugeport.core.gauge",
+    "save_gauge": "gaugeport.core.gauge",
+    "read_gauge_file": "gaugeport.core.gauge",
     "get_spec": "gaugeport.core.archspec",
     "supported_architectures": "gaugeport.core.archspec",
     "verify_checkpoints": "gaugeport.core.verify",
@@ -79,5 +86,4 @@ def inspect(target: Any) -> Any:
     return inspect_model(target) if isinstance(target, torch.nn.Module) else inspect_checkpoint(target)
 
 
-__all__ = ["SignedPermutation", "compose", "load_gauge", "save_gauge", "read_gauge_file", "apply_gauge",
-           "inspect", "GaugeportError", *_LAZY]
+__all__ = ["apply_gauge", "inspect", "GaugeportError", *_LAZY]

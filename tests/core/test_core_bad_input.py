@@ -26,7 +26,9 @@ def tree_digest(path: Path) -> str:
 
 
 def leftovers(parent: Path) -> list[str]:
-    return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    from gaugeport.core.fileio import TMP_DIR_NAME
+
+    return [p.name for p in parent.iterdir() if p.name == TMP_DIR_NAME or ".tmp-" in p.name or ".old-" in p.name]
 
 
 def copy_ckpt(src: Path, dst: Path) -> Path:

@@ -10,3 +10,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# Parameters (by Python name) that name files or directories a verb WRITES; every other parameter
+# that names an existing path is an input. Before a verb runs, each output is checked against every
+# input and every other output (symlinks resolved), with or without --force: see cli/__init__.py.
+# A verb that adds an output option must list its parameter name here.
+OUTPUT_PARAMS: dict[str, str] = {"out": "--out", "save_gauge_to": "--save-gauge", "report": "--report"}

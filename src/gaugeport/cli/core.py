@@ -64,7 +64,8 @@ def apply(
 ) -> None:
     """Rewrite a checkpoint in new residual coordinates (streamed, tensor by tensor)."""
     if (gauge is None) == (random_seed is None):
-        raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N")
+        raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N",
+                             hint="--random-seed N draws a random gauge (save it with --save-gauge)")
     if full or (gauge is not None and is_full_gauge_file(gauge)):
         _apply_full(ckpt, out, gauge, random_seed, perm_only, save_gauge_to, force, quiet)
         return
@@ -76,12 +77,14 @@ def apply(
         g = SignedPermutation.random(d, seed=random_seed, positive_fraction=positive_fraction)
         g = g.perm_only() if perm_only else g
         provenance = {"gaugeport_random_seed": str(random_seed)}
-    if save_gauge_to is not None:  # refuse an existing gauge file before doing any work
-        from gaugeport.core.fileio import refuse_existing
-        refuse_existing(save_gauge_to, force)
-    apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
-    if save_gauge_to is not None:
-        save_gauge(g, save_gauge_to, provenance={"source": str(ckpt), "target": str(out), **provenance}, force=force)
+    if save_gauge_to is None:
+        apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
+    else:  # the gauge is written first (to a temp path) and lands with the checkpoint, never after it fails
+        from gaugeport.core.fileio import atomic_path
+
+        with atomic_path(save_gauge_to, force) as gauge_tmp:
+            save_gauge(g, gauge_tmp, provenance={"source": str(ckpt), "target": str(out), **provenance})
+            apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
     typer.echo(f"wrote {out} (gauge {g.fingerprint()}, d={g.d}, {g.positive_fraction:.0%} positive signs)")
 
 
@@ -90,7 +93,9 @@ def verify(
     a: Annotated[Path, typer.Argument(help="checkpoint A")],
     b: Annotated[Path, typer.Argument(help="checkpoint B")],
     gauge: Annotated[Path | None, typer.Option("--gauge", help="gauge mapping A's coordinates to B's")] = None,
-    tol: Annotated[float, typer.Option("--tol", help="max relative difference")] = DEFAULT_TOL,
+    tol: Annotated[float, typer.Option("--tol", help="max relative difference (logits, hidden states "
+                                                     "and each weight tensor, relative to its largest |value|)")
+                   ] = DEFAULT_TOL,
     data: Annotated[Path | None, typer.Option("--data", help="token ids .npy [n_seq, seq_len]")] = None,
     seed: Annotated[int, typer.Option(help="seed of the probe token ids")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -110,8 +115,8 @@ def verify(
             typer.echo(f"hidden states (B vs G applied to A): max abs {res.hidden_max_abs_diff:.3e}, "
                        f"relative {res.hidden_max_rel_diff:.3e}")
         if res.weight_max_abs_diff is not None:
-            typer.echo(f"weights (B vs G applied to A): max abs {res.weight_max_abs_diff:.3e} "
-                       f"(worst: {res.weight_worst_tensor})")
+            typer.echo(f"weights (B vs G applied to A): max abs {res.weight_max_abs_diff:.3e}, relative "
+                       f"{res.weight_max_rel_diff:.3e} (worst: {res.weight_worst_tensor})")
         typer.echo(f"{'PASS' if res.ok else 'FAIL'} (tolerance {tol:g})")
     if not res.ok:
         raise typer.Exit(1)

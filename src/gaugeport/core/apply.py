@@ -107,6 +107,7 @@ def apply_gauge_to_checkpoint(
     ckpt = Checkpoint.open(src)
     spec = ckpt.spec
     check_gauge_fits(spec, gauge, ckpt.d_model)
+    ckpt.check_widths(spec)
     rules = spec.classify_all(ckpt.names)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), **(provenance or {})}
     with atomic_path(Path(out), force, inputs=(Path(src),)) as tmp:
@@ -123,14 +124,13 @@ def rewrite_checkpoint(ckpt: Checkpoint, dest: Path, rewrite: Callable[[str, tor
     (config, tokenizer, generation config) copied; ``stamp`` added to every shard's metadata.
     """
     dest.mkdir()
-    bar = tqdm(total=len(ckpt.names), desc=desc, unit="tensor", disable=not progress)
-    for shard in ckpt.shards:
-        meta = {**ckpt.shard_metadata(shard), **stamp}
-        with SafetensorsStreamWriter(dest / shard, shard_layout(ckpt, shard), meta) as writer:
-            for name, tensor in ckpt.iter_shard(shard):
-                writer.write(name, rewrite(name, tensor))
-                bar.update()
-    bar.close()
+    with tqdm(total=len(ckpt.names), desc=desc, unit="tensor", disable=not progress) as bar:
+        for shard in ckpt.shards:
+            meta = {**ckpt.shard_metadata(shard), **stamp}
+            with SafetensorsStreamWriter(dest / shard, shard_layout(ckpt, shard), meta) as writer:
+                for name, tensor in ckpt.iter_shard(shard):
+                    writer.write(name, rewrite(name, tensor))
+                    bar.update()
     for side in ckpt.side_files():
         shutil.copy2(side, dest / side.name)
     if ckpt.index is not None:

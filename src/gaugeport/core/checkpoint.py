@@ -8,8 +8,9 @@ streams each tensor straight to its file, so peak memory stays near the largest 
 from __future__ import annotations
 
 import json
+import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import torch
 from safetensors import safe_open
 
 from gaugeport.core.archspec import ArchSpec, spec_for_config
-from gaugeport.core.errors import CheckpointError
+from gaugeport.core.errors import CheckpointError, DataError
+from gaugeport.core.fileio import is_plain_file_name, note_input
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -42,21 +44,41 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
+        """Open a checkpoint directory, validating everything read from its files before any use.
+
+        ``config.json`` must be a JSON object with a positive integer width; the shard names in an
+        index must be plain ``*.safetensors`` file names inside the directory (a name such as
+        ``../x.safetensors`` is refused: it would read, and on output write, outside the directories
+        given); every tensor the index lists must be in the shard it names, and no shard may hold a
+        tensor the index does not list.
+        """
         path = Path(path)
         if not path.is_dir():
-            raise CheckpointError(f"checkpoint directory not found: {path}")
+            if path.exists():
+                raise CheckpointError(f"{path} is a file, not a checkpoint directory",
+                                      hint="give the directory that holds config.json and the *.safetensors "
+                                      f"files (here: {path.parent})")
+            raise CheckpointError(f"checkpoint directory not found: {path}",
+                                  hint="check the path; a checkpoint is a directory with config.json and "
+                                  "model.safetensors (or shards with model.safetensors.index.json)")
+        note_input(path)
         cfg_path = path / "config.json"
         if not cfg_path.is_file():
             raise CheckpointError(f"{path} has no config.json", hint="point at a Hugging Face checkpoint directory")
         config = _read_json(cfg_path)
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{cfg_path} holds a JSON {type(config).__name__}, not an object",
+                                  hint="config.json must be the object written by save_pretrained")
+        if "text_config" in config and not isinstance(config["text_config"], dict):
+            raise CheckpointError(f"{cfg_path}: text_config is not an object", hint="the config is corrupt")
         if (path / INDEX_FILE).is_file():
             index = _read_json(path / INDEX_FILE)
-            shard_of = dict(index.get("weight_map", {}))
-            if not shard_of:
-                raise CheckpointError(f"{path / INDEX_FILE} has an empty weight_map")
+            shard_of = _validated_weight_map(index, path / INDEX_FILE)
             for shard in sorted(set(shard_of.values())):
                 if not (path / shard).is_file():
-                    raise CheckpointError(f"shard {shard} listed in {INDEX_FILE} is missing from {path}")
+                    raise CheckpointError(f"shard {shard} listed in {INDEX_FILE} is missing from {path}",
+                                          hint="copy the complete checkpoint (every shard the index names)")
+            _check_index_matches_shards(path, shard_of)
         elif (path / SINGLE_FILE).is_file():
             index = None
             shard_of = dict.fromkeys(_keys(path / SINGLE_FILE), SINGLE_FILE)
@@ -66,7 +88,38 @@ class Checkpoint:
                 f"{path} has no {SINGLE_FILE} or {INDEX_FILE}" + (f" (found {', '.join(others)})" if others else ""),
                 hint="gaugeport reads safetensors; re-save with model.save_pretrained(dir) (safetensors by default)",
             )
-        return cls(path, config, shard_of, index)
+        ckpt = cls(path, config, shard_of, index)
+        ckpt._check_config_numbers()
+        return ckpt
+
+    def _check_config_numbers(self) -> None:
+        cfg = self.config.get("text_config", self.config)
+        for key in ("hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_layer", "vocab_size",
+                    "max_position_embeddings", "n_positions", "num_attention_heads", "intermediate_size"):
+            if key in cfg and cfg[key] is not None:
+                val = cfg[key]
+                if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
+                    raise CheckpointError(f"{self.path}/config.json: {key} = {val!r} is not a positive integer",
+                                          hint="the config is corrupt or hand-edited; restore it from the source")
+
+    def check_widths(self, spec: ArchSpec | None = None) -> None:
+        """Every tensor's residual axes (per the architecture table) have the config's width (headers only)."""
+        spec = spec or self.spec
+        d = self.d_model
+        rules = spec.classify_all(self.names)
+        for shard in self.shards:
+            for name, (_, shape) in shard_layout(self, shard).items():
+                rule = rules[name]
+                for i, axis in enumerate(rule.axes):
+                    k = rule.blocks_on(i) if hasattr(rule, "blocks_on") else 1
+                    if axis >= len(shape) or shape[axis] != k * d:
+                        raise CheckpointError(
+                            f"{self.path}: config.json says the hidden size is {d}, but tensor {name!r} has "
+                            f"shape {tuple(shape)} (residual axis {axis}"
+                            + (f", {k} blocks of the hidden size)" if k > 1 else ")"),
+                            hint="config.json and the weights disagree: the checkpoint is corrupt or mixed from "
+                            "two models",
+                        )
 
     # ------------------------------------------------------------------ facts
     @property
@@ -83,12 +136,19 @@ class Checkpoint:
         for key in ("hidden_size", "n_embd", "d_model"):
             if key in cfg:
                 return int(cfg[key])
-        raise CheckpointError(f"{self.path}/config.json names no hidden size (hidden_size / n_embd)")
+        raise CheckpointError(f"{self.path}/config.json names no hidden size (hidden_size / n_embd)",
+                              hint="the config is incomplete; restore it from the model's source")
 
     @property
     def n_layers(self) -> int:
         cfg = self.config.get("text_config", self.config)
         return int(cfg.get("num_hidden_layers", cfg.get("n_layer", 0)))
+
+    @property
+    def position_limit(self) -> int | None:
+        """Longest sequence the model can read (learned absolute positions), None without such a table."""
+        shapes = ((n, s) for shard in self.shards for n, (_, s) in shard_layout(self, shard).items())
+        return learned_position_limit(shapes)
 
     @property
     def names(self) -> list[str]:
@@ -103,7 +163,7 @@ class Checkpoint:
         if name not in self.shard_of:
             raise CheckpointError(f"tensor {name!r} not in checkpoint {self.path}")
         with _open(self.path / self.shard_of[name]) as f:
-            return _get(f, name, self.path / self.shard_of[name])
+            return check_finite(name, _get(f, name, self.path / self.shard_of[name]), self.path)
 
     def iter_shard(self, shard: str) -> Iterator[tuple[str, torch.Tensor]]:
         file = self.path / shard
@@ -112,7 +172,7 @@ class Checkpoint:
             # which would make the peak grow with the shard rather than with the tensor
             with _open(file) as f:
                 tensor = _get(f, name, file)
-            yield name, tensor
+            yield name, check_finite(name, tensor, self.path)
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for shard in self.shards:
@@ -196,8 +256,93 @@ def shard_layout(ckpt: Checkpoint, shard: str) -> dict[str, tuple[torch.dtype, t
     return out
 
 
+# ---------------------------------------------------------------------- validation
+_LEARNED_POSITIONS = re.compile(r"(^|\.)(wpe|position_embeddings|embed_positions)\.weight$")
+
+
+def learned_position_limit(named_shapes: Iterable[tuple[str, Sequence[int]]]) -> int | None:
+    """Rows of a learned absolute position-embedding table (GPT-2 ``wpe``, BERT ``position_embeddings``):
+    the longest sequence the model can read. None for rotary / relative positions (no hard limit)."""
+    for name, shape in named_shapes:
+        if _LEARNED_POSITIONS.search(name) and len(shape) == 2:
+            return int(shape[0])
+    return None
+
+
+def check_sequence_length(seq_len: int, limit: int | None, where: str = "the model") -> None:
+    """Refuse sequences longer than a learned position table (they would index past its end)."""
+    if limit is not None and seq_len > limit:
+        raise DataError(f"sequences of {seq_len} tokens are longer than {where} can read ({limit} learned positions)",
+                        hint=f"use --seq-len {limit} or less (or shorter rows in the data)")
+
+
+_FINITE_CHUNK = 1 << 20  # elements per isfinite() call: the check's extra memory stays a few MB
+
+
+def check_finite(name: str, tensor: torch.Tensor, where: Path | str = "") -> torch.Tensor:
+    """``tensor`` itself when every entry is finite; else a :class:`CheckpointError` naming it.
+
+    Checked in chunks as the tensor streams by (no second pass over the checkpoint, and the extra
+    memory is a small fixed buffer rather than a tensor-sized mask).
+    """
+    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return tensor
+    flat = tensor.reshape(-1)
+    for start in range(0, flat.numel(), _FINITE_CHUNK):
+        chunk = flat[start:start + _FINITE_CHUNK]
+        if not bool(torch.isfinite(chunk).all()):
+            bad = chunk[~torch.isfinite(chunk)]
+            kind = "NaN" if bool(torch.isnan(bad).any()) else "infinite"
+            raise CheckpointError(
+                f"tensor {name!r}{f' in {where}' if where else ''} contains {kind} values",
+                hint="the weights are corrupt (a diverged run or a bad conversion); gaugeport refuses them "
+                "rather than carry them into a new checkpoint")
+    return tensor
+
+
+def _validated_weight_map(index: Any, where: Path) -> dict[str, str]:
+    if not isinstance(index, dict):
+        raise CheckpointError(f"{where} holds a JSON {type(index).__name__}, not an object",
+                              hint="the index must be {\"metadata\": ..., \"weight_map\": {tensor: shard}}")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{where}: weight_map is {type(weight_map).__name__}, not an object",
+                              hint="the index must map each tensor name to its shard file name")
+    if not weight_map:
+        raise CheckpointError(f"{where} has an empty weight_map", hint="the index is truncated or corrupt")
+    for tensor, shard in weight_map.items():
+        if not is_plain_file_name(shard) or not str(shard).endswith(".safetensors"):
+            raise CheckpointError(
+                f"{where}: tensor {tensor!r} names the shard {shard!r}, which is not a plain *.safetensors file name "
+                "in the checkpoint directory",
+                hint="shard names may not contain directories or '..'; the index is corrupt or crafted, so "
+                "nothing was read or written")
+    return {str(k): str(v) for k, v in weight_map.items()}
+
+
+def _check_index_matches_shards(path: Path, shard_of: dict[str, str]) -> None:
+    present = {shard: set(_keys(path / shard)) for shard in sorted(set(shard_of.values()))}
+    missing = sorted(name for name, shard in shard_of.items() if name not in present[shard])
+    if missing:
+        name = missing[0]
+        elsewhere = [s for s, keys in present.items() if name in keys]
+        raise CheckpointError(
+            f"{INDEX_FILE} maps tensor {name!r} to {shard_of[name]}, which does not contain it"
+            + (f" (it is in {elsewhere[0]})" if elsewhere else " (no shard holds it)")
+            + (f"; {len(missing) - 1} more tensor(s) likewise" if len(missing) > 1 else ""),
+            hint="the index and the shards disagree; regenerate the index or re-save the checkpoint")
+    for shard, keys in present.items():
+        extra = sorted(k for k in keys if shard_of.get(k) != shard)
+        if extra:
+            raise CheckpointError(
+                f"{shard} holds tensor {extra[0]!r}, which {INDEX_FILE} does not map to it"
+                + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""),
+                hint="the index and the shards disagree; regenerate the index or re-save the checkpoint")
+
+
 # ---------------------------------------------------------------------- helpers
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
+    note_input(path)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -205,6 +350,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _open(file: Path) -> Any:
+    note_input(file)
     try:
         return safe_open(str(file), framework="pt")
     except Exception as exc:
@@ -231,5 +377,6 @@ _NAME_TO_DTYPE.update({"float32": torch.float32, "float16": torch.float16, "bflo
 def _dtype_from_name(name: str) -> torch.dtype:
     key = name.upper() if name.upper() in _NAME_TO_DTYPE else name
     if key not in _NAME_TO_DTYPE:
-        raise CheckpointError(f"unsupported tensor dtype {name!r} in checkpoint")
+        raise CheckpointError(f"unsupported tensor dtype {name!r} in checkpoint",
+                              hint="gaugeport streams float, int and bool tensors; convert the checkpoint first")
     return _NAME_TO_DTYPE[key]

@@ -1,71 +1,252 @@
-"""Safe file I/O: atomic writes (temp file, then rename), safe reads with clear errors.
+"""Safe file I/O: atomic writes (temp, then rename), safe reads with clear errors, inputs never overwritten.
 
-Nothing here ever writes to a path that already exists unless ``force`` is set, and an
-interrupted write leaves no partial output behind.
+* Every output is written under ``.gaugeport-tmp/`` in its parent directory and renamed into place
+  only when complete. That one clearly named folder is the only litter a killed run (``SIGKILL``,
+  power loss) can leave; the next run that writes into the same folder removes the entries of
+  processes that are no longer running, and the folder itself once it is empty.
+* :func:`check_outputs` compares every output with every input and with each other (symlinks and
+  hard links resolved), with or without ``force``, before anything is written.
+* Inside :func:`io_session` (the CLI opens one per command) every file read through this module or
+  :class:`~gaugeport.core.checkpoint.Checkpoint` is remembered, and :func:`atomic_path` refuses to
+  replace any of them: a last line of defence for inputs that the command line did not name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gaugeport.core.errors import CheckpointError
 
+TMP_DIR_NAME = ".gaugeport-tmp"
+
+_SESSION: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar("gaugeport_inputs", default=None)
+
+
+# ------------------------------------------------------------------------------------ input tracking
+@contextlib.contextmanager
+def io_session() -> Iterator[set[Path]]:
+    """Remember every input read inside the block; :func:`atomic_path` then refuses to replace one."""
+    token = _SESSION.set(set())
+    try:
+        yield _SESSION.get()  # type: ignore[misc]
+    finally:
+        _SESSION.reset(token)
+
+
+def note_input(path: str | Path) -> None:
+    """Record ``path`` as an input of the current :func:`io_session` (no-op outside one)."""
+    seen = _SESSION.get()
+    if seen is not None:
+        seen.add(_resolve(Path(path)))
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare by its absolute spelling
+        return Path(os.path.abspath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _overlap(out: Path, other: Path) -> str | None:
+    """How ``out`` collides with ``other``: 'is', 'inside' (out within other), 'contains', or None."""
+    o, s = _resolve(out), _resolve(other)
+    if o == s or _same_file(out, other):
+        return "is"
+    if s in o.parents:
+        return "inside"
+    if o in s.parents:
+        return "contains"
+    return None
+
+
+def check_outputs(outputs: Mapping[str, str | Path], inputs: Iterable[str | Path] = (), *,
+                  force: bool = False) -> None:
+    """Refuse, before anything is written, any output that is, contains or lies inside an input or another
+    output (symlinks and hard links resolved), and an existing output unless ``force``.
+
+    ``outputs`` maps a label (e.g. ``--out``) to a path; ``inputs`` are every path the command reads.
+    """
+    outs = [(label, Path(p)) for label, p in outputs.items() if p is not None]
+    for label, out in outs:
+        for src in inputs:
+            how = _overlap(out, Path(src))
+            if how is not None:
+                detail = {"is": "it is the input itself", "inside": "it lies inside the input",
+                          "contains": "it contains the input"}[how]
+                raise CheckpointError(
+                    f"{label} {out} overlaps the input {src}: {detail}",
+                    hint="choose an output path outside every input; inputs are never overwritten, "
+                    "not even with --force",
+                )
+    for i, (label, out) in enumerate(outs):
+        for label2, out2 in outs[i + 1:]:
+            if _overlap(out, out2) is not None:
+                raise CheckpointError(f"{label} {out} and {label2} {out2} would overwrite each other",
+                                      hint="give every output its own path")
+    for label, out in outs:
+        _check_writable_target(out, label)
+        if _exists(out) and not force:
+            raise CheckpointError(f"{label} {out} already exists",
+                                  hint="pass --force to replace it, or pick a new path")
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _check_writable_target(path: Path, label: str = "output") -> None:
+    """Refuse an output whose parent is an existing file (``--out some_file/x``)."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CheckpointError(f"cannot write {label} {path}: {parent} is a file, not a directory",
+                                      hint="choose an output path inside a directory")
+            return
+
 
 def refuse_existing(path: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Refuse to write ``path`` when it exists (unless ``force``) or when it is one of the inputs."""
+    """Refuse to write ``path`` when it exists (unless ``force``) or when it overlaps one of the inputs,
+    or any file read so far in this :func:`io_session`."""
     path = Path(path)
-    for src in inputs:
-        src_r, out_r = Path(src).resolve(), path.resolve()
-        if out_r == src_r or src_r in out_r.parents or out_r in src_r.parents:
-            raise CheckpointError(
-                f"output {path} overlaps the input {src}",
-                hint="choose an output path outside the input; inputs are never overwritten",
-            )
-    if path.exists() and not force:
-        raise CheckpointError(f"output {path} already exists", hint="pass --force to replace it, or pick a new path")
+    seen = _SESSION.get() or set()
+    check_outputs({"output": path}, [*inputs, *sorted(seen)], force=force)
+
+
+# ------------------------------------------------------------------------------------ atomic writes
+def tmp_root(parent: Path) -> Path:
+    """The one temp folder of ``parent`` (created; stale entries of dead processes removed)."""
+    root = Path(parent) / TMP_DIR_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale(root)
+    return root
+
+
+def clean_stale(root: Path) -> list[str]:
+    """Remove entries of ``root`` left by processes that are no longer running; returns their names."""
+    removed = []
+    try:
+        entries = list(Path(root).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name.split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_if_empty(root: Path) -> None:
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path, force: bool = False, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success rename it to ``path``, on failure delete it.
+    """Yield a temp path for ``path``; on success rename it to ``path``, on failure delete it.
 
     Works for files and directories alike (the caller creates whatever it wants at the temp path).
+    The temp path lives in ``<parent>/.gaugeport-tmp/``, removed again when empty.
     """
     path = Path(path)
     refuse_existing(path, force, inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        root = tmp_root(path.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", suffix=f"-{path.name[:64]}", dir=root))
+    except OSError as exc:
+        raise os_error_to_gaugeport(exc, path) from exc
     target = tmp / path.name
     try:
         yield target
         if not target.exists():
             raise CheckpointError(f"internal error: nothing was written for {path}")
-        if path.exists():  # force: move the old one aside, then replace it
-            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        # inputs read meanwhile (e.g. shards named by an index) are checked again; an output that appeared
+        # meanwhile (a concurrent run building the same cache entry) is replaced, as it would be with force
+        refuse_existing(path, True, inputs)
+        if _exists(path):  # force: move the old one aside, then replace it
+            trash = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", suffix="-old", dir=root))
             os.replace(path, trash / path.name)
             os.replace(target, path)
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(target, path)
+    except OSError as exc:
+        if isinstance(exc, CheckpointError) or exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise os_error_to_gaugeport(exc, path) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_if_empty(root)
+
+
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def os_error_to_gaugeport(exc: OSError, path: Path | None = None) -> CheckpointError:
+    """A clear error for the OS failures a user can fix (permissions, disk full, read-only disk)."""
+    where = f" {path}" if path is not None else (f" {exc.filename}" if exc.filename else "")
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        return CheckpointError(f"cannot write{where}: permission denied",
+                               hint="choose an output in a directory you can write to")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return CheckpointError(f"cannot write{where}: no space left on device",
+                               hint="free some space or write to another disk; nothing partial was kept")
+    if exc.errno == errno.EROFS:
+        return CheckpointError(f"cannot write{where}: read-only file system",
+                               hint="choose an output on a writable disk")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return CheckpointError(f"cannot write{where}: {exc.strerror}",
+                               hint="choose an output path inside a directory, not under a file")
+    return CheckpointError(f"cannot write{where}: {exc.strerror or exc}", hint="check the output path and the disk")
 
 
 def atomic_save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str] | None = None, *, force: bool = False
 ) -> Path:
+    """Write a safetensors file atomically with deterministic bytes (tensors and metadata in sorted order:
+    the same content always gives the same file, which ``safetensors.save_file`` does not promise)."""
+    from gaugeport.core.checkpoint import SafetensorsStreamWriter
+
     with atomic_path(path, force) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+        layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
+        meta = {str(k): str(v) for k, v in sorted((metadata or {}).items())}
+        with SafetensorsStreamWriter(tmp, layout, meta) as writer:
+            for name in sorted(tensors):
+                writer.write(name, tensors[name])
     return Path(path)
 
 
@@ -79,11 +260,24 @@ def atomic_write_json(path: Path, obj: object, *, force: bool = True) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", force=force)
 
 
+# ------------------------------------------------------------------------------------ safe reads
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` as an existing regular file, or a message that says what it is instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory, not a file", hint=f"give the path of the {what} itself")
+    if not path.exists():
+        raise CheckpointError(f"{what} not found: {path}", hint="check the path (relative paths start from the "
+                              "current directory)")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is not a regular file", hint=f"give the path of the {what} itself")
+    note_input(path)
+    return path
+
+
 def read_safetensors(path: Path, what: str = "safetensors file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read every tensor and the metadata; truncated or corrupt files raise :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} not found: {path}")
+    path = require_file(path, what)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
@@ -93,3 +287,49 @@ def read_safetensors(path: Path, what: str = "safetensors file") -> tuple[dict[s
             f"cannot read {what} {path}: {exc}", hint="the file is truncated or not a safetensors file"
         ) from exc
     return tensors, metadata
+
+
+def is_plain_file_name(name: object) -> bool:
+    """True for a bare file name (no directory part, not '.', '..', absolute or a drive)."""
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        return False
+    if "/" in name or "\\" in name or "\x00" in name or ":" in name:
+        return False
+    return Path(name).name == name and not Path(name).is_absolute()
+
+
+def pickle_globals(path: str | Path) -> list[str] | None:
+    """The callables and classes a pickle (or a ``torch.save`` zip) names, read without unpickling anything.
+
+    None when the bytes are not a readable pickle (truncated or corrupt). Used to tell a file that
+    ``torch.load(weights_only=True)`` refused because it holds code objects from one that is damaged.
+    """
+    import io
+    import pickletools
+    import zipfile
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return None
+                raw = zf.read(member)
+        else:
+            raw = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return None
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(raw)):
+            if op.name == "GLOBAL" or op.name == "INST":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # pickletools raises ValueError / struct errors / others on damaged bytes
+        return None
+    return names

@@ -52,23 +52,34 @@ class SignedPermutation:
     signs: np.ndarray  # int8, shape (d,), entries +1 / -1
 
     def __post_init__(self) -> None:
-        perm = np.asarray(self.perm)
-        signs = np.asarray(self.signs)
-        if perm.ndim != 1 or signs.shape != perm.shape:
-            raise GaugeError(f"perm and signs must be 1-D of equal length, got {perm.shape} and {signs.shape}")
-        if not np.issubdtype(perm.dtype, np.integer) and (
-            not np.all(np.isfinite(perm)) or not np.all(perm == np.round(perm))
+        perm = _as_numpy_1d(self.perm, "perm")
+        signs = _as_numpy_1d(self.signs, "signs")
+        if perm.shape != signs.shape:
+            raise GaugeError(f"perm and signs must be 1-D of equal length, got {perm.shape} and {signs.shape}",
+                             hint="a gauge has one target index and one sign per coordinate")
+        if perm.dtype.kind not in "iu" and (
+            perm.dtype.kind != "f" or not np.all(np.isfinite(perm)) or not np.all(perm == np.round(perm))
         ):
-            raise GaugeError("perm contains NaN, infinite or non-integer entries")
-        if not np.issubdtype(signs.dtype, np.integer) and not np.all(np.isfinite(signs)):
-            raise GaugeError("signs contain NaN or infinite entries")
-        perm = perm.astype(np.int64)
-        signs = signs.astype(np.int8) if np.all(np.isin(signs, (-1, 1))) else signs
+            raise GaugeError("perm contains NaN, infinite or non-integer entries",
+                                 hint="perm must hold the integers 0..d-1, each once (stored as int64)")
+        if signs.dtype.kind not in "iuf":
+            raise GaugeError(f"signs have dtype {signs.dtype}, not a number", hint="signs must be +1 or -1")
+        if signs.dtype.kind == "f" and not np.all(np.isfinite(signs)):
+            raise GaugeError("signs contain NaN or infinite entries", hint="signs must be +1 or -1 (corrupt file?)")
+        bad = ~np.isin(signs, (-1, 1))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise GaugeError(
+                f"signs must be +1 or -1 only: {int(bad.sum())} of {signs.size} entries are not "
+                f"(e.g. signs[{i}] = {signs[i].item()!r})",
+                hint="the gauge file is corrupt or was not written by gaugeport; a sign of 0 would erase a "
+                "coordinate and 2 would rescale it, so it is refused rather than carried along")
         d = perm.shape[0]
-        if not np.array_equal(np.sort(perm), np.arange(d)):
-            raise GaugeError(f"perm is not a permutation of 0..{d - 1} (repeated or out-of-range entries)")
-        if signs.dtype != np.int8:
-            raise GaugeError("signs must be +1 or -1 only")
+        if np.any(perm < 0) or np.any(perm >= d) or len(np.unique(perm)) != d:
+            raise GaugeError(f"perm is not a permutation of 0..{d - 1} (repeated or out-of-range entries)",
+                             hint="each target coordinate must appear exactly once; the gauge file is corrupt")
+        perm = perm.astype(np.int64)
+        signs = signs.astype(np.int8)
         perm.setflags(write=False)
         signs.setflags(write=False)
         object.__setattr__(self, "perm", perm)
@@ -83,7 +94,13 @@ class SignedPermutation:
     def random(cls, d: int, seed: int = 0, positive_fraction: float = 0.5) -> SignedPermutation:
         """A uniformly random permutation with ``round(positive_fraction * d)`` positive signs."""
         if not 0.0 <= positive_fraction <= 1.0:
-            raise GaugeError(f"positive_fraction must lie in [0, 1], got {positive_fraction}")
+            raise GaugeError(f"positive_fraction must lie in [0, 1], got {positive_fraction}",
+                             hint="0.5 (the default) flips half of the coordinates")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise GaugeError(f"the random seed must be a non-negative integer, got {seed!r}",
+                             hint="use e.g. --random-seed 0")
+        if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
+            raise GaugeError(f"a gauge needs a positive width, got d={d!r}", hint="d is the model's hidden size")
         rng = np.random.default_rng(seed)
         perm = rng.permutation(d)
         signs = -np.ones(d, dtype=np.int8)
@@ -94,10 +111,11 @@ class SignedPermutation:
     def from_matrix(cls, matrix: ArrayLike) -> SignedPermutation:
         m = _to_numpy(matrix)
         if m.ndim != 2 or m.shape[0] != m.shape[1]:
-            raise GaugeError(f"expected a square matrix, got shape {m.shape}")
+            raise GaugeError(f"expected a square matrix, got shape {m.shape}", hint="a gauge matrix is d x d")
         nonzero = m != 0
         if not np.all(nonzero.sum(0) == 1) or not np.all(nonzero.sum(1) == 1) or not np.all(np.abs(m[nonzero]) == 1):
-            raise GaugeError("matrix is not a signed permutation (one +-1 per row and column)")
+            raise GaugeError("matrix is not a signed permutation (one +-1 per row and column)",
+                             hint="round an estimate to a signed permutation with match_coordinates first")
         perm = np.argmax(nonzero, axis=0)
         signs = m[perm, np.arange(m.shape[1])]
         return cls(perm, signs.astype(np.int8))
@@ -247,10 +265,11 @@ def save_gauge(
     }
     for name, arr in (extras or {}).items():
         if name in tensors:
-            raise GaugeError(f"extra tensor name {name!r} is reserved")
+            raise GaugeError(f"extra tensor name {name!r} is reserved", hint="name it something else")
         t = torch.as_tensor(_to_numpy(arr)).contiguous()
-        if t.shape[0] != gauge.d:
-            raise GaugeError(f"extra {name!r} has length {t.shape[0]}, expected d={gauge.d}")
+        if t.ndim != 1 or t.shape[0] != gauge.d:
+            raise GaugeError(f"extra {name!r} has shape {tuple(t.shape)}, expected ({gauge.d},)",
+                             hint="per-coordinate extras (confidence, margin) hold one number per coordinate")
         tensors[name] = t
     metadata = {
         "format": FORMAT_NAME,
@@ -281,21 +300,41 @@ def read_gauge_file(path: str | Path) -> GaugeFile:
             hint="gauges are written by `gaugeport align`, `gaugeport apply --save-gauge` or `save_gauge`",
         )
     if "perm" not in tensors or "signs" not in tensors:
-        raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor")
-    perm, signs = tensors.pop("perm").numpy(), tensors.pop("signs").numpy()
-    if np.issubdtype(signs.dtype, np.floating) and not np.all(np.isfinite(signs)):
-        raise GaugeError(f"{path}: signs contain NaN or infinite values")
-    gauge = SignedPermutation(perm, signs)
-    if str(gauge.d) != metadata.get("d", str(gauge.d)):
-        raise GaugeError(f"{path}: metadata says d={metadata['d']} but perm has length {gauge.d}")
+        raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor",
+                         hint="the file is not a complete gauge; write gauges with save_gauge or `gaugeport align`")
+    perm_t, signs_t = tensors.pop("perm"), tensors.pop("signs")
+    if perm_t.is_floating_point() or perm_t.dtype == torch.bool or perm_t.is_complex():
+        raise GaugeError(f"{path}: perm is stored as {perm_t.dtype}, not an integer type",
+                         hint="floating point cannot hold every index exactly; store perm as int64")
+    try:
+        gauge = SignedPermutation(perm_t.numpy(), _float_safe_numpy(signs_t))
+    except GaugeError as exc:
+        raise GaugeError(f"{path}: {exc.message}", hint=exc.hint) from exc
+    d_meta = metadata.get("d", str(gauge.d))
+    if d_meta != str(gauge.d):
+        raise GaugeError(f"{path}: metadata says d={d_meta} but perm has length {gauge.d}",
+                         hint="the gauge file is corrupt or was edited by hand")
     try:
         provenance = json.loads(metadata.get("provenance", "{}"))
     except json.JSONDecodeError as exc:
-        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})") from exc
-    # a version-2 file (gaugeport.core.fullgauge) also holds per-layer hidden-unit gauges ("layers.*"):
-    # this reader returns its residual part
-    return GaugeFile(gauge, provenance, {k: v.float().numpy() for k, v in tensors.items()
-                                         if not k.startswith("layers.")})
+        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})",
+                         hint="the gauge file is corrupt or was edited by hand") from exc
+    extras = {}
+    for name, t in tensors.items():
+        if name.startswith("layers."):
+            continue  # a version-2 file's per-layer hidden gauges (gaugeport.core.fullgauge): residual part only
+        if t.ndim != 1 or t.shape[0] != gauge.d:
+            raise GaugeError(f"{path}: per-coordinate {name!r} has shape {tuple(t.shape)}, expected ({gauge.d},)",
+                             hint="the gauge file is corrupt or was edited by hand")
+        if t.is_complex() or t.dtype == torch.bool:
+            raise GaugeError(f"{path}: per-coordinate {name!r} has dtype {t.dtype}, not a real number",
+                             hint="the gauge file is corrupt or was edited by hand")
+        arr = t.float().numpy()
+        if not np.all(np.isfinite(arr)):
+            raise GaugeError(f"{path}: per-coordinate {name!r} contains NaN or infinite values",
+                             hint="the gauge file is corrupt; re-estimate it")
+        extras[name] = arr
+    return GaugeFile(gauge, provenance if isinstance(provenance, dict) else {"provenance": provenance}, extras)
 
 
 def load_gauge(path: str | Path) -> SignedPermutation:
@@ -304,6 +343,27 @@ def load_gauge(path: str | Path) -> SignedPermutation:
 
 
 # --------------------------------------------------------------------- helpers
+def _float_safe_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as numpy; bf16 / f16 (which numpy lacks or rounds) go through float32 first."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    return t.numpy()
+
+
+def _as_numpy_1d(x: object, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = _float_safe_numpy(x.detach().cpu())
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise GaugeError(f"{what} is not an array ({exc})", hint=f"{what} must be a 1-D array of numbers") from exc
+    if arr.ndim != 1:
+        raise GaugeError(f"{what} must be 1-D, got shape {arr.shape}", hint=f"{what} holds one entry per coordinate")
+    if arr.dtype.kind not in "iuf":
+        raise GaugeError(f"{what} has dtype {arr.dtype}, not a number", hint=f"{what} must be a 1-D array of numbers")
+    return arr
+
+
 def _to_numpy(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
@@ -312,4 +372,5 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
 
 def _check_width(d1: int, d2: int, what: str) -> None:
     if d1 != d2:
-        raise GaugeError(f"{what}: width mismatch between gauges (d={d1} vs d={d2})")
+        raise GaugeError(f"{what}: width mismatch between gauges (d={d1} vs d={d2})",
+                         hint="gauges compose only along a chain of checkpoints of the same hidden size")

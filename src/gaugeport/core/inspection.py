@@ -63,7 +63,11 @@ def inspect_checkpoint(path: str | Path) -> Inspection:
     ckpt = Checkpoint.open(path)
     spec = ckpt.spec
     rules = spec.classify_all(ckpt.names)
-    gains = [ckpt.tensor(n) for n, r in rules.items() if r.role == "gain"]
+    ckpt.check_widths(spec)
+    gains = []
+    for name, tensor in ckpt.iter_tensors():  # one streamed pass: every tensor is checked for NaN / Inf
+        if rules[name].role == "gain":
+            gains.append(tensor)
     tied = bool(ckpt.config.get("tie_word_embeddings", False)) or not any(
         n.endswith(("lm_head.weight", "embed_out.weight")) for n in ckpt.names)
     return _summarise(spec, ckpt.d_model, ckpt.n_layers, gains, len(rules),

@@ -17,7 +17,7 @@ import transformers
 
 from gaugeport.core.apply import check_gauge_fits, transform_tensor
 from gaugeport.core.archspec import get_spec
-from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.checkpoint import Checkpoint, check_sequence_length
 from gaugeport.core.errors import CheckpointError, DataError, GaugeError
 from gaugeport.core.gauge import SignedPermutation
 
@@ -32,15 +32,15 @@ class Verification:
     hidden_max_abs_diff: float | None  # with a gauge: max |h_B - G h_A| over all hidden states
     hidden_max_rel_diff: float | None
     weight_max_abs_diff: float | None  # with a gauge and checkpoints: max |W_B - G(W_A)|
-    weight_worst_tensor: str | None
+    weight_worst_tensor: str | None  # the tensor with the largest relative difference
     n_tokens: int
     tol: float
+    weight_max_rel_diff: float | None = None  # max over tensors of |W_B - G(W_A)| / max |W_A|
 
     @property
     def ok(self) -> bool:
-        checks = [self.max_rel_diff, self.hidden_max_rel_diff]
-        return all(c is None or c <= self.tol for c in checks) and (
-            self.weight_max_abs_diff is None or self.weight_max_abs_diff <= self.tol)
+        checks = [self.max_rel_diff, self.hidden_max_rel_diff, self.weight_max_rel_diff]
+        return all(c is None or c <= self.tol for c in checks)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -64,14 +64,37 @@ def probe_token_ids(vocab_size: int, n_seq: int = 4, seq_len: int = 32, seed: in
 
 
 def load_token_ids(path: str | Path, vocab_size: int) -> torch.Tensor:
-    arr = np.load(path, allow_pickle=False)
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"{path}: expected integer token ids of shape [n_seq, seq_len], got {arr.dtype} {arr.shape}")
+    """Token ids ``[n_seq, seq_len]`` from a ``.npy`` file (never unpickled), checked against the vocabulary."""
+    from gaugeport.core.fileio import require_file
+
+    hint = "verify --data takes a .npy of integer token ids [n_seq, seq_len] (np.save('ids.npy', ids))"
+    path = require_file(path, "token-id file")
+    if path.suffix.lower() != ".npy":
+        raise DataError(f"{path}: verify reads token ids from a .npy file, not {path.suffix or 'a bare file'}",
+                        hint=hint)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        what = "holds Python objects (refused: loading them would unpickle)" if "pickle" in str(exc) else \
+            "is not a readable .npy file"
+        raise DataError(f"{path} {what}", hint=hint) from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{path}: expected integer token ids of shape [n_seq, seq_len], got {arr.dtype} {arr.shape}",
+                        hint=hint)
     if arr.size == 0:
-        raise DataError(f"{path}: no token ids")
+        raise DataError(f"{path}: no token ids", hint=hint)
     if arr.min() < 0 or arr.max() >= vocab_size:
-        raise DataError(f"{path}: token ids must lie in [0, {vocab_size}), found [{arr.min()}, {arr.max()}]")
+        raise DataError(f"{path}: token ids must lie in [0, {vocab_size}), found [{arr.min()}, {arr.max()}]",
+                        hint="the ids come from another tokenizer; tokenize with this model's tokenizer")
     return torch.from_numpy(arr.astype(np.int64))
+
+
+def check_tolerance(tol: float) -> float:
+    """A tolerance is a finite number >= 0 (a negative or NaN one would make every check fail or pass)."""
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not np.isfinite(tol) or tol < 0:
+        raise DataError(f"tolerance must be a finite number >= 0, got {tol!r}",
+                        hint=f"the default {DEFAULT_TOL:g} is relative to the largest |value| compared")
+    return float(tol)
 
 
 @torch.no_grad()
@@ -81,6 +104,11 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, ids: torc
     out_b = model_b(input_ids=ids, output_hidden_states=True)
     key = "logits" if getattr(out_a, "logits", None) is not None else "pooler_output"
     ya, yb = getattr(out_a, key), getattr(out_b, key)
+    for which, y in (("A", ya), ("B", yb)):
+        if not bool(torch.isfinite(y).all()):
+            raise DataError(f"model {which} produced NaN or infinite {key}",
+                            hint="its weights contain NaN/Inf or overflow in float32 "
+                            "(`gaugeport inspect` names the tensor)")
     if ya.shape != yb.shape:
         raise CheckpointError(f"outputs differ in shape: {tuple(ya.shape)} vs {tuple(yb.shape)}")
     diff = (ya - yb).abs().max().item()
@@ -95,8 +123,9 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, ids: torc
     return Verification(key, diff, diff / scale, h_abs, h_rel, None, None, int(ids.numel()), tol)
 
 
-def weight_difference(path_a: str | Path, path_b: str | Path, gauge: SignedPermutation) -> tuple[float, str]:
-    """Max |W_B - G(W_A)| over all tensors (streamed), and the tensor where it occurs."""
+def weight_difference(path_a: str | Path, path_b: str | Path, gauge: SignedPermutation) -> tuple[float, str, float]:
+    """Max |W_B - G(W_A)| over all tensors (streamed), the tensor with the largest relative difference
+    (``|W_B - G(W_A)| / max |W_A|``, tolerance-comparable like the logits), and that relative difference."""
     a, b = Checkpoint.open(path_a), Checkpoint.open(path_b)
     if set(a.names) != set(b.names):
         extra = sorted(set(a.names) ^ set(b.names))[:5]
@@ -104,28 +133,39 @@ def weight_difference(path_a: str | Path, path_b: str | Path, gauge: SignedPermu
     spec = a.spec
     check_gauge_fits(spec, gauge, a.d_model)
     rules = spec.classify_all(a.names)
-    worst, worst_name = 0.0, ""
+    worst, worst_rel, worst_name = 0.0, 0.0, ""
     for name, tb in b.iter_tensors():
         ta = transform_tensor(name, a.tensor(name), rules[name], gauge)
+        if tuple(ta.shape) != tuple(tb.shape):
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(ta.shape)} in A but {tuple(tb.shape)} in B",
+                                  hint="A and B are different models; verify compares a model with its gauged copy")
         d = (ta.double() - tb.double()).abs().max().item() if ta.numel() else 0.0
-        if d >= worst:
-            worst, worst_name = d, name
-    return worst, worst_name
+        rel = d / max(ta.double().abs().max().item(), 1e-12) if ta.numel() else 0.0
+        worst = max(worst, d)
+        if rel >= worst_rel:
+            worst_rel, worst_name = rel, name
+    return worst, worst_name, worst_rel
 
 
 def verify_checkpoints(path_a: str | Path, path_b: str | Path, gauge: SignedPermutation | None = None, *,
                        tol: float = DEFAULT_TOL, data: str | Path | None = None, n_seq: int = 4,
                        seq_len: int = 32, seed: int = 0, weights: bool = True) -> Verification:
+    tol = check_tolerance(tol)
     a, b = Checkpoint.open(path_a), Checkpoint.open(path_b)
     if a.model_type != b.model_type:
-        raise CheckpointError(f"different architectures: {a.model_type} vs {b.model_type}")
+        raise CheckpointError(f"different architectures: {a.model_type} vs {b.model_type}",
+                              hint="verify compares a checkpoint with a gauged copy of itself")
     if a.d_model != b.d_model:
-        raise GaugeError(f"width mismatch: A has d_model={a.d_model}, B has d_model={b.d_model}")
+        raise GaugeError(f"width mismatch: A has d_model={a.d_model}, B has d_model={b.d_model}",
+                         hint="verify compares a checkpoint with a gauged copy of itself")
     if gauge is not None:
         check_gauge_fits(get_spec(a.model_type), gauge, a.d_model)
     vocab = int(a.config.get("vocab_size", 0))
     ids = load_token_ids(data, vocab) if data else probe_token_ids(vocab, n_seq, seq_len, seed)
+    for ckpt in (a, b):
+        check_sequence_length(int(ids.shape[1]), ckpt.position_limit, str(ckpt.path))
     result = compare_models(load_model(path_a), load_model(path_b), ids, gauge, tol)
     if gauge is not None and weights:
-        result.weight_max_abs_diff, result.weight_worst_tensor = weight_difference(path_a, path_b, gauge)
+        result.weight_max_abs_diff, result.weight_worst_tensor, result.weight_max_rel_diff = weight_difference(
+            path_a, path_b, gauge)
     return result

@@ -335,6 +335,11 @@ def collect_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches:
     moments = {s: CrossMoments(d, d, batch_dtype=batch_dtype, device=next(model_a.parameters()).device)
                for s in sites_a}
     items = [Batch.of(b, specials) for b in batches]
+    from gaugeport.core.checkpoint import check_sequence_length, learned_position_limit
+
+    for model in (model_a, model_b):
+        limit = learned_position_limit((n, tuple(p.shape)) for n, p in model.named_parameters())
+        check_sequence_length(max((int(b.input_ids.shape[-1]) for b in items), default=0), limit)
     if not items or sum(b.n_tokens for b in items) == 0:
         raise DataError("no data: the batches hold no countable tokens",
                         hint="give more tokens (--tokens) or a data source that is not empty")

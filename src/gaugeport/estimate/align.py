@@ -80,11 +80,18 @@ class Alignment(ConfidenceSummary):
 
 
 # ----------------------------------------------------------------------------- from moments
+MIN_ALIGN_TOKENS = 16  # fewer counted positions give correlations that are all noise (or undefined)
+
+
 def align_from_moments(moments: MomentSet, method: str = "signed", sites: Sequence[str] | None = None) -> Alignment:
     """Match on collected moments (all their sites vote unless ``sites`` restricts them)."""
     if method not in METHODS:
         raise DataError(f"method {method!r} does not use activation moments",
                         hint="choose signed, raw or perm-only (weights needs the checkpoints, not moments)")
+    if moments.n_tokens < MIN_ALIGN_TOKENS:
+        raise DataError(f"the moments count only {moments.n_tokens} token position(s); alignment needs at least "
+                        f"{MIN_ALIGN_TOKENS}", hint="give more data (--tokens, longer rows): a correlation from a "
+                        "handful of positions carries no information about the gauge")
     names = _pick_sites(moments, sites)
     sum_abs: np.ndarray | None = None
     sum_c: np.ndarray | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,25 @@ def load_torch(path: Path, what: str, hint: str = "save only tensors and plain c
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only names the Python global it refused; any other unpickling error means bad bytes
-        if "global" in str(exc).lower():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol warnings are noise here
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # the weights-only unpickler met something other than tensors and plain containers: a global
+        # (a class or function), or an opcode it does not run. Torch's own text suggests turning the check
+        # off; never repeat that.
+        from gaugeport.core.fileio import pickle_globals
+
+        names = pickle_globals(path)
+        if names:
+            foreign = [n for n in names if not n.startswith(("torch.", "collections.OrderedDict"))] or names
             raise ArtifactError(
-                f"{path} holds Python objects that torch.load(weights_only=True) refuses to unpickle",
-                hint=f"loading it would run arbitrary code; {hint}",
-            ) from exc
-        raise CheckpointError(f"cannot read {what} {path}: {exc}", hint="the file is truncated or corrupt") from exc
+                f"{path} contains code objects (it names {', '.join(sorted(set(foreign))[:3])}); gaugeport "
+                "refuses to load it, for safety: loading it could run arbitrary code",
+                hint=f"this check is never disabled; {hint}",
+            ) from None
+        raise CheckpointError(f"cannot read {what} {path}: not a readable torch file",
+                              hint="the file is truncated or corrupt") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {what} {path}: {exc}", hint="the file is truncated or corrupt") from exc
+        text = "not a readable torch file" if "weights_only" in str(exc) else str(exc)
+        raise CheckpointError(f"cannot read {what} {path}: {text}", hint="the file is truncated or corrupt") from None

@@ -163,19 +163,21 @@ def _floats(x: Any, where: str, what: str) -> np.ndarray:
 
 def load_claims(path: str | Path) -> list[Claim]:
     """Read a claims JSON file: ``{"claims": [...]}`` or a bare list."""
+    from gaugeport.core.fileio import require_file
+
+    hint = 'a claims file is JSON: {"claims": [{"name", "site", "kind", ...}]} (see the README)'
+    path = require_file(path, "claims file")
     try:
         raw = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"claims file not found: {path}") from exc
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc})", hint=hint) from exc
     items = raw.get("claims") if isinstance(raw, dict) else raw
     if not isinstance(items, list) or not items:
-        raise ArtifactError(f"{path}: expected a non-empty list of claims (or {{\"claims\": [...]}})")
+        raise ArtifactError(f"{path}: expected a non-empty list of claims (or {{\"claims\": [...]}})", hint=hint)
     claims = [Claim.from_dict(c if isinstance(c, dict) else {}) for c in items]
     names = [c.name for c in claims]
     if len(set(names)) != len(names):
-        raise ArtifactError(f"{path}: claim names must be unique")
+        raise ArtifactError(f"{path}: claim names must be unique", hint="rename the duplicated claims")
     return claims
 
 
@@ -302,6 +304,12 @@ class AuditReport:
 def gauge_sweep(d: int, n_random: int = 8, seed: int = 0,
                 estimated: Mapping[str, SignedPermutation] | None = None) -> dict[str, SignedPermutation]:
     """Identity, ``n_random`` random signed permutations, and the estimated gauge(s)."""
+    if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
+        raise GaugeError(f"the sweep width must be a positive integer, got {d!r}",
+                         hint="--d is the hidden size of the model the claims are about")
+    if isinstance(n_random, bool) or not isinstance(n_random, int | np.integer) or n_random < 0:
+        raise GaugeError(f"the number of random gauges must be >= 0, got {n_random!r}",
+                         hint="--random 8 (the default) re-expresses every claim under 8 random gauges")
     sweep = {"identity": SignedPermutation.identity(d)}
     for k in range(n_random):
         sweep[f"random-{k + 1}"] = SignedPermutation.random(d, seed=seed * 1000 + k)
@@ -358,16 +366,22 @@ def write_audit(report: AuditReport, out: str | Path, *, force: bool = False) ->
 
 def load_evidence(path: str | Path) -> dict[str, Evidence]:
     """An ``.npz`` with ``<key>.acts`` [n, d] and ``<key>.labels`` [n] per evidence key (a site name)."""
+    from gaugeport.core.fileio import require_file
+
+    hint = "evidence is an .npz (np.savez) with <site>.acts [n, d] and <site>.labels [n] arrays"
+    path = require_file(path, "evidence file")
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read evidence file {path}: {exc}") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read evidence file {path}: {exc}", hint=hint) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} is a single array, not an .npz archive of named arrays", hint=hint)
     keys = sorted({k.rsplit(".", 1)[0] for k in data.files if k.endswith((".acts", ".labels"))})
     out = {}
     for k in keys:
         if f"{k}.acts" not in data.files or f"{k}.labels" not in data.files:
-            raise DataError(f"{path}: evidence {k!r} needs both {k}.acts and {k}.labels")
+            raise DataError(f"{path}: evidence {k!r} needs both {k}.acts and {k}.labels", hint=hint)
         out[k] = Evidence(data[f"{k}.acts"], data[f"{k}.labels"])
     if not out:
-        raise DataError(f"{path}: no '<key>.acts' / '<key>.labels' arrays found")
+        raise DataError(f"{path}: no '<key>.acts' / '<key>.labels' arrays found", hint=hint)
     return out

@@ -51,7 +51,10 @@ def transport_attributions(indices: Sequence[int] | np.ndarray, scores: Sequence
     """``(coordinate, score)`` pairs in B: index mapped, score multiplied by the coordinate's sign."""
     g = as_applied(gauge, perm_only)
     idx = _indices(indices, g)
-    sc = np.asarray(scores, dtype=np.float64)
+    if not isinstance(scores, np.ndarray | list | tuple):
+        raise ArtifactError(f"scores must be a list of numbers, got {type(scores).__name__}",
+                            hint="one number per coordinate, in the same order")
+    sc = np.asarray([_float(v) for v in np.asarray(scores, dtype=object).reshape(-1)], dtype=np.float64)
     if sc.shape != idx.shape:
         raise ArtifactError(f"{len(idx)} coordinates but {sc.size} scores")
     if not np.all(np.isfinite(sc)):
@@ -73,9 +76,18 @@ def _indices(indices: Any, g: SignedPermutation) -> np.ndarray:
 
 def _signs(signs: Any, n: int) -> np.ndarray:
     arr = np.asarray(signs)
-    if arr.shape != (n,) or not np.all(np.isin(arr, (-1, 1))):
-        raise ArtifactError("signs must be -1 or +1, one per coordinate")
+    if arr.shape != (n,) or arr.dtype.kind not in "iuf" or not np.all(np.isin(arr, (-1, 1))):
+        raise ArtifactError("signs must be -1 or +1, one per coordinate",
+                            hint="a sign of 0 or 2 is not a sign flip; fix the artifact before transporting")
     return arr.astype(np.int64)
+
+
+def _sign(v: Any) -> int:
+    s = _int(v, "sign")
+    if s not in (-1, 1):
+        raise ArtifactError(f"sign must be -1 or +1, got {v!r}",
+                            hint="a sign of 0 or 2 is not a sign flip; fix the artifact before transporting")
+    return s
 
 
 # ------------------------------------------------------------------------------------- records
@@ -91,7 +103,7 @@ def transport_records(records: list[dict[str, Any]], g: SignedPermutation, kind:
         if "score" in r and not unsigned_scores:
             row["score"] = _float(r["score"]) * s
         if "sign" in r or kind == "coordinates":
-            row["sign"] = (_int(r["sign"], "sign") if "sign" in r else 1) * s
+            row["sign"] = (_sign(r["sign"]) if "sign" in r else 1) * s
         out.append(row)
     return out
 
@@ -180,8 +192,13 @@ def transport_csv(text: str, g: SignedPermutation, kind: TableKind | None = None
     if not rows:
         raise ArtifactError("the CSV has no rows (a header with 'coordinate[,score][,site]' and one row per entry)")
     fields = list(rows[0])
-    if None in fields or not any(k in fields for k in INDEX_KEYS):
-        raise ArtifactError(f"CSV columns {fields}: need a 'coordinate' (or 'index') column")
+    for n, row in enumerate(rows, start=2):
+        if None in row:
+            raise ArtifactError(f"CSV line {n} has more fields than the header ({len(fields)} columns)",
+                                hint="quote fields that contain commas, or add the missing column to the header")
+    if not any(k in fields for k in INDEX_KEYS):
+        raise ArtifactError(f"CSV columns {fields}: need a 'coordinate' (or 'index') column",
+                            hint="the header must name the coordinate column, e.g. coordinate,score,site")
     moved = transport_records(rows, g, kind or guess_kind(rows), unsigned_scores)
     if "sign" in moved[0] and "sign" not in fields:
         fields.append("sign")

@@ -124,6 +124,8 @@ def merge_checkpoints(a_dir: str | Path, b_dir: str | Path, gauge: SignedPermuta
     if ckpt_b.d_model != ckpt_a.d_model:
         raise GaugeError(f"width mismatch: A has d_model={ckpt_a.d_model}, B has {ckpt_b.d_model}")
     _check_same_layout(_layout(ckpt_a), _layout(ckpt_b))
+    ckpt_a.check_widths(spec)
+    ckpt_b.check_widths(spec)
     stamp = {**provenance(gauge, b_dir, perm_only, "merge"), "gaugeport_merge": f"{method} alpha={alpha}",
              "gaugeport_merge_a": str(a_dir)}
     with atomic_path(out, force, inputs=(a_dir, b_dir)) as tmp:

@@ -60,12 +60,34 @@ def transport_sae_state(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any
     """
     g = as_applied(gauge, perm_only)
     check_sae_cfg(dict(cfg or {}), g)
+    check_sae_shapes(dict(cfg or {}), state)
     out = {}
     for name, t in state.items():
         check_finite(t, f"SAE tensor {name}")
         axes = sae_tensor_axes(name)
         out[name] = t if whitened else _move(t, axes, g, f"SAE tensor {name}")
     return out
+
+
+_SHAPE_FIELDS = {"W_enc": ("d_in", "d_sae"), "W_dec": ("d_sae", "d_out"), "b_enc": ("d_sae",), "b_dec": ("d_out",)}
+
+
+def check_sae_shapes(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> None:
+    """``cfg.json``'s widths (d_in, d_sae, d_out) agree with the weights' shapes."""
+    want = {"d_in": cfg.get("d_in"), "d_sae": cfg.get("d_sae"), "d_out": cfg.get("d_out", cfg.get("d_in"))}
+    for key, val in want.items():
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
+            raise ArtifactError(f"cfg.json: {key} = {val!r} is not a positive integer",
+                                hint="the SAE config is corrupt or hand-edited")
+    for name, fields in _SHAPE_FIELDS.items():
+        t = state.get(name)
+        if t is None or t.ndim != len(fields):
+            continue
+        for axis, key in enumerate(fields):
+            if want[key] is not None and t.shape[axis] != want[key]:
+                raise ArtifactError(
+                    f"cfg.json says {key}={want[key]} but {name} has shape {tuple(t.shape)}",
+                    hint="the config and the weights disagree: the SAE directory is corrupt or mixed from two SAEs")
 
 
 def sae_tensor_axes(name: str) -> tuple[int, ...]:

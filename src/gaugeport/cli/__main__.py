@@ -1,0 +1,5 @@
+"""``python -m gaugeport.cli``: the same entry point as the ``gaugeport`` command."""
+
+from gaugeport.cli import main
+
+main()

@@ -1,0 +1,411 @@
+"""The bad-input sweep: one row per case an attacker or a careless user tried.
+
+Each row builds its inputs in a fresh workspace, runs ``gaugeport ARGS`` through the real entry
+point and checks: the exit code, a fragment of the message, an ``error:`` line with a ``hint:``
+line and no traceback, and that the workspace is byte-for-byte what it was before (nothing written,
+no input changed, no temp litter). To add a case, add a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gaugeport.core.gauge import SignedPermutation, save_gauge
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (symlinks not followed) with its kind, mode and content hash."""
+    state = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            state[rel] = f"link:{os.readlink(p)}"
+        elif p.is_dir():
+            state[rel] = "dir"
+        else:
+            state[rel] = f"file:{p.stat().st_mode & 0o777:o}:{hashlib.sha256(p.read_bytes()).hexdigest()}"
+    return state
+
+
+@dataclass
+class Workspace:
+    root: Path
+    tiny: Callable[..., Path]
+
+    def ckpt(self, name: str = "a", model: str = "llama", seed: int = 0) -> Path:
+        dst = self.root / name
+        dst.mkdir(parents=True)
+        for p in self.tiny(model, seed).iterdir():
+            (dst / p.name).write_bytes(p.read_bytes())
+        return dst
+
+    def gauge(self, name: str = "g.safetensors", d: int = 32, seed: int = 0) -> Path:
+        return save_gauge(SignedPermutation.random(d, seed=seed), self.root / name)
+
+    def file(self, name: str, content: str | bytes = "") -> Path:
+        p = self.root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content)
+        return p
+
+    def edit_config(self, ckpt: Path, **changes: object) -> Path:
+        cfg = json.loads((ckpt / "config.json").read_text())
+        cfg.update(changes)
+        (ckpt / "config.json").write_text(json.dumps(cfg))
+        return ckpt
+
+    def shard(self, ckpt: Path, n: int = 2) -> Path:
+        """Split ckpt/model.safetensors into ``n`` shards with an index."""
+        tensors = load_file(str(ckpt / "model.safetensors"))
+        (ckpt / "model.safetensors").unlink()
+        names = sorted(tensors)
+        weight_map = {}
+        for i in range(n):
+            shard = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            part = {k: tensors[k] for k in names[i::n]}
+            save_file(part, str(ckpt / shard), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(part, shard))
+        self.index(ckpt, weight_map)
+        return ckpt
+
+    def index(self, ckpt: Path, weight_map: object) -> None:
+        (ckpt / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    def weight_map(self, ckpt: Path) -> dict[str, str]:
+        return json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"]
+
+    def poison(self, ckpt: Path, name: str, value: float) -> Path:
+        tensors = load_file(str(ckpt / "model.safetensors"))
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[3] = value
+        save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+        return ckpt
+
+    def raw_gauge(self, name: str, perm: torch.Tensor, signs: torch.Tensor, **meta: str) -> Path:
+        p = self.root / name
+        metadata = {"format": "gaugeport.signed_permutation", "version": "1", "d": str(perm.numel()), **meta}
+        save_file({"perm": perm, "signs": signs}, str(p), metadata=metadata)
+        return p
+
+
+# ---------------------------------------------------------------------------------------------- cases
+def _traversal(w: Workspace, escape: str) -> list[object]:
+    """A sharded checkpoint whose index names its first shard by ``escape``; the shard is moved there."""
+    a = w.shard(w.ckpt("deep/a"))
+    wm = w.weight_map(a)
+    first = sorted(set(wm.values()))[0]
+    target = (a / escape).resolve()
+    if w.root.resolve() in target.parents:  # the crafted shard really is where the name points
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((a / first).read_bytes())
+        (a / first).unlink()
+    w.index(a, {k: (escape if v == first else v) for k, v in wm.items()})
+    return ["apply", a, "--random-seed", "0", "--out", w.root / "deep" / "out"]
+
+
+def _nan(w: Workspace, verb: str, value: float) -> list[object]:
+    a = w.poison(w.ckpt("a"), "model.layers.0.mlp.down_proj.weight", value)
+    if verb == "inspect":
+        return ["inspect", a]
+    if verb == "apply":
+        return ["apply", a, "--random-seed", "0", "--out", w.root / "out"]
+    b = w.ckpt("b", seed=1)
+    return ["merge", b, a, "--gauge", w.gauge(), "--out", w.root / "out", "--quiet"]
+
+
+def _wrong_shard(w: Workspace) -> list[object]:
+    a = w.shard(w.ckpt("a"))
+    wm = w.weight_map(a)
+    first = sorted(wm)[0]
+    wm[first] = next(s for s in sorted(set(wm.values())) if s != wm[first])
+    w.index(a, wm)
+    return ["apply", a, "--random-seed", "0", "--out", w.root / "out"]
+
+
+def _index_lists_absent(w: Workspace) -> list[object]:
+    a = w.shard(w.ckpt("a"))
+    wm = w.weight_map(a)
+    wm["model.layers.9.mlp.up_proj.weight"] = sorted(set(wm.values()))[0]
+    w.index(a, wm)
+    return ["apply", a, "--random-seed", "0", "--out", w.root / "out"]
+
+
+def _hidden_size_disagrees(w: Workspace) -> list[object]:
+    a = w.edit_config(w.ckpt("a"), hidden_size=48)
+    return ["apply", a, "--gauge", w.gauge(d=48), "--out", w.root / "out"]
+
+
+def _symlinked_out(w: Workspace) -> list[object]:
+    a = w.ckpt("a")
+    (w.root / "alias").symlink_to(a)
+    return ["apply", a, "--random-seed", "0", "--out", w.root / "alias", "--force"]
+
+
+def _symlinked_save_gauge(w: Workspace) -> list[object]:
+    a = w.ckpt("a")
+    (w.root / "g.safetensors").symlink_to(a / "model.safetensors")
+    return ["apply", a, "--random-seed", "0", "--save-gauge", w.root / "g.safetensors", "--out", w.root / "b",
+            "--force"]
+
+
+def _merge_hidden_size_disagrees(w: Workspace) -> list[object]:
+    a, b = w.edit_config(w.ckpt("a"), hidden_size=48), w.edit_config(w.ckpt("b", seed=1), hidden_size=48)
+    return ["merge", a, b, "--gauge", w.gauge(d=48), "--out", w.root / "out", "--quiet"]
+
+
+def _hardlinked_gauge(w: Workspace) -> list[object]:
+    g = w.gauge()
+    os.link(g, w.root / "g2.safetensors")
+    return ["transport", w.file("v.npy", _npy(np.ones(32, np.float32))), "--gauge", g,
+            "--out", w.root / "g2.safetensors", "--force"]
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _bad_signs(w: Workspace, value: int, dtype: torch.dtype = torch.int8) -> Path:
+    signs = torch.ones(32, dtype=dtype)
+    signs[5] = value
+    return w.raw_gauge("bad.safetensors", torch.randperm(32, generator=torch.Generator().manual_seed(0)), signs)
+
+
+def _vector(w: Workspace) -> Path:
+    return w.file("v.npy", _npy(np.ones(32, np.float32)))
+
+
+def _sae(w: Workspace, d_in_cfg: int = 32) -> Path:
+    sae = w.root / "sae"
+    sae.mkdir()
+    save_file({"W_enc": torch.randn(32, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 32),
+               "b_dec": torch.zeros(32)}, str(sae / "sae_weights.safetensors"))
+    (sae / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": d_in_cfg, "d_sae": 8}))
+    return sae
+
+
+def _evil_pt(w: Workspace) -> Path:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.mkdir, (str(w.root / "pwned"),))
+
+    return w.file("evil.pt", pickle.dumps(Evil()))
+
+
+def _compose_bad_confidence(w: Workspace) -> list[object]:
+    g = SignedPermutation.random(32, seed=0)
+    p = w.root / "g1.safetensors"
+    save_file({"perm": torch.from_numpy(g.perm.copy()), "signs": torch.from_numpy(g.signs.copy()),
+               "confidence": torch.ones(7)}, str(p),
+              metadata={"format": "gaugeport.signed_permutation", "version": "1", "d": "32"})
+    return ["compose", p, w.gauge("g2.safetensors", seed=1), "--out", w.root / "o.safetensors"]
+
+
+def _long_rows(w: Workspace, verb: str) -> list[object]:
+    a, b = w.ckpt("a", model="gpt2"), w.ckpt("b", model="gpt2", seed=1)
+    if verb == "verify":
+        ids = w.file("ids.npy", _npy(np.ones((1, 200), np.int64)))
+        return ["verify", a, b, "--data", ids]
+    return ["align", a, b, "--data", "builtin", "--tokens", "400", "--seq-len", "200", "--out", w.root / "g"]
+
+
+def _trainer_with_bad_gauge(w: Workspace) -> list[object]:
+    run = w.ckpt("run/checkpoint-1")
+    (run / "optimizer.pt").write_bytes(b"")
+    return ["transport", run, "--gauge", _bad_signs(w, 0), "--out", w.root / "out"]
+
+
+CLAIMS = json.dumps({"claims": [{"name": "c", "site": "resid_post.0", "kind": "coordinates", "indices": [1]}]})
+
+# id -> (build argv in a workspace, expected exit code, expected message fragment)
+CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
+    # 1. path traversal through the shard index
+    "index-shard-parent-traversal": (lambda w: _traversal(w, "../x.safetensors"), 2, "not a plain *.safetensors"),
+    "index-shard-deep-traversal": (lambda w: _traversal(w, "../../../ws/x.safetensors"), 2, "not a plain"),
+    "index-shard-absolute-path": (lambda w: _traversal(w, "/tmp/x.safetensors"), 2, "not a plain"),
+    "index-shard-subdirectory": (lambda w: _traversal(w, "sub/x.safetensors"), 2, "not a plain"),
+    "index-shard-not-safetensors": (lambda w: _traversal(w, "weights.bin"), 2, "not a plain *.safetensors"),
+    # 2. --force never destroys an input; outputs never collide
+    "apply-save-gauge-into-input": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--save-gauge", w.root / "a" / "model.safetensors",
+                   "--out", w.root / "b", "--force"], 2, "lies inside the input"),
+    "apply-out-is-save-gauge": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--save-gauge", w.root / "o", "--out", w.root / "o"],
+        2, "would overwrite each other"),
+    "apply-out-is-input-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.root / "a", "--force"], 2, "is the input"),
+    "apply-out-contains-input-force": (
+        lambda w: ["apply", w.ckpt("d/a"), "--random-seed", "0", "--out", w.root / "d", "--force"], 2,
+        "contains the input"),
+    "apply-out-symlink-to-input": (_symlinked_out, 2, "the input"),
+    "apply-save-gauge-symlink-into-input": (_symlinked_save_gauge, 2, "overlaps the input"),
+    "transport-out-is-gauge-force": (
+        lambda w: ["transport", w.file("v.npy", _npy(np.ones(32, np.float32))), "--gauge", w.gauge(),
+                   "--out", w.root / "g.safetensors", "--force"], 2, "is the input"),
+    "transport-out-hardlink-of-gauge": (_hardlinked_gauge, 2, "is the input"),
+    "compose-out-is-input-force": (
+        lambda w: ["compose", w.gauge("g1.safetensors"), w.gauge("g2.safetensors", seed=1),
+                   "--out", w.root / "g2.safetensors", "--force"], 2, "is the input"),
+    "audit-out-is-claims-force": (
+        lambda w: ["audit", w.file("c.json", CLAIMS), "--d", "32", "--out", w.root / "c.json", "--force"], 2,
+        "is the input"),
+    "align-report-is-out": (
+        lambda w: ["align", w.ckpt("a"), w.ckpt("b", seed=1), "--method", "weights", "--out", w.root / "g",
+                   "--report", w.root / "g"], 2, "would overwrite each other"),
+    "align-out-into-input-checkpoint": (
+        lambda w: ["align", w.ckpt("a"), w.ckpt("b", seed=1), "--method", "weights",
+                   "--out", w.root / "b" / "g.safetensors", "--force"], 2, "lies inside the input"),
+    "collect-out-is-data-force": (
+        lambda w: ["collect", w.ckpt("a"), w.ckpt("b", seed=1), "--data", w.file("t.npy", _npy(np.ones((2, 8),
+                   np.int64))), "--out", w.root / "t.npy", "--force"], 2, "is the input"),
+    "out-under-a-file": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.file("f.txt", "x") / "sub"], 2,
+        "is a file, not a directory"),
+    # 4. NaN / Inf weights are refused with the tensor's name
+    "inspect-nan-weight": (lambda w: _nan(w, "inspect", float("nan")), 2, "down_proj.weight' in"),
+    "apply-nan-weight": (lambda w: _nan(w, "apply", float("nan")), 2, "contains NaN"),
+    "apply-inf-weight": (lambda w: _nan(w, "apply", float("inf")), 2, "contains infinite"),
+    "merge-nan-weight": (lambda w: _nan(w, "merge", float("nan")), 2, "model.layers.0.mlp.down_proj.weight"),
+    # 5. config and tensors agree
+    "config-hidden-size-disagrees": (_hidden_size_disagrees, 2, "says the hidden size is 48"),
+    "merge-config-hidden-size-disagrees": (_merge_hidden_size_disagrees, 2, "says the hidden size is 48"),
+    "verify-nan-weight-without-gauge": (
+        lambda w: ["verify", w.ckpt("a"), w.poison(w.ckpt("b"), "model.layers.0.mlp.down_proj.weight",
+                   float("nan"))], 2, "model B produced NaN or infinite logits"),
+    "index-maps-tensor-to-wrong-shard": (_wrong_shard, 2, "which does not contain it"),
+    "index-lists-absent-tensor": (_index_lists_absent, 2, "model.layers.9.mlp.up_proj.weight"),
+    # 6. no tracebacks: malformed files
+    "config-json-is-a-list": (
+        lambda w: ["inspect", (lambda a: (a / "config.json").write_text("[1, 2]") and a)(w.ckpt())], 2,
+        "not an object"),
+    "config-hidden-size-string": (
+        lambda w: ["apply", w.edit_config(w.ckpt(), hidden_size="abc"), "--random-seed", "0",
+                   "--out", w.root / "o"], 2, "hidden_size = 'abc'"),
+    "index-weight-map-is-list": (
+        lambda w: ["inspect", (lambda a: w.index(a, ["x"]) or a)(w.shard(w.ckpt()))], 2, "weight_map is list"),
+    # 3. signs validated on load, for every dtype (int8 included), and on construction
+    "apply-gauge-sign-0-int8": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _bad_signs(w, 0), "--out", w.root / "o"], 2, "signs[5] = 0"),
+    "apply-gauge-sign-2-int8": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _bad_signs(w, 2), "--out", w.root / "o"], 2, "+1 or -1 only"),
+    "apply-gauge-sign-2-int64": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _bad_signs(w, 2, torch.int64), "--out", w.root / "o"], 2,
+        "+1 or -1 only"),
+    "apply-gauge-sign-half-float32": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _bad_signs(w, 0, torch.float32), "--out", w.root / "o"], 2,
+        "+1 or -1 only"),
+    "transport-gauge-sign-0": (
+        lambda w: ["transport", _vector(w), "--gauge", _bad_signs(w, 0), "--out", w.root / "o.npy"], 2,
+        "+1 or -1 only"),
+    "compose-gauge-sign-2": (
+        lambda w: ["compose", _bad_signs(w, 2), w.gauge(), "--out", w.root / "o.safetensors"], 2, "+1 or -1 only"),
+    "trainer-transport-gauge-sign-0": (_trainer_with_bad_gauge, 2, "+1 or -1 only"),
+    "gauge-perm-bf16": (
+        lambda w: ["apply", w.ckpt(), "--gauge", w.raw_gauge("p.safetensors", torch.arange(32).bfloat16(),
+                   torch.ones(32, dtype=torch.int8)), "--out", w.root / "o"], 2, "perm is stored as torch.bfloat16"),
+    "gauge-perm-repeated": (
+        lambda w: ["apply", w.ckpt(), "--gauge", w.raw_gauge("p.safetensors", torch.zeros(32, dtype=torch.int64),
+                   torch.ones(32, dtype=torch.int8)), "--out", w.root / "o"], 2, "not a permutation"),
+    "gauge-is-a-folder": (lambda w: ["apply", w.ckpt(), "--gauge", w.root / "a", "--out", w.root / "o"], 2,
+                          "is a directory, not a file"),
+    "gauge-missing": (lambda w: ["apply", w.ckpt(), "--gauge", w.root / "nope.safetensors", "--out", w.root / "o"],
+                      2, "gauge file not found"),
+    "compose-wrong-length-confidence": (_compose_bad_confidence, 2, "'confidence' has shape (7,)"),
+    "attribution-csv-sign-0": (
+        lambda w: ["transport", w.file("a.csv", "coordinate,score,sign\n1,0.5,0\n"), "--gauge", w.gauge(),
+                   "--out", w.root / "o.csv"], 2, "sign must be -1 or +1"),
+    "attribution-json-sign-5": (
+        lambda w: ["transport", w.file("a.json", json.dumps([{"coordinate": 1, "score": 0.5, "sign": 5}])),
+                   "--gauge", w.gauge(), "--out", w.root / "o.json"], 2, "sign must be -1 or +1"),
+    "coordinates-json-signs-2": (
+        lambda w: ["transport", w.file("c.json", json.dumps({"coordinates": [1, 2], "signs": [1, 2]})),
+                   "--gauge", w.gauge(), "--out", w.root / "o.json"], 2, "signs must be -1 or +1"),
+    "attribution-json-scores-strings": (
+        lambda w: ["transport", w.file("a.json", json.dumps({"coordinates": [1, 2], "scores": ["x", "y"]})),
+                   "--gauge", w.gauge(), "--out", w.root / "o.json"], 2, "score 'x' is not a number"),
+    "attribution-csv-extra-field": (
+        lambda w: ["transport", w.file("a.csv", "coordinate,score\n1,0.5,oops\n"), "--gauge", w.gauge(),
+                   "--out", w.root / "o.csv"], 2, "more fields than the header"),
+    "sae-cfg-d-in-disagrees": (
+        lambda w: ["transport", _sae(w, d_in_cfg=48), "--gauge", w.gauge(), "--out", w.root / "o"], 2,
+        "cfg.json says d_in=48"),
+    # 6. more malformed input that used to end in a traceback
+    "random-seed-negative": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "-1", "--out", w.root / "o"], 2, "non-negative integer"),
+    "verify-long-sequences": (lambda w: _long_rows(w, "verify"), 2, "learned positions"),
+    "align-long-sequences": (lambda w: _long_rows(w, "align"), 2, "learned positions"),
+    "verify-data-object-npy": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--data",
+                   w.file("o.npy", _npy(np.array([{"x": 1}], dtype=object)))], 2, "holds Python objects"),
+    "verify-data-jsonl": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--data", w.file("d.jsonl", '{"text": "hi"}\n')], 2,
+        "from a .npy file"),
+    "verify-data-folder": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--data", w.ckpt("c")], 2, "is a directory, not a file"),
+    "verify-tol-negative": (lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--tol", "-1"], 2, "finite number >= 0"),
+    "verify-tol-nan": (lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--tol", "nan"], 2, "finite number >= 0"),
+    "audit-d-negative": (
+        lambda w: ["audit", w.file("c.json", CLAIMS), "--d", "-5", "--out", w.root / "o"], 2, "positive integer"),
+    "audit-random-negative": (
+        lambda w: ["audit", w.file("c.json", CLAIMS), "--d", "32", "--random", "-1", "--out", w.root / "o"], 2,
+        "must be >= 0"),
+    "audit-evidence-npy": (
+        lambda w: ["audit", w.file("c.json", CLAIMS), "--d", "32", "--evidence",
+                   w.file("x.npy", _npy(np.ones((4, 32), np.float32))), "--out", w.root / "o"], 2,
+        "not an .npz archive"),
+    "audit-claims-folder": (
+        lambda w: ["audit", w.ckpt(), "--d", "32", "--out", w.root / "o"], 2, "is a directory, not a file"),
+    "align-one-token-rows": (
+        lambda w: ["align", w.ckpt("a"), w.ckpt("b", seed=1), "--data", w.file("t.npy", _npy(
+            np.full((2, 1), 5, np.int64))), "--tokens", "2", "--out", w.root / "g"], 2, "needs at least 16"),
+    "index-json-is-a-list": (
+        lambda w: ["inspect", (lambda a: (a / "model.safetensors.index.json").write_text("[]") and a)(
+            w.shard(w.ckpt()))], 2, "not an object"),
+    "index-shard-name-not-a-string": (
+        lambda w: ["inspect", (lambda a: w.index(a, dict.fromkeys(w.weight_map(a), 7)) or a)(w.shard(w.ckpt()))],
+        2, "not a plain"),
+    # 11. a pickle with code objects: refused for safety, and the check is never to be disabled
+    "transport-malicious-pickle": (
+        lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,
+        "contains code objects (it names posix.mkdir)"),
+    # 9. messages
+    "inspect-config-file-not-dir": (lambda w: ["inspect", w.ckpt() / "config.json"], 2, "is a file, not a"),
+    "inspect-missing": (lambda w: ["inspect", w.root / "nope"], 2, "not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case: str, cli, tiny_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    build, want_code, fragment = CASES[case]
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    argv = build(Workspace(ws, tiny_dir))
+    before = tree_state(ws)
+    capsys.readouterr()  # whatever building the inputs printed
+    code, _, err = cli(*argv)
+    assert code == want_code, err
+    assert fragment in err, err
+    assert "Traceback" not in err
+    lines = err.replace("\r", "\n").splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert at and at[0] + 1 < len(lines) and lines[at[0] + 1].startswith("hint: "), err
+    assert tree_state(ws) == before, "the workspace changed (something written or an input modified)"
+    assert "weights_only=False" not in err
