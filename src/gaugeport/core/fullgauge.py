@@ -335,8 +335,9 @@ def apply_full_gauge_to_checkpoint(src: str | Path, gauge: FullGauge, out: str |
 
 
 def full_weight_difference(path_a: str | Path, path_b: str | Path, gauge: FullGauge,
-                           progress: bool = False) -> tuple[float, str]:
-    """Max |W_B - G(W_A)| over all tensors (streamed), and the tensor where it occurs."""
+                           progress: bool = False) -> tuple[float, str, float]:
+    """Max |W_B - G(W_A)| over all tensors (streamed), the tensor with the largest relative difference
+    (``|W_B - G(W_A)| / max |W_A|``), and that relative difference."""
     from gaugeport.core.errors import CheckpointError
 
     a, b = Checkpoint.open(path_a), Checkpoint.open(path_b)
@@ -344,13 +345,18 @@ def full_weight_difference(path_a: str | Path, path_b: str | Path, gauge: FullGa
         extra = sorted(set(a.names) ^ set(b.names))[:5]
         raise CheckpointError(f"checkpoints hold different tensors (e.g. {', '.join(extra)})")
     tf = FullTransform(a.spec, a.names, gauge, a.d_model, a.config)
-    worst, worst_name = 0.0, ""
-    for name, tb in tqdm(list(b.iter_tensors()), desc="weights", disable=not progress):
+    worst, worst_rel, worst_name = 0.0, 0.0, ""
+    for name, tb in tqdm(b.iter_tensors(), total=len(b.names), desc="weights", disable=not progress):
         ta = tf(name, a.tensor(name))
+        if tuple(ta.shape) != tuple(tb.shape):
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(ta.shape)} in A but {tuple(tb.shape)} in B",
+                                  hint="A and B are different models; verify compares a model with its gauged copy")
         d = (ta.double() - tb.double()).abs().max().item() if ta.numel() else 0.0
-        if d >= worst:
-            worst, worst_name = d, name
-    return worst, worst_name
+        rel = d / max(ta.double().abs().max().item(), 1e-12) if ta.numel() else 0.0
+        worst = max(worst, d)
+        if rel >= worst_rel:
+            worst_rel, worst_name = rel, name
+    return worst, worst_name, worst_rel
 
 
 # --------------------------------------------------------------------- file format
@@ -501,7 +507,8 @@ def verify_full(path_a: str | Path, path_b: str | Path, gauge: FullGauge, **kwar
     weights = kwargs.pop("weights", True)
     res = verify_checkpoints(path_a, path_b, gauge.residual, weights=False, **kwargs)
     if weights:
-        res.weight_max_abs_diff, res.weight_worst_tensor = full_weight_difference(path_a, path_b, gauge)
+        res.weight_max_abs_diff, res.weight_worst_tensor, res.weight_max_rel_diff = full_weight_difference(
+            path_a, path_b, gauge)
     return res
 
 
