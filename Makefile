@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup clean
+.PHONY: demo test lint bench setup clean interop
 
 setup: $(STAMP)
 
@@ -27,5 +27,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --out benchmarks/results.json
 
+# steering-vectors, repeng and dictionary-learning, each in its own cached venv under .interop/ (not in make test)
+interop: $(STAMP)
+	PYTHON=$(PYTHON) $(BIN)/python interop/run_interop.py --cache .interop --out reports/interop.json
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .interop build *.egg-info src/*.egg-info

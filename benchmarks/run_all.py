@@ -151,11 +151,14 @@ EXTRACTORS: dict[str, Callable[[Any], list[Row]]] = {
     "recovery": rows_recovery,
     "ray": rows_ray,
     "lap": rows_lap,
+    "match": _delegate,
+    "apply_throughput": _delegate,
     "collect": rows_collect,
     "provenance": rows_provenance,
 }
 # Run cheap-to-noisy order: timing benchmarks last would see a warmer page cache; keep a fixed order.
-ORDER = ["function_preservation", "real_width", "lap", "collect", "recovery", "apply_memory", "ray"]
+ORDER = ["function_preservation", "real_width", "lap", "match", "collect", "recovery", "apply_memory",
+         "apply_throughput", "ray"]
 
 
 # ---------------------------------------------------------------------- running

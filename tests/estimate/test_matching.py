@@ -12,7 +12,14 @@ from scipy.optimize import linear_sum_assignment
 from gaugeport import match_coordinates
 from gaugeport.core.errors import DataError
 from gaugeport.core.gauge import SignedPermutation
-from gaugeport.estimate.lap import dense_solvers, linear_assignment, solve_dense, sparse_assignment
+from gaugeport.estimate.lap import (
+    augment_from_best,
+    dense_solvers,
+    linear_assignment,
+    one_pass_assignment,
+    row_best,
+    solve_dense,
+)
 from gaugeport.estimate.matching import match_with_confidence
 
 
@@ -101,51 +108,78 @@ def test_every_dense_backend_finds_scipys_optimum(d: int, seed: int) -> None:
         assert lap_total(cost, cols) == pytest.approx(lap_total(cost, ref), abs=1e-4), name
 
 
-@settings(max_examples=20, deadline=None)
-@given(st.integers(2, 60), st.integers(0, 10_000), st.sampled_from([1, 2, 8]))
-def test_sparse_path_returns_a_dense_optimum_or_declines(d: int, seed: int, k: int) -> None:
+def brute_force_best(score: np.ndarray) -> float:
+    """The largest total over all d! permutations (the definition of the optimum, for small d)."""
+    from itertools import permutations
+
+    d = score.shape[0]
+    return max(float(score[np.arange(d), list(p)].sum()) for p in permutations(range(d)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 10_000), st.floats(0.0, 2.0))
+def test_one_pass_shortcut_is_optimal_whenever_row_maxima_are_distinct(d: int, seed: int, strength: float) -> None:
+    """The lemma behind the shortcut, checked against every permutation: if the row-best columns are
+    all different, no assignment scores more (each row already has its maximum)."""
     rng = np.random.default_rng(seed)
-    score = np.abs(planted(SignedPermutation.random(d, seed=seed), seed, strength=rng.uniform(0.1, 0.9),
-                           noise=0.2))
-    cost = (score.max() - score).astype(np.float32)
-    found = sparse_assignment(cost, k=k)
-    _, ref = linear_sum_assignment(cost)
-    if found is not None:
-        assert lap_total(cost, found[0]) == pytest.approx(lap_total(cost, ref), abs=1e-4)
-    res = linear_assignment(score, sparse=True, k=k)
-    assert lap_total(cost, res.cols) == pytest.approx(lap_total(cost, ref), abs=1e-4)
+    score = rng.normal(size=(d, d)) + strength * np.eye(d)[rng.permutation(d)]
+    best = row_best(score)
+    cols = one_pass_assignment(best)
+    distinct = len(set(best.tolist())) == d
+    assert (cols is not None) == distinct
+    if cols is not None:
+        assert float(score[np.arange(d), cols].sum()) == pytest.approx(brute_force_best(score), abs=1e-12)
+        assert linear_assignment(score).backend == "one-pass"
 
 
-def test_sparse_path_declines_when_the_optimum_lies_outside_its_candidates() -> None:
-    """Each row's cheapest entry is a trap: the optimum uses entries no top-1 list holds."""
-    d = 6
-    cost = np.full((d, d), 10.0, dtype=np.float32)
-    cost[:, 0] = 0.0  # every row's best column is 0 ...
-    cost[np.arange(1, d), np.arange(1, d)] = 1.0  # ... but only one row can have it
-    found = sparse_assignment(cost, k=1, max_rounds=1)
-    assert found is None
-    widened = sparse_assignment(cost, k=1, max_rounds=3)
-    assert widened is not None and lap_total(cost, widened[0]) == pytest.approx(5.0)
+def test_one_pass_shortcut_declines_when_two_rows_want_one_column() -> None:
+    score = np.array([[0.9, 0.8, 0.0], [0.95, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    assert one_pass_assignment(row_best(score)) is None
+    res = linear_assignment(score)
+    assert res.backend == "augment" and res.free_rows == 1
+    assert res.cols.tolist() == [1, 0, 2]  # 0.8 + 0.95 beats 0.9 + 0.1
 
 
-def test_sparse_certificate_catches_a_candidate_optimum_that_is_not_globally_optimal() -> None:
-    """Candidates hold a perfect matching, but a better one uses a non-candidate edge."""
-    cost = np.array([[0.0, 1.0, 3.0],
-                     [1.0, 0.0, 0.5],
-                     [3.0, 0.2, 0.0]], dtype=np.float32)
-    from gaugeport.estimate import lap
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 60), st.integers(0, 10_000), st.sampled_from([0.05, 0.3, 1.0]), st.booleans(),
+       st.booleans())
+def test_augmentation_finds_scipys_optimum(d: int, seed: int, noise: float, absolute: bool, maximize: bool) -> None:
+    rng = np.random.default_rng(seed)
+    c = planted(SignedPermutation.random(d, seed=seed), seed, strength=rng.uniform(0.1, 0.9), noise=noise)
+    score = np.abs(c) if absolute else c
+    _, ref = linear_sum_assignment(score, maximize=maximize)
+    res = linear_assignment(c, absolute=absolute, maximize=maximize)
+    assert lap_total(score, res.cols) == pytest.approx(lap_total(score, ref), abs=1e-9)
+    found = augment_from_best(c, row_best(c, absolute=absolute, maximize=maximize), absolute=absolute,
+                              maximize=maximize, max_scans=10**9)
+    assert found is not None and lap_total(score, found[0]) == pytest.approx(lap_total(score, ref), abs=1e-9)
 
-    rows, cols = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 0, 1, 1, 2])
-    match = lap._solve_sparse(cost, rows, cols)
-    assert match is not None and match.tolist() == [0, 1, 2]  # optimal among candidates and globally too
-    duals = lap.dual_potentials(cost, rows, cols, match)
-    assert duals is not None
-    assert len(lap.violations(cost, *duals, tol=1e-6)[0]) == 0
-    cost[1, 2] = -5.0  # now 0->0, 1->2, 2->1 is cheaper, through the non-candidate (1, 2)
-    duals = lap.dual_potentials(cost, rows, cols, match)
-    assert duals is not None
-    bad_r, bad_c = lap.violations(cost, *duals, tol=1e-6)
-    assert (1, 2) in set(zip(bad_r.tolist(), bad_c.tolist(), strict=True))
+
+def test_augmentation_hands_over_to_the_dense_solver_past_its_budget() -> None:
+    """A matrix far from a permutation (uniform noise) needs long paths: the dense kernel takes over."""
+    score = np.random.default_rng(0).random((200, 200))
+    assert augment_from_best(score, row_best(score), max_scans=5) is None
+    res = linear_assignment(score, max_scans=5)
+    assert res.backend in dense_solvers()
+    _, ref = linear_sum_assignment(score, maximize=True)
+    assert lap_total(score, res.cols) == pytest.approx(lap_total(score, ref), abs=1e-4)
+
+
+def test_match_coordinates_skips_margins_and_match_with_confidence_keeps_them() -> None:
+    c = planted(SignedPermutation.random(32, seed=5), 5)
+    assert match_with_confidence(c, margins=False).margin is None
+    with pytest.raises(DataError, match="without margins"):
+        match_with_confidence(c, margins=False).low_confidence()
+    assert match_with_confidence(c).margin is not None
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("method", ["signed", "raw"])
+def test_one_pass_refuses_every_non_finite_entry(bad: float, method: str) -> None:
+    c = planted(SignedPermutation.random(40, seed=6), 6)
+    c[17, 3] = bad
+    with pytest.raises(DataError, match="NaN or infinite"):
+        match_coordinates(c, method=method)
 
 
 def test_assignment_refuses_nan_scores() -> None:

@@ -10,8 +10,12 @@ import typer
 
 from gaugeport.cli._app import app
 from gaugeport.cli._options import ForceOpt, QuietOpt
+from gaugeport.core.errors import ArtifactError
 from gaugeport.core.gauge import load_gauge
+from gaugeport.transport.detect import SAE_FORMATS
 from gaugeport.transport.rules import ArtifactKind
+
+SaeFormat = StrEnum("SaeFormat", {f.replace("-", "_"): f for f in SAE_FORMATS})  # type: ignore[misc]
 
 
 class MergeMethod(StrEnum):
@@ -25,11 +29,14 @@ PERM_ONLY_HELP = ("S_d baseline: drop the gauge's signs (what a permutation-only
 
 @app.command()
 def transport(
-    artifact: Annotated[Path, typer.Argument(help="vector file (.pt .safetensors .npy .gguf), SAELens SAE dir, "
+    artifact: Annotated[Path, typer.Argument(help="vector file (.pt .safetensors .npy .gguf), SAE (SAELens or "
+                                                  "sparsify dir, dictionary_learning ae.pt, Gemma Scope params.npz), "
                                                   "coordinate/attribution .json/.csv, or Trainer checkpoint-N/")],
     gauge: Annotated[Path, typer.Option("--gauge", help="gauge mapping the artifact's model (A) to the target (B)")],
     out: Annotated[Path, typer.Option("--out", help="output path (same format as the input)")],
     kind: Annotated[ArtifactKind | None, typer.Option("--kind", help="artifact kind (default: detected)")] = None,
+    sae_format: Annotated[SaeFormat | None, typer.Option("--sae-format", help="force this SAE format (default: "
+                                                                       "detected from the content)")] = None,
     perm_only: Annotated[bool, typer.Option("--perm-only", help=PERM_ONLY_HELP)] = False,
     unsigned_scores: Annotated[bool, typer.Option("--unsigned-scores",
                                                   help="coordinate scores are magnitudes: map indices, keep scores")
@@ -40,9 +47,11 @@ def transport(
     from gaugeport.transport.detect import detect_kind, transport_artifact
 
     g = load_gauge(gauge)  # read once, here at the edge
-    chosen = kind or detect_kind(artifact)
-    transport_artifact(artifact, g, out, kind=chosen, perm_only=perm_only, force=force,
-                       unsigned_scores=unsigned_scores)
+    chosen = kind or (ArtifactKind.SAE if sae_format else detect_kind(artifact))
+    if sae_format and chosen != ArtifactKind.SAE:
+        raise ArtifactError(f"--sae-format goes with SAEs, not with --kind {chosen}")
+    transport_artifact(artifact, g, out, kind=sae_format.value if sae_format else chosen, perm_only=perm_only,
+                       force=force, unsigned_scores=unsigned_scores)
     mode = "permutation only (S_d baseline)" if perm_only else "signed"
     typer.echo(f"wrote {out} ({chosen}, gauge {g.fingerprint()}, d={g.d}, {mode})")
 

@@ -109,8 +109,8 @@ def apply_gauge_to_checkpoint(
     check_gauge_fits(spec, gauge, ckpt.d_model)
     ckpt.check_widths(spec)
     rules = spec.classify_all(ckpt.names)
-    stamp = {"gaugeport_gauge": gauge.fingerprint(), **(provenance or {})}
-    with atomic_path(Path(out), force, inputs=(Path(src),)) as tmp:
+    stamp = {"gaugeport_gauge": gauge.fingerprint(), **ckpt.hub, **(provenance or {})}
+    with atomic_path(Path(out), force, inputs=(ckpt.path,)) as tmp:
         rewrite_checkpoint(ckpt, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge), stamp,
                            desc="apply", progress=progress)
     return Path(out)

@@ -50,9 +50,12 @@ class Checkpoint:
         index must be plain ``*.safetensors`` file names inside the directory (a name such as
         ``../x.safetensors`` is refused: it would read, and on output write, outside the directories
         given); every tensor the index lists must be in the shard it names, and no shard may hold a
-        tensor the index does not list.
+        tensor the index does not list. A hub ID (``org/name[@revision]``) that is not a local path
+        opens its snapshot in the local hub cache (:func:`gaugeport.models.hub.resolve_checkpoint`).
         """
-        path = Path(path)
+        from gaugeport.models.hub import resolve_checkpoint
+
+        path = resolve_checkpoint(path)
         if not path.is_dir():
             if path.exists():
                 raise CheckpointError(f"{path} is a file, not a checkpoint directory",
@@ -125,6 +128,13 @@ class Checkpoint:
     @property
     def spec(self) -> ArchSpec:
         return spec_for_config(self.config)
+
+    @property
+    def hub(self) -> dict[str, str]:
+        """The hub repo and commit when this checkpoint is a hub cache snapshot (else empty)."""
+        from gaugeport.models.hub import hub_provenance
+
+        return hub_provenance(self.path)
 
     @property
     def model_type(self) -> str:

@@ -43,6 +43,11 @@ CONVENTION = (
 Mode = Literal["signed", "abs", "none"]
 ArrayLike = np.ndarray | torch.Tensor
 
+# dtypes whose bits a same-sized integer view carries exactly (for the CPU gather in ``apply``)
+_SAME_SIZE_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
+                  torch.float64: torch.int64, torch.int64: torch.int64, torch.int32: torch.int32,
+                  torch.int16: torch.int16, torch.int8: torch.int8, torch.uint8: torch.uint8}
+
 
 @dataclass(frozen=True, eq=False)
 class SignedPermutation:
@@ -193,7 +198,13 @@ class SignedPermutation:
         bshape = [1] * ndim
         bshape[ax] = self.d
         if isinstance(x, torch.Tensor):
-            out = x.index_select(ax, torch.from_numpy(inv.copy()).to(x.device))
+            if ax != 0 and x.device.type == "cpu" and not x.requires_grad and x.dtype in _SAME_SIZE_INT:
+                # torch's index_select along an inner axis is ~5x slower than numpy's take on CPU
+                # (measured on bf16 (5632, 2048): 170 ms vs 34 ms, a plain copy 31 ms); take the bits
+                bits = x.contiguous().view(_SAME_SIZE_INT[x.dtype]).numpy()
+                out = torch.from_numpy(np.take(bits, inv, axis=ax)).view(x.dtype)
+            else:
+                out = x.index_select(ax, torch.from_numpy(inv.copy()).to(x.device))
             if mode == "signed":
                 s = torch.from_numpy(self.signs[inv].copy()).to(device=x.device, dtype=x.dtype)
                 out.mul_(s.reshape(bshape))  # in place on the fresh copy: one tensor-sized buffer, not two

@@ -52,7 +52,7 @@ def load_model(path: str | Path) -> torch.nn.Module:
     cls = getattr(transformers, ckpt.spec.auto_class)
     transformers.utils.logging.disable_progress_bar()
     try:
-        model = cls.from_pretrained(str(path), dtype=torch.float32)
+        model = cls.from_pretrained(str(ckpt.path), dtype=torch.float32)  # ckpt.path: a hub ID resolved
     except Exception as exc:
         raise CheckpointError(f"transformers could not load {path}: {exc}") from exc
     return model.eval()

@@ -173,12 +173,15 @@ def default_sites(model: torch.nn.Module) -> list[str]:
 
 
 def resolve_sites(model: torch.nn.Module, sites: Sequence[str] | None) -> list[str]:
-    """Validate site names (``None``: the defaults); ``all`` expands to every site."""
+    """Validate site names (``None``: the defaults); ``all`` expands to every site. TransformerLens hook
+    names (``blocks.3.hook_resid_post``) and module paths (``model.layers.3``) are accepted too."""
     avail = available_sites(model)
     if sites is None or len(sites) == 0:
         return default_sites(model)
+    from gaugeport.transport.sites import canonical_site  # TransformerLens hook names, module paths
+
     out: list[str] = []
-    for s in sites:
+    for s in map(canonical_site, sites):
         names = avail if s == "all" else [s]
         for name in names:
             if name not in avail:

@@ -51,7 +51,8 @@ class Alignment(ConfidenceSummary):
     def provenance(self) -> dict[str, Any]:
         """The metadata a gauge file carries."""
         keys = ("method", "sites", "n_tokens", "mean_confidence", "min_confidence", "mean_margin",
-                "n_low_confidence", "group", "model_a", "model_b", "shard_ids", "solver", "a", "b", "data")
+                "n_low_confidence", "group", "model_a", "model_b", "shard_ids", "solver", "a", "b", "data",
+                "a_revision", "b_revision")
         return {k: self.report[k] for k in keys if k in self.report}
 
     def summary(self) -> str:
@@ -123,6 +124,9 @@ def _pick_sites(moments: MomentSet, sites: Sequence[str] | None) -> list[str]:
         raise DataError("the moments hold no site")
     if not sites:
         return list(moments.sites)
+    from gaugeport.transport.sites import canonical_site  # TransformerLens hook names, module paths
+
+    sites = [canonical_site(s) for s in sites]
     missing = [s for s in sites if s not in moments.sites]
     if missing:
         raise DataError(f"site(s) {', '.join(missing)} not in the moments",

@@ -250,7 +250,9 @@ def _builtin_specials() -> set[int]:
 def _resolve_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None or hasattr(tokenizer, "encode"):
         return tokenizer
-    path = Path(tokenizer)
+    from gaugeport.models.hub import resolve_checkpoint
+
+    path = resolve_checkpoint(tokenizer)  # a hub ID resolves to its cached snapshot
     try:
         from transformers import AutoTokenizer
 

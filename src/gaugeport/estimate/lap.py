@@ -1,23 +1,30 @@
-"""Linear assignment (LAP) solvers: a dense solver chosen by benchmark, and a certified sparse one.
+"""Linear assignment (LAP) on correlation-like matrices, at the cost of one pass over the matrix.
 
-Dense (the default): ``lap.lapjvr`` from the maintained ``lapx`` package (a Jonker-Volgenant solver
-in Rust). ``benchmarks/bench_lap.py`` compared it with the other ``lapx`` kernels (``lapjv``,
-``lapjvx``, ``lapjvs``, ``lapjvh``), the ``lapjv`` package and ``scipy.optimize.linear_sum_assignment``
-on correlation-like matrices; ``lapjvr`` (with ``lapjvh``, its sibling) was the fastest from
-d = 4096 up, 0.03-0.09x SciPy's time, and within 0.03x of the best at d = 1024 (figures in
-``benchmarks/bench_lap.json``). SciPy is the fallback when ``lapx`` is missing or a kernel fails.
+Matching two checkpoints gives a *near-permutation* score matrix: almost every row has one
+dominant column. :func:`linear_assignment` exploits that in three steps.
 
-Sparse (opt-in, ``linear_assignment(..., sparse=True)``): matching two checkpoints gives a
-*near-permutation* score matrix. :func:`sparse_assignment` solves the LAP on the top-``k``
-candidates of each row only (``lapmod``), then proves the result optimal for the *full* matrix
-with a dual certificate (LP duality: column potentials ``v`` from shortest paths in the sparse
-residual graph, row potentials ``u`` from the matched edges; if every reduced cost
-``c_ij - u_i - v_j`` of the dense matrix is ``>= -tol`` no assignment is cheaper). Violating
-entries are added as candidates and the solve repeated; when optimality still cannot be proven it
-returns None and the dense solver runs. It is correct but, measured, 3.5-12x slower than dense
-``lapjvr`` on these matrices (and declines on weak ones at d >= 8192): both are dominated by
-O(d^2) passes (top-k selection and the certificate here, JV's column reduction there), and JV's
-passes are cheaper. Its sparse solve itself needs only O(k d) memory.
+1. **One pass** (:func:`row_best`): each row's best column, in row chunks small enough to stay in
+   cache (``|S|`` is formed chunk by chunk when the score is an absolute value; nothing ``d x d``
+   is allocated). Non-finite entries are caught by the same pass: a NaN or an infinity wins the
+   row's argmax.
+2. **The one-pass shortcut**: when every row's best column is a different column, that assignment
+   is optimal, because no permutation can score more than ``sum_i max_j S_ij`` and this one scores
+   exactly that. On near-permutation matrices this is the common case and the solve ends here.
+3. **Augmentation** (:func:`augment_from_best`): otherwise the rows that lost a column to another
+   row are inserted one by one with Jonker-Volgenant shortest augmenting paths (Dijkstra on
+   reduced costs with column potentials). The row-best assignment is a valid JV starting point
+   (every assigned edge is tight with all potentials zero), so the result is an exact optimum; each
+   step reads only the rows it scans, one at a time. When the paths grow long (a matrix far from a
+   permutation) the budget ``max_scans`` stops it and the dense solver runs instead.
+
+Dense solver (the fallback, or ``backend=`` a named kernel): ``lap.lapjvr`` from the maintained
+``lapx`` package (Jonker-Volgenant in Rust) on a float32 cost matrix; ``benchmarks/bench_lap.py``
+compares it with the other ``lapx`` kernels and SciPy. SciPy is used when ``lapx`` is missing or a
+kernel fails.
+
+An earlier certified *sparse* path (top-k candidates per row, a dual certificate over the full
+matrix) was removed: it was 3-11x slower than dense ``lapjvr`` at every size measured, while the
+augmentation above needs no certificate pass at all.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ Backend = Literal["auto", "lapjvr", "lapjvh", "lapjvs", "lapjv", "lapjvx", "scip
 # resolve differences of ~1e-7, far below the sampling noise of any correlation estimate
 # (1/sqrt(n_tokens) > 1e-4 below 1e8 tokens); float32 halves the memory of a d x d cost matrix.
 COST_DTYPE = np.float32
-DEFAULT_K = 8
+CHUNK_BYTES = 1 << 20  # rows per chunk of the one pass: about 1 MB, so the chunk stays in cache
 
 
 @dataclass(frozen=True)
@@ -44,12 +51,113 @@ class Assignment:
     """``cols[i]``: the column assigned to row ``i``; how it was found."""
 
     cols: np.ndarray
-    backend: str
-    sparse: bool  # True when the certified sparse path produced the result
-    rounds: int = 0  # sparse candidate rounds used (0: dense)
+    backend: str  # "one-pass", "augment", or the dense kernel's name
+    free_rows: int = 0  # rows whose best column another row took (0: the one-pass shortcut held)
+    scans: int = 0  # rows read by the augmenting paths
 
     def to_dict(self) -> dict[str, object]:
-        return {"backend": self.backend, "sparse": self.sparse, "rounds": self.rounds}
+        return {"backend": self.backend, "free_rows": self.free_rows, "scans": self.scans}
+
+
+# ----------------------------------------------------------------------------- one pass
+def row_best(score: np.ndarray, *, absolute: bool = False, maximize: bool = True) -> np.ndarray:
+    """Each row's best column of ``score`` (``|score|`` with ``absolute``), in one chunked pass.
+
+    Raises DataError when the matrix holds NaN or an infinity (both win the argmax of ``|row|``).
+    """
+    d, n = score.shape
+    rows = max(1, CHUNK_BYTES // max(1, n * score.itemsize))
+    best = np.empty(d, dtype=np.int64)
+    buf = np.empty((min(rows, d), n), dtype=score.dtype)
+    bad = False
+    for start in range(0, d, rows):
+        block = score[start:start + rows]
+        b = buf[:block.shape[0]]
+        np.abs(block, out=b)
+        big = b.argmax(axis=1)  # NaN and +-inf win |row|'s argmax
+        bad = bad or not np.all(np.isfinite(b[np.arange(b.shape[0]), big]))
+        if absolute:
+            best[start:start + rows] = big if maximize else b.argmin(axis=1)
+        else:
+            best[start:start + rows] = block.argmax(axis=1) if maximize else block.argmin(axis=1)
+    if bad:
+        raise DataError("the score matrix contains NaN or infinite entries",
+                        hint="a correlation is undefined for dead (constant) coordinates; zero them first")
+    return best
+
+
+def one_pass_assignment(best: np.ndarray) -> np.ndarray | None:
+    """The row-best assignment when it is a permutation (then it is optimal), else None."""
+    return best if np.unique(best).size == best.size else None
+
+
+# ----------------------------------------------------------------------------- augmentation
+def augment_from_best(score: np.ndarray, best: np.ndarray, *, absolute: bool = False, maximize: bool = True,
+                      max_scans: int | None = None) -> tuple[np.ndarray, int, int] | None:
+    """Exact optimum from the row-best start: ``(cols, free rows, rows scanned)``, or None over budget.
+
+    Costs are ``c_ij = -S_ij`` (``+S_ij`` when minimizing), read one row at a time in float64.
+    Invariant (JV): ``c_ij - v_j >= c_{i,x_i} - v_{x_i}`` for every assigned row ``i``; it holds at
+    the start with ``v = 0`` because every row holds its own best column.
+    """
+    d = score.shape[0]
+    budget = max(256, d // 2) if max_scans is None else max_scans
+    sign = -1.0 if maximize else 1.0
+
+    def cost_row(i: int) -> np.ndarray:
+        r = score[i].astype(np.float64)
+        return sign * (np.abs(r) if absolute else r)
+
+    x = np.full(d, -1, dtype=np.int64)  # row -> column
+    y = np.full(d, -1, dtype=np.int64)  # column -> row
+    cols, first = np.unique(best, return_index=True)
+    x[first], y[cols] = cols, first
+    free = np.nonzero(x < 0)[0]
+    v = np.zeros(d)
+    scans = 0
+    dist = np.empty(d)
+    open_dist = np.empty(d)  # dist with scanned columns at +inf, for the argmin
+    pred = np.empty(d, dtype=np.int64)
+    new = np.empty(d)
+    better = np.empty(d, dtype=bool)
+    unscanned = np.empty(d, dtype=bool)
+    for f in free:
+        np.subtract(cost_row(int(f)), v, out=dist)
+        open_dist[:] = dist
+        pred[:] = f
+        unscanned[:] = True
+        ready: list[int] = []
+        while True:
+            j = int(open_dist.argmin())
+            mu = dist[j]
+            if y[j] < 0:
+                break
+            ready.append(j)
+            open_dist[j] = np.inf
+            unscanned[j] = False
+            i = int(y[j])
+            scans += 1
+            if scans > budget:
+                return None
+            ci = cost_row(i)
+            # through row i: mu + reduced cost of (i, k) relative to its assigned edge (i, j)
+            np.subtract(ci, v, out=new)
+            new += mu - (ci[j] - v[j])
+            np.less(new, open_dist, out=better)
+            better &= unscanned  # a scanned column's distance is final
+            open_dist[better] = new[better]
+            dist[better] = new[better]
+            pred[better] = i
+        if ready:
+            r = np.asarray(ready)
+            v[r] += dist[r] - mu
+        while True:  # flip the alternating path ending at the free column j
+            i = int(pred[j])
+            y[j] = i
+            x[i], j = j, int(x[i])
+            if i == f:
+                break
+    return x, int(free.size), scans
 
 
 # ----------------------------------------------------------------------------- dense
@@ -97,7 +205,7 @@ def dense_solvers() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
 
 def solve_dense(cost: np.ndarray, backend: Backend = "auto") -> tuple[np.ndarray, str]:
     """Minimum-cost assignment of a square cost matrix: ``(cols, backend used)``."""
-    _check_cost(cost)
+    _check_square(cost)
     solvers = dense_solvers()
     order = ["lapjvr", "lapjvh", "lapjv", "scipy"] if backend == "auto" else [backend]
     for name in order:
@@ -117,163 +225,50 @@ def solve_dense(cost: np.ndarray, backend: Backend = "auto") -> tuple[np.ndarray
     raise DataError("no LAP solver produced a valid assignment")  # unreachable: scipy raises first
 
 
-# ----------------------------------------------------------------------------- sparse + certificate
-def top_k_candidates(cost: np.ndarray, k: int, columns: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate edges: the ``k`` cheapest entries of every row (and of every column with ``columns``)."""
-    import torch
-
-    d = cost.shape[0]
-    k = min(k, d)
-    t = torch.from_numpy(np.ascontiguousarray(cost))
-    rows = [np.repeat(np.arange(d), k)]
-    cols = [torch.topk(t, k, dim=1, largest=False, sorted=False).indices.numpy().ravel()]
-    if columns:  # a column-wise top-k is a strided (slower) pass: only when rows alone leave no perfect matching
-        rows.append(torch.topk(t, k, dim=0, largest=False, sorted=False).indices.numpy().T.ravel())
-        cols.append(np.repeat(np.arange(d), k))
-    return _dedupe(np.concatenate(rows), np.concatenate(cols), d)
-
-
-def _dedupe(rows: np.ndarray, cols: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted by row, then column (the CSR layout ``lapmod`` needs), without repeats."""
-    key = np.unique(rows.astype(np.int64) * d + cols)
-    return key // d, key % d
-
-
-def _solve_sparse(cost: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
-    """Min-cost perfect matching restricted to the candidate edges; None when none exists."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import maximum_bipartite_matching
-
-    d = cost.shape[0]
-    graph = csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(d, d))
-    if np.any(maximum_bipartite_matching(graph, perm_type="column") < 0):
-        return None  # lapmod needs a perfect matching to exist among the candidates
-    try:
-        import lap
-
-        starts = np.searchsorted(rows, np.arange(d + 1)).astype(np.int32)
-        x, _ = lap.lapmod(d, cost[rows, cols].astype(np.float64), starts, cols.astype(np.int32),
-                          return_cost=False)
-        out = np.asarray(x, dtype=np.int64)
-        return out if _is_permutation(out) else None
-    except (ImportError, ValueError):
-        from scipy.sparse.csgraph import min_weight_full_bipartite_matching
-
-        w = cost[rows, cols].astype(np.float64)
-        w = w - w.min() + 1.0  # csgraph drops explicit zeros: keep every weight strictly positive
-        r, c = min_weight_full_bipartite_matching(csr_matrix((w, (rows, cols)), shape=(d, d)))
-        out = np.empty(d, dtype=np.int64)
-        out[r] = c
-        return out
-
-
-def dual_potentials(cost: np.ndarray, rows: np.ndarray, cols: np.ndarray, match: np.ndarray,
-                    max_iter: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
-    """Dual potentials ``(u, v)`` of a matching optimal on the candidate edges, or None.
-
-    Column potentials solve ``v_j <= v_{match[i]} + c_ij - c_{i,match[i]}`` for every candidate
-    ``(i, j)`` (Bellman-Ford from a virtual source joined to every column at cost 0); row potentials
-    then make every matched edge tight, ``u_i = c_{i,match[i]} - v_{match[i]}``. A negative cycle
-    (the matching is not optimal on the candidates) shows up as no convergence and returns None.
-    """
-    d = cost.shape[0]
-    matched_cost = cost[np.arange(d), match].astype(np.float64)
-    src = match[rows]
-    w = cost[rows, cols].astype(np.float64) - matched_cost[rows]
-    keep = cols != src
-    src, dst, w = src[keep], cols[keep], w[keep]
-    v = np.zeros(d)
-    for _ in range(max_iter):
-        cand = v[src] + w
-        new = v.copy()
-        np.minimum.at(new, dst, cand)
-        if np.array_equal(new, v):
-            return matched_cost - v[match], v
-        v = new
-    return None
-
-
-def violations(cost: np.ndarray, u: np.ndarray, v: np.ndarray, tol: float,
-               chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Entries whose reduced cost ``c_ij - u_i - v_j`` is below ``-tol`` (row-chunked: O(chunk * d) memory).
-
-    Rows are screened first with one fused pass (``min_j c_ij - v_j >= u_i - tol`` proves a row);
-    only rows that fail are expanded into entries.
-    """
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(cost))
-    vt = torch.from_numpy(v).to(t.dtype)
-    bad_r, bad_c = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for start in range(0, cost.shape[0], chunk):
-        block = t[start:start + chunk] - vt
-        rmin = block.min(dim=1).values.double().numpy()
-        suspect = np.nonzero(rmin - u[start:start + chunk] < -tol)[0]
-        for i in suspect:  # few rows, if any: exact float64 check of each entry
-            red = cost[start + i].astype(np.float64) - u[start + i] - v
-            js = np.nonzero(red < -tol)[0]
-            bad_r.append(np.full(len(js), start + i))
-            bad_c.append(js)
-    return np.concatenate(bad_r), np.concatenate(bad_c)
-
-
-def sparse_assignment(cost: np.ndarray, k: int = DEFAULT_K, max_rounds: int = 3,
-                      tol: float | None = None) -> tuple[np.ndarray, int] | None:
-    """Certified-optimal assignment from top-``k`` candidates: ``(cols, rounds)``, or None when the
-    optimum could not be proven within ``max_rounds`` (the caller then solves densely)."""
-    _check_cost(cost)
-    d = cost.shape[0]
-    # reduced costs are computed in float64 from float32 costs: allow the float32 rounding of each term
-    tol = float(np.finfo(cost.dtype).eps * 8 * max(1.0, float(np.abs(cost).max()))) if tol is None else tol
-    rows, cols = top_k_candidates(cost, k)
-    for rnd in range(1, max_rounds + 1):
-        match = _solve_sparse(cost, rows, cols)
-        if match is None:  # widen: more candidates per row, and per column too
-            rows, cols = top_k_candidates(cost, min(d, 4 * k * rnd), columns=True)
-            continue
-        duals = dual_potentials(cost, rows, cols, match)
-        if duals is None:
-            return None
-        bad_r, bad_c = violations(cost, *duals, tol=tol)
-        if bad_r.size == 0:
-            return match, rnd
-        if bad_r.size > 16 * d:  # far from optimal on the candidates: the dense solve is cheaper
-            return None
-        rows, cols = _dedupe(np.concatenate([rows, bad_r]), np.concatenate([cols, bad_c]), d)
-    return None
+def dense_cost(score: np.ndarray, *, absolute: bool = False, maximize: bool = True) -> np.ndarray:
+    """The float32 cost matrix the dense kernels minimize (one pass, one d x d allocation)."""
+    cost = np.empty(score.shape, dtype=COST_DTYPE)
+    if absolute:
+        np.abs(score, out=cost, casting="same_kind")
+    else:
+        cost[...] = score
+    if maximize:
+        np.negative(cost, out=cost)
+    return cost
 
 
 # ----------------------------------------------------------------------------- entry point
-def linear_assignment(score: np.ndarray, *, maximize: bool = True, backend: Backend = "auto",
-                      sparse: bool = False, k: int = DEFAULT_K) -> Assignment:
-    """Optimal assignment of a square score (or cost) matrix.
+def linear_assignment(score: np.ndarray, *, maximize: bool = True, absolute: bool = False,
+                      backend: Backend = "auto", max_scans: int | None = None) -> Assignment:
+    """Optimal assignment of a square score (or, ``maximize=False``, cost) matrix.
 
-    Dense by default: on correlation-like matrices the dense ``lapjvr`` beat the certified sparse
-    path at every size measured (``benchmarks/bench_lap.json``), because both are dominated by
-    O(d^2) passes over the matrix and JV's passes are cheaper. ``sparse=True`` runs the certified
-    sparse path first (falling back to dense when it cannot prove optimality); the answer is optimal
-    either way, up to the float32 rounding of the costs (see ``COST_DTYPE``).
+    ``absolute``: assign on ``|score|`` without forming it. ``backend="auto"`` runs the one pass,
+    the shortcut and the augmentation (module docstring), and the dense ``lapjvr`` only when the
+    augmentation exceeds ``max_scans`` rows (default ``max(256, d / 2)``); a named backend runs that
+    dense kernel directly. The answer is optimal either way (dense kernels: up to the float32
+    rounding of the costs, see ``COST_DTYPE``).
     """
     s = np.asarray(score)
-    if s.ndim != 2 or s.shape[0] != s.shape[1]:
-        raise DataError(f"the assignment needs a square matrix, got shape {s.shape}")
+    _check_square(s)
     if s.shape[0] == 0:
-        return Assignment(np.zeros(0, dtype=np.int64), "none", False)
-    if not np.all(np.isfinite(s)):
-        raise DataError("the score matrix contains NaN or infinite entries",
-                        hint="a correlation is undefined for dead (constant) coordinates; zero them first")
-    cost = (s.max() - s if maximize else s - s.min()).astype(COST_DTYPE)  # non-negative, as sparse solvers need
-    if sparse:
-        found = sparse_assignment(cost, k=k)
+        return Assignment(np.zeros(0, dtype=np.int64), "none")
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    best = row_best(s, absolute=absolute, maximize=maximize)
+    if backend == "auto":
+        cols = one_pass_assignment(best)
+        if cols is not None:
+            return Assignment(cols, "one-pass")
+        found = augment_from_best(s, best, absolute=absolute, maximize=maximize, max_scans=max_scans)
         if found is not None:
-            return Assignment(found[0], "sparse-certified", True, found[1])
-    cols, name = solve_dense(cost, backend)
-    return Assignment(cols, name, False)
+            return Assignment(found[0], "augment", found[1], found[2])
+    cols, name = solve_dense(dense_cost(s, absolute=absolute, maximize=maximize), backend)
+    return Assignment(cols, name)
 
 
-def _check_cost(cost: np.ndarray) -> None:
-    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
-        raise DataError(f"the assignment needs a square matrix, got shape {cost.shape}")
+def _check_square(m: np.ndarray) -> None:
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise DataError(f"the assignment needs a square matrix, got shape {m.shape}")
 
 
 def _is_permutation(cols: np.ndarray) -> bool:

@@ -130,8 +130,20 @@ def align_checkpoints(a: PathLike, b: PathLike, source: Source = None, *, method
     else:
         ms, described = _moments_of(a, b, source)
         result = align_from_moments(ms, method, sites)
-    result.report.update({"a": str(a), "b": str(b), "data": described})
+    result.report.update({"a": str(a), "b": str(b), "data": described, **_hub_revisions(a, b)})
     return result
+
+
+def _hub_revisions(a: PathLike, b: PathLike) -> dict[str, str]:
+    """``a_revision`` / ``b_revision``: the commit a hub ID (``org/name[@rev]``) resolved to."""
+    from gaugeport.models.hub import hub_provenance, resolve_checkpoint
+
+    out = {}
+    for key, ref in (("a", a), ("b", b)):
+        hub = hub_provenance(resolve_checkpoint(ref)) if isinstance(ref, str | Path) else {}
+        if hub:
+            out[f"{key}_revision"] = f"{hub['gaugeport_hub_repo']}@{hub['gaugeport_hub_revision']}"
+    return out
 
 
 def align_checkpoints_via(a: PathLike, via: Sequence[PathLike], b: PathLike, data: DataOptions | None = None, *,

@@ -22,15 +22,16 @@ from gaugeport.transport.detect import KINDS, detect_kind, transport_artifact
 from gaugeport.transport.merge import merge_checkpoints, merge_models, merge_tensors
 from gaugeport.transport.rules import ArtifactKind
 from gaugeport.transport.sae import transport_sae_dir, transport_sae_state
-from gaugeport.transport.sites import hook_to_site, site_to_hook
+from gaugeport.transport.sae_formats import detect_sae_format, transport_sae_object, transport_sae_path
+from gaugeport.transport.sites import canonical_site, hook_to_site, module_to_site, site_to_hook, site_to_module
 from gaugeport.transport.vectors import transport_vector, transport_vector_file
 
 __all__ = [
     "ArtifactKind", "KINDS", "detect_kind", "transport_artifact",
     "transport_vector", "transport_vector_file",
-    "transport_sae_dir", "transport_sae_state",
+    "transport_sae_dir", "transport_sae_state", "transport_sae_path", "transport_sae_object", "detect_sae_format",
     "transport_coordinates", "transport_attributions", "transport_coordinates_file", "transport_json", "transport_csv",
     "transport_optimizer_state", "transport_trainer_checkpoint",
     "merge_models", "merge_checkpoints", "merge_tensors",
-    "hook_to_site", "site_to_hook",
+    "hook_to_site", "site_to_hook", "canonical_site", "module_to_site", "site_to_module",
 ]

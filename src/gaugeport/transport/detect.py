@@ -9,7 +9,8 @@ from gaugeport.core.errors import ArtifactError, CheckpointError
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.transport.rules import ArtifactKind
 
-KINDS = tuple(k.value for k in ArtifactKind)
+SAE_FORMATS = ("saelens", "sparsify", "dictionary-learning", "gemma-scope")  # --kind one of these: force it
+KINDS = (*(k.value for k in ArtifactKind), *SAE_FORMATS)
 _TABLES = (ArtifactKind.COORDINATES, ArtifactKind.ATTRIBUTIONS)
 
 
@@ -21,6 +22,11 @@ def detect_kind(path: str | Path) -> ArtifactKind:
     if path.is_dir():
         return _dir_kind(path)
     suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth", ".npz"):  # by content: a dictionary_learning ae.pt, a Gemma Scope params.npz
+        from gaugeport.transport.sae_formats import detect_sae_format
+
+        if detect_sae_format(path) is not None:
+            return ArtifactKind.SAE
     if suffix in (".pt", ".pth", ".npy", ".safetensors", ".gguf"):
         return ArtifactKind.VECTOR
     if suffix in (".json", ".csv"):
@@ -31,15 +37,18 @@ def detect_kind(path: str | Path) -> ArtifactKind:
 
 
 def _dir_kind(path: Path) -> ArtifactKind:
+    from gaugeport.transport.sae_formats import detect_sae_format
+
     names = {p.name for p in path.iterdir()}
-    if {"cfg.json", "sae_weights.safetensors"} <= names:
+    if detect_sae_format(path) is not None:  # SAELens, sparsify (one hookpoint or a run), dictionary_learning, ...
         return ArtifactKind.SAE
     if "config.json" in names and "optimizer.pt" in names:
         return ArtifactKind.TRAINER_CHECKPOINT
     if "config.json" in names:
         raise ArtifactError(f"{path} is a model checkpoint without optimizer state",
                             hint="rewrite model weights with `gaugeport apply`; `transport` is for artifacts")
-    raise ArtifactError(f"{path} is neither an SAELens SAE directory (cfg.json + sae_weights.safetensors) "
+    raise ArtifactError(f"{path} is neither an SAE directory (SAELens cfg.json + sae_weights.safetensors, "
+                        "sparsify cfg.json + sae.safetensors, dictionary_learning ae.pt, Gemma Scope params.npz) "
                         "nor a Trainer checkpoint (config.json + optimizer.pt)")
 
 
@@ -71,6 +80,10 @@ def transport_artifact(path: str | Path, gauge: SignedPermutation, out: str | Pa
     if kind is not None and kind not in KINDS:
         raise ArtifactError(f"unknown artifact kind {kind!r}", hint=f"kinds: {', '.join(KINDS)}")
     detected = detect_kind(path)
+    if kind in SAE_FORMATS and detected in (ArtifactKind.SAE, ArtifactKind.VECTOR):
+        from gaugeport.transport.sae_formats import transport_sae_path
+
+        return transport_sae_path(path, gauge, out, fmt=str(kind), perm_only=perm_only, force=force)
     chosen = ArtifactKind(kind) if kind is not None else detected
     if chosen != detected and not (chosen in _TABLES and detected in _TABLES):
         raise ArtifactError(f"--kind {chosen} does not fit {Path(path).name}, which looks like a {detected}",
@@ -80,9 +93,9 @@ def transport_artifact(path: str | Path, gauge: SignedPermutation, out: str | Pa
 
         return transport_vector_file(path, gauge, out, perm_only=perm_only, force=force)
     if chosen == ArtifactKind.SAE:
-        from gaugeport.transport.sae import transport_sae_dir
+        from gaugeport.transport.sae_formats import transport_sae_path
 
-        return transport_sae_dir(path, gauge, out, perm_only=perm_only, force=force)
+        return transport_sae_path(path, gauge, out, perm_only=perm_only, force=force)
     if chosen == ArtifactKind.TRAINER_CHECKPOINT:
         from gaugeport.transport.adamw import transport_trainer_checkpoint
 
