@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup clean interop
+.PHONY: demo test lint bench setup clean interop study-real
 
 setup: $(STAMP)
 
@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/gaugeport reproduce --quick --out reports/latest
+
+# The study on a real pretrained LM (SmolLM2-135M-Instruct, real text): ~30 min cold on 2 idle cores,
+# minutes cached. DEVICE=cuda runs it on a GPU.
+DEVICE ?= cpu
+study-real: $(STAMP)
+	$(BIN)/gaugeport reproduce --preset real --device $(DEVICE) --out reports/real
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -85,7 +85,7 @@ def test_reproduce_refuses_to_replace_a_directory_that_is_not_a_report(cli, tmp_
 
 
 def test_a_failed_stage_build_leaves_nothing_for_the_next_run_to_trust(tmp_path):
-    from gaugeport.study.cache import StageCache
+    from gaugeport.study.cache import BUILD_SECONDS, StageCache
 
     cache = StageCache(root=tmp_path)
 
@@ -96,7 +96,7 @@ def test_a_failed_stage_build_leaves_nothing_for_the_next_run_to_trust(tmp_path)
     with pytest.raises(RuntimeError):
         cache.stage("base", "k1", broken)
     built = cache.stage("base", "k1", lambda p: (p / "done").write_text("ok"))
-    assert sorted(p.name for p in built.iterdir()) == ["done"]
+    assert sorted(p.name for p in built.iterdir()) == sorted([BUILD_SECONDS, "done"])  # nothing half-written
     assert cache.stage("base", "k1", broken) == built and cache.hits == ["base"]
 
 
@@ -140,3 +140,20 @@ def test_the_study_sae_loads_with_saelens_and_reconstructs_like_the_study_measur
     assert sae.cfg.metadata.hook_name == f"blocks.{first['config']['site_layer']}.hook_resid_post"
     x = torch.randn(32, first["config"]["model"]["d_model"])
     assert sae_nmse(sae, x) == pytest.approx(sae_nmse(load_saelens(sae_dir), x), rel=1e-5)
+
+
+
+def test_a_stage_remembers_its_build_time_and_a_concurrent_builder_leaves_one_complete_copy(tmp_path):
+    from gaugeport.study.cache import BUILD_SECONDS, StageCache
+
+    first, second = StageCache(root=tmp_path), StageCache(root=tmp_path)
+
+    def build_racing(path):  # another process finishes the same stage while this one builds it
+        (path / "mine").write_text("late")
+        first.stage("sae", "k", lambda p: (p / "theirs").write_text("first"))
+
+    built = second.stage("sae", "k", build_racing)
+    assert sorted(p.name for p in built.iterdir()) == sorted([BUILD_SECONDS, "mine"])
+    third = StageCache(root=tmp_path)
+    third.stage("sae", "k", lambda p: None)
+    assert third.hits == ["sae"] and third.built_seconds["sae"] >= 0

@@ -78,14 +78,34 @@ def reproduce(
     seed: Annotated[int, typer.Option("--seed", help="seed of every model, gauge and corpus draw")] = 0,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out that is not a report")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+    preset_name: Annotated[str | None, typer.Option(
+        "--preset", help="micro, quick, full, real (SmolLM2-135M-Instruct on real text, ~30 min cold on 2 idle "
+        "cores) or real-micro (the real preset's code path on a tiny stand-in)")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N] (real presets)")] = "cpu",
+    compare: Annotated[Path | None, typer.Option(
+        "--compare", help="real presets: results.json of a quick run for the report's toy column "
+        "(default: run the quick preset, cached)")] = None,
 ) -> None:
     """Reproduce the paper's evidence at small scale: report.md, results.json and plots in --out."""
-    from gaugeport.study.config import preset
+    from gaugeport.study.config import preset, with_device
     from gaugeport.study.run import run_study
 
-    if quick and micro:
-        raise GaugeportError("choose one of --quick and --micro")
-    cfg = preset("micro" if micro else "quick" if quick else "full", seed)
-    results = run_study(cfg, out, use_cache=not no_cache, progress=not quiet, force=force)
+    if sum(map(bool, (quick, micro, preset_name))) > 1:
+        raise GaugeportError("choose one of --quick, --micro and --preset")
+    names = ("micro", "quick", "full", "real", "real-micro")
+    if preset_name is not None and preset_name not in names:
+        raise GaugeportError(f"unknown preset {preset_name!r}", hint="choose one of: " + ", ".join(names))
+    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise GaugeportError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N")
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise GaugeportError(f"--device {device}: no CUDA device is available", hint="use --device cpu")
+    name = preset_name or ("micro" if micro else "quick" if quick else "full")
+    cfg = with_device(preset(name, seed), device)  # type: ignore[arg-type]
+    if compare is not None and cfg.real is None:
+        raise GaugeportError("--compare is for the real presets", hint="use --preset real")
+    results = run_study(cfg, out, use_cache=not no_cache, progress=not quiet, force=force, quick_results=compare)
     typer.echo((Path(out) / "report.md").read_text() if not quiet else json.dumps(results["timings"]))
     typer.echo(f"wrote {out}/report.md, results.json and plots in {results['timings']['total']:.0f} s")

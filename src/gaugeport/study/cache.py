@@ -16,6 +16,15 @@ from pathlib import Path
 
 from gaugeport.core.fileio import atomic_path
 
+BUILD_SECONDS = "build-seconds.txt"  # inside each stage: how long building it took (shown by cached re-runs)
+
+
+def _read_seconds(path: Path) -> float:
+    try:
+        return max(0.0, float((path / BUILD_SECONDS).read_text()))
+    except (OSError, ValueError):
+        return float("nan")
+
 
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -32,6 +41,7 @@ class StageCache:
         self.hits: list[str] = []
         self.misses: list[str] = []
         self.seconds: dict[str, float] = {}  # build time of each stage built in this run
+        self.built_seconds: dict[str, float] = {}  # build time of each stage, recorded when it was built
 
     def _scratch_dir(self) -> Path:
         self._scratch = Path(tempfile.mkdtemp(prefix="gaugeport-study-"))
@@ -42,13 +52,15 @@ class StageCache:
         path = self.root / f"{name}-{key}"
         if path.is_dir():
             self.hits.append(name)
+            self.built_seconds[name] = _read_seconds(path)
             return path
         self.misses.append(name)
         t0 = time.perf_counter()
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:  # a concurrent builder of the same stage: the last complete copy wins
             tmp.mkdir()
             build(tmp)
-        self.seconds[name] = time.perf_counter() - t0
+            (tmp / BUILD_SECONDS).write_text(f"{time.perf_counter() - t0:.3f}\n")
+        self.seconds[name] = self.built_seconds[name] = time.perf_counter() - t0
         return path
 
     def close(self) -> None:

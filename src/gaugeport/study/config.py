@@ -15,7 +15,7 @@ from typing import Any, Literal
 from gaugeport.core.errors import GaugeportError
 
 CACHE_VERSION = "2"  # bump when a change to the training code makes cached models stale
-Preset = Literal["micro", "quick", "full"]
+Preset = Literal["micro", "quick", "full", "real", "real-micro"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,56 @@ class TrainConfig:
     lr: float
     warmup: int
     weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One pair of fine-tuning runs: ``steps`` AdamW steps at ``lr`` after ``warmup``, a local gauge
+    estimated every ``every`` steps."""
+
+    name: str
+    steps: int
+    lr: float
+    warmup: int
+    every: int
+
+    @property
+    def checkpoint_steps(self) -> tuple[int, ...]:
+        return tuple(sorted({*range(self.every, self.steps + 1, self.every), self.steps}))
+
+
+@dataclass(frozen=True)
+class RealConfig:
+    stand_in: bool = False  # tiny models from configs + byte tokenizer instead of SmolLM2 (tests)
+    seq_len: int = 128  # probe / eval / SAE rows
+    train_seq_len: int = 64
+    train_batch: int = 2
+    forward_batch: int = 8  # rows per forward pass when only activations are needed
+    probe_rows: int = 8  # matching, transfer and audit gauges: 8 x 128 = 1,024 tokens
+    traj_probe_rows: int = 4  # every gauge of the trajectory: 512 tokens
+    eval_rows: int = 4
+    regimes: tuple[Regime, ...] = (Regime("aggressive", 4, 3e-3, 1, 1), Regime("gentle", 4, 2e-5, 1, 2))
+    adamw_step: int = 2  # gentle run-1 keeps its Trainer checkpoint here
+    adamw_resume_steps: int = 2
+    sae_layer: int = 15
+    sae_rows: int = 16
+    steering_layer: int = 15
+    steering_scale: float = 4.0
+    refusal_layer: int = 15
+    ceiling_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    audit_random_gauges: int = 8
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gentle(self) -> Regime:
+        return self.regimes[-1]
+
+    def key_dict(self) -> dict[str, Any]:
+        """The fields trained stages depend on (``device`` only changes where they run)."""
+        d = asdict(self)
+        d.pop("device")
+        return d
 
 
 @dataclass(frozen=True)
@@ -61,6 +111,7 @@ class StudyConfig:
     steering_prompts: int = 64
     audit_random_gauges: int = 8
     extra: dict[str, Any] = field(default_factory=dict)
+    real: RealConfig | None = None  # the real-model presets (pretrained LM, real text)
 
     def __post_init__(self) -> None:
         for what in ("transfer_step", "merge_step", "adamw_step"):
@@ -121,8 +172,43 @@ def preset(name: Preset, seed: int = 0) -> StudyConfig:
             checkpoint_steps=_log_then_dense(1500, 10), probe_seqs=48, probe_len=64, curve_points=24,
             sae_steps=3000, steering_docs=192, steering_prompts=128, audit_random_gauges=16,
         )
-    raise GaugeportError(f"unknown study preset {name!r}", hint="use micro, quick or full")
+    if name in ("real", "real-micro"):
+        return real_preset(name == "real-micro", seed)
+    raise GaugeportError(f"unknown study preset {name!r}", hint="use micro, quick, full, real or real-micro")
+
+
+def real_preset(stand_in: bool = False, seed: int = 0, device: str = "cpu") -> StudyConfig:
+    """SmolLM2-135M-Instruct on real text (``real``), or the same code path on a tiny stand-in model
+    (``real-micro``, seconds: the test). Sizes: <= ~30 min cold on an idle 2-core CPU."""
+    if stand_in:
+        rc = RealConfig(stand_in=True, seq_len=32, train_seq_len=24, train_batch=2, forward_batch=8, probe_rows=32,
+                        traj_probe_rows=16, eval_rows=4,
+                        regimes=(Regime("aggressive", 6, 3e-2, 1, 2), Regime("gentle", 4, 1e-3, 1, 2)),
+                        adamw_step=2, adamw_resume_steps=2, sae_layer=1, sae_rows=32, steering_layer=1,
+                        refusal_layer=1, steering_scale=1.0, ceiling_fractions=(0.0, 0.5, 1.0), audit_random_gauges=3,
+                        device=device, extra={"sae_steps": 100})
+        model = ModelConfig(d_model=32, n_layers=3, n_heads=4, d_ff=64, seq_len=32)
+    else:
+        rc = RealConfig(device=device, ceiling_fractions=(0.0, 0.5, 1.0), extra={"sae_steps": 500})
+        model = ModelConfig(d_model=576, n_layers=30, n_heads=9, d_ff=1536, seq_len=rc.seq_len)
+    g = rc.gentle
+    pretrained = TrainConfig(steps=0, batch_size=0, lr=0.0, warmup=0)
+    return StudyConfig(
+        preset="real-micro" if stand_in else "real", seed=seed, model=model, base=pretrained, control=pretrained,
+        finetune=TrainConfig(steps=g.steps, batch_size=rc.train_batch, lr=g.lr, warmup=g.warmup),
+        checkpoint_steps=tuple(sorted({*g.checkpoint_steps, rc.adamw_step})), probe_seqs=rc.probe_rows,
+        probe_len=rc.seq_len, ceiling_fractions=rc.ceiling_fractions, site_layer=rc.sae_layer,
+        transfer_step=g.steps, merge_step=g.steps, adamw_step=rc.adamw_step,
+        adamw_resume_steps=rc.adamw_resume_steps, audit_random_gauges=rc.audit_random_gauges, real=rc)
 
 
 def with_seed(cfg: StudyConfig, seed: int) -> StudyConfig:
     return replace(cfg, seed=seed)
+
+
+def with_device(cfg: StudyConfig, device: str) -> StudyConfig:
+    """The same study run on ``device`` (cpu, cuda, cuda:1); only the real presets use it."""
+    if device != "cpu" and cfg.real is None:
+        raise GaugeportError(f"--device {device} is only supported by the real presets",
+                             hint="the toy presets run on CPU in minutes")
+    return replace(cfg, real=replace(cfg.real, device=device)) if cfg.real is not None else cfg

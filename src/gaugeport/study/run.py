@@ -41,14 +41,22 @@ class Timer:
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, use_cache: bool = True, progress: bool = True,
-              force: bool = False, cache_root: Path | None = None) -> dict[str, Any]:
+              force: bool = False, cache_root: Path | None = None,
+              quick_results: dict[str, Any] | Path | None = None) -> dict[str, Any]:
     """Run the whole study and write ``report.md``, ``results.json``, plots and the audit into ``out``.
 
     ``out`` appears atomically. An existing ``out`` is replaced only when it is an earlier report of
-    this command (or with ``force``).
+    this command (or with ``force``). The real presets (``cfg.real``) run :func:`.real_run.run_real`;
+    ``quick_results`` gives them the toy run to compare with, or the path of its ``results.json``
+    (read when needed; default: run the quick preset, cached).
     """
     out = Path(out)
     replace = force or _is_previous_report(out)
+    if cfg.real is not None:
+        from gaugeport.study.real_run import run_real
+
+        return run_real(cfg, out, use_cache=use_cache, progress=progress, replace=replace, cache_root=cache_root,
+                        quick_results=quick_results)
     quiet_transformers()
     timer, t0 = Timer(), time.perf_counter()
     cache = StageCache(use_cache, cache_root)

@@ -1,0 +1,103 @@
+"""`reproduce --preset real` code path on its tiny stand-in (`real-micro`): schema, report, cache, facts.
+
+The stand-in swaps SmolLM2 / MiniLM / their tokenizer for tiny random-init models and a byte tokenizer;
+everything else (real text, lockstep trajectory, the 8 measurements, the three-column report) is the
+real preset's code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+REQUIRED = {
+    "matching": ("signed", "raw", "perm_only"),
+    "trajectory": ("composed", "endpoint", "via_base"),
+    "sae_nmse": ("signed", "perm_only"),
+    "steering_preserved": ("signed", "perm_only"),
+    "refusal_cosine": ("signed", "perm_only"),
+    "merge_loss": ("signed", "perm_only", "none"),
+    "adamw_divergence": ("signed", "perm_only"),
+    "function_max_logit_diff": ("rmsnorm_signed", "layernorm_signed", "layernorm_perm_only"),
+}
+
+
+@pytest.fixture(scope="module")
+def real_micro(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    from gaugeport.study.config import preset
+    from gaugeport.study.run import run_study
+
+    results = run_study(preset("real-micro"), root / "report", progress=False, cache_root=root / "cache")
+    return root, results
+
+
+def test_results_have_the_quick_keys_plus_model_and_corpus(real_micro):
+    root, _ = real_micro
+    r = json.loads((root / "report" / "results.json").read_text())
+    for group, keys in REQUIRED.items():
+        for key in keys:
+            assert isinstance(r[group][key], float | int) and math.isfinite(r[group][key]), f"{group}.{key}"
+    assert r["config"]["preset"] == "real-micro" and r["model"]["d_model"] == 32
+    assert "PSF" in r["corpus"]["license"] and r["corpus"]["provenance"]
+    assert set(r["trajectory_regimes"]) == {"aggressive", "gentle"}
+    for reg in r["trajectory_regimes"].values():
+        assert reg["curve"] and all(0 <= c[k] <= 1 for c in reg["curve"] for k in ("composed", "endpoint"))
+
+
+def test_report_has_three_columns_timings_and_plots(real_micro):
+    root, r = real_micro
+    out = root / "report"
+    report = (out / "report.md").read_text()
+    assert "| this run (real model) | quick toy run | paper |" in report
+    for stage in ("train-trajectory-aggressive", "2-matching", "7-adamw", "8-audit", "total"):
+        assert f"| {stage} |" in report
+    for name in ("ceiling.png", "trajectory.png", "transport.png", "claims.json", "audit/audit.json"):
+        assert (out / name).stat().st_size > 0, name
+    from gaugeport.study.real_report import markdown, rows
+
+    with_toy = rows(r, r)  # the middle column renders any toy-shaped results
+    assert len(with_toy) == 9 and all(row[2] != "not run" and row[4].endswith(".") for row in with_toy)
+    assert "quick-toy/" in markdown(r, r)
+
+
+def test_exact_symmetries_on_the_pretrained_path(real_micro):
+    _, r = real_micro
+    f = r["function_max_logit_diff"]
+    assert f["rmsnorm_signed"] < 1e-5 * f["logit_scale"]
+    assert f["layernorm_perm_only"] < 1e-5 * f["control_scale"] < f["layernorm_signed"]
+    assert r["matching"]["signed"] > max(r["matching"]["raw"], r["matching"]["perm_only"])
+    assert r["transfer_gauge"]["accuracy"] > 0.9 and r["merge_loss"]["gauge_accuracy"] > 0.9
+
+
+def test_signed_transport_beats_permutation_only(real_micro):
+    _, r = real_micro
+    assert r["sae_nmse"]["signed"] < r["sae_nmse"]["perm_only"]
+    assert r["refusal_cosine"]["signed"] > r["refusal_cosine"]["perm_only"]
+    assert r["merge_loss"]["signed"] < min(r["merge_loss"]["perm_only"], r["merge_loss"]["none"])
+    assert r["adamw_divergence"]["signed"] < 1e-3 < r["adamw_divergence"]["perm_only"]
+
+
+def test_a_second_build_reuses_every_stage(real_micro):
+    root, first = real_micro
+    from gaugeport.study.cache import StageCache
+    from gaugeport.study.config import preset
+    from gaugeport.study.real import build_real
+
+    cache = StageCache(True, root / "cache")
+    build_real(preset("real-micro").real, 0, cache, progress=False)
+    assert cache.misses == [] and set(cache.hits) == set(first["cache"]["misses"])
+
+
+def test_cli_refuses_unknown_preset_and_missing_cuda(cli, tmp_path):
+    code, _, err = cli("reproduce", "--preset", "huge", "--out", str(tmp_path / "x"))
+    assert code == 2 and "unknown preset" in err
+    import torch
+
+    if not torch.cuda.is_available():
+        code, _, err = cli("reproduce", "--preset", "real-micro", "--device", "cuda", "--out", str(tmp_path / "y"))
+        assert code == 2 and "CUDA" in err
+    code, _, err = cli("reproduce", "--quick", "--device", "cuda:0", "--out", str(tmp_path / "z"))
+    assert code == 2
