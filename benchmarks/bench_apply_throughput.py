@@ -12,7 +12,6 @@ fraction of the copy's (target: at least 0.5). Neither fsyncs. Everything writte
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -24,19 +23,13 @@ import torch
 
 from gaugeport.core.apply import apply_gauge_to_checkpoint
 from gaugeport.core.gauge import SignedPermutation
+from gaugeport.models.synthetic import LlamaShape, write_synthetic_llama
 
 HERE = Path(__file__).resolve().parent
 MB = 2**20
 TARGET = 0.5
-SHAPES = {"full": (4096, 14336, 5, 32, 8, 32000, 700), "quick": (2048, 5632, 4, 16, 4, 32000, 200)}
-
-
-def _writer():
-    """The synthetic-checkpoint writer of bench_apply_memory.py (benchmarks are files, not a package)."""
-    spec = importlib.util.spec_from_file_location("gaugeport_bench_apply_memory_writer", HERE / "bench_apply_memory.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.write_checkpoint
+SHAPES = {"full": LlamaShape(4096, 14336, 5, 32, 8, 32000, shard_mb=700),
+          "quick": LlamaShape(2048, 5632, 4, 16, 4, 32000, shard_mb=200)}
 
 
 def plain_copy(src: Path, dst: Path) -> None:
@@ -47,10 +40,10 @@ def plain_copy(src: Path, dst: Path) -> None:
 
 def measure(quick: bool, repeat: int, tmp_root: str) -> dict[str, float]:
     shape = SHAPES["quick" if quick else "full"]
-    g = SignedPermutation.random(shape[0], seed=1)
+    g = SignedPermutation.random(shape.d_model, seed=1)
     with tempfile.TemporaryDirectory(prefix="gaugeport-bench-throughput-", dir=tmp_root) as tmp:
         src = Path(tmp) / "src"
-        sizes = _writer()(src, shape, torch.bfloat16, 0)
+        sizes = write_synthetic_llama(src, shape, torch.bfloat16, 0)
         total = sum(f.stat().st_size for f in src.iterdir())
         copy_s, apply_s = float("inf"), float("inf")
         for k in range(repeat):

@@ -115,6 +115,28 @@ def rows_collect(r: Any) -> list[Row]:
     return _delegate(r)
 
 
+def rows_provenance(r: dict) -> list[Row]:
+    rows: list[Row] = []
+    c = r.get("calibration")
+    if c:
+        rows.append(("same: independent pairs with p >= 0.05", f"{c['independent_ok']}/{c['independent_total']}",
+                     f"tiny Llama-style, {c['train_steps']} steps; min p "
+                     f"{min(p['p_value'] for p in c['independent_pairs']):.3g}"))
+        rows.append(("same: largest p-value of a gauged fine-tune", fmt(max(f["p_value"] for f in c["finetunes"])),
+                     f"{len(c['finetunes'])} fine-tunes: "
+                     + ", ".join(sorted({f["verdict"] for f in c["finetunes"]}))))
+        rows.append(("permutation-only matcher p on a B_d copy", fmt(c["permutation_only_matcher"]["bd_copy"]),
+                     f"S_d copy {c['permutation_only_matcher']['sd_copy']:.1e}; same "
+                     f"{c['permutation_only_matcher']['same_bd_copy']:.1e}"))
+    s = r.get("scale")
+    if s:
+        rows.append(("same (data-free) / read the weights once", f"{s['same_over_read']:.1f}x",
+                     f"d={s['d_model']}, {s['n_layers']} layers; {s['same_s']:.1f} s vs {s['read_once_s']:.1f} s"))
+        rows.append(("same: peak memory / checkpoint size", f"{s['peak_over_checkpoint']:.2f}x",
+                     f"peak {s['peak_mb']:.0f} MB, {s['peak_above_baseline_mb']:.0f} MB above the child's baseline"))
+    return rows
+
+
 def _delegate(r: Any) -> list[Row]:
     """Benchmarks that name their own headline rows return them under "headline": [[figure, value, note]]."""
     if isinstance(r, dict) and isinstance(r.get("headline"), list):
@@ -132,6 +154,7 @@ EXTRACTORS: dict[str, Callable[[Any], list[Row]]] = {
     "match": _delegate,
     "apply_throughput": _delegate,
     "collect": rows_collect,
+    "provenance": rows_provenance,
 }
 # Run cheap-to-noisy order: timing benchmarks last would see a warmer page cache; keep a fixed order.
 ORDER = ["function_preservation", "real_width", "lap", "match", "collect", "recovery", "apply_memory",

@@ -18,7 +18,8 @@ from gaugeport.models.tiny import tiny_config
 SRC = Path(archspec.__file__).resolve().parents[1]
 # keys the loader consumes while reading a table (they become other fields, or are documentation)
 LOADER_KEYS = {"model_type", "extends", "params", "params_extra", "macros", "sites", "why", "name", "role",
-               "axis", "optional", "embedding", "tied_to", "config", "aliases", "prefix_aliases"}
+               "axis", "optional", "embedding", "tied_to", "config", "aliases", "prefix_aliases",
+               "hidden"}  # "hidden": the full-network gauge's rows, read by gaugeport.core.hidden
 
 
 def _reads(attr: str) -> int:

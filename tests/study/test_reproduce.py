@@ -16,6 +16,7 @@ REQUIRED = {
     "merge_loss": ("signed", "perm_only", "none"),
     "adamw_divergence": ("signed", "perm_only"),
     "function_max_logit_diff": ("rmsnorm_signed", "layernorm_signed"),
+    "independent_merge": ("none", "residual", "full", "model_a", "model_b"),
 }
 
 
@@ -71,7 +72,7 @@ def test_signs_matter_for_rmsnorm_and_break_layernorm(study):
 
 def test_the_second_run_reuses_every_cached_stage_and_measures_the_same(study):
     _, first, second = study
-    assert set(first["cache"]["misses"]) == {"base", "control", "run-1", "run-2", "sae"}
+    assert set(first["cache"]["misses"]) == {"base", "control", "run-1", "run-2", "sae", "base-2"}
     assert second["cache"]["misses"] == [] and set(second["cache"]["hits"]) == set(first["cache"]["misses"])
     assert second["matching"] == first["matching"] and second["sae_nmse"] == first["sae_nmse"]
 

@@ -44,7 +44,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _load_app() -> Any:
-    from gaugeport.cli import core, estimate, study, transport  # noqa: F401  (register verbs)
+    from gaugeport.cli import core, estimate, provenance, study, transport  # noqa: F401  (register verbs)
     from gaugeport.cli._app import app
 
     return app

@@ -13,6 +13,14 @@ from gaugeport.cli._options import ForceOpt, QuietOpt
 from gaugeport.core.apply import apply_gauge_to_checkpoint
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import GaugeportError
+from gaugeport.core.fullgauge import (
+    apply_full_gauge_to_checkpoint,
+    is_full_gauge_file,
+    load_full_gauge,
+    random_full_gauge_for,
+    save_full_gauge,
+    verify_full,
+)
 from gaugeport.core.gauge import SignedPermutation, load_gauge, save_gauge
 from gaugeport.core.inspection import inspect_checkpoint
 from gaugeport.core.verify import DEFAULT_TOL, verify_checkpoints
@@ -54,11 +62,16 @@ def apply(
     dequantize: Annotated[str | None, typer.Option(
         "--dequantize", help="quantized input (fp8 block scales, GPTQ): write a plain bf16 (or fp32) checkpoint "
         "in the new gauge; lossy only by the quantization already there")] = None,
+    full: Annotated[bool, typer.Option("--full", help="random full-network gauge: residual, MLP units and "
+                                       "heads (a version-2 --gauge file is always applied in full)")] = False,
 ) -> None:
     """Rewrite a checkpoint in new residual coordinates (streamed, tensor by tensor)."""
     if (gauge is None) == (random_seed is None):
         raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N",
                              hint="--random-seed N draws a random gauge (save it with --save-gauge)")
+    if full or (gauge is not None and is_full_gauge_file(gauge)):
+        _apply_full(ckpt, out, gauge, random_seed, perm_only, save_gauge_to, force, quiet)
+        return
     if gauge is not None:
         g = load_gauge(gauge)
         provenance = {"gaugeport_source_gauge": str(gauge)}
@@ -93,8 +106,11 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Check that B computes A's function (through --gauge); exit 0 within --tol, 1 otherwise."""
-    g = load_gauge(gauge) if gauge is not None else None
-    res = verify_checkpoints(a, b, g, tol=tol, data=data, seed=seed)
+    if gauge is not None and is_full_gauge_file(gauge):
+        res = verify_full(a, b, load_full_gauge(gauge), tol=tol, data=data, seed=seed)
+    else:
+        g = load_gauge(gauge) if gauge is not None else None
+        res = verify_checkpoints(a, b, g, tol=tol, data=data, seed=seed)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
     else:
@@ -109,3 +125,24 @@ def verify(
         typer.echo(f"{'PASS' if res.ok else 'FAIL'} (tolerance {tol:g})")
     if not res.ok:
         raise typer.Exit(1)
+
+
+def _apply_full(ckpt: Path, out: Path, gauge: Path | None, random_seed: int | None, perm_only: bool,
+                save_gauge_to: Path | None, force: bool, quiet: bool) -> None:
+    """``apply --full``: the full-network gauge (residual, MLP units, attention heads)."""
+    if gauge is not None:
+        g = load_full_gauge(gauge)
+        provenance = {"gaugeport_source_gauge": str(gauge)}
+    else:
+        assert random_seed is not None
+        g = random_full_gauge_for(ckpt, random_seed, perm_only=perm_only)
+        provenance = {"gaugeport_random_seed": str(random_seed), "gaugeport_full": "true"}
+    if save_gauge_to is not None:
+        from gaugeport.core.fileio import refuse_existing
+        refuse_existing(save_gauge_to, force)
+    apply_full_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
+    if save_gauge_to is not None:
+        save_full_gauge(g, save_gauge_to, provenance={"source": str(ckpt), "target": str(out), **provenance},
+                        force=force)
+    typer.echo(f"wrote {out} (full gauge {g.fingerprint()}: d={g.d}, {len(g.layers)} layers of MLP units and heads, "
+               f"{g.residual.positive_fraction:.0%} positive residual signs)")

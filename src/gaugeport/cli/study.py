@@ -20,8 +20,14 @@ def compose(
     force: ForceOpt = False,
 ) -> None:
     """Compose gauges along a chain: G1 is applied first, so the result maps A's coordinates to B's."""
+    from gaugeport.core.fullgauge import compose_full_gauge_files, is_full_gauge_file
     from gaugeport.estimate.trajectory import compose_gauge_files
 
+    if any(is_full_gauge_file(p) for p in gauges):  # version-2 files: MLP units and heads compose too
+        fg = compose_full_gauge_files(gauges, out, force=force)
+        typer.echo(f"wrote {out}: {len(gauges)} full gauges composed (first applied first), d={fg.d}, "
+                   f"{len(fg.layers)} layers, fingerprint {fg.fingerprint()}")
+        return
     g = compose_gauge_files(gauges, out, force=force)
     typer.echo(f"wrote {out}: {len(gauges)} gauges composed (first applied first), d={g.d}, "
                f"fingerprint {g.fingerprint()}")

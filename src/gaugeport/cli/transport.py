@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gaugeport.cli._app import app
-from gaugeport.cli._options import ForceOpt, GaugeOpt, QuietOpt
+from gaugeport.cli._options import ForceOpt, QuietOpt
 from gaugeport.core.errors import ArtifactError
 from gaugeport.core.gauge import load_gauge
 from gaugeport.transport.detect import SAE_FORMATS
@@ -60,8 +60,9 @@ def transport(
 def merge(
     a: Annotated[Path, typer.Argument(help="checkpoint A (the merge is written in A's coordinates)")],
     b: Annotated[Path, typer.Argument(help="checkpoint B")],
-    gauge: GaugeOpt,
     out: Annotated[Path, typer.Option("--out", help="output checkpoint directory")],
+    gauge: Annotated[Path | None, typer.Option("--gauge", help="gauge mapping A's coordinates to B's (as "
+                                               "`gaugeport align A B` writes it); optional with --full")] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="B's weight: 0 gives A, 1 gives B")] = 0.5,
     method: Annotated[MergeMethod, typer.Option("--method", help="linear or slerp (per tensor)")] = MergeMethod.linear,
     perm_only: Annotated[bool, typer.Option("--perm-only", help="align B by the permutation alone (S_d baseline)")
@@ -70,11 +71,30 @@ def merge(
                                                                          "config instead of merging")] = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    full: Annotated[bool, typer.Option("--full", help="align MLP units and attention heads too (independently "
+                                       "trained runs); without --gauge the whole gauge is estimated from the "
+                                       "weights, with a version-1 --gauge its residual part is kept")] = False,
 ) -> None:
     """Bring B into A's gauge, then average: a coordinate-preserving merge (a normal HF checkpoint)."""
+    from gaugeport.core.errors import GaugeportError
     from gaugeport.transport.merge import MERGEKIT_CONFIG, merge_checkpoints
 
-    merge_checkpoints(a, b, load_gauge(gauge), out, alpha=alpha, method=method.value, perm_only=perm_only, force=force,
+    if full:
+        if perm_only or emit_mergekit:
+            raise GaugeportError("--full cannot be combined with --perm-only or --emit-mergekit")
+        from gaugeport.provenance.fullmerge import merge_checkpoints_full
+
+        g = merge_checkpoints_full(a, b, gauge, out, alpha=alpha, method=method.value, force=force,
+                                   progress=not quiet)
+        typer.echo(f"wrote {out} ({method.value} merge, alpha={alpha}, full-network alignment: gauge "
+                   f"{g.fingerprint()}, {len(g.layers)} layers of MLP units and heads)")
+        return
+    if gauge is None:
+        raise GaugeportError("merge needs --gauge G.safetensors (or --full, which estimates the gauge)",
+                             hint="estimate one with `gaugeport align A B --out G.safetensors`")
+
+    merge_checkpoints(a, b, load_gauge(gauge), out, alpha=alpha, method=method.value, perm_only=perm_only,
+                      force=force,
                       emit_mergekit=emit_mergekit, progress=not quiet)
     if emit_mergekit:
         typer.echo(f"wrote {out}/b_aligned and {out}/{MERGEKIT_CONFIG}; run: mergekit-yaml {out}/{MERGEKIT_CONFIG} "

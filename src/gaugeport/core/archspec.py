@@ -80,6 +80,7 @@ EMBEDDING_KINDS = ("token", "position", "token_type", "output")
 _TABLE_KEYS = {
     "model_type", "extends", "norm", "gain_offset", "task_class", "aliases", "prefix_aliases",
     "untouched_subtrees", "config", "params", "params_extra", "macros", "sites",
+    "hidden",  # MLP-unit and attention-head rows of the full-network gauge (parsed by core/hidden.py)
 }
 _ROW_KEYS = {"name", "role", "axis", "optional", "embedding", "tied_to", "why", "blocks"}
 _INDEX_PLACEHOLDERS = {"layer", "expert", "index"}  # each matches any decimal index

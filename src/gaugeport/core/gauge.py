@@ -332,6 +332,8 @@ def read_gauge_file(path: str | Path) -> GaugeFile:
                          hint="the gauge file is corrupt or was edited by hand") from exc
     extras = {}
     for name, t in tensors.items():
+        if name.startswith("layers."):
+            continue  # a version-2 file's per-layer hidden gauges (gaugeport.core.fullgauge): residual part only
         if t.ndim != 1 or t.shape[0] != gauge.d:
             raise GaugeError(f"{path}: per-coordinate {name!r} has shape {tuple(t.shape)}, expected ({gauge.d},)",
                              hint="the gauge file is corrupt or was edited by hand")

@@ -165,8 +165,21 @@ def _audit_row(r: dict[str, Any]) -> list[str]:
             f"{a['bare_index_bound']}/{n_bare} bare claims index-bound", "", PAPER["audit"], verdict]
 
 
+def _independent_merge_row(r: dict[str, Any]) -> list[str]:
+    m = r.get("independent_merge")
+    if not m:
+        return ["9. merge of independent runs", "", "", "not measured", "", ""]
+    best = min(m["none"], m["residual"], m["full"])
+    verdict = (f"Full-network alignment {m['full']:.3f} nats/token vs residual-only {m['residual']:.3f} and none "
+               f"{m['none']:.3f} (parents {m['model_a']:.3f} / {m['model_b']:.3f}); "
+               + ("full alignment merges best." if m["full"] == best else "full alignment does not merge best here."))
+    return ["9. merge of independent runs (nats/token)", f"full {m['full']:.3f}", "",
+            f"residual only {m['residual']:.3f}; no alignment {m['none']:.3f}; parents {m['model_a']:.3f} / "
+            f"{m['model_b']:.3f}", "(not in the paper)", verdict]
+
+
 ROWS = (_function_row, _matching_row, _trajectory_row, _sae_row, _steering_row, _refusal_row, _merge_row,
-        _adamw_row, _audit_row)
+        _adamw_row, _audit_row, _independent_merge_row)
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -204,6 +217,9 @@ def markdown(r: dict[str, Any]) -> str:
               "- refusal: cosine of the transported direction with the target's own (difference of means), and "
               "the transported vector's effect on \"sorry\" vs \"sure\" relative to the original's.",
               "- merge loss: next-token loss of the average of run-1 and run-2 (B brought into A's gauge first).",
+              "- merge of independent runs: the base and a second base trained from another seed and data order, "
+              "averaged as stored (none), after aligning the residual stream (signed matching on activations), and "
+              "after full-network alignment (residual, then MLP units on activation correlations, heads on weights).",
               "- AdamW divergence: after resuming, `|logits - reference| / |reference logit change|`, where the "
               "reference resumes run-1 in its own coordinates.",
               "- audit: a claim survives a gauge when its effect size there is at least 80% of the reference.",

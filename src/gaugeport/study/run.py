@@ -1,4 +1,4 @@
-"""``gaugeport reproduce``: train (or reuse) the study's models, run the 8 measurements, write the report."""
+"""``gaugeport reproduce``: train (or reuse) the study's models, run the measurements, write the report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from gaugeport.core.errors import CheckpointError
 from gaugeport.core.fileio import atomic_path
-from gaugeport.study import audit_check, estimation_checks, report, transport_checks
+from gaugeport.study import audit_check, estimation_checks, independent_merge, report, transport_checks
 from gaugeport.study.cache import StageCache
 from gaugeport.study.config import StudyConfig
 from gaugeport.study.context import Context
@@ -100,6 +100,7 @@ def _measure(ctx: Context, timer: Timer, out: Path) -> dict[str, Any]:
         ("7-adamw", lambda: r.update(zip(("adamw_divergence", "adamw_divergence_curve"), transport_checks.adamw(ctx),
                                          strict=True))),
         ("8-audit", lambda: r.update(audit=audit_check.audit(ctx, out))),
+        ("9-independent-merge", lambda: r.update(independent_merge=independent_merge.measure(ctx))),
     ]
     bar = tqdm(stages, desc="study", unit="measurement", disable=not ctx.progress)
     for name, fn in bar:

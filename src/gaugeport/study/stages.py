@@ -6,7 +6,8 @@
   checkpoint is saved **in its own hidden random gauge**; the gauges are kept apart under
   ``truth/`` and only used to score estimates. Run 1 also keeps its AdamW state (native
   coordinates) at ``adamw_step``;
-* ``sae``: a standard SAE on the base's residual stream, in SAELens' format.
+* ``sae``: a standard SAE on the base's residual stream, in SAELens' format;
+* ``base-2``: a second RMSNorm base from another initialisation and data order (merges of independent runs).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Artifacts:
     runs: tuple[Run, Run]
     sae: Path
     losses: dict[str, list[float]]
+    base_2: Path | None = None  # a second RMSNorm base trained from another seed (merges of independent runs)
 
 
 def build_all(cfg: StudyConfig, cache: StageCache, progress: bool = True) -> Artifacts:
@@ -72,17 +74,24 @@ def build_all(cfg: StudyConfig, cache: StageCache, progress: bool = True) -> Art
         runs.append(Run(cache.stage(name, key, lambda p, r=r: _finetune(p, cfg, base / "model", r, progress))))
     sae = cache.stage("sae", cfg.key("seed", "model", "base", "site_layer", "sae_expansion", "sae_steps", "sae_l1"),
                       lambda p: _sae(p, cfg, base / "model", progress))
-    dirs = {"base": base, "control": control, **{n: r.path for n, r in zip(RUN_NAMES, runs, strict=True)}}
+    base_2 = cache.stage("base-2", cfg.key("seed", "model", "base") + "-independent",
+                         lambda p: _train(p, cfg, "llama", progress, independent=True))
+    dirs = {"base": base, "control": control, **{n: r.path for n, r in zip(RUN_NAMES, runs, strict=True)},
+            "base-2": base_2}
     losses = {name: json.loads((path / "losses.json").read_text()) for name, path in dirs.items()}
-    return Artifacts(base / "model", control / "model", (runs[0], runs[1]), sae / "sae", losses)
+    return Artifacts(base / "model", control / "model", (runs[0], runs[1]), sae / "sae", losses, base_2 / "model")
 
 
-def _train(out: Path, cfg: StudyConfig, arch: str, progress: bool) -> None:
-    torch.manual_seed(cfg.seed)
-    model = build_model(arch, cfg.model, derived_seed(cfg.seed, 1 if arch == "llama" else 2))  # type: ignore[arg-type]
+def _train(out: Path, cfg: StudyConfig, arch: str, progress: bool, independent: bool = False) -> None:
+    """``independent``: another initialisation and data order (the second base of the independent-runs merge)."""
+    torch.manual_seed(cfg.seed + (7919 if independent else 0))
+    init = 3 if independent else 1 if arch == "llama" else 2
+    model = build_model(arch, cfg.model, derived_seed(cfg.seed, init))  # type: ignore[arg-type]
     tc = cfg.base if arch == "llama" else cfg.control
-    losses = train_lm(model, tc, derived_seed(cfg.seed, 10), cfg.model.seq_len,
-                      desc="base (RMSNorm)" if arch == "llama" else "control (LayerNorm)", progress=progress)
+    desc = "base 2 (independent seed)" if independent else "base (RMSNorm)" if arch == "llama" else \
+        "control (LayerNorm)"
+    losses = train_lm(model, tc, derived_seed(cfg.seed, 11 if independent else 10), cfg.model.seq_len,
+                      desc=desc, progress=progress)
     save_model(model, out / "model")
     (out / "losses.json").write_text(json.dumps(losses))
 

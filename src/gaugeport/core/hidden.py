@@ -1,0 +1,255 @@
+"""Hidden axes of the architecture tables: MLP units and attention heads (the full-network gauge).
+
+Beside the residual rows, a table may carry a ``"hidden"`` section naming every stored tensor
+that carries an MLP hidden-unit axis or an attention-head axis::
+
+    "hidden": {
+      "mlp_signs": true,
+      "rows": [
+        {"name": "model.layers.{layer}.mlp.gate_proj.weight", "axis": 0, "segments": ["mlp:abs"]},
+        {"name": "model.layers.{layer}.mlp.up_proj.weight",   "axis": 0, "segments": ["mlp:signed"]},
+        {"name": "model.layers.{layer}.mlp.down_proj.weight", "axis": 1, "segments": ["mlp:signed"]},
+        {"name": "model.layers.{layer}.self_attn.q_proj.weight", "axis": 0, "segments": ["q_heads"]},
+        ...
+      ]
+    }
+
+``axis`` is the stored axis carrying the hidden units; ``segments`` lists, in order along that
+axis, what it is made of (fused tensors such as Phi-3's ``qkv_proj`` have several):
+
+=================  =========================================================================
+segment            meaning
+=================  =========================================================================
+``mlp:signed``     the MLP's units, permuted and sign-flipped with the gauge (a gated block's
+                   ``up`` rows and ``down`` columns: ``act(g) * u`` is odd in ``u``)
+``mlp:abs``        the MLP's units, permuted only (a gate; any ungated GELU/ReLU MLP)
+``q_heads``        the query heads, one block of ``head_dim`` per head, permuted as blocks
+``kv_heads``       the key/value heads (grouped-query attention: one per group)
+``q_heads*3``      one block of ``3 * head_dim`` per query head (GPT-NeoX's interleaved q/k/v)
+=================  =========================================================================
+
+``mlp_signs`` says whether the MLP units may carry signs at all (gated blocks only); a table
+with ``"mlp:signed"`` rows must set it. Head permutations respect grouped-query attention: the
+key/value heads (groups) are permuted, and the query heads inside each group move with it.
+Sizes come from the config (``intermediate_size`` / ``n_inner``, ``num_attention_heads``,
+``num_key_value_heads``, ``head_dim``) and are checked against every tensor's shape.
+
+``folds`` (optional) names, for each RMSNorm gain, the readers it can be folded into
+(``W' = W diag(g)``, gain set to one); provenance uses it to undo the fold-gains-then-rotate
+disguise, in which a folded checkpoint's residual stream is rotated by any orthogonal matrix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+from gaugeport.core.archspec import _raw_table, get_spec
+from gaugeport.core.errors import ArchitectureError
+
+SegmentKind = Literal["mlp", "q_heads", "kv_heads"]
+_HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims", "folds"}
+_FOLD_KEYS = {"gain", "into", "why"}
+_ROW_KEYS = {"name", "axis", "segments", "why"}
+_DIM_KEYS = {"mlp", "n_heads", "n_kv_heads", "head_dim"}
+_SEGMENT = re.compile(r"(mlp|q_heads|kv_heads)(?:\*(\d+))?(?::(signed|abs))?")
+DEFAULT_DIM_KEYS: dict[str, tuple[str, ...]] = {
+    "mlp": ("intermediate_size", "n_inner", "ffn_dim"),
+    "n_heads": ("num_attention_heads", "n_head"),
+    "n_kv_heads": ("num_key_value_heads",),
+    "head_dim": ("head_dim",),
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    kind: SegmentKind
+    mult: int  # block size multiplier (GPT-NeoX's interleaved qkv: 3)
+    mode: Literal["signed", "abs"]
+
+
+@dataclass(frozen=True)
+class HiddenRule:
+    template: str
+    axis: int
+    segments: tuple[Segment, ...]
+    pattern: re.Pattern[str] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class HiddenDims:
+    """Per-layer sizes of the hidden axes (every layer alike)."""
+
+    n_layers: int
+    mlp: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def to_dict(self) -> dict[str, int]:
+        return {"n_layers": self.n_layers, "mlp": self.mlp, "n_heads": self.n_heads,
+                "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim}
+
+
+@dataclass(frozen=True)
+class HiddenSpec:
+    model_type: str
+    mlp_signs: bool
+    rules: tuple[HiddenRule, ...]
+    prefixes: tuple[str, ...]
+    dim_keys: dict[str, tuple[str, ...]]
+    folds: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = ()
+
+    def fold_targets(self, gain_name: str) -> list[str] | None:
+        """The readers a norm gain folds into (``W' = W diag(g)``), or None when the table names none."""
+        for pattern, into in self.folds:
+            m = pattern.fullmatch(gain_name)
+            if m:
+                layer = m.groupdict().get("layer")
+                return [t.replace("{layer}", layer) if layer is not None else t for t in into]
+        return None
+
+    def match(self, name: str) -> tuple[HiddenRule, int] | None:
+        """The hidden rule claiming ``name`` and the layer index, or None (no hidden axis)."""
+        candidates = [name] + [name[len(p):] for p in self.prefixes if name.startswith(p)]
+        hits = []
+        for r in self.rules:
+            for c in candidates:
+                m = r.pattern.fullmatch(c)
+                if m:
+                    hits.append((r, int(m.group("layer"))))
+                    break
+        if len(hits) > 1:
+            raise ArchitectureError(f"parameter {name!r} is claimed by several hidden rows of the "
+                                    f"{self.model_type!r} table: " + ", ".join(h[0].template for h in hits))
+        return hits[0] if hits else None
+
+    def dims(self, config: dict[str, Any], d_model: int) -> HiddenDims:
+        """Hidden sizes from a ``config.json`` dict (validated: positive, heads divisible into groups)."""
+        cfg = config.get("text_config", config)
+
+        def pick(key: str) -> int | None:
+            for k in self.dim_keys[key]:
+                v = cfg.get(k)
+                if v is not None:
+                    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                        raise ArchitectureError(f"config.json: {k}={v!r} is not a positive integer")
+                    return int(v)
+            return None
+
+        n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
+            raise ArchitectureError(f"config.json: number of layers {n_layers!r} is not a positive integer")
+        n_heads = pick("n_heads")
+        if n_heads is None:
+            raise ArchitectureError("config.json names no number of attention heads",
+                                    hint="expected one of " + ", ".join(self.dim_keys["n_heads"]))
+        n_kv = pick("n_kv_heads") or n_heads
+        head_dim = pick("head_dim") or d_model // n_heads
+        mlp = pick("mlp") or 4 * d_model
+        if n_heads % n_kv:
+            raise ArchitectureError(f"config.json: {n_heads} attention heads do not split into {n_kv} key/value groups")
+        return HiddenDims(int(n_layers), mlp, n_heads, n_kv, head_dim)
+
+
+def has_hidden(model_type: str) -> bool:
+    return "hidden" in _raw_table(get_spec(model_type).model_type)
+
+
+def get_hidden_spec(model_type: str) -> HiddenSpec:
+    """The hidden-axis rows of ``model_type``; a clear error when its table has none."""
+    return _load(get_spec(model_type).model_type)
+
+
+def families_with_hidden() -> list[str]:
+    from gaugeport.core.archspec import supported_architectures
+
+    return [m for m in supported_architectures() if has_hidden(m)]
+
+
+@cache
+def _load(model_type: str) -> HiddenSpec:
+    raw = _raw_table(model_type)
+    if "hidden" not in raw:
+        raise ArchitectureError(
+            f"the {model_type!r} table has no hidden-axis rows (MLP units, attention heads), so the full-network "
+            "gauge is not defined for it",
+            hint=f"residual-only gauges work (drop --full); to support it, add a \"hidden\" section to "
+            f"src/gaugeport/core/architectures/{model_type}.json (see gaugeport/core/hidden.py)")
+    hidden = raw["hidden"]
+    where = f"{model_type}.hidden"
+    _check_keys(hidden, _HIDDEN_KEYS, where)
+    macros = {**raw.get("macros", {}), **hidden.get("macros", {})}
+    dim_keys = dict(DEFAULT_DIM_KEYS)
+    for k, v in hidden.get("dims", {}).items():
+        if k not in _DIM_KEYS or not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ArchitectureError(f"{where}.dims: {k!r} must be one of {sorted(_DIM_KEYS)} with a list of keys")
+        dim_keys[k] = tuple(v)
+    mlp_signs = hidden.get("mlp_signs", False)
+    if not isinstance(mlp_signs, bool):
+        raise ArchitectureError(f"{where}.mlp_signs must be true or false")
+    rules = []
+    for row in hidden.get("rows", []):
+        _check_keys(row, _ROW_KEYS, f"{where}: row {row.get('name')}")
+        axis = row.get("axis")
+        if isinstance(axis, bool) or not isinstance(axis, int) or axis < 0:
+            raise ArchitectureError(f"{where}: row {row.get('name')} needs a non-negative integer axis")
+        segs = []
+        for s in row.get("segments", []):
+            m = _SEGMENT.fullmatch(s) if isinstance(s, str) else None
+            if m is None:
+                raise ArchitectureError(f"{where}: row {row['name']} has a bad segment {s!r}",
+                                        hint="segments: mlp:signed, mlp:abs, q_heads, kv_heads, q_heads*3")
+            kind, mult, mode = m.group(1), int(m.group(2) or 1), m.group(3) or "abs"
+            if kind != "mlp" and mode == "signed":
+                raise ArchitectureError(f"{where}: row {row['name']}: heads are permuted, never signed")
+            if mode == "signed" and not mlp_signs:
+                raise ArchitectureError(f"{where}: row {row['name']} signs MLP units but mlp_signs is false")
+            segs.append(Segment(kind, mult, mode))  # type: ignore[arg-type]
+        if not segs:
+            raise ArchitectureError(f"{where}: row {row['name']} lists no segments")
+        rules.append(HiddenRule(row["name"], axis, tuple(segs), _template_regex(row["name"], macros, model_type)))
+    if not rules:
+        raise ArchitectureError(f"{where} has no rows")
+    folds = []
+    for f in hidden.get("folds", []):
+        _check_keys(f, _FOLD_KEYS, f"{where}.folds")
+        into = f.get("into")
+        if not isinstance(f.get("gain"), str) or not isinstance(into, list) or \
+                not all(isinstance(x, str) for x in into):
+            raise ArchitectureError(f"{where}.folds: each fold needs a gain template and a list of readers")
+        folds.append((_template_regex(f["gain"], macros, model_type, need_layer=False), tuple(into)))
+    return HiddenSpec(model_type, mlp_signs, tuple(rules), tuple(raw.get("prefixes", ())) + tuple(
+        src for src, to in raw.get("prefix_aliases", {}).items() if src and to == ""), dim_keys, tuple(folds))
+
+
+def _template_regex(template: str, macros: dict[str, list[str]], model_type: str,
+                    need_layer: bool = True) -> re.Pattern[str]:
+    out = []
+    for part in re.split(r"(\{\w+\})", template):
+        m = re.fullmatch(r"\{(\w+)\}", part)
+        if not m:
+            out.append(re.escape(part))
+        elif m.group(1) == "layer":
+            out.append(r"(?P<layer>\d+)")
+        elif m.group(1) in macros:
+            out.append("(?:" + "|".join(re.escape(v) for v in macros[m.group(1)]) + ")")
+        else:
+            raise ArchitectureError(f"{model_type}: hidden template {template!r} uses undefined macro {part}")
+    if need_layer and "(?P<layer>" not in "".join(out):
+        raise ArchitectureError(f"{model_type}: hidden template {template!r} has no {{layer}}")
+    return re.compile("".join(out))
+
+
+def _check_keys(obj: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise ArchitectureError(f"{where}: expected a JSON object")
+    unknown = set(obj) - allowed
+    if unknown:
+        raise ArchitectureError(f"{where}: unknown key(s) {sorted(unknown)} in architecture table")

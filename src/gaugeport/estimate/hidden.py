@@ -1,0 +1,331 @@
+"""Estimate the hidden part of the full-network gauge: MLP units and attention heads, per layer.
+
+Data-free (:func:`estimate_hidden`): once B's residual axes are brought into A's coordinates (a
+signed permutation from ``align --method weights``, or an orthogonal matrix when the gains were
+folded and the stream rotated), every tensor a hidden row of the architecture table names gives
+each unit a feature vector (a gate/up row, a down column, a head's Q/K/V/O block). Units are
+matched by a linear assignment on the mean cosine over those features: sign-sensitive features
+(a gated block's up rows and down columns) count by ``|cos|`` and vote the unit's sign, the others
+(gates, ungated units, heads) count by ``cos``. Heads are matched in two stages that respect
+grouped-query attention: key/value groups first (their K/V blocks plus the best assignment of the
+query heads inside each pair of groups), then query heads inside each matched group.
+
+From activations (:func:`mlp_unit_moments` + :func:`match_mlp_units_from_moments`): the inputs of
+the down projection (the MLP's hidden units) of A and B on the same tokens, matched by their
+correlation (sign-marginalised where the block allows signs).
+
+Confidence per unit: the matched score and its margin over the best alternative in its row or
+column (:func:`~gaugeport.estimate.matching.match_margin`).
+
+Held-out statistic (for ``same``): units are also matched on their *input* features alone (rows
+that read the stream), and the matched pairs' *output* features (columns that write the stream),
+never used for that matching, are scored against the same sum under a uniformly random pairing;
+its exact permutation mean and variance (Hoeffding's combinatorial central limit theorem) give a
+z-score per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaugeport.core.apply import transform_tensor
+from gaugeport.core.archspec import ArchSpec, ParamRule
+from gaugeport.core.fullgauge import FullGauge, LayerGauge, _segment_size
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec
+from gaugeport.estimate.lap import linear_assignment
+from gaugeport.estimate.matching import match_margin
+
+SKETCH_DIM = 512  # features wider than this are compared through a seeded Gaussian sketch
+FIT_PAIRS = 1_000_000  # pairs the held-out regression is fitted on (all of them for n <= 1000)
+RUNNER_UP_K = 8  # held-out test: a match competes with its unit's best input-side candidates
+
+
+# ----------------------------------------------------------------------------- residual maps
+@dataclass(frozen=True)
+class OrthogonalGauge:
+    """A dense residual map ``x_B = Q x_A`` (folded gains, rotated stream); ``Q`` orthogonal."""
+
+    matrix: np.ndarray  # float64 d x d
+
+    @property
+    def d(self) -> int:
+        return int(self.matrix.shape[0])
+
+
+ResidualMap = SignedPermutation | OrthogonalGauge
+
+
+def to_a_coordinates(name: str, tensor: torch.Tensor, rule: ParamRule, residual: ResidualMap) -> torch.Tensor:
+    """Bring one of B's tensors into A's residual coordinates (B's hidden axes untouched)."""
+    if isinstance(residual, SignedPermutation):
+        return transform_tensor(name, tensor, rule, residual.inverse())
+    out = tensor.double()
+    q = torch.from_numpy(residual.matrix)
+    for ax in rule.axes:
+        if rule.mode != "signed":
+            continue  # gains: uniform after folding, nothing to rotate
+        out = torch.movedim(torch.movedim(out, ax, -1) @ q, -1, ax)  # t'[..k..] = sum_j t[..j..] Q[j, k]
+    return out
+
+
+# ----------------------------------------------------------------------------- unit features
+@dataclass
+class UnitFeatures:
+    """One layer's feature blocks per unit kind: lists of ``[n_units, f]`` float32 arrays."""
+
+    blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
+    cache: dict[int, dict[tuple[str, str, str], np.ndarray | None]] = field(default_factory=dict, repr=False)
+
+    def add(self, kind: str, mode: str, side: str, arr: np.ndarray) -> None:
+        self.blocks.setdefault((kind, mode, side), []).append(arr)
+
+
+def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> list[tuple[str, str, np.ndarray]]:
+    """Split a tensor's hidden axis into its segments: ``(kind, mode, [n_units, f])`` per segment."""
+    sizes = [_segment_size(s.kind, s.mult, dims) for s in rule.segments]
+    out = []
+    for seg, part in zip(rule.segments, torch.split(tensor, sizes, dim=rule.axis), strict=True):
+        n = dims.mlp if seg.kind == "mlp" else dims.n_heads if seg.kind == "q_heads" else dims.n_kv_heads
+        moved = torch.movedim(part, rule.axis, 0)
+        out.append((seg.kind, seg.mode, moved.reshape(n, -1).float().numpy()))
+    return out
+
+
+def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec,
+                   dims: HiddenDims) -> dict[int, UnitFeatures]:
+    """Features of every layer's units, from the tensors ``get(name)`` returns (already in A's coordinates)."""
+    feats: dict[int, UnitFeatures] = {}
+    for name in sorted(names):
+        hit = hspec.match(name)
+        if hit is None:
+            continue
+        rule, layer = hit
+        role = spec.classify(name).role
+        side = "out" if role in ("write", "write_bias") else "in"  # reads the stream (or a head-side bias/norm)
+        for kind, mode, arr in unit_blocks(get(name), rule, dims):
+            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, unit_rows(arr))
+    return feats
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows sketched to at most ``SKETCH_DIM`` columns (a seeded CountSketch: linear, the same for A
+    and B, inner products kept in expectation) and scaled to unit norm, in float32."""
+    x = x.astype(np.float32, copy=False)
+    f = x.shape[1]
+    if f > SKETCH_DIM:
+        import scipy.sparse as sp
+
+        rng = np.random.default_rng(f)
+        sketch = sp.csr_matrix((rng.choice(np.array([-1.0, 1.0], dtype=np.float32), f),
+                                (np.arange(f), rng.integers(0, SKETCH_DIM, f))), shape=(f, SKETCH_DIM))
+        x = np.asarray((sketch.T @ x.T).T, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str) -> np.ndarray | None:
+    """Mean over blocks of the cosine matrix between A's and B's units (rows: A, columns: B); cached."""
+    key = (kind, mode, side)
+    cache = fa.cache.setdefault(id(fb), {})
+    if key in cache:
+        return cache[key]
+    ba, bb = fa.blocks.get(key, []), fb.blocks.get(key, [])
+    total = None
+    for xa, xb in zip(ba, bb, strict=True):
+        c = xa @ xb.T
+        total = c if total is None else total + c
+    out = None if total is None else total / np.float32(len(ba))
+    cache[key] = out
+    return out
+
+
+# ----------------------------------------------------------------------------- matching
+@dataclass
+class UnitMatch:
+    gauge: SignedPermutation
+    confidence: np.ndarray
+    margin: np.ndarray
+
+
+def _match(score: np.ndarray, sign_source: np.ndarray | None) -> UnitMatch:
+    cols = linear_assignment(score).cols
+    rows = np.arange(score.shape[0])
+    signs = np.ones(score.shape[0], dtype=np.int8) if sign_source is None else \
+        np.where(sign_source[rows, cols] < 0, -1, 1).astype(np.int8)
+    return UnitMatch(SignedPermutation(cols, signs), score[rows, cols].astype(np.float64),
+                     match_margin(score, cols))
+
+
+def _mlp_scores(fa: UnitFeatures, fb: UnitFeatures, sides: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Score (maximised) and signed source for MLP units from the feature blocks on ``sides``."""
+    absolute = [c for s in sides if (c := _cosines(fa, fb, "mlp", "abs", s)) is not None]
+    signed = [c for s in sides if (c := _cosines(fa, fb, "mlp", "signed", s)) is not None]
+    n = len(absolute) + len(signed)
+    sgn = sum(signed) if signed else None
+    score = (sum(absolute) if absolute else 0.0) + (np.abs(sgn) if sgn is not None else 0.0)
+    return np.asarray(score) / max(n, 1), sgn
+
+
+def match_heads(fa: UnitFeatures, fb: UnitFeatures, dims: HiddenDims) -> tuple[SignedPermutation, np.ndarray]:
+    """Query-head permutation respecting key/value groups, and each head's matched score."""
+    def mean_cos(kind: str) -> np.ndarray | None:
+        cs = [c for s in ("in", "out") if (c := _cosines(fa, fb, kind, "abs", s)) is not None]
+        return sum(cs) / len(cs) if cs else None
+
+    sq = mean_cos("q_heads")
+    skv = mean_cos("kv_heads")
+    h, k, gs = dims.n_heads, dims.n_kv_heads, dims.group_size
+    if sq is None:
+        sq = np.zeros((h, h))
+    group_score = np.zeros((k, k)) if skv is None else skv.copy()
+    inner: dict[tuple[int, int], np.ndarray] = {}
+    for g in range(k):
+        for t in range(k):
+            block = sq[g * gs:(g + 1) * gs, t * gs:(t + 1) * gs]
+            cols = linear_assignment(block).cols
+            inner[g, t] = cols
+            group_score[g, t] += block[np.arange(gs), cols].sum() / gs
+    groups = linear_assignment(group_score).cols
+    perm = np.concatenate([groups[g] * gs + inner[g, groups[g]] for g in range(k)])
+    return SignedPermutation(perm, np.ones(h, dtype=np.int8)), sq[np.arange(h), perm]
+
+
+@dataclass
+class HiddenEstimate:
+    """Estimated hidden gauges with per-unit confidence and per-layer held-out statistics."""
+
+    layers: list[LayerGauge]
+    mlp_confidence: list[np.ndarray]
+    mlp_margin: list[np.ndarray]
+    head_confidence: list[np.ndarray]
+    held_out: list[dict[str, Any]]
+
+    def full_gauge(self, residual: SignedPermutation) -> FullGauge:
+        return FullGauge(residual, tuple(self.layers))
+
+
+def estimate_hidden(fa: dict[int, UnitFeatures], fb: dict[int, UnitFeatures], dims: HiddenDims,
+                    mlp_signs: bool) -> HiddenEstimate:
+    """Match every layer's MLP units and heads (features of B already in A's residual coordinates)."""
+    layers, conf, margin, hconf, held = [], [], [], [], []
+    for layer in range(dims.n_layers):
+        a, b = fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+        score, sgn = _mlp_scores(a, b, ("in", "out"))
+        m = _match(score, sgn if mlp_signs else None)
+        heads, hc = match_heads(a, b, dims)
+        layers.append(LayerGauge(m.gauge, heads, dims.n_kv_heads))
+        conf.append(m.confidence)
+        margin.append(m.margin)
+        hconf.append(hc)
+        held.append(held_out_statistic(a, b, mlp_signs))
+        a.cache.clear()  # n x n cosine matrices: free them before the next layer
+    return HiddenEstimate(layers, conf, margin, hconf, held)
+
+
+def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
+                       condition: bool = True) -> dict[str, Any]:
+    """Match MLP units on input features only; test the matches on output features.
+
+    ``M[i, j]``: the output-side cosine of A's unit ``i`` and B's unit ``j`` (times the sign the input
+    side chose for that pair). With ``condition``, ``M`` is first residualised on the input-side
+    cosines (least squares over the unmatched pairs), removing the rise that shared, data-induced
+    structure gives both in unrelated models. Each unit's match then competes with the unit's
+    ``k`` best input-side candidates: its rank by ``M`` among them is uniform on ``1..k`` under the
+    null, so ``z = sum((k + 1) / 2 - rank) / sqrt(n (k^2 - 1) / 12)``.
+    """
+    s_in, sgn_in = _mlp_scores(a, b, ("in",))
+    predictors = [c for c in (_cosines(a, b, "mlp", "abs", "in"), _cosines(a, b, "mlp", "signed", "in"))
+                  if c is not None]
+    s_out_abs = _cosines(a, b, "mlp", "abs", "out")
+    s_out_sgn = _cosines(a, b, "mlp", "signed", "out")
+    if s_out_abs is None and s_out_sgn is None:
+        return {"z": 0.0, "n": 0, "matched_out_cos": None}
+    m_mat = np.zeros_like(s_in)
+    if s_out_abs is not None:
+        m_mat += s_out_abs
+    if s_out_sgn is not None:
+        m_mat += np.where(sgn_in < 0, -s_out_sgn, s_out_sgn) if (mlp_signs and sgn_in is not None) else s_out_sgn
+    cols = linear_assignment(s_in).cols
+    n = m_mat.shape[0]
+    rows = np.arange(n)
+    raw_matched = float(m_mat[rows, cols].mean())
+    null_mean = float(m_mat.mean())
+    k = min(RUNNER_UP_K, n)
+    # each unit's k best input-side candidates (its match among them)
+    cand = np.concatenate([np.argpartition(-s_in[i:i + 1024], k - 1, axis=1)[:, :k]  # row chunks: no n x n index
+                           for i in range(0, n, 1024)])
+    has = (cand == cols[:, None]).any(axis=1)
+    cand[~has, -1] = cols[~has]
+    out_scores = np.take_along_axis(m_mat, cand, axis=1).astype(np.float64)
+    matched_out = m_mat[rows, cols].astype(np.float64)
+    if condition:
+        # remove what input-side similarity alone predicts about the output side, fitted by least squares on
+        # (up to FIT_PAIRS) unmatched pairs: shared, data-induced structure makes both rise together in
+        # unrelated models
+        rng = np.random.default_rng(0)
+        if n * n <= FIT_PAIRS:
+            fi, fj = (x.reshape(-1) for x in np.meshgrid(rows, rows, indexing="ij"))
+        else:
+            fi, fj = rng.integers(0, n, FIT_PAIRS), rng.integers(0, n, FIT_PAIRS)
+        keep = fj != cols[fi]
+        fi, fj = fi[keep], fj[keep]
+
+        def design(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            cs = [np.ones(i.shape, dtype=np.float64)]
+            for c in predictors:
+                v = c[i, j].astype(np.float64)
+                cs += [v, np.abs(v)]
+            return np.stack(cs, axis=-1)
+
+        coef, *_ = np.linalg.lstsq(design(fi, fj), m_mat[fi, fj].astype(np.float64), rcond=None)
+        out_scores = out_scores - design(np.repeat(rows[:, None], k, axis=1), cand) @ coef
+        matched_out = matched_out - design(rows, cols) @ coef
+    # under the null the match's output-side rank among its unit's candidates is uniform on 1..k
+    rank = 1 + (out_scores > matched_out[:, None] + 1e-12).sum(axis=1)  # 1 = the best output-side score
+    t = float(((k + 1) / 2 - rank).sum())
+    var = n * (k * k - 1) / 12.0
+    z = t / np.sqrt(var) if var > 0 else 0.0
+    top1 = float(np.mean(rank == 1))
+    return {"z": float(z), "n": int(n), "k": int(k), "top1_fraction": top1, "matched_out_cos": raw_matched,
+            "null_mean_cos": null_mean,
+            "matched_in_score": float(s_in[np.arange(n), cols].mean())}
+
+
+# ----------------------------------------------------------------------------- from activations
+@torch.no_grad()
+def mlp_unit_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches: list[torch.Tensor],
+                     down_name: str = "down_proj") -> list[np.ndarray]:
+    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection)."""
+    acts: dict[str, dict[int, list[torch.Tensor]]] = {"a": {}, "b": {}}
+    hooks = []
+    for tag, model in (("a", model_a), ("b", model_b)):
+        mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
+        for layer, (_, mod) in enumerate(mods):
+            def hook(_m: Any, inp: tuple[torch.Tensor, ...], _o: Any, tag: str = tag, layer: int = layer) -> None:
+                acts[tag].setdefault(layer, []).append(inp[0].reshape(-1, inp[0].shape[-1]).double())
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        for ids in batches:
+            model_a(input_ids=ids)
+            model_b(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for layer in sorted(acts["a"]):
+        xa, xb = torch.cat(acts["a"][layer]), torch.cat(acts["b"][layer])
+        xa = (xa - xa.mean(0)) / xa.std(0, correction=0).clamp_min(1e-12)
+        xb = (xb - xb.mean(0)) / xb.std(0, correction=0).clamp_min(1e-12)
+        out.append((xa.T @ xb / xa.shape[0]).numpy())
+    return out
+
+
+def match_mlp_units_from_moments(corr: np.ndarray, signed: bool) -> UnitMatch:
+    """Match units on their activation correlation (``|corr|`` and its sign where signs are allowed)."""
+    return _match(np.abs(corr) if signed else corr, corr if signed else None)

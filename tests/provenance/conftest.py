@@ -1,0 +1,42 @@
+"""Trained tiny models for the provenance tests (seeded; trained once per session).
+
+Sizes are the smallest that keep the checks meaningful: d=32, 2 layers, 64 MLP units, grouped-query
+attention (4 heads in 2 groups), 200 AdamW steps on the built-in corpus; fine-tunes add 150 steps on
+other data. The 10-pair calibration sweep lives in benchmarks/bench_provenance.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+BASE_STEPS = 200
+FINETUNE_STEPS = 150
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
+    from gaugeport.provenance.experiments import finetuned, trained
+
+    root = tmp_path_factory.mktemp("zoo")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        paths = {}
+        base = trained(0, BASE_STEPS)
+        base.save_pretrained(root / "base")
+        paths["base"] = root / "base"
+        for seed in (1, 2):
+            trained(seed, BASE_STEPS).save_pretrained(root / f"ind{seed}")
+            paths[f"ind{seed}"] = root / f"ind{seed}"
+        finetuned(base, FINETUNE_STEPS, data_seed=77).save_pretrained(root / "ft_plain")
+    finally:
+        torch.set_num_threads(threads)
+    # the fine-tune is re-uploaded under a random full gauge
+    apply_full_gauge_to_checkpoint(root / "ft_plain", random_full_gauge_for(root / "ft_plain", 11), root / "ft",
+                                   progress=False)
+    paths["ft"] = root / "ft"
+    return paths

@@ -1,0 +1,100 @@
+"""``same A B``: identical / derived / independent, the p-value, and the recovered gauge as evidence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gaugeport.core.archspec import get_spec
+from gaugeport.core.fullgauge import (
+    apply_full_gauge_to_checkpoint,
+    load_full_gauge,
+    random_full_gauge_for,
+)
+from gaugeport.provenance.same import same
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_gauged_copy_is_identical_with_the_exact_gauge(zoo, tmp_path, seed):
+    truth = random_full_gauge_for(zoo["base"], seed)
+    apply_full_gauge_to_checkpoint(zoo["base"], truth, tmp_path / "copy", progress=False)
+    res = same(zoo["base"], tmp_path / "copy")
+    assert res.verdict == "identical"
+    assert res.gauge == truth  # residual, every layer's MLP units (with signs) and heads
+    assert res.identical_check["max_rel_weight_diff"] == 0.0
+    assert res.identical_check["logits_max_rel_diff"] <= 1e-5
+    assert res.p_value < 1e-10
+
+
+def test_fold_gains_then_rotate_is_identical_and_the_rotation_is_recovered(zoo, tmp_path):
+    from gaugeport.core.verify import load_model
+    from gaugeport.provenance.disguise import fold_gains, random_orthogonal, rotate_residual
+
+    model = load_model(zoo["base"])
+    spec = get_spec("llama")
+    q = random_orthogonal(32, seed=5)
+    model.load_state_dict(rotate_residual(fold_gains(model.state_dict(), spec), spec, q))
+    model.save_pretrained(tmp_path / "rotated")
+    res = same(zoo["base"], tmp_path / "rotated")
+    assert res.verdict == "identical"
+    assert res.residual["kind"] == "orthogonal"
+    assert np.abs(res.rotation - q).max() < 1e-5  # orthogonal Procrustes recovers the rotation
+    assert res.identical_check["max_rel_weight_diff"] < 1e-5
+
+
+def test_gauged_finetune_is_derived(zoo):
+    res = same(zoo["base"], zoo["ft"])
+    assert res.verdict == "derived"
+    assert res.p_value < 1e-3
+    assert all(lay["status"] == "derived" for lay in res.layers)  # localisation: every layer descends from A
+
+
+@pytest.mark.parametrize("pair", [("base", "ind1"), ("base", "ind2"), ("ind1", "ind2")])
+def test_independent_seeds_are_independent(zoo, pair):
+    res = same(zoo[pair[0]], zoo[pair[1]])
+    assert res.verdict == "independent"
+    assert res.p_value >= 0.05
+
+
+def test_permutation_only_matcher_loses_power_on_a_signed_copy_while_same_keeps_it(zoo, tmp_path):
+    from gaugeport.core.apply import apply_gauge_to_checkpoint
+    from gaugeport.core.gauge import SignedPermutation
+    from gaugeport.provenance.baseline import permutation_matcher_test
+
+    g = SignedPermutation.random(32, seed=3)
+    apply_gauge_to_checkpoint(zoo["base"], g.perm_only(), tmp_path / "sd", progress=False)
+    apply_gauge_to_checkpoint(zoo["base"], g, tmp_path / "bd", progress=False)
+    assert permutation_matcher_test(zoo["base"], tmp_path / "sd")["p_value"] < 1e-10  # it works on S_d copies
+    lost = permutation_matcher_test(zoo["base"], tmp_path / "bd")["p_value"]
+    assert lost > 1e-3  # ... and cannot call the B_d copy derived
+    res = same(zoo["base"], tmp_path / "bd")
+    assert res.verdict == "identical" and res.p_value < 1e-10
+
+
+def test_cli_same_json_report_and_gauge(zoo, tmp_path, cli):
+    truth = random_full_gauge_for(zoo["base"], 8)
+    apply_full_gauge_to_checkpoint(zoo["base"], truth, tmp_path / "copy", progress=False)
+    code, out, err = cli("same", zoo["base"], tmp_path / "copy", "--json", "--report", tmp_path / "r.json",
+                         "--save-gauge", tmp_path / "g.safetensors")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["verdict"] == "identical" and doc["p_value"] < 1e-10
+    assert [lay["layer"] for lay in doc["layers"]] == [0, 1]
+    assert json.loads((tmp_path / "r.json").read_text())["verdict"] == "identical"
+    assert load_full_gauge(tmp_path / "g.safetensors") == truth
+    code, out, _ = cli("same", zoo["base"], zoo["ind1"])
+    assert code == 0 and "verdict     independent" in out
+
+
+def test_cli_same_bad_input(zoo, tiny_dir, cli, tmp_path):
+    code, _, err = cli("same", zoo["base"], tiny_dir("gpt2"))
+    assert code == 2 and "different architectures" in err and "hint:" in err
+    code, _, err = cli("same", zoo["base"], tiny_dir("llama"))  # same architecture, another vocabulary
+    assert code == 2 and "vocabularies differ" in err
+    code, _, err = cli("same", tiny_dir("llama"), tiny_dir("llama", 1), "--alpha", "2")
+    assert code == 2 and "alpha" in err
+    (tmp_path / "r.json").write_text("{}")
+    code, _, err = cli("same", zoo["base"], zoo["ind1"], "--report", tmp_path / "r.json")
+    assert code == 2 and "already exists" in err
