@@ -159,7 +159,13 @@ class HiddenSpec:
 
 
 def has_hidden(model_type: str) -> bool:
-    return "hidden" in _raw_table(get_spec(model_type).model_type)
+    return _hidden_rows_apply(_raw_table(get_spec(model_type).table or model_type))
+
+
+def _hidden_rows_apply(raw: dict) -> bool:
+    """A table's hidden rows, unless it wraps its text model in a config section (a multimodal
+    wrapper inherits the text table's rows, whose dimensions it keeps elsewhere)."""
+    return "hidden" in raw and not raw.get("config", {}).get("section")
 
 
 def get_hidden_spec(model_type: str) -> HiddenSpec:
@@ -176,7 +182,7 @@ def families_with_hidden() -> list[str]:
 @cache
 def _load(model_type: str) -> HiddenSpec:
     raw = _raw_table(model_type)
-    if "hidden" not in raw:
+    if not _hidden_rows_apply(raw):
         raise ArchitectureError(
             f"the {model_type!r} table has no hidden-axis rows (MLP units, attention heads), so the full-network "
             "gauge is not defined for it",
