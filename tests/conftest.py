@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gaugeport.models.tiny import save_tiny
 
@@ -40,3 +41,9 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
         return code, out.out, out.err
 
     return run
+
+
+# Property tests judge correctness, not speed: no per-example deadline (a loaded CI machine would
+# otherwise fail a correct example for taking more than hypothesis's default 200 ms).
+settings.register_profile("gaugeport", deadline=None)
+settings.load_profile("gaugeport")

@@ -1,0 +1,39 @@
+"""The streamed finiteness check: every NaN / inf is caught, finite tensors pass, whatever the dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gaugeport.core.checkpoint import _FINITE_CHUNK, check_finite
+from gaugeport.core.errors import CheckpointError
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [0, _FINITE_CHUNK - 1, _FINITE_CHUNK + 5])
+def test_a_single_bad_entry_anywhere_is_refused_by_name(dtype, bad, where) -> None:
+    t = torch.randn(_FINITE_CHUNK + 17, dtype=torch.float32).to(dtype)
+    t[where] = bad
+    with pytest.raises(CheckpointError, match="'w'.*(NaN|infinite)"):
+        check_finite("w", t)
+
+
+def test_plus_and_minus_infinity_together_are_refused() -> None:
+    t = torch.zeros(8)
+    t[1], t[5] = float("inf"), float("-inf")
+    with pytest.raises(CheckpointError, match="infinite"):
+        check_finite("w", t)
+
+
+def test_finite_float64_entries_whose_sum_overflows_still_pass() -> None:
+    t = torch.full((16,), torch.finfo(torch.float64).max, dtype=torch.float64)
+    assert check_finite("w", t) is t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_finite_tensors_pass_unchanged(dtype) -> None:
+    t = (torch.randn(3, 1000) * 1e3).to(dtype)
+    assert check_finite("w", t) is t
