@@ -1,6 +1,6 @@
 """SAE and dictionary formats beyond SAELens: EleutherAI sparsify, dictionary_learning, Gemma Scope.
 
-Every format stores the same three kinds of tensor (PAPER.md §4): an encoder that *reads* the
+Every format stores the same three kinds of tensor (docs/transport.md): an encoder that *reads* the
 stream (its d axis moves), a decoder and decoder bias that *write* it (their d axis moves), and
 feature-side tensors (encoder bias, thresholds, gates, ``k``) that stay as they are. Only the names
 and axis orders differ, so each format is a table ``tensor name -> residual axes``; a tensor that is
