@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from gaugeport.core.apply import check_gauge_fits, rewrite_checkpoint, transform_tensor
 from gaugeport.core.archspec import ArchSpec, spec_for_config
@@ -338,25 +337,11 @@ def full_weight_difference(path_a: str | Path, path_b: str | Path, gauge: FullGa
                            progress: bool = False) -> tuple[float, str, float]:
     """Max |W_B - G(W_A)| over all tensors (streamed), the tensor with the largest relative difference
     (``|W_B - G(W_A)| / max |W_A|``), and that relative difference."""
-    from gaugeport.core.errors import CheckpointError
+    from gaugeport.core.verify import open_same_tensors, streamed_weight_difference
 
-    a, b = Checkpoint.open(path_a), Checkpoint.open(path_b)
-    if set(a.names) != set(b.names):
-        extra = sorted(set(a.names) ^ set(b.names))[:5]
-        raise CheckpointError(f"checkpoints hold different tensors (e.g. {', '.join(extra)})")
+    a, b = open_same_tensors(path_a, path_b)
     tf = FullTransform(a.spec, a.names, gauge, a.d_model, a.config)
-    worst, worst_rel, worst_name = 0.0, 0.0, ""
-    for name, tb in tqdm(b.iter_tensors(), total=len(b.names), desc="weights", disable=not progress):
-        ta = tf(name, a.tensor(name))
-        if tuple(ta.shape) != tuple(tb.shape):
-            raise CheckpointError(f"tensor {name!r} has shape {tuple(ta.shape)} in A but {tuple(tb.shape)} in B",
-                                  hint="A and B are different models; verify compares a model with its gauged copy")
-        d = (ta.double() - tb.double()).abs().max().item() if ta.numel() else 0.0
-        rel = d / max(ta.double().abs().max().item(), 1e-12) if ta.numel() else 0.0
-        worst = max(worst, d)
-        if rel >= worst_rel:
-            worst_rel, worst_name = rel, name
-    return worst, worst_name, worst_rel
+    return streamed_weight_difference(a, b, tf, progress=progress)
 
 
 # --------------------------------------------------------------------- file format

@@ -150,16 +150,31 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, ids: torc
 def weight_difference(path_a: str | Path, path_b: str | Path, gauge: SignedPermutation) -> tuple[float, str, float]:
     """Max |W_B - G(W_A)| over all tensors (streamed), the tensor with the largest relative difference
     (``|W_B - G(W_A)| / max |W_A|``, tolerance-comparable like the logits), and that relative difference."""
+    a, b = open_same_tensors(path_a, path_b)
+    spec = a.spec
+    check_gauge_fits(spec, gauge, a.d_model)
+    rules = spec.classify_all(a.names)
+    return streamed_weight_difference(a, b, lambda name, t: transform_tensor(name, t, rules[name], gauge))
+
+
+def open_same_tensors(path_a: str | Path, path_b: str | Path) -> tuple[Checkpoint, Checkpoint]:
+    """Open two checkpoints that must hold the same tensor names (a model and its gauged copy)."""
     a, b = Checkpoint.open(path_a), Checkpoint.open(path_b)
     if set(a.names) != set(b.names):
         extra = sorted(set(a.names) ^ set(b.names))[:5]
         raise CheckpointError(f"checkpoints hold different tensors (e.g. {', '.join(extra)})")
-    spec = a.spec
-    check_gauge_fits(spec, gauge, a.d_model)
-    rules = spec.classify_all(a.names)
+    return a, b
+
+
+def streamed_weight_difference(a: Checkpoint, b: Checkpoint, transform: Any, *,
+                               progress: bool = False) -> tuple[float, str, float]:
+    """Max |W_B - T(W_A)| over all tensors, one pair in memory at a time, for ``transform(name, W_A)``;
+    also the tensor with the largest relative difference (``/ max |W_A|``) and that difference."""
+    from tqdm.auto import tqdm
+
     worst, worst_rel, worst_name = 0.0, 0.0, ""
-    for name, tb in b.iter_tensors():
-        ta = transform_tensor(name, a.tensor(name), rules[name], gauge)
+    for name, tb in tqdm(b.iter_tensors(), total=len(b.names), desc="weights", disable=not progress):
+        ta = transform(name, a.tensor(name))
         if tuple(ta.shape) != tuple(tb.shape):
             raise CheckpointError(f"tensor {name!r} has shape {tuple(ta.shape)} in A but {tuple(tb.shape)} in B",
                                   hint="A and B are different models; verify compares a model with its gauged copy")

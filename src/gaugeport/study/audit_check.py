@@ -68,11 +68,20 @@ def audit(ctx: Context, out: Path) -> dict[str, Any]:
     base = ctx.model(ctx.art.base)
     hidden = in_gauge(base, SignedPermutation.random(ctx.d, seed=derived_seed(ctx.cfg.seed, 121)))
     base_acts, hidden_acts = _evidence(ctx, base), _evidence(ctx, hidden)
+    return audit_with_claims(base_acts, hidden_acts, site, ctx.d, ctx.cfg.audit_random_gauges,
+                             derived_seed(ctx.cfg.seed, 120) % 10_000, estimated_gauge(ctx, base, hidden), out)
+
+
+def audit_with_claims(base_acts: dict[str, tuple[np.ndarray, np.ndarray]],
+                      hidden_acts: dict[str, tuple[np.ndarray, np.ndarray]], site: str, d: int, n_random: int,
+                      seed: int, estimated: SignedPermutation, out: Path) -> dict[str, Any]:
+    """The study's claims made on the base's evidence, swept over identity, ``n_random`` random gauges and
+    the ``estimated`` gauge to the hidden copy (whose activations are the evidence there); writes
+    ``claims.json`` and ``audit/`` under ``out`` and returns the summary both presets report."""
     raw = study_claims(base_acts, site)
     claims = [Claim.from_dict(c) for c in raw]
     evidence = {k: Evidence(x, y, in_gauge={"estimated": hidden_acts[k][0]}) for k, (x, y) in base_acts.items()}
-    sweep = gauge_sweep(ctx.d, ctx.cfg.audit_random_gauges, derived_seed(ctx.cfg.seed, 120) % 10_000,
-                        {"estimated": estimated_gauge(ctx, base, hidden)})
+    sweep = gauge_sweep(d, n_random, seed, {"estimated": estimated})
     report = audit_claims(claims, sweep, evidence=evidence)
     atomic_write_json(out / "claims.json", {"claims": raw})
     write_audit(report, out / "audit", force=True)

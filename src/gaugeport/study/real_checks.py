@@ -365,9 +365,7 @@ def audit(ctx: RealContext, out: Path) -> dict[str, Any]:
     """8. Index-level claims about the real model's residual stream (sentiment: every token of the
     handwritten sentences; refusal: the last token of each request), audited over random gauges and
     the gauge estimated to a hidden-gauge copy of the model."""
-    from gaugeport.core.fileio import atomic_write_json
-    from gaugeport.study.audit_check import study_claims
-    from gaugeport.transport.audit import Claim, Evidence, audit_claims, gauge_sweep, write_audit
+    from gaugeport.study.audit_check import audit_with_claims
 
     base, layer = ctx.base, ctx.rc.steering_layer
     hidden = in_gauge(base, SignedPermutation.random(base.config.hidden_size, seed=derived(ctx.seed, 121)))
@@ -383,19 +381,6 @@ def audit(ctx: RealContext, out: Path) -> dict[str, Any]:
         return ev
 
     base_ev, hidden_ev = evidence(base), evidence(hidden)
-    raw = study_claims(base_ev, site_name(layer))
-    claims = [Claim.from_dict(c) for c in raw]
-    ev = {k: Evidence(x, y, in_gauge={"estimated": hidden_ev[k][0]}) for k, (x, y) in base_ev.items()}
     estimated = ctx.estimate(base, hidden, "base", "audit-hidden")
-    sweep = gauge_sweep(base.config.hidden_size, ctx.rc.audit_random_gauges, derived(ctx.seed, 120) % 10_000,
-                        {"estimated": estimated})
-    report = audit_claims(claims, sweep, evidence=ev)
-    atomic_write_json(out / "claims.json", {"claims": raw})
-    write_audit(report, out / "audit", force=True)
-    summary = report.to_dict()
-    return {"n_claims": len(claims), "n_covariant": summary["n_covariant"],
-            "n_index_bound": summary["n_index_bound"],
-            "bare_index_bound": sum(v.verdict == "index-bound" for v in report.verdicts if not v.claim.frame),
-            "framed_covariant": sum(v.verdict == "gauge-covariant" for v in report.verdicts if v.claim.frame),
-            "claims": [{"name": v.claim.name, "stated": v.claim.stated, "verdict": v.verdict, "note": v.note()}
-                       for v in report.verdicts]}
+    return audit_with_claims(base_ev, hidden_ev, site_name(layer), base.config.hidden_size,
+                             ctx.rc.audit_random_gauges, derived(ctx.seed, 120) % 10_000, estimated, out)
