@@ -35,8 +35,8 @@ from gaugeport.core.apply import check_gauge_fits, rewrite_checkpoint, transform
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import GaugeError, GaugeGroupError
-from gaugeport.core.fileio import atomic_path, atomic_save_safetensors, read_safetensors
-from gaugeport.core.gauge import CONVENTION, FORMAT_NAME, SignedPermutation
+from gaugeport.core.fileio import atomic_path, atomic_save_safetensors
+from gaugeport.core.gauge import CONVENTION, SignedPermutation, gauge_file_metadata, read_gauge_tensors
 from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec, get_hidden_spec
 
 FULL_FORMAT_VERSION = "2"
@@ -366,18 +366,10 @@ def save_full_gauge(gauge: FullGauge, path: str | Path, provenance: Mapping[str,
         tensors[name] = torch.as_tensor(np.asarray(arr)).contiguous()
     dims = gauge.dims()
     assert dims is not None
-    metadata = {
-        "format": FORMAT_NAME,
-        "version": FULL_FORMAT_VERSION,
-        "d": str(gauge.d),
-        "n_layers": str(dims.n_layers),
-        "mlp": str(dims.mlp),
-        "n_heads": str(dims.n_heads),
-        "n_kv_heads": str(dims.n_kv_heads),
-        "convention": CONVENTION + "; per layer, MLP units and query heads follow the same rule",
-        "fingerprint": gauge.fingerprint(),
-        "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
-    }
+    metadata = gauge_file_metadata(
+        gauge, FULL_FORMAT_VERSION, CONVENTION + "; per layer, MLP units and query heads follow the same rule",
+        provenance, n_layers=str(dims.n_layers), mlp=str(dims.mlp), n_heads=str(dims.n_heads),
+        n_kv_heads=str(dims.n_kv_heads))
     return atomic_save_safetensors(tensors, Path(path), metadata, force=force)
 
 
@@ -391,10 +383,7 @@ class FullGaugeFile:
 
 def read_full_gauge_file(path: str | Path) -> FullGaugeFile:
     """Load a version-1 or version-2 gauge file; every number read is validated."""
-    tensors, metadata = read_safetensors(Path(path), what="gauge file")
-    if metadata.get("format") != FORMAT_NAME:
-        raise GaugeError(f"{path} is not a gaugeport gauge file (metadata format={metadata.get('format')!r})",
-                         hint="gauges are written by `gaugeport align`, `gaugeport apply --save-gauge` or `save_gauge`")
+    tensors, metadata = read_gauge_tensors(path)
     version = metadata.get("version", "1")
     if version not in SUPPORTED_VERSIONS:
         raise GaugeError(f"{path}: gauge file version {version!r} is newer than this gaugeport understands",

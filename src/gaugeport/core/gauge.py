@@ -282,15 +282,30 @@ def save_gauge(
             raise GaugeError(f"extra {name!r} has shape {tuple(t.shape)}, expected ({gauge.d},)",
                              hint="per-coordinate extras (confidence, margin) hold one number per coordinate")
         tensors[name] = t
-    metadata = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "d": str(gauge.d),
-        "convention": CONVENTION,
-        "fingerprint": gauge.fingerprint(),
-        "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
-    }
+    metadata = gauge_file_metadata(gauge, FORMAT_VERSION, CONVENTION, provenance)
     return atomic_save_safetensors(tensors, Path(path), metadata, force=force)
+
+
+def gauge_file_metadata(gauge: Any, version: str, convention: str, provenance: Mapping[str, Any] | None,
+                        **extra: str) -> dict[str, str]:
+    """The metadata every gauge file carries (format, version, d, convention, fingerprint, provenance);
+    ``extra`` keys (e.g. a full gauge's per-layer sizes) go between ``d`` and ``convention``."""
+    return {"format": FORMAT_NAME, "version": version, "d": str(gauge.d), **extra, "convention": convention,
+            "fingerprint": gauge.fingerprint(),
+            "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str)}
+
+
+def read_gauge_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a gauge file, refusing any safetensors file that is not one."""
+    from gaugeport.core.fileio import read_safetensors
+
+    tensors, metadata = read_safetensors(Path(path), what="gauge file")
+    if metadata.get("format") != FORMAT_NAME:
+        raise GaugeError(
+            f"{path} is not a gaugeport gauge file (metadata format={metadata.get('format')!r})",
+            hint="gauges are written by `gaugeport align`, `gaugeport apply --save-gauge` or `save_gauge`",
+        )
+    return tensors, metadata
 
 
 @dataclass(frozen=True)
@@ -302,14 +317,7 @@ class GaugeFile:
 
 def read_gauge_file(path: str | Path) -> GaugeFile:
     """Load a gauge file with its provenance and per-coordinate extras (e.g. confidence)."""
-    from gaugeport.core.fileio import read_safetensors
-
-    tensors, metadata = read_safetensors(Path(path), what="gauge file")
-    if metadata.get("format") != FORMAT_NAME:
-        raise GaugeError(
-            f"{path} is not a gaugeport gauge file (metadata format={metadata.get('format')!r})",
-            hint="gauges are written by `gaugeport align`, `gaugeport apply --save-gauge` or `save_gauge`",
-        )
+    tensors, metadata = read_gauge_tensors(path)
     if "perm" not in tensors or "signs" not in tensors:
         raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor",
                          hint="the file is not a complete gauge; write gauges with save_gauge or `gaugeport align`")
