@@ -62,7 +62,7 @@ class RealConfig:
     probe_rows: int = 8  # matching, transfer and audit gauges: 8 x 128 = 1,024 tokens
     traj_probe_rows: int = 4  # every gauge of the trajectory: 512 tokens
     eval_rows: int = 4
-    regimes: tuple[Regime, ...] = (Regime("aggressive", 4, 3e-3, 1, 1), Regime("gentle", 4, 2e-5, 1, 2))
+    regimes: tuple[Regime, ...] = (Regime("aggressive", 60, 3e-3, 10, 2), Regime("gentle", 4, 2e-5, 1, 2))
     adamw_step: int = 2  # gentle run-1 keeps its Trainer checkpoint here
     adamw_resume_steps: int = 2
     sae_layer: int = 15

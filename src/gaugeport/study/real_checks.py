@@ -227,6 +227,7 @@ def trajectory(ctx: RealContext) -> dict[str, Any]:
         last = rec["curve"][-1]
         regimes[name] = {"composed": last["composed"], "endpoint": last["endpoint"], "via_base": last["via_base"],
                          "step": last["step"], "n_hops": rec["n_hops"], "lr": rec["regime"]["lr"],
+                         "warmup": rec["regime"]["warmup"],
                          "weakest_hop": "min over both runs", "weakest_hop_confidence": last["weakest_hop_confidence"],
                          "mean_hop_confidence": float(np.mean([c for r in rec["hop_confidence"] for c in r])),
                          "final_train_loss": [last["loss_run_1"], last["loss_run_2"]],

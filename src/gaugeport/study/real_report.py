@@ -60,11 +60,16 @@ def _regime_cell(t: dict[str, Any]) -> str:
             f"(step {t['step']}, {t['n_hops']} hops)")
 
 
+def _warmup(t: dict[str, Any]) -> str:
+    return f", warm-up {t['warmup']} steps" if t.get("warmup", 1) > 1 else ""
+
+
 def _trajectory_real(r: dict[str, Any]) -> str:
     parts = []
     for name, t in r["trajectory_regimes"].items():
         loss = t["final_train_loss"]
-        parts.append(f"**{name}** (lr {t['lr']:g}): {_regime_cell(t)}; train loss {loss[0]:.2f} / {loss[1]:.2f}")
+        parts.append(f"**{name}** (lr {t['lr']:g}{_warmup(t)}): {_regime_cell(t)}; "
+                     f"train loss {loss[0]:.2f} / {loss[1]:.2f}")
     return "<br>".join(parts)
 
 
@@ -98,7 +103,7 @@ def _trajectory_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
         toy = (f"; the toy shows the gap ({pct(q['composed'])} vs {pct(q['endpoint'])}) because its 64-wide model, "
                f"trained from scratch, drifts for {q['step']} steps at lr {quick['config']['finetune']['lr']:g}")
     return (head + tail + toy + f"; our real runs are {hard['step']} steps, not the paper's "
-            f"{PAPER['trajectory']['steps']:,}, because 2 shared CPU cores train a 135M model at seconds per step.")
+            f"{PAPER['trajectory']['steps']:,}, because 2 CPU cores train a 135M model at seconds per step.")
 
 
 def _sae(r: dict[str, Any]) -> str:
