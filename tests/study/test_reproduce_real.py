@@ -101,3 +101,21 @@ def test_cli_refuses_unknown_preset_and_missing_cuda(cli, tmp_path):
         assert code == 2 and "CUDA" in err
     code, _, err = cli("reproduce", "--quick", "--device", "cuda:0", "--out", str(tmp_path / "z"))
     assert code == 2
+
+
+def test_trajectory_row_states_the_gap_only_when_measured(real_micro):
+    import copy
+
+    from gaugeport.study.real_report import rows
+
+    _, r = real_micro
+    r = copy.deepcopy(r)
+    hard = r["trajectory_regimes"]["aggressive"]
+
+    def row3() -> tuple[str, ...]:
+        return next(row for row in rows(r, None) if row[0].startswith("3."))
+
+    hard.update(composed=0.76, endpoint=0.02, warmup=10)
+    assert "gap appears" in row3()[4] and "warm-up 10 steps" in row3()[1]
+    hard.update(composed=1.0, endpoint=0.99)
+    assert "does not appear" in row3()[4]

@@ -64,7 +64,7 @@ class RealConfig:
     eval_rows: int = 4
     regimes: tuple[Regime, ...] = (Regime("aggressive", 60, 3e-3, 10, 2), Regime("gentle", 4, 2e-5, 1, 2))
     adamw_step: int = 2  # gentle run-1 keeps its Trainer checkpoint here
-    adamw_resume_steps: int = 2
+    adamw_resume_steps: int = 5
     sae_layer: int = 15
     sae_rows: int = 16
     steering_layer: int = 15
@@ -179,7 +179,7 @@ def preset(name: Preset, seed: int = 0) -> StudyConfig:
 
 def real_preset(stand_in: bool = False, seed: int = 0, device: str = "cpu") -> StudyConfig:
     """SmolLM2-135M-Instruct on real text (``real``), or the same code path on a tiny stand-in model
-    (``real-micro``, seconds: the test). Sizes: <= ~30 min cold on an idle 2-core CPU."""
+    (``real-micro``, seconds: the test). Sizes: ~8 min cold on an idle 2-core CPU (budget 45)."""
     if stand_in:
         rc = RealConfig(stand_in=True, seq_len=32, train_seq_len=24, train_batch=2, forward_batch=8, probe_rows=32,
                         traj_probe_rows=16, eval_rows=4,
@@ -189,7 +189,7 @@ def real_preset(stand_in: bool = False, seed: int = 0, device: str = "cpu") -> S
                         device=device, extra={"sae_steps": 100})
         model = ModelConfig(d_model=32, n_layers=3, n_heads=4, d_ff=64, seq_len=32)
     else:
-        rc = RealConfig(device=device, ceiling_fractions=(0.0, 0.5, 1.0), extra={"sae_steps": 500})
+        rc = RealConfig(device=device, sae_rows=128, ceiling_fractions=(0.0, 0.5, 1.0), extra={"sae_steps": 2000})
         model = ModelConfig(d_model=576, n_layers=30, n_heads=9, d_ff=1536, seq_len=rc.seq_len)
     g = rc.gentle
     pretrained = TrainConfig(steps=0, batch_size=0, lr=0.0, warmup=0)
