@@ -98,3 +98,19 @@ def test_cli_same_bad_input(zoo, tiny_dir, cli, tmp_path):
     (tmp_path / "r.json").write_text("{}")
     code, _, err = cli("same", zoo["base"], zoo["ind1"], "--report", tmp_path / "r.json")
     assert code == 2 and "already exists" in err
+
+
+def test_data_mode_recovers_the_full_gauge_from_activations(zoo, tmp_path):
+    truth = random_full_gauge_for(zoo["base"], 6)
+    apply_full_gauge_to_checkpoint(zoo["base"], truth, tmp_path / "copy", progress=False)
+    res = same(zoo["base"], tmp_path / "copy", data="builtin", tokens=1024)
+    assert res.residual["method"] != "weights"  # the residual gauge comes from activations, not weights
+    assert any("activation correlations" in n for n in res.notes)
+    assert res.verdict == "identical" and res.gauge == truth
+
+
+def test_cli_same_with_data_calls_the_gauged_finetune_derived(zoo, cli):
+    code, out, err = cli("same", zoo["base"], zoo["ft"], "--data", "builtin", "--tokens", "1024", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["verdict"] == "derived" and doc["p_value"] < 1e-3
