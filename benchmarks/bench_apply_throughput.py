@@ -6,13 +6,15 @@ synthetic llama-style bf16 checkpoint (d=4096, 5 blocks, ~2.8 GB in shards; `--q
 copy of the checkpoint's files (``shutil.copyfile``, which uses the kernel's in-kernel copy where it
 can), and ``apply_gauge_to_checkpoint`` with a random gauge. Both see the same page cache (the source
 is read by the first run of each). The best time of each is kept; the ratio is apply's speed as a
-fraction of the copy's (target: at least 0.5). Neither fsyncs. Everything written is deleted.
+fraction of the copy's (target: at least 0.5). Each timed run starts after ``os.sync()``, so neither
+pays for the other's writeback; neither fsyncs its own output. Everything written is deleted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -47,10 +49,12 @@ def measure(quick: bool, repeat: int, tmp_root: str) -> dict[str, float]:
         total = sum(f.stat().st_size for f in src.iterdir())
         copy_s, apply_s = float("inf"), float("inf")
         for k in range(repeat):
+            os.sync()  # each timed run starts with no dirty pages queued for writeback
             t = time.perf_counter()
             plain_copy(src, Path(tmp) / f"copy{k}")
             copy_s = min(copy_s, time.perf_counter() - t)
             shutil.rmtree(Path(tmp) / f"copy{k}")
+            os.sync()
             t = time.perf_counter()
             apply_gauge_to_checkpoint(src, g, Path(tmp) / f"out{k}", progress=False)
             apply_s = min(apply_s, time.perf_counter() - t)

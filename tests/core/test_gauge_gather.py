@@ -29,3 +29,18 @@ def test_non_contiguous_input() -> None:
     g = SignedPermutation.random(6, seed=3)
     x = torch.randn(6, 10)[:, ::2]  # (6, 5) view, not contiguous
     assert torch.equal(g.apply(x.T, axis=1), g.apply(x.T.contiguous(), axis=1))
+
+
+@pytest.mark.parametrize(("shape", "axis"),
+                         [((1536, 700), 0), ((700, 1536), 1), ((3, 512, 700), 1), ((1536, 2, 300), 0)])
+def test_blocked_gather_and_sign_flip_spanning_many_blocks(shape: tuple[int, ...], axis: int) -> None:
+    """Tensors of several MB go through the gather-and-flip in many cache-sized blocks."""
+    g = SignedPermutation.random(shape[axis], seed=4)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    inv = torch.from_numpy(g.inverse().perm.copy())
+    signs = torch.from_numpy(g.signs[g.inverse().perm].copy()).to(torch.bfloat16)
+    bshape = [1] * len(shape)
+    bshape[axis] = shape[axis]
+    expected = x.index_select(axis, inv) * signs.reshape(bshape)
+    assert torch.equal(g.apply(x, axis=axis), expected)
+    assert torch.equal(g.apply(x, axis=axis, mode="abs"), x.index_select(axis, inv))

@@ -48,6 +48,37 @@ _SAME_SIZE_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch
                   torch.float64: torch.int64, torch.int64: torch.int64, torch.int32: torch.int32,
                   torch.int16: torch.int16, torch.int8: torch.int8, torch.uint8: torch.uint8}
 
+# IEEE formats: the sign is the top bit, so x * -1 == x with that bit flipped (bit for bit, -0.0 included)
+_SIGN_BIT = {torch.bfloat16: (np.int16, np.int16(-0x8000)), torch.float16: (np.int16, np.int16(-0x8000)),
+             torch.float32: (np.int32, np.int32(-0x80000000)), torch.float64: (np.int64, np.int64(-0x8000000000000000))}
+_BLOCK_BYTES = 1 << 20  # gather and sign-flip one ~1 MB block at a time, while it is still in cache
+
+
+def _gather_flip_bits(x: torch.Tensor, ax: int, inv: np.ndarray, negative: np.ndarray | None) -> torch.Tensor:
+    """``out[..., j, ...] = x[..., inv[j], ...]``, its sign bit flipped where ``negative[j]``: one pass
+    over memory on the tensor's bits (a gather, then an XOR on the cache-hot block), not a gather and
+    a multiply over the whole tensor."""
+    int_t, bit = _SIGN_BIT[x.dtype]
+    d = x.shape[ax]
+    pre, post = int(np.prod(x.shape[:ax], dtype=np.int64)), int(np.prod(x.shape[ax + 1:], dtype=np.int64))
+    src = x.contiguous().view(_SAME_SIZE_INT[x.dtype]).numpy().reshape(pre, d, post)
+    out = np.empty_like(src)
+    mask = None if negative is None else np.where(negative, bit, int_t(0)).astype(int_t)
+    per = max(1, _BLOCK_BYTES // max(1, src.itemsize * post * (d if pre > 1 else 1)))
+    if pre > 1:  # blocks of the leading axes, the whole residual axis each
+        for i in range(0, pre, per):
+            blk = out[i:i + per]
+            np.take(src[i:i + per], inv, axis=1, out=blk, mode="clip")  # clip: no buffered copy
+            if mask is not None:
+                np.bitwise_xor(blk, mask[None, :, None], out=blk)
+    else:  # the residual axis leads: blocks of it
+        for j in range(0, d, per):
+            blk = out[:, j:j + per]
+            np.take(src, inv[j:j + per], axis=1, out=blk, mode="clip")
+            if mask is not None:
+                np.bitwise_xor(blk, mask[None, j:j + per, None], out=blk)
+    return torch.from_numpy(out.reshape(x.shape)).view(x.dtype)
+
 
 @dataclass(frozen=True, eq=False)
 class SignedPermutation:
@@ -198,6 +229,8 @@ class SignedPermutation:
         bshape = [1] * ndim
         bshape[ax] = self.d
         if isinstance(x, torch.Tensor):
+            if x.device.type == "cpu" and not x.requires_grad and x.dtype in _SIGN_BIT:
+                return _gather_flip_bits(x, ax, inv, self.signs[inv] < 0 if mode == "signed" else None)
             if ax != 0 and x.device.type == "cpu" and not x.requires_grad and x.dtype in _SAME_SIZE_INT:
                 # torch's index_select along an inner axis is ~5x slower than numpy's take on CPU
                 # (measured on bf16 (5632, 2048): 170 ms vs 34 ms, a plain copy 31 ms); take the bits
