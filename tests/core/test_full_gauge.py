@@ -88,6 +88,24 @@ def test_full_gauge_preserves_the_function_or_is_refused_clearly(model_type):
     assert res.max_rel_diff <= REL_TOL, res
 
 
+def test_per_head_norm_rows_move_with_their_heads():
+    """Cohere with q/k LayerNorm per head (gains [heads, head_dim], 8 query heads in 2 groups): the
+    ``q_heads[1]`` / ``kv_heads[1]`` rows move each head's gain row with its head; left in place, the
+    same gauge breaks the logits."""
+    model = tiny_model("cohere", seed=1, use_qk_norm=True, num_attention_heads=8, num_key_value_heads=2)
+    names = [n for n in model.state_dict() if n.endswith(("q_norm.weight", "k_norm.weight"))]
+    assert names and all(model.state_dict()[n].ndim == 2 for n in names)
+    assert all(model.state_dict()[n].std() > 0.1 for n in names)  # generic gains: a misplaced row shows
+    gauge = random_full(model)
+    gauged = apply_full_gauge_to_model(copy.deepcopy(model), gauge)
+    probe = probe_ids(96, n_seq=2, seq_len=12)
+    assert compare_models(model, gauged, probe, gauge.residual, tol=REL_TOL).max_rel_diff <= REL_TOL
+    with torch.no_grad():
+        for n in names:
+            gauged.state_dict()[n].copy_(model.state_dict()[n])
+    assert compare_models(model, gauged, probe, gauge.residual, tol=REL_TOL).max_rel_diff > 1e-3
+
+
 def test_a_wrong_hidden_transform_breaks_the_function():
     """The check can fail: sign-flipping a gate (not odd) or moving q without k changes the logits."""
     model = signed_gain_model("llama")

@@ -13,6 +13,7 @@ from gaugeport.core.fullgauge import (
     load_full_gauge,
     random_full_gauge_for,
 )
+from gaugeport.core.hidden import families_with_hidden
 from gaugeport.provenance.same import same
 
 
@@ -114,3 +115,17 @@ def test_cli_same_with_data_calls_the_gauged_finetune_derived(zoo, cli):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["verdict"] == "derived" and doc["p_value"] < 1e-3
+
+
+@pytest.mark.parametrize("model_type", families_with_hidden())
+def test_every_family_with_hidden_rows_gauged_on_disk_is_identical_with_the_exact_gauge(model_type, tmp_path):
+    """``apply --full``'s checkpoint path and ``same``'s data-free recovery, family by family (tiny
+    untrained models with mixed-sign gains); the identical check compares the checkpoint's own logits."""
+    from gaugeport.models.tiny import save_tiny
+
+    a = save_tiny(model_type, tmp_path / "a", seed=1)
+    truth = random_full_gauge_for(a, 5)
+    apply_full_gauge_to_checkpoint(a, truth, tmp_path / "b", progress=False)
+    res = same(a, tmp_path / "b")
+    assert res.verdict == "identical" and res.gauge == truth
+    assert res.identical_check["logits_max_rel_diff"] <= 1e-5

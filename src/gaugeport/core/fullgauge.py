@@ -230,7 +230,7 @@ def transform_hidden(name: str, tensor: torch.Tensor, rule: HiddenRule, layer: i
         raise GaugeError(f"{name}: layer {layer} is beyond the gauge's {len(gauge.layers)} layers")
     lg = gauge.layers[layer]
     ax = rule.axis
-    sizes = [_segment_size(s.kind, s.mult, dims) for s in rule.segments]
+    sizes = [s.size(dims) for s in rule.segments]
     if ax >= tensor.ndim or tensor.shape[ax] != sum(sizes):
         raise GaugeError(
             f"{name}: expected hidden axis {ax} of size {sum(sizes)} "
@@ -249,13 +249,6 @@ def transform_hidden(name: str, tensor: torch.Tensor, rule: HiddenRule, layer: i
         blocked = part.reshape(shape[:ax] + [g.d, shape[ax] // g.d] + shape[ax + 1:])
         out.append(g.apply(blocked, axis=ax, mode="abs").reshape(shape))
     return out[0] if len(out) == 1 else torch.cat(out, dim=ax)
-
-
-def _segment_size(kind: str, mult: int, dims: HiddenDims) -> int:
-    if kind == "mlp":
-        return dims.mlp * mult
-    n = dims.n_heads if kind == "q_heads" else dims.n_kv_heads
-    return n * dims.head_dim * mult
 
 
 class FullTransform:

@@ -26,6 +26,8 @@ segment            meaning
 ``q_heads``        the query heads, one block of ``head_dim`` per head, permuted as blocks
 ``kv_heads``       the key/value heads (grouped-query attention: one per group)
 ``q_heads*3``      one block of ``3 * head_dim`` per query head (GPT-NeoX's interleaved q/k/v)
+``q_heads[1]``     one slice per query head (``kv_heads[1]``: per group): a per-head tensor such
+                   as Cohere's q/k LayerNorm gain ``[heads, head_dim]`` along its axis 0
 =================  =========================================================================
 
 ``mlp_signs`` says whether the MLP units may carry signs at all (gated blocks only); a table
@@ -54,7 +56,7 @@ _HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims", "folds"}
 _FOLD_KEYS = {"gain", "into", "why"}
 _ROW_KEYS = {"name", "axis", "segments", "why"}
 _DIM_KEYS = {"mlp", "n_heads", "n_kv_heads", "head_dim"}
-_SEGMENT = re.compile(r"(mlp|q_heads|kv_heads)(?:\*(\d+))?(?::(signed|abs))?")
+_SEGMENT = re.compile(r"(mlp|q_heads|kv_heads)(?:\*(\d+))?(\[1\])?(?::(signed|abs))?")
 DEFAULT_DIM_KEYS: dict[str, tuple[str, ...]] = {
     "mlp": ("intermediate_size", "n_inner", "ffn_dim"),
     "n_heads": ("num_attention_heads", "n_head"),
@@ -68,6 +70,14 @@ class Segment:
     kind: SegmentKind
     mult: int  # block size multiplier (GPT-NeoX's interleaved qkv: 3)
     mode: Literal["signed", "abs"]
+    one_per_head: bool = False  # ``q_heads[1]``: one slice per head (a [heads, head_dim] tensor's axis 0)
+
+    def size(self, dims: HiddenDims) -> int:
+        """Length of this segment along the hidden axis."""
+        if self.kind == "mlp":
+            return dims.mlp * self.mult
+        n = dims.n_heads if self.kind == "q_heads" else dims.n_kv_heads
+        return n * self.mult * (1 if self.one_per_head else dims.head_dim)
 
 
 @dataclass(frozen=True)
@@ -211,13 +221,15 @@ def _load(model_type: str) -> HiddenSpec:
             m = _SEGMENT.fullmatch(s) if isinstance(s, str) else None
             if m is None:
                 raise ArchitectureError(f"{where}: row {row['name']} has a bad segment {s!r}",
-                                        hint="segments: mlp:signed, mlp:abs, q_heads, kv_heads, q_heads*3")
-            kind, mult, mode = m.group(1), int(m.group(2) or 1), m.group(3) or "abs"
+                                        hint="segments: mlp:signed, mlp:abs, q_heads, kv_heads, q_heads*3, q_heads[1]")
+            kind, mult, one_per_head, mode = m.group(1), int(m.group(2) or 1), bool(m.group(3)), m.group(4) or "abs"
+            if kind == "mlp" and one_per_head:
+                raise ArchitectureError(f"{where}: row {row['name']}: [1] (one slice per head) is for heads only")
             if kind != "mlp" and mode == "signed":
                 raise ArchitectureError(f"{where}: row {row['name']}: heads are permuted, never signed")
             if mode == "signed" and not mlp_signs:
                 raise ArchitectureError(f"{where}: row {row['name']} signs MLP units but mlp_signs is false")
-            segs.append(Segment(kind, mult, mode))  # type: ignore[arg-type]
+            segs.append(Segment(kind, mult, mode, one_per_head))  # type: ignore[arg-type]
         if not segs:
             raise ArchitectureError(f"{where}: row {row['name']} lists no segments")
         rules.append(HiddenRule(row["name"], axis, tuple(segs), _template_regex(row["name"], macros, model_type)))

@@ -35,7 +35,7 @@ import torch
 
 from gaugeport.core.apply import transform_tensor
 from gaugeport.core.archspec import ArchSpec, ParamRule
-from gaugeport.core.fullgauge import FullGauge, LayerGauge, _segment_size
+from gaugeport.core.fullgauge import FullGauge, LayerGauge
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec
 from gaugeport.estimate.lap import linear_assignment
@@ -88,7 +88,7 @@ class UnitFeatures:
 
 def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> list[tuple[str, str, np.ndarray]]:
     """Split a tensor's hidden axis into its segments: ``(kind, mode, [n_units, f])`` per segment."""
-    sizes = [_segment_size(s.kind, s.mult, dims) for s in rule.segments]
+    sizes = [s.size(dims) for s in rule.segments]
     out = []
     for seg, part in zip(rule.segments, torch.split(tensor, sizes, dim=rule.axis), strict=True):
         n = dims.mlp if seg.kind == "mlp" else dims.n_heads if seg.kind == "q_heads" else dims.n_kv_heads

@@ -115,8 +115,9 @@ def tiny_model(model_type: str, seed: int = 0, randomize: bool = True, mixed_gai
         modules = dict(model.named_modules())
         flips = torch.Generator().manual_seed(seed + GAIN_SIGN_SEED)
         for name, p in model.named_parameters():
-            if p.ndim == 1 or name.endswith("_bias"):  # gains, biases (per-expert too): generic values
-                gain = _is_gain(name, spec, modules)
+            gain = _is_gain(name, spec, modules)
+            # gains (Cohere's per-head q/k-norm [heads, head_dim] too), biases (per-expert too): generic values
+            if p.ndim == 1 or name.endswith("_bias") or gain:
                 p.copy_(torch.randn_like(p) * 0.3 + (1.0 if gain else 0.0))
                 if gain and mixed_gain_signs:
                     p[torch.randperm(p.shape[0], generator=flips)[: p.shape[0] // 2]] *= -1
