@@ -36,7 +36,13 @@ from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import GaugeError, GaugeGroupError
 from gaugeport.core.fileio import atomic_path, atomic_save_safetensors
-from gaugeport.core.gauge import CONVENTION, SignedPermutation, gauge_file_metadata, read_gauge_tensors
+from gaugeport.core.gauge import (
+    CONVENTION,
+    SignedPermutation,
+    chain_product,
+    gauge_file_metadata,
+    read_gauge_tensors,
+)
 from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec, get_hidden_spec
 
 FULL_FORMAT_VERSION = "2"
@@ -184,12 +190,7 @@ class FullGauge:
 
 def compose_full(*gauges: FullGauge) -> FullGauge:
     """``compose_full(g1, g2, ...)`` applies ``g1`` first (chain order)."""
-    if not gauges:
-        raise GaugeError("compose needs at least one gauge")
-    out = gauges[0]
-    for g in gauges[1:]:
-        out = g @ out
-    return out
+    return chain_product(gauges)
 
 
 def _random_sp(rng: np.random.Generator, n: int, signs: bool) -> SignedPermutation:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -282,6 +282,11 @@ class SignedPermutation:
 
 def compose(*gauges: SignedPermutation) -> SignedPermutation:
     """Chain composition: ``compose(g1, g2, g3)`` applies ``g1`` first (``g3 @ g2 @ g1``)."""
+    return chain_product(gauges)
+
+
+def chain_product(gauges: Sequence[Any]) -> Any:
+    """``g_n @ ... @ g_2 @ g_1`` for any gauge type with ``@`` (residual or full): chain order."""
     if not gauges:
         raise GaugeError("compose needs at least one gauge")
     out = gauges[0]
