@@ -43,6 +43,7 @@ def test_results_have_the_quick_keys_plus_model_and_corpus(real_micro):
     assert r["config"]["preset"] == "real-micro" and r["model"]["d_model"] == 32
     assert "PSF" in r["corpus"]["license"] and r["corpus"]["provenance"]
     assert set(r["trajectory_regimes"]) == {"aggressive", "gentle"}
+    assert [x["seed"] for x in r["trajectory_regimes"]["aggressive"]["seeds"]] == [0, 1]  # the stand-in runs 2
     for reg in r["trajectory_regimes"].values():
         assert reg["curve"] and all(0 <= c[k] <= 1 for c in reg["curve"] for k in ("composed", "endpoint"))
 
@@ -117,5 +118,9 @@ def test_trajectory_row_states_the_gap_only_when_measured(real_micro):
 
     hard.update(composed=0.76, endpoint=0.02, warmup=10)
     assert "gap appears" in row3()[4] and "warm-up 10 steps" in row3()[1]
+    hard["seeds"] = [{"seed": 0, "composed": 0.76, "endpoint": 0.02, "via_base": 0.07},
+                     {"seed": 1, "composed": 1.0, "endpoint": 1.0, "via_base": 1.0}]
+    assert "shows in 1 of 2 seeds" in row3()[4] and "not in seed 1" in row3()[4]
+    assert "seeds 0 / 1: composed 76.0% / 100.0%" in row3()[1]
     hard.update(composed=1.0, endpoint=0.99)
     assert "does not appear" in row3()[4]

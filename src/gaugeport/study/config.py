@@ -39,13 +39,15 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Regime:
     """One pair of fine-tuning runs: ``steps`` AdamW steps at ``lr`` after ``warmup``, a local gauge
-    estimated every ``every`` steps."""
+    estimated every ``every`` steps; ``seeds`` pairs in all (the study's seed, then seed + 1, ...: other
+    data orders and hidden gauges), the first one the headline."""
 
     name: str
     steps: int
     lr: float
     warmup: int
     every: int
+    seeds: int = 1
 
     @property
     def checkpoint_steps(self) -> tuple[int, ...]:
@@ -62,7 +64,7 @@ class RealConfig:
     probe_rows: int = 8  # matching, transfer and audit gauges: 8 x 128 = 1,024 tokens
     traj_probe_rows: int = 4  # every gauge of the trajectory: 512 tokens
     eval_rows: int = 4
-    regimes: tuple[Regime, ...] = (Regime("aggressive", 60, 3e-3, 10, 2), Regime("gentle", 4, 2e-5, 1, 2))
+    regimes: tuple[Regime, ...] = (Regime("aggressive", 60, 3e-3, 10, 2, seeds=3), Regime("gentle", 4, 2e-5, 1, 2))
     adamw_step: int = 2  # gentle run-1 keeps its Trainer checkpoint here
     adamw_resume_steps: int = 5
     sae_layer: int = 15
@@ -183,7 +185,7 @@ def real_preset(stand_in: bool = False, seed: int = 0, device: str = "cpu") -> S
     if stand_in:
         rc = RealConfig(stand_in=True, seq_len=32, train_seq_len=24, train_batch=2, forward_batch=8, probe_rows=32,
                         traj_probe_rows=16, eval_rows=4,
-                        regimes=(Regime("aggressive", 6, 3e-2, 1, 2), Regime("gentle", 4, 1e-3, 1, 2)),
+                        regimes=(Regime("aggressive", 6, 3e-2, 1, 2, seeds=2), Regime("gentle", 4, 1e-3, 1, 2)),
                         adamw_step=2, adamw_resume_steps=2, sae_layer=1, sae_rows=32, steering_layer=1,
                         refusal_layer=1, steering_scale=1.0, ceiling_fractions=(0.0, 0.5, 1.0), audit_random_gauges=3,
                         device=device, extra={"sae_steps": 100})

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -278,8 +278,9 @@ def build_sae(out: Path, src: Sources, rc: RealConfig, seed: int, progress: bool
 @dataclass(frozen=True)
 class RealArtifacts:
     src: Sources
-    trajectories: dict[str, Path]  # regime name -> stage dir
+    trajectories: dict[str, Path]  # regime name -> stage dir (the study's seed)
     sae: Path
+    replicates: dict[str, dict[int, Path]] = field(default_factory=dict)  # regime -> {seed: stage dir}, all seeds
 
     @property
     def gentle(self) -> Path:
@@ -311,11 +312,18 @@ def build_real(rc: RealConfig, seed: int, cache: StageCache, progress: bool = Tr
             return cache.root / f"{name}-{k}"
         return timed(f"train-{name.removeprefix('real-')}", lambda: cache.stage(name, k, build))
 
-    trajs = {}
+    trajs, reps = {}, {}
     for reg in rc.regimes:
         keep = reg is rc.gentle
-        trajs[reg.name] = stage(f"real-trajectory-{reg.name}", key(asdict(reg), common, keep),
-                                lambda p, reg=reg, keep=keep: build_trajectory(p, src, rc, reg, seed, progress, keep))
+        reps[reg.name] = {}
+        for s in range(seed, seed + reg.seeds):  # the study's seed first: the headline, and what is kept
+            reg_key = {k: v for k, v in asdict(reg).items() if k != "seeds"}
+            name = f"real-trajectory-{reg.name}" + (f"-seed{s}" if s != seed else "")
+            stage_key = key(reg_key, common, keep) if s == seed else key(reg_key, common, False, s)
+            reps[reg.name][s] = stage(name, stage_key,
+                                      lambda p, reg=reg, s=s, keep=keep and s == seed:
+                                      build_trajectory(p, src, rc, reg, s, progress, keep))
+        trajs[reg.name] = reps[reg.name][seed]
     sae = stage("real-sae", key(rc.sae_layer, rc.sae_rows, rc.seq_len, rc.extra.get("sae_steps"),
                                 rc.extra.get("sae_l1")), lambda p: build_sae(p, src, rc, seed, progress))
-    return RealArtifacts(src, trajs, sae / "sae")
+    return RealArtifacts(src, trajs, sae / "sae", reps)

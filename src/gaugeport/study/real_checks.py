@@ -231,10 +231,21 @@ def trajectory(ctx: RealContext) -> dict[str, Any]:
                          "weakest_hop": "min over both runs", "weakest_hop_confidence": last["weakest_hop_confidence"],
                          "mean_hop_confidence": float(np.mean([c for r in rec["hop_confidence"] for c in r])),
                          "final_train_loss": [last["loss_run_1"], last["loss_run_2"]],
-                         "eval_loss": rec["eval_loss"], "curve": rec["curve"]}
+                         "eval_loss": rec["eval_loss"], "curve": rec["curve"],
+                         "seeds": [_seed_summary(s, p) for s, p in ctx.art.replicates.get(name, {}).items()]}
     head = regimes[next(iter(regimes))]
     return {"trajectory": {k: v for k, v in head.items() if k != "curve"},
             "trajectory_curve": head["curve"], "trajectory_regimes": regimes}
+
+
+def _seed_summary(seed: int, path: Any) -> dict[str, Any]:
+    """One seed's pair of runs: the last checkpoint's three accuracies and the held-out losses."""
+    import json
+
+    rec = json.loads((path / "trajectory.json").read_text())
+    last = rec["curve"][-1]
+    return {"seed": seed, "composed": last["composed"], "endpoint": last["endpoint"], "via_base": last["via_base"],
+            "eval_loss": rec["eval_loss"]}
 
 
 # ------------------------------------------------------------------------------------- 4-5

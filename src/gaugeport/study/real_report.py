@@ -69,8 +69,29 @@ def _trajectory_real(r: dict[str, Any]) -> str:
     for name, t in r["trajectory_regimes"].items():
         loss = t["final_train_loss"]
         parts.append(f"**{name}** (lr {t['lr']:g}{_warmup(t)}): {_regime_cell(t)}; "
-                     f"train loss {loss[0]:.2f} / {loss[1]:.2f}")
+                     f"train loss {loss[0]:.2f} / {loss[1]:.2f}{_seeds_cell(t)}")
     return "<br>".join(parts)
+
+
+def _seeds_cell(t: dict[str, Any]) -> str:
+    seeds = t.get("seeds", [])
+    if len(seeds) < 2:
+        return ""
+    def row(key: str) -> str:
+        return " / ".join(pct(x[key]) for x in seeds)
+    return (f"; seeds {' / '.join(str(x['seed']) for x in seeds)}: composed {row('composed')}, endpoint "
+            f"{row('endpoint')}, via base {row('via_base')}")
+
+
+def _gap_count(t: dict[str, Any]) -> str:
+    """How many of a regime's seeds show the gap (composed ahead of endpoint by 10 points or more)."""
+    seeds = t.get("seeds", [])
+    if len(seeds) < 2:
+        return ""
+    shown = [x["seed"] for x in seeds if x["composed"] - x["endpoint"] >= 0.1]
+    missing = [str(x["seed"]) for x in seeds if x["seed"] not in shown]
+    return (f"; it shows in {len(shown)} of {len(seeds)} seeds (other data orders and hidden gauges)"
+            + (f", not in seed {', '.join(missing)}" if missing else ""))
 
 
 def _trajectory_quick(r: dict[str, Any]) -> str:
@@ -93,6 +114,7 @@ def _trajectory_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
         head = (f"The paper's gap does not appear even in the {names[0]} regime (composed {pct(hard['composed'])} vs "
                 f"endpoint {pct(hard['endpoint'])} after {hard['step']} steps at lr {hard['lr']:g}, held-out loss "
                 f"{hard['eval_loss']['run-1']:.2f}{loss_note})")
+    head += _gap_count(hard)
     tail = (f", while in the {names[-1]} regime, a fine-tune one would keep, endpoint matching is already "
             f"{pct(gentle['endpoint'])} so there is nothing for composition to fix"
             if gentle["endpoint"] >= 0.95 else
@@ -252,7 +274,10 @@ def rows(real: dict[str, Any], quick: dict[str, Any] | None) -> list[Row]:
 
 def markdown(r: dict[str, Any], quick: dict[str, Any] | None) -> str:
     cfg, rc, t, b, m = r["config"], r["config"]["real"], r["timings"], r["base_behaviour"], r["model"]
-    regs = ", ".join(f"{x['name']} ({x['steps']} steps, lr {x['lr']:g}, a gauge every {x['every']})"
+    regs = ", ".join(f"{x['name']} ({x['steps']} steps, lr {x['lr']:g}"
+                     + (f" after a {x['warmup']}-step warm-up" if x.get("warmup", 1) > 1 else "")
+                     + f", a gauge every {x['every']}"
+                     + (f"; {x['seeds']} seeds, the first the headline" if x.get("seeds", 1) > 1 else "") + ")"
                      for x in rc["regimes"])
     lines = [
         f"# gaugeport reproduction study on a real model: {m['name']}", "",
