@@ -181,7 +181,7 @@ def preset(name: Preset, seed: int = 0) -> StudyConfig:
 
 def real_preset(stand_in: bool = False, seed: int = 0, device: str = "cpu") -> StudyConfig:
     """SmolLM2-135M-Instruct on real text (``real``), or the same code path on a tiny stand-in model
-    (``real-micro``, seconds: the test). Sizes: ~8 min cold on an idle 2-core CPU (budget 45)."""
+    (``real-micro``, seconds: the test). Sizes: ~14 min cold on an idle 2-core CPU (budget 45)."""
     if stand_in:
         rc = RealConfig(stand_in=True, seq_len=32, train_seq_len=24, train_batch=2, forward_batch=8, probe_rows=32,
                         traj_probe_rows=16, eval_rows=4,
