@@ -77,10 +77,12 @@ def _seeds_cell(t: dict[str, Any]) -> str:
     seeds = t.get("seeds", [])
     if len(seeds) < 2:
         return ""
-    def row(key: str) -> str:
+
+    def across(key: str) -> str:
         return " / ".join(pct(x[key]) for x in seeds)
-    return (f"; seeds {' / '.join(str(x['seed']) for x in seeds)}: composed {row('composed')}, endpoint "
-            f"{row('endpoint')}, via base {row('via_base')}")
+
+    return (f"; seeds {' / '.join(str(x['seed']) for x in seeds)}: composed {across('composed')}, endpoint "
+            f"{across('endpoint')}, via base {across('via_base')}")
 
 
 def _gap_count(t: dict[str, Any]) -> str:
