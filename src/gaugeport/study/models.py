@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,6 +56,19 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> tuple[torch.optim
     return opt, sched
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               ids: torch.Tensor) -> float:
+    """One next-token step (the model in train mode, left so); its loss."""
+    model.train()
+    loss = model(input_ids=ids, labels=ids).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return float(loss.detach())
+
+
 def train_lm(model: torch.nn.Module, tc: TrainConfig, data_seed: int, seq_len: int, *,
              checkpoint_steps: tuple[int, ...] = (), on_checkpoint: OnCheckpoint | None = None,
              desc: str = "train", progress: bool = True, optimizer: torch.optim.AdamW | None = None,
@@ -68,13 +81,7 @@ def train_lm(model: torch.nn.Module, tc: TrainConfig, data_seed: int, seq_len: i
     batches = corpus_batches(tc.steps, tc.batch_size, seq_len, data_seed)
     bar = tqdm(batches, total=tc.steps, desc=desc, unit="step", disable=not progress, leave=False)
     for step, ids in enumerate(bar, start=1):
-        loss = model(input_ids=ids, labels=ids).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        losses.append(float(loss.detach()))
+        losses.append(train_step(model, optimizer, scheduler, ids))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
         if on_checkpoint is not None and step in checkpoint_steps:

@@ -37,7 +37,7 @@ from gaugeport.estimate.data import Batch
 from gaugeport.estimate.moments import CrossMoments, MomentSet
 from gaugeport.study.cache import StageCache
 from gaugeport.study.config import RealConfig, Regime, TrainConfig
-from gaugeport.study.models import in_gauge, make_optimizer, save_model
+from gaugeport.study.models import in_gauge, make_optimizer, save_model, train_step
 from gaugeport.study.text import token_rows
 
 Acts = dict[str, torch.Tensor]
@@ -162,14 +162,10 @@ def gauged_acts(model: torch.nn.Module, gauge: SignedPermutation, probe: Sequenc
 
 # ------------------------------------------------------------------------------------- training
 def lm_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, ids: torch.Tensor) -> float:
-    model.train()
-    loss = model(input_ids=ids, labels=ids).loss
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
+    """One training step, then back to eval mode (activations are read between steps)."""
+    loss = train_step(model, opt, sched, ids)
     model.eval()
-    return float(loss.detach())
+    return loss
 
 
 def train_rows(tok: Any, rc: RealConfig, n_steps: int, seed: int) -> torch.Tensor:

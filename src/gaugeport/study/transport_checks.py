@@ -28,7 +28,7 @@ from gaugeport.study.evaluate import (
     steering_effect,
     steering_preserved,
 )
-from gaugeport.study.models import corpus_batches, load_model, make_optimizer
+from gaugeport.study.models import corpus_batches, load_model, make_optimizer, train_step
 from gaugeport.study.probes import mean_difference, next_token_log_odds, site_name
 from gaugeport.study.sae import load_saelens
 from gaugeport.study.stages import derived_seed
@@ -146,12 +146,7 @@ def _resume(ckpt: Path, ctx: Context, ids: torch.Tensor, at: tuple[int, ...]) ->
     batches = corpus_batches(max(at), ctx.cfg.finetune.batch_size, ctx.cfg.model.seq_len,
                              derived_seed(ctx.cfg.seed, 100))
     for step, batch in enumerate(batches, start=1):
-        model.train()
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        train_step(model, opt, sched, batch)
         if step in at:
             model.eval()
             with torch.no_grad():
