@@ -9,9 +9,11 @@ drops them again. The model's own ``forward`` does everything else (attention ma
 embeddings, attention itself), so the streamed model computes what ``from_pretrained`` computes:
 all tokens of a call pass through block 0, whose weights are then freed, then block 1, and so on.
 
-Peak memory is the resident part (embedding, head) plus the largest block plus the activations,
-whatever the depth. Each forward call reads the blocks once: callers that run many batches
-(activation collection) read the checkpoint once per batch, bounded in memory, not in reads.
+The input and output embeddings are streamed the same way (read before their forward, dropped
+after), so the peak is the largest block or embedding plus the small resident part (norms, buffers,
+a vision tower) plus the activations, whatever the depth. Each forward call reads the blocks once:
+callers that run many batches (activation collection) read the checkpoint once per batch, bounded
+in memory, not in reads.
 
 A checkpoint whose tensors do not map one to one onto the class's parameters (``transformers``
 converts some layouts while loading, e.g. per-expert mixture-of-experts tensors into fused ones)
@@ -175,17 +177,20 @@ def load_streamed(path: str | Path, device: str | torch.device = "cpu") -> torch
         whole = load_model(path).to(dev)
         setattr(whole, STREAM_ATTR, StreamInfo(ckpt.path, dev, False, plan))
         return whole
-    slots, resident, per_block, block_path, blocks = plan
+    slots, resident, units = plan
     for _, buf_owner in model.named_modules():
         for bname, buf in list(buf_owner._buffers.items()):
             if buf is not None and buf.device != dev:
                 buf_owner._buffers[bname] = buf.to(dev)
     _load_into(ckpt, slots, resident, dev)
-    info = StreamInfo(ckpt.path, dev, True, "", len(blocks),
-                      [[m[0][0] for m, _ in groups] for groups in per_block])
-    for i, block in enumerate(blocks):
-        block.register_forward_pre_hook(_loader(ckpt, slots, per_block[i], dev, info))
-        block.register_forward_hook(_dropper(slots, per_block[i]))
+    n_blocks = sum(1 for u in units if u.block)
+    info = StreamInfo(ckpt.path, dev, True, "", n_blocks,
+                      [[m[0][0] for m, _ in u.groups] for u in units if u.block])
+    for unit in units:
+        for members, _ in unit.groups:
+            slots.assign(members, placeholder(members[0][1]._parameters[members[0][2]].shape, dev))
+        unit.module.register_forward_pre_hook(_loader(ckpt, slots, unit, dev, info))
+        unit.module.register_forward_hook(_dropper(slots, unit.groups, dev))
     setattr(model, STREAM_ATTR, info)
     return model
 
@@ -194,20 +199,46 @@ _Members = list[tuple[str, torch.nn.Module, str]]
 _Group = tuple[_Members, str]  # the modules sharing one parameter, and the stored tensor it loads from
 
 
-def _plan(model: torch.nn.Module, ckpt: Checkpoint) -> str | tuple[_Slots, list[_Group], list[list[_Group]], str,
-                                                                   torch.nn.ModuleList]:
-    """Which stored tensor fills each parameter, and which block it belongs to; or why streaming is off."""
+@dataclass
+class _Unit:
+    """A module whose parameters are read just before its forward and dropped just after."""
+
+    module: torch.nn.Module
+    prefix: str  # its name in the model, with a trailing dot
+    block: bool  # one of the blocks (else an input / output embedding)
+    groups: list[_Group] = field(default_factory=list)
+
+
+def _units(model: torch.nn.Module, ckpt: Checkpoint) -> list[_Unit] | str:
+    """The blocks (the table's ``sites.layers``), then the input and output embeddings: the parts of a
+    model that grow with its depth or its vocabulary. Everything else (norms, a vision tower) stays."""
     found = _blocks(model, ckpt)
     if found is None:
         return f"no block list at {ckpt.spec.sites.layers!r} in {type(model).__name__}"
     block_path, blocks = found
+    units = [_Unit(b, f"{block_path}.{i}.", True) for i, b in enumerate(blocks)]
+    names = {id(m): n for n, m in model.named_modules()}
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            mod = getattr(model, get)()
+            inside = isinstance(mod, torch.nn.Module) and id(mod) in names and \
+                not names[id(mod)].startswith(block_path + ".")
+            if inside and all(u.module is not mod for u in units):
+                units.append(_Unit(mod, names[id(mod)] + ".", False))
+    return units
+
+
+def _plan(model: torch.nn.Module, ckpt: Checkpoint) -> str | tuple[_Slots, list[_Group], list[_Unit]]:
+    """Which stored tensor fills each parameter, and which unit loads it; or why streaming is off."""
+    units = _units(model, ckpt)
+    if isinstance(units, str):
+        return units
     keys = _key_map(model, ckpt.names)
     if isinstance(keys, str):
         return keys
     slots = _Slots(model)
     header = _shapes(ckpt)
     resident: list[_Group] = []
-    per_block: list[list[_Group]] = [[] for _ in blocks]
     missing = []
     for members in slots.groups.values():
         key = next((keys[full] for full, _, _ in members if full in keys), None)
@@ -218,22 +249,19 @@ def _plan(model: torch.nn.Module, ckpt: Checkpoint) -> str | tuple[_Slots, list[
         if tuple(header[key]) != tuple(meta.shape):
             return (f"tensor {key} is stored as {tuple(header[key])} but {type(model).__name__} holds "
                     f"{tuple(meta.shape)} (transformers converts it while loading)")
-        idx = {_block_index(full, block_path) for full, _, _ in members}
-        if len(idx) == 1 and None not in idx:
-            per_block[idx.pop()].append((members, key))  # type: ignore[index]
-        else:
+        owners = [u for u in units if any(full.startswith(u.prefix) for full, _, _ in members)]
+        blocks = {id(u) for u in owners if u.block}
+        # a parameter shared across blocks, or between a block and the rest, stays resident
+        if not owners or len(blocks) > 1 or (blocks and len(owners) > 1) or \
+                any(not any(full.startswith(u.prefix) for u in owners) for full, _, _ in members):
             resident.append((members, key))
+        else:
+            for u in owners:
+                u.groups.append((members, key))
     if missing:
         return (f"{len(missing)} parameter(s) of {type(model).__name__} have no tensor of the same name in "
                 f"the checkpoint (e.g. {missing[0]}; transformers renames or converts them while loading)")
-    return slots, resident, per_block, block_path, blocks
-
-
-def _block_index(name: str, block_path: str) -> int | None:
-    if not name.startswith(block_path + "."):
-        return None
-    head = name[len(block_path) + 1:].split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+    return slots, resident, units
 
 
 def _shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
@@ -262,16 +290,27 @@ def _load_into(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch
                 slots.assign(members, t.to(device=dev, dtype=torch.float32))
 
 
-def _loader(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch.device, info: StreamInfo) -> Any:
+def _loader(ckpt: Checkpoint, slots: _Slots, unit: _Unit, dev: torch.device, info: StreamInfo) -> Any:
     def hook(module: torch.nn.Module, args: Any) -> None:
-        _load_into(ckpt, slots, groups, dev)
-        info.blocks_loaded += 1
+        _load_into(ckpt, slots, unit.groups, dev)
+        info.blocks_loaded += unit.block
     return hook
 
 
-def _dropper(slots: _Slots, groups: list[_Group]) -> Any:
+def placeholder(shape: torch.Size, dev: torch.device) -> torch.Tensor:
+    """What a dropped parameter becomes: its shape, dtype and device (model code reads
+    ``weight.device`` outside the module's forward) over one NaN, so a stray use cannot go unseen."""
+    return torch.full((1,), float("nan"), dtype=torch.float32, device=dev).expand(shape)
+
+
+def is_dropped(p: torch.Tensor) -> bool:
+    """A parameter holding no weights now (not yet read, or dropped after its forward)."""
+    return p.device.type == "meta" or (p.numel() > 1 and p.untyped_storage().nbytes() <= p.element_size())
+
+
+def _dropper(slots: _Slots, groups: list[_Group], dev: torch.device) -> Any:
     def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
         for members, _ in groups:
             p = members[0][1]._parameters[members[0][2]]
-            slots.assign(members, torch.empty(p.shape, dtype=p.dtype, device="meta"))
+            slots.assign(members, placeholder(p.shape, dev))
     return hook
