@@ -93,3 +93,23 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         check_device("cuda")
     with pytest.raises(GaugeportError, match="unknown device"):
         check_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_verify_on_cuda_without_a_gpu_exits_2(cli, tiny_dir):
+    path = tiny_dir("llama")
+    code, _, err = cli("verify", path, path, "--device", "cuda")
+    assert code == 2 and "no CUDA device" in err and "hint:" in err
+
+
+def test_verify_streams_both_models(tiny_dir, monkeypatch):
+    import gaugeport.core.stream as stream
+    from gaugeport.core.verify import verify_checkpoints
+
+    built = []
+    real = stream.load_streamed
+    monkeypatch.setattr(stream, "load_streamed", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    path = tiny_dir("gpt2")
+    assert verify_checkpoints(path, path).ok
+    assert [stream_info(m).streamed for m in built] == [True, True]
+    assert all(stream_info(m).blocks_loaded == 2 for m in built)

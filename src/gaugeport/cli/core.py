@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gaugeport.cli._app import app
-from gaugeport.cli._options import ForceOpt, QuietOpt
+from gaugeport.cli._options import DeviceOpt, ForceOpt, QuietOpt
 from gaugeport.core.apply import apply_gauge_to_checkpoint
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import GaugeportError
@@ -104,13 +104,14 @@ def verify(
     data: Annotated[Path | None, typer.Option("--data", help="token ids .npy [n_seq, seq_len]")] = None,
     seed: Annotated[int, typer.Option(help="seed of the probe token ids")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Check that B computes A's function (through --gauge); exit 0 within --tol, 1 otherwise."""
     if gauge is not None and is_full_gauge_file(gauge):
-        res = verify_full(a, b, load_full_gauge(gauge), tol=tol, data=data, seed=seed)
+        res = verify_full(a, b, load_full_gauge(gauge), tol=tol, data=data, seed=seed, device=device)
     else:
         g = load_gauge(gauge) if gauge is not None else None
-        res = verify_checkpoints(a, b, g, tol=tol, data=data, seed=seed)
+        res = verify_checkpoints(a, b, g, tol=tol, data=data, seed=seed, device=device)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
     else:
