@@ -239,6 +239,23 @@ def _long_rows(w: Workspace, verb: str) -> list[object]:
     return ["align", a, b, "--data", "builtin", "--tokens", "400", "--seq-len", "200", "--out", w.root / "g"]
 
 
+def _full_gauge(w: Workspace, **meta: str | None) -> Path:
+    """A version-2 (full) gauge file for the tiny llama, its metadata changed by ``meta`` (None: key removed)."""
+    from safetensors import safe_open
+
+    from gaugeport.core.fullgauge import FullGauge, hidden_dims_for, save_full_gauge
+
+    cfg = json.loads((w.tiny("llama", 0) / "config.json").read_text())
+    made = save_full_gauge(FullGauge.random(32, hidden_dims_for(cfg), seed=0), w.root / "made.safetensors")
+    with safe_open(str(made), framework="pt") as f:
+        metadata = {**(f.metadata() or {}), **meta}
+    tensors = load_file(str(made))
+    made.unlink()
+    p = w.root / "full.safetensors"
+    save_file(tensors, str(p), metadata={k: v for k, v in metadata.items() if v is not None})
+    return p
+
+
 def _trainer_with_bad_gauge(w: Workspace) -> list[object]:
     run = w.ckpt("run/checkpoint-1")
     (run / "optimizer.pt").write_bytes(b"")
@@ -368,6 +385,37 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "gauge-perm-repeated": (
         lambda w: ["apply", w.ckpt(), "--gauge", w.raw_gauge("p.safetensors", torch.zeros(32, dtype=torch.int64),
                    torch.ones(32, dtype=torch.int8)), "--out", w.root / "o"], 2, "not a permutation"),
+    # 3b. one reader for gauge files, used by every verb: versions, labels and --full checked
+    "apply-gauge-version-3": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, version="3"), "--out", w.root / "o"], 2,
+        "version '3' is newer than this gaugeport understands"),
+    "apply-gauge-version-0": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, version="0"), "--out", w.root / "o"], 2,
+        "version '0' is not a gauge file version"),
+    "apply-gauge-full-labelled-version-1": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, version="1"), "--out", w.root / "o"], 2,
+        "says version 1 (residual only) but holds per-layer tensors"),
+    "apply-gauge-no-version": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, version=None), "--out", w.root / "o"], 2,
+        "has no version in its metadata"),
+    "apply-full-with-a-version-1-gauge": (
+        lambda w: ["apply", w.ckpt(), "--gauge", w.gauge(), "--full", "--out", w.root / "o"], 2,
+        "--full asks for a full-network gauge"),
+    "verify-gauge-version-0": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--gauge", _full_gauge(w, version="0")], 2,
+        "not a gauge file version"),
+    "transport-gauge-full-labelled-version-1": (
+        lambda w: ["transport", _vector(w), "--gauge", _full_gauge(w, version="1"), "--out", w.root / "o.npy"], 2,
+        "holds per-layer tensors"),
+    "compose-gauge-no-version": (
+        lambda w: ["compose", _full_gauge(w, version=None), w.gauge(), "--out", w.root / "o.safetensors"], 2,
+        "has no version"),
+    "merge-gauge-version-3": (
+        lambda w: ["merge", w.ckpt("a"), w.ckpt("b", seed=1), "--gauge", _full_gauge(w, version="3"),
+                   "--out", w.root / "o", "--quiet"], 2, "newer than this gaugeport"),
+    "apply-gauge-full-n-layers-huge": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, n_layers="99999"), "--out", w.root / "o"], 2,
+        "lacks layers.2.mlp.perm"),
     "gauge-is-a-folder": (lambda w: ["apply", w.ckpt(), "--gauge", w.root / "a", "--out", w.root / "o"], 2,
                           "is a directory, not a file"),
     "gauge-missing": (lambda w: ["apply", w.ckpt(), "--gauge", w.root / "nope.safetensors", "--out", w.root / "o"],
