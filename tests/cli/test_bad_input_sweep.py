@@ -256,6 +256,35 @@ def _full_gauge(w: Workspace, **meta: str | None) -> Path:
     return p
 
 
+def _dataset(w: Workspace, rows: list[list[object]], escape: str | None = None, dtype: str | None = None) -> Path:
+    """A ``datasets.save_to_disk`` directory with an ``input_ids`` column; ``escape``: its state.json then
+    names its data file by that path (the file moved there)."""
+    import datasets
+
+    ds = w.root / "ds"
+    if dtype is None:
+        datasets.Dataset.from_dict({"input_ids": rows}).save_to_disk(str(ds))
+    else:  # an explicit arrow type (ids past int64 need uint64)
+        import pyarrow as pa
+
+        column = pa.array([np.array(r, dtype=dtype) for r in rows], type=pa.list_(pa.from_numpy_dtype(dtype)))
+        datasets.Dataset(pa.table({"input_ids": column})).save_to_disk(str(ds))
+    if escape is not None:
+        state = json.loads((ds / "state.json").read_text())
+        name = state["_data_files"][0]["filename"]
+        target = (ds / escape).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (ds / name).rename(target)
+        state["_data_files"][0]["filename"] = escape
+        (ds / "state.json").write_text(json.dumps(state))
+    return ds
+
+
+def _align_data(w: Workspace, data: Path, tokens: int = 32) -> list[object]:
+    return ["align", w.ckpt("a"), w.ckpt("b", seed=1), "--data", data, "--tokens", str(tokens), "--seq-len", "8",
+            "--out", w.root / "g"]
+
+
 def _trainer_with_bad_gauge(w: Workspace) -> list[object]:
     run = w.ckpt("run/checkpoint-1")
     (run / "optimizer.pt").write_bytes(b"")
@@ -474,6 +503,31 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "index-shard-name-not-a-string": (
         lambda w: ["inspect", (lambda a: w.index(a, dict.fromkeys(w.weight_map(a), 7)) or a)(w.shard(w.ckpt()))],
         2, "not a plain"),
+    # 12. every number and path read from a data file is checked: token ids, encodings, dataset file names
+    "dataset-uint64-id-past-int64": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, 2**63 + 5, 3] * 4], dtype="uint64")), 2,
+        "token id 9223372036854775813 is too large"),
+    "dataset-id-past-vocab": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, 10**6, 3] * 4])), 2, "out of range for a vocabulary"),
+    "dataset-negative-id": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, -3, 4] * 4])), 2, "negative token id -3"),
+    "dataset-float-ids": (
+        lambda w: _align_data(w, _dataset(w, [[1.5, 2.0, 3.0, 4.0] * 4])), 2, "token ids must be integers"),
+    "dataset-string-ids": (
+        lambda w: _align_data(w, _dataset(w, [["a", "b", "c", "d"] * 4])), 2, "token ids must be integers"),
+    "dataset-state-json-names-outside-file": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, 3, 4] * 4], escape="../stolen.arrow")), 2,
+        "which is not a plain file of"),
+    "dataset-state-json-absolute-file": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, 3, 4] * 4], escape=str(w.root / "abs.arrow"))), 2,
+        "which is not a plain file of"),
+    "npy-uint64-id-past-int64": (
+        lambda w: _align_data(w, w.file("t.npy", _npy(np.full((4, 8), 2**63 + 1, np.uint64)))), 2,
+        "too large for any vocabulary"),
+    "txt-undecodable-bytes": (
+        lambda w: _align_data(w, w.file("t.txt", b"hello\n\xff\xfe world\n")), 2, "is not UTF-8 text"),
+    "jsonl-undecodable-bytes": (
+        lambda w: _align_data(w, w.file("t.jsonl", b'{"text": "caf\xe9"}\n')), 2, "is not UTF-8 text"),
     # 11. a pickle with code objects: refused for safety, and the check is never to be disabled
     "transport-malicious-pickle": (
         lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,
