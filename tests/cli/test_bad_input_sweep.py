@@ -285,6 +285,29 @@ def _align_data(w: Workspace, data: Path, tokens: int = 32) -> list[object]:
             "--out", w.root / "g"]
 
 
+def _fp8(w: Workspace, scale: float | None = None, **quant: object) -> Path:
+    """The tiny llama with one FP8 weight (16 x 16 scale blocks); ``scale`` overrides every scale."""
+    a = w.ckpt("fp8")
+    tensors = load_file(str(a / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    weight = tensors[name]
+    s = float(weight.abs().max()) / 448.0
+    tensors[name] = (weight / s).to(torch.float8_e4m3fn)
+    rows, cols = weight.shape
+    tensors[name + "_scale_inv"] = torch.full((-(-rows // 16), -(-cols // 16)), s if scale is None else scale)
+    save_file(tensors, str(a / "model.safetensors"), metadata={"format": "pt"})
+    return w.edit_config(a, quantization_config={"quant_method": "fp8", "weight_block_size": [16, 16], **quant})
+
+
+def _dequantize(w: Workspace, ckpt: Path, dtype: str = "bf16") -> list[object]:
+    return ["apply", ckpt, "--dequantize", dtype, "--random-seed", "0", "--out", w.root / "o", "--quiet"]
+
+
+def _gptq_config(w: Workspace, **quant: object) -> Path:
+    return w.edit_config(w.ckpt("q"), quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 16,
+                                                           **quant})
+
+
 def _trainer_with_bad_gauge(w: Workspace) -> list[object]:
     run = w.ckpt("run/checkpoint-1")
     (run / "optimizer.pt").write_bytes(b"")
@@ -503,6 +526,27 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "index-shard-name-not-a-string": (
         lambda w: ["inspect", (lambda a: w.index(a, dict.fromkeys(w.weight_map(a), 7)) or a)(w.shard(w.ckpt()))],
         2, "not a plain"),
+    # 13. quantized releases: every number of quantization_config checked before any work; overflow refused
+    "fp8-block-size-zero": (lambda w: _dequantize(w, _fp8(w, weight_block_size=[0, 0])), 2,
+                            "weight_block_size = [0, 0] is not two positive integers"),
+    "fp8-block-size-three-values": (lambda w: _dequantize(w, _fp8(w, weight_block_size=[16, 16, 16])), 2,
+                                    "is not two positive integers"),
+    "fp8-block-size-string": (lambda w: _dequantize(w, _fp8(w, weight_block_size="128")), 2,
+                              "is not two positive integers"),
+    "fp8-block-size-float": (lambda w: _dequantize(w, _fp8(w, weight_block_size=[16.5, 16])), 2,
+                             "is not two positive integers"),
+    "fp8-scale-overflows-bf16": (lambda w: _dequantize(w, _fp8(w, scale=1e38)), 2, "gives values beyond bfloat16"),
+    "fp8-scale-overflows-fp32": (lambda w: _dequantize(w, _fp8(w, scale=1e38), "fp32"), 2,
+                                 "gives values beyond float32"),
+    "fp8-scale-nan": (lambda w: _dequantize(w, _fp8(w, scale=float("nan"))), 2, "weight_scale_inv' in"),
+    "dequantize-fp16": (lambda w: _dequantize(w, _fp8(w), "fp16"), 2, "--dequantize takes bf16 or fp32"),
+    "gptq-bits-zero": (lambda w: _dequantize(w, _gptq_config(w, bits=0)), 2, "bits = 0 is not valid for gptq"),
+    "gptq-bits-string": (lambda w: _dequantize(w, _gptq_config(w, bits="4")), 2, "bits = '4' is not valid"),
+    "gptq-group-size-zero": (lambda w: _dequantize(w, _gptq_config(w, group_size=0)), 2, "group_size = 0"),
+    "gptq-checkpoint-format-unknown": (lambda w: _dequantize(w, _gptq_config(w, checkpoint_format=3)), 2,
+                                       "checkpoint_format = 3"),
+    "inspect-fp8-names-the-scheme": (lambda w: ["inspect", _fp8(w)], 2, "quantized checkpoint (FP8 with block"),
+    "verify-fp8-names-the-scheme": (lambda w: ["verify", _fp8(w), w.ckpt("b")], 2, "(FP8 with block scales"),
     # 12. every number and path read from a data file is checked: token ids, encodings, dataset file names
     "dataset-uint64-id-past-int64": (
         lambda w: _align_data(w, _dataset(w, [[1, 2, 2**63 + 5, 3] * 4], dtype="uint64")), 2,
