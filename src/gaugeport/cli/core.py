@@ -69,6 +69,12 @@ def apply(
     if (gauge is None) == (random_seed is None):
         raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N",
                              hint="--random-seed N draws a random gauge (save it with --save-gauge)")
+    if full and gauge is not None and not is_full_gauge_file(gauge):
+        load_gauge(gauge)  # a damaged file says so first
+        raise GaugeportError(f"--full asks for a full-network gauge, but {gauge} is a version-1 gauge file "
+                             "(residual coordinates only)",
+                             hint="drop --full to apply this residual gauge, or give a version-2 file (written by "
+                             "`gaugeport apply --full --save-gauge` or `gaugeport align --full`)")
     if full or (gauge is not None and is_full_gauge_file(gauge)):
         _apply_full(ckpt, out, gauge, random_seed, perm_only, save_gauge_to, force, quiet)
         return

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from gaugeport.core.archspec import ArchSpec, ParamRule
 from gaugeport.core.checkpoint import INDEX_FILE, Checkpoint, SafetensorsStreamWriter, shard_layout
-from gaugeport.core.errors import GaugeError, GaugeGroupError
+from gaugeport.core.errors import GaugeError, GaugeGroupError, GaugeportError
 from gaugeport.core.facts import ModelFacts
 from gaugeport.core.fileio import atomic_path, atomic_write_json
 from gaugeport.core.gauge import SignedPermutation
@@ -131,7 +131,9 @@ def _apply_dequantized(src: Path, gauge: SignedPermutation, out: Path, dtype_nam
     from gaugeport.core.quant import plan_dequantized, refuse_quantized, write_dequantized
 
     if dtype_name not in DEQUANTIZE_DTYPES:
-        raise GaugeError(f"--dequantize {dtype_name!r}: choose one of {', '.join(DEQUANTIZE_DTYPES)}")
+        raise GaugeportError(f"--dequantize {dtype_name!r} is not an output dtype gaugeport writes",
+                             hint=f"--dequantize takes {' or '.join(DEQUANTIZE_DTYPES)} (float16's narrow range "
+                             "would overflow large dequantized weights)")
     ckpt = Checkpoint.open(src, allow_quantized=True)
     q = ckpt.quantization
     if q is None:
