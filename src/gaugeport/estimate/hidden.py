@@ -251,12 +251,12 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
         m_mat += s_out_abs
     if s_out_sgn is not None:
         m_mat += np.where(sgn_in < 0, -s_out_sgn, s_out_sgn) if (mlp_signs and sgn_in is not None) else s_out_sgn
-    cols = linear_assignment(s_in).cols
-    n = m_mat.shape[0]
+    cols = _assign_rows(s_in)
+    n, n_cols = m_mat.shape  # rectangular (fewer rows: a pruned model's units) for lineage
     rows = np.arange(n)
     raw_matched = float(m_mat[rows, cols].mean())
     null_mean = float(m_mat.mean())
-    k = min(RUNNER_UP_K, n)
+    k = min(RUNNER_UP_K, n_cols)
     # each unit's k best input-side candidates (its match among them)
     cand = np.concatenate([np.argpartition(-s_in[i:i + 1024], k - 1, axis=1)[:, :k]  # row chunks: no n x n index
                            for i in range(0, n, 1024)])
@@ -269,10 +269,10 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
         # (up to FIT_PAIRS) unmatched pairs: shared, data-induced structure makes both rise together in
         # unrelated models
         rng = np.random.default_rng(0)
-        if n * n <= FIT_PAIRS:
-            fi, fj = (x.reshape(-1) for x in np.meshgrid(rows, rows, indexing="ij"))
+        if n * n_cols <= FIT_PAIRS:
+            fi, fj = (x.reshape(-1) for x in np.meshgrid(rows, np.arange(n_cols), indexing="ij"))
         else:
-            fi, fj = rng.integers(0, n, FIT_PAIRS), rng.integers(0, n, FIT_PAIRS)
+            fi, fj = rng.integers(0, n, FIT_PAIRS), rng.integers(0, n_cols, FIT_PAIRS)
         keep = fj != cols[fi]
         fi, fj = fi[keep], fj[keep]
 
@@ -295,6 +295,21 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
     return {"z": float(z), "n": int(n), "k": int(k), "top1_fraction": top1, "matched_out_cos": raw_matched,
             "null_mean_cos": null_mean,
             "matched_in_score": float(s_in[np.arange(n), cols].mean())}
+
+
+def _assign_rows(score: np.ndarray) -> np.ndarray:
+    """Each row's column in a maximum-score assignment (a square matrix: the project's LAP; a wide one,
+    fewer rows than columns: SciPy's rectangular solver, every row matched to a distinct column)."""
+    if score.shape[0] == score.shape[1]:
+        return linear_assignment(score).cols
+    from scipy.optimize import linear_sum_assignment
+
+    if score.shape[0] > score.shape[1]:
+        raise ValueError(f"held-out matching needs rows <= columns, got {score.shape}")
+    r, c = linear_sum_assignment(score.astype(np.float64), maximize=True)
+    out = np.empty(score.shape[0], dtype=np.int64)
+    out[r] = c
+    return out
 
 
 # ----------------------------------------------------------------------------- from activations
