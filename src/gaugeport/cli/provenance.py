@@ -43,7 +43,7 @@ def same(
     force: Annotated[bool, typer.Option("--force", help="replace existing outputs")] = False,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="batch mode: a CSV with columns a, b and optional "
                                                "label; one JSON line per pair to --out")] = None,
-    out_lines: Annotated[Path | None, typer.Option("--out", help="batch mode: the JSON-lines output (resumed "
+    out: Annotated[Path | None, typer.Option("--out", help="batch mode: the JSON-lines output (resumed "
                                                    "when it exists; summary and ROC plot written next to it)")] = None,
 ) -> None:
     """Is B a gauged copy of A (identical), derived from A, or independent? p-value, per-layer localisation
@@ -58,10 +58,10 @@ def same(
     from gaugeport.provenance.same import same as run_same
 
     if pairs is not None:
-        if a is not None or b is not None or out_lines is None:
+        if a is not None or b is not None or out is None:
             raise GaugeportError("--pairs runs a batch: give --out and no checkpoints",
                                  hint="gaugeport same --pairs pairs.csv --out results.jsonl")
-        _same_batch(pairs, out_lines, alpha, force, as_json)
+        _same_batch(pairs, out, alpha, force, as_json)
         return
     if a is None or b is None:
         raise GaugeportError("same needs two checkpoints A and B (or --pairs CSV --out JSONL)",
@@ -74,7 +74,7 @@ def same(
     if isinstance(res, LineageResult):
         _print_lineage(res, report, plot, save_gauge_to, as_json)
         return
-    out = res.to_dict()
+    doc = res.to_dict()
     if save_gauge_to is not None:
         if res.gauge is None:
             from gaugeport.core.errors import GaugeportError
@@ -82,11 +82,11 @@ def same(
                                  "it has no gauge file", hint="the rotation is summarised in --report")
         save_full_gauge(res.gauge, save_gauge_to, {"same": res.verdict, "a": str(a), "b": str(b),
                                                    "p_value": res.p_value}, force=force)
-        out["gauge_file"] = str(save_gauge_to)
+        doc["gauge_file"] = str(save_gauge_to)
     if report is not None:
-        atomic_write_json(report, out, force=force)
+        atomic_write_json(report, doc, force=force)
     if as_json:
-        typer.echo(json.dumps(out, indent=2, default=str))
+        typer.echo(json.dumps(doc, indent=2, default=str))
         return
     typer.echo(f"verdict     {res.verdict}")
     typer.echo(f"p-value     {res.p_value:.3g} (log10 {res.log10_p:.1f}; null: independent training; "
