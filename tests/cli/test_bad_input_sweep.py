@@ -94,6 +94,18 @@ class Workspace:
         save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
         return ckpt
 
+    def reserved(self, name: str) -> Path:
+        """``name`` reserved by another running gaugeport process (its reservation file, as that run made it)."""
+        from gaugeport.core.fileio import TMP_DIR_NAME, _lock_name
+
+        lock = self.root / TMP_DIR_NAME / _lock_name(name)
+        lock.parent.mkdir(exist_ok=True)
+        lock.write_text(f"{os.getppid()}\n")  # a live process that is not this one
+        return self.root / name
+
+    def dir_with_file(self, name: str) -> Path:
+        return self.file(f"{name}/keep.txt", "precious").parent
+
     def raw_gauge(self, name: str, perm: torch.Tensor, signs: torch.Tensor, **meta: str) -> Path:
         p = self.root / name
         metadata = {"format": "gaugeport.signed_permutation", "version": "1", "d": str(perm.numel()), **meta}
@@ -276,6 +288,38 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "collect-out-is-data-force": (
         lambda w: ["collect", w.ckpt("a"), w.ckpt("b", seed=1), "--data", w.file("t.npy", _npy(np.ones((2, 8),
                    np.int64))), "--out", w.root / "t.npy", "--force"], 2, "is the input"),
+    # 2b. one output-ownership rule: reserved before any work, created exclusively, replaced (with --force)
+    #     only by the same kind; a directory is never deleted to make room for a file
+    "apply-out-reserved-by-a-running-apply": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.reserved("out")], 2,
+        "being written by another gaugeport run"),
+    "apply-out-reserved-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.reserved("out"), "--force"], 2,
+        "being written by another gaugeport run"),
+    "apply-save-gauge-reserved": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--save-gauge", w.reserved("g.safetensors"),
+                   "--out", w.root / "b"], 2, "being written by another"),
+    "transport-out-reserved": (
+        lambda w: ["transport", _vector(w), "--gauge", w.gauge(), "--out", w.reserved("o.npy")], 2,
+        "being written by another"),
+    "compose-out-reserved": (
+        lambda w: ["compose", w.gauge("g1.safetensors"), w.gauge("g2.safetensors", seed=1),
+                   "--out", w.reserved("o.safetensors")], 2, "being written by another"),
+    "apply-save-gauge-directory-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--save-gauge", w.dir_with_file("gdir"),
+                   "--out", w.root / "b", "--force"], 2, "never replaces a directory with a file"),
+    "apply-full-save-gauge-directory-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--full", "--save-gauge", w.dir_with_file("gdir"),
+                   "--out", w.root / "b", "--force"], 2, "never replaces a directory with a file"),
+    "transport-out-directory-force": (
+        lambda w: ["transport", _vector(w), "--gauge", w.gauge(), "--out", w.dir_with_file("o.npy"), "--force"],
+        2, "never replaces a directory with a file"),
+    "compose-out-directory-force": (
+        lambda w: ["compose", w.gauge("g1.safetensors"), w.gauge("g2.safetensors", seed=1),
+                   "--out", w.dir_with_file("o.safetensors"), "--force"], 2, "never replaces a directory"),
+    "apply-out-is-a-file-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.file("notes.txt", "mine"), "--force"], 2,
+        "never replaces a file with a directory"),
     "out-under-a-file": (
         lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.file("f.txt", "x") / "sub"], 2,
         "is a file, not a directory"),

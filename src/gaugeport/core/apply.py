@@ -117,7 +117,7 @@ def apply_gauge_to_checkpoint(
     ckpt.check_widths(spec)
     rules = spec.classify_all(ckpt.names)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), **ckpt.hub, **(provenance or {})}
-    with atomic_path(Path(out), force, inputs=(ckpt.path,)) as tmp:
+    with atomic_path(Path(out), force, inputs=(ckpt.path,), kind="directory") as tmp:
         rewrite_checkpoint(ckpt, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge), stamp,
                            desc="apply", progress=progress)
     return Path(out)
@@ -143,7 +143,7 @@ def _apply_dequantized(src: Path, gauge: SignedPermutation, out: Path, dtype_nam
     check_gauge_fits(spec, gauge, ckpt.d_model)
     rules = spec.classify_all([p.name for p in plan_dequantized(q, ckpt.names)])
     stamp = {"gaugeport_gauge": gauge.fingerprint(), "gaugeport_dequantized_from": q.scheme, **(provenance or {})}
-    with atomic_path(out, force, inputs=(src,)) as tmp:
+    with atomic_path(out, force, inputs=(src,), kind="directory") as tmp:
         write_dequantized(ckpt, q, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge),
                           DEQUANTIZE_DTYPES[dtype_name], stamp, progress=progress)
     return out

@@ -322,7 +322,7 @@ def apply_full_gauge_to_checkpoint(src: str | Path, gauge: FullGauge, out: str |
     tf = FullTransform(ckpt.spec, ckpt.names, gauge, ckpt.d_model, ckpt.config)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), "gaugeport_gauge_full": str(gauge.is_full).lower(),
              **(provenance or {})}
-    with atomic_path(Path(out), force, inputs=(Path(src),)) as tmp:
+    with atomic_path(Path(out), force, inputs=(Path(src),), kind="directory") as tmp:
         rewrite_checkpoint(ckpt, tmp, tf, stamp, desc="apply", progress=progress)
     return Path(out)
 

@@ -293,6 +293,7 @@ def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
             "layer": i,
             "p_value": float(np.exp(logp)),
             "z": h["z"],
+            "mlp_units_tested": h["n"],
             "mlp_matched_output_cos": h.get("matched_out_cos"),
             "mlp_null_output_cos": h.get("null_mean_cos"),
             "mlp_mean_confidence": float(np.mean(est.mlp_confidence[i])),
@@ -304,7 +305,12 @@ def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
     zs = [est.held_out[i]["z"] for i in range(dims.n_layers) if est.held_out[i]["n"]]
     z_all = float(np.sum(zs) / np.sqrt(len(zs))) if zs else 0.0
     logp = float(stats.norm.logsf(z_all))
+    # per-layer status in the verdict's words; Bonferroni over the L layers tested (a layer is "derived"
+    # when its own p-value is below alpha / L), so the chance that any layer of an independent pair is
+    # called derived stays below alpha
+    per_layer_alpha = alpha / max(len(zs), 1)
     for lay in layers:
         lay["status"] = ("identical" if (lay["max_rel_weight_diff"] or 0.0) <= ident["tol"] else
-                         "derived" if lay["p_value"] < alpha else "unrelated")
+                         "derived" if lay["p_value"] < per_layer_alpha else "independent")
+        lay["status_alpha"] = per_layer_alpha
     return layers, float(np.exp(logp)), logp / np.log(10)
