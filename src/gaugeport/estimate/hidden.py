@@ -265,10 +265,10 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
         m_mat += s_out_abs
     if s_out_sgn is not None:
         m_mat += np.where(sgn_in < 0, -s_out_sgn, s_out_sgn) if (mlp_signs and sgn_in is not None) else s_out_sgn
-    cols = linear_assignment(s_in).cols
-    n_all = m_mat.shape[0]
+    cols = _assign_rows(s_in)
+    n_all, n_cols = m_mat.shape  # rectangular (fewer rows: a pruned model's units) for lineage
     dead_a = a.degenerate.get("mlp", np.zeros(n_all, dtype=bool))
-    dead_b = b.degenerate.get("mlp", np.zeros(n_all, dtype=bool))
+    dead_b = b.degenerate.get("mlp", np.zeros(n_cols, dtype=bool))
     rows = np.flatnonzero(~dead_a & ~dead_b[cols])  # units that carry evidence, matched to one that does
     n = int(rows.size)
     k = min(RUNNER_UP_K, int((~dead_b).sum()))
@@ -335,6 +335,21 @@ def mid_rank(scores: np.ndarray, own: np.ndarray, atol: float = 1e-12) -> np.nda
     above = (scores > own[:, None] + atol).sum(axis=1)
     tied = (np.abs(scores - own[:, None]) <= atol).sum(axis=1) - 1  # the match itself is in its row
     return 1.0 + above + 0.5 * np.maximum(tied, 0)
+
+
+def _assign_rows(score: np.ndarray) -> np.ndarray:
+    """Each row's column in a maximum-score assignment (a square matrix: the project's LAP; a wide one,
+    fewer rows than columns: SciPy's rectangular solver, every row matched to a distinct column)."""
+    if score.shape[0] == score.shape[1]:
+        return linear_assignment(score).cols
+    from scipy.optimize import linear_sum_assignment
+
+    if score.shape[0] > score.shape[1]:
+        raise ValueError(f"held-out matching needs rows <= columns, got {score.shape}")
+    r, c = linear_sum_assignment(score.astype(np.float64), maximize=True)
+    out = np.empty(score.shape[0], dtype=np.int64)
+    out[r] = c
+    return out
 
 
 # ----------------------------------------------------------------------------- from activations

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from gaugeport.estimate.hidden import (
     mlp_unit_moments,
     to_a_coordinates,
 )
+
+if TYPE_CHECKING:
+    from gaugeport.provenance.lineage import LineageResult
 
 VERDICTS = ("identical", "derived", "independent")
 DEFAULT_ALPHA = 1e-3
@@ -99,11 +102,16 @@ class _Tensors:
 
 
 def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alpha: float = DEFAULT_ALPHA,
-         tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False) -> SameResult:
-    """Compare two checkpoints of one architecture (see the module docstring)."""
+         tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False) -> SameResult | LineageResult:
+    """Compare two checkpoints of one architecture (see the module docstring); a pair whose shapes differ
+    (depth, widths, vocabulary, experts) goes to :func:`gaugeport.provenance.lineage.lineage`."""
     t0 = time.perf_counter()
     if not 0 < alpha < 1:
         raise GaugeError(f"alpha must lie in (0, 1), got {alpha}")
+    from gaugeport.provenance.lineage import lineage, shapes_differ
+
+    if shapes_differ(path_a, path_b):
+        return lineage(path_a, path_b, alpha=alpha)
     ca, cb = Checkpoint.open(path_a), Checkpoint.open(path_b)
     if ca.model_type != cb.model_type:
         raise ArchitectureError(f"different architectures: A is {ca.model_type}, B is {cb.model_type}",
