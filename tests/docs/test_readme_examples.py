@@ -153,7 +153,8 @@ def test_readme_examples_run_in_order_from_an_empty_directory(tmp_path, monkeypa
     outputs: dict[str, str] = {}
     for step in steps:
         code, out = _run_step(step, capsys)
-        assert code == 0, f"README.md line {step.line} failed (exit {code}):\n{step.text}\n--- output ---\n{out[-3000:]}"
+        where = f"README.md line {step.line} failed (exit {code}):\n{step.text}"
+        assert code == 0, f"{where}\n--- output ---\n{out[-3000:]}"
         outputs[step.text] = out
     # what the README's comments promise about the output
     verify = [out for text, out in outputs.items() if text.startswith("gaugeport verify")]
