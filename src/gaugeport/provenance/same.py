@@ -364,9 +364,13 @@ def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
         else:
             pred = _rotate(ta, rules[name], residual.matrix)
         hit = hspec.match(name)
+        tb = get_b(name)
         if hit is not None:
             pred = transform_hidden(name, pred, hit[0], hit[1], gauge, dims)
-        tb = get_b(name)
+            if [seg.kind for seg in hit[0].segments] == ["mlp"] and tb.ndim == 2:
+                # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
+                # activation's gate likewise): compare each unit's direction, the function check decides
+                pred, tb = _unit_directions(pred, hit[0].axis), _unit_directions(tb, hit[0].axis)
         scale = float(tb.float().abs().max()) if tb.numel() else 0.0
         diff = float((pred.float() - tb.float()).abs().max()) if tb.numel() else 0.0
         rel = diff / scale if scale > 0 else diff
@@ -378,6 +382,12 @@ def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
             per_layer[li] = max(per_layer.get(li, 0.0), rel)
     return {"weights_match": worst <= tol, "max_rel_weight_diff": worst, "worst_tensor": worst_name,
             "per_layer_rel_diff": per_layer, "tol": tol}
+
+
+def _unit_directions(t: torch.Tensor, axis: int) -> torch.Tensor:
+    x = torch.movedim(t.double(), axis, 0)
+    norms = x.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-30)
+    return torch.movedim(x / norms.reshape(-1, *([1] * (x.ndim - 1))), 0, axis)
 
 
 def _rotate(t: torch.Tensor, rule: Any, q: np.ndarray) -> torch.Tensor:
