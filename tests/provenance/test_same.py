@@ -92,8 +92,8 @@ def test_cli_same_json_report_and_gauge(zoo, tmp_path, cli):
 def test_cli_same_bad_input(zoo, tiny_dir, cli, tmp_path):
     code, _, err = cli("same", zoo["base"], tiny_dir("gpt2"))
     assert code == 2 and "different architectures" in err and "hint:" in err
-    code, _, err = cli("same", zoo["base"], tiny_dir("llama"))  # same architecture, another vocabulary
-    assert code == 2 and "vocabularies differ" in err
+    code, out, err = cli("same", zoo["base"], tiny_dir("llama"))  # another vocabulary: lineage, not a refusal
+    assert code == 0 and "verdict     independent (lineage" in out, err
     code, _, err = cli("same", tiny_dir("llama"), tiny_dir("llama", 1), "--alpha", "2")
     assert code == 2 and "alpha" in err
     (tmp_path / "r.json").write_text("{}")
@@ -129,3 +129,53 @@ def test_every_family_with_hidden_rows_gauged_on_disk_is_identical_with_the_exac
     res = same(a, tmp_path / "b")
     assert res.verdict == "identical" and res.gauge == truth
     assert res.identical_check["logits_max_rel_diff"] <= 1e-5
+
+
+def _save_state(src, dest, edit):
+    """Load ``src``, apply ``edit(state_dict) -> state_dict``, save to ``dest`` (a new checkpoint)."""
+    from gaugeport.core.verify import load_model
+
+    model = load_model(src)
+    model.load_state_dict(edit(model.state_dict()))
+    model.save_pretrained(dest)
+    return dest
+
+
+def _zero_units(units):
+    def edit(sd):
+        sd = {k: v.clone() for k, v in sd.items()}
+        for k in sd:
+            if k.endswith(("gate_proj.weight", "up_proj.weight")):
+                sd[k][units] = 0.0
+            elif k.endswith("down_proj.weight"):
+                sd[k][:, units] = 0.0
+        return sd
+    return edit
+
+
+def test_units_zeroed_alike_in_two_independent_models_do_not_make_them_derived(zoo, tmp_path):
+    """Pruned or padded units are ties on every score: they leave n instead of counting for the match."""
+    units = list(range(0, 64, 4))  # the same 16 of 64 units zeroed in both
+    a = _save_state(zoo["ind1"], tmp_path / "a", _zero_units(units))
+    b = _save_state(zoo["ind2"], tmp_path / "b", _zero_units(units))
+    res = same(a, b)
+    assert res.verdict == "independent" and res.p_value >= 0.01
+    assert all(lay["mlp_units_tested"] == 64 - 16 for lay in res.layers)
+
+
+def test_zeroed_units_keep_a_pruned_finetune_derived(zoo, tmp_path):
+    units = list(range(0, 64, 4))
+    b = _save_state(zoo["ft"], tmp_path / "b", _zero_units(units))
+    res = same(zoo["base"], b)
+    assert res.verdict == "derived"
+
+
+def test_combined_p_is_stouffer_over_the_layers_z_and_layer_status_uses_bonferroni(zoo):
+    from scipy import stats
+
+    res = same(zoo["base"], zoo["ft"])
+    zs = [lay["z"] for lay in res.layers]
+    assert res.log10_p == pytest.approx(stats.norm.logsf(sum(zs) / np.sqrt(len(zs))) / np.log(10), rel=1e-9)
+    for lay in res.layers:
+        assert lay["status_alpha"] == pytest.approx(res.alpha / len(zs))
+        assert lay["status"] == ("derived" if lay["p_value"] < res.alpha / len(zs) else "independent")

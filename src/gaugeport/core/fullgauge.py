@@ -22,7 +22,6 @@ reader (``load_gauge``) reads the residual part of a version-2 file.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +37,16 @@ from gaugeport.core.errors import GaugeError, GaugeGroupError
 from gaugeport.core.fileio import atomic_path, atomic_save_safetensors
 from gaugeport.core.gauge import (
     CONVENTION,
+    SUPPORTED_VERSIONS,  # noqa: F401  (re-exported)
     SignedPermutation,
     chain_product,
     gauge_file_metadata,
     read_gauge_tensors,
+    read_residual_part,
 )
 from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec, get_hidden_spec
 
 FULL_FORMAT_VERSION = "2"
-SUPPORTED_VERSIONS = ("1", "2")
 
 
 @dataclass(frozen=True, eq=False)
@@ -322,7 +322,7 @@ def apply_full_gauge_to_checkpoint(src: str | Path, gauge: FullGauge, out: str |
     tf = FullTransform(ckpt.spec, ckpt.names, gauge, ckpt.d_model, ckpt.config)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), "gaugeport_gauge_full": str(gauge.is_full).lower(),
              **(provenance or {})}
-    with atomic_path(Path(out), force, inputs=(Path(src),)) as tmp:
+    with atomic_path(Path(out), force, inputs=(Path(src),), kind="directory") as tmp:
         rewrite_checkpoint(ckpt, tmp, tf, stamp, desc="apply", progress=progress)
     return Path(out)
 
@@ -376,17 +376,11 @@ class FullGaugeFile:
 
 
 def read_full_gauge_file(path: str | Path) -> FullGaugeFile:
-    """Load a version-1 or version-2 gauge file; every number read is validated."""
+    """Load a version-1 or version-2 gauge file; every number read is validated. The one reader of gauge
+    files: :func:`gaugeport.core.gauge.read_gauge_file` (residual part) goes through it too."""
     tensors, metadata = read_gauge_tensors(path)
-    version = metadata.get("version", "1")
-    if version not in SUPPORTED_VERSIONS:
-        raise GaugeError(f"{path}: gauge file version {version!r} is newer than this gaugeport understands",
-                         hint=f"supported versions: {', '.join(SUPPORTED_VERSIONS)}; upgrade gaugeport")
-    if "perm" not in tensors or "signs" not in tensors:
-        raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor")
-    residual = _sp(tensors.pop("perm"), tensors.pop("signs"), path, "residual")
-    if str(residual.d) != metadata.get("d", str(residual.d)):
-        raise GaugeError(f"{path}: metadata says d={metadata['d']} but perm has length {residual.d}")
+    version = metadata["version"]
+    part = read_residual_part(path, tensors, metadata)
     layers: list[LayerGauge] = []
     if version == "2":
         n_layers = _meta_int(metadata, "n_layers", path)
@@ -401,15 +395,12 @@ def read_full_gauge_file(path: str | Path) -> FullGaugeFile:
             hp = tensors.pop(keys[2])
             heads = _sp(hp, torch.ones(hp.shape, dtype=torch.int8), path, f"layer {i} heads")
             layers.append(LayerGauge(mlp, heads, n_kv))
-        stray = [k for k in tensors if k.startswith("layers.") and not k.endswith(".confidence")]
+        stray = [k for k in tensors if not k.endswith(".confidence")]
         if stray:
-            raise GaugeError(f"{path}: unexpected tensors {stray[:3]} (metadata says {n_layers} layers)")
-    try:
-        provenance = json.loads(metadata.get("provenance", "{}"))
-    except json.JSONDecodeError as exc:
-        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})") from exc
-    extras = {k: v.float().numpy() for k, v in tensors.items()}
-    return FullGaugeFile(FullGauge(residual, tuple(layers)), version, provenance, extras)
+            raise GaugeError(f"{path}: unexpected tensors {stray[:3]} (metadata says {n_layers} layers)",
+                             hint="the file is truncated or was not written by gaugeport")
+    extras = {**part.extras, **{k: v.float().numpy() for k, v in tensors.items()}}
+    return FullGaugeFile(FullGauge(part.gauge, tuple(layers)), version, part.provenance, extras)
 
 
 def load_full_gauge(path: str | Path) -> FullGauge:

@@ -219,7 +219,7 @@ def canonicalize(src: str | Path, out: str | Path, *, force: bool = False, progr
     tf = FullTransform(ckpt.spec, ckpt.names, can.gauge, ckpt.d_model, ckpt.config)
     fp = fingerprint(src, canonical=can)["fingerprint"]
     stamp = {"gaugeport_canonical": "true", "gaugeport_fingerprint": fp}
-    with atomic_path(Path(out), force, inputs=(Path(src),)) as tmp:
+    with atomic_path(Path(out), force, inputs=(Path(src),), kind="directory") as tmp:
         rewrite_checkpoint(ckpt, tmp, tf, stamp, desc="canonicalize", progress=progress)
     return can
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from gaugeport.estimate.hidden import (
     mlp_unit_moments,
     to_a_coordinates,
 )
+
+if TYPE_CHECKING:
+    from gaugeport.provenance.lineage import LineageResult
 
 VERDICTS = ("identical", "derived", "independent")
 DEFAULT_ALPHA = 1e-3
@@ -99,11 +102,16 @@ class _Tensors:
 
 
 def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alpha: float = DEFAULT_ALPHA,
-         tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False) -> SameResult:
-    """Compare two checkpoints of one architecture (see the module docstring)."""
+         tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False) -> SameResult | LineageResult:
+    """Compare two checkpoints of one architecture (see the module docstring); a pair whose shapes differ
+    (depth, widths, vocabulary, experts) goes to :func:`gaugeport.provenance.lineage.lineage`."""
     t0 = time.perf_counter()
     if not 0 < alpha < 1:
         raise GaugeError(f"alpha must lie in (0, 1), got {alpha}")
+    from gaugeport.provenance.lineage import lineage, shapes_differ
+
+    if shapes_differ(path_a, path_b):
+        return lineage(path_a, path_b, alpha=alpha)
     ca, cb = Checkpoint.open(path_a), Checkpoint.open(path_b)
     if ca.model_type != cb.model_type:
         raise ArchitectureError(f"different architectures: A is {ca.model_type}, B is {cb.model_type}",
@@ -285,6 +293,7 @@ def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
             "layer": i,
             "p_value": float(np.exp(logp)),
             "z": h["z"],
+            "mlp_units_tested": h["n"],
             "mlp_matched_output_cos": h.get("matched_out_cos"),
             "mlp_null_output_cos": h.get("null_mean_cos"),
             "mlp_mean_confidence": float(np.mean(est.mlp_confidence[i])),
@@ -296,7 +305,12 @@ def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
     zs = [est.held_out[i]["z"] for i in range(dims.n_layers) if est.held_out[i]["n"]]
     z_all = float(np.sum(zs) / np.sqrt(len(zs))) if zs else 0.0
     logp = float(stats.norm.logsf(z_all))
+    # per-layer status in the verdict's words; Bonferroni over the L layers tested (a layer is "derived"
+    # when its own p-value is below alpha / L), so the chance that any layer of an independent pair is
+    # called derived stays below alpha
+    per_layer_alpha = alpha / max(len(zs), 1)
     for lay in layers:
         lay["status"] = ("identical" if (lay["max_rel_weight_diff"] or 0.0) <= ident["tol"] else
-                         "derived" if lay["p_value"] < alpha else "unrelated")
+                         "derived" if lay["p_value"] < per_layer_alpha else "independent")
+        lay["status_alpha"] = per_layer_alpha
     return layers, float(np.exp(logp)), logp / np.log(10)
