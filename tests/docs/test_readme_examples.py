@@ -150,14 +150,21 @@ def test_readme_examples_run_in_order_from_an_empty_directory(tmp_path, monkeypa
     steps, _ = extract(README.read_text())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
-    outputs: dict[str, str] = {}
+    results: list[tuple[Step, str]] = []
     for step in steps:
         code, out = _run_step(step, capsys)
         where = f"README.md line {step.line} failed (exit {code}):\n{step.text}"
         assert code == 0, f"{where}\n--- output ---\n{out[-3000:]}"
-        outputs[step.text] = out
+        results.append((step, out))
+    outputs = {step.text: out for step, out in results}
     # what the README's comments promise about the output
     verify = [out for text, out in outputs.items() if text.startswith("gaugeport verify")]
     assert verify and all("PASS" in out for out in verify)
     prints = [out for text, out in outputs.items() if text.startswith("gaugeport fingerprint")]
     assert len(prints) == 2 and prints[0].split()[0] == prints[1].split()[0], "gauged copies must share a fingerprint"
+    audit = next(out for text, out in outputs.items() if text.startswith("gaugeport audit"))
+    assert "(1 gauge-covariant, 2 index-bound)" in audit, "bare claims are index-bound, the framed one survives"
+    same = next(out for text, out in outputs.items() if text.startswith("gaugeport same"))
+    assert '"verdict": "identical"' in same
+    python = next(out for step, out in results if step.lang == "python")
+    assert "B_d" in python and "'full': 1.0" in python
