@@ -1,25 +1,43 @@
 """``same A B``: is B a gauged copy of A, derived from A, or trained independently?
 
-1. **Residual gauge.** Generic gains: the data-free signed permutation of ``align --method weights``
-   (token embeddings, untied head, norm gains), or with ``--data`` the activation estimate. Uniform
-   gains in A or B (a folded checkpoint, group O(d)): A's gains are folded too and the rotation
-   ``Q`` with ``x_B = Q x_A`` is fitted by orthogonal Procrustes on the token embeddings.
-2. **Hidden gauge.** With B's residual axes in A's coordinates, every layer's MLP units and heads
-   are matched (:mod:`gaugeport.estimate.hidden`), each with a confidence.
-3. **Identical?** Every tensor of B is compared with the recovered gauge applied to A; when all
-   agree (relative ``tol``) the two models' logits are compared on probe tokens: both pass means
-   ``identical``, and the recovered gauge is the evidence.
+Only the tensors both checkpoints hold are compared; the others (a dropped pooler, a buffer one
+save kept) are listed in the report.
+
+1. **Residual map.** RMSNorm families whose table names gain folds: every norm gain is folded into
+   its readers on both sides, lazily, one tensor at a time (a gain whose reader is absent, the final
+   norm of a tied head, stays as stored). What is left is an orthogonal map, chosen by fit on the
+   token embedding (:func:`_residual_by_fit`): a signed permutation when one explains the
+   embedding, a rotation (orthogonal Procrustes) when only a rotation does, and the signed
+   permutation again when neither does (an unrelated pair). So folding, rotating and then
+   re-introducing random positive gains with compensated readers is undone like any signed
+   permutation. LayerNorm families: the data-free signed permutation of ``align --method weights``
+   (or, with ``--data``, the activation estimate).
+2. **Per layer, then freed.** With B's residual axes in A's coordinates, each layer's unit features
+   are read, scored and dropped before the next layer (:mod:`gaugeport.estimate.hidden`). The
+   held-out statistic (4.) is computed first; MLP units and heads are matched (the hidden gauge)
+   when the layer is related (``z > ESCALATE_Z``), or later for every layer if the combined p-value
+   says derived, or always with ``full_gauge`` (``--save-gauge``). MLPs wider than
+   ``2 * SAMPLE_UNITS`` are tested on a seeded sample of ``SAMPLE_UNITS`` units, each matched to its
+   nearest input-side neighbour, so an independent pair needs no assignment over the full width.
+3. **Identical?** Once every layer is matched, every tensor of B is compared with the recovered gauge
+   applied to A (MLP units up to a positive scale each, since a unit's up row and down column may be
+   rescaled against each other); when all agree (relative ``tol``) the two models' logits are
+   compared on probe tokens, layer-streamed: both pass means ``identical``.
 4. **p-value** under the null of independent training: per layer, MLP units are matched on their
-   input weights only and the matched pairs' output weights are scored against a random pairing
-   (see :func:`~gaugeport.estimate.hidden.held_out_statistic`); the per-layer z-scores are combined
-   by Stouffer's method. ``derived`` when ``p < alpha``, else ``independent``.
+   input weights only and the matched pairs' output weights are ranked (mid-ranks for ties) among
+   the unit's best input-side candidates after regressing out input similarity (see
+   :func:`~gaugeport.estimate.hidden.held_out_statistic`); the per-layer z-scores are combined by
+   Stouffer's method (sum over the L layers tested, divided by sqrt(L)). ``derived`` when
+   ``p < alpha``, else ``independent``. A layer's status: ``identical`` when its weights match,
+   ``derived`` when its own p-value is below ``alpha / L`` (Bonferroni over the layers), else
+   ``independent``.
 
 The null model is explicit: under independent training, among a unit's best input-side candidates
 in B, the one the matching picks is no more similar on the output side than the others, once
 what input similarity alone predicts is removed. No p-value robust to the full gauge can be exact
 by symmetry alone (any gauge-invariant statistic is blind to the relabelling a permutation test
-draws), so this one is approximate; the benchmark and the tests check its calibration on
-independently trained pairs.
+draws), so this one is approximate; ``benchmarks/bench_same_calibration.py`` checks its
+calibration on independently trained pairs.
 """
 
 from __future__ import annotations
