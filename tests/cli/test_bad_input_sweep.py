@@ -203,13 +203,26 @@ def _vector(w: Workspace) -> Path:
     return w.file("v.npy", _npy(np.ones(32, np.float32)))
 
 
-def _sae(w: Workspace, d_in_cfg: int = 32) -> Path:
+def _sae(w: Workspace, d_in_cfg: int = 32, drop: str | None = None) -> Path:
     sae = w.root / "sae"
     sae.mkdir()
-    save_file({"W_enc": torch.randn(32, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 32),
-               "b_dec": torch.zeros(32)}, str(sae / "sae_weights.safetensors"))
+    tensors = {"W_enc": torch.randn(32, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 32),
+               "b_dec": torch.zeros(32)}
+    save_file({k: v for k, v in tensors.items() if k != drop}, str(sae / "sae_weights.safetensors"))
     (sae / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": d_in_cfg, "d_sae": 8}))
     return sae
+
+
+def _sparsify(w: Workspace, drop: str | None = None, **cfg: object) -> list[object]:
+    """A sparsify hookpoint directory (8 latents on a 32-wide stream), its cfg.json changed by ``cfg``."""
+    sae = w.root / "layers.1"
+    sae.mkdir()
+    tensors = {"encoder.weight": torch.randn(8, 32), "encoder.bias": torch.zeros(8), "W_dec": torch.randn(8, 32),
+               "b_dec": torch.zeros(32)}
+    save_file({k: v for k, v in tensors.items() if k != drop}, str(sae / "sae.safetensors"))
+    (sae / "cfg.json").write_text(json.dumps({"expansion_factor": 32, "normalize_decoder": True, "num_latents": 8,
+                                              "k": 4, "d_in": 32, **cfg}))
+    return ["transport", sae, "--gauge", w.gauge(), "--out", w.root / "o"]
 
 
 def _evil_pt(w: Workspace) -> Path:
@@ -510,6 +523,18 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "sae-cfg-d-in-disagrees": (
         lambda w: ["transport", _sae(w, d_in_cfg=48), "--gauge", w.gauge(), "--out", w.root / "o"], 2,
         "cfg.json says d_in=48"),
+    "saelens-sae-without-w-dec": (
+        lambda w: ["transport", _sae(w, drop="W_dec"), "--gauge", w.gauge(), "--out", w.root / "o"], 2,
+        "the SAE lacks W_dec"),
+    "saelens-sae-without-b-dec": (
+        lambda w: ["transport", _sae(w, drop="b_dec"), "--gauge", w.gauge(), "--out", w.root / "o"], 2,
+        "the SAE lacks b_dec"),
+    "sparsify-cfg-d-in-disagrees": (lambda w: _sparsify(w, d_in=48), 2, "says d_in=48 but encoder.weight"),
+    "sparsify-cfg-num-latents-disagrees": (lambda w: _sparsify(w, num_latents=16), 2, "says num_latents=16"),
+    "sparsify-cfg-d-in-string": (lambda w: _sparsify(w, d_in="32"), 2, "d_in = '32' is not a non-negative"),
+    "sparsify-skip-connection-without-w-skip": (lambda w: _sparsify(w, skip_connection=True), 2,
+                                                "says skip_connection=True but the weights lack W_skip"),
+    "sparsify-without-b-dec": (lambda w: _sparsify(w, drop="b_dec"), 2, "the sparsify SAE lacks b_dec"),
     # 6. more malformed input that used to end in a traceback
     "random-seed-negative": (
         lambda w: ["apply", w.ckpt(), "--random-seed", "-1", "--out", w.root / "o"], 2, "non-negative integer"),
