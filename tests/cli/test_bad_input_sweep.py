@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ def tree_state(root: Path) -> dict[str, str]:
 class Workspace:
     root: Path
     tiny: Callable[..., Path]
+    env: dict[str, str] = field(default_factory=dict)  # set while the command runs
 
     def ckpt(self, name: str = "a", model: str = "llama", seed: int = 0) -> Path:
         dst = self.root / name
@@ -223,6 +224,27 @@ def _sparsify(w: Workspace, drop: str | None = None, **cfg: object) -> list[obje
     (sae / "cfg.json").write_text(json.dumps({"expansion_factor": 32, "normalize_decoder": True, "num_latents": 8,
                                               "k": 4, "d_in": 32, **cfg}))
     return ["transport", sae, "--gauge", w.gauge(), "--out", w.root / "o"]
+
+
+def _hub(w: Workspace, ref: str | None = None) -> Path:
+    """A hub cache holding org/tiny at commit 'a' * 40 (its refs/main changed to ``ref``), and a checkpoint
+    outside the cache, ``ws/evil``, that a crafted ref could point at."""
+    import hashlib
+
+    hub = w.root / "hf" / "hub"
+    repo = hub / "models--org--tiny"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for f in sorted(w.tiny("llama", 0).iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40 if ref is None else ref)
+    w.ckpt("evil")
+    w.env.update(HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1")
+    return hub
 
 
 def _evil_pt(w: Workspace) -> Path:
@@ -616,6 +638,18 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
         lambda w: _align_data(w, w.file("t.txt", b"hello\n\xff\xfe world\n")), 2, "is not UTF-8 text"),
     "jsonl-undecodable-bytes": (
         lambda w: _align_data(w, w.file("t.jsonl", b'{"text": "caf\xe9"}\n')), 2, "is not UTF-8 text"),
+    # 14. hub references: a ref or a revision never leads outside the cache
+    "hub-refs-main-relative-escape": (
+        lambda w: _hub(w, "../../../../evil") and ["inspect", "org/tiny"], 2, "not a commit hash"),
+    "hub-refs-main-absolute": (
+        lambda w: _hub(w, str(w.root / "evil")) and ["inspect", "org/tiny"], 2, "not a commit hash"),
+    "hub-revision-absolute-path": (
+        lambda w: _hub(w) and ["inspect", f"org/tiny@{w.root / 'evil'}"], 2, "is not a branch, tag or commit name"),
+    "hub-revision-parent-segments": (
+        lambda w: _hub(w) and ["apply", "org/tiny@refs/../../evil", "--random-seed", "0", "--out", w.root / "o"], 2,
+        "checkpoint directory not found"),
+    "hub-refs-main-not-text": (
+        lambda w: _hub(w, "\x00\x01") and ["inspect", "org/tiny"], 2, "not a commit hash"),
     # 11. a pickle with code objects: refused for safety, and the check is never to be disabled
     "transport-malicious-pickle": (
         lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,
@@ -627,11 +661,15 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input(case: str, cli, tiny_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input(case: str, cli, tiny_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
     build, want_code, fragment = CASES[case]
     ws = tmp_path / "ws"
     ws.mkdir()
-    argv = build(Workspace(ws, tiny_dir))
+    workspace = Workspace(ws, tiny_dir)
+    argv = build(workspace)
+    for key, value in workspace.env.items():
+        monkeypatch.setenv(key, value)
     before = tree_state(ws)
     capsys.readouterr()  # whatever building the inputs printed
     code, _, err = cli(*argv)
