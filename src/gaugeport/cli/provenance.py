@@ -46,10 +46,21 @@ def same(
     and the recovered gauge as evidence."""
     import json
 
+    from gaugeport.core.errors import GaugeportError
     from gaugeport.core.fileio import atomic_write_json, refuse_existing
     from gaugeport.core.fullgauge import save_full_gauge
     from gaugeport.provenance.same import same as run_same
 
+    if not 0 < alpha < 1:  # NaN fails too
+        raise GaugeportError(f"--alpha {alpha:g} is not a significance level in (0, 1)",
+                             hint="--alpha is the p-value below which B counts as derived from A (default 0.001)")
+    if not 0 <= tol < float("inf"):
+        raise GaugeportError(f"--tol {tol:g} is not a finite number >= 0",
+                             hint="--tol is the relative weight / logit difference still called identical "
+                             "(default 1e-05)")
+    if tokens <= 0:
+        raise GaugeportError(f"--tokens {tokens} is not a positive number of tokens",
+                             hint="--tokens is how many tokens of --data to read (default 4096)")
     for p in (report, save_gauge_to):
         if p is not None:
             refuse_existing(p, force, inputs=(a, b))
@@ -57,7 +68,6 @@ def same(
     out = res.to_dict()
     if save_gauge_to is not None:
         if res.gauge is None:
-            from gaugeport.core.errors import GaugeportError
             raise GaugeportError("the recovered residual map is a rotation (folded gains), not a signed permutation: "
                                  "it has no gauge file", hint="the rotation is summarised in --report")
         save_full_gauge(res.gauge, save_gauge_to, {"same": res.verdict, "a": str(a), "b": str(b),

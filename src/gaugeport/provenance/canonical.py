@@ -116,8 +116,8 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
     # sign-carrying residual tensors without a hidden axis (a hidden gauge would reorder their slices),
     # the token embedding first; read only while something is undecided
     hspec = get_hidden_spec(spec.model_type)
-    sources = [(n, ax) for n in names if rules[n].mode == "signed" and hspec.match(n) is None
-               for ax in rules[n].axes]
+    sources = [(n, ax) for n in names if hspec.match(n) is None
+               for ax, mode in zip(rules[n].axes, rules[n].modes, strict=True) if mode == "signed"]
     vocab = ckpt.config.get("text_config", ckpt.config).get("vocab_size")
     emb = [src for src in sources if rules[src[0]].role == "write" and rules[src[0]].axes == (1,)
            and _rows(ckpt, src[0]) == vocab]
