@@ -194,6 +194,15 @@ def _npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _npy_lying_header(shape: tuple[int, ...], dtype: str = "<i8") -> bytes:
+    """A .npy whose header promises ``shape`` but that holds 64 bytes of data."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + bytes(64)
+
+
 def _bad_signs(w: Workspace, value: int, dtype: torch.dtype = torch.int8) -> Path:
     signs = torch.ones(32, dtype=dtype)
     signs[5] = value
@@ -650,6 +659,14 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
         "checkpoint directory not found"),
     "hub-refs-main-not-text": (
         lambda w: _hub(w, "\x00\x01") and ["inspect", "org/tiny"], 2, "not a commit hash"),
+    "verify-npy-header-promises-terabytes": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--data", w.file("t.npy", _npy_lying_header((10**6, 10**6)))],
+        2, "header says shape (1000000, 1000000)"),
+    "align-npy-header-promises-more": (
+        lambda w: _align_data(w, w.file("t.npy", _npy_lying_header((4, 8)))), 2, "but the file holds 64 bytes"),
+    "transport-npy-header-promises-more": (
+        lambda w: ["transport", w.file("v.npy", _npy_lying_header((10**9, 32), "<f4")), "--gauge", w.gauge(),
+                   "--out", w.root / "o.npy"], 2, "the .npy file is truncated or its header was edited"),
     # 11. a pickle with code objects: refused for safety, and the check is never to be disabled
     "transport-malicious-pickle": (
         lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,

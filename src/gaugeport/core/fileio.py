@@ -475,6 +475,33 @@ def read_safetensors(path: Path, what: str = "safetensors file") -> tuple[dict[s
     return tensors, metadata
 
 
+def check_npy_size(path: str | Path) -> None:
+    """Refuse a ``.npy`` whose header promises more data than the file holds, before ``np.load`` would
+    allocate it (a crafted header can ask for terabytes). Unreadable headers are left to ``np.load``."""
+    import numpy as np
+
+    path = Path(path)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                return
+            shape, _, dtype = readers[version](f)
+            start = f.tell()
+        held = path.stat().st_size - start
+    except (OSError, ValueError, EOFError):
+        return
+    if dtype.hasobject:
+        return  # refused by np.load (no unpickling)
+    want = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if held < want:
+        raise CheckpointError(
+            f"{path}: its header says shape {tuple(shape)} of {dtype} ({want:,} bytes), but the file holds {held:,} "
+            "bytes of data",
+            hint="the .npy file is truncated or its header was edited; save the array again with np.save")
+
+
 def is_plain_file_name(name: object) -> bool:
     """True for a bare file name (no directory part, not '.', '..', absolute or a drive)."""
     if not isinstance(name, str) or not name or name in (".", ".."):

@@ -94,6 +94,9 @@ def load_token_ids(path: str | Path, vocab_size: int) -> torch.Tensor:
     if path.suffix.lower() != ".npy":
         raise DataError(f"{path}: verify reads token ids from a .npy file, not {path.suffix or 'a bare file'}",
                         hint=hint)
+    from gaugeport.core.fileio import check_npy_size
+
+    check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -159,10 +159,14 @@ def _rows_from_path(path: Path, tok: Any, seq_len: int, pad_id: int) -> np.ndarr
 
 
 def _rows_from_npy(path: Path, seq_len: int) -> np.ndarray:
+    from gaugeport.core.fileio import check_npy_size
+
+    check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {path} as a numpy array: {exc}") from exc
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path} as a numpy array: {exc}",
+                        hint="give token ids saved with np.save (an integer array [n_seq, seq_len])") from exc
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
