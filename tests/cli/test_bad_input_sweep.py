@@ -256,6 +256,14 @@ def _hub(w: Workspace, ref: str | None = None) -> Path:
     return hub
 
 
+def _via(w: Workspace, hop: str) -> list[object]:
+    """align with one intermediate checkpoint named by the relative path ``hop`` (missing), from the workspace."""
+    w.ckpt("a"), w.ckpt("b", seed=1), (w.root / "ckpt").mkdir()
+    w.env.update(HF_HUB_CACHE=str(w.root / "no-hub-cache"), HF_HUB_OFFLINE="1")
+    return ["align", "a", "b", "--via", hop, "--data", "builtin", "--tokens", "64", "--seq-len", "16",
+            "--out", "g.safetensors"]
+
+
 def _evil_pt(w: Workspace) -> Path:
     import pickle
 
@@ -667,6 +675,8 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "transport-npy-header-promises-more": (
         lambda w: ["transport", w.file("v.npy", _npy_lying_header((10**9, 32), "<f4")), "--gauge", w.gauge(),
                    "--out", w.root / "o.npy"], 2, "the .npy file is truncated or its header was edited"),
+    "align-via-missing-local-path": (lambda w: _via(w, "ckpt/c1"), 2, "ckpt/ exists here but holds no c1"),
+    "align-via-missing-hub-id": (lambda w: _via(w, "org/c1"), 2, "neither a local path nor a snapshot cached"),
     # 11. a pickle with code objects: refused for safety, and the check is never to be disabled
     "transport-malicious-pickle": (
         lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,
@@ -687,6 +697,7 @@ def test_bad_input(case: str, cli, tiny_dir, tmp_path: Path, capsys: pytest.Capt
     argv = build(workspace)
     for key, value in workspace.env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ws)  # relative paths in a row start from the workspace
     before = tree_state(ws)
     capsys.readouterr()  # whatever building the inputs printed
     code, _, err = cli(*argv)

@@ -116,6 +116,12 @@ def resolve_checkpoint(ref: str | Path) -> Path:
     parsed = parse_hub_id(str(ref))
     if parsed is None:
         return path  # neither: the caller reports the missing path
+    first = Path(str(ref).split("/", 1)[0])
+    if first.is_dir():  # a local-looking path (its folder is here): never read as a hub ID
+        raise CheckpointError(f"checkpoint directory not found: {ref} ({first}/ exists here but holds no "
+                              f"{path.relative_to(first)})",
+                              hint=f"check the path; {ref} is read as a local path because the folder {first}/ "
+                              "exists (a hub ID org/name is looked up only when no such folder is here)")
     repo, rev = parsed
     _check_revision(str(ref), rev)
     from huggingface_hub import snapshot_download
