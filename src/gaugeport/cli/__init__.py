@@ -9,6 +9,7 @@ been removed. The verbs are imported inside the handler, so an interrupt during 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -107,7 +108,18 @@ def build_command() -> Any:
     return command
 
 
+def _end_progress_bars() -> None:
+    """Close every progress bar still drawn, so that an error starts on a fresh line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):  # a bar that cannot close must not hide the error
+            bar.close()
+
+
 def _print_error(message: str, hint: str | None) -> None:
+    _end_progress_bars()
     print(f"error: {message}", file=sys.stderr)
     print(f"hint: {hint or 'run the verb with --help to see what it expects'}", file=sys.stderr)
 

@@ -287,14 +287,13 @@ def write_dequantized(ckpt: Any, q: Quantization, dest: Path, transform: Any, dt
     for p in plans:
         by_shard.setdefault(ckpt.shard_of[p.sources[0]], []).append(p)
     dest.mkdir()
-    bar = tqdm(total=len(plans), desc="dequantize+apply", unit="tensor", disable=not progress)
-    for shard, group in sorted(by_shard.items()):
-        layout = {p.name: _out_layout(ckpt, q, p, header, dtype) for p in group}
-        with SafetensorsStreamWriter(dest / shard, layout, {"format": "pt", **stamp}) as writer:
-            for p in sorted(group, key=lambda p: p.name):
-                writer.write(p.name, transform(p.name, _tensor_of(ckpt, q, p, dtype)))
-                bar.update()
-    bar.close()
+    with tqdm(total=len(plans), desc="dequantize+apply", unit="tensor", disable=not progress) as bar:
+        for shard, group in sorted(by_shard.items()):
+            layout = {p.name: _out_layout(ckpt, q, p, header, dtype) for p in group}
+            with SafetensorsStreamWriter(dest / shard, layout, {"format": "pt", **stamp}) as writer:
+                for p in sorted(group, key=lambda p: p.name):
+                    writer.write(p.name, transform(p.name, _tensor_of(ckpt, q, p, dtype)))
+                    bar.update()
     config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
     config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
     for side in ckpt.side_files():
