@@ -683,6 +683,42 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "transport-malicious-pickle": (
         lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,
         "contains code objects (it names posix.mkdir)"),
+    # 9b. usage errors are bad input like any other: error:, hint: naming the verb's --help, exit 2
+    "same-unknown-option-full": (lambda w: ["same", w.ckpt("a"), w.ckpt("b"), "--full"], 2,
+                                 "No such option: --full"),
+    "merge-unknown-option-kind": (lambda w: ["merge", w.ckpt("a"), w.ckpt("b"), "--kind", "sae", "--out",
+                                             w.root / "o"], 2, "No such option: --kind"),
+    "verify-tol-not-a-number": (lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--tol", "abc"], 2,
+                                "Invalid value for '--tol'"),
+    "apply-missing-out": (lambda w: ["apply", w.ckpt()], 2, "Missing option '--out'"),
+    "unknown-verb": (lambda w: ["aply", w.ckpt()], 2, "No such command 'aply'"),
+    # 9c. range checks of options, with hints for the option that is wrong
+    "same-tol-negative": (lambda w: ["same", w.ckpt("a"), w.ckpt("b"), "--tol", "-1"], 2,
+                          "--tol -1 is not a finite number >= 0"),
+    "same-alpha-above-one": (lambda w: ["same", w.ckpt("a"), w.ckpt("b"), "--alpha", "5"], 2,
+                             "--alpha is the p-value below which"),
+    "same-tokens-zero": (lambda w: ["same", w.ckpt("a"), w.ckpt("b"), "--tokens", "0"], 2, "--tokens 0"),
+    "merge-alpha-above-one": (
+        lambda w: ["merge", w.ckpt("a"), w.ckpt("b", seed=1), "--gauge", w.gauge(), "--alpha", "2",
+                   "--out", w.root / "o", "--quiet"], 2, "alpha is B's weight"),
+    "merge-different-architectures": (
+        lambda w: ["merge", w.ckpt("a"), w.ckpt("b", model="gpt2"), "--gauge", w.gauge(), "--out", w.root / "o",
+                   "--quiet"], 2, "merges need two checkpoints of one architecture"),
+    "audit-claim-index-1e23": (
+        lambda w: ["audit", w.file("c.json", CLAIMS.replace("[1]", "[100000000000000000000000]")), "--d", "32",
+                   "--out", w.root / "o"], 2, "not a coordinate index"),
+    "audit-claim-index-float": (
+        lambda w: ["audit", w.file("c.json", CLAIMS.replace("[1]", "[1e23]")), "--d", "32", "--out", w.root / "o"],
+        2, "must be a non-empty list of integers (found 1e+23)"),
+    "audit-claim-index-negative": (
+        lambda w: ["audit", w.file("c.json", CLAIMS.replace("[1]", "[-4]")), "--d", "32", "--out", w.root / "o"],
+        2, "indices name residual coordinates"),
+    "audit-claim-index-past-d": (
+        lambda w: ["audit", w.file("c.json", CLAIMS.replace("[1]", "[40]")), "--d", "32", "--out", w.root / "o"],
+        2, "indices name residual coordinates"),
+    "same-family-without-hidden-rows": (
+        lambda w: ["same", w.ckpt("a", model="olmoe"), w.ckpt("b", model="olmoe")], 2,
+        "residual gauges work (apply without --full"),
     # 9. messages
     "inspect-config-file-not-dir": (lambda w: ["inspect", w.ckpt() / "config.json"], 2, "is a file, not a"),
     "inspect-missing": (lambda w: ["inspect", w.root / "nope"], 2, "not found"),

@@ -137,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             command = build_command()
             with io_session():
-                command.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="gaugeport",
-                             standalone_mode=True)
+                code = _run_command(command, list(argv) if argv is not None else sys.argv[1:])
+            if code:
+                sys.exit(code)
         except GaugeportError as exc:
             _print_error(exc.message, exc.hint)
             sys.exit(EXIT_BAD_INPUT)
@@ -174,6 +175,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(command: Any, args: list[str]) -> int:
+    """Run the click command; a usage error (unknown option, bad or missing value) is printed as
+    ``error:`` and ``hint:`` like every other bad input. Returns the exit code."""
+    import typer
+    from typer.exceptions import TyperException  # typer's own click: its exceptions derive from this
+
+    try:
+        rv = command.main(args=args, prog_name="gaugeport", standalone_mode=False)
+    except typer.Abort as exc:  # click turns Ctrl-C into Abort outside standalone mode
+        raise KeyboardInterrupt from exc
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except TyperException as exc:
+        if not hasattr(exc, "format_message"):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # no arguments: the help text, as click prints it
+            return EXIT_BAD_INPUT
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "gaugeport"
+        _print_error(exc.format_message(), f"run `{where} --help` to see what it takes")
+        return EXIT_BAD_INPUT
+    return rv if isinstance(rv, int) else 0
 
 
 def _internal(exc: BaseException) -> None:
