@@ -26,11 +26,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from gaugeport.core.archspec import Mode
 from gaugeport.core.errors import GaugeError
 
 FORMAT_NAME = "gaugeport.signed_permutation"
@@ -40,7 +41,6 @@ CONVENTION = (
     "perm[i] of the target checkpoint (B), multiplied by signs[i]; dense M[perm[i], i] = signs[i]"
 )
 
-Mode = Literal["signed", "abs", "none"]
 ArrayLike = np.ndarray | torch.Tensor
 
 # dtypes whose bits a same-sized integer view carries exactly (for the CPU gather in ``apply``)

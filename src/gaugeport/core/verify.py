@@ -20,11 +20,12 @@ import transformers
 from gaugeport.core.apply import check_gauge_fits, transform_tensor
 from gaugeport.core.archspec import get_spec
 from gaugeport.core.checkpoint import Checkpoint, check_sequence_length
+from gaugeport.core.defaults import VERIFY_TOL
 from gaugeport.core.errors import CheckpointError, DataError, GaugeError
 from gaugeport.core.facts import ModelFacts
 from gaugeport.core.gauge import SignedPermutation
 
-DEFAULT_TOL = 1e-4  # relative to the largest |logit| of A; float32 reorderings give ~1e-6
+DEFAULT_TOL = VERIFY_TOL  # relative to the largest |logit| of A (core/defaults.py)
 
 
 @dataclass

@@ -229,19 +229,14 @@ def _pack(seqs: Sequence[np.ndarray], seq_len: int) -> np.ndarray:
 
 
 def _builtin_rows(n_rows: int, seq_len: int, seed: int, vocab_size: int | None) -> np.ndarray:
-    try:
-        from gaugeport.study.corpus import builtin_token_ids
-    except ImportError as exc:
-        raise DataError("the built-in corpus (gaugeport.study.corpus) is not available in this installation",
-                        hint="pass --data with a .npy, .txt/.jsonl file or a saved dataset") from exc
+    from gaugeport.estimate.corpus import builtin_token_ids
+
     return np.asarray(builtin_token_ids(n_rows, seq_len, seed=seed, vocab_size=vocab_size), dtype=np.int64)
 
 
 def _builtin_specials() -> set[int]:
-    try:
-        from gaugeport.study import corpus
-    except ImportError:
-        return set()
+    from gaugeport.estimate import corpus
+
     tok = corpus.tokenizer()
     return {tok.token_id(s) for s in corpus.SPECIALS}
 
@@ -250,7 +245,7 @@ def _builtin_specials() -> set[int]:
 def _resolve_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None or hasattr(tokenizer, "encode"):
         return tokenizer
-    from gaugeport.models.hub import resolve_checkpoint
+    from gaugeport.core.hub import resolve_checkpoint
 
     path = resolve_checkpoint(tokenizer)  # a hub ID resolves to its cached snapshot
     try:

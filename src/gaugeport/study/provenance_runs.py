@@ -1,8 +1,8 @@
 """Small, seeded training runs for provenance checks: independent seeds and fine-tunes of one base.
 
-Used by the tests, the provenance benchmark and the study: a Llama-style model with grouped-query
-attention (generic norm gains), trained with AdamW on the built-in corpus. Everything is
-deterministic for its seeds.
+Used by the provenance tests and benchmark; it trains with the study's loop, so it lives in the study.
+A Llama-style model with grouped-query attention (generic norm gains), trained with AdamW on the
+built-in corpus. Everything is deterministic for its seeds.
 """
 
 from __future__ import annotations
