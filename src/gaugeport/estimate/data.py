@@ -200,10 +200,9 @@ def _jsonl_texts(path: Path) -> list[str]:
 
 
 def _rows_from_dataset(path: Path, tok: Any, seq_len: int) -> np.ndarray:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise DataError("reading a saved dataset needs the 'datasets' package", hint="pip install datasets") from exc
+    from gaugeport.core.errors import require
+
+    datasets: Any = require("datasets", "data", f"reading the saved dataset {path}")
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:
