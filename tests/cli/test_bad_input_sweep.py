@@ -94,6 +94,18 @@ class Workspace:
         save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
         return ckpt
 
+    def reserved(self, name: str) -> Path:
+        """``name`` reserved by another running gaugeport process (its reservation file, as that run made it)."""
+        from gaugeport.core.fileio import TMP_DIR_NAME, _lock_name
+
+        lock = self.root / TMP_DIR_NAME / _lock_name(name)
+        lock.parent.mkdir(exist_ok=True)
+        lock.write_text(f"{os.getppid()}\n")  # a live process that is not this one
+        return self.root / name
+
+    def dir_with_file(self, name: str) -> Path:
+        return self.file(f"{name}/keep.txt", "precious").parent
+
     def raw_gauge(self, name: str, perm: torch.Tensor, signs: torch.Tensor, **meta: str) -> Path:
         p = self.root / name
         metadata = {"format": "gaugeport.signed_permutation", "version": "1", "d": str(perm.numel()), **meta}
@@ -227,6 +239,75 @@ def _long_rows(w: Workspace, verb: str) -> list[object]:
     return ["align", a, b, "--data", "builtin", "--tokens", "400", "--seq-len", "200", "--out", w.root / "g"]
 
 
+def _full_gauge(w: Workspace, **meta: str | None) -> Path:
+    """A version-2 (full) gauge file for the tiny llama, its metadata changed by ``meta`` (None: key removed)."""
+    from safetensors import safe_open
+
+    from gaugeport.core.fullgauge import FullGauge, hidden_dims_for, save_full_gauge
+
+    cfg = json.loads((w.tiny("llama", 0) / "config.json").read_text())
+    made = save_full_gauge(FullGauge.random(32, hidden_dims_for(cfg), seed=0), w.root / "made.safetensors")
+    with safe_open(str(made), framework="pt") as f:
+        metadata = {**(f.metadata() or {}), **meta}
+    tensors = load_file(str(made))
+    made.unlink()
+    p = w.root / "full.safetensors"
+    save_file(tensors, str(p), metadata={k: v for k, v in metadata.items() if v is not None})
+    return p
+
+
+def _dataset(w: Workspace, rows: list[list[object]], escape: str | None = None, dtype: str | None = None) -> Path:
+    """A ``datasets.save_to_disk`` directory with an ``input_ids`` column; ``escape``: its state.json then
+    names its data file by that path (the file moved there)."""
+    import datasets
+
+    ds = w.root / "ds"
+    if dtype is None:
+        datasets.Dataset.from_dict({"input_ids": rows}).save_to_disk(str(ds))
+    else:  # an explicit arrow type (ids past int64 need uint64)
+        import pyarrow as pa
+
+        column = pa.array([np.array(r, dtype=dtype) for r in rows], type=pa.list_(pa.from_numpy_dtype(dtype)))
+        datasets.Dataset(pa.table({"input_ids": column})).save_to_disk(str(ds))
+    if escape is not None:
+        state = json.loads((ds / "state.json").read_text())
+        name = state["_data_files"][0]["filename"]
+        target = (ds / escape).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (ds / name).rename(target)
+        state["_data_files"][0]["filename"] = escape
+        (ds / "state.json").write_text(json.dumps(state))
+    return ds
+
+
+def _align_data(w: Workspace, data: Path, tokens: int = 32) -> list[object]:
+    return ["align", w.ckpt("a"), w.ckpt("b", seed=1), "--data", data, "--tokens", str(tokens), "--seq-len", "8",
+            "--out", w.root / "g"]
+
+
+def _fp8(w: Workspace, scale: float | None = None, **quant: object) -> Path:
+    """The tiny llama with one FP8 weight (16 x 16 scale blocks); ``scale`` overrides every scale."""
+    a = w.ckpt("fp8")
+    tensors = load_file(str(a / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    weight = tensors[name]
+    s = float(weight.abs().max()) / 448.0
+    tensors[name] = (weight / s).to(torch.float8_e4m3fn)
+    rows, cols = weight.shape
+    tensors[name + "_scale_inv"] = torch.full((-(-rows // 16), -(-cols // 16)), s if scale is None else scale)
+    save_file(tensors, str(a / "model.safetensors"), metadata={"format": "pt"})
+    return w.edit_config(a, quantization_config={"quant_method": "fp8", "weight_block_size": [16, 16], **quant})
+
+
+def _dequantize(w: Workspace, ckpt: Path, dtype: str = "bf16") -> list[object]:
+    return ["apply", ckpt, "--dequantize", dtype, "--random-seed", "0", "--out", w.root / "o", "--quiet"]
+
+
+def _gptq_config(w: Workspace, **quant: object) -> Path:
+    return w.edit_config(w.ckpt("q"), quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 16,
+                                                           **quant})
+
+
 def _trainer_with_bad_gauge(w: Workspace) -> list[object]:
     run = w.ckpt("run/checkpoint-1")
     (run / "optimizer.pt").write_bytes(b"")
@@ -276,6 +357,38 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "collect-out-is-data-force": (
         lambda w: ["collect", w.ckpt("a"), w.ckpt("b", seed=1), "--data", w.file("t.npy", _npy(np.ones((2, 8),
                    np.int64))), "--out", w.root / "t.npy", "--force"], 2, "is the input"),
+    # 2b. one output-ownership rule: reserved before any work, created exclusively, replaced (with --force)
+    #     only by the same kind; a directory is never deleted to make room for a file
+    "apply-out-reserved-by-a-running-apply": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.reserved("out")], 2,
+        "being written by another gaugeport run"),
+    "apply-out-reserved-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.reserved("out"), "--force"], 2,
+        "being written by another gaugeport run"),
+    "apply-save-gauge-reserved": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--save-gauge", w.reserved("g.safetensors"),
+                   "--out", w.root / "b"], 2, "being written by another"),
+    "transport-out-reserved": (
+        lambda w: ["transport", _vector(w), "--gauge", w.gauge(), "--out", w.reserved("o.npy")], 2,
+        "being written by another"),
+    "compose-out-reserved": (
+        lambda w: ["compose", w.gauge("g1.safetensors"), w.gauge("g2.safetensors", seed=1),
+                   "--out", w.reserved("o.safetensors")], 2, "being written by another"),
+    "apply-save-gauge-directory-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--save-gauge", w.dir_with_file("gdir"),
+                   "--out", w.root / "b", "--force"], 2, "never replaces a directory with a file"),
+    "apply-full-save-gauge-directory-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--full", "--save-gauge", w.dir_with_file("gdir"),
+                   "--out", w.root / "b", "--force"], 2, "never replaces a directory with a file"),
+    "transport-out-directory-force": (
+        lambda w: ["transport", _vector(w), "--gauge", w.gauge(), "--out", w.dir_with_file("o.npy"), "--force"],
+        2, "never replaces a directory with a file"),
+    "compose-out-directory-force": (
+        lambda w: ["compose", w.gauge("g1.safetensors"), w.gauge("g2.safetensors", seed=1),
+                   "--out", w.dir_with_file("o.safetensors"), "--force"], 2, "never replaces a directory"),
+    "apply-out-is-a-file-force": (
+        lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.file("notes.txt", "mine"), "--force"], 2,
+        "never replaces a file with a directory"),
     "out-under-a-file": (
         lambda w: ["apply", w.ckpt(), "--random-seed", "0", "--out", w.file("f.txt", "x") / "sub"], 2,
         "is a file, not a directory"),
@@ -292,6 +405,25 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
                    float("nan"))], 2, "model B produced NaN or infinite logits"),
     "index-maps-tensor-to-wrong-shard": (_wrong_shard, 2, "which does not contain it"),
     "index-lists-absent-tensor": (_index_lists_absent, 2, "model.layers.9.mlp.up_proj.weight"),
+    # 5b. config numbers checked against the tensors before any work sized by them
+    "apply-full-num-layers-50000000": (
+        lambda w: ["apply", w.edit_config(w.ckpt(), num_hidden_layers=50_000_000), "--full", "--random-seed", "0",
+                   "--out", w.root / "o"], 2, "says there are 50000000 layers, but the weights hold 2"),
+    "verify-num-layers-50000000": (
+        lambda w: ["verify", w.edit_config(w.ckpt("a"), num_hidden_layers=50_000_000), w.ckpt("b")], 2,
+        "says there are 50000000 layers"),
+    "fingerprint-num-layers-50000000": (
+        lambda w: ["fingerprint", w.edit_config(w.ckpt("a"), num_hidden_layers=50_000_000)], 2,
+        "says there are 50000000 layers"),
+    "apply-full-intermediate-size-huge": (
+        lambda w: ["apply", w.edit_config(w.ckpt(), intermediate_size=10**9), "--full", "--random-seed", "0",
+                   "--out", w.root / "o"], 2, "of length 1000000000"),
+    "apply-full-gauge-num-layers-disagrees": (
+        lambda w: ["apply", w.edit_config(w.ckpt(), num_hidden_layers=3), "--gauge", _full_gauge(w),
+                   "--out", w.root / "o"], 2, "says there are 3 layers, but the weights hold 2"),
+    "verify-full-gauge-heads-disagree": (
+        lambda w: ["verify", w.edit_config(w.ckpt("a"), num_attention_heads=8), w.ckpt("b"), "--gauge",
+                   _full_gauge(w)], 2, "config.json and the weights disagree"),
     # 6. no tracebacks: malformed files
     "config-json-is-a-list": (
         lambda w: ["inspect", (lambda a: (a / "config.json").write_text("[1, 2]") and a)(w.ckpt())], 2,
@@ -324,6 +456,37 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "gauge-perm-repeated": (
         lambda w: ["apply", w.ckpt(), "--gauge", w.raw_gauge("p.safetensors", torch.zeros(32, dtype=torch.int64),
                    torch.ones(32, dtype=torch.int8)), "--out", w.root / "o"], 2, "not a permutation"),
+    # 3b. one reader for gauge files, used by every verb: versions, labels and --full checked
+    "apply-gauge-version-3": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, version="3"), "--out", w.root / "o"], 2,
+        "version '3' is newer than this gaugeport understands"),
+    "apply-gauge-version-0": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, version="0"), "--out", w.root / "o"], 2,
+        "version '0' is not a gauge file version"),
+    "apply-gauge-full-labelled-version-1": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, version="1"), "--out", w.root / "o"], 2,
+        "says version 1 (residual only) but holds per-layer tensors"),
+    "apply-gauge-no-version": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, version=None), "--out", w.root / "o"], 2,
+        "has no version in its metadata"),
+    "apply-full-with-a-version-1-gauge": (
+        lambda w: ["apply", w.ckpt(), "--gauge", w.gauge(), "--full", "--out", w.root / "o"], 2,
+        "--full asks for a full-network gauge"),
+    "verify-gauge-version-0": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--gauge", _full_gauge(w, version="0")], 2,
+        "not a gauge file version"),
+    "transport-gauge-full-labelled-version-1": (
+        lambda w: ["transport", _vector(w), "--gauge", _full_gauge(w, version="1"), "--out", w.root / "o.npy"], 2,
+        "holds per-layer tensors"),
+    "compose-gauge-no-version": (
+        lambda w: ["compose", _full_gauge(w, version=None), w.gauge(), "--out", w.root / "o.safetensors"], 2,
+        "has no version"),
+    "merge-gauge-version-3": (
+        lambda w: ["merge", w.ckpt("a"), w.ckpt("b", seed=1), "--gauge", _full_gauge(w, version="3"),
+                   "--out", w.root / "o", "--quiet"], 2, "newer than this gaugeport"),
+    "apply-gauge-full-n-layers-huge": (
+        lambda w: ["apply", w.ckpt(), "--gauge", _full_gauge(w, n_layers="99999"), "--out", w.root / "o"], 2,
+        "lacks layers.2.mlp.perm"),
     "gauge-is-a-folder": (lambda w: ["apply", w.ckpt(), "--gauge", w.root / "a", "--out", w.root / "o"], 2,
                           "is a directory, not a file"),
     "gauge-missing": (lambda w: ["apply", w.ckpt(), "--gauge", w.root / "nope.safetensors", "--out", w.root / "o"],
@@ -382,6 +545,52 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "index-shard-name-not-a-string": (
         lambda w: ["inspect", (lambda a: w.index(a, dict.fromkeys(w.weight_map(a), 7)) or a)(w.shard(w.ckpt()))],
         2, "not a plain"),
+    # 13. quantized releases: every number of quantization_config checked before any work; overflow refused
+    "fp8-block-size-zero": (lambda w: _dequantize(w, _fp8(w, weight_block_size=[0, 0])), 2,
+                            "weight_block_size = [0, 0] is not two positive integers"),
+    "fp8-block-size-three-values": (lambda w: _dequantize(w, _fp8(w, weight_block_size=[16, 16, 16])), 2,
+                                    "is not two positive integers"),
+    "fp8-block-size-string": (lambda w: _dequantize(w, _fp8(w, weight_block_size="128")), 2,
+                              "is not two positive integers"),
+    "fp8-block-size-float": (lambda w: _dequantize(w, _fp8(w, weight_block_size=[16.5, 16])), 2,
+                             "is not two positive integers"),
+    "fp8-scale-overflows-bf16": (lambda w: _dequantize(w, _fp8(w, scale=1e38)), 2, "gives values beyond bfloat16"),
+    "fp8-scale-overflows-fp32": (lambda w: _dequantize(w, _fp8(w, scale=1e38), "fp32"), 2,
+                                 "gives values beyond float32"),
+    "fp8-scale-nan": (lambda w: _dequantize(w, _fp8(w, scale=float("nan"))), 2, "weight_scale_inv' in"),
+    "dequantize-fp16": (lambda w: _dequantize(w, _fp8(w), "fp16"), 2, "--dequantize takes bf16 or fp32"),
+    "gptq-bits-zero": (lambda w: _dequantize(w, _gptq_config(w, bits=0)), 2, "bits = 0 is not valid for gptq"),
+    "gptq-bits-string": (lambda w: _dequantize(w, _gptq_config(w, bits="4")), 2, "bits = '4' is not valid"),
+    "gptq-group-size-zero": (lambda w: _dequantize(w, _gptq_config(w, group_size=0)), 2, "group_size = 0"),
+    "gptq-checkpoint-format-unknown": (lambda w: _dequantize(w, _gptq_config(w, checkpoint_format=3)), 2,
+                                       "checkpoint_format = 3"),
+    "inspect-fp8-names-the-scheme": (lambda w: ["inspect", _fp8(w)], 2, "quantized checkpoint (FP8 with block"),
+    "verify-fp8-names-the-scheme": (lambda w: ["verify", _fp8(w), w.ckpt("b")], 2, "(FP8 with block scales"),
+    # 12. every number and path read from a data file is checked: token ids, encodings, dataset file names
+    "dataset-uint64-id-past-int64": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, 2**63 + 5, 3] * 4], dtype="uint64")), 2,
+        "token id 9223372036854775813 is too large"),
+    "dataset-id-past-vocab": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, 10**6, 3] * 4])), 2, "out of range for a vocabulary"),
+    "dataset-negative-id": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, -3, 4] * 4])), 2, "negative token id -3"),
+    "dataset-float-ids": (
+        lambda w: _align_data(w, _dataset(w, [[1.5, 2.0, 3.0, 4.0] * 4])), 2, "token ids must be integers"),
+    "dataset-string-ids": (
+        lambda w: _align_data(w, _dataset(w, [["a", "b", "c", "d"] * 4])), 2, "token ids must be integers"),
+    "dataset-state-json-names-outside-file": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, 3, 4] * 4], escape="../stolen.arrow")), 2,
+        "which is not a plain file of"),
+    "dataset-state-json-absolute-file": (
+        lambda w: _align_data(w, _dataset(w, [[1, 2, 3, 4] * 4], escape=str(w.root / "abs.arrow"))), 2,
+        "which is not a plain file of"),
+    "npy-uint64-id-past-int64": (
+        lambda w: _align_data(w, w.file("t.npy", _npy(np.full((4, 8), 2**63 + 1, np.uint64)))), 2,
+        "too large for any vocabulary"),
+    "txt-undecodable-bytes": (
+        lambda w: _align_data(w, w.file("t.txt", b"hello\n\xff\xfe world\n")), 2, "is not UTF-8 text"),
+    "jsonl-undecodable-bytes": (
+        lambda w: _align_data(w, w.file("t.jsonl", b'{"text": "caf\xe9"}\n')), 2, "is not UTF-8 text"),
     # 11. a pickle with code objects: refused for safety, and the check is never to be disabled
     "transport-malicious-pickle": (
         lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,

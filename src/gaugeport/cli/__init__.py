@@ -69,8 +69,8 @@ def _existing(p: Path) -> bool:
 
 def check_command_paths(params: dict[str, Any], extra_args: Sequence[str]) -> None:
     """Refuse, before the verb runs, any output that overlaps an input or another output."""
-    from gaugeport.cli._app import OUTPUT_PARAMS
-    from gaugeport.core.fileio import check_outputs
+    from gaugeport.cli._app import FILE_OUTPUTS, OUTPUT_PARAMS
+    from gaugeport.core.fileio import check_outputs, check_replaceable
 
     outputs: dict[str, Path] = {}
     inputs: list[Path] = []
@@ -83,6 +83,9 @@ def check_command_paths(params: dict[str, Any], extra_args: Sequence[str]) -> No
     inputs += [Path(a) for a in extra_args if not a.startswith("-") and _existing(Path(a))]
     # existence is left to each verb (some replace their own earlier output without --force)
     check_outputs(outputs, inputs, force=True)
+    for label, path in outputs.items():  # always files: --force never turns a directory into one
+        if label in FILE_OUTPUTS:
+            check_replaceable(path, "file", label)
 
 
 def _guard(invoke: Any) -> Any:

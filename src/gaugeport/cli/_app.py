@@ -18,6 +18,7 @@ app = typer.Typer(
 # input and every other output (symlinks resolved), with or without --force: see cli/__init__.py.
 # A verb that adds an output option must list its parameter name here.
 OUTPUT_PARAMS: dict[str, str] = {"out": "--out", "save_gauge_to": "--save-gauge", "report": "--report"}
+FILE_OUTPUTS = ("--save-gauge", "--report")  # outputs that are always a file (--out may be either)
 
 
 def _print_version(value: bool) -> None:

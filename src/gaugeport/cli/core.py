@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gaugeport.cli._app import app
-from gaugeport.cli._options import ForceOpt, QuietOpt
+from gaugeport.cli._options import DeviceOpt, ForceOpt, QuietOpt
 from gaugeport.core.defaults import VERIFY_TOL
 from gaugeport.core.errors import GaugeportError
 
@@ -66,6 +66,12 @@ def apply(
     if (gauge is None) == (random_seed is None):
         raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N",
                              hint="--random-seed N draws a random gauge (save it with --save-gauge)")
+    if full and gauge is not None and not is_full_gauge_file(gauge):
+        load_gauge(gauge)  # a damaged file says so first
+        raise GaugeportError(f"--full asks for a full-network gauge, but {gauge} is a version-1 gauge file "
+                             "(residual coordinates only)",
+                             hint="drop --full to apply this residual gauge, or give a version-2 file (written by "
+                             "`gaugeport apply --full --save-gauge` or `gaugeport align --full`)")
     if full or (gauge is not None and is_full_gauge_file(gauge)):
         _apply_full(ckpt, out, gauge, random_seed, perm_only, save_gauge_to, force, quiet)
         return
@@ -83,7 +89,7 @@ def apply(
     else:  # the gauge is written first (to a temp path) and lands with the checkpoint, never after it fails
         from gaugeport.core.fileio import atomic_path
 
-        with atomic_path(save_gauge_to, force) as gauge_tmp:
+        with atomic_path(save_gauge_to, force, kind="file") as gauge_tmp:
             save_gauge(g, gauge_tmp, provenance={"source": str(ckpt), "target": str(out), **provenance})
             apply_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance,
                                       dequantize=dequantize)
@@ -101,6 +107,7 @@ def verify(
     data: Annotated[Path | None, typer.Option("--data", help="token ids .npy [n_seq, seq_len]")] = None,
     seed: Annotated[int, typer.Option(help="seed of the probe token ids")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Check that B computes A's function (through --gauge); exit 0 within --tol, 1 otherwise."""
     from gaugeport.core.fullgauge import is_full_gauge_file, load_full_gauge, verify_full
@@ -108,10 +115,10 @@ def verify(
     from gaugeport.core.verify import verify_checkpoints
 
     if gauge is not None and is_full_gauge_file(gauge):
-        res = verify_full(a, b, load_full_gauge(gauge), tol=tol, data=data, seed=seed)
+        res = verify_full(a, b, load_full_gauge(gauge), tol=tol, data=data, seed=seed, device=device)
     else:
         g = load_gauge(gauge) if gauge is not None else None
-        res = verify_checkpoints(a, b, g, tol=tol, data=data, seed=seed)
+        res = verify_checkpoints(a, b, g, tol=tol, data=data, seed=seed, device=device)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
     else:
@@ -145,12 +152,13 @@ def _apply_full(ckpt: Path, out: Path, gauge: Path | None, random_seed: int | No
         assert random_seed is not None
         g = random_full_gauge_for(ckpt, random_seed, perm_only=perm_only)
         provenance = {"gaugeport_random_seed": str(random_seed), "gaugeport_full": "true"}
-    if save_gauge_to is not None:
-        from gaugeport.core.fileio import refuse_existing
-        refuse_existing(save_gauge_to, force)
-    apply_full_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
-    if save_gauge_to is not None:
-        save_full_gauge(g, save_gauge_to, provenance={"source": str(ckpt), "target": str(out), **provenance},
-                        force=force)
+    if save_gauge_to is None:
+        apply_full_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
+    else:  # as for a residual gauge: the gauge file lands with the checkpoint, never after it fails
+        from gaugeport.core.fileio import atomic_path
+
+        with atomic_path(save_gauge_to, force, kind="file") as gauge_tmp:
+            save_full_gauge(g, gauge_tmp, provenance={"source": str(ckpt), "target": str(out), **provenance})
+            apply_full_gauge_to_checkpoint(ckpt, g, out, force=force, progress=not quiet, provenance=provenance)
     typer.echo(f"wrote {out} (full gauge {g.fingerprint()}: d={g.d}, {len(g.layers)} layers of MLP units and heads, "
                f"{g.residual.positive_fraction:.0%} positive residual signs)")

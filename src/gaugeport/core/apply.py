@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from gaugeport.core.archspec import ArchSpec, ParamRule
 from gaugeport.core.checkpoint import INDEX_FILE, Checkpoint, SafetensorsStreamWriter, shard_layout
-from gaugeport.core.errors import GaugeError, GaugeGroupError
+from gaugeport.core.errors import GaugeError, GaugeGroupError, GaugeportError
 from gaugeport.core.facts import ModelFacts
 from gaugeport.core.fileio import atomic_path, atomic_write_json
 from gaugeport.core.gauge import SignedPermutation
@@ -117,7 +117,7 @@ def apply_gauge_to_checkpoint(
     ckpt.check_widths(spec)
     rules = spec.classify_all(ckpt.names)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), **ckpt.hub, **(provenance or {})}
-    with atomic_path(Path(out), force, inputs=(ckpt.path,)) as tmp:
+    with atomic_path(Path(out), force, inputs=(ckpt.path,), kind="directory") as tmp:
         rewrite_checkpoint(ckpt, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge), stamp,
                            desc="apply", progress=progress)
     return Path(out)
@@ -131,7 +131,9 @@ def _apply_dequantized(src: Path, gauge: SignedPermutation, out: Path, dtype_nam
     from gaugeport.core.quant import plan_dequantized, refuse_quantized, write_dequantized
 
     if dtype_name not in DEQUANTIZE_DTYPES:
-        raise GaugeError(f"--dequantize {dtype_name!r}: choose one of {', '.join(DEQUANTIZE_DTYPES)}")
+        raise GaugeportError(f"--dequantize {dtype_name!r} is not an output dtype gaugeport writes",
+                             hint=f"--dequantize takes {' or '.join(DEQUANTIZE_DTYPES)} (float16's narrow range "
+                             "would overflow large dequantized weights)")
     ckpt = Checkpoint.open(src, allow_quantized=True)
     q = ckpt.quantization
     if q is None:
@@ -143,7 +145,7 @@ def _apply_dequantized(src: Path, gauge: SignedPermutation, out: Path, dtype_nam
     check_gauge_fits(spec, gauge, ckpt.d_model)
     rules = spec.classify_all([p.name for p in plan_dequantized(q, ckpt.names)])
     stamp = {"gaugeport_gauge": gauge.fingerprint(), "gaugeport_dequantized_from": q.scheme, **(provenance or {})}
-    with atomic_path(out, force, inputs=(src,)) as tmp:
+    with atomic_path(out, force, inputs=(src,), kind="directory") as tmp:
         write_dequantized(ckpt, q, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge),
                           DEQUANTIZE_DTYPES[dtype_name], stamp, progress=progress)
     return out
@@ -164,6 +166,11 @@ def rewrite_checkpoint(ckpt: Checkpoint, dest: Path, rewrite: Callable[[str, tor
                 for name, tensor in ckpt.iter_shard(shard):
                     writer.write(name, rewrite(name, tensor))
                     bar.update()
+    copy_side_files(ckpt, dest)
+
+
+def copy_side_files(ckpt: Checkpoint, dest: Path) -> None:
+    """Config, tokenizer, generation config and the shard index of ``ckpt``, into a new checkpoint ``dest``."""
     for side in ckpt.side_files():
         shutil.copy2(side, dest / side.name)
     if ckpt.index is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 TMP_DIR_NAME = ".gaugeport-tmp"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+LOCK_PREFIX = "lock-"  # reservation files in the temp folder (see reserve_output)
 
 _SESSION: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar("gaugeport_inputs", default=None)
 
@@ -152,6 +154,13 @@ def clean_stale(root: Path) -> list[str]:
     except OSError:
         return removed
     for entry in entries:
+        if entry.name.startswith(LOCK_PREFIX):  # a reservation: removed when the process holding it is gone
+            holder = _lock_holder(entry)
+            if holder is not None and holder != os.getpid() and not _alive(holder):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                removed.append(entry.name)
+            continue
         pid_text = entry.name.split("-", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
             continue
@@ -179,34 +188,177 @@ def _remove_if_empty(root: Path) -> None:
         root.rmdir()
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path, force: bool = False, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
-    """Yield a temp path for ``path``; on success rename it to ``path``, on failure delete it.
+def _lock_name(name: str) -> str:
+    """The reservation file of output ``name`` in its parent's temp folder (the same for every process)."""
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return f"{LOCK_PREFIX}{digest}-{name[:64]}"
 
-    Works for files and directories alike (the caller creates whatever it wants at the temp path).
+
+def _lock_holder(lock: Path) -> int | None:
+    """The pid written in a reservation file, or None while it is being written / unreadable."""
+    try:
+        text = lock.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def reserve_output(path: Path, label: str = "output") -> Path:
+    """Reserve ``path`` for this process: an exclusively created file ``.gaugeport-tmp/lock-...`` in its parent.
+
+    Two runs that write the same output cannot both hold it; a reservation whose process is no longer
+    running is taken over. Returns the reservation file (remove it with :func:`release_output`).
+    """
+    path = Path(path)
+    for _ in range(8):
+        try:
+            root = tmp_root(path.parent)
+            lock = root / _lock_name(path.name)
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None and not _alive(holder):
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+                continue
+            who = f"pid {holder}" if holder is not None else "a run that is starting"
+            raise CheckpointError(
+                f"{label} {path} is being written by another gaugeport run ({who})",
+                hint=f"wait for that run to finish or choose another path; if no such run is going on, delete {lock}",
+            ) from None
+        except FileNotFoundError:  # the temp folder was just removed by a run that finished: make it again
+            continue
+        except OSError as exc:
+            raise os_error_to_gaugeport(exc, path) from exc
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return lock
+    raise CheckpointError(f"cannot reserve {label} {path}: its temp folder keeps changing",
+                          hint="another program is writing in the same directory; try again")
+
+
+def release_output(lock: Path) -> None:
+    with contextlib.suppress(OSError):
+        lock.unlink()
+    _remove_if_empty(lock.parent)
+
+
+def _renameat2() -> Any:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError, ImportError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` only if nothing is there (``FileExistsError`` otherwise), atomically where the
+    system allows (``renameat2(RENAME_NOREPLACE)``; else a hard link for files, a rename for directories)."""
+    fn = _renameat2()
+    if fn is not None:
+        import ctypes
+
+        if fn(_AT_FDCWD, os.fsencode(str(src)), _AT_FDCWD, os.fsencode(str(dst)), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(dst))
+    if _exists(Path(dst)):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    if Path(src).is_dir() and not Path(src).is_symlink():
+        os.rename(src, dst)  # fails on a file or a non-empty directory at dst
+        return
+    try:
+        os.link(src, dst)  # fails on anything at dst
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def _kind(st: os.stat_result) -> str:
+    import stat
+
+    return "directory" if stat.S_ISDIR(st.st_mode) else "file"
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def check_replaceable(path: Path, kind: str | None, label: str = "output") -> None:
+    """``--force`` replaces a file with a file and a directory with a directory, never one kind by the other."""
+    st = _lstat(path)
+    if st is None or kind is None:
+        return
+    have = _kind(st)
+    if have != kind:
+        raise CheckpointError(
+            f"{label} {path} is a {have}; this command writes a {kind} there and --force never replaces "
+            f"a {have} with a {kind}",
+            hint=f"choose a new path for the {kind} (or remove the {have} yourself if you mean to)",
+        )
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, force: bool = False, inputs: tuple[Path, ...] = (), *, kind: str | None = None,
+                exclusive: bool = True) -> Iterator[Path]:
+    """Yield a temp path for ``path``; on success move it to ``path``, on failure delete it.
+
+    Works for files and directories alike (the caller creates whatever it wants at the temp path;
+    ``kind`` -- "file" or "directory" -- says which, so a mismatch is refused before any work).
     The temp path lives in ``<parent>/.gaugeport-tmp/``, removed again when empty.
+
+    The output-ownership rule (``exclusive``, the default): the output is reserved before any work
+    (:func:`reserve_output`), so two runs writing one output cannot both succeed; it is then created
+    without replacing anything, or -- with ``force`` -- replaces only what was there when the run
+    started, and only by the same kind (a directory is never deleted to make room for a file).
+    Something that appears or changes at ``path`` meanwhile is never replaced: the run fails instead.
+    ``exclusive=False`` is for content-addressed caches, where concurrent builders write identical
+    copies and the last complete one wins.
     """
     path = Path(path)
     refuse_existing(path, force, inputs)
+    if exclusive:
+        check_replaceable(path, kind)
+    lock = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if exclusive:
+            lock = reserve_output(path)
         root = tmp_root(path.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", suffix=f"-{path.name[:64]}", dir=root))
     except OSError as exc:
+        if lock is not None:
+            release_output(lock)
+        if isinstance(exc, CheckpointError):
+            raise
         raise os_error_to_gaugeport(exc, path) from exc
+    start = _lstat(path)
     target = tmp / path.name
     try:
         yield target
         if not target.exists():
             raise CheckpointError(f"internal error: nothing was written for {path}")
-        # inputs read meanwhile (e.g. shards named by an index) are checked again; an output that appeared
-        # meanwhile (a concurrent run building the same cache entry) is replaced, as it would be with force
+        # inputs read meanwhile (e.g. shards named by an index) are checked again
         refuse_existing(path, True, inputs)
-        if _exists(path):  # force: move the old one aside, then replace it
-            trash = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", suffix="-old", dir=root))
-            os.replace(path, trash / path.name)
-            os.replace(target, path)
-            shutil.rmtree(trash, ignore_errors=True)
+        if exclusive:
+            _publish_exclusive(target, path, start, kind or ("directory" if target.is_dir() else "file"), root)
+        elif _exists(path):  # a cache entry a concurrent builder finished first: the last complete copy wins
+            _replace(target, path, root)
         else:
             os.replace(target, path)
     except OSError as exc:
@@ -215,7 +367,40 @@ def atomic_path(path: Path, force: bool = False, inputs: tuple[Path, ...] = ()) 
         raise os_error_to_gaugeport(exc, path) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if lock is not None:
+            release_output(lock)
         _remove_if_empty(root)
+
+
+def _replace(target: Path, path: Path, root: Path) -> None:
+    """Move the old ``path`` aside, put ``target`` in its place (without replacing anything), delete the old."""
+    trash = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", suffix="-old", dir=root))
+    os.replace(path, trash / path.name)
+    try:
+        rename_noreplace(target, path)
+    except FileExistsError:
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _publish_exclusive(target: Path, path: Path, start: os.stat_result | None, kind: str, root: Path) -> None:
+    now = _lstat(path)
+    changed = CheckpointError(
+        f"{path} was created or changed by another program while this run was writing it; it was not replaced "
+        "and this run's output was discarded",
+        hint="make sure nothing else writes to that path, then run again (or choose another path)")
+    try:
+        if now is None:
+            rename_noreplace(target, path)
+            return
+        if start is None or (now.st_dev, now.st_ino, now.st_mtime_ns) != (start.st_dev, start.st_ino,
+                                                                             start.st_mtime_ns):
+            raise changed
+        check_replaceable(path, kind)
+        _replace(target, path, root)
+    except FileExistsError:
+        raise changed from None
 
 
 _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
@@ -244,7 +429,7 @@ def atomic_save_safetensors(
 ) -> Path:
     """Write a safetensors file atomically with deterministic bytes (tensors and metadata in sorted order:
     the same content always gives the same file, which ``safetensors.save_file`` does not promise)."""
-    with atomic_path(path, force) as tmp:
+    with atomic_path(path, force, kind="file") as tmp:
         layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
         meta = {str(k): str(v) for k, v in sorted((metadata or {}).items())}
         with SafetensorsStreamWriter(tmp, layout, meta) as writer:
@@ -254,7 +439,7 @@ def atomic_save_safetensors(
 
 
 def atomic_write_text(path: Path, text: str, *, force: bool = True) -> Path:
-    with atomic_path(path, force) as tmp:
+    with atomic_path(path, force, kind="file") as tmp:
         tmp.write_text(text)
     return Path(path)
 

@@ -22,7 +22,6 @@ reader (``load_gauge``) reads the residual part of a version-2 file.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +33,20 @@ import torch
 from gaugeport.core.apply import check_gauge_fits, rewrite_checkpoint, transform_tensor
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.checkpoint import Checkpoint
-from gaugeport.core.errors import GaugeError, GaugeGroupError
+from gaugeport.core.errors import CheckpointError, GaugeError, GaugeGroupError
 from gaugeport.core.fileio import atomic_path, atomic_save_safetensors
 from gaugeport.core.gauge import (
     CONVENTION,
+    SUPPORTED_VERSIONS,  # noqa: F401  (re-exported)
     SignedPermutation,
     chain_product,
     gauge_file_metadata,
     read_gauge_tensors,
+    read_residual_part,
 )
 from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec, get_hidden_spec
 
 FULL_FORMAT_VERSION = "2"
-SUPPORTED_VERSIONS = ("1", "2")
 
 
 @dataclass(frozen=True, eq=False)
@@ -319,10 +319,12 @@ def apply_full_gauge_to_checkpoint(src: str | Path, gauge: FullGauge, out: str |
                                    progress: bool = True, provenance: Mapping[str, str] | None = None) -> Path:
     """Stream ``src`` into a new checkpoint ``out`` under the full gauge (one tensor in memory at a time)."""
     ckpt = Checkpoint.open(src)
+    if gauge.layers:
+        checked_hidden_dims(ckpt)
     tf = FullTransform(ckpt.spec, ckpt.names, gauge, ckpt.d_model, ckpt.config)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), "gaugeport_gauge_full": str(gauge.is_full).lower(),
              **(provenance or {})}
-    with atomic_path(Path(out), force, inputs=(Path(src),)) as tmp:
+    with atomic_path(Path(out), force, inputs=(Path(src),), kind="directory") as tmp:
         rewrite_checkpoint(ckpt, tmp, tf, stamp, desc="apply", progress=progress)
     return Path(out)
 
@@ -334,6 +336,8 @@ def full_weight_difference(path_a: str | Path, path_b: str | Path, gauge: FullGa
     from gaugeport.core.verify import open_same_tensors, streamed_weight_difference
 
     a, b = open_same_tensors(path_a, path_b)
+    if gauge.layers:
+        checked_hidden_dims(a)
     tf = FullTransform(a.spec, a.names, gauge, a.d_model, a.config)
     return streamed_weight_difference(a, b, tf, progress=progress)
 
@@ -376,17 +380,11 @@ class FullGaugeFile:
 
 
 def read_full_gauge_file(path: str | Path) -> FullGaugeFile:
-    """Load a version-1 or version-2 gauge file; every number read is validated."""
+    """Load a version-1 or version-2 gauge file; every number read is validated. The one reader of gauge
+    files: :func:`gaugeport.core.gauge.read_gauge_file` (residual part) goes through it too."""
     tensors, metadata = read_gauge_tensors(path)
-    version = metadata.get("version", "1")
-    if version not in SUPPORTED_VERSIONS:
-        raise GaugeError(f"{path}: gauge file version {version!r} is newer than this gaugeport understands",
-                         hint=f"supported versions: {', '.join(SUPPORTED_VERSIONS)}; upgrade gaugeport")
-    if "perm" not in tensors or "signs" not in tensors:
-        raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor")
-    residual = _sp(tensors.pop("perm"), tensors.pop("signs"), path, "residual")
-    if str(residual.d) != metadata.get("d", str(residual.d)):
-        raise GaugeError(f"{path}: metadata says d={metadata['d']} but perm has length {residual.d}")
+    version = metadata["version"]
+    part = read_residual_part(path, tensors, metadata)
     layers: list[LayerGauge] = []
     if version == "2":
         n_layers = _meta_int(metadata, "n_layers", path)
@@ -401,15 +399,12 @@ def read_full_gauge_file(path: str | Path) -> FullGaugeFile:
             hp = tensors.pop(keys[2])
             heads = _sp(hp, torch.ones(hp.shape, dtype=torch.int8), path, f"layer {i} heads")
             layers.append(LayerGauge(mlp, heads, n_kv))
-        stray = [k for k in tensors if k.startswith("layers.") and not k.endswith(".confidence")]
+        stray = [k for k in tensors if not k.endswith(".confidence")]
         if stray:
-            raise GaugeError(f"{path}: unexpected tensors {stray[:3]} (metadata says {n_layers} layers)")
-    try:
-        provenance = json.loads(metadata.get("provenance", "{}"))
-    except json.JSONDecodeError as exc:
-        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})") from exc
-    extras = {k: v.float().numpy() for k, v in tensors.items()}
-    return FullGaugeFile(FullGauge(residual, tuple(layers)), version, provenance, extras)
+            raise GaugeError(f"{path}: unexpected tensors {stray[:3]} (metadata says {n_layers} layers)",
+                             hint="the file is truncated or was not written by gaugeport")
+    extras = {**part.extras, **{k: v.float().numpy() for k, v in tensors.items()}}
+    return FullGaugeFile(FullGauge(part.gauge, tuple(layers)), version, part.provenance, extras)
 
 
 def load_full_gauge(path: str | Path) -> FullGauge:
@@ -473,6 +468,9 @@ def verify_full(path_a: str | Path, path_b: str | Path, gauge: FullGauge, **kwar
     from gaugeport.core.verify import verify_checkpoints
 
     weights = kwargs.pop("weights", True)
+    if gauge.layers:  # both configs checked against their weights before any model is built
+        for path in (path_a, path_b):
+            checked_hidden_dims(Checkpoint.open(path))
     res = verify_checkpoints(path_a, path_b, gauge.residual, weights=False, **kwargs)
     if weights:
         res.weight_max_abs_diff, res.weight_worst_tensor, res.weight_max_rel_diff = full_weight_difference(
@@ -480,11 +478,42 @@ def verify_full(path_a: str | Path, path_b: str | Path, gauge: FullGauge, **kwar
     return res
 
 
+def checked_hidden_dims(ckpt: Checkpoint) -> HiddenDims:
+    """The hidden sizes config.json gives, checked against the tensors' headers (no tensor data read)
+    before any work is sized by them: the layers the weights hold, and each hidden axis's length."""
+    from gaugeport.core.checkpoint import shard_layout
+
+    hspec = get_hidden_spec(ckpt.spec.model_type)
+    dims = hspec.dims(dict(ckpt.config), ckpt.d_model)
+    hint = ("config.json and the weights disagree (num_hidden_layers, intermediate_size, heads or head_dim): "
+            "the checkpoint is corrupt or mixed from two models")
+    seen: set[int] = set()
+    for shard in ckpt.shards:
+        for name, (_, shape) in shard_layout(ckpt, shard).items():
+            hit = hspec.match(name)
+            if hit is None:
+                continue
+            rule, layer = hit
+            if layer >= dims.n_layers:
+                raise CheckpointError(f"{ckpt.path}: tensor {name!r} is in layer {layer}, but config.json says "
+                                      f"there are {dims.n_layers} layers", hint=hint)
+            seen.add(layer)
+            want = sum(seg.size(dims) for seg in rule.segments)
+            if rule.axis >= len(shape) or shape[rule.axis] != want:
+                raise CheckpointError(f"{ckpt.path}: config.json gives tensor {name!r} a hidden axis {rule.axis} of "
+                                      f"length {want}, but its shape is {tuple(shape)}", hint=hint)
+    if len(seen) != dims.n_layers:
+        raise CheckpointError(f"{ckpt.path}: config.json says there are {dims.n_layers} layers, but the weights "
+                              f"hold {len(seen)}", hint=hint)
+    return dims
+
+
 def random_full_gauge_for(ckpt: str | Path, seed: int, *, perm_only: bool = False) -> FullGauge:
     """A random full gauge in the checkpoint's group (signs only where its blocks allow them)."""
     c = Checkpoint.open(ckpt)
     spec = c.spec
     hspec = get_hidden_spec(spec.model_type)
-    dims = hspec.dims(c.config, c.d_model)
+    c.check_widths(spec)
+    dims = checked_hidden_dims(c)
     return FullGauge.random(c.d_model, dims, seed, residual_signs=spec.allows_coordinate_signs and not perm_only,
                             mlp_signs=hspec.mlp_signs and not perm_only)

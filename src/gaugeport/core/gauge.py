@@ -332,8 +332,14 @@ def gauge_file_metadata(gauge: Any, version: str, convention: str, provenance: M
             "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str)}
 
 
+SUPPORTED_VERSIONS = ("1", "2")  # 1: residual only; 2: residual, MLP units and heads (core.fullgauge)
+_CORRUPT = "the gauge file is corrupt or was edited by hand; write gauges with `gaugeport align`, " \
+    "`gaugeport apply --save-gauge` or save_gauge"
+
+
 def read_gauge_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a gauge file, refusing any safetensors file that is not one."""
+    """Tensors and metadata of a gauge file, refusing any safetensors file that is not one, a file of an
+    unknown or missing version, and a version-1 file that carries a version-2 file's per-layer tensors."""
     from gaugeport.core.fileio import read_safetensors
 
     tensors, metadata = read_safetensors(Path(path), what="gauge file")
@@ -342,6 +348,20 @@ def read_gauge_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
             f"{path} is not a gaugeport gauge file (metadata format={metadata.get('format')!r})",
             hint="gauges are written by `gaugeport align`, `gaugeport apply --save-gauge` or `save_gauge`",
         )
+    version = metadata.get("version")
+    if version is None:
+        raise GaugeError(f"{path}: gauge file has no version in its metadata, so its tensors cannot be read "
+                         "safely", hint=_CORRUPT)
+    if version not in SUPPORTED_VERSIONS:
+        newer = version.isdigit() and int(version) > int(SUPPORTED_VERSIONS[-1])
+        raise GaugeError(f"{path}: gauge file version {version!r} is "
+                         + ("newer than this gaugeport understands" if newer else "not a gauge file version"),
+                         hint=f"supported versions: {', '.join(SUPPORTED_VERSIONS)}"
+                         + ("; upgrade gaugeport" if newer else f"; {_CORRUPT}"))
+    layered = sorted(k for k in tensors if k.startswith("layers."))
+    if version == "1" and layered:
+        raise GaugeError(f"{path}: gauge file says version 1 (residual only) but holds per-layer tensors "
+                         f"({layered[0]}, ...) of a version-2 (full) gauge", hint=_CORRUPT)
     return tensors, metadata
 
 
@@ -352,9 +372,9 @@ class GaugeFile:
     extras: dict[str, np.ndarray]
 
 
-def read_gauge_file(path: str | Path) -> GaugeFile:
-    """Load a gauge file with its provenance and per-coordinate extras (e.g. confidence)."""
-    tensors, metadata = read_gauge_tensors(path)
+def read_residual_part(path: str | Path, tensors: dict[str, torch.Tensor], metadata: Mapping[str, str]) -> GaugeFile:
+    """The residual gauge, provenance and per-coordinate extras of a gauge file's tensors (validated);
+    ``tensors`` loses the entries it reads; per-layer tensors (``layers.*``) are left for the full reader."""
     if "perm" not in tensors or "signs" not in tensors:
         raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor",
                          hint="the file is not a complete gauge; write gauges with save_gauge or `gaugeport align`")
@@ -368,29 +388,38 @@ def read_gauge_file(path: str | Path) -> GaugeFile:
         raise GaugeError(f"{path}: {exc.message}", hint=exc.hint) from exc
     d_meta = metadata.get("d", str(gauge.d))
     if d_meta != str(gauge.d):
-        raise GaugeError(f"{path}: metadata says d={d_meta} but perm has length {gauge.d}",
-                         hint="the gauge file is corrupt or was edited by hand")
+        raise GaugeError(f"{path}: metadata says d={d_meta} but perm has length {gauge.d}", hint=_CORRUPT)
     try:
         provenance = json.loads(metadata.get("provenance", "{}"))
     except json.JSONDecodeError as exc:
-        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})",
-                         hint="the gauge file is corrupt or was edited by hand") from exc
+        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})", hint=_CORRUPT) from exc
     extras = {}
-    for name, t in tensors.items():
-        if name.startswith("layers."):
-            continue  # a version-2 file's per-layer hidden gauges (gaugeport.core.fullgauge): residual part only
+    for name in [k for k in tensors if not k.startswith("layers.")]:
+        t = tensors.pop(name)
         if t.ndim != 1 or t.shape[0] != gauge.d:
             raise GaugeError(f"{path}: per-coordinate {name!r} has shape {tuple(t.shape)}, expected ({gauge.d},)",
-                             hint="the gauge file is corrupt or was edited by hand")
+                             hint=_CORRUPT)
         if t.is_complex() or t.dtype == torch.bool:
-            raise GaugeError(f"{path}: per-coordinate {name!r} has dtype {t.dtype}, not a real number",
-                             hint="the gauge file is corrupt or was edited by hand")
+            raise GaugeError(f"{path}: per-coordinate {name!r} has dtype {t.dtype}, not a real number", hint=_CORRUPT)
         arr = t.float().numpy()
         if not np.all(np.isfinite(arr)):
             raise GaugeError(f"{path}: per-coordinate {name!r} contains NaN or infinite values",
                              hint="the gauge file is corrupt; re-estimate it")
         extras[name] = arr
     return GaugeFile(gauge, provenance if isinstance(provenance, dict) else {"provenance": provenance}, extras)
+
+
+def read_gauge_file(path: str | Path) -> GaugeFile:
+    """Load a gauge file with its provenance and per-coordinate extras (e.g. confidence).
+
+    Every gauge file goes through the one reader, :func:`gaugeport.core.fullgauge.read_full_gauge_file`
+    (a version-2 file is validated whole); this returns its residual part.
+    """
+    from gaugeport.core.fullgauge import read_full_gauge_file
+
+    full = read_full_gauge_file(path)
+    return GaugeFile(full.gauge.residual, full.provenance,
+                     {k: v for k, v in full.extras.items() if not k.startswith("layers.")})
 
 
 def load_gauge(path: str | Path) -> SignedPermutation:

@@ -81,9 +81,18 @@ class UnitFeatures:
 
     blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
     cache: dict[int, dict[tuple[str, str, str], np.ndarray | None]] = field(default_factory=dict, repr=False)
+    degenerate: dict[str, np.ndarray] = field(default_factory=dict)  # per kind: units with a constant feature row
 
-    def add(self, kind: str, mode: str, side: str, arr: np.ndarray) -> None:
+    def add(self, kind: str, mode: str, side: str, arr: np.ndarray, raw: np.ndarray | None = None) -> None:
+        """Add one feature block (rows: units). ``raw`` (the unsketched rows, default ``arr``) marks the
+        units whose row is constant (zeroed, pruned or padded units): they carry no evidence."""
         self.blocks.setdefault((kind, mode, side), []).append(arr)
+        src = arr if raw is None else raw
+        if src.shape[1] <= 1:
+            return  # a bias or one value per unit: constant by construction, says nothing about the unit
+        const = src.max(axis=1) == src.min(axis=1)
+        prev = self.degenerate.get(kind)
+        self.degenerate[kind] = const if prev is None else (prev | const)
 
 
 def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> list[tuple[str, str, np.ndarray]]:
@@ -109,7 +118,7 @@ def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: A
         role = spec.classify(name).role
         side = "out" if role in ("write", "write_bias") else "in"  # reads the stream (or a head-side bias/norm)
         for kind, mode, arr in unit_blocks(get(name), rule, dims):
-            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, unit_rows(arr))
+            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, unit_rows(arr), arr)
     return feats
 
 
@@ -236,8 +245,13 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
     side chose for that pair). With ``condition``, ``M`` is first residualised on the input-side
     cosines (least squares over the unmatched pairs), removing the rise that shared, data-induced
     structure gives both in unrelated models. Each unit's match then competes with the unit's
-    ``k`` best input-side candidates: its rank by ``M`` among them is uniform on ``1..k`` under the
-    null, so ``z = sum((k + 1) / 2 - rank) / sqrt(n (k^2 - 1) / 12)``.
+    ``k`` best input-side candidates (the match is always one of them: :func:`input_candidates`).
+    Its rank by ``M`` among them is uniform on ``1..k`` under the null; ties get the mid-rank
+    (an equal score counts one half), so ``z = sum((k + 1) / 2 - rank) / sqrt(n (k^2 - 1) / 12)``.
+    With ties the variance used is the no-ties one, an upper bound, so ``z`` errs towards zero.
+
+    Units whose feature rows are constant (zeroed, pruned, padded) carry no evidence: A's such units
+    leave ``n``, together with those matched to such a unit of B, and B's never enter a candidate set.
     """
     s_in, sgn_in = _mlp_scores(a, b, ("in",))
     predictors = [c for c in (_cosines(a, b, "mlp", "abs", "in"), _cosines(a, b, "mlp", "signed", "in"))
@@ -251,28 +265,30 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
         m_mat += s_out_abs
     if s_out_sgn is not None:
         m_mat += np.where(sgn_in < 0, -s_out_sgn, s_out_sgn) if (mlp_signs and sgn_in is not None) else s_out_sgn
-    cols = linear_assignment(s_in).cols
-    n = m_mat.shape[0]
-    rows = np.arange(n)
-    raw_matched = float(m_mat[rows, cols].mean())
-    null_mean = float(m_mat.mean())
-    k = min(RUNNER_UP_K, n)
-    # each unit's k best input-side candidates (its match among them)
-    cand = np.concatenate([np.argpartition(-s_in[i:i + 1024], k - 1, axis=1)[:, :k]  # row chunks: no n x n index
-                           for i in range(0, n, 1024)])
-    has = (cand == cols[:, None]).any(axis=1)
-    cand[~has, -1] = cols[~has]
-    out_scores = np.take_along_axis(m_mat, cand, axis=1).astype(np.float64)
-    matched_out = m_mat[rows, cols].astype(np.float64)
+    cols = _assign_rows(s_in)
+    n_all, n_cols = m_mat.shape  # rectangular (fewer rows: a pruned model's units) for lineage
+    dead_a = a.degenerate.get("mlp", np.zeros(n_all, dtype=bool))
+    dead_b = b.degenerate.get("mlp", np.zeros(n_cols, dtype=bool))
+    rows = np.flatnonzero(~dead_a & ~dead_b[cols])  # units that carry evidence, matched to one that does
+    n = int(rows.size)
+    k = min(RUNNER_UP_K, int((~dead_b).sum()))
+    if n == 0 or k < 2:
+        return {"z": 0.0, "n": 0, "k": int(k), "dropped_units": int(n_all - n), "matched_out_cos": None}
+    raw_matched = float(m_mat[rows, cols[rows]].mean())
+    null_mean = float(m_mat[np.ix_(~dead_a, ~dead_b)].mean())
+    cand = input_candidates(s_in, cols, k, rows, dead_b)
+    out_scores = np.take_along_axis(m_mat[rows], cand, axis=1).astype(np.float64)
+    matched_out = m_mat[rows, cols[rows]].astype(np.float64)
     if condition:
         # remove what input-side similarity alone predicts about the output side, fitted by least squares on
-        # (up to FIT_PAIRS) unmatched pairs: shared, data-induced structure makes both rise together in
-        # unrelated models
+        # (up to FIT_PAIRS) unmatched pairs of live units: shared, data-induced structure makes both rise
+        # together in unrelated models
         rng = np.random.default_rng(0)
-        if n * n <= FIT_PAIRS:
-            fi, fj = (x.reshape(-1) for x in np.meshgrid(rows, rows, indexing="ij"))
+        live_b = np.flatnonzero(~dead_b)
+        if n * live_b.size <= FIT_PAIRS:
+            fi, fj = (x.reshape(-1) for x in np.meshgrid(rows, live_b, indexing="ij"))
         else:
-            fi, fj = rng.integers(0, n, FIT_PAIRS), rng.integers(0, n, FIT_PAIRS)
+            fi, fj = rows[rng.integers(0, n, FIT_PAIRS)], live_b[rng.integers(0, live_b.size, FIT_PAIRS)]
         keep = fj != cols[fi]
         fi, fj = fi[keep], fj[keep]
 
@@ -285,27 +301,73 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
 
         coef, *_ = np.linalg.lstsq(design(fi, fj), m_mat[fi, fj].astype(np.float64), rcond=None)
         out_scores = out_scores - design(np.repeat(rows[:, None], k, axis=1), cand) @ coef
-        matched_out = matched_out - design(rows, cols) @ coef
-    # under the null the match's output-side rank among its unit's candidates is uniform on 1..k
-    rank = 1 + (out_scores > matched_out[:, None] + 1e-12).sum(axis=1)  # 1 = the best output-side score
+        matched_out = matched_out - design(rows, cols[rows]) @ coef
+    rank = mid_rank(out_scores, matched_out)
     t = float(((k + 1) / 2 - rank).sum())
     var = n * (k * k - 1) / 12.0
-    z = t / np.sqrt(var) if var > 0 else 0.0
+    z = t / np.sqrt(var)
     top1 = float(np.mean(rank == 1))
-    return {"z": float(z), "n": int(n), "k": int(k), "top1_fraction": top1, "matched_out_cos": raw_matched,
-            "null_mean_cos": null_mean,
-            "matched_in_score": float(s_in[np.arange(n), cols].mean())}
+    return {"z": float(z), "n": n, "k": int(k), "dropped_units": int(n_all - n), "top1_fraction": top1,
+            "matched_out_cos": raw_matched, "null_mean_cos": null_mean,
+            "matched_in_score": float(s_in[rows, cols[rows]].mean())}
+
+
+def input_candidates(s_in: np.ndarray, cols: np.ndarray, k: int, rows: np.ndarray,
+                     dead_b: np.ndarray | None = None) -> np.ndarray:
+    """For each of ``rows``, its ``k`` best columns of ``s_in`` (B's units with constant features
+    excluded), the matched column ``cols[row]`` always among them (it replaces the last when absent)."""
+    cand = []
+    for i in range(0, rows.size, 1024):  # row chunks: no n x n index array
+        block = s_in[rows[i:i + 1024]].astype(np.float64)
+        if dead_b is not None and dead_b.any():
+            block[:, dead_b] = -np.inf
+        cand.append(np.argpartition(-block, k - 1, axis=1)[:, :k])
+    out = np.concatenate(cand) if cand else np.zeros((0, k), dtype=np.int64)
+    matched = cols[rows]
+    has = (out == matched[:, None]).any(axis=1)
+    out[~has, -1] = matched[~has]
+    return out
+
+
+def mid_rank(scores: np.ndarray, own: np.ndarray, atol: float = 1e-12) -> np.ndarray:
+    """Rank of ``own[i]`` among the row ``scores[i]`` (which contains it): 1 = the highest; scores within
+    ``atol`` of it are ties and count one half each (the mid-rank), so ties favour neither side."""
+    above = (scores > own[:, None] + atol).sum(axis=1)
+    tied = (np.abs(scores - own[:, None]) <= atol).sum(axis=1) - 1  # the match itself is in its row
+    return 1.0 + above + 0.5 * np.maximum(tied, 0)
+
+
+def _assign_rows(score: np.ndarray) -> np.ndarray:
+    """Each row's column in a maximum-score assignment (a square matrix: the project's LAP; a wide one,
+    fewer rows than columns: SciPy's rectangular solver, every row matched to a distinct column)."""
+    if score.shape[0] == score.shape[1]:
+        return linear_assignment(score).cols
+    from scipy.optimize import linear_sum_assignment
+
+    if score.shape[0] > score.shape[1]:
+        raise ValueError(f"held-out matching needs rows <= columns, got {score.shape}")
+    r, c = linear_sum_assignment(score.astype(np.float64), maximize=True)
+    out = np.empty(score.shape[0], dtype=np.int64)
+    out[r] = c
+    return out
 
 
 # ----------------------------------------------------------------------------- from activations
 @torch.no_grad()
 def mlp_unit_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches: list[torch.Tensor],
-                     down_name: str = "down_proj") -> list[np.ndarray]:
-    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection)."""
+                     down_name: str = "down_proj", module_paths: list[str] | None = None) -> list[np.ndarray]:
+    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection).
+
+    ``module_paths``: the down projections' exact module paths, one per layer (both models share them);
+    without it, every module whose name ends in ``down_name``.
+    """
     acts: dict[str, dict[int, list[torch.Tensor]]] = {"a": {}, "b": {}}
     hooks = []
     for tag, model in (("a", model_a), ("b", model_b)):
-        mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
+        if module_paths is not None:
+            mods = [(p, model.get_submodule(p)) for p in module_paths]
+        else:
+            mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
         for layer, (_, mod) in enumerate(mods):
             def hook(_m: Any, inp: tuple[torch.Tensor, ...], _o: Any, tag: str = tag, layer: int = layer) -> None:
                 acts[tag].setdefault(layer, []).append(inp[0].reshape(-1, inp[0].shape[-1]).double())

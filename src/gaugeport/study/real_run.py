@@ -36,7 +36,7 @@ def run_real(cfg: StudyConfig, out: Path, *, use_cache: bool = True, progress: b
     timer, t0 = Timer(), time.perf_counter()
     cache = StageCache(use_cache, cache_root)
     try:
-        with atomic_path(out, force=replace) as tmp:
+        with atomic_path(out, force=replace, kind="directory") as tmp:
             tmp.mkdir()
             art = build_real(rc, cfg.seed, cache, progress, timer)
             ctx = rc_checks.RealContext(cfg, rc, art, Path(tempfile.mkdtemp(dir=tmp)), progress)

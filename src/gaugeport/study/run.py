@@ -61,7 +61,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, use_cache: bool = True, prog
     timer, t0 = Timer(), time.perf_counter()
     cache = StageCache(use_cache, cache_root)
     try:
-        with atomic_path(out, force=replace) as tmp:
+        with atomic_path(out, force=replace, kind="directory") as tmp:
             tmp.mkdir()
             with timer("training"):
                 art = build_all(cfg, cache, progress)

@@ -141,7 +141,7 @@ def transport_trainer_checkpoint(src_dir: str | Path, gauge: SignedPermutation, 
                        "optimizer.state_dict(); anything else is not a Trainer checkpoint")
     moved = transport_optimizer_state(state, ckpt.config, g, perm_only)
     stamp = provenance(g, src, perm_only, "trainer-checkpoint")
-    with atomic_path(out, force, inputs=(src,)) as tmp:
+    with atomic_path(out, force, inputs=(src,), kind="directory") as tmp:
         apply_gauge_to_checkpoint(src, g, tmp, progress=progress, provenance=stamp)
         torch.save(moved, tmp / OPTIMIZER)
         for name in copied:

@@ -357,7 +357,7 @@ def _evidence_row(claim: Claim, name: str, g: SignedPermutation, ev: Evidence | 
 
 def write_audit(report: AuditReport, out: str | Path, *, force: bool = False) -> Path:
     """``out/audit.json`` and ``out/audit.md``, written atomically as one directory."""
-    with atomic_path(Path(out), force) as tmp:
+    with atomic_path(Path(out), force, kind="directory") as tmp:
         tmp.mkdir()
         (tmp / "audit.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         (tmp / "audit.md").write_text(report.to_markdown())

@@ -236,6 +236,6 @@ def transport_coordinates_file(src: str | Path, gauge: SignedPermutation, out: s
             raise CheckpointError(f"{src} is not valid JSON ({exc})", hint="the file is truncated or corrupt") from exc
         stamp = provenance(gauge, src, perm_only, kind or "coordinates")
         result = json.dumps(transport_json(data, g, kind, unsigned_scores, stamp), indent=2) + "\n"
-    with atomic_path(out, force, inputs=(src,)) as tmp:
+    with atomic_path(out, force, inputs=(src,), kind="file") as tmp:
         tmp.write_text(result)
     return out

@@ -74,7 +74,7 @@ def write_control_vector_gguf(cv: ControlVectorFile, path: str | Path, *, force:
     import gguf
 
     path = Path(path)
-    with atomic_path(path, force, inputs=inputs) as tmp:
+    with atomic_path(path, force, inputs=inputs, kind="file") as tmp:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
         writer.add_string(f"{ARCH}.model_hint", cv.model_hint)
         writer.add_uint32(f"{ARCH}.layer_count", len(cv.directions))

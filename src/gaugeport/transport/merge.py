@@ -128,7 +128,7 @@ def merge_checkpoints(a_dir: str | Path, b_dir: str | Path, gauge: SignedPermuta
     ckpt_b.check_widths(spec)
     stamp = {**provenance(gauge, b_dir, perm_only, "merge"), "gaugeport_merge": f"{method} alpha={alpha}",
              "gaugeport_merge_a": str(a_dir)}
-    with atomic_path(out, force, inputs=(a_dir, b_dir)) as tmp:
+    with atomic_path(out, force, inputs=(a_dir, b_dir), kind="directory") as tmp:
         if emit_mergekit:
             tmp.mkdir()
             apply_gauge_to_checkpoint(b_dir, inv, tmp / ALIGNED_DIR, progress=progress, provenance=stamp)

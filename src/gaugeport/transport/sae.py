@@ -174,7 +174,7 @@ def transport_sae_dir(src_dir: str | Path, gauge: SignedPermutation, out_dir: st
     whitening = _transport_whitening(src / WHITENING, g) if WHITENING in extra else None
     from safetensors.torch import save_file
 
-    with atomic_path(out, force, inputs=(src,)) as tmp:
+    with atomic_path(out, force, inputs=(src,), kind="directory") as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous() for k, v in moved.items()}, str(tmp / SAE_WEIGHTS),
                   metadata={**weights_meta, **stamp})

@@ -161,7 +161,7 @@ def transport_sparsify_dir(src_dir: str | Path, gauge: SignedPermutation, out_di
     copied = [] if single else _other_files(src, {p.name for p in src.iterdir() if p.is_dir()})
     from safetensors.torch import save_file
 
-    with atomic_path(out, force, inputs=(src,)) as tmp:
+    with atomic_path(out, force, inputs=(src,), kind="directory") as tmp:
         tmp.mkdir()
         for name, (cfg, tensors, meta) in plan.items():
             d = tmp if name == "." else tmp / name
@@ -210,7 +210,7 @@ def transport_dictionary_learning(src: str | Path, gauge: SignedPermutation, out
     moved = transport_state(state, DICTIONARY_LEARNING_AXES, g, "dictionary_learning")
     stamp = provenance(gauge, src, perm_only, "sae:dictionary-learning")
     if not src.is_dir():
-        with atomic_path(out, force, inputs=(src,)) as tmp:
+        with atomic_path(out, force, inputs=(src,), kind="file") as tmp:
             torch.save(moved, tmp)
         return out
     cfg = _read_json(src / DL_CONFIG) if (src / DL_CONFIG).is_file() else None
@@ -218,7 +218,7 @@ def transport_dictionary_learning(src: str | Path, gauge: SignedPermutation, out
         _check_normalisation(cfg.get("trainer", cfg) if isinstance(cfg.get("trainer"), dict) else cfg, g,
                              "dictionary_learning")
     copied = _other_files(src, {DL_WEIGHTS, DL_CONFIG})
-    with atomic_path(out, force, inputs=(src,)) as tmp:
+    with atomic_path(out, force, inputs=(src,), kind="directory") as tmp:
         tmp.mkdir()
         torch.save(moved, tmp / DL_WEIGHTS)
         if cfg is not None:
@@ -238,11 +238,11 @@ def transport_gemma_scope(src: str | Path, gauge: SignedPermutation, out: str | 
     arrays = _read_npz(params)
     moved = transport_state(arrays, GEMMA_SCOPE_AXES, g, "Gemma Scope")
     if not src.is_dir():
-        with atomic_path(out, force, inputs=(src,)) as tmp:
+        with atomic_path(out, force, inputs=(src,), kind="file") as tmp:
             _write_npz(tmp, moved)
         return out
     copied = _other_files(src, {GEMMA_SCOPE_PARAMS})
-    with atomic_path(out, force, inputs=(src,)) as tmp:
+    with atomic_path(out, force, inputs=(src,), kind="directory") as tmp:
         tmp.mkdir()
         _write_npz(tmp / GEMMA_SCOPE_PARAMS, moved)
         for name in copied:

@@ -98,7 +98,7 @@ def transport_vector_file(src: str | Path, gauge: SignedPermutation, out: str | 
         _transport_gguf(src, g, meta, out, force)
     elif suffix == ".npy":
         arr = _transport(read_npy(src), g, src.name)
-        with atomic_path(out, force, inputs=(src,)) as tmp, open(tmp, "wb") as f:
+        with atomic_path(out, force, inputs=(src,), kind="file") as tmp, open(tmp, "wb") as f:
             np.save(f, arr, allow_pickle=False)
     elif suffix == ".safetensors":
         tensors, metadata = read_safetensors(src, what="vector file")
@@ -109,11 +109,11 @@ def transport_vector_file(src: str | Path, gauge: SignedPermutation, out: str | 
             raise ArtifactError(f"{src} holds no tensors")
         from safetensors.torch import save_file
 
-        with atomic_path(out, force, inputs=(src,)) as tmp:
+        with atomic_path(out, force, inputs=(src,), kind="file") as tmp:
             save_file({k: t.contiguous() for k, t in moved.items()}, str(tmp), metadata={**metadata, **meta})
     else:
         obj = _transport(read_pt(src), g, src.name)
-        with atomic_path(out, force, inputs=(src,)) as tmp:
+        with atomic_path(out, force, inputs=(src,), kind="file") as tmp:
             torch.save(obj, tmp)
     return out
 
