@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs real lint bench setup clean interop study-real
+.PHONY: demo test docs real lint bench setup clean interop study-real provenance-suite
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ real: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --out benchmarks/results.json
+
+# lineage across shape changes (tiny derivations + SmolLM2-135M derivations) with the AWM, Zhu et al. and
+# HuRef anchors side by side: benchmarks/provenance_suite.json. QUICK=1: tiny pairs only.
+provenance-suite: $(STAMP)
+	$(BIN)/python benchmarks/provenance_suite.py $(if $(QUICK),--quick,) --out benchmarks/provenance_suite.json
 
 # steering-vectors, repeng and dictionary-learning, each in its own cached venv under .interop/ (not in make test)
 interop: $(STAMP)

@@ -405,6 +405,25 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
                    float("nan"))], 2, "model B produced NaN or infinite logits"),
     "index-maps-tensor-to-wrong-shard": (_wrong_shard, 2, "which does not contain it"),
     "index-lists-absent-tensor": (_index_lists_absent, 2, "model.layers.9.mlp.up_proj.weight"),
+    # 5b. config numbers checked against the tensors before any work sized by them
+    "apply-full-num-layers-50000000": (
+        lambda w: ["apply", w.edit_config(w.ckpt(), num_hidden_layers=50_000_000), "--full", "--random-seed", "0",
+                   "--out", w.root / "o"], 2, "says there are 50000000 layers, but the weights hold 2"),
+    "verify-num-layers-50000000": (
+        lambda w: ["verify", w.edit_config(w.ckpt("a"), num_hidden_layers=50_000_000), w.ckpt("b")], 2,
+        "says there are 50000000 layers"),
+    "fingerprint-num-layers-50000000": (
+        lambda w: ["fingerprint", w.edit_config(w.ckpt("a"), num_hidden_layers=50_000_000)], 2,
+        "says there are 50000000 layers"),
+    "apply-full-intermediate-size-huge": (
+        lambda w: ["apply", w.edit_config(w.ckpt(), intermediate_size=10**9), "--full", "--random-seed", "0",
+                   "--out", w.root / "o"], 2, "of length 1000000000"),
+    "apply-full-gauge-num-layers-disagrees": (
+        lambda w: ["apply", w.edit_config(w.ckpt(), num_hidden_layers=3), "--gauge", _full_gauge(w),
+                   "--out", w.root / "o"], 2, "says there are 3 layers, but the weights hold 2"),
+    "verify-full-gauge-heads-disagree": (
+        lambda w: ["verify", w.edit_config(w.ckpt("a"), num_attention_heads=8), w.ckpt("b"), "--gauge",
+                   _full_gauge(w)], 2, "config.json and the weights disagree"),
     # 6. no tracebacks: malformed files
     "config-json-is-a-list": (
         lambda w: ["inspect", (lambda a: (a / "config.json").write_text("[1, 2]") and a)(w.ckpt())], 2,

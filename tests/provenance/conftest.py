@@ -33,6 +33,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             trained(seed, BASE_STEPS).save_pretrained(root / f"ind{seed}")
             paths[f"ind{seed}"] = root / f"ind{seed}"
         finetuned(base, FINETUNE_STEPS, data_seed=77).save_pretrained(root / "ft_plain")
+        paths["ft_plain"] = root / "ft_plain"
     finally:
         torch.set_num_threads(threads)
     # the fine-tune is re-uploaded under a random full gauge

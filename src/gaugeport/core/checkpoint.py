@@ -99,6 +99,7 @@ class Checkpoint:
             )
         ckpt = cls(path, config, shard_of, index)
         ckpt._check_config_numbers()
+        ckpt._check_layer_count()
         if not allow_quantized and (q := ckpt.quantization) is not None:
             from gaugeport.core.quant import refuse_quantized
 
@@ -114,6 +115,20 @@ class Checkpoint:
                 if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
                     raise CheckpointError(f"{self.path}/config.json: {key} = {val!r} is not a positive integer",
                                           hint="the config is corrupt or hand-edited; restore it from the source")
+
+    def _check_layer_count(self) -> None:
+        """config.json's number of layers is no more than the weights hold (names only): every verb sizes
+        models, gauges and loops by it, so a config that claims millions of layers is refused up front."""
+        cfg = self.config.get("text_config", self.config)
+        n_layers = next((cfg[k] for k in ("num_hidden_layers", "n_layer") if isinstance(cfg.get(k), int)), None)
+        if n_layers is None:
+            return
+        held = {m.group(1) for m in map(_FIRST_INDEX.search, self.names) if m is not None}
+        if n_layers > len(held):
+            raise CheckpointError(f"{self.path}/config.json says there are {n_layers} layers, but the weights hold "
+                                  f"{len(held)}",
+                                  hint="config.json and the weights disagree: the checkpoint is corrupt or mixed "
+                                  "from two models")
 
     def check_widths(self, spec: ArchSpec | None = None) -> None:
         """Every tensor's residual axes (per the architecture table) have the config's width (headers only)."""
@@ -270,6 +285,9 @@ class SafetensorsStreamWriter:
             self.close()
         else:
             self._file.close()
+
+
+_FIRST_INDEX = re.compile(r"\.(\d+)(?:\.|$)")  # the layer of "model.layers.3.mlp..." (the first index of a name)
 
 
 def shard_layout(ckpt: Checkpoint, shard: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:

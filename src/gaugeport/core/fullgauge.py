@@ -33,7 +33,7 @@ import torch
 from gaugeport.core.apply import check_gauge_fits, rewrite_checkpoint, transform_tensor
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.checkpoint import Checkpoint
-from gaugeport.core.errors import GaugeError, GaugeGroupError
+from gaugeport.core.errors import CheckpointError, GaugeError, GaugeGroupError
 from gaugeport.core.fileio import atomic_path, atomic_save_safetensors
 from gaugeport.core.gauge import (
     CONVENTION,
@@ -319,6 +319,8 @@ def apply_full_gauge_to_checkpoint(src: str | Path, gauge: FullGauge, out: str |
                                    progress: bool = True, provenance: Mapping[str, str] | None = None) -> Path:
     """Stream ``src`` into a new checkpoint ``out`` under the full gauge (one tensor in memory at a time)."""
     ckpt = Checkpoint.open(src)
+    if gauge.layers:
+        checked_hidden_dims(ckpt)
     tf = FullTransform(ckpt.spec, ckpt.names, gauge, ckpt.d_model, ckpt.config)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), "gaugeport_gauge_full": str(gauge.is_full).lower(),
              **(provenance or {})}
@@ -334,6 +336,8 @@ def full_weight_difference(path_a: str | Path, path_b: str | Path, gauge: FullGa
     from gaugeport.core.verify import open_same_tensors, streamed_weight_difference
 
     a, b = open_same_tensors(path_a, path_b)
+    if gauge.layers:
+        checked_hidden_dims(a)
     tf = FullTransform(a.spec, a.names, gauge, a.d_model, a.config)
     return streamed_weight_difference(a, b, tf, progress=progress)
 
@@ -464,6 +468,9 @@ def verify_full(path_a: str | Path, path_b: str | Path, gauge: FullGauge, **kwar
     from gaugeport.core.verify import verify_checkpoints
 
     weights = kwargs.pop("weights", True)
+    if gauge.layers:  # both configs checked against their weights before any model is built
+        for path in (path_a, path_b):
+            checked_hidden_dims(Checkpoint.open(path))
     res = verify_checkpoints(path_a, path_b, gauge.residual, weights=False, **kwargs)
     if weights:
         res.weight_max_abs_diff, res.weight_worst_tensor, res.weight_max_rel_diff = full_weight_difference(
@@ -471,11 +478,42 @@ def verify_full(path_a: str | Path, path_b: str | Path, gauge: FullGauge, **kwar
     return res
 
 
+def checked_hidden_dims(ckpt: Checkpoint) -> HiddenDims:
+    """The hidden sizes config.json gives, checked against the tensors' headers (no tensor data read)
+    before any work is sized by them: the layers the weights hold, and each hidden axis's length."""
+    from gaugeport.core.checkpoint import shard_layout
+
+    hspec = get_hidden_spec(ckpt.spec.model_type)
+    dims = hspec.dims(dict(ckpt.config), ckpt.d_model)
+    hint = ("config.json and the weights disagree (num_hidden_layers, intermediate_size, heads or head_dim): "
+            "the checkpoint is corrupt or mixed from two models")
+    seen: set[int] = set()
+    for shard in ckpt.shards:
+        for name, (_, shape) in shard_layout(ckpt, shard).items():
+            hit = hspec.match(name)
+            if hit is None:
+                continue
+            rule, layer = hit
+            if layer >= dims.n_layers:
+                raise CheckpointError(f"{ckpt.path}: tensor {name!r} is in layer {layer}, but config.json says "
+                                      f"there are {dims.n_layers} layers", hint=hint)
+            seen.add(layer)
+            want = sum(seg.size(dims) for seg in rule.segments)
+            if rule.axis >= len(shape) or shape[rule.axis] != want:
+                raise CheckpointError(f"{ckpt.path}: config.json gives tensor {name!r} a hidden axis {rule.axis} of "
+                                      f"length {want}, but its shape is {tuple(shape)}", hint=hint)
+    if len(seen) != dims.n_layers:
+        raise CheckpointError(f"{ckpt.path}: config.json says there are {dims.n_layers} layers, but the weights "
+                              f"hold {len(seen)}", hint=hint)
+    return dims
+
+
 def random_full_gauge_for(ckpt: str | Path, seed: int, *, perm_only: bool = False) -> FullGauge:
     """A random full gauge in the checkpoint's group (signs only where its blocks allow them)."""
     c = Checkpoint.open(ckpt)
     spec = c.spec
     hspec = get_hidden_spec(spec.model_type)
-    dims = hspec.dims(c.config, c.d_model)
+    c.check_widths(spec)
+    dims = checked_hidden_dims(c)
     return FullGauge.random(c.d_model, dims, seed, residual_signs=spec.allows_coordinate_signs and not perm_only,
                             mlp_signs=hspec.mlp_signs and not perm_only)

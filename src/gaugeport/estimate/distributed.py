@@ -344,11 +344,11 @@ def _collect_shard(path_a: str, path_b: str, batches: list[Batch], sites: Sequen
     import ray
     import torch
 
-    from gaugeport.core.verify import load_model
+    from gaugeport.core.stream import load_streamed
     from gaugeport.estimate.activations import collect_moments
 
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    model_a, model_b = load_model(path_a).to(device), load_model(path_b).to(device)
+    model_a, model_b = load_streamed(path_a, device), load_streamed(path_b, device)
     moments = collect_moments(model_a, model_b, batches, sites=sites, progress=False, shard_id=shard_id)
     return _to_cpu(moments)
 

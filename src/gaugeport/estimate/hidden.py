@@ -355,12 +355,19 @@ def _assign_rows(score: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- from activations
 @torch.no_grad()
 def mlp_unit_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches: list[torch.Tensor],
-                     down_name: str = "down_proj") -> list[np.ndarray]:
-    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection)."""
+                     down_name: str = "down_proj", module_paths: list[str] | None = None) -> list[np.ndarray]:
+    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection).
+
+    ``module_paths``: the down projections' exact module paths, one per layer (both models share them);
+    without it, every module whose name ends in ``down_name``.
+    """
     acts: dict[str, dict[int, list[torch.Tensor]]] = {"a": {}, "b": {}}
     hooks = []
     for tag, model in (("a", model_a), ("b", model_b)):
-        mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
+        if module_paths is not None:
+            mods = [(p, model.get_submodule(p)) for p in module_paths]
+        else:
+            mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
         for layer, (_, mod) in enumerate(mods):
             def hook(_m: Any, inp: tuple[torch.Tensor, ...], _o: Any, tag: str = tag, layer: int = layer) -> None:
                 acts[tag].setdefault(layer, []).append(inp[0].reshape(-1, inp[0].shape[-1]).double())

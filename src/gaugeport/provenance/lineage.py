@@ -63,6 +63,7 @@ from gaugeport.estimate.hidden import UnitFeatures, _cosines, _mlp_scores, held_
 DEFAULT_ALPHA = 1e-3
 VIEWS_FILE = Path(__file__).with_name("lineage_views.json")
 TOKEN_SAMPLE = 4096  # tokens scored by retrieval (a seeded sample of the paired ones)
+EVIDENCE_UNITS = 256  # units per block sampled for the block-map evidence (all of them are tested after)
 COORD_NULL_SDS = 4.0  # |corr| above 4 / sqrt(tokens): beyond what independent columns reach
 
 
@@ -146,7 +147,7 @@ def comparable(path_a: str | Path, path_b: str | Path) -> bool:
 
 def shapes_differ(path_a: str | Path, path_b: str | Path) -> bool:
     """True when the pair is for lineage rather than ``same``: comparable families whose model
-    types, vocabularies, widths, depths or hidden sizes differ."""
+    types, vocabularies, widths, depths, hidden sizes or tensor sets differ."""
     ca, cb = Checkpoint.open(path_a), Checkpoint.open(path_b)
     if not comparable(path_a, path_b):
         return False
@@ -155,7 +156,8 @@ def shapes_differ(path_a: str | Path, path_b: str | Path) -> bool:
     va, vb = open_view(path_a), open_view(path_b)
     if va.dims != vb.dims:
         return True
-    return _vocab_size(ca) != _vocab_size(cb)
+    # one shape but other tensors (an export without its pooler or buffers): no gauge relates them either
+    return _vocab_size(ca) != _vocab_size(cb) or set(ca.names) != set(cb.names)
 
 
 def _vocab_size(ckpt: Checkpoint) -> int:
@@ -340,8 +342,26 @@ def monotone_assignment(score: np.ndarray) -> np.ndarray:
     return rows
 
 
+def _subsample(f: UnitFeatures, n: int) -> UnitFeatures:
+    """The features of ``n`` units (a seeded sample, the same for every block of that width), or ``f``."""
+    sizes = {len(x) for blocks in f.blocks.values() for x in blocks}
+    if not sizes or max(sizes) <= n:
+        return f
+    out = UnitFeatures()
+    for key, blocks in f.blocks.items():
+        for x in blocks:
+            idx = np.sort(np.random.default_rng(len(x)).choice(len(x), n, replace=False)) if len(x) > n else \
+                np.arange(len(x))
+            out.add(*key, x[idx])
+    out.degenerate = {k: v[np.sort(np.random.default_rng(len(v)).choice(len(v), n, replace=False))]
+                      if len(v) > n else v for k, v in getattr(f, "degenerate", {}).items()}
+    return out
+
+
 def _input_evidence(small: UnitFeatures, big: UnitFeatures) -> float:
-    """Mean over the smaller side's MLP units of their best input-side score against the other block."""
+    """Mean over (up to ``EVIDENCE_UNITS`` of) the smaller side's MLP units of their best input-side score
+    against the other block: the block map's evidence, read on the input side only."""
+    small = _subsample(small, EVIDENCE_UNITS)
     s, _ = _mlp_scores(small, big, ("in",))
     small.cache.clear()
     return float(np.max(s, axis=1).mean()) if np.ndim(s) == 2 and s.size else 0.0
