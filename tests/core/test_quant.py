@@ -25,6 +25,7 @@ from gaugeport.models.tiny import save_tiny
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BLOCK = 16
+FP8_BLOCK = (16, 8)  # rows x columns: non-square, so swapped block axes cannot pass
 
 
 def _is_linear(name: str) -> bool:
@@ -42,7 +43,7 @@ def _write(dest: Path, src: Path, tensors: dict[str, torch.Tensor], quant: dict 
 
 
 def fp8_checkpoint(tmp: Path) -> tuple[Path, Path]:
-    """(quantized, reference): FP8 e4m3 weights with one float32 scale per 16 x 16 block."""
+    """(quantized, reference): FP8 e4m3 weights with one float32 scale per 16 x 8 block (rows x columns)."""
     src = save_tiny("llama", tmp / "src", seed=3)
     sd = load_file(src / "model.safetensors")
     quant, ref = {}, {}
@@ -51,19 +52,20 @@ def fp8_checkpoint(tmp: Path) -> tuple[Path, Path]:
             quant[name], ref[name] = w, w.to(torch.bfloat16).float()
             continue
         rows, cols = w.shape
-        scale = torch.empty(rows // BLOCK, cols // BLOCK)
+        bi, bj = FP8_BLOCK
+        scale = torch.empty(rows // bi, cols // bj)
         q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
         deq = torch.empty(rows, cols)
-        for i in range(rows // BLOCK):
-            for j in range(cols // BLOCK):
-                blk = w[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK]
+        for i in range(rows // bi):
+            for j in range(cols // bj):
+                blk = w[i * bi:(i + 1) * bi, j * bj:(j + 1) * bj]
                 scale[i, j] = blk.abs().max() / 448.0
                 q8 = (blk / scale[i, j]).to(torch.float8_e4m3fn)
-                q[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK] = q8
-                deq[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK] = q8.float() * scale[i, j]
+                q[i * bi:(i + 1) * bi, j * bj:(j + 1) * bj] = q8
+                deq[i * bi:(i + 1) * bi, j * bj:(j + 1) * bj] = q8.float() * scale[i, j]
         quant[name], quant[name + "_scale_inv"] = q, scale
         ref[name] = deq.to(torch.bfloat16).float()
-    cfg = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [BLOCK, BLOCK]}
+    cfg = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": list(FP8_BLOCK)}
     return _write(tmp / "fp8", src, quant, cfg), _write(tmp / "ref", src, ref, None)
 
 
@@ -173,3 +175,13 @@ def test_schemes_without_a_dequantizer_are_refused_by_name(tiny_dir, tmp_path, c
         assert code == 2 and "mxfp4" in err and "cannot dequantize" in err
     with pytest.raises(CheckpointError, match="mxfp4"):
         verify_checkpoints(quantized, quantized)
+
+
+def test_fp8_block_scales_index_rows_by_the_first_block_size_and_columns_by_the_second():
+    from gaugeport.core.quant import dequantize_fp8_block
+
+    w = torch.ones(5, 7).to(torch.float8_e4m3fn)  # ragged: the last blocks are partial
+    scale = torch.arange(1.0, 7.0).reshape(3, 2)  # ceil(5 / 2) x ceil(7 / 4)
+    out = dequantize_fp8_block(w, scale, (2, 4))
+    expected = torch.tensor([[float(scale[i // 2, j // 4]) for j in range(7)] for i in range(5)])
+    assert torch.equal(out, expected)

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N: where the model blocks run "
+                                                          "(streamed one block at a time)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress bar")]
 GaugeOpt = Annotated[Path, typer.Option("--gauge", help="gauge mapping A's coordinates to B's "
                                                         "(as `gaugeport align A B` writes it)")]

@@ -29,8 +29,8 @@ def inverse(
 
 @app.command()
 def same(
-    a: Annotated[Path, typer.Argument(help="checkpoint A (the claimed origin)")],
-    b: Annotated[Path, typer.Argument(help="checkpoint B (the suspect)")],
+    a: Annotated[Path | None, typer.Argument(help="checkpoint A (the claimed origin)")] = None,
+    b: Annotated[Path | None, typer.Argument(help="checkpoint B (the suspect)")] = None,
     data: Annotated[str | None, typer.Option("--data", help="token data (.npy ids, .txt, .jsonl, dataset dir, "
                                              "builtin): estimate the residual and MLP units from activations")] = None,
     tokens: Annotated[int, typer.Option("--tokens", help="tokens of --data to use")] = 4096,
@@ -41,14 +41,20 @@ def same(
     save_gauge_to: Annotated[Path | None, typer.Option("--save-gauge", help="write the recovered full gauge "
                                                        "(A -> B) here")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace existing outputs")] = False,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="batch mode: a CSV with columns a, b and optional "
+                                               "label; one JSON line per pair to --out")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="batch mode: the JSON-lines output (resumed "
+                                                   "when it exists; summary and ROC plot written next to it)")] = None,
 ) -> None:
     """Is B a gauged copy of A (identical), derived from A, or independent? p-value, per-layer localisation
-    and the recovered gauge as evidence."""
+    and the recovered gauge as evidence. Pairs whose shapes differ (blocks removed, widths pruned, tokens
+    added, experts upcycled) get a block map and graded evidence (lineage)."""
     import json
 
     from gaugeport.core.errors import GaugeportError
     from gaugeport.core.fileio import atomic_write_json, refuse_existing
     from gaugeport.core.fullgauge import save_full_gauge
+    from gaugeport.provenance.lineage import LineageResult
     from gaugeport.provenance.same import same as run_same
 
     if not 0 < alpha < 1:  # NaN fails too
@@ -61,29 +67,45 @@ def same(
     if tokens <= 0:
         raise GaugeportError(f"--tokens {tokens} is not a positive number of tokens",
                              hint="--tokens is how many tokens of --data to read (default 4096)")
-    for p in (report, save_gauge_to):
+    if pairs is not None:
+        if a is not None or b is not None or out is None:
+            raise GaugeportError("--pairs runs a batch: give --out and no checkpoints",
+                                 hint="gaugeport same --pairs pairs.csv --out results.jsonl")
+        _same_batch(pairs, out, alpha, force, as_json)
+        return
+    if a is None or b is None:
+        raise GaugeportError("same needs two checkpoints A and B (or --pairs CSV --out JSONL)",
+                             hint="gaugeport same A B")
+    plot = report.with_suffix(".png") if report is not None else None
+    for p in (report, save_gauge_to, plot):
         if p is not None:
             refuse_existing(p, force, inputs=(a, b))
-    res = run_same(a, b, data=data, alpha=alpha, tol=tol, tokens=tokens)
-    out = res.to_dict()
+    res = run_same(a, b, data=data, alpha=alpha, tol=tol, tokens=tokens, full_gauge=save_gauge_to is not None)
+    if isinstance(res, LineageResult):
+        _print_lineage(res, report, plot, save_gauge_to, as_json)
+        return
+    doc = res.to_dict()
     if save_gauge_to is not None:
         if res.gauge is None:
             raise GaugeportError("the recovered residual map is a rotation (folded gains), not a signed permutation: "
                                  "it has no gauge file", hint="the rotation is summarised in --report")
         save_full_gauge(res.gauge, save_gauge_to, {"same": res.verdict, "a": str(a), "b": str(b),
                                                    "p_value": res.p_value}, force=force)
-        out["gauge_file"] = str(save_gauge_to)
+        doc["gauge_file"] = str(save_gauge_to)
     if report is not None:
-        atomic_write_json(report, out, force=force)
+        atomic_write_json(report, doc, force=force)
     if as_json:
-        typer.echo(json.dumps(out, indent=2, default=str))
+        typer.echo(json.dumps(doc, indent=2, default=str))
         return
     typer.echo(f"verdict     {res.verdict}")
     typer.echo(f"p-value     {res.p_value:.3g} (log10 {res.log10_p:.1f}; null: independent training; "
                f"alpha {alpha:g})")
     ic = res.identical_check
-    typer.echo(f"weights     B vs recovered gauge applied to A: max relative diff {ic['max_rel_weight_diff']:.3g} "
-               f"({ic['worst_tensor']})")
+    if ic["max_rel_weight_diff"] is None:
+        typer.echo(f"weights     not compared ({ic.get('not_run', 'no gauge recovered')})")
+    else:
+        typer.echo(f"weights     B vs recovered gauge applied to A: max relative diff "
+                   f"{ic['max_rel_weight_diff']:.3g} ({ic['worst_tensor']})")
     if "logits_max_rel_diff" in ic:
         typer.echo(f"function    logits max relative diff {ic['logits_max_rel_diff']:.3g}")
     typer.echo(f"residual    {res.residual.get('kind')} ({res.residual.get('method')})")
@@ -91,10 +113,88 @@ def same(
     for lay in res.layers:
         wd = lay["max_rel_weight_diff"]
         typer.echo(f"{lay['layer']:>5}  {lay['status']:<10}  {lay['p_value']:<9.3g}  {lay['z']:>5.1f}  "
-                   f"{lay['mlp_mean_confidence']:>8.3f}  {lay['heads_mean_confidence']:>10.3f}  "
+                   f"{_num(lay['mlp_mean_confidence']):>8}  {_num(lay['heads_mean_confidence']):>10}  "
                    f"{wd if wd is None else format(wd, '.3g')}")
     for n in res.notes:
         typer.echo(f"note: {n}")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _print_lineage(res: object, report: Path | None, plot: Path | None, save_gauge_to: Path | None,
+                   as_json: bool) -> None:
+    import json
+
+    from gaugeport.core.errors import GaugeportError
+    from gaugeport.core.fileio import atomic_write_json
+    from gaugeport.provenance.lineage import LineageResult, plot_blocks
+
+    assert isinstance(res, LineageResult)
+    if save_gauge_to is not None:
+        raise GaugeportError("A and B differ in shape: no gauge relates them, so there is no gauge file",
+                             hint="the block, unit and coordinate maps are in --report")
+    out = res.to_dict()
+    if report is not None:
+        out["plot"] = str(plot_blocks(res, plot)) if plot is not None else None
+        atomic_write_json(report, out, force=True)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    ev = res.evidence
+    typer.echo(f"verdict     {res.verdict} (lineage: shapes differ)")
+    typer.echo(f"p-value     {res.p_value:.3g} (log10 {res.log10_p:.1f}; null: independent training; "
+               f"alpha {res.alpha:g})")
+    typer.echo(f"effect      {res.effect:.3f} (0: independent, 1: every unit, head and token traced)")
+    sa, sb = res.shapes["a"], res.shapes["b"]
+    typer.echo(f"shapes      A {sa['model_type']} d={sa['d']} blocks={sa['n_layers']} mlp={sa['mlp']} "
+               f"heads={sa['n_heads']} experts={sa['experts']} vocab={sa['vocab']}")
+    typer.echo(f"            B {sb['model_type']} d={sb['d']} blocks={sb['n_layers']} mlp={sb['mlp']} "
+               f"heads={sb['n_heads']} experts={sb['experts']} vocab={sb['vocab']}")
+    hf = ev["heads_fraction"]
+    typer.echo(f"fractions   units {ev['units_fraction']:.3f}  heads {'n/a' if hf is None else format(hf, '.3f')}  "
+               f"tokens {ev['tokens_fraction']:.3f}  coordinates {ev['coordinates_fraction']:.3f}  "
+               f"blocks {ev['blocks_fraction']:.3f}")
+    typer.echo(f"output cos  matched {ev['output_cos']:.3f} vs null {ev['null_output_cos']:.3f}")
+    v = res.vocabulary
+    typer.echo(f"vocabulary  {v['shared']} shared tokens (by {v['paired_by']}), {v['only_a']} only in A, "
+               f"{v['only_b']} only in B")
+    typer.echo("A block -> B block   z      p-value    units  heads  status")
+    for blk in res.blocks:
+        h = blk["heads_fraction"]
+        typer.echo(f"{blk['a_block']:>7} -> {blk['b_block']:<7}  {blk['z']:>6.1f}  {blk['p_value']:<9.3g}  "
+                   f"{blk['units_fraction']:>5.2f}  {'  n/a' if h is None else format(h, '5.2f')}  {blk['status']}")
+    if report is not None:
+        typer.echo(f"report      {report} (plot {plot})")
+    for n in res.notes:
+        typer.echo(f"note: {n}")
+
+
+def _same_batch(pairs: Path, out: Path, alpha: float, force: bool, as_json: bool) -> None:
+    import json
+
+    from gaugeport.core.fileio import atomic_write_json, refuse_existing
+    from gaugeport.provenance.batch import _done_lines, plot_roc, run_pairs
+
+    summary_path, roc_path = out.with_suffix(".summary.json"), out.with_suffix(".roc.png")
+    if force and out.exists():
+        out.unlink()
+    summary = run_pairs(pairs, out, alpha=alpha, echo=None if as_json else typer.echo)
+    for p in (summary_path, roc_path):
+        refuse_existing(p, True, inputs=(pairs,))
+    summary["roc_plot"] = str(r) if (r := plot_roc(_done_lines(out), roc_path)) is not None else None
+    summary["lines"] = str(out)
+    atomic_write_json(summary_path, summary, force=True)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"{summary['pairs']} pairs ({summary['errors']} errors): "
+               + ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items())))
+    if "auc" in summary:
+        typer.echo(f"AUC {summary['auc']:.3f}, TPR at 1% FPR {summary['tpr_at_1pct_fpr']:.3f} "
+                   f"({summary['labelled']} labelled pairs, ranked by effect)")
+    typer.echo(f"wrote {out}, {summary_path}" + (f", {roc_path}" if summary["roc_plot"] else ""))
 
 
 @app.command()

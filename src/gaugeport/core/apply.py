@@ -166,6 +166,11 @@ def rewrite_checkpoint(ckpt: Checkpoint, dest: Path, rewrite: Callable[[str, tor
                 for name, tensor in ckpt.iter_shard(shard):
                     writer.write(name, rewrite(name, tensor))
                     bar.update()
+    copy_side_files(ckpt, dest)
+
+
+def copy_side_files(ckpt: Checkpoint, dest: Path) -> None:
+    """Config, tokenizer, generation config and the shard index of ``ckpt``, into a new checkpoint ``dest``."""
     for side in ckpt.side_files():
         shutil.copy2(side, dest / side.name)
     if ckpt.index is not None:

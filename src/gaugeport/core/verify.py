@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 
 from gaugeport.core.apply import check_gauge_fits, transform_tensor
 from gaugeport.core.archspec import get_spec
 from gaugeport.core.checkpoint import Checkpoint, check_sequence_length
+from gaugeport.core.defaults import VERIFY_TOL
 from gaugeport.core.errors import CheckpointError, DataError, GaugeError
-from gaugeport.core.facts import ModelFacts
 from gaugeport.core.gauge import SignedPermutation
+from gaugeport.core.stream import load_model, model_class_for  # noqa: F401 (re-exported)
 
-DEFAULT_TOL = 1e-4  # relative to the largest |logit| of A; float32 reorderings give ~1e-6
+DEFAULT_TOL = VERIFY_TOL  # relative to the largest |logit| of A (core/defaults.py)
 
 
 @dataclass
@@ -47,37 +47,6 @@ class Verification:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
-
-
-def model_class_for(config: Any) -> type:
-    """The class a checkpoint was saved from (``config.architectures``), else the table's task head."""
-    facts = ModelFacts.from_config(config)
-    for name in facts.architectures:
-        cls = getattr(transformers, name, None) if name.isidentifier() else None
-        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-            return cls
-    return getattr(transformers, facts.spec.task_class)
-
-
-def load_model(path: str | Path) -> torch.nn.Module:
-    """Load a checkpoint as its own class, in float32, eval mode; refuse if any tensor would be random."""
-    ckpt = Checkpoint.open(path)
-    cls = model_class_for(ckpt.config)
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        model, info = cls.from_pretrained(str(ckpt.path), dtype=torch.float32,  # ckpt.path: a hub ID resolved
-                                          output_loading_info=True)
-    except Exception as exc:
-        raise CheckpointError(f"transformers could not load {path}: {exc}") from exc
-    missing = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
-    if missing:
-        raise CheckpointError(
-            f"loading {path} as {getattr(cls, '__name__', cls)} would randomly initialise {len(missing)} tensor(s): "
-            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
-            hint="a comparison through random weights proves nothing; fix config.json's 'architectures' to "
-            "name the class these weights were saved from",
-        )
-    return model.eval()
 
 
 def probe_token_ids(vocab_size: int, n_seq: int = 4, seq_len: int = 32, seed: int = 0) -> torch.Tensor:
@@ -125,10 +94,12 @@ def check_tolerance(tol: float) -> float:
 @torch.no_grad()
 def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, ids: torch.Tensor,
                    gauge: SignedPermutation | None = None, tol: float = DEFAULT_TOL) -> Verification:
-    out_a = model_a(input_ids=ids, output_hidden_states=True)
-    out_b = model_b(input_ids=ids, output_hidden_states=True)
+    from gaugeport.core.stream import model_device
+
+    out_a = model_a(input_ids=ids.to(model_device(model_a)), output_hidden_states=True)
+    out_b = model_b(input_ids=ids.to(model_device(model_b)), output_hidden_states=True)
     key = next(k for k in ("logits", "pooler_output", "last_hidden_state") if getattr(out_a, k, None) is not None)
-    ya, yb = getattr(out_a, key), getattr(out_b, key)
+    ya, yb = getattr(out_a, key).cpu(), getattr(out_b, key).cpu()
     for which, y in (("A", ya), ("B", yb)):
         if not bool(torch.isfinite(y).all()):
             raise DataError(f"model {which} produced NaN or infinite {key}",
@@ -142,7 +113,7 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, ids: torc
     scale = max(ya.abs().max().item(), 1e-12)
     h_abs = h_rel = None
     if gauge is not None:
-        diffs = [(gauge.apply(ha, -1) - hb).abs().max().item() for ha, hb in
+        diffs = [(gauge.apply(ha.cpu(), -1) - hb.cpu()).abs().max().item() for ha, hb in
                  zip(out_a.hidden_states, out_b.hidden_states, strict=True)]
         scales = [ha.abs().max().item() for ha in out_a.hidden_states]
         h_abs = max(diffs)
@@ -191,8 +162,14 @@ def streamed_weight_difference(a: Checkpoint, b: Checkpoint, transform: Any, *,
 
 def verify_checkpoints(path_a: str | Path, path_b: str | Path, gauge: SignedPermutation | None = None, *,
                        tol: float = DEFAULT_TOL, data: str | Path | None = None, n_seq: int = 4,
-                       seq_len: int = 32, seed: int = 0, weights: bool = True) -> Verification:
+                       seq_len: int = 32, seed: int = 0, weights: bool = True,
+                       device: str = "cpu") -> Verification:
+    """Run both checkpoints on the same tokens, layer-streamed (:mod:`gaugeport.core.stream`: one block
+    of a model in memory at a time, on ``device``), and compare outputs, hidden states and weights."""
+    from gaugeport.core.stream import check_device, load_streamed
+
     tol = check_tolerance(tol)
+    dev = check_device(device)
     a, b = Checkpoint.open(path_a), Checkpoint.open(path_b)
     if a.model_type != b.model_type:
         raise CheckpointError(f"different architectures: {a.model_type} vs {b.model_type}",
@@ -208,7 +185,7 @@ def verify_checkpoints(path_a: str | Path, path_b: str | Path, gauge: SignedPerm
     ids = load_token_ids(data, vocab) if data else probe_token_ids(vocab, n_seq, seq_len, seed)
     for ckpt in (a, b):
         check_sequence_length(int(ids.shape[1]), ckpt.position_limit, str(ckpt.path))
-    result = compare_models(load_model(path_a), load_model(path_b), ids, gauge, tol)
+    result = compare_models(load_streamed(path_a, dev), load_streamed(path_b, dev), ids, gauge, tol)
     if gauge is not None and weights:
         result.weight_max_abs_diff, result.weight_worst_tensor, result.weight_max_rel_diff = weight_difference(
             path_a, path_b, gauge)

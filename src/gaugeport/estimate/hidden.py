@@ -80,10 +80,19 @@ class UnitFeatures:
     """One layer's feature blocks per unit kind: lists of ``[n_units, f]`` float32 arrays."""
 
     blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
-    cache: dict[int, dict[tuple[str, str, str], np.ndarray | None]] = field(default_factory=dict, repr=False)
+    cache: dict[int, dict[tuple[str, ...], np.ndarray | None]] = field(default_factory=dict, repr=False)
+    degenerate: dict[str, np.ndarray] = field(default_factory=dict)  # per kind: units with a constant feature row
 
-    def add(self, kind: str, mode: str, side: str, arr: np.ndarray) -> None:
+    def add(self, kind: str, mode: str, side: str, arr: np.ndarray, raw: np.ndarray | None = None) -> None:
+        """Add one feature block (rows: units). ``raw`` (the unsketched rows, default ``arr``) marks the
+        units whose row is constant (zeroed, pruned or padded units): they carry no evidence."""
         self.blocks.setdefault((kind, mode, side), []).append(arr)
+        src = arr if raw is None else raw
+        if src.shape[1] <= 1:
+            return  # a bias or one value per unit: constant by construction, says nothing about the unit
+        const = src.max(axis=1) == src.min(axis=1)
+        prev = self.degenerate.get(kind)
+        self.degenerate[kind] = const if prev is None else (prev | const)
 
 
 def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> list[tuple[str, str, np.ndarray]]:
@@ -109,7 +118,7 @@ def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: A
         role = spec.classify(name).role
         side = "out" if role in ("write", "write_bias") else "in"  # reads the stream (or a head-side bias/norm)
         for kind, mode, arr in unit_blocks(get(name), rule, dims):
-            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, unit_rows(arr))
+            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, unit_rows(arr), arr)
     return feats
 
 
@@ -129,19 +138,21 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str) -> np.ndarray | None:
-    """Mean over blocks of the cosine matrix between A's and B's units (rows: A, columns: B); cached."""
-    key = (kind, mode, side)
+def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str,
+             rows: np.ndarray | None = None) -> np.ndarray | None:
+    """Mean over blocks of the cosine matrix between A's units (``rows`` of them, default all) and
+    B's units (rows: A, columns: B); cached (one cache per row selection)."""
+    key = (kind, mode, side, "all" if rows is None else "rows")
     cache = fa.cache.setdefault(id(fb), {})
     if key in cache:
         return cache[key]
-    ba, bb = fa.blocks.get(key, []), fb.blocks.get(key, [])
+    ba, bb = fa.blocks.get((kind, mode, side), []), fb.blocks.get((kind, mode, side), [])
     total = None
     for xa, xb in zip(ba, bb, strict=True):
-        c = xa @ xb.T
+        c = (xa if rows is None else xa[rows]) @ xb.T
         total = c if total is None else total + c
     out = None if total is None else total / np.float32(len(ba))
-    cache[key] = out
+    cache[key] = out  # type: ignore[index]
     return out
 
 
@@ -162,10 +173,11 @@ def _match(score: np.ndarray, sign_source: np.ndarray | None) -> UnitMatch:
                      match_margin(score, cols))
 
 
-def _mlp_scores(fa: UnitFeatures, fb: UnitFeatures, sides: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+def _mlp_scores(fa: UnitFeatures, fb: UnitFeatures, sides: tuple[str, ...],
+                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Score (maximised) and signed source for MLP units from the feature blocks on ``sides``."""
-    absolute = [c for s in sides if (c := _cosines(fa, fb, "mlp", "abs", s)) is not None]
-    signed = [c for s in sides if (c := _cosines(fa, fb, "mlp", "signed", s)) is not None]
+    absolute = [c for s in sides if (c := _cosines(fa, fb, "mlp", "abs", s, rows)) is not None]
+    signed = [c for s in sides if (c := _cosines(fa, fb, "mlp", "signed", s, rows)) is not None]
     n = len(absolute) + len(signed)
     sgn = sum(signed) if signed else None
     score = (sum(absolute) if absolute else 0.0) + (np.abs(sgn) if sgn is not None else 0.0)
@@ -216,34 +228,60 @@ def estimate_hidden(fa: dict[int, UnitFeatures], fb: dict[int, UnitFeatures], di
     layers, conf, margin, hconf, held = [], [], [], [], []
     for layer in range(dims.n_layers):
         a, b = fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
-        score, sgn = _mlp_scores(a, b, ("in", "out"))
-        m = _match(score, sgn if mlp_signs else None)
-        heads, hc = match_heads(a, b, dims)
-        layers.append(LayerGauge(m.gauge, heads, dims.n_kv_heads))
-        conf.append(m.confidence)
-        margin.append(m.margin)
+        lg, c, m, hc = match_layer(a, b, dims, mlp_signs)
+        layers.append(lg)
+        conf.append(c)
+        margin.append(m)
         hconf.append(hc)
         held.append(held_out_statistic(a, b, mlp_signs))
         a.cache.clear()  # n x n cosine matrices: free them before the next layer
     return HiddenEstimate(layers, conf, margin, hconf, held)
 
 
-def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
-                       condition: bool = True) -> dict[str, Any]:
+def match_layer(a: UnitFeatures, b: UnitFeatures, dims: HiddenDims,
+                mlp_signs: bool) -> tuple[LayerGauge, np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's MLP units (assignment on all features) and heads: the gauge, the MLP units'
+    matched scores and margins, and the heads' matched scores."""
+    score, sgn = _mlp_scores(a, b, ("in", "out"))
+    m = _match(score, sgn if mlp_signs else None)
+    del score, sgn
+    heads, hc = match_heads(a, b, dims)
+    return LayerGauge(m.gauge, heads, dims.n_kv_heads), m.confidence, m.margin, hc
+
+
+def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condition: bool = True,
+                       sample: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Match MLP units on input features only; test the matches on output features.
 
     ``M[i, j]``: the output-side cosine of A's unit ``i`` and B's unit ``j`` (times the sign the input
     side chose for that pair). With ``condition``, ``M`` is first residualised on the input-side
     cosines (least squares over the unmatched pairs), removing the rise that shared, data-induced
     structure gives both in unrelated models. Each unit's match then competes with the unit's
-    ``k`` best input-side candidates: its rank by ``M`` among them is uniform on ``1..k`` under the
-    null, so ``z = sum((k + 1) / 2 - rank) / sqrt(n (k^2 - 1) / 12)``.
+    ``k`` best input-side candidates (the match is always one of them: :func:`input_candidates`).
+    Its rank by ``M`` among them is uniform on ``1..k`` under the null; ties get the mid-rank
+    (an equal score counts one half), so ``z = sum((k + 1) / 2 - rank) / sqrt(n (k^2 - 1) / 12)``.
+    With ties the variance used is the no-ties one, an upper bound, so ``z`` errs towards zero.
+
+    Units whose feature rows are constant (zeroed, pruned, padded) carry no evidence: A's such units
+    leave ``n``, together with those matched to such a unit of B, and B's never enter a candidate set.
+
+    ``sample``: when A has more live units than this, a seeded sample of that many of A's units is
+    tested, each matched to its nearest neighbour in B on the input side (no assignment over the
+    full width: ``sample x n`` cosines instead of ``n x n``); the statistic is the same, on the sample.
     """
-    s_in, sgn_in = _mlp_scores(a, b, ("in",))
-    predictors = [c for c in (_cosines(a, b, "mlp", "abs", "in"), _cosines(a, b, "mlp", "signed", "in"))
+    n_units = _n_units(a)
+    if n_units == 0:
+        return {"z": 0.0, "n": 0, "matched_out_cos": None}
+    dead_a = a.degenerate.get("mlp", np.zeros(n_units, dtype=bool))
+    sel: np.ndarray | None = None
+    if sample is not None and int((~dead_a).sum()) > sample:
+        live = np.flatnonzero(~dead_a)
+        sel = np.sort(np.random.default_rng(seed).choice(live, sample, replace=False))
+    s_in, sgn_in = _mlp_scores(a, b, ("in",), sel)
+    predictors = [c for c in (_cosines(a, b, "mlp", "abs", "in", sel), _cosines(a, b, "mlp", "signed", "in", sel))
                   if c is not None]
-    s_out_abs = _cosines(a, b, "mlp", "abs", "out")
-    s_out_sgn = _cosines(a, b, "mlp", "signed", "out")
+    s_out_abs = _cosines(a, b, "mlp", "abs", "out", sel)
+    s_out_sgn = _cosines(a, b, "mlp", "signed", "out", sel)
     if s_out_abs is None and s_out_sgn is None:
         return {"z": 0.0, "n": 0, "matched_out_cos": None}
     m_mat = np.zeros_like(s_in)
@@ -251,28 +289,39 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
         m_mat += s_out_abs
     if s_out_sgn is not None:
         m_mat += np.where(sgn_in < 0, -s_out_sgn, s_out_sgn) if (mlp_signs and sgn_in is not None) else s_out_sgn
-    cols = linear_assignment(s_in).cols
-    n = m_mat.shape[0]
-    rows = np.arange(n)
-    raw_matched = float(m_mat[rows, cols].mean())
-    null_mean = float(m_mat.mean())
-    k = min(RUNNER_UP_K, n)
-    # each unit's k best input-side candidates (its match among them)
-    cand = np.concatenate([np.argpartition(-s_in[i:i + 1024], k - 1, axis=1)[:, :k]  # row chunks: no n x n index
-                           for i in range(0, n, 1024)])
-    has = (cand == cols[:, None]).any(axis=1)
-    cand[~has, -1] = cols[~has]
-    out_scores = np.take_along_axis(m_mat, cand, axis=1).astype(np.float64)
-    matched_out = m_mat[rows, cols].astype(np.float64)
+    n_b = m_mat.shape[1]
+    dead_b = b.degenerate.get("mlp", np.zeros(n_b, dtype=bool))
+    if sel is None:
+        cols = _assign_rows(s_in)  # rectangular (fewer rows: a pruned model's units) for lineage
+        row_dead = dead_a
+    else:
+        masked = np.where(dead_b[None, :], -np.inf, s_in)
+        cols = masked.argmax(axis=1)  # nearest neighbour on the input side
+        del masked
+        row_dead = dead_a[sel]
+    n_all = m_mat.shape[0]
+    rows = np.flatnonzero(~row_dead & ~dead_b[cols])  # units that carry evidence, matched to one that does
+    n = int(rows.size)
+    k = min(RUNNER_UP_K, int((~dead_b).sum()))
+    base = {"n": n, "k": int(k), "dropped_units": int(n_all - n), "sampled": sel is not None,
+            "units": int(n_units)}
+    if n == 0 or k < 2:
+        return {"z": 0.0, **base, "matched_out_cos": None}
+    raw_matched = float(m_mat[rows, cols[rows]].mean())
+    null_mean = float(m_mat[np.ix_(~row_dead, ~dead_b)].mean())
+    cand = input_candidates(s_in, cols, k, rows, dead_b)
+    out_scores = np.take_along_axis(m_mat[rows], cand, axis=1).astype(np.float64)
+    matched_out = m_mat[rows, cols[rows]].astype(np.float64)
     if condition:
         # remove what input-side similarity alone predicts about the output side, fitted by least squares on
-        # (up to FIT_PAIRS) unmatched pairs: shared, data-induced structure makes both rise together in
-        # unrelated models
+        # (up to FIT_PAIRS) unmatched pairs of live units: shared, data-induced structure makes both rise
+        # together in unrelated models
         rng = np.random.default_rng(0)
-        if n * n <= FIT_PAIRS:
-            fi, fj = (x.reshape(-1) for x in np.meshgrid(rows, rows, indexing="ij"))
+        live_b = np.flatnonzero(~dead_b)
+        if n * live_b.size <= FIT_PAIRS:
+            fi, fj = (x.reshape(-1) for x in np.meshgrid(rows, live_b, indexing="ij"))
         else:
-            fi, fj = rng.integers(0, n, FIT_PAIRS), rng.integers(0, n, FIT_PAIRS)
+            fi, fj = rows[rng.integers(0, n, FIT_PAIRS)], live_b[rng.integers(0, live_b.size, FIT_PAIRS)]
         keep = fj != cols[fi]
         fi, fj = fi[keep], fj[keep]
 
@@ -285,27 +334,79 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
 
         coef, *_ = np.linalg.lstsq(design(fi, fj), m_mat[fi, fj].astype(np.float64), rcond=None)
         out_scores = out_scores - design(np.repeat(rows[:, None], k, axis=1), cand) @ coef
-        matched_out = matched_out - design(rows, cols) @ coef
-    # under the null the match's output-side rank among its unit's candidates is uniform on 1..k
-    rank = 1 + (out_scores > matched_out[:, None] + 1e-12).sum(axis=1)  # 1 = the best output-side score
+        matched_out = matched_out - design(rows, cols[rows]) @ coef
+    rank = mid_rank(out_scores, matched_out)
     t = float(((k + 1) / 2 - rank).sum())
     var = n * (k * k - 1) / 12.0
-    z = t / np.sqrt(var) if var > 0 else 0.0
+    z = t / np.sqrt(var)
     top1 = float(np.mean(rank == 1))
-    return {"z": float(z), "n": int(n), "k": int(k), "top1_fraction": top1, "matched_out_cos": raw_matched,
-            "null_mean_cos": null_mean,
-            "matched_in_score": float(s_in[np.arange(n), cols].mean())}
+    return {"z": float(z), **base, "top1_fraction": top1, "matched_out_cos": raw_matched,
+            "null_mean_cos": null_mean, "matched_in_score": float(s_in[rows, cols[rows]].mean())}
+
+
+def _n_units(f: UnitFeatures) -> int:
+    for (kind, _, _), arrs in f.blocks.items():
+        if kind == "mlp" and arrs:
+            return int(arrs[0].shape[0])
+    return 0
+
+
+def input_candidates(s_in: np.ndarray, cols: np.ndarray, k: int, rows: np.ndarray,
+                     dead_b: np.ndarray | None = None) -> np.ndarray:
+    """For each of ``rows``, its ``k`` best columns of ``s_in`` (B's units with constant features
+    excluded), the matched column ``cols[row]`` always among them (it replaces the last when absent)."""
+    cand = []
+    for i in range(0, rows.size, 1024):  # row chunks: no n x n index array
+        block = s_in[rows[i:i + 1024]].astype(np.float64)
+        if dead_b is not None and dead_b.any():
+            block[:, dead_b] = -np.inf
+        cand.append(np.argpartition(-block, k - 1, axis=1)[:, :k])
+    out = np.concatenate(cand) if cand else np.zeros((0, k), dtype=np.int64)
+    matched = cols[rows]
+    has = (out == matched[:, None]).any(axis=1)
+    out[~has, -1] = matched[~has]
+    return out
+
+
+def mid_rank(scores: np.ndarray, own: np.ndarray, atol: float = 1e-12) -> np.ndarray:
+    """Rank of ``own[i]`` among the row ``scores[i]`` (which contains it): 1 = the highest; scores within
+    ``atol`` of it are ties and count one half each (the mid-rank), so ties favour neither side."""
+    above = (scores > own[:, None] + atol).sum(axis=1)
+    tied = (np.abs(scores - own[:, None]) <= atol).sum(axis=1) - 1  # the match itself is in its row
+    return 1.0 + above + 0.5 * np.maximum(tied, 0)
+
+
+def _assign_rows(score: np.ndarray) -> np.ndarray:
+    """Each row's column in a maximum-score assignment (a square matrix: the project's LAP; a wide one,
+    fewer rows than columns: SciPy's rectangular solver, every row matched to a distinct column)."""
+    if score.shape[0] == score.shape[1]:
+        return linear_assignment(score).cols
+    from scipy.optimize import linear_sum_assignment
+
+    if score.shape[0] > score.shape[1]:
+        raise ValueError(f"held-out matching needs rows <= columns, got {score.shape}")
+    r, c = linear_sum_assignment(score.astype(np.float64), maximize=True)
+    out = np.empty(score.shape[0], dtype=np.int64)
+    out[r] = c
+    return out
 
 
 # ----------------------------------------------------------------------------- from activations
 @torch.no_grad()
 def mlp_unit_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches: list[torch.Tensor],
-                     down_name: str = "down_proj") -> list[np.ndarray]:
-    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection)."""
+                     down_name: str = "down_proj", module_paths: list[str] | None = None) -> list[np.ndarray]:
+    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection).
+
+    ``module_paths``: the down projections' exact module paths, one per layer (both models share them);
+    without it, every module whose name ends in ``down_name``.
+    """
     acts: dict[str, dict[int, list[torch.Tensor]]] = {"a": {}, "b": {}}
     hooks = []
     for tag, model in (("a", model_a), ("b", model_b)):
-        mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
+        if module_paths is not None:
+            mods = [(p, model.get_submodule(p)) for p in module_paths]
+        else:
+            mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
         for layer, (_, mod) in enumerate(mods):
             def hook(_m: Any, inp: tuple[torch.Tensor, ...], _o: Any, tag: str = tag, layer: int = layer) -> None:
                 acts[tag].setdefault(layer, []).append(inp[0].reshape(-1, inp[0].shape[-1]).double())

@@ -172,9 +172,9 @@ def _name(ref: ModelRef, i: int) -> str:
 def _load(ref: ModelRef) -> torch.nn.Module:
     if isinstance(ref, torch.nn.Module):
         return ref
-    from gaugeport.core.verify import load_model
+    from gaugeport.core.stream import load_streamed
 
-    return load_model(ref)
+    return load_streamed(ref)
 
 
 def _default_batches(model: torch.nn.Module) -> list[Any]:

@@ -1,0 +1,152 @@
+"""Shape-changing derivations of a Llama-style model, for the lineage tests and the provenance suite
+(a healing run after pruning trains, so it lives with the training runs: ``study.provenance_runs.healed``).
+
+Each takes a ``LlamaForCausalLM`` (or a subclass with the same tensor names) and returns a new
+model; the input is never modified. These are the published recipes in miniature:
+
+* :func:`drop_blocks`: depth pruning (Minitron's depth axis, Sheared-LLaMA): whole blocks removed;
+* :func:`prune_mlp`: width pruning of the MLP units by importance (Minitron: activation-based; here
+  the weight product ``|up_i| |down_i|`` unless ``importance`` is given);
+* :func:`prune_residual`: width pruning of the residual stream (Minitron prunes the embedding
+  channels too): every residual axis keeps the same coordinates, head_dim is kept;
+* :func:`extend_vocab`: tokens appended (Chinese-LLaMA): new rows at the mean of the old ones plus noise;
+* :func:`upcycle_to_mixtral`: sparse upcycling (Mixtral from Mistral): every expert a copy of the
+  dense MLP, a fresh router; ``noise`` perturbs each expert independently.
+
+With no noise, :func:`upcycle_to_mixtral` and :func:`extend_vocab` preserve the function (on the
+old vocabulary); the tests compare logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import transformers
+
+
+def _clone_with(model: torch.nn.Module, config_overrides: dict, state: dict[str, torch.Tensor],
+                model_type: str | None = None) -> torch.nn.Module:
+    cfg = model.config.to_dict()
+    cfg.update(config_overrides)
+    mt = model_type or cfg["model_type"]
+    for k in ("model_type", "transformers_version", "architectures", "_name_or_path"):
+        cfg.pop(k, None)
+    config = transformers.AutoConfig.for_model(mt, **cfg)
+    cls = transformers.AutoModelForCausalLM
+    new = cls.from_config(config, dtype=torch.float32)
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
+    if missing or unexpected:
+        raise ValueError(f"derived state does not fit: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    new.eval()
+    return new
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _n_layers(model: torch.nn.Module) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+@torch.no_grad()
+def drop_blocks(model: torch.nn.Module, drop: Sequence[int]) -> torch.nn.Module:
+    """Remove the blocks ``drop``; the others keep their order (renumbered)."""
+    keep = [i for i in range(_n_layers(model)) if i not in set(drop)]
+    if not keep:
+        raise ValueError("cannot drop every block")
+    state = {}
+    for k, v in _state(model).items():
+        parts = k.split(".")
+        if len(parts) > 2 and parts[1] == "layers":
+            old = int(parts[2])
+            if old not in keep:
+                continue
+            parts[2] = str(keep.index(old))
+            k = ".".join(parts)
+        state[k] = v
+    return _clone_with(model, {"num_hidden_layers": len(keep)}, state)
+
+
+@torch.no_grad()
+def prune_mlp(model: torch.nn.Module, keep: int, importance: Sequence[torch.Tensor] | None = None) -> torch.nn.Module:
+    """Keep the ``keep`` most important MLP units of every block (their original order)."""
+    state = _state(model)
+    for layer in range(_n_layers(model)):
+        p = f"model.layers.{layer}.mlp."
+        up, gate, down = state[p + "up_proj.weight"], state[p + "gate_proj.weight"], state[p + "down_proj.weight"]
+        score = importance[layer] if importance is not None else up.norm(dim=1) * down.norm(dim=0) * gate.norm(dim=1)
+        idx = torch.sort(torch.topk(score, keep).indices).values
+        state[p + "up_proj.weight"], state[p + "gate_proj.weight"] = up[idx], gate[idx]
+        state[p + "down_proj.weight"] = down[:, idx]
+    return _clone_with(model, {"intermediate_size": keep}, state)
+
+
+@torch.no_grad()
+def prune_residual(model: torch.nn.Module, keep: int) -> torch.nn.Module:
+    """Keep ``keep`` residual coordinates (largest token-embedding column norms), on every residual axis."""
+    from gaugeport.core.archspec import get_spec
+
+    spec = get_spec(model.config.model_type)
+    state = _state(model)
+    emb = state["model.embed_tokens.weight"]
+    idx = torch.sort(torch.topk(emb.norm(dim=0), keep).indices).values
+    head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    out = {}
+    for k, v in state.items():
+        rule = spec.classify(k)
+        for ax, mode in zip(rule.axes, rule.modes, strict=True):
+            if mode != "none":
+                v = v.index_select(ax, idx)
+        out[k] = v
+    return _clone_with(model, {"hidden_size": keep, "head_dim": head_dim}, out)
+
+
+@torch.no_grad()
+def extend_vocab(model: torch.nn.Module, n_new: int, seed: int = 0) -> torch.nn.Module:
+    """Append ``n_new`` tokens: rows at the old rows' mean plus small noise (embedding and untied head)."""
+    g = torch.Generator().manual_seed(seed)
+    state = _state(model)
+    for k in ("model.embed_tokens.weight", "lm_head.weight"):
+        if k in state:
+            w = state[k]
+            new = w.mean(0, keepdim=True) + 0.02 * w.std() * torch.randn(n_new, w.shape[1], generator=g)
+            state[k] = torch.cat([w, new])
+    return _clone_with(model, {"vocab_size": int(model.config.vocab_size) + n_new}, state)
+
+
+@torch.no_grad()
+def upcycle_to_mixtral(model: torch.nn.Module, n_experts: int = 4, top_k: int = 2, noise: float = 0.0,
+                       seed: int = 0) -> torch.nn.Module:
+    """A Mixtral whose experts all start as the dense MLP (plus independent relative ``noise``); fresh router."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, v in _state(model).items():
+        if ".mlp." not in k:
+            state[k] = v
+            continue
+        layer = k.split(".")[2]
+        proj = k.split(".")[-2]
+        for e in range(n_experts):
+            w = v + noise * v.std() * torch.randn(v.shape, generator=g) if noise else v.clone()
+            state[f"model.layers.{layer}.mlp.experts.{e}.{proj}"] = w
+    for layer in range(_n_layers(model)):
+        d = int(model.config.hidden_size)
+        state[f"model.layers.{layer}.mlp.gate.weight"] = 0.02 * torch.randn(n_experts, d, generator=g)
+    fused = _fuse_experts(state, _n_layers(model), n_experts)
+    return _clone_with(model, {"num_local_experts": n_experts, "num_experts_per_tok": top_k}, fused,
+                       model_type="mixtral")
+
+
+def _fuse_experts(state: dict[str, torch.Tensor], n_layers: int, n_experts: int) -> dict[str, torch.Tensor]:
+    """transformers' in-memory Mixtral keeps each block's experts fused: ``gate_up_proj [E, 2 ff, d]``
+    (gate rows first) and ``down_proj [E, d, ff]``."""
+    out = {k: v for k, v in state.items() if ".mlp.experts." not in k}
+    for layer in range(n_layers):
+        p = f"model.layers.{layer}.mlp.experts."
+        out[p + "gate_up_proj"] = torch.stack([torch.cat([state[f"{p}{e}.gate_proj"], state[f"{p}{e}.up_proj"]])
+                                               for e in range(n_experts)])
+        out[p + "down_proj"] = torch.stack([state[f"{p}{e}.down_proj"] for e in range(n_experts)])
+    return out

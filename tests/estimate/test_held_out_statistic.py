@@ -1,0 +1,96 @@
+"""The held-out statistic behind ``same``'s p-value: mid-ranks, candidate sets, dead units, regression."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gaugeport.estimate.hidden import UnitFeatures, held_out_statistic, input_candidates, mid_rank, unit_rows
+
+
+@given(st.lists(st.integers(0, 3), min_size=2, max_size=9))
+def test_mid_ranks_of_a_row_sum_to_one_plus_two_up_to_k_whatever_the_ties(values):
+    row = np.array(values, dtype=np.float64)
+    k = row.size
+    ranks = [mid_rank(row[None, :], row[i:i + 1])[0] for i in range(k)]
+    assert sum(ranks) == k * (k + 1) / 2  # ties split their places evenly: no side gains
+
+
+def test_a_tie_counts_one_half_not_a_win_for_the_match():
+    scores = np.array([[0.3, 0.3, 0.3, 0.1]])  # the match (0.3) ties two others
+    assert mid_rank(scores, np.array([0.3]))[0] == 2.0
+
+
+def test_the_match_is_always_one_of_its_units_candidates():
+    rng = np.random.default_rng(0)
+    s_in = rng.standard_normal((50, 50))
+    s_in[:, :8] += 10.0  # eight hub columns are every unit's best: most matches lie outside the top 8
+    cols = rng.permutation(50)
+    rows = np.arange(50)
+    cand = input_candidates(s_in, cols, 8, rows)
+    assert cand.shape == (50, 8)
+    assert all(cols[i] in cand[i] for i in rows)
+
+
+def test_dead_columns_never_enter_a_candidate_set():
+    rng = np.random.default_rng(1)
+    s_in = rng.standard_normal((20, 20))
+    dead = np.zeros(20, dtype=bool)
+    dead[[3, 4]] = True
+    s_in[:, [3, 4]] = 5.0
+    cols = np.roll(np.arange(20), 5)
+    rows = np.flatnonzero(~dead[cols])  # units matched to a dead unit are not tested
+    cand = input_candidates(s_in, cols, 4, rows, dead)
+    assert not np.isin(cand, [3, 4]).any()
+
+
+def _shared_structure_units(rng, w, mix, n=300):
+    """Units drawn independently for each model from one distribution whose output rows depend on
+    the input rows (what training on the same data gives unrelated models)."""
+    x = rng.standard_normal((n, mix.shape[0])) @ mix + rng.standard_normal((n, mix.shape[1]))
+    y = x @ w + 0.3 * rng.standard_normal((n, w.shape[1]))
+    f = UnitFeatures()
+    f.add("mlp", "abs", "in", unit_rows(x))
+    f.add("mlp", "abs", "out", unit_rows(y))
+    return f
+
+
+def test_input_similarity_regression_keeps_unrelated_models_with_shared_structure_null():
+    shared = np.random.default_rng(0)
+    w, mix = shared.standard_normal((40, 40)) / 6, shared.standard_normal((10, 40))
+    conditioned, raw = [], []
+    for seed in range(4):
+        rng = np.random.default_rng(100 + seed)
+        a, b = _shared_structure_units(rng, w, mix), _shared_structure_units(rng, w, mix)
+        conditioned.append(held_out_statistic(a, b, mlp_signs=False)["z"])
+        raw.append(held_out_statistic(a, b, mlp_signs=False, condition=False)["z"])
+    assert max(conditioned) < 3.1  # one-sided alpha 1e-3: no false positive
+    assert min(raw) > 5  # without the regression, input similarity alone passes for descent
+
+
+def test_a_copy_with_noise_scores_far_above_the_null():
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((200, 30)), rng.standard_normal((200, 30))
+    perm = rng.permutation(200)
+    a, b = UnitFeatures(), UnitFeatures()
+    a.add("mlp", "abs", "in", unit_rows(x))
+    a.add("mlp", "abs", "out", unit_rows(y))
+    b.add("mlp", "abs", "in", unit_rows(x[perm] + 0.5 * rng.standard_normal((200, 30))))
+    b.add("mlp", "abs", "out", unit_rows(y[perm] + 0.5 * rng.standard_normal((200, 30))))
+    res = held_out_statistic(a, b, mlp_signs=False)
+    assert res["n"] == 200 and res["z"] > 10
+
+
+def test_units_with_constant_rows_leave_n():
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((40, 12)), rng.standard_normal((40, 12))
+    x[:5] = 0.0  # pruned units
+    y[5:8] = 2.0  # constant (padded) output columns
+    a = UnitFeatures()
+    a.add("mlp", "abs", "in", unit_rows(x), x)
+    a.add("mlp", "abs", "out", unit_rows(y), y)
+    b = UnitFeatures()
+    b.add("mlp", "abs", "in", unit_rows(x), x)
+    b.add("mlp", "abs", "out", unit_rows(y), y)
+    assert held_out_statistic(a, b, mlp_signs=False)["n"] == 32
