@@ -138,8 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             command = build_command()
             with io_session():
                 code = _run_command(command, list(argv) if argv is not None else sys.argv[1:])
-            if code:
-                sys.exit(code)
+            sys.exit(code)  # as click's standalone mode does, success included
         except GaugeportError as exc:
             _print_error(exc.message, exc.hint)
             sys.exit(EXIT_BAD_INPUT)
