@@ -68,8 +68,8 @@ def _existing(p: Path) -> bool:
         return False
 
 
-def check_command_paths(params: dict[str, Any], extra_args: Sequence[str]) -> None:
-    """Refuse, before the verb runs, any output that overlaps an input or another output."""
+def check_command_paths(params: dict[str, Any], extra_args: Sequence[str]) -> dict[str, Path]:
+    """Refuse, before the verb runs, any output that overlaps an input or another output; returns the outputs."""
     from gaugeport.cli._app import FILE_OUTPUTS, OUTPUT_PARAMS
     from gaugeport.core.fileio import check_outputs, check_replaceable
 
@@ -87,13 +87,17 @@ def check_command_paths(params: dict[str, Any], extra_args: Sequence[str]) -> No
     for label, path in outputs.items():  # always files: --force never turns a directory into one
         if label in FILE_OUTPUTS:
             check_replaceable(path, "file", label)
+    return outputs
 
 
 def _guard(invoke: Any) -> Any:
     @functools.wraps(invoke)
     def run(ctx: Any) -> Any:
-        check_command_paths(dict(ctx.params), list(ctx.args))
-        return invoke(ctx)
+        from gaugeport.core.fileio import reserved_outputs
+
+        outputs = check_command_paths(dict(ctx.params), list(ctx.args))
+        with reserved_outputs(outputs):  # one output, one writer: held from the first step to the last write
+            return invoke(ctx)
 
     return run
 

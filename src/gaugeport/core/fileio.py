@@ -237,6 +237,35 @@ def reserve_output(path: Path, label: str = "output") -> Path:
                           hint="another program is writing in the same directory; try again")
 
 
+_HELD: contextvars.ContextVar[dict[Path, Path] | None] = contextvars.ContextVar("gaugeport_held", default=None)
+
+
+@contextlib.contextmanager
+def reserved_outputs(outputs: Mapping[str, str | Path]) -> Iterator[None]:
+    """Reserve every output (label -> path) for the whole block -- the CLI holds a verb's outputs from
+    before its first step to its last write -- so that a second run cannot start writing them meanwhile.
+    :func:`atomic_path` inside the block uses these reservations instead of taking its own. An output
+    whose folder does not exist yet is reserved when it is written (nothing is created before the work)."""
+    held = dict(_HELD.get() or {})
+    taken: list[Path] = []
+    try:
+        for label, out in outputs.items():
+            key = _resolve(Path(out))
+            if key in held or not Path(out).parent.is_dir():
+                continue
+            lock = reserve_output(Path(out), label)
+            held[key] = lock
+            taken.append(lock)
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+    finally:
+        for lock in taken:
+            release_output(lock)
+
+
 def release_output(lock: Path) -> None:
     with contextlib.suppress(OSError):
         lock.unlink()
@@ -337,7 +366,7 @@ def atomic_path(path: Path, force: bool = False, inputs: tuple[Path, ...] = (), 
     lock = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if exclusive:
+        if exclusive and _resolve(path) not in (_HELD.get() or {}):  # else held by reserved_outputs
             lock = reserve_output(path)
         root = tmp_root(path.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", suffix=f"-{path.name[:64]}", dir=root))
