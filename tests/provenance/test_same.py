@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from gaugeport.core.archspec import get_spec
 from gaugeport.core.checkpoint import Checkpoint
