@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import CheckpointError
-from gaugeport.models.hub import hub_provenance, parse_hub_id, resolve_checkpoint
+from gaugeport.core.hub import hub_provenance, parse_hub_id, resolve_checkpoint
 
 COMMIT_MAIN, COMMIT_V1 = "a" * 40, "b" * 40
 

@@ -70,7 +70,7 @@ def same(
     for p in (report, save_gauge_to, plot):
         if p is not None:
             refuse_existing(p, force, inputs=(a, b))
-    res = run_same(a, b, data=data, alpha=alpha, tol=tol, tokens=tokens)
+    res = run_same(a, b, data=data, alpha=alpha, tol=tol, tokens=tokens, full_gauge=save_gauge_to is not None)
     if isinstance(res, LineageResult):
         _print_lineage(res, report, plot, save_gauge_to, as_json)
         return
@@ -92,8 +92,11 @@ def same(
     typer.echo(f"p-value     {res.p_value:.3g} (log10 {res.log10_p:.1f}; null: independent training; "
                f"alpha {alpha:g})")
     ic = res.identical_check
-    typer.echo(f"weights     B vs recovered gauge applied to A: max relative diff {ic['max_rel_weight_diff']:.3g} "
-               f"({ic['worst_tensor']})")
+    if ic["max_rel_weight_diff"] is None:
+        typer.echo(f"weights     not compared ({ic.get('not_run', 'no gauge recovered')})")
+    else:
+        typer.echo(f"weights     B vs recovered gauge applied to A: max relative diff "
+                   f"{ic['max_rel_weight_diff']:.3g} ({ic['worst_tensor']})")
     if "logits_max_rel_diff" in ic:
         typer.echo(f"function    logits max relative diff {ic['logits_max_rel_diff']:.3g}")
     typer.echo(f"residual    {res.residual.get('kind')} ({res.residual.get('method')})")
@@ -101,10 +104,14 @@ def same(
     for lay in res.layers:
         wd = lay["max_rel_weight_diff"]
         typer.echo(f"{lay['layer']:>5}  {lay['status']:<10}  {lay['p_value']:<9.3g}  {lay['z']:>5.1f}  "
-                   f"{lay['mlp_mean_confidence']:>8.3f}  {lay['heads_mean_confidence']:>10.3f}  "
+                   f"{_num(lay['mlp_mean_confidence']):>8}  {_num(lay['heads_mean_confidence']):>10}  "
                    f"{wd if wd is None else format(wd, '.3g')}")
     for n in res.notes:
         typer.echo(f"note: {n}")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _print_lineage(res: object, report: Path | None, plot: Path | None, save_gauge_to: Path | None,

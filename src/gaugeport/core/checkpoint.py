@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,22 +20,21 @@ from safetensors import safe_open
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.errors import CheckpointError, DataError
 from gaugeport.core.facts import ModelFacts
-from gaugeport.core.fileio import is_plain_file_name, note_input
+from gaugeport.core.fileio import (  # noqa: F401 (the safetensors file layer, re-exported)
+    INDEX_FILE,
+    SINGLE_FILE,
+    SafetensorsStreamWriter,
+    dtype_from_name,
+    is_plain_file_name,
+    note_input,
+)
 
 if TYPE_CHECKING:
     from gaugeport.core.quant import Quantization
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 # Files that carry weights in other formats: never copied beside transformed safetensors,
 # since they would hold the *untransformed* weights.
 WEIGHT_SUFFIXES = {".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf", ".safetensors"}
-
-_DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 @dataclass
@@ -55,11 +53,11 @@ class Checkpoint:
         ``../x.safetensors`` is refused: it would read, and on output write, outside the directories
         given); every tensor the index lists must be in the shard it names, and no shard may hold a
         tensor the index does not list. A hub ID (``org/name[@revision]``) that is not a local path
-        opens its snapshot in the local hub cache (:func:`gaugeport.models.hub.resolve_checkpoint`).
+        opens its snapshot in the local hub cache (:func:`gaugeport.core.hub.resolve_checkpoint`).
         A quantized checkpoint is refused, naming its scheme, unless ``allow_quantized`` (the
         ``--dequantize`` path).
         """
-        from gaugeport.models.hub import resolve_checkpoint
+        from gaugeport.core.hub import resolve_checkpoint
 
         path = resolve_checkpoint(path)
         if not path.is_dir():
@@ -157,7 +155,7 @@ class Checkpoint:
     @property
     def hub(self) -> dict[str, str]:
         """The hub repo and commit when this checkpoint is a hub cache snapshot (else empty)."""
-        from gaugeport.models.hub import hub_provenance
+        from gaugeport.core.hub import hub_provenance
 
         return hub_provenance(self.path)
 
@@ -229,64 +227,6 @@ class Checkpoint:
                       if p.is_file() and p.suffix not in WEIGHT_SUFFIXES and p.name != INDEX_FILE)
 
 
-# ---------------------------------------------------------------------- streaming writer
-class SafetensorsStreamWriter:
-    """Write a safetensors file one tensor at a time (header first, then each tensor's bytes).
-
-    The caller declares every tensor's name, dtype and shape up front (known from the source's
-    header), so nothing needs to be held in memory beyond the tensor being written.
-    """
-
-    def __init__(self, path: Path, layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
-                 metadata: Mapping[str, str] | None = None) -> None:
-        self.path = Path(path)
-        self.layout = dict(layout)
-        self.order = sorted(self.layout)
-        header: dict[str, Any] = {}
-        offset = 0
-        for name in self.order:
-            dtype, shape = self.layout[name]
-            if dtype not in _DTYPE_NAMES:
-                raise CheckpointError(f"tensor {name!r} has dtype {dtype}, which gaugeport cannot stream")
-            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape),
-                            "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        if metadata:
-            header["__metadata__"] = dict(metadata)
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
-        self._next = 0
-
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        expected = self.order[self._next] if self._next < len(self.order) else None
-        if name != expected:
-            raise CheckpointError(f"internal error: wrote {name!r} but the layout expects {expected!r} next")
-        dtype, shape = self.layout[name]
-        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-            raise CheckpointError(f"internal error: {name!r} changed dtype/shape while transforming")
-        t = tensor.detach().contiguous().cpu()
-        if t.numel():  # write the tensor's own buffer: a bytes copy would double the peak memory
-            self._file.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-        self._next += 1
-
-    def close(self) -> None:
-        self._file.close()
-        if self._next != len(self.order):
-            raise CheckpointError(f"internal error: {self.path} closed after {self._next}/{len(self.order)} tensors")
-
-    def __enter__(self) -> SafetensorsStreamWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._file.close()
-
-
 _FIRST_INDEX = re.compile(r"\.(\d+)(?:\.|$)")  # the layer of "model.layers.3.mlp..." (the first index of a name)
 
 
@@ -296,7 +236,7 @@ def shard_layout(ckpt: Checkpoint, shard: str) -> dict[str, tuple[torch.dtype, t
     with _open(ckpt.path / shard) as f:
         for name in f.keys():  # noqa: SIM118
             sl = f.get_slice(name)
-            out[name] = (_dtype_from_name(sl.get_dtype()), tuple(sl.get_shape()))
+            out[name] = (dtype_from_name(sl.get_dtype()), tuple(sl.get_shape()))
     return out
 
 
@@ -419,15 +359,3 @@ def _get(f: Any, name: str, file: Path) -> torch.Tensor:
 def _keys(file: Path) -> list[str]:
     with _open(file) as f:
         return list(f.keys())
-
-
-_NAME_TO_DTYPE = {v: k for k, v in _DTYPE_NAMES.items()}
-_NAME_TO_DTYPE.update({"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16})
-
-
-def _dtype_from_name(name: str) -> torch.dtype:
-    key = name.upper() if name.upper() in _NAME_TO_DTYPE else name
-    if key not in _NAME_TO_DTYPE:
-        raise CheckpointError(f"unsupported tensor dtype {name!r} in checkpoint",
-                              hint="gaugeport streams float, int and bool tensors; convert the checkpoint first")
-    return _NAME_TO_DTYPE[key]

@@ -20,17 +20,21 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import safe_open
+from typing import TYPE_CHECKING, Any
 
 from gaugeport.core.errors import CheckpointError
 
+if TYPE_CHECKING:
+    import torch
+
 TMP_DIR_NAME = ".gaugeport-tmp"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 LOCK_PREFIX = "lock-"  # reservation files in the temp folder (see reserve_output)
 
 _SESSION: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar("gaugeport_inputs", default=None)
@@ -425,8 +429,6 @@ def atomic_save_safetensors(
 ) -> Path:
     """Write a safetensors file atomically with deterministic bytes (tensors and metadata in sorted order:
     the same content always gives the same file, which ``safetensors.save_file`` does not promise)."""
-    from gaugeport.core.checkpoint import SafetensorsStreamWriter
-
     with atomic_path(path, force, kind="file") as tmp:
         layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
         meta = {str(k): str(v) for k, v in sorted((metadata or {}).items())}
@@ -463,6 +465,8 @@ def require_file(path: str | Path, what: str = "file") -> Path:
 
 def read_safetensors(path: Path, what: str = "safetensors file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read every tensor and the metadata; truncated or corrupt files raise :class:`CheckpointError`."""
+    from safetensors import safe_open
+
     path = require_file(path, what)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -519,3 +523,95 @@ def pickle_globals(path: str | Path) -> list[str] | None:
     except Exception:  # pickletools raises ValueError / struct errors / others on damaged bytes
         return None
     return names
+
+
+# ------------------------------------------------------------------------------------ safetensors writer
+class SafetensorsStreamWriter:
+    """Write a safetensors file one tensor at a time (header first, then each tensor's bytes).
+
+    The caller declares every tensor's name, dtype and shape up front (known from the source's
+    header), so nothing needs to be held in memory beyond the tensor being written.
+    """
+
+    def __init__(self, path: Path, layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+                 metadata: Mapping[str, str] | None = None) -> None:
+        import torch
+
+        names = _dtype_names()
+        self.path = Path(path)
+        self.layout = dict(layout)
+        self.order = sorted(self.layout)
+        header: dict[str, Any] = {}
+        offset = 0
+        for name in self.order:
+            dtype, shape = self.layout[name]
+            if dtype not in names:
+                raise CheckpointError(f"tensor {name!r} has dtype {dtype}, which gaugeport cannot stream")
+            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            header[name] = {"dtype": names[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected = self.order[self._next] if self._next < len(self.order) else None
+        if name != expected:
+            raise CheckpointError(f"internal error: wrote {name!r} but the layout expects {expected!r} next")
+        dtype, shape = self.layout[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(f"internal error: {name!r} changed dtype/shape while transforming")
+        import torch
+
+        t = tensor.detach().contiguous().cpu()
+        if t.numel():  # write the tensor's own buffer: a bytes copy would double the peak memory
+            self._file.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        self._next += 1
+
+    def close(self) -> None:
+        self._file.close()
+        if self._next != len(self.order):
+            raise CheckpointError(f"internal error: {self.path} closed after {self._next}/{len(self.order)} tensors")
+
+    def __enter__(self) -> SafetensorsStreamWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+
+
+@cache
+def _dtype_names() -> dict[Any, str]:
+    """torch dtype -> safetensors dtype name (torch imported on first use: this module loads without it)."""
+    import torch
+
+    return {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+            torch.bool: "BOOL"}
+
+
+@cache
+def _name_to_dtype() -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {v: k for k, v in _dtype_names().items()}
+    out.update({"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16})
+    return out
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors header's dtype name (``"BF16"``, also ``"bfloat16"``)."""
+    table = _name_to_dtype()
+    key = name.upper() if name.upper() in table else name
+    if key not in table:
+        raise CheckpointError(f"unsupported tensor dtype {name!r} in checkpoint",
+                              hint="gaugeport streams float, int and bool tensors; convert the checkpoint first")
+    return table[key]

@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 
 from gaugeport.core.apply import check_gauge_fits, transform_tensor
 from gaugeport.core.archspec import get_spec
 from gaugeport.core.checkpoint import Checkpoint, check_sequence_length
+from gaugeport.core.defaults import VERIFY_TOL
 from gaugeport.core.errors import CheckpointError, DataError, GaugeError
-from gaugeport.core.facts import ModelFacts
 from gaugeport.core.gauge import SignedPermutation
+from gaugeport.core.stream import load_model, model_class_for  # noqa: F401 (re-exported)
 
-DEFAULT_TOL = 1e-4  # relative to the largest |logit| of A; float32 reorderings give ~1e-6
+DEFAULT_TOL = VERIFY_TOL  # relative to the largest |logit| of A (core/defaults.py)
 
 
 @dataclass
@@ -47,37 +47,6 @@ class Verification:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
-
-
-def model_class_for(config: Any) -> type:
-    """The class a checkpoint was saved from (``config.architectures``), else the table's task head."""
-    facts = ModelFacts.from_config(config)
-    for name in facts.architectures:
-        cls = getattr(transformers, name, None) if name.isidentifier() else None
-        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-            return cls
-    return getattr(transformers, facts.spec.task_class)
-
-
-def load_model(path: str | Path) -> torch.nn.Module:
-    """Load a checkpoint as its own class, in float32, eval mode; refuse if any tensor would be random."""
-    ckpt = Checkpoint.open(path)
-    cls = model_class_for(ckpt.config)
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        model, info = cls.from_pretrained(str(ckpt.path), dtype=torch.float32,  # ckpt.path: a hub ID resolved
-                                          output_loading_info=True)
-    except Exception as exc:
-        raise CheckpointError(f"transformers could not load {path}: {exc}") from exc
-    missing = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
-    if missing:
-        raise CheckpointError(
-            f"loading {path} as {getattr(cls, '__name__', cls)} would randomly initialise {len(missing)} tensor(s): "
-            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
-            hint="a comparison through random weights proves nothing; fix config.json's 'architectures' to "
-            "name the class these weights were saved from",
-        )
-    return model.eval()
 
 
 def probe_token_ids(vocab_size: int, n_seq: int = 4, seq_len: int = 32, seed: int = 0) -> torch.Tensor:

@@ -245,10 +245,9 @@ def _jsonl_texts(path: Path) -> list[str]:
 
 
 def _rows_from_dataset(path: Path, tok: Any, seq_len: int) -> np.ndarray:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise DataError("reading a saved dataset needs the 'datasets' package", hint="pip install datasets") from exc
+    from gaugeport.core.errors import require
+
+    datasets: Any = require("datasets", "data", f"reading the saved dataset {path}")
     _check_dataset_files(path)
     try:
         ds = datasets.load_from_disk(str(path))
@@ -313,19 +312,14 @@ def _pack(seqs: Sequence[np.ndarray], seq_len: int) -> np.ndarray:
 
 
 def _builtin_rows(n_rows: int, seq_len: int, seed: int, vocab_size: int | None) -> np.ndarray:
-    try:
-        from gaugeport.study.corpus import builtin_token_ids
-    except ImportError as exc:
-        raise DataError("the built-in corpus (gaugeport.study.corpus) is not available in this installation",
-                        hint="pass --data with a .npy, .txt/.jsonl file or a saved dataset") from exc
+    from gaugeport.estimate.corpus import builtin_token_ids
+
     return np.asarray(builtin_token_ids(n_rows, seq_len, seed=seed, vocab_size=vocab_size), dtype=np.int64)
 
 
 def _builtin_specials() -> set[int]:
-    try:
-        from gaugeport.study import corpus
-    except ImportError:
-        return set()
+    from gaugeport.estimate import corpus
+
     tok = corpus.tokenizer()
     return {tok.token_id(s) for s in corpus.SPECIALS}
 
@@ -334,7 +328,7 @@ def _builtin_specials() -> set[int]:
 def _resolve_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None or hasattr(tokenizer, "encode"):
         return tokenizer
-    from gaugeport.models.hub import resolve_checkpoint
+    from gaugeport.core.hub import resolve_checkpoint
 
     path = resolve_checkpoint(tokenizer)  # a hub ID resolves to its cached snapshot
     try:

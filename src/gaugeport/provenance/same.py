@@ -45,8 +45,10 @@ from gaugeport.estimate.hidden import (
     HiddenEstimate,
     OrthogonalGauge,
     ResidualMap,
-    estimate_hidden,
+    UnitFeatures,
+    held_out_statistic,
     layer_features,
+    match_layer,
     match_mlp_units_from_moments,
     mlp_unit_moments,
     to_a_coordinates,
@@ -103,7 +105,8 @@ class _Tensors:
 
 
 def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alpha: float = DEFAULT_ALPHA,
-         tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False) -> SameResult | LineageResult:
+         tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False,
+         full_gauge: bool = False) -> SameResult | LineageResult:
     """Compare two checkpoints of one architecture (see the module docstring); a pair whose shapes differ
     (depth, widths, vocabulary, experts) goes to :func:`gaugeport.provenance.lineage.lineage`."""
     t0 = time.perf_counter()
@@ -150,15 +153,44 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     else:
         residual, residual_info = _residual_gauge(path_a, path_b, data, tokens, progress)
     rules = spec.classify_all(names)
-    fa = layer_features(names, get_a, spec, hspec, dims)
-    fb = layer_features(names, lambda n: to_a_coordinates(n, get_b(n), rules[n], residual), spec, hspec, dims)
-    est = estimate_hidden(fa, fb, dims, hspec.mlp_signs)
-    del fa, fb
-    if data is not None:
-        _refine_mlp_with_activations(est, path_a, path_b, data, tokens, ca, hspec, notes)
-    res_sp = residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(ca.d_model)
-    gauge = est.full_gauge(res_sp)
-    ident = _identical_check(names, get_a, get_b, spec, hspec, dims, gauge, residual, tol)
+    by_layer: dict[int, list[str]] = {}
+    for n in names:
+        hit = hspec.match(n)
+        if hit is not None:
+            by_layer.setdefault(hit[1], []).append(n)
+    sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
+    est = HiddenEstimate([], [], [], [], [])
+    pending: list[int] = []
+    for layer in range(dims.n_layers):  # one layer's features at a time, freed before the next
+        a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims)
+        est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
+        if sample is None or est.held_out[-1]["z"] > ESCALATE_Z:
+            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
+        else:
+            _store(est, layer, None)
+            pending.append(layer)
+        del a, b
+    p_screen = float(stats.norm.sf(_stouffer([h["z"] for h in est.held_out if h["n"]])))
+    if pending and p_screen < alpha:  # derived after all: recover the weak layers' gauges too
+        for layer in pending:
+            a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims)
+            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
+        pending = []
+    if sample is not None:
+        notes.append(f"p-value on a seeded sample of {sample} of {dims.mlp} MLP units per layer, each matched to "
+                     "its nearest input-side neighbour (no assignment over the full width)")
+    gauge = None
+    if pending:
+        notes.append(f"independent on the sampled statistic (p {p_screen:.3g}): the full gauge was not recovered "
+                     "(--save-gauge asks for it)")
+        ident: dict[str, Any] = {"weights_match": False, "max_rel_weight_diff": None, "worst_tensor": None,
+                                 "per_layer_rel_diff": {}, "tol": tol, "not_run": "the pair is independent"}
+    else:
+        if data is not None:
+            _refine_mlp_with_activations(est, path_a, path_b, data, tokens, ca, hspec, notes)
+        res_sp = residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(ca.d_model)
+        gauge = est.full_gauge(res_sp)
+        ident = _identical_check(names, get_a, get_b, spec, hspec, dims, gauge, residual, tol)
     layers, p, log10_p = _layer_report(est, ident, dims, alpha)
     if ident["weights_match"]:
         ident.update(_function_check(path_a, path_b, tol=max(tol, 1e-4)))
@@ -168,6 +200,32 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
                       gauge if isinstance(residual, SignedPermutation) else None,
                       residual.matrix if isinstance(residual, OrthogonalGauge) else None,
                       time.perf_counter() - t0, notes, one_sided)
+
+
+SAMPLE_UNITS = 2048  # wider MLPs are screened on a seeded sample of this many units per layer
+ESCALATE_Z = 3.0  # a screened layer whose z exceeds this has its full gauge recovered at once
+
+
+def _layer_pair(names: list[str], layer: int, get_a: Callable[[str], torch.Tensor],
+                get_b: Callable[[str], torch.Tensor], rules: dict[str, Any], residual: ResidualMap,
+                spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims) -> tuple[UnitFeatures, UnitFeatures]:
+    fa = layer_features(names, get_a, spec, hspec, dims)
+    fb = layer_features(names, lambda n: to_a_coordinates(n, get_b(n), rules[n], residual), spec, hspec, dims)
+    return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+
+
+def _store(est: HiddenEstimate, layer: int, m: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None) -> None:
+    vals = (None, None, None, None) if m is None else m
+    for lst, v in zip((est.layers, est.mlp_confidence, est.mlp_margin, est.head_confidence), vals, strict=True):
+        if layer < len(lst):
+            lst[layer] = v
+        else:
+            lst.append(v)
+
+
+def _stouffer(zs: list[float]) -> float:
+    """The layers' z-scores summed, divided by sqrt(L): N(0, 1) under the null (layers independent)."""
+    return float(np.sum(zs) / np.sqrt(len(zs))) if zs else 0.0
 
 
 # ----------------------------------------------------------------------------- residual
@@ -423,6 +481,10 @@ def _function_check(a: str | Path, b: str | Path, tol: float) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- p-values
+def _mean_or_none(x: np.ndarray | None) -> float | None:
+    return None if x is None else float(np.mean(x))
+
+
 def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
                   alpha: float) -> tuple[list[dict[str, Any]], float, float]:
     layers = []
@@ -436,21 +498,22 @@ def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
             "mlp_units_tested": h["n"],
             "mlp_matched_output_cos": h.get("matched_out_cos"),
             "mlp_null_output_cos": h.get("null_mean_cos"),
-            "mlp_mean_confidence": float(np.mean(est.mlp_confidence[i])),
-            "mlp_low_margin_units": int(np.sum(est.mlp_margin[i] < 0.05)),
-            "heads_mean_confidence": float(np.mean(est.head_confidence[i])),
+            "mlp_units_sampled": bool(h.get("sampled", False)),
+            "mlp_mean_confidence": _mean_or_none(est.mlp_confidence[i]),
+            "mlp_low_margin_units": None if est.mlp_margin[i] is None else int(np.sum(est.mlp_margin[i] < 0.05)),
+            "heads_mean_confidence": _mean_or_none(est.head_confidence[i]),
             "max_rel_weight_diff": ident["per_layer_rel_diff"].get(i),
         })
-    # Stouffer: the layers' z-scores summed, divided by sqrt(L): N(0, 1) under the null
     zs = [est.held_out[i]["z"] for i in range(dims.n_layers) if est.held_out[i]["n"]]
-    z_all = float(np.sum(zs) / np.sqrt(len(zs))) if zs else 0.0
+    z_all = _stouffer(zs)
     logp = float(stats.norm.logsf(z_all))
     # per-layer status in the verdict's words; Bonferroni over the L layers tested (a layer is "derived"
     # when its own p-value is below alpha / L), so the chance that any layer of an independent pair is
     # called derived stays below alpha
     per_layer_alpha = alpha / max(len(zs), 1)
     for lay in layers:
-        lay["status"] = ("identical" if (lay["max_rel_weight_diff"] or 0.0) <= ident["tol"] else
+        wd = lay["max_rel_weight_diff"]
+        lay["status"] = ("identical" if wd is not None and wd <= ident["tol"] else
                          "derived" if lay["p_value"] < per_layer_alpha else "independent")
         lay["status_alpha"] = per_layer_alpha
     return layers, float(np.exp(logp)), logp / np.log(10)

@@ -236,7 +236,9 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def plots(r: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
+    from gaugeport.core.errors import require
+
+    matplotlib: Any = require("matplotlib", "study", "the study's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

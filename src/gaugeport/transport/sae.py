@@ -265,7 +265,11 @@ def _transport_trainer_state(path: Path, cfg: dict[str, Any], g: SignedPermutati
 
 def _sae_param_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes in the order SAELens' trainer hands them to Adam."""
-    from sae_lens.registry import get_sae_training_class
+    from gaugeport.core.errors import require
+
+    registry: Any = require("sae_lens.registry", "sae", "the optimizer state of a SAELens trainer checkpoint "
+                            "(its parameter order)", package="sae_lens")
+    get_sae_training_class = registry.get_sae_training_class
 
     arch = cfg.get("architecture", "standard")
     try:
