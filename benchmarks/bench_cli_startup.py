@@ -21,10 +21,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 HEAVY = ("torch", "transformers", "safetensors", "numpy")
-_LOADED = ("import runpy, sys, json\nsys.argv = ['gaugeport', *json.loads(sys.argv[1])]\n"
+_LOADED = ("import runpy, sys, json\nargv, heavy = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))\n"
+           "sys.argv = ['gaugeport', *argv]\n"
            "try:\n    runpy.run_module('gaugeport', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-           "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(sys.argv[2])))),"
-           " file=sys.stderr)")
+           "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)), file=sys.stderr)")
 
 
 def _env() -> dict[str, str]:
