@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "gaugeport transport --help": [py, "-m", "gaugeport", "transport", "--help"],
         "import torch, transformers (for scale)": [py, "-c", "import torch, transformers"],
     }
+    load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(repeat):  # interleaved: a burst of load slows every case, not one
         for name, cmd in cases.items():
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     heavy_s = med["import torch, transformers (for scale)"]
     payload = {
         "repeat": repeat, "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # before and after: a shared machine shows here
         "results": results, "heavy_modules_loaded": loaded,
         "headline": [
             ["gaugeport --help / python -c pass", f"{help_s / base:.2f}x",
