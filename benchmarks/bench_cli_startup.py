@@ -21,10 +21,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 HEAVY = ("torch", "transformers", "safetensors", "numpy")
-_LOADED = ("import runpy, sys, json\nsys.argv = ['gaugeport', *json.loads(sys.argv[1])]\n"
+_LOADED = ("import runpy, sys, json\nargv, heavy = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))\n"
+           "sys.argv = ['gaugeport', *argv]\n"
            "try:\n    runpy.run_module('gaugeport', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-           "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(sys.argv[2])))),"
-           " file=sys.stderr)")
+           "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)), file=sys.stderr)")
 
 
 def _env() -> dict[str, str]:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "gaugeport transport --help": [py, "-m", "gaugeport", "transport", "--help"],
         "import torch, transformers (for scale)": [py, "-c", "import torch, transformers"],
     }
+    load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(repeat):  # interleaved: a burst of load slows every case, not one
         for name, cmd in cases.items():
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     heavy_s = med["import torch, transformers (for scale)"]
     payload = {
         "repeat": repeat, "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # before and after: a shared machine shows here
         "results": results, "heavy_modules_loaded": loaded,
         "headline": [
             ["gaugeport --help / python -c pass", f"{help_s / base:.2f}x",

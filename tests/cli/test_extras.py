@@ -65,6 +65,15 @@ def test_ray_without_ray_names_the_ray_extra(monkeypatch):
     assert err.value.hint == "pip install 'gaugeport[ray]'"
 
 
+def test_a_plot_beside_a_provenance_report_is_skipped_without_matplotlib(monkeypatch, tmp_path):
+    from gaugeport.provenance.batch import plot_roc
+
+    docs = [{"label": 1, "effect": 0.9}, {"label": 0, "effect": 0.1}]
+    _hide(monkeypatch, "matplotlib")
+    assert plot_roc(docs, tmp_path / "roc.png") is None
+    assert not (tmp_path / "roc.png").exists()
+
+
 class _Tok:
     vocab_size = 16
     all_special_ids: list[int] = []

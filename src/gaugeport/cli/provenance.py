@@ -137,7 +137,8 @@ def _print_lineage(res: object, report: Path | None, plot: Path | None, save_gau
                              hint="the block, unit and coordinate maps are in --report")
     out = res.to_dict()
     if report is not None:
-        out["plot"] = str(plot_blocks(res, plot)) if plot is not None else None
+        drawn = plot_blocks(res, plot) if plot is not None else None
+        out["plot"] = str(drawn) if drawn is not None else None
         atomic_write_json(report, out, force=True)
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))
@@ -166,7 +167,7 @@ def _print_lineage(res: object, report: Path | None, plot: Path | None, save_gau
         typer.echo(f"{blk['a_block']:>7} -> {blk['b_block']:<7}  {blk['z']:>6.1f}  {blk['p_value']:<9.3g}  "
                    f"{blk['units_fraction']:>5.2f}  {'  n/a' if h is None else format(h, '5.2f')}  {blk['status']}")
     if report is not None:
-        typer.echo(f"report      {report} (plot {plot})")
+        typer.echo(f"report      {report} (plot {out['plot'] or 'not drawn: pip install gaugeport[study] for it'})")
     for n in res.notes:
         typer.echo(f"note: {n}")
 
