@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,12 +111,14 @@ def canonical_gauge(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
 
 
 def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None = None,
-                    consume: Callable[[str, torch.Tensor], None] | None = None) -> Canonical:
+                    consume: Callable[[str, torch.Tensor], None] | None = None, *,
+                    prefix_ok: bool = False) -> Canonical:
     """:func:`canonical_gauge`; with ``consume``, also every canonical tensor, in sorted name order,
     in the same pass: a layer's gauge is decided when its first hidden-axis tensor comes up, from
     that layer's tensors, which are read once (kept until their turn, then dropped)."""
-    prefix_ok = get is None
-    get = get or ckpt.tensor
+    if get is None:
+        with _plain_reads(ckpt) as plain:
+            return _canonical_pass(ckpt, plain, consume, prefix_ok=True)
     spec = ckpt.spec
     hspec = get_hidden_spec(spec.model_type)
     dims = hspec.dims(ckpt.config, ckpt.d_model)
@@ -226,6 +228,24 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
             "residual_broken_by": "token embedding and other residual tensors" if gain_groups else None,
             "residual_identical_groups": groups, "residual_all_zero_coordinates": zero_coords}
     return SignedPermutation(_ranks(order), signs.astype(np.int8)), ties, notes
+
+
+@contextlib.contextmanager
+def _plain_reads(ckpt: Checkpoint) -> Iterator[Callable[[str], torch.Tensor]]:
+    """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite."""
+    from gaugeport.core.checkpoint import ShardReader
+
+    readers: dict[str, ShardReader] = {}
+    try:
+        def get(name: str) -> torch.Tensor:
+            shard = ckpt.shard_of[name]
+            if shard not in readers:
+                readers[shard] = ShardReader(ckpt, shard)
+            return readers[shard].read(name)
+        yield get
+    finally:
+        for r in readers.values():
+            r.close()
 
 
 def _leading_columns(ckpt: Checkpoint, src: tuple[str, int], d: int) -> np.ndarray | None:
