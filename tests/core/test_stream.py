@@ -64,7 +64,10 @@ def test_each_forward_loads_every_block_once_and_frees_it(tiny_dir):
 
 
 def test_a_family_that_cannot_stream_runs_whole_and_says_why(tiny_dir):
-    model = load_streamed(tiny_dir("mixtral"))
+    from gaugeport.core.stream import StreamFallbackWarning
+
+    with pytest.warns(StreamFallbackWarning, match="loaded whole"):
+        model = load_streamed(tiny_dir("mixtral"))
     info = stream_info(model)
     assert not info.streamed and "converts" in info.note
     assert all(p.device.type == "cpu" for p in model.parameters())
