@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -24,6 +26,7 @@ from gaugeport.core.fileio import (  # noqa: F401 (the safetensors file layer, r
     INDEX_FILE,
     SINGLE_FILE,
     SafetensorsStreamWriter,
+    _name_to_dtype,
     dtype_from_name,
     is_plain_file_name,
     note_input,
@@ -230,6 +233,69 @@ class Checkpoint:
 _FIRST_INDEX = re.compile(r"\.(\d+)(?:\.|$)")  # the layer of "model.layers.3.mlp..." (the first index of a name)
 
 
+class ShardReader:
+    """Tensors of one shard read with plain positioned reads (``os.preadv`` straight into the tensor's
+    memory: one copy from the page cache, no page faults of a memory map), each checked finite.
+    Safe to use from one thread at a time; ``close()`` (or a ``with`` block) releases the file."""
+
+    def __init__(self, ckpt: Checkpoint, shard: str) -> None:
+        import os
+
+        self.ckpt, self.file = ckpt, ckpt.path / shard
+        note_input(self.file)
+        try:
+            self.fd = os.open(self.file, os.O_RDONLY)
+            (n,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            header = json.loads(os.pread(self.fd, n, 8))
+            size = os.fstat(self.fd).st_size
+        except (OSError, struct.error, ValueError) as exc:
+            raise CheckpointError(f"cannot read {self.file}: {exc}", hint="the file is truncated or corrupt") from exc
+        self.base = 8 + n
+        self.entries: dict[str, tuple[str, list[int], int, int]] = {}
+        for name, e in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = e["data_offsets"]
+            if not 0 <= begin <= end or self.base + end > size:
+                raise CheckpointError(f"tensor {name!r} lies outside {self.file}", hint="the file is truncated")
+            self.entries[name] = (e["dtype"], e["shape"], begin, end)
+
+    def nbytes(self, name: str) -> int:
+        _, _, begin, end = self.entries[name]
+        return end - begin
+
+    def read(self, name: str) -> torch.Tensor:
+        import os
+
+        dtype_name, shape, begin, end = self.entries[name]
+        if dtype_name.upper() not in _name_to_dtype():  # a dtype torch has no plain view for (float8 ...)
+            with _open(self.file) as f:
+                return check_finite(name, _get(f, name, self.file), self.ckpt.path)
+        dtype = dtype_from_name(dtype_name)
+        buf = torch.empty(end - begin, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], self.base + begin + done)
+            if got <= 0:
+                raise CheckpointError(f"cannot read tensor {name!r} from {self.file}: unexpected end of file",
+                                      hint="the file is truncated or corrupt")
+            done += got
+        t = buf.view(dtype).reshape(shape) if end > begin else torch.empty(shape, dtype=dtype)
+        return check_finite(name, t, self.ckpt.path)
+
+    def close(self) -> None:
+        import os
+
+        os.close(self.fd)
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def shard_layout(ckpt: Checkpoint, shard: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """Names, dtypes and shapes of a shard, read from its header (no tensor data)."""
     out = {}
@@ -263,6 +329,29 @@ def check_sequence_length(seq_len: int, limit: int | None, where: str = "the mod
 _FINITE_CHUNK = 1 << 20  # elements per isfinite() call: the check's extra memory stays a few MB
 
 
+# IEEE formats: a value is NaN or infinite exactly when its exponent bits are all ones, that is when
+# its bits without the sign are >= the exponent mask (viewed as a same-size signed integer)
+_EXPONENT_BITS = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80), torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+                  torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+                  torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+_BITS_CHUNK = 1 << 18  # elements per step: the masked copy stays in cache
+
+
+def _finite_by_bits(tensor: torch.Tensor) -> bool:
+    """Every entry finite? One pass over the bits (mask the sign, take the max): ~25x faster on CPU
+    than a float sum for bf16, and exact."""
+    int_dtype, mask, exponent = _EXPONENT_BITS[tensor.dtype]
+    bits = tensor.contiguous().view(int_dtype).reshape(-1).numpy()
+    buf = np.empty(min(bits.size, _BITS_CHUNK), dtype=bits.dtype)
+    for start in range(0, bits.size, _BITS_CHUNK):
+        chunk = bits[start:start + _BITS_CHUNK]
+        b = buf[:chunk.size]
+        np.bitwise_and(chunk, mask, out=b)
+        if b.max() >= exponent:
+            return False
+    return True
+
+
 def check_finite(name: str, tensor: torch.Tensor, where: Path | str = "") -> torch.Tensor:
     """``tensor`` itself when every entry is finite; else a :class:`CheckpointError` naming it.
 
@@ -270,6 +359,8 @@ def check_finite(name: str, tensor: torch.Tensor, where: Path | str = "") -> tor
     memory is a small fixed buffer rather than a tensor-sized mask).
     """
     if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return tensor
+    if tensor.dtype in _EXPONENT_BITS and tensor.device.type == "cpu" and _finite_by_bits(tensor):
         return tensor
     flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), _FINITE_CHUNK):

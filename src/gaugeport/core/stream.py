@@ -24,6 +24,7 @@ in :attr:`StreamInfo.note`.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,10 @@ from gaugeport.core.checkpoint import Checkpoint, _open
 from gaugeport.core.errors import CheckpointError, GaugeportError
 
 STREAM_ATTR = "_gaugeport_stream"
+
+
+class StreamFallbackWarning(UserWarning):
+    """A checkpoint runs as a whole model (its memory grows with depth): the note says why."""
 
 
 @dataclass
@@ -210,6 +215,7 @@ def load_streamed(path: str | Path, device: str | torch.device = "cpu") -> torch
     plan = _plan(model, ckpt)
     if isinstance(plan, str):  # cannot stream tensor by tensor: the whole model, with a note
         del model
+        warnings.warn(f"{ckpt.path}: loaded whole, not layer-streamed: {plan}", StreamFallbackWarning, stacklevel=2)
         whole = load_model(path).to(dev)
         setattr(whole, STREAM_ATTR, StreamInfo(ckpt.path, dev, False, plan))
         return whole
