@@ -146,7 +146,11 @@ def _smollm_finetune(model: torch.nn.Module, src: Path, steps: int, seed: int) -
     return m
 
 
-def real_pairs(root: Path, tiny_base: Path) -> list[dict[str, Any]]:
+REAL_KINDS = {"finetune": "fine-tune 30 steps", "depth": "depth 24/30", "mlp": "MLP 1152/1536",
+              "residual": "residual 480/576", "vocab": "vocab +256"}
+
+
+def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = tuple(REAL_KINDS)) -> list[dict[str, Any]]:
     import transformers
 
     from gaugeport.core.verify import load_model
@@ -162,8 +166,11 @@ def real_pairs(root: Path, tiny_base: Path) -> list[dict[str, Any]]:
         "residual 480/576": lambda m: D.prune_residual(m, 480),
         "vocab +256": lambda m: D.extend_vocab(m, 256),
     }
+    wanted = {REAL_KINDS[k] for k in kinds}
     pairs = []
     for i, (kind, f) in enumerate(derive.items()):
+        if kind not in wanted:
+            continue
         slug = "smol_" + kind.replace(" ", "_").replace("/", "of").replace("+", "p")
         p = _cached(root / slug, lambda f=f: f(model))
         pairs.append({"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {kind}"})
@@ -372,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                     default=Path(os.environ.get("TMPDIR", "/tmp")) / "gaugeport-provenance-suite")
     ap.add_argument("--out", type=Path, default=HERE / "provenance_suite.json")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--real-kinds", default=",".join(REAL_KINDS),
+                    help="SmolLM2 derivations to run (comma list of " + ", ".join(REAL_KINDS) + ")")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
@@ -380,7 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     pairs = tiny_pairs(args.workdir / "tiny")
     if not args.quick:
         _log("building real pairs (SmolLM2-135M)")
-        pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base")
+        kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
+        bad = [k for k in kinds if k not in REAL_KINDS]
+        if bad:
+            ap.error(f"unknown --real-kinds {bad}; choose from {', '.join(REAL_KINDS)}")
+        pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", kinds)
         _log("building MiniLM pairs (all-MiniLM-L6-v2 and its int8 ONNX export)")
         pairs += minilm_pairs(args.workdir / "minilm")
     rows = []
@@ -393,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["best_z"] = winner(r, METHODS)
     doc = {"benchmark": "provenance_suite", "quick": args.quick, "threads": args.threads,
+           "real_kinds": None if args.quick else args.real_kinds,
            "seconds_total": time.perf_counter() - t_all, "peak_rss_mb": _peak_rss_mb(),
            "note": "wall-clock seconds on a shared machine; z: (score - mean of negatives) / sd of negatives",
            "summary": summ, "pairs": rows}
