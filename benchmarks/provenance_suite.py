@@ -395,14 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     _log("building tiny pairs")
     pairs = tiny_pairs(args.workdir / "tiny")
     if not args.quick:
+        _log("building MiniLM pairs (all-MiniLM-L6-v2 and its int8 ONNX export)")
+        pairs += minilm_pairs(args.workdir / "minilm")
         _log("building real pairs (SmolLM2-135M)")
         kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
         bad = [k for k in kinds if k not in REAL_KINDS]
         if bad:
             ap.error(f"unknown --real-kinds {bad}; choose from {', '.join(REAL_KINDS)}")
         pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", kinds, args.real_light)
-        _log("building MiniLM pairs (all-MiniLM-L6-v2 and its int8 ONNX export)")
-        pairs += minilm_pairs(args.workdir / "minilm")
     # every finished pair is appended to <out>.partial.jsonl; a rerun reuses those rows (delete it to start over)
     partial = args.out.with_name(args.out.name + ".partial.jsonl")
     done = {}
