@@ -57,7 +57,7 @@ def test_report_has_three_columns_timings_and_plots(real_micro):
         assert f"| {stage} |" in report
     for name in ("ceiling.png", "trajectory.png", "transport.png", "claims.json", "audit/audit.json"):
         assert (out / name).stat().st_size > 0, name
-    from gaugeport.study.real_report import markdown, rows
+    from gaugeport.study.real.report import markdown, rows
 
     with_toy = rows(r, r)  # the middle column renders any toy-shaped results
     assert len(with_toy) == 9 and all(row[2] != "not run" and row[4].endswith(".") for row in with_toy)
@@ -85,7 +85,7 @@ def test_a_second_build_reuses_every_stage(real_micro):
     root, first = real_micro
     from gaugeport.study.cache import StageCache
     from gaugeport.study.config import preset
-    from gaugeport.study.real import build_real
+    from gaugeport.study.real.stages import build_real
 
     cache = StageCache(True, root / "cache")
     build_real(preset("real-micro").real, 0, cache, progress=False)
@@ -107,7 +107,7 @@ def test_cli_refuses_unknown_preset_and_missing_cuda(cli, tmp_path):
 def test_trajectory_row_states_the_gap_only_when_measured(real_micro):
     import copy
 
-    from gaugeport.study.real_report import rows
+    from gaugeport.study.real.report import rows
 
     _, r = real_micro
     r = copy.deepcopy(r)
