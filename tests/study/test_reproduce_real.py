@@ -141,3 +141,14 @@ def test_trajectory_row_states_the_gap_only_when_measured(real_micro):
     assert "seeds 0 / 1: composed 76.0% / 100.0%" in row3()[1]
     hard.update(composed=1.0, endpoint=0.99)
     assert "does not appear" in row3()[4]
+
+
+def test_steering_only_reuses_the_studys_stages_and_finds_the_same_sweep(real_micro):
+    root, r = real_micro
+    from gaugeport.study.real.steering_only import measure
+
+    s = measure(root / "steering", stand_in=True, cache_root=root / "cache")
+    assert s["cache_misses"] == []
+    assert s["steering_sweep"] == r["steering_sweep"] and s["refusal_sweep"] == r["refusal_sweep"]
+    md = (root / "steering" / "steering.md").read_text()
+    assert "| 5a." in md and "| 5b." in md and "### Sentiment" in md

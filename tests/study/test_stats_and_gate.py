@@ -101,3 +101,44 @@ def test_linear_top_stops_at_the_first_doubling_that_is_not_roughly_double():
     assert steer.linear_top([0.5, 0.6, 1.2]) == 0
     assert steer.linear_top([0.5, 1.0, 2.0, 4.0]) == 3
     assert steer.linear_top([0.0, 1.0]) == 0
+    assert steer.linear_top([0.1, 0.2, 1.0, 2.0]) == 1  # x5 on one doubling: past the linear regime
+
+
+# ------------------------------------------------------------------------------------- the sweep
+@pytest.fixture(scope="module")
+def steerable():
+    """A tiny random Llama, prompts, a metric (logit of token 5 minus token 6 at the last position) and,
+    at each layer, the direction that raises it to first order: the final norm's gains times the
+    difference of the two unembedding rows."""
+    import torch
+
+    from gaugeport.models.tiny import tiny_model
+
+    model = tiny_model("llama", 3, hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=64, num_hidden_layers=2, vocab_size=64).eval()
+    ids = torch.randint(7, 64, (16, 6), generator=torch.Generator().manual_seed(0))
+    probe = steer.Probe(ids, lambda lg: (lg[:, -1, 5] - lg[:, -1, 6]).double())
+    w = model.get_output_embeddings().weight.detach()
+    u = (w[5] - w[6]) * model.model.norm.weight.detach()
+    with torch.no_grad():
+        rho = float(model(input_ids=ids, output_hidden_states=True).hidden_states[1].norm(dim=-1).mean())
+    return model, probe, {0: (u / u.norm(), rho), 1: (u / u.norm(), rho)}
+
+
+def test_the_sweep_picks_a_linear_strength_and_the_gate_passes_a_working_direction(steerable):
+    model, probe, dirs = steerable
+    out = steer.choose(model, probe, dirs, min_effect=0.05, n_random=20)
+    assert out["passes"] and out["tried"][-1]["passes"] and out["layer"] in dirs
+    row = next(r for r in out["sweep"] if r["layer"] == out["layer"])
+    k = out["ladder"].index(out["strength"])
+    assert row["linear_top"] == out["strength"] and k == steer.linear_top(row["effects"])
+    u, rho = dirs[out["layer"]]
+    assert float(out["vector"].norm()) == pytest.approx(out["strength"] * rho, rel=1e-5)
+    assert out["effects"].mean() == pytest.approx(out["tried"][-1]["effect"]["value"])
+    assert out["tried"][-1]["ratio_to_random"] >= steer.MIN_RATIO and "vector" not in steer.public(out)
+
+
+def test_a_direction_pointing_the_wrong_way_gets_no_layer(steerable):
+    model, probe, dirs = steerable
+    out = steer.choose(model, probe, dirs, sign=-1, min_effect=0.05, n_random=2)
+    assert not out["passes"] and out["tried"] == [] and "vector" not in out
