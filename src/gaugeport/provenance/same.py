@@ -1,25 +1,43 @@
 """``same A B``: is B a gauged copy of A, derived from A, or trained independently?
 
-1. **Residual gauge.** Generic gains: the data-free signed permutation of ``align --method weights``
-   (token embeddings, untied head, norm gains), or with ``--data`` the activation estimate. Uniform
-   gains in A or B (a folded checkpoint, group O(d)): A's gains are folded too and the rotation
-   ``Q`` with ``x_B = Q x_A`` is fitted by orthogonal Procrustes on the token embeddings.
-2. **Hidden gauge.** With B's residual axes in A's coordinates, every layer's MLP units and heads
-   are matched (:mod:`gaugeport.estimate.hidden`), each with a confidence.
-3. **Identical?** Every tensor of B is compared with the recovered gauge applied to A; when all
-   agree (relative ``tol``) the two models' logits are compared on probe tokens: both pass means
-   ``identical``, and the recovered gauge is the evidence.
+Only the tensors both checkpoints hold are compared; the others (a dropped pooler, a buffer one
+save kept) are listed in the report.
+
+1. **Residual map.** RMSNorm families whose table names gain folds: every norm gain is folded into
+   its readers on both sides, lazily, one tensor at a time (a gain whose reader is absent, the final
+   norm of a tied head, stays as stored). What is left is an orthogonal map, chosen by fit on the
+   token embedding (:func:`_residual_by_fit`): a signed permutation when one explains the
+   embedding, a rotation (orthogonal Procrustes) when only a rotation does, and the signed
+   permutation again when neither does (an unrelated pair). So folding, rotating and then
+   re-introducing random positive gains with compensated readers is undone like any signed
+   permutation. LayerNorm families: the data-free signed permutation of ``align --method weights``
+   (or, with ``--data``, the activation estimate).
+2. **Per layer, then freed.** With B's residual axes in A's coordinates, each layer's unit features
+   are read, scored and dropped before the next layer (:mod:`gaugeport.estimate.hidden`). The
+   held-out statistic (4.) is computed first; MLP units and heads are matched (the hidden gauge)
+   when the layer is related (``z > ESCALATE_Z``), or later for every layer if the combined p-value
+   says derived, or always with ``full_gauge`` (``--save-gauge``). MLPs wider than
+   ``2 * SAMPLE_UNITS`` are tested on a seeded sample of ``SAMPLE_UNITS`` units, each matched to its
+   nearest input-side neighbour, so an independent pair needs no assignment over the full width.
+3. **Identical?** Once every layer is matched, every tensor of B is compared with the recovered gauge
+   applied to A (MLP units up to a positive scale each, since a unit's up row and down column may be
+   rescaled against each other); when all agree (relative ``tol``) the two models' logits are
+   compared on probe tokens, layer-streamed: both pass means ``identical``.
 4. **p-value** under the null of independent training: per layer, MLP units are matched on their
-   input weights only and the matched pairs' output weights are scored against a random pairing
-   (see :func:`~gaugeport.estimate.hidden.held_out_statistic`); the per-layer z-scores are combined
-   by Stouffer's method. ``derived`` when ``p < alpha``, else ``independent``.
+   input weights only and the matched pairs' output weights are ranked (mid-ranks for ties) among
+   the unit's best input-side candidates after regressing out input similarity (see
+   :func:`~gaugeport.estimate.hidden.held_out_statistic`); the per-layer z-scores are combined by
+   Stouffer's method (sum over the L layers tested, divided by sqrt(L)). ``derived`` when
+   ``p < alpha``, else ``independent``. A layer's status: ``identical`` when its weights match,
+   ``derived`` when its own p-value is below ``alpha / L`` (Bonferroni over the layers), else
+   ``independent``.
 
 The null model is explicit: under independent training, among a unit's best input-side candidates
 in B, the one the matching picks is no more similar on the output side than the others, once
 what input similarity alone predicts is removed. No p-value robust to the full gauge can be exact
 by symmetry alone (any gauge-invariant statistic is blind to the relabelling a permutation test
-draws), so this one is approximate; the benchmark and the tests check its calibration on
-independently trained pairs.
+draws), so this one is approximate; ``benchmarks/bench_same_calibration.py`` checks its
+calibration on independently trained pairs.
 """
 
 from __future__ import annotations
@@ -53,6 +71,7 @@ from gaugeport.estimate.hidden import (
     mlp_unit_moments,
     to_a_coordinates,
 )
+from gaugeport.estimate.lap import linear_assignment
 
 if TYPE_CHECKING:
     from gaugeport.provenance.lineage import LineageResult
@@ -147,8 +166,8 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
         for g in sorted(set(unfolded_a) | set(unfolded_b)):
             notes.append(f"{g} not folded ({', '.join(unfolded_a.get(g) or unfolded_b.get(g) or [])} absent: "
                          "tied embeddings); it is compared as stored")
-        # the data-free (or, with --data, activation) signed permutation on the checkpoints as stored competes
-        candidates = [_residual_gauge(path_a, path_b, data, tokens, progress)[0]]
+        # with --data, the activation estimate of the signed permutation competes too
+        candidates = [] if data is None else [_residual_gauge(path_a, path_b, data, tokens, progress)[0]]
         residual, residual_info = _residual_by_fit(ca, get_a, get_b, spec, candidates)
     else:
         residual, residual_info = _residual_gauge(path_a, path_b, data, tokens, progress)
@@ -292,77 +311,89 @@ def _shape0(ckpt: Checkpoint, name: str) -> int:
 
 
 SNAP_SLACK = 1.10  # a signed permutation is kept when its fit is within 10 % of the best rotation's
-ROTATION_MAX_RESIDUAL = 0.5  # a rotation is used only when it explains the embedding this well
+ROTATION_MAX_RESIDUAL = 0.5  # a map "explains" the embedding when its relative residual is at most this
+GRAM_MAX = 1.0  # token Gram matrices further apart than this (relative): no rotation can explain the embedding
+GRAM_ROWS = 1024  # tokens the Gram screen compares (float32)
+FIT_ROWS = 4096  # embedding rows (a seeded sample of tokens) the residual map is fitted on
 
 
 def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b: Callable[[str], torch.Tensor],
                      spec: ArchSpec, candidates: list[SignedPermutation]) -> tuple[ResidualMap, dict[str, Any]]:
     """The residual map after folding both sides, chosen by fit on the token embeddings.
 
-    ``Q`` minimises ``||E_A Q^T - E_B||`` over orthogonal matrices (Procrustes: ``Q = U V^T`` of
-    ``E_B^T E_A``); the signed permutation nearest to ``Q`` (each row's largest ``|Q|``, with its sign)
-    and any ``candidates`` compete with it. Both fits are relative residuals ``||E_A M^T - E_B|| / ||E_B||``;
-    the best signed permutation is chosen when its residual is at most ``SNAP_SLACK`` times the
-    rotation's (plus 1e-6), else the rotation, provided the rotation's residual is at most
-    ``ROTATION_MAX_RESIDUAL``. A rotation always fits at least as well (it has ``d (d - 1) / 2``
-    free parameters), so the slack decides between the discrete map that a gauged copy has exactly
-    and the continuous one a rotated copy needs. When no rotation explains the embedding (an
-    unrelated pair), the best signed permutation is kept: a rotation fitted to two independent
-    models aligns what they learned alike from the same data (convergent features), and the held-out
-    statistic, measured in such a basis, drifts above its null (mean z about +0.8 per layer on the
-    tiny independent pairs, against about 0 in the signed-permutation basis).
+    Fits are relative residuals ``||E_A M^T - E_B|| / ||E_B||`` on a seeded sample of ``FIT_ROWS``
+    tokens (``x_B = M x_A``; the embedding is a writer, untouched by folding). In order:
+
+    1. the signed permutation that matches B's embedding columns to A's by ``|correlation|`` (a linear
+       assignment; the sign of the correlation), and any ``candidates`` (``--data``'s activation
+       estimate): the best of them is chosen when its residual is at most ``ROTATION_MAX_RESIDUAL``;
+    2. otherwise a rotation can only explain the embedding if the token Gram matrices agree
+       (``E_B E_B^T = E_A E_A^T`` for any orthogonal map): when their relative difference exceeds
+       ``GRAM_MAX`` the pair is unrelated on the embedding and the signed permutation is kept;
+    3. otherwise ``Q`` minimising the residual over orthogonal matrices (Procrustes: ``Q = U V^T``
+       of ``E_B^T E_A``) is chosen when its residual is at most ``ROTATION_MAX_RESIDUAL`` and the
+       signed permutation's is more than ``SNAP_SLACK`` times it, else the signed permutation.
+
+    Keeping the signed permutation for unrelated pairs matters for the p-value: a rotation fitted to
+    two independent models aligns what they learned alike from the same data (convergent features),
+    and the held-out statistic, measured in such a basis, drifts above its null (mean z about +0.8
+    per layer on tiny independent pairs, against about 0 in the signed-permutation basis).
     """
     name = _embedding_name(ca, spec)
-    ea, eb = get_a(name), get_b(name)
+    vocab = int(ca.tensor(name).shape[0])
+    rows = torch.from_numpy(token_sample(vocab, FIT_ROWS))
+    ea, eb = get_a(name)[rows].double(), get_b(name)[rows].double()
     d = int(ea.shape[1])
-    cross = torch.zeros(d, d, dtype=torch.float64)
-    for i in range(0, ea.shape[0], 8192):  # E_B^T E_A in row chunks: no float64 copy of either embedding
-        cross += eb[i:i + 8192].double().T @ ea[i:i + 8192].double()
-    u, _, vt = np.linalg.svd(cross.numpy())
-    q = u @ vt
-    norm_b = float(_chunked_norm(eb))
+    norm_b = max(float(eb.norm()), 1e-30)
 
-    def fit(m: np.ndarray) -> float:
-        mt = torch.from_numpy(np.ascontiguousarray(m.T))
-        r2 = sum(float(((ea[i:i + 8192].double() @ mt - eb[i:i + 8192].double()) ** 2).sum())
-                 for i in range(0, ea.shape[0], 8192))
-        return float(np.sqrt(r2)) / max(norm_b, 1e-30)
+    def fit_sp(sp: SignedPermutation) -> float:
+        return float((sp.apply(ea, 1) - eb).norm()) / norm_b
 
-    fit_q = fit(q)
-    info: dict[str, Any] = {"method": "fit on " + name + " after folding both sides' norm gains",
-                            "rotation_relative_residual": fit_q,
-                            "orthogonality_error": float(np.abs(q @ q.T - np.eye(d)).max())}
-    snap = np.abs(q).argmax(axis=1)
-    perms = list(candidates)
-    if np.array_equal(np.sort(snap), np.arange(d)):
-        # x_B = Q x_A with Q[i, snap[i]] = +-1: B's coordinate i is A's coordinate snap[i]
-        signs = np.where(q[np.arange(d), snap] < 0, -1, 1).astype(np.int8)
-        perms.append(SignedPermutation(np.argsort(snap), signs[np.argsort(snap)]))
-    best_sp, fit_sp = None, np.inf
-    for sp in perms:
-        f = fit(_signed_perm_matrix(sp))
-        if f < fit_sp:
-            best_sp, fit_sp = sp, f
-    info["signed_permutation_relative_residual"] = None if best_sp is None else fit_sp
-    if best_sp is not None and (fit_sp <= SNAP_SLACK * fit_q + 1e-6 or fit_q > ROTATION_MAX_RESIDUAL):
-        info.update({"kind": "signed_permutation", "fingerprint": best_sp.fingerprint(),
-                     "chosen_because": "fits within the slack of the rotation" if fit_sp <= SNAP_SLACK * fit_q + 1e-6
-                     else "no rotation explains the embedding (the pair looks unrelated there)"})
-        return best_sp, info
+    za, zb = (ea - ea.mean(0)).float(), (eb - eb.mean(0)).float()
+    za, zb = za / za.norm(dim=0).clamp_min(1e-30), zb / zb.norm(dim=0).clamp_min(1e-30)
+    corr = (zb.T @ za).numpy()  # corr[i, j]: B's column i against A's column j
+    del za, zb
+    cols = linear_assignment(np.abs(corr)).cols  # B's coordinate i is A's coordinate cols[i]
+    signs = np.where(corr[np.arange(d), cols] < 0, -1, 1).astype(np.int8)
+    inv = np.argsort(cols)
+    perms = [SignedPermutation(inv, signs[inv]), *candidates]
+    fits = [fit_sp(sp) for sp in perms]
+    best = int(np.argmin(fits))
+    sp, f_sp = perms[best], fits[best]
+    info: dict[str, Any] = {"method": f"fit on {rows.numel()} rows of {name} after folding both sides' norm gains",
+                            "signed_permutation_relative_residual": f_sp,
+                            "signed_permutation_source": "embedding columns" if best == 0 else "--data"}
+
+    def keep_sp(why: str) -> tuple[ResidualMap, dict[str, Any]]:
+        info.update({"kind": "signed_permutation", "fingerprint": sp.fingerprint(), "chosen_because": why})
+        return sp, info
+
+    if f_sp <= ROTATION_MAX_RESIDUAL:
+        return keep_sp("a signed permutation explains the embedding")
+    ga, gb = ea[:GRAM_ROWS].float() @ ea[:GRAM_ROWS].float().T, eb[:GRAM_ROWS].float() @ eb[:GRAM_ROWS].float().T
+    gram = float((ga - gb).norm() / ga.norm().clamp_min(1e-30))
+    info["token_gram_relative_difference"] = gram
+    del ga, gb
+    if gram > GRAM_MAX:
+        return keep_sp("no orthogonal map can explain the embedding (token Gram matrices differ)")
+    u, _, vt = torch.linalg.svd(eb.T @ ea)
+    q = (u @ vt).numpy()
+    f_q = float((ea @ torch.from_numpy(q).T - eb).norm()) / norm_b
+    info.update({"rotation_relative_residual": f_q, "orthogonality_error": float(np.abs(q @ q.T - np.eye(d)).max())})
+    if f_q > ROTATION_MAX_RESIDUAL:
+        return keep_sp("no rotation explains the embedding (the pair looks unrelated there)")
+    if f_sp <= SNAP_SLACK * f_q + 1e-6:
+        return keep_sp("fits within the slack of the rotation")
     info.update({"kind": "orthogonal", "chosen_because": "a rotation explains the embedding and no signed "
                  "permutation comes close"})
     return OrthogonalGauge(q), info
 
 
-def _signed_perm_matrix(sp: SignedPermutation) -> np.ndarray:
-    """The matrix ``M`` with ``x_B = M x_A`` for the signed permutation (as :meth:`SignedPermutation.apply`)."""
-    d = sp.d
-    eye = torch.eye(d, dtype=torch.float64)
-    return sp.apply(eye, 0).numpy()  # column j: the image of A's basis vector e_j
-
-
-def _chunked_norm(t: torch.Tensor) -> float:
-    return float(np.sqrt(sum(float((t[i:i + 8192].double() ** 2).sum()) for i in range(0, t.shape[0], 8192))))
+def token_sample(vocab: int, size: int) -> np.ndarray:
+    """A seeded, sorted sample of ``size`` token ids (all of them for a smaller vocabulary)."""
+    if vocab <= size:
+        return np.arange(vocab)
+    return np.sort(np.random.default_rng(0).choice(vocab, size, replace=False))
 
 
 # ----------------------------------------------------------------------------- activations
@@ -417,7 +448,7 @@ def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
                      get_b: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
                      gauge: FullGauge, residual: ResidualMap, tol: float) -> dict[str, Any]:
     """Every tensor both hold, B's against the recovered gauge applied to A's: max relative difference
-    (``max |pred - B| / max |B|``), overall and per layer."""
+    (``max |pred - B| / max |B|``), overall and per layer; it stops at the first tensor over ``tol``."""
     from gaugeport.core.apply import transform_tensor
 
     rules = spec.classify_all(names)
@@ -446,6 +477,9 @@ def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
         if m:
             li = int(m.group(1))
             per_layer[li] = max(per_layer.get(li, 0.0), rel)
+        if worst > tol:  # not identical: the rest of the read would only refine the figure
+            return {"weights_match": False, "max_rel_weight_diff": worst, "worst_tensor": worst_name,
+                    "per_layer_rel_diff": per_layer, "tol": tol, "stopped_at_first_difference": True}
     return {"weights_match": worst <= tol, "max_rel_weight_diff": worst, "worst_tensor": worst_name,
             "per_layer_rel_diff": per_layer, "tol": tol}
 
@@ -465,14 +499,16 @@ def _rotate(t: torch.Tensor, rule: Any, q: np.ndarray) -> torch.Tensor:
 
 
 def _function_check(a: str | Path, b: str | Path, tol: float) -> dict[str, Any]:
-    """Same logits on probe tokens (no gauge needed: the output is gauge-invariant)."""
-    from gaugeport.core.verify import compare_models, load_model, probe_token_ids
+    """Same logits on probe tokens (no gauge needed: the output is gauge-invariant). Both models run
+    layer-streamed (:func:`gaugeport.core.stream.load_streamed`): one block of each in memory at a time."""
+    from gaugeport.core.stream import load_streamed
+    from gaugeport.core.verify import compare_models, probe_token_ids
 
     ca = Checkpoint.open(a)
     ids = probe_token_ids(int(ca.config.get("text_config", ca.config).get("vocab_size", 2)), 2, 16, 0)
     try:
-        model_a = load_model(a)
-        model_b = load_model(b)
+        model_a = load_streamed(a)
+        model_b = load_streamed(b)
     except CheckpointError as exc:  # e.g. B dropped a tensor its class needs: no logits to compare
         return {"function_match": False, "function_check": f"not run: {exc.message}"}
     res = compare_models(model_a, model_b, ids, None, tol)

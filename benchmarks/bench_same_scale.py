@@ -1,0 +1,165 @@
+"""`same` at Llama-2-7B width: time against one plain read of both checkpoints, and peak memory at two depths.
+
+Synthetic bf16 checkpoints (d=4096, 11008 MLP units, 32 heads in 8 key/value groups, vocab 32000),
+written tensor by tensor under a temporary folder and deleted afterwards, at 2 and 4 blocks:
+
+* A: random weights (norm gains of both signs around 1);
+* identical: A under a random full gauge (residual, MLP units with signs, heads);
+* derived: (A + noise at a quarter of the weights' scale) under another random full gauge;
+* independent: random weights from another seed.
+
+Each pair runs in a fresh subprocess: first one plain pass over both checkpoints (every tensor read
+and converted to float32, the baseline), then `same A B` data-free; reported: both wall times,
+their ratio, the verdict and p-value, and the process's peak resident memory (VmHWM). The ratio is
+measured in the same process, right after the baseline, so a busy machine slows both.
+
+    PYTHONPATH=src python benchmarks/bench_same_scale.py [--depths 2 4] [--out benchmarks/bench_same_scale.json]
+    PYTHONPATH=src python benchmarks/bench_same_scale.py --quick   # d=1024, 2816 units: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MB = 2**20
+SHAPES = {"full": (4096, 11008, 32, 8, 32000), "quick": (1024, 2816, 8, 2, 8000)}  # d, units, heads, kv, vocab
+
+
+def _write(root: Path, tag: str, shape: tuple, layers: int, seed: int, base: Path | None = None,
+           noise: float = 0.0) -> Path:
+    """A random checkpoint (``base`` None) or ``base`` plus Gaussian noise, written tensor by tensor."""
+    import torch
+
+    from gaugeport.core.checkpoint import INDEX_FILE, Checkpoint, SafetensorsStreamWriter
+    from gaugeport.models.synthetic import LlamaShape, llama_config, llama_layout, shard_names
+
+    d, inter, heads, kv, vocab = shape
+    ls = LlamaShape(d, inter, layers, heads, kv, vocab, 1000)
+    shapes = llama_layout(ls)
+    out = root / tag
+    out.mkdir(parents=True)
+    src = Checkpoint.open(base) if base is not None else None
+    gen = torch.Generator().manual_seed(seed)
+    weight_map = {}
+    shards = shard_names(shapes, 2, 1000 * MB)
+    for k, names in enumerate(shards):
+        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        w = SafetensorsStreamWriter(out / file, {n: (torch.bfloat16, shapes[n]) for n in names}, {"format": "pt"})
+        for name in w.order:
+            shp = shapes[name]
+            gain = len(shp) == 1
+            if src is None:
+                t = torch.empty(shp).normal_(1.0 if gain else 0.0, 0.3 if gain else 0.02, generator=gen)
+            else:
+                t = src.tensor(name).float() + torch.empty(shp).normal_(0.0, noise * (0.3 if gain else 0.02),
+                                                                         generator=gen)
+            w.write(name, t.to(torch.bfloat16))
+            weight_map[name] = file
+        w.close()
+    (out / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (out / "config.json").write_text(json.dumps(llama_config(ls, torch.bfloat16)))
+    return out
+
+
+def _gauged(src: Path, dest: Path, seed: int) -> Path:
+    from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
+
+    apply_full_gauge_to_checkpoint(src, random_full_gauge_for(src, seed), dest, progress=False)
+    return dest
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def child(a: str, b: str) -> None:
+    import torch
+
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.provenance.same import same
+
+    base_kb = _status_kb("VmHWM")
+    t0 = time.perf_counter()
+    total = 0.0
+    for p in (a, b):
+        for _, t in Checkpoint.open(p).iter_tensors():
+            total += float(t.float().sum())
+    read_s = time.perf_counter() - t0
+    read_kb = _status_kb("VmHWM")
+    t0 = time.perf_counter()
+    r = same(a, b)
+    same_s = time.perf_counter() - t0
+    print(json.dumps({"read_once_s": read_s, "same_s": same_s, "same_over_read": same_s / read_s,
+                      "peak_rss_mb": _status_kb("VmHWM") / 1024, "peak_after_read_mb": read_kb / 1024,
+                      "baseline_rss_mb": base_kb / 1024, "verdict": r.verdict, "p_value": r.p_value,
+                      "log10_p": r.log10_p, "residual": r.residual.get("kind"),
+                      "sampled": any(lay.get("mlp_units_sampled") for lay in r.layers),
+                      "threads": torch.get_num_threads(), "checksum": total}))
+
+
+def run_depth(root: Path, shape: tuple, layers: int) -> dict:
+    a = _write(root, "a", shape, layers, seed=0)
+    pairs = {"identical": _gauged(a, root / "identical", 5)}
+    native = _write(root, "derived-native", shape, layers, seed=1, base=a, noise=0.25)
+    pairs["derived"] = _gauged(native, root / "derived", 6)
+    shutil.rmtree(native)
+    pairs["independent"] = _write(root, "independent", shape, layers, seed=2)
+    size = sum(f.stat().st_size for f in a.glob("*.safetensors"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = {"blocks": layers, "checkpoint_mb": size / MB}
+    for kind, b in pairs.items():
+        proc = subprocess.run([sys.executable, __file__, "--child", str(a), str(b)], capture_output=True, text=True,
+                              env=env)
+        if proc.returncode != 0:
+            out[kind] = {"error": proc.stderr[-2000:]}
+        else:
+            out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(kind, json.dumps(out[kind]), flush=True)
+        shutil.rmtree(b)
+    shutil.rmtree(a)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="d=1024 shapes (a smoke run)")
+    ap.add_argument("--depths", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return {}
+    shape = SHAPES["quick" if args.quick else "full"]
+    d, inter, heads, kv, vocab = shape
+    result: dict = {"shape": {"d_model": d, "intermediate": inter, "heads": heads, "kv_heads": kv, "vocab": vocab,
+                              "dtype": "bfloat16"}, "depths": []}
+    work = Path(tempfile.mkdtemp(prefix="same-scale-"))
+    try:
+        for layers in args.depths:
+            result["depths"].append(run_depth(work / f"L{layers}", shape, layers))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = args.out or HERE / ("bench_same_scale_quick.json" if args.quick else "bench_same_scale.json")
+    from gaugeport.core.fileio import atomic_write_json
+
+    atomic_write_json(out, result, force=True)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
