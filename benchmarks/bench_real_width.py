@@ -2,7 +2,7 @@
 
 Random weights (gains randomised so they are generic), a random signed permutation applied in
 place (`apply_gauge_to_model`), logits compared in float32 on seeded probe tokens. Runs on CUDA when
-available (that is where the figures in the README were taken), else on the CPU with `--quick`
+available (that is where the figures in docs/architectures.md were taken), else on the CPU with `--quick`
 shapes. Writes JSON.
 """
 

@@ -83,7 +83,7 @@ def _cached(path: Path, build: Callable[[], torch.nn.Module]) -> Path:
 
 def tiny_pairs(root: Path) -> list[dict[str, Any]]:
     from gaugeport.core.verify import load_model
-    from gaugeport.provenance.experiments import TinyRun, finetuned, trained
+    from gaugeport.study.provenance_runs import TinyRun, finetuned, healed, trained
 
     run = TinyRun(d_model=64, d_ff=128, n_layers=3, n_heads=4, n_kv_heads=2)
     base_p = _cached(root / "base", lambda: trained(0, TINY_STEPS, run))
@@ -103,7 +103,7 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
         "residual 48/64": lambda m: D.prune_residual(m, 48),
         "vocab +16": lambda m: D.extend_vocab(m, 16),
         "MoE upcycle x4": lambda m: D.upcycle_to_mixtral(m, 4, noise=0.02),
-        "MLP 96/128 + heal 30": lambda m: D.healed(D.prune_mlp(m, 96), 30, data_seed=55),
+        "MLP 96/128 + heal 30": lambda m: healed(D.prune_mlp(m, 96), 30, data_seed=55),
     }
     pairs = []
     for i, (kind, f) in enumerate(derive.items()):

@@ -45,7 +45,8 @@ def test_existing_gauge_file_is_not_overwritten(tmp_path):
 
 def test_nan_signs_are_rejected(tmp_path):
     save_file({"perm": torch.arange(4), "signs": torch.tensor([1.0, float("nan"), 1.0, -1.0])},
-              str(tmp_path / "g.safetensors"), metadata={"format": "gaugeport.signed_permutation", "d": "4"})
+              str(tmp_path / "g.safetensors"),
+              metadata={"format": "gaugeport.signed_permutation", "version": "1", "d": "4"})
     with pytest.raises(GaugeError, match="NaN"):
         load_gauge(tmp_path / "g.safetensors")
 

@@ -64,7 +64,10 @@ def test_each_forward_loads_every_block_once_and_frees_it(tiny_dir):
 
 
 def test_a_family_that_cannot_stream_runs_whole_and_says_why(tiny_dir):
-    model = load_streamed(tiny_dir("mixtral"))
+    from gaugeport.core.stream import StreamFallbackWarning
+
+    with pytest.warns(StreamFallbackWarning, match="loaded whole"):
+        model = load_streamed(tiny_dir("mixtral"))
     info = stream_info(model)
     assert not info.streamed and "converts" in info.note
     assert all(p.device.type == "cpu" for p in model.parameters())
@@ -113,3 +116,44 @@ def test_verify_streams_both_models(tiny_dir, monkeypatch):
     assert verify_checkpoints(path, path).ok
     assert [stream_info(m).streamed for m in built] == [True, True]
     assert all(stream_info(m).blocks_loaded == 2 for m in built)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma2"])
+def test_collect_on_streamed_models_gives_the_whole_models_moments(tiny_dir, model_type):
+    """Moments from streamed models equal those from whole models (float64 accumulation of the same
+    float32 activations; tolerance 1e-9 relative), and the fingerprints name the same checkpoints."""
+    from gaugeport.estimate.activations import collect_moments
+
+    a, b = tiny_dir(model_type), tiny_dir(model_type, 1)
+    batches = [probe_ids(96, n_seq=2, seq_len=12, seed=s) for s in range(3)]
+    whole = collect_moments(load_model(a), load_model(b), batches, progress=False)
+    streamed = collect_moments(load_streamed(a), load_streamed(b), batches, progress=False)
+    assert (streamed.model_a, streamed.model_b) == (whole.model_a, whole.model_b)
+    assert streamed.sites.keys() == whole.sites.keys()
+    for site, cm in whole.sites.items():
+        for name in ("mean_a", "mean_b", "comoment", "m2_a"):
+            w, s = getattr(cm, name), getattr(streamed.sites[site], name)
+            assert _rel(w, s) <= 1e-9, (site, name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+@pytest.mark.parametrize("verb", ["collect", "align"])
+def test_collect_and_align_on_cuda_without_a_gpu_exit_2(cli, tiny_dir, tmp_path, verb):
+    path = tiny_dir("llama")
+    code, _, err = cli(verb, path, path, "--out", tmp_path / "x", "--device", "cuda", "--tokens", "64")
+    assert code == 2 and "no CUDA device" in err
+
+
+def test_weight_difference_is_taken_over_every_chunk(monkeypatch):
+    """The float64 comparison runs a chunk at a time: a difference in the last chunk counts, and so
+    does the largest |value| (the scale) found there."""
+    import gaugeport.core.verify as verify
+
+    monkeypatch.setattr(verify, "_DIFF_CHUNK", 7)
+    a = torch.zeros(50)
+    a[3] = 1.0
+    b = a.clone()
+    b[48] = 0.25
+    assert verify._max_diff_and_scale(a, b) == (0.25, 1.0)
+    a[49] = -2.0
+    assert verify._max_diff_and_scale(a, b) == (2.0, 2.0)

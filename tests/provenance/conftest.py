@@ -19,7 +19,7 @@ FINETUNE_STEPS = 150
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
-    from gaugeport.provenance.experiments import finetuned, trained
+    from gaugeport.study.provenance_runs import finetuned, trained
 
     root = tmp_path_factory.mktemp("zoo")
     threads = torch.get_num_threads()
@@ -33,6 +33,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             trained(seed, BASE_STEPS).save_pretrained(root / f"ind{seed}")
             paths[f"ind{seed}"] = root / f"ind{seed}"
         finetuned(base, FINETUNE_STEPS, data_seed=77).save_pretrained(root / "ft_plain")
+        paths["ft_plain"] = root / "ft_plain"
     finally:
         torch.set_num_threads(threads)
     # the fine-tune is re-uploaded under a random full gauge

@@ -6,14 +6,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from gaugeport.core.archspec import get_spec
+from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.fullgauge import (
     apply_full_gauge_to_checkpoint,
     load_full_gauge,
     random_full_gauge_for,
 )
-from gaugeport.core.hidden import families_with_hidden
+from gaugeport.core.hidden import families_with_hidden, get_hidden_spec
 from gaugeport.provenance.same import same
 
 
@@ -179,3 +181,61 @@ def test_combined_p_is_stouffer_over_the_layers_z_and_layer_status_uses_bonferro
     for lay in res.layers:
         assert lay["status_alpha"] == pytest.approx(res.alpha / len(zs))
         assert lay["status"] == ("derived" if lay["p_value"] < res.alpha / len(zs) else "independent")
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "bert", "gpt_neox", "phi", "llama"])
+def test_data_mode_finds_the_down_projection_by_table_role_on_every_family(model_type, tmp_path):
+    """GPT-2's reader ``c_fc`` and writer ``c_proj``, BERT's three ``dense`` modules: the writer is the one
+    the table marks ``write`` on an MLP hidden row, at its exact module path."""
+    from gaugeport.core.verify import load_model
+    from gaugeport.models.tiny import save_tiny
+    from gaugeport.provenance.same import down_projection_modules
+
+    a = save_tiny(model_type, tmp_path / "a", seed=1)
+    paths = down_projection_modules(load_model(a), get_spec(model_type), get_hidden_spec(model_type))
+    assert len(paths) == 2 and len(set(paths)) == 2
+    assert all(p.endswith(("mlp.c_proj", "output.dense", "dense_4h_to_h", "mlp.fc2", "down_proj")) for p in paths)
+    assert not any("attention" in p for p in paths)
+    truth = random_full_gauge_for(a, 5)
+    apply_full_gauge_to_checkpoint(a, truth, tmp_path / "b", progress=False)
+    res = same(a, tmp_path / "b", data="builtin", tokens=512)
+    assert any("activation correlations" in n for n in res.notes), res.notes
+    assert res.verdict == "identical" and res.gauge == truth
+
+
+def test_tied_embeddings_with_uniform_gains_are_compared_not_refused(tmp_path):
+    """A tied checkpoint whose gains are all ones: the final gain cannot be folded into a head that is
+    the embedding, so it stays as stored (and is said so), and a gauged copy is identical."""
+    from gaugeport.models.tiny import tiny_model
+
+    model = tiny_model("llama", 2, tie_word_embeddings=True)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.fill_(1.0)
+    model.save_pretrained(tmp_path / "a")
+    assert "lm_head.weight" not in Checkpoint.open(tmp_path / "a").names
+    truth = random_full_gauge_for(tmp_path / "a", 4)
+    apply_full_gauge_to_checkpoint(tmp_path / "a", truth, tmp_path / "b", progress=False)
+    res = same(tmp_path / "a", tmp_path / "b")
+    assert res.verdict == "identical"
+    assert any("model.norm.weight not folded" in n for n in res.notes)
+
+
+def test_a_tensor_only_one_side_holds_is_listed_not_refused(zoo, tmp_path):
+    """A buffer an older save kept (or a head an export dropped): compare the rest, list it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(zoo["base"], tmp_path / "a")
+    sd = load_file(tmp_path / "a" / "model.safetensors")
+    extra = "model.layers.0.self_attn.rotary_emb.inv_freq"
+    sd[extra] = torch.arange(4, dtype=torch.float32)
+    save_file(sd, tmp_path / "a" / "model.safetensors", metadata={"format": "pt"})
+    truth = random_full_gauge_for(zoo["base"], 9)
+    apply_full_gauge_to_checkpoint(zoo["base"], truth, tmp_path / "b", progress=False)
+    res = same(tmp_path / "a", tmp_path / "b")
+    assert res.verdict == "identical"
+    assert res.to_dict()["not_compared"] == {"only_in_a": [extra], "only_in_b": []}
+    assert any(extra in n for n in res.notes)

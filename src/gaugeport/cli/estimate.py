@@ -13,6 +13,7 @@ from gaugeport.cli._app import app
 from gaugeport.cli._options import (
     BatchOpt,
     DataOpt,
+    DeviceOpt,
     ForceOpt,
     QuietOpt,
     RayOpt,
@@ -45,6 +46,7 @@ def collect(
     workers: WorkersOpt = 2,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Stream paired activations of A and B into mergeable cross-moments (collect here, align elsewhere)."""
     from gaugeport.estimate.pipeline import DataOptions, collect_checkpoints
@@ -52,7 +54,7 @@ def collect(
     refuse_existing(out, force, inputs=(a, b))
     options = DataOptions(data or "builtin", tokens, batch_size, seq_len, seed, tokenizer)
     ms = collect_checkpoints(a, b, options, sites=site, shard_id=shard_id, backend="ray" if ray else "local",
-                             address=ray or "local", workers=workers, progress=not quiet)
+                             address=ray or "local", workers=workers, progress=not quiet, device=device)
     ms.save(out, force=force)
     typer.echo(f"wrote {out}: {len(ms.sites)} sites, d={ms.d}, {ms.n_tokens:,} tokens, shard {ms.shard_ids}")
 
@@ -81,6 +83,7 @@ def align(
     workers: WorkersOpt = 2,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Estimate the gauge mapping A's residual coordinates to B's (sign-marginalized matching by default)."""
     from gaugeport.core.fileio import atomic_write_json
@@ -98,13 +101,17 @@ def align(
             refuse_existing(path, force, inputs=(a, b, *(moments or [])))
     options = DataOptions(data or "builtin", tokens, batch_size, seq_len, seed, tokenizer)
     if via:
+        from gaugeport.core.checkpoint import Checkpoint
+
+        for hop in (a, *via, b):  # every checkpoint of the chain found before any hop is aligned
+            Checkpoint.open(hop)
         result = align_checkpoints_via(a, via, b, options, method=method, sites=site, progress=not quiet)
         provenance, written = {"sites": site or "default", "n_tokens": tokens}, result.to_dict()
         printed = f"{result.summary()}\nwrote {out}"
     else:
         source = moments or (options if data is not None or method != "weights" else None)
         result = align_checkpoints(a, b, source, method=method, sites=site, backend="ray" if ray else "local",
-                                   address=ray or "local", workers=workers, progress=not quiet)
+                                   address=ray or "local", workers=workers, progress=not quiet, device=device)
         provenance, written, printed = {}, result.report, f"wrote {out}: {result.summary()}"
     accuracy = result.gauge.accuracy(load_gauge(truth)) if truth is not None else None
     result.save(out, force=force, provenance=provenance)

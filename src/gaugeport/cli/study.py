@@ -78,7 +78,7 @@ def audit(
 def reproduce(
     quick: Annotated[bool, typer.Option("--quick", help="the make-demo size (minutes on 2 cores); "
                                         "default: the full size")] = False,
-    micro: Annotated[bool, typer.Option("--micro", help="smoke-test size (seconds)")] = False,
+    micro: Annotated[bool, typer.Option("--micro", help="smoke-test size (~2 CPU-min cold, ~70 CPU-s cached)")] = False,
     out: Annotated[Path, typer.Option("--out", help="report directory")] = Path("reports/latest"),
     no_cache: Annotated[bool, typer.Option("--no-cache", help="train everything afresh, cache nothing")] = False,
     seed: Annotated[int, typer.Option("--seed", help="seed of every model, gauge and corpus draw")] = 0,
@@ -93,6 +93,9 @@ def reproduce(
         "(default: run the quick preset, cached)")] = None,
 ) -> None:
     """Reproduce the paper's evidence at small scale: report.md, results.json and plots in --out."""
+    from gaugeport.core.errors import require
+
+    require("matplotlib", "study", "gaugeport reproduce (its plots)")  # before a run of minutes, not after it
     from gaugeport.study.config import preset, with_device
     from gaugeport.study.run import run_study
 

@@ -22,7 +22,6 @@ reader (``load_gauge``) reads the residual part of a version-2 file.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,58 +33,22 @@ import torch
 from gaugeport.core.apply import check_gauge_fits, rewrite_checkpoint, transform_tensor
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.checkpoint import Checkpoint
-from gaugeport.core.errors import GaugeError, GaugeGroupError
+from gaugeport.core.errors import CheckpointError, GaugeError, GaugeGroupError
 from gaugeport.core.fileio import atomic_path, atomic_save_safetensors
-from gaugeport.core.gauge import (
+from gaugeport.core.gauge import (  # noqa: F401  (SUPPORTED_VERSIONS and LayerGauge re-exported)
     CONVENTION,
+    SUPPORTED_VERSIONS,
+    LayerGauge,
     SignedPermutation,
     chain_product,
     gauge_file_metadata,
     read_gauge_tensors,
+    read_layer_part,
+    read_residual_part,
 )
 from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec, get_hidden_spec
 
 FULL_FORMAT_VERSION = "2"
-SUPPORTED_VERSIONS = ("1", "2")
-
-
-@dataclass(frozen=True, eq=False)
-class LayerGauge:
-    """One layer's hidden gauge: MLP units (signed permutation) and query heads (permutation)."""
-
-    mlp: SignedPermutation
-    heads: SignedPermutation  # signs all +1
-    n_kv_heads: int
-
-    def __post_init__(self) -> None:
-        if not np.all(self.heads.signs == 1):
-            raise GaugeError("attention heads are permuted, never signed")
-        h, k = self.heads.d, self.n_kv_heads
-        if k <= 0 or h % k:
-            raise GaugeError(f"{h} query heads do not split into {k} key/value groups")
-        gs = h // k
-        groups = self.heads.perm.reshape(k, gs) // gs
-        if not np.all(groups == groups[:, :1]):
-            raise GaugeError("the head permutation splits a key/value group: query heads of one group must move "
-                             "to one group together (grouped-query attention)",
-                             hint="permute key/value groups, and query heads only inside their group")
-
-    @property
-    def kv(self) -> SignedPermutation:
-        gs = self.heads.d // self.n_kv_heads
-        return SignedPermutation(self.heads.perm[::gs] // gs, np.ones(self.n_kv_heads, dtype=np.int8))
-
-    def inverse(self) -> LayerGauge:
-        return LayerGauge(self.mlp.inverse(), self.heads.inverse(), self.n_kv_heads)
-
-    def __matmul__(self, other: LayerGauge) -> LayerGauge:
-        return LayerGauge(self.mlp @ other.mlp, self.heads @ other.heads, self.n_kv_heads)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LayerGauge) and self.mlp == other.mlp and self.heads == other.heads
-
-    def __hash__(self) -> int:
-        return hash((self.mlp, self.heads))
 
 
 @dataclass(frozen=True, eq=False)
@@ -319,6 +282,8 @@ def apply_full_gauge_to_checkpoint(src: str | Path, gauge: FullGauge, out: str |
                                    progress: bool = True, provenance: Mapping[str, str] | None = None) -> Path:
     """Stream ``src`` into a new checkpoint ``out`` under the full gauge (one tensor in memory at a time)."""
     ckpt = Checkpoint.open(src)
+    if gauge.layers:
+        checked_hidden_dims(ckpt)
     tf = FullTransform(ckpt.spec, ckpt.names, gauge, ckpt.d_model, ckpt.config)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), "gaugeport_gauge_full": str(gauge.is_full).lower(),
              **(provenance or {})}
@@ -334,6 +299,8 @@ def full_weight_difference(path_a: str | Path, path_b: str | Path, gauge: FullGa
     from gaugeport.core.verify import open_same_tensors, streamed_weight_difference
 
     a, b = open_same_tensors(path_a, path_b)
+    if gauge.layers:
+        checked_hidden_dims(a)
     tf = FullTransform(a.spec, a.names, gauge, a.d_model, a.config)
     return streamed_weight_difference(a, b, tf, progress=progress)
 
@@ -376,40 +343,14 @@ class FullGaugeFile:
 
 
 def read_full_gauge_file(path: str | Path) -> FullGaugeFile:
-    """Load a version-1 or version-2 gauge file; every number read is validated."""
+    """Load a version-1 or version-2 gauge file; every number read is validated. The one reader of gauge
+    files: :func:`gaugeport.core.gauge.read_gauge_file` (residual part) goes through it too."""
     tensors, metadata = read_gauge_tensors(path)
-    version = metadata.get("version", "1")
-    if version not in SUPPORTED_VERSIONS:
-        raise GaugeError(f"{path}: gauge file version {version!r} is newer than this gaugeport understands",
-                         hint=f"supported versions: {', '.join(SUPPORTED_VERSIONS)}; upgrade gaugeport")
-    if "perm" not in tensors or "signs" not in tensors:
-        raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor")
-    residual = _sp(tensors.pop("perm"), tensors.pop("signs"), path, "residual")
-    if str(residual.d) != metadata.get("d", str(residual.d)):
-        raise GaugeError(f"{path}: metadata says d={metadata['d']} but perm has length {residual.d}")
-    layers: list[LayerGauge] = []
-    if version == "2":
-        n_layers = _meta_int(metadata, "n_layers", path)
-        n_kv = _meta_int(metadata, "n_kv_heads", path)
-        for i in range(n_layers):
-            keys = [f"layers.{i}.mlp.perm", f"layers.{i}.mlp.signs", f"layers.{i}.heads.perm"]
-            missing = [k for k in keys if k not in tensors]
-            if missing:
-                raise GaugeError(f"{path}: version-2 gauge file lacks {', '.join(missing)}",
-                                 hint="the file is truncated or was not written by gaugeport")
-            mlp = _sp(tensors.pop(keys[0]), tensors.pop(keys[1]), path, f"layer {i} mlp")
-            hp = tensors.pop(keys[2])
-            heads = _sp(hp, torch.ones(hp.shape, dtype=torch.int8), path, f"layer {i} heads")
-            layers.append(LayerGauge(mlp, heads, n_kv))
-        stray = [k for k in tensors if k.startswith("layers.") and not k.endswith(".confidence")]
-        if stray:
-            raise GaugeError(f"{path}: unexpected tensors {stray[:3]} (metadata says {n_layers} layers)")
-    try:
-        provenance = json.loads(metadata.get("provenance", "{}"))
-    except json.JSONDecodeError as exc:
-        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})") from exc
-    extras = {k: v.float().numpy() for k, v in tensors.items()}
-    return FullGaugeFile(FullGauge(residual, tuple(layers)), version, provenance, extras)
+    version = metadata["version"]
+    part = read_residual_part(path, tensors, metadata)
+    layers = read_layer_part(path, tensors, metadata)
+    extras = {**part.extras, **{k: v.float().numpy() for k, v in tensors.items()}}
+    return FullGaugeFile(FullGauge(part.gauge, layers), version, part.provenance, extras)
 
 
 def load_full_gauge(path: str | Path) -> FullGauge:
@@ -429,23 +370,6 @@ def gauge_file_version(path: str | Path) -> str:
     except Exception as exc:
         raise CheckpointError(f"cannot read gauge file {path}: {exc}",
                               hint="the file is truncated or not a safetensors file") from exc
-
-
-def _sp(perm: torch.Tensor, signs: torch.Tensor, path: str | Path, what: str) -> SignedPermutation:
-    p, s = perm.numpy(), signs.numpy()
-    if np.issubdtype(s.dtype, np.floating) and not np.all(np.isfinite(s)):
-        raise GaugeError(f"{path}: {what} signs contain NaN or infinite values")
-    try:
-        return SignedPermutation(p, s)
-    except GaugeError as exc:
-        raise GaugeError(f"{path}: {what}: {exc.message}", hint=exc.hint) from exc
-
-
-def _meta_int(metadata: Mapping[str, str], key: str, path: str | Path) -> int:
-    raw = metadata.get(key)
-    if raw is None or not raw.isdigit() or int(raw) <= 0 or int(raw) > 100_000:
-        raise GaugeError(f"{path}: metadata {key}={raw!r} is not a valid positive integer")
-    return int(raw)
 
 
 # --------------------------------------------------------------------- verbs on files
@@ -473,6 +397,9 @@ def verify_full(path_a: str | Path, path_b: str | Path, gauge: FullGauge, **kwar
     from gaugeport.core.verify import verify_checkpoints
 
     weights = kwargs.pop("weights", True)
+    if gauge.layers:  # both configs checked against their weights before any model is built
+        for path in (path_a, path_b):
+            checked_hidden_dims(Checkpoint.open(path))
     res = verify_checkpoints(path_a, path_b, gauge.residual, weights=False, **kwargs)
     if weights:
         res.weight_max_abs_diff, res.weight_worst_tensor, res.weight_max_rel_diff = full_weight_difference(
@@ -480,11 +407,42 @@ def verify_full(path_a: str | Path, path_b: str | Path, gauge: FullGauge, **kwar
     return res
 
 
+def checked_hidden_dims(ckpt: Checkpoint) -> HiddenDims:
+    """The hidden sizes config.json gives, checked against the tensors' headers (no tensor data read)
+    before any work is sized by them: the layers the weights hold, and each hidden axis's length."""
+    from gaugeport.core.checkpoint import shard_layout
+
+    hspec = get_hidden_spec(ckpt.spec.model_type)
+    dims = hspec.dims(dict(ckpt.config), ckpt.d_model)
+    hint = ("config.json and the weights disagree (num_hidden_layers, intermediate_size, heads or head_dim): "
+            "the checkpoint is corrupt or mixed from two models")
+    seen: set[int] = set()
+    for shard in ckpt.shards:
+        for name, (_, shape) in shard_layout(ckpt, shard).items():
+            hit = hspec.match(name)
+            if hit is None:
+                continue
+            rule, layer = hit
+            if layer >= dims.n_layers:
+                raise CheckpointError(f"{ckpt.path}: tensor {name!r} is in layer {layer}, but config.json says "
+                                      f"there are {dims.n_layers} layers", hint=hint)
+            seen.add(layer)
+            want = sum(seg.size(dims) for seg in rule.segments)
+            if rule.axis >= len(shape) or shape[rule.axis] != want:
+                raise CheckpointError(f"{ckpt.path}: config.json gives tensor {name!r} a hidden axis {rule.axis} of "
+                                      f"length {want}, but its shape is {tuple(shape)}", hint=hint)
+    if len(seen) != dims.n_layers:
+        raise CheckpointError(f"{ckpt.path}: config.json says there are {dims.n_layers} layers, but the weights "
+                              f"hold {len(seen)}", hint=hint)
+    return dims
+
+
 def random_full_gauge_for(ckpt: str | Path, seed: int, *, perm_only: bool = False) -> FullGauge:
     """A random full gauge in the checkpoint's group (signs only where its blocks allow them)."""
     c = Checkpoint.open(ckpt)
     spec = c.spec
     hspec = get_hidden_spec(spec.model_type)
-    dims = hspec.dims(c.config, c.d_model)
+    c.check_widths(spec)
+    dims = checked_hidden_dims(c)
     return FullGauge.random(c.d_model, dims, seed, residual_signs=spec.allows_coordinate_signs and not perm_only,
                             mlp_signs=hspec.mlp_signs and not perm_only)

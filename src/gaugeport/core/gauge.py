@@ -26,11 +26,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from gaugeport.core.archspec import Mode
 from gaugeport.core.errors import GaugeError
 
 FORMAT_NAME = "gaugeport.signed_permutation"
@@ -40,7 +41,6 @@ CONVENTION = (
     "perm[i] of the target checkpoint (B), multiplied by signs[i]; dense M[perm[i], i] = signs[i]"
 )
 
-Mode = Literal["signed", "abs", "none"]
 ArrayLike = np.ndarray | torch.Tensor
 
 # dtypes whose bits a same-sized integer view carries exactly (for the CPU gather in ``apply``)
@@ -279,6 +279,45 @@ class SignedPermutation:
         }
 
 
+@dataclass(frozen=True, eq=False)
+class LayerGauge:
+    """One layer's hidden gauge: MLP units (signed permutation) and query heads (permutation)."""
+
+    mlp: SignedPermutation
+    heads: SignedPermutation  # signs all +1
+    n_kv_heads: int
+
+    def __post_init__(self) -> None:
+        if not np.all(self.heads.signs == 1):
+            raise GaugeError("attention heads are permuted, never signed")
+        h, k = self.heads.d, self.n_kv_heads
+        if k <= 0 or h % k:
+            raise GaugeError(f"{h} query heads do not split into {k} key/value groups")
+        gs = h // k
+        groups = self.heads.perm.reshape(k, gs) // gs
+        if not np.all(groups == groups[:, :1]):
+            raise GaugeError("the head permutation splits a key/value group: query heads of one group must move "
+                             "to one group together (grouped-query attention)",
+                             hint="permute key/value groups, and query heads only inside their group")
+
+    @property
+    def kv(self) -> SignedPermutation:
+        gs = self.heads.d // self.n_kv_heads
+        return SignedPermutation(self.heads.perm[::gs] // gs, np.ones(self.n_kv_heads, dtype=np.int8))
+
+    def inverse(self) -> LayerGauge:
+        return LayerGauge(self.mlp.inverse(), self.heads.inverse(), self.n_kv_heads)
+
+    def __matmul__(self, other: LayerGauge) -> LayerGauge:
+        return LayerGauge(self.mlp @ other.mlp, self.heads @ other.heads, self.n_kv_heads)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerGauge) and self.mlp == other.mlp and self.heads == other.heads
+
+    def __hash__(self) -> int:
+        return hash((self.mlp, self.heads))
+
+
 def compose(*gauges: SignedPermutation) -> SignedPermutation:
     """Chain composition: ``compose(g1, g2, g3)`` applies ``g1`` first (``g3 @ g2 @ g1``)."""
     return chain_product(gauges)
@@ -332,8 +371,14 @@ def gauge_file_metadata(gauge: Any, version: str, convention: str, provenance: M
             "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str)}
 
 
+SUPPORTED_VERSIONS = ("1", "2")  # 1: residual only; 2: residual, MLP units and heads (core.fullgauge)
+_CORRUPT = "the gauge file is corrupt or was edited by hand; write gauges with `gaugeport align`, " \
+    "`gaugeport apply --save-gauge` or save_gauge"
+
+
 def read_gauge_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a gauge file, refusing any safetensors file that is not one."""
+    """Tensors and metadata of a gauge file, refusing any safetensors file that is not one, a file of an
+    unknown or missing version, and a version-1 file that carries a version-2 file's per-layer tensors."""
     from gaugeport.core.fileio import read_safetensors
 
     tensors, metadata = read_safetensors(Path(path), what="gauge file")
@@ -342,6 +387,20 @@ def read_gauge_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
             f"{path} is not a gaugeport gauge file (metadata format={metadata.get('format')!r})",
             hint="gauges are written by `gaugeport align`, `gaugeport apply --save-gauge` or `save_gauge`",
         )
+    version = metadata.get("version")
+    if version is None:
+        raise GaugeError(f"{path}: gauge file has no version in its metadata, so its tensors cannot be read "
+                         "safely", hint=_CORRUPT)
+    if version not in SUPPORTED_VERSIONS:
+        newer = version.isdigit() and int(version) > int(SUPPORTED_VERSIONS[-1])
+        raise GaugeError(f"{path}: gauge file version {version!r} is "
+                         + ("newer than this gaugeport understands" if newer else "not a gauge file version"),
+                         hint=f"supported versions: {', '.join(SUPPORTED_VERSIONS)}"
+                         + ("; upgrade gaugeport" if newer else f"; {_CORRUPT}"))
+    layered = sorted(k for k in tensors if k.startswith("layers."))
+    if version == "1" and layered:
+        raise GaugeError(f"{path}: gauge file says version 1 (residual only) but holds per-layer tensors "
+                         f"({layered[0]}, ...) of a version-2 (full) gauge", hint=_CORRUPT)
     return tensors, metadata
 
 
@@ -352,9 +411,9 @@ class GaugeFile:
     extras: dict[str, np.ndarray]
 
 
-def read_gauge_file(path: str | Path) -> GaugeFile:
-    """Load a gauge file with its provenance and per-coordinate extras (e.g. confidence)."""
-    tensors, metadata = read_gauge_tensors(path)
+def read_residual_part(path: str | Path, tensors: dict[str, torch.Tensor], metadata: Mapping[str, str]) -> GaugeFile:
+    """The residual gauge, provenance and per-coordinate extras of a gauge file's tensors (validated);
+    ``tensors`` loses the entries it reads; per-layer tensors (``layers.*``) are left for the full reader."""
     if "perm" not in tensors or "signs" not in tensors:
         raise GaugeError(f"{path}: gauge file lacks the 'perm' or 'signs' tensor",
                          hint="the file is not a complete gauge; write gauges with save_gauge or `gaugeport align`")
@@ -368,29 +427,80 @@ def read_gauge_file(path: str | Path) -> GaugeFile:
         raise GaugeError(f"{path}: {exc.message}", hint=exc.hint) from exc
     d_meta = metadata.get("d", str(gauge.d))
     if d_meta != str(gauge.d):
-        raise GaugeError(f"{path}: metadata says d={d_meta} but perm has length {gauge.d}",
-                         hint="the gauge file is corrupt or was edited by hand")
+        raise GaugeError(f"{path}: metadata says d={d_meta} but perm has length {gauge.d}", hint=_CORRUPT)
     try:
         provenance = json.loads(metadata.get("provenance", "{}"))
     except json.JSONDecodeError as exc:
-        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})",
-                         hint="the gauge file is corrupt or was edited by hand") from exc
+        raise GaugeError(f"{path}: provenance metadata is not valid JSON ({exc})", hint=_CORRUPT) from exc
     extras = {}
-    for name, t in tensors.items():
-        if name.startswith("layers."):
-            continue  # a version-2 file's per-layer hidden gauges (gaugeport.core.fullgauge): residual part only
+    for name in [k for k in tensors if not k.startswith("layers.")]:
+        t = tensors.pop(name)
         if t.ndim != 1 or t.shape[0] != gauge.d:
             raise GaugeError(f"{path}: per-coordinate {name!r} has shape {tuple(t.shape)}, expected ({gauge.d},)",
-                             hint="the gauge file is corrupt or was edited by hand")
+                             hint=_CORRUPT)
         if t.is_complex() or t.dtype == torch.bool:
-            raise GaugeError(f"{path}: per-coordinate {name!r} has dtype {t.dtype}, not a real number",
-                             hint="the gauge file is corrupt or was edited by hand")
+            raise GaugeError(f"{path}: per-coordinate {name!r} has dtype {t.dtype}, not a real number", hint=_CORRUPT)
         arr = t.float().numpy()
         if not np.all(np.isfinite(arr)):
             raise GaugeError(f"{path}: per-coordinate {name!r} contains NaN or infinite values",
                              hint="the gauge file is corrupt; re-estimate it")
         extras[name] = arr
     return GaugeFile(gauge, provenance if isinstance(provenance, dict) else {"provenance": provenance}, extras)
+
+
+def read_gauge_file(path: str | Path) -> GaugeFile:
+    """Load a gauge file with its provenance and per-coordinate extras (e.g. confidence).
+
+    The same readers as :func:`gaugeport.core.fullgauge.read_full_gauge_file` (a version-2 file is
+    validated whole, its per-layer part included); this returns the residual part.
+    """
+    tensors, metadata = read_gauge_tensors(path)
+    part = read_residual_part(path, tensors, metadata)
+    read_layer_part(path, tensors, metadata)
+    return part
+
+
+def read_layer_part(path: str | Path, tensors: dict[str, torch.Tensor],
+                    metadata: Mapping[str, str]) -> tuple[LayerGauge, ...]:
+    """The per-layer hidden gauges of a version-2 file's tensors (validated; ``()`` for version 1);
+    ``tensors`` loses the entries it reads and keeps only per-layer extras (``*.confidence``)."""
+    if metadata["version"] != "2":
+        return ()
+    n_layers = _meta_int(metadata, "n_layers", path)
+    n_kv = _meta_int(metadata, "n_kv_heads", path)
+    layers = []
+    for i in range(n_layers):
+        keys = [f"layers.{i}.mlp.perm", f"layers.{i}.mlp.signs", f"layers.{i}.heads.perm"]
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise GaugeError(f"{path}: version-2 gauge file lacks {', '.join(missing)}",
+                             hint="the file is truncated or was not written by gaugeport")
+        mlp = _sp(tensors.pop(keys[0]), tensors.pop(keys[1]), path, f"layer {i} mlp")
+        hp = tensors.pop(keys[2])
+        heads = _sp(hp, torch.ones(hp.shape, dtype=torch.int8), path, f"layer {i} heads")
+        layers.append(LayerGauge(mlp, heads, n_kv))
+    stray = [k for k in tensors if not k.endswith(".confidence")]
+    if stray:
+        raise GaugeError(f"{path}: unexpected tensors {stray[:3]} (metadata says {n_layers} layers)",
+                         hint="the file is truncated or was not written by gaugeport")
+    return tuple(layers)
+
+
+def _sp(perm: torch.Tensor, signs: torch.Tensor, path: str | Path, what: str) -> SignedPermutation:
+    p, s = perm.numpy(), signs.numpy()
+    if np.issubdtype(s.dtype, np.floating) and not np.all(np.isfinite(s)):
+        raise GaugeError(f"{path}: {what} signs contain NaN or infinite values")
+    try:
+        return SignedPermutation(p, s)
+    except GaugeError as exc:
+        raise GaugeError(f"{path}: {what}: {exc.message}", hint=exc.hint) from exc
+
+
+def _meta_int(metadata: Mapping[str, str], key: str, path: str | Path) -> int:
+    raw = metadata.get(key)
+    if raw is None or not raw.isdigit() or int(raw) <= 0 or int(raw) > 100_000:
+        raise GaugeError(f"{path}: metadata {key}={raw!r} is not a valid positive integer")
+    return int(raw)
 
 
 def load_gauge(path: str | Path) -> SignedPermutation:

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gaugeport.core.errors import CheckpointError
+from gaugeport.core.fileio import dtype_from_name
 
 DEQUANTIZABLE = ("fp8", "gptq")
 # tensor-name suffixes that betray a scheme when the config does not say
@@ -74,18 +75,56 @@ def detect_quantization(config: Mapping[str, Any], names: list[str] | tuple[str,
     return None
 
 
+SCHEME_NAMES = {"fp8": "FP8 with block scales", "gptq": "GPTQ", "awq": "AWQ", "mxfp4": "MXFP4",
+                "bitsandbytes": "bitsandbytes", "compressed-tensors": "compressed-tensors"}
+
+
 def refuse_quantized(q: Quantization, path: Path) -> CheckpointError:
-    """The error for a gauge asked of a quantized checkpoint."""
+    """The error for any verb but ``apply --dequantize`` given a quantized checkpoint: it names the scheme."""
+    name = SCHEME_NAMES.get(q.scheme, q.scheme)
     if q.dequantizable:
-        hint = ("a signed permutation of the residual axis moves coordinates between quantization blocks; "
-                "`gaugeport apply --dequantize bf16` writes a plain bfloat16 checkpoint in the new gauge "
-                "(lossy only by the quantization already there)")
+        hint = (f"gaugeport reads plain weights; `gaugeport apply {path} --dequantize bf16 --random-seed 0 "
+                "--save-gauge G.safetensors --out DIR` writes a plain bfloat16 copy (in a new gauge, lossy only "
+                "by the quantization already there) that every verb reads")
     else:
-        hint = (f"gaugeport cannot dequantize {q.scheme} yet (it dequantizes: {', '.join(DEQUANTIZABLE)}); "
+        hint = (f"gaugeport cannot dequantize {name} yet (it dequantizes: {', '.join(DEQUANTIZABLE)}); "
                 "dequantize with the tool that made it (e.g. load in transformers and save_pretrained in bf16), "
-                "then apply the gauge to the plain checkpoint")
-    return CheckpointError(f"{path} is a quantized checkpoint ({q.scheme}; {q.evidence}): a gauge cannot be "
-                           "applied to its packed blocks", hint=hint)
+                "then use the plain checkpoint")
+    return CheckpointError(f"{path} is a quantized checkpoint ({name}; {q.evidence}); its weights are packed "
+                           "blocks, not plain tensors", hint=hint)
+
+
+# ----------------------------------------------------------------------------------- config values, checked
+_BAD_QUANT_HINT = "config.json's quantization_config is damaged or hand-edited; restore it from the release"
+
+
+def _config_int(q: Quantization, key: str, default: int, allowed: str, ok: Any) -> int:
+    value = q.config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        raise CheckpointError(f"quantization_config.{key} = {value!r} is not valid for {q.scheme} ({allowed})",
+                              hint=_BAD_QUANT_HINT)
+    return value
+
+
+def fp8_block(q: Quantization) -> tuple[int, int]:
+    """``weight_block_size``: two positive integers (default 128 x 128)."""
+    value = q.config.get("weight_block_size") or (128, 128)
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or any(isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= 1 << 20 for b in value)):
+        raise CheckpointError(f"quantization_config.weight_block_size = {value!r} is not two positive integers "
+                              "(rows and columns of a scale block, e.g. [128, 128])", hint=_BAD_QUANT_HINT)
+    return int(value[0]), int(value[1])
+
+
+def gptq_params(q: Quantization) -> tuple[int, int, int]:
+    """``(bits, group_size, zero_offset)``: bits 2, 4 or 8; group_size -1 (one group) or positive."""
+    bits = _config_int(q, "bits", 4, "2, 4 or 8", lambda b: b in (2, 4, 8))
+    group = _config_int(q, "group_size", 128, "-1 or a positive integer", lambda g: g == -1 or 0 < g <= 1 << 24)
+    fmt = q.config.get("checkpoint_format", "gptq")
+    if fmt not in ("gptq", "gptq_v2"):
+        raise CheckpointError(f"quantization_config.checkpoint_format = {fmt!r} is not 'gptq' or 'gptq_v2'",
+                              hint=_BAD_QUANT_HINT)
+    return bits, group, 0 if fmt == "gptq_v2" else 1
 
 
 # ----------------------------------------------------------------------------------- the schemes
@@ -151,6 +190,10 @@ def plan_dequantized(q: Quantization, names: list[str]) -> list[_Plan]:
     """Which output tensors a dequantized checkpoint holds, each from which stored tensors."""
     have = set(names)
     plans: list[_Plan] = []
+    if q.scheme == "fp8":  # the config's numbers are checked before any work sized by them
+        fp8_block(q)
+    elif q.scheme == "gptq":
+        gptq_params(q)
     used: set[str] = set()
     if q.scheme == "fp8":
         for n in names:
@@ -177,33 +220,38 @@ def plan_dequantized(q: Quantization, names: list[str]) -> list[_Plan]:
 
 def _tensor_of(ckpt: Any, q: Quantization, p: _Plan, dtype: torch.dtype) -> torch.Tensor:
     if p.kind == "fp8":
-        block = tuple(int(b) for b in (q.config.get("weight_block_size") or (128, 128)))
-        t = dequantize_fp8_block(ckpt.tensor(p.sources[0]), ckpt.tensor(p.sources[1]), block)  # type: ignore[arg-type]
+        t = dequantize_fp8_block(ckpt.tensor(p.sources[0]), ckpt.tensor(p.sources[1]), fp8_block(q))
     elif p.kind == "gptq":
-        bits = int(q.config.get("bits", 4))
-        group = int(q.config.get("group_size", 128))
-        offset = 0 if str(q.config.get("checkpoint_format", "gptq")) == "gptq_v2" else 1
+        bits, group, offset = gptq_params(q)
         parts = {s.rsplit(".", 1)[1]: ckpt.tensor(s) for s in p.sources}
         n_in = parts["qweight"].shape[0] * 32 // bits
         t = dequantize_gptq(parts["qweight"], parts["qzeros"], parts["scales"], parts.get("g_idx"), bits,
                             group if group > 0 else n_in, offset)  # group_size -1: one group
     else:
         t = ckpt.tensor(p.name)
-    return t.to(dtype) if t.is_floating_point() else t
+    if not t.is_floating_point():
+        return t
+    out = t.to(dtype)
+    if p.kind != "plain" and not bool(torch.isfinite(out).all()):
+        worst = float(t.abs().max())
+        raise CheckpointError(
+            f"dequantizing {p.name} gives values beyond {str(dtype).removeprefix('torch.')} (largest |w| "
+            f"{worst:.3g}): its scales ({', '.join(p.sources[1:])}) are out of range",
+            hint="the quantized release is damaged (a scale is far too large, NaN or infinite); nothing was "
+            "written. Re-download it")
+    return out
 
 
 def _out_layout(ckpt: Any, q: Quantization, p: _Plan, header: Mapping[str, tuple[str, tuple[int, ...]]],
                 dtype: torch.dtype) -> tuple[torch.dtype, tuple[int, ...]]:
     """Dtype and shape of an output tensor, from the source headers (no tensor data read)."""
-    from gaugeport.core.checkpoint import _dtype_from_name
-
     if p.kind == "fp8":
         return dtype, header[p.sources[0]][1]
     if p.kind == "gptq":
-        bits = int(q.config.get("bits", 4))
+        bits = gptq_params(q)[0]
         qw, sc = header[p.sources[0]][1], header[f"{p.name[: -len('.weight')]}.scales"][1]
         return dtype, (sc[1], qw[0] * 32 // bits)
-    src_dtype = _dtype_from_name(header[p.name][0])
+    src_dtype = dtype_from_name(header[p.name][0])
     return (dtype if src_dtype.is_floating_point else src_dtype), header[p.name][1]
 
 
@@ -229,8 +277,7 @@ def write_dequantized(ckpt: Any, q: Quantization, dest: Path, transform: Any, dt
     """
     import json
 
-    from gaugeport.core.checkpoint import INDEX_FILE, SafetensorsStreamWriter
-    from gaugeport.core.fileio import atomic_write_json
+    from gaugeport.core.fileio import INDEX_FILE, SafetensorsStreamWriter, atomic_write_json
 
     plans = plan_dequantized(q, ckpt.names)
     header = _headers(ckpt)
@@ -238,14 +285,13 @@ def write_dequantized(ckpt: Any, q: Quantization, dest: Path, transform: Any, dt
     for p in plans:
         by_shard.setdefault(ckpt.shard_of[p.sources[0]], []).append(p)
     dest.mkdir()
-    bar = tqdm(total=len(plans), desc="dequantize+apply", unit="tensor", disable=not progress)
-    for shard, group in sorted(by_shard.items()):
-        layout = {p.name: _out_layout(ckpt, q, p, header, dtype) for p in group}
-        with SafetensorsStreamWriter(dest / shard, layout, {"format": "pt", **stamp}) as writer:
-            for p in sorted(group, key=lambda p: p.name):
-                writer.write(p.name, transform(p.name, _tensor_of(ckpt, q, p, dtype)))
-                bar.update()
-    bar.close()
+    with tqdm(total=len(plans), desc="dequantize+apply", unit="tensor", disable=not progress) as bar:
+        for shard, group in sorted(by_shard.items()):
+            layout = {p.name: _out_layout(ckpt, q, p, header, dtype) for p in group}
+            with SafetensorsStreamWriter(dest / shard, layout, {"format": "pt", **stamp}) as writer:
+                for p in sorted(group, key=lambda p: p.name):
+                    writer.write(p.name, transform(p.name, _tensor_of(ckpt, q, p, dtype)))
+                    bar.update()
     config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
     config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
     for side in ckpt.side_files():

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.errors import ArchitectureError, DataError
 from gaugeport.core.facts import facts_of
+from gaugeport.core.stream import model_device, stream_info
 from gaugeport.estimate.data import Batch
 from gaugeport.estimate.moments import CrossMoments, MomentSet, NonFiniteError
 
@@ -81,6 +82,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     Equal to :func:`checkpoint_fingerprint` of the directory the model was loaded from (tensors are
     hashed as a set of per-tensor digests, so tied weights, stored once on disk, count once).
     """
+    info = stream_info(model)
+    if info is not None and info.streamed:  # its weights are on disk, one block at a time
+        return checkpoint_fingerprint(info.path)
     spec = model_spec(model)
     facts = {"model_type": spec.model_type, "d": d_model(model), "layers": len(_layers(model, spec)),
              "vocab": vocab_size(model)}
@@ -235,7 +239,8 @@ class _Capture:
     def __enter__(self) -> _Capture:
         for tgt, names in self.groups.values():
             if tgt.kind == "input":
-                h = tgt.module.register_forward_pre_hook(self._pre(names), with_kwargs=True)
+                # before any other pre-hook: a streamed block is not read when the capture stops here
+                h = tgt.module.register_forward_pre_hook(self._pre(names), with_kwargs=True, prepend=True)
             else:
                 h = tgt.module.register_forward_hook(self._post(names))
             self.handles.append(h)
@@ -269,7 +274,7 @@ class _Capture:
 
     @torch.no_grad()
     def run(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        device = next(model.parameters()).device
+        device = model_device(model)
         self.flat_mask = batch.token_mask.reshape(-1).to(device)
         self.out = {}
         self.active = True
@@ -323,7 +328,7 @@ def collect_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches:
     specials = special_token_ids(model_a) | special_token_ids(model_b)
     vocab = min(v for v in (vocab_size(model_a), vocab_size(model_b), 2**62) if v)
     d = d_model(model_a)
-    moments = {s: CrossMoments(d, d, batch_dtype=batch_dtype, device=next(model_a.parameters()).device)
+    moments = {s: CrossMoments(d, d, batch_dtype=batch_dtype, device=model_device(model_a))
                for s in sites_a}
     items = [Batch.of(b, specials) for b in batches]
     from gaugeport.core.checkpoint import check_sequence_length, learned_position_limit

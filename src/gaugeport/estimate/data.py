@@ -150,7 +150,7 @@ def _rows_from_path(path: Path, tok: Any, seq_len: int, pad_id: int) -> np.ndarr
     if suffix == ".npy":
         return _rows_from_npy(path, seq_len)
     if suffix in (".txt", ".text", ".md"):
-        docs = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        docs = [line for line in _read_utf8(path).splitlines() if line.strip()]
         return _pack(_encode_all(docs, tok, path), seq_len)
     if suffix in (".jsonl", ".json"):
         return _pack(_encode_all(_jsonl_texts(path), tok, path), seq_len)
@@ -159,17 +159,66 @@ def _rows_from_path(path: Path, tok: Any, seq_len: int, pad_id: int) -> np.ndarr
 
 
 def _rows_from_npy(path: Path, seq_len: int) -> np.ndarray:
+    from gaugeport.core.fileio import check_npy_size
+
+    check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {path} as a numpy array: {exc}") from exc
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path} as a numpy array: {exc}",
+                        hint="give token ids saved with np.save (an integer array [n_seq, seq_len])") from exc
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"{path}: expected integer token ids of shape [n_seq, seq_len], got {arr.shape} {arr.dtype}")
-    if arr.size and int(arr.min()) < 0:
-        raise DataError(f"{path}: negative token ids")
-    return _windows(arr.astype(np.int64), seq_len)
+        raise DataError(f"{path}: expected integer token ids of shape [n_seq, seq_len], got {arr.shape} {arr.dtype}",
+                        hint="save token ids as an integer array (e.g. np.int64) of shape [n_seq, seq_len]")
+    return _windows(token_ids(arr, str(path)), seq_len)
+
+
+_ID_MAX = np.iinfo(np.int64).max
+
+
+def token_ids(values: Any, where: str) -> np.ndarray:
+    """``values`` as int64 token ids, refusing what is not one: floats, strings, negative ids and ids past
+    int64 (which would otherwise be truncated, wrap around, or pass for the padding marker -1)."""
+    if isinstance(values, list | tuple):  # Python ints (a dataset row): numpy would turn big ones into floats
+        bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int | np.integer)), None)
+        if bad is None and values and not 0 <= min(values) <= max(values) <= _ID_MAX:
+            bad_id = max(values) if max(values) > _ID_MAX else min(values)
+            values = np.asarray([bad_id], dtype=np.uint64 if bad_id > 0 else np.int64)  # reported below
+        elif bad is None:
+            return np.asarray(values, dtype=np.int64)
+        else:
+            values = np.asarray([bad], dtype=object)
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: token ids are not an array of integers ({exc})",
+                        hint="token ids are non-negative integers") from exc
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        sample = arr.reshape(-1)[0]
+        raise DataError(f"{where}: token ids must be integers, found {type(sample).__name__} {sample!r} "
+                        f"(dtype {arr.dtype})",
+                        hint="token ids are non-negative integers; re-tokenize the text (floats are never rounded "
+                        "to ids)")
+    if np.issubdtype(arr.dtype, np.unsignedinteger) and int(arr.max()) > _ID_MAX:
+        raise DataError(f"{where}: token id {int(arr.max())} is too large for any vocabulary",
+                        hint="token ids index the model's vocabulary; re-tokenize the text for this model")
+    arr = arr.astype(np.int64)
+    if int(arr.min()) < 0:
+        raise DataError(f"{where}: negative token id {int(arr.min())}",
+                        hint="token ids are non-negative; mark padding by shorter rows, not by negative ids")
+    return arr
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                        hint="save the text as UTF-8, or give token ids as a .npy") from exc
 
 
 def _windows(arr: np.ndarray, seq_len: int) -> np.ndarray:
@@ -185,7 +234,7 @@ def _windows(arr: np.ndarray, seq_len: int) -> np.ndarray:
 
 def _jsonl_texts(path: Path) -> list[str]:
     texts = []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for k, line in enumerate(_read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -200,10 +249,10 @@ def _jsonl_texts(path: Path) -> list[str]:
 
 
 def _rows_from_dataset(path: Path, tok: Any, seq_len: int) -> np.ndarray:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise DataError("reading a saved dataset needs the 'datasets' package", hint="pip install datasets") from exc
+    from gaugeport.core.errors import require
+
+    datasets: Any = require("datasets", "data", f"reading the saved dataset {path}")
+    _check_dataset_files(path)
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:
@@ -212,11 +261,49 @@ def _rows_from_dataset(path: Path, tok: Any, seq_len: int) -> np.ndarray:
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
     if "input_ids" in ds.column_names:
-        seqs = [np.asarray(r, dtype=np.int64) for r in ds["input_ids"]]
+        seqs = [token_ids(r, f"{path}: input_ids row {i}") for i, r in enumerate(ds["input_ids"])]
         return _pack(seqs, seq_len)
     if "text" in ds.column_names:
         return _pack(_encode_all(list(ds["text"]), tok, path), seq_len)
     raise DataError(f"dataset {path} has neither an 'input_ids' nor a 'text' column (has {ds.column_names})")
+
+
+def _check_dataset_files(path: Path) -> None:
+    """Every data file a saved dataset's ``state.json`` names is a plain file name inside its own directory
+    (``datasets`` would open whatever path it names); splits of a ``DatasetDict`` are checked the same way."""
+    from gaugeport.core.fileio import is_plain_file_name
+
+    def load(p: Path) -> Any:
+        try:
+            return json.loads(_read_utf8(p))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p} is not valid JSON ({exc})", hint="the saved dataset is damaged; save it again") \
+                from exc
+
+    dict_file = path / "dataset_dict.json"
+    if dict_file.is_file():
+        info = load(dict_file)
+        splits = info.get("splits") if isinstance(info, dict) else None
+        if not isinstance(splits, list) or not all(is_plain_file_name(s) for s in splits):
+            raise DataError(f"{dict_file}: 'splits' must list the split folders by plain name, got {splits!r}",
+                            hint="the saved dataset is damaged or crafted; save it again with save_to_disk")
+        for split in splits:
+            _check_dataset_files(path / split)
+        return
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        return  # datasets reports what is missing
+    state = load(state_file)
+    files = state.get("_data_files") if isinstance(state, dict) else None
+    if not isinstance(files, list):
+        raise DataError(f"{state_file}: '_data_files' must be a list, got {type(files).__name__}",
+                        hint="the saved dataset is damaged; save it again with save_to_disk")
+    for entry in files:
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not is_plain_file_name(name) or not (path / name).is_file() or (path / name).is_symlink():
+            raise DataError(f"{state_file} names the data file {name!r}, which is not a plain file of {path}",
+                            hint="a saved dataset's data files live in its own directory; the dataset is damaged "
+                            "or crafted, save it again with save_to_disk")
 
 
 def _pack(seqs: Sequence[np.ndarray], seq_len: int) -> np.ndarray:
@@ -229,19 +316,14 @@ def _pack(seqs: Sequence[np.ndarray], seq_len: int) -> np.ndarray:
 
 
 def _builtin_rows(n_rows: int, seq_len: int, seed: int, vocab_size: int | None) -> np.ndarray:
-    try:
-        from gaugeport.study.corpus import builtin_token_ids
-    except ImportError as exc:
-        raise DataError("the built-in corpus (gaugeport.study.corpus) is not available in this installation",
-                        hint="pass --data with a .npy, .txt/.jsonl file or a saved dataset") from exc
+    from gaugeport.estimate.corpus import builtin_token_ids
+
     return np.asarray(builtin_token_ids(n_rows, seq_len, seed=seed, vocab_size=vocab_size), dtype=np.int64)
 
 
 def _builtin_specials() -> set[int]:
-    try:
-        from gaugeport.study import corpus
-    except ImportError:
-        return set()
+    from gaugeport.estimate import corpus
+
     tok = corpus.tokenizer()
     return {tok.token_id(s) for s in corpus.SPECIALS}
 
@@ -250,7 +332,7 @@ def _builtin_specials() -> set[int]:
 def _resolve_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None or hasattr(tokenizer, "encode"):
         return tokenizer
-    from gaugeport.models.hub import resolve_checkpoint
+    from gaugeport.core.hub import resolve_checkpoint
 
     path = resolve_checkpoint(tokenizer)  # a hub ID resolves to its cached snapshot
     try:

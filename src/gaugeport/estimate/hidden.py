@@ -80,7 +80,7 @@ class UnitFeatures:
     """One layer's feature blocks per unit kind: lists of ``[n_units, f]`` float32 arrays."""
 
     blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
-    cache: dict[int, dict[tuple[str, str, str], np.ndarray | None]] = field(default_factory=dict, repr=False)
+    cache: dict[int, dict[tuple[str, ...], np.ndarray | None]] = field(default_factory=dict, repr=False)
     degenerate: dict[str, np.ndarray] = field(default_factory=dict)  # per kind: units with a constant feature row
 
     def add(self, kind: str, mode: str, side: str, arr: np.ndarray, raw: np.ndarray | None = None) -> None:
@@ -138,19 +138,21 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str) -> np.ndarray | None:
-    """Mean over blocks of the cosine matrix between A's and B's units (rows: A, columns: B); cached."""
-    key = (kind, mode, side)
+def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str,
+             rows: np.ndarray | None = None) -> np.ndarray | None:
+    """Mean over blocks of the cosine matrix between A's units (``rows`` of them, default all) and
+    B's units (rows: A, columns: B); cached (one cache per row selection)."""
+    key = (kind, mode, side, "all" if rows is None else "rows")
     cache = fa.cache.setdefault(id(fb), {})
     if key in cache:
         return cache[key]
-    ba, bb = fa.blocks.get(key, []), fb.blocks.get(key, [])
+    ba, bb = fa.blocks.get((kind, mode, side), []), fb.blocks.get((kind, mode, side), [])
     total = None
     for xa, xb in zip(ba, bb, strict=True):
-        c = xa @ xb.T
+        c = (xa if rows is None else xa[rows]) @ xb.T
         total = c if total is None else total + c
     out = None if total is None else total / np.float32(len(ba))
-    cache[key] = out
+    cache[key] = out  # type: ignore[index]
     return out
 
 
@@ -171,10 +173,11 @@ def _match(score: np.ndarray, sign_source: np.ndarray | None) -> UnitMatch:
                      match_margin(score, cols))
 
 
-def _mlp_scores(fa: UnitFeatures, fb: UnitFeatures, sides: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+def _mlp_scores(fa: UnitFeatures, fb: UnitFeatures, sides: tuple[str, ...],
+                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Score (maximised) and signed source for MLP units from the feature blocks on ``sides``."""
-    absolute = [c for s in sides if (c := _cosines(fa, fb, "mlp", "abs", s)) is not None]
-    signed = [c for s in sides if (c := _cosines(fa, fb, "mlp", "signed", s)) is not None]
+    absolute = [c for s in sides if (c := _cosines(fa, fb, "mlp", "abs", s, rows)) is not None]
+    signed = [c for s in sides if (c := _cosines(fa, fb, "mlp", "signed", s, rows)) is not None]
     n = len(absolute) + len(signed)
     sgn = sum(signed) if signed else None
     score = (sum(absolute) if absolute else 0.0) + (np.abs(sgn) if sgn is not None else 0.0)
@@ -225,20 +228,29 @@ def estimate_hidden(fa: dict[int, UnitFeatures], fb: dict[int, UnitFeatures], di
     layers, conf, margin, hconf, held = [], [], [], [], []
     for layer in range(dims.n_layers):
         a, b = fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
-        score, sgn = _mlp_scores(a, b, ("in", "out"))
-        m = _match(score, sgn if mlp_signs else None)
-        heads, hc = match_heads(a, b, dims)
-        layers.append(LayerGauge(m.gauge, heads, dims.n_kv_heads))
-        conf.append(m.confidence)
-        margin.append(m.margin)
+        lg, c, m, hc = match_layer(a, b, dims, mlp_signs)
+        layers.append(lg)
+        conf.append(c)
+        margin.append(m)
         hconf.append(hc)
         held.append(held_out_statistic(a, b, mlp_signs))
         a.cache.clear()  # n x n cosine matrices: free them before the next layer
     return HiddenEstimate(layers, conf, margin, hconf, held)
 
 
-def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
-                       condition: bool = True) -> dict[str, Any]:
+def match_layer(a: UnitFeatures, b: UnitFeatures, dims: HiddenDims,
+                mlp_signs: bool) -> tuple[LayerGauge, np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's MLP units (assignment on all features) and heads: the gauge, the MLP units'
+    matched scores and margins, and the heads' matched scores."""
+    score, sgn = _mlp_scores(a, b, ("in", "out"))
+    m = _match(score, sgn if mlp_signs else None)
+    del score, sgn
+    heads, hc = match_heads(a, b, dims)
+    return LayerGauge(m.gauge, heads, dims.n_kv_heads), m.confidence, m.margin, hc
+
+
+def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condition: bool = True,
+                       sample: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Match MLP units on input features only; test the matches on output features.
 
     ``M[i, j]``: the output-side cosine of A's unit ``i`` and B's unit ``j`` (times the sign the input
@@ -252,12 +264,24 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
 
     Units whose feature rows are constant (zeroed, pruned, padded) carry no evidence: A's such units
     leave ``n``, together with those matched to such a unit of B, and B's never enter a candidate set.
+
+    ``sample``: when A has more live units than this, a seeded sample of that many of A's units is
+    tested, each matched to its nearest neighbour in B on the input side (no assignment over the
+    full width: ``sample x n`` cosines instead of ``n x n``); the statistic is the same, on the sample.
     """
-    s_in, sgn_in = _mlp_scores(a, b, ("in",))
-    predictors = [c for c in (_cosines(a, b, "mlp", "abs", "in"), _cosines(a, b, "mlp", "signed", "in"))
+    n_units = _n_units(a)
+    if n_units == 0:
+        return {"z": 0.0, "n": 0, "matched_out_cos": None}
+    dead_a = a.degenerate.get("mlp", np.zeros(n_units, dtype=bool))
+    sel: np.ndarray | None = None
+    if sample is not None and int((~dead_a).sum()) > sample:
+        live = np.flatnonzero(~dead_a)
+        sel = np.sort(np.random.default_rng(seed).choice(live, sample, replace=False))
+    s_in, sgn_in = _mlp_scores(a, b, ("in",), sel)
+    predictors = [c for c in (_cosines(a, b, "mlp", "abs", "in", sel), _cosines(a, b, "mlp", "signed", "in", sel))
                   if c is not None]
-    s_out_abs = _cosines(a, b, "mlp", "abs", "out")
-    s_out_sgn = _cosines(a, b, "mlp", "signed", "out")
+    s_out_abs = _cosines(a, b, "mlp", "abs", "out", sel)
+    s_out_sgn = _cosines(a, b, "mlp", "signed", "out", sel)
     if s_out_abs is None and s_out_sgn is None:
         return {"z": 0.0, "n": 0, "matched_out_cos": None}
     m_mat = np.zeros_like(s_in)
@@ -265,17 +289,26 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
         m_mat += s_out_abs
     if s_out_sgn is not None:
         m_mat += np.where(sgn_in < 0, -s_out_sgn, s_out_sgn) if (mlp_signs and sgn_in is not None) else s_out_sgn
-    cols = _assign_rows(s_in)
-    n_all, n_cols = m_mat.shape  # rectangular (fewer rows: a pruned model's units) for lineage
-    dead_a = a.degenerate.get("mlp", np.zeros(n_all, dtype=bool))
-    dead_b = b.degenerate.get("mlp", np.zeros(n_cols, dtype=bool))
-    rows = np.flatnonzero(~dead_a & ~dead_b[cols])  # units that carry evidence, matched to one that does
+    n_b = m_mat.shape[1]
+    dead_b = b.degenerate.get("mlp", np.zeros(n_b, dtype=bool))
+    if sel is None:
+        cols = _assign_rows(s_in)  # rectangular (fewer rows: a pruned model's units) for lineage
+        row_dead = dead_a
+    else:
+        masked = np.where(dead_b[None, :], -np.inf, s_in)
+        cols = masked.argmax(axis=1)  # nearest neighbour on the input side
+        del masked
+        row_dead = dead_a[sel]
+    n_all = m_mat.shape[0]
+    rows = np.flatnonzero(~row_dead & ~dead_b[cols])  # units that carry evidence, matched to one that does
     n = int(rows.size)
     k = min(RUNNER_UP_K, int((~dead_b).sum()))
+    base = {"n": n, "k": int(k), "dropped_units": int(n_all - n), "sampled": sel is not None,
+            "units": int(n_units)}
     if n == 0 or k < 2:
-        return {"z": 0.0, "n": 0, "k": int(k), "dropped_units": int(n_all - n), "matched_out_cos": None}
+        return {"z": 0.0, **base, "matched_out_cos": None}
     raw_matched = float(m_mat[rows, cols[rows]].mean())
-    null_mean = float(m_mat[np.ix_(~dead_a, ~dead_b)].mean())
+    null_mean = float(m_mat[np.ix_(~row_dead, ~dead_b)].mean())
     cand = input_candidates(s_in, cols, k, rows, dead_b)
     out_scores = np.take_along_axis(m_mat[rows], cand, axis=1).astype(np.float64)
     matched_out = m_mat[rows, cols[rows]].astype(np.float64)
@@ -307,9 +340,15 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool,
     var = n * (k * k - 1) / 12.0
     z = t / np.sqrt(var)
     top1 = float(np.mean(rank == 1))
-    return {"z": float(z), "n": n, "k": int(k), "dropped_units": int(n_all - n), "top1_fraction": top1,
-            "matched_out_cos": raw_matched, "null_mean_cos": null_mean,
-            "matched_in_score": float(s_in[rows, cols[rows]].mean())}
+    return {"z": float(z), **base, "top1_fraction": top1, "matched_out_cos": raw_matched,
+            "null_mean_cos": null_mean, "matched_in_score": float(s_in[rows, cols[rows]].mean())}
+
+
+def _n_units(f: UnitFeatures) -> int:
+    for (kind, _, _), arrs in f.blocks.items():
+        if kind == "mlp" and arrs:
+            return int(arrs[0].shape[0])
+    return 0
 
 
 def input_candidates(s_in: np.ndarray, cols: np.ndarray, k: int, rows: np.ndarray,
@@ -355,12 +394,19 @@ def _assign_rows(score: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- from activations
 @torch.no_grad()
 def mlp_unit_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches: list[torch.Tensor],
-                     down_name: str = "down_proj") -> list[np.ndarray]:
-    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection)."""
+                     down_name: str = "down_proj", module_paths: list[str] | None = None) -> list[np.ndarray]:
+    """Per layer, the cross-correlation between A's and B's MLP hidden units (inputs of the down projection).
+
+    ``module_paths``: the down projections' exact module paths, one per layer (both models share them);
+    without it, every module whose name ends in ``down_name``.
+    """
     acts: dict[str, dict[int, list[torch.Tensor]]] = {"a": {}, "b": {}}
     hooks = []
     for tag, model in (("a", model_a), ("b", model_b)):
-        mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
+        if module_paths is not None:
+            mods = [(p, model.get_submodule(p)) for p in module_paths]
+        else:
+            mods = [(n, m) for n, m in model.named_modules() if n.endswith(down_name)]
         for layer, (_, mod) in enumerate(mods):
             def hook(_m: Any, inp: tuple[torch.Tensor, ...], _o: Any, tag: str = tag, layer: int = layer) -> None:
                 acts[tag].setdefault(layer, []).append(inp[0].reshape(-1, inp[0].shape[-1]).double())

@@ -75,12 +75,17 @@ Source = DataOptions | MomentSet | Sequence[PathLike] | None
 def collect_checkpoints(a: PathLike, b: PathLike, data: DataOptions | None = None, *,
                         sites: Sequence[str] | None = None, shard_id: str | None = None,
                         backend: Backend = "local", address: str = "local", workers: int = 2,
-                        progress: bool = True) -> MomentSet:
+                        progress: bool = True, device: str = "cpu") -> MomentSet:
     """Paired activation moments of checkpoints ``a`` and ``b`` on ``data`` (mergeable across shards).
 
     ``shard_id`` None: named after a hash of the tokens, so the same tokens collected twice are refused
     when merged (they would be counted twice). ``backend="ray"``: ``workers`` Ray tasks at ``address``
-    (``local``, ``auto`` or a cluster address)."""
+    (``local``, ``auto`` or a cluster address). Both models run layer-streamed
+    (:mod:`gaugeport.core.stream`) on ``device``: one block of each in memory, whatever the depth."""
+    from gaugeport.core.stream import check_device
+
+    if backend == "local":
+        check_device(device)
     data = data if data is not None else DataOptions()
     if backend not in BACKENDS:
         raise GaugeportError(f"unknown backend {backend!r}", hint="choose one of: " + ", ".join(BACKENDS))
@@ -95,17 +100,17 @@ def collect_checkpoints(a: PathLike, b: PathLike, data: DataOptions | None = Non
         ms = collect_moments_distributed(a, b, batches, sites, address, workers, progress, shard_id=shard_id)
         ms.info.update(data.info())
         return ms
-    from gaugeport.core.verify import load_model
+    from gaugeport.core.stream import load_streamed
     from gaugeport.estimate.activations import collect_moments
     from gaugeport.estimate.data import batches_digest
 
-    return collect_moments(load_model(a), load_model(b), batches, sites=sites, progress=progress,
+    return collect_moments(load_streamed(a, device), load_streamed(b, device), batches, sites=sites, progress=progress,
                            shard_id=shard_id or f"tokens-{batches_digest(batches)}", info=data.info())
 
 
 def align_checkpoints(a: PathLike, b: PathLike, source: Source = None, *, method: str = "signed",
                       sites: Sequence[str] | None = None, backend: Backend = "local", address: str = "local",
-                      workers: int = 2, progress: bool = True) -> Alignment:
+                      workers: int = 2, progress: bool = True, device: str = "cpu") -> Alignment:
     """Estimate the gauge mapping checkpoint ``a``'s residual coordinates to ``b``'s.
 
     ``source``: :class:`DataOptions` (collect, then match), moments files or a :class:`MomentSet` (match
@@ -122,7 +127,7 @@ def align_checkpoints(a: PathLike, b: PathLike, source: Source = None, *, method
     elif isinstance(source, DataOptions | None):
         data = source if source is not None else DataOptions()
         ms = collect_checkpoints(a, b, data, sites=sites, backend=backend, address=address, workers=workers,
-                                 progress=progress)
+                                 progress=progress, device=device)
         result, described = align_from_moments(ms, method), str(data.source)
     else:
         ms, described = _moments_of(a, b, source)
@@ -133,7 +138,7 @@ def align_checkpoints(a: PathLike, b: PathLike, source: Source = None, *, method
 
 def _hub_revisions(a: PathLike, b: PathLike) -> dict[str, str]:
     """``a_revision`` / ``b_revision``: the commit a hub ID (``org/name[@rev]``) resolved to."""
-    from gaugeport.models.hub import hub_provenance, resolve_checkpoint
+    from gaugeport.core.hub import hub_provenance, resolve_checkpoint
 
     out = {}
     for key, ref in (("a", a), ("b", b)):

@@ -24,8 +24,9 @@ for the signed-permutation part only, and the report says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import ArchitectureError
 from gaugeport.core.fileio import atomic_path
-from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge
+from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, transform_hidden
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import HiddenDims, get_hidden_spec
 from gaugeport.estimate.hidden import unit_blocks
@@ -61,12 +62,38 @@ def _first_nonzero_sign(rows: np.ndarray) -> np.ndarray:
     return np.sign(vals) * nz.any(axis=1)
 
 
-def _lexsort_rows(keys: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+PREFIX_COLUMNS = 16  # sort keys read first; the rest only where these leave a tie
+
+
+def _lexsort_rows(keys: Sequence[np.ndarray],
+                  scales: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, int]:
     """Indices sorting the rows of the concatenated ``keys`` lexicographically, and the number of
-    tie groups left (rows equal in every key). Earlier keys take precedence."""
-    mat = np.concatenate([k.reshape(k.shape[0], -1).astype(np.float64) for k in keys], axis=1) if keys else \
+    tie groups left (rows equal in every key). Earlier keys take precedence.
+
+    The first :data:`PREFIX_COLUMNS` columns are sorted first: when they already tell every row
+    apart, that order is the full lexicographic one (no tie to break) and the rest is never copied."""
+    flat = [k.reshape(k.shape[0], -1) for k in keys]
+    sc = list(scales) if scales is not None else [None] * len(flat)
+
+    def as64(k: np.ndarray, scale: np.ndarray | None) -> np.ndarray:  # ``scale``: one factor per row (a sign)
+        k = k.astype(np.float64)
+        return k if scale is None else k * scale[:, None]
+
+    n = flat[0].shape[0] if flat else 0
+    prefix, width = [], 0
+    for k, scale in zip(flat, sc, strict=True):
+        if width >= PREFIX_COLUMNS:
+            break
+        prefix.append(as64(k[:, :PREFIX_COLUMNS - width], scale))
+        width += prefix[-1].shape[1]
+    if width and width < sum(k.shape[1] for k in flat):
+        mat = np.concatenate(prefix, axis=1)
+        order = np.lexsort(mat.T[::-1])
+        s = mat[order]
+        if n < 2 or not np.any(np.all(s[1:] == s[:-1], axis=1)):
+            return order, 0
+    mat = np.concatenate([as64(k, scale) for k, scale in zip(flat, sc, strict=True)], axis=1) if flat else \
         np.zeros((0, 0))
-    n = mat.shape[0]
     if mat.shape[1] == 0:
         return np.arange(n), int(n > 1)
     order = np.lexsort(mat.T[::-1])  # lexsort: last key is primary
@@ -84,40 +111,84 @@ def _ranks(order: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- canonical gauge
 def canonical_gauge(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None = None) -> Canonical:
-    """The full gauge mapping ``ckpt`` to its canonical representative, with the ties it met."""
-    get = get or ckpt.tensor
+    """The full gauge mapping ``ckpt`` to its canonical representative, with the ties it met.
+
+    Streamed: the residual keys first (norm gains and the first rows of the token embedding), then one
+    layer at a time (only that layer's hidden-axis tensors in memory)."""
+    return _canonical_pass(ckpt, get)
+
+
+def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None = None,
+                    consume: Callable[[str, torch.Tensor], None] | None = None, *,
+                    prefix_ok: bool = False) -> Canonical:
+    """:func:`canonical_gauge`; with ``consume``, also every canonical tensor, in sorted name order,
+    in the same pass: a layer's gauge is decided when its first hidden-axis tensor comes up, from
+    that layer's tensors, which are read once (kept until their turn, then dropped)."""
+    if get is None:
+        with _plain_reads(ckpt) as plain:
+            return _canonical_pass(ckpt, plain, consume, prefix_ok=True)
     spec = ckpt.spec
     hspec = get_hidden_spec(spec.model_type)
     dims = hspec.dims(ckpt.config, ckpt.d_model)
     rules = spec.classify_all(ckpt.names)
     names = sorted(ckpt.names)
-    residual, ties, notes = _canonical_residual(ckpt, get, spec, rules, names)
-    tf = FullTransform(spec, ckpt.names, FullGauge(residual), ckpt.d_model, ckpt.config)
-    per_layer: dict[int, list[tuple[str, str, np.ndarray]]] = {}
+    residual, ties, notes = _canonical_residual(ckpt, get, spec, rules, names, prefix_ok=prefix_ok)
+    res_tf = FullTransform(spec, ckpt.names, FullGauge(residual), ckpt.d_model, ckpt.config)
+    by_layer: dict[int, list[str]] = {}
     for name in names:
         hit = hspec.match(name)
         if hit is not None:
-            per_layer.setdefault(hit[1], []).extend(unit_blocks(tf(name, get(name)), hit[0], dims))
-    layers, mlp_ties, head_ties = [], 0, 0
+            by_layer.setdefault(hit[1], []).append(name)
+    layers = list(FullGauge.identity(ckpt.d_model, dims).layers)  # filled in as each layer is decided
+    counts = {"mlp": 0, "heads": 0}
+    kept: dict[str, torch.Tensor] = {}
+
+    def decide(layer: int) -> None:
+        blocks: list[tuple[str, str, np.ndarray]] = []
+        for name in by_layer.get(layer, []):
+            hit = hspec.match(name)
+            assert hit is not None
+            moved = res_tf(name, get(name))  # in canonical residual coordinates
+            if consume is not None:
+                kept[name] = moved
+            blocks.extend(unit_blocks(moved, hit[0], dims))
+        layers[layer], mt, ht = _canonical_layer(blocks, dims, hspec.mlp_signs)
+        counts["mlp"] += mt
+        counts["heads"] += ht
+
+    decided: set[int] = set()
+    if consume is not None:
+        full = FullGauge(residual, layers)  # type: ignore[arg-type]
+        full_tf = FullTransform(spec, ckpt.names, full, ckpt.d_model, ckpt.config)
+        for name in names:
+            hit = hspec.match(name)
+            if hit is not None and hit[1] not in decided:
+                kept.clear()
+                decide(hit[1])
+                decided.add(hit[1])
+            if name in kept:  # residual gauge already applied: the layer's hidden gauge remains
+                assert hit is not None
+                consume(name, transform_hidden(name, kept.pop(name), hit[0], hit[1], full, full_tf.dims))
+            else:
+                consume(name, full_tf(name, get(name)))
     for layer in range(dims.n_layers):
-        lg, mt, ht = _canonical_layer(per_layer.get(layer, []), dims, hspec.mlp_signs)
-        layers.append(lg)
-        mlp_ties += mt
-        head_ties += ht
-    ties.update({"mlp_identical_unit_groups": mlp_ties, "head_identical_groups": head_ties})
+        if layer not in decided:
+            decide(layer)
+    ties.update({"mlp_identical_unit_groups": counts["mlp"], "head_identical_groups": counts["heads"]})
     return Canonical(FullGauge(residual, tuple(layers)), ties, notes)
 
 
 def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], spec: ArchSpec,
-                        rules: dict[str, Any], names: list[str]) -> tuple[SignedPermutation, dict[str, Any], list[str]]:
+                        rules: dict[str, Any], names: list[str], *,
+                        prefix_ok: bool = False) -> tuple[SignedPermutation, dict[str, Any], list[str]]:
     d = ckpt.d_model
     notes: list[str] = []
     gains = [get(n).double().numpy().reshape(-1) for n in names if rules[n].role == "gain"]
     # sign-carrying residual tensors without a hidden axis (a hidden gauge would reorder their slices),
     # the token embedding first; read only while something is undecided
     hspec = get_hidden_spec(spec.model_type)
-    sources = [(n, ax) for n in names if rules[n].mode == "signed" and hspec.match(n) is None
-               for ax in rules[n].axes]
+    sources = [(n, ax) for n in names if hspec.match(n) is None
+               for ax, mode in zip(rules[n].axes, rules[n].modes, strict=True) if mode == "signed"]
     vocab = ckpt.config.get("text_config", ckpt.config).get("vocab_size")
     emb = [src for src in sources if rules[src[0]].role == "write" and rules[src[0]].axes == (1,)
            and _rows(ckpt, src[0]) == vocab]
@@ -129,8 +200,10 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
     def slice_of(src: tuple[str, int]) -> np.ndarray:
         return torch.movedim(get(src[0]).double(), src[1], 0).reshape(d, -1).numpy()
 
-    signs = np.zeros(d)
-    first = slice_of(sources[0])
+    first = _leading_columns(ckpt, sources[0], d) if prefix_ok else None
+    if first is not None and not _decides(first, [g[:, None] for g in gains], not spec.allows_coordinate_signs):
+        first = None  # the first rows leave a sign or an order open: read the whole tensor
+    first = first if first is not None else slice_of(sources[0])
     extra: list[np.ndarray] = []
     signs = _first_nonzero_sign(first)
     for src in sources[1:]:  # the first tensor in which a coordinate is nonzero fixes its sign
@@ -169,6 +242,50 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
     return SignedPermutation(_ranks(order), signs.astype(np.int8)), ties, notes
 
 
+@contextlib.contextmanager
+def _plain_reads(ckpt: Checkpoint) -> Iterator[Callable[[str], torch.Tensor]]:
+    """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite."""
+    from gaugeport.core.checkpoint import ShardReader
+
+    readers: dict[str, ShardReader] = {}
+    try:
+        def get(name: str) -> torch.Tensor:
+            shard = ckpt.shard_of[name]
+            if shard not in readers:
+                readers[shard] = ShardReader(ckpt, shard)
+            return readers[shard].read(name)
+        yield get
+    finally:
+        for r in readers.values():
+            r.close()
+
+
+def _leading_columns(ckpt: Checkpoint, src: tuple[str, int], d: int) -> np.ndarray | None:
+    """``slice_of(src)`` restricted to its first :data:`PREFIX_COLUMNS` columns, read as a slice of the
+    stored rows (a ``[vocab, d]`` embedding's first rows); None where that is no contiguous read."""
+    from gaugeport.core.checkpoint import _open
+
+    name, axis = src
+    with _open(ckpt.path / ckpt.shard_of[name]) as f:
+        sl = f.get_slice(name)
+        shape = tuple(sl.get_shape())
+        if axis != 1 or len(shape) != 2 or shape[1] != d:
+            return None
+        rows = sl[:PREFIX_COLUMNS]
+    return rows.double().T.numpy()
+
+
+def _decides(first: np.ndarray, gain_keys: list[np.ndarray], layer_norm: bool) -> bool:
+    """Do these leading columns fix every coordinate's sign and leave no tie in the order? Then the
+    whole tensor would give the same signs and the same order (lexicographic order is decided by the
+    first columns that differ)."""
+    signs = _first_nonzero_sign(first)
+    if np.any(signs == 0):
+        return False
+    fixed = np.abs(first) if layer_norm else first * signs[:, None]
+    return _lexsort_rows(gain_keys + [fixed])[1] == 0
+
+
 def _rows(ckpt: Checkpoint, name: str) -> int:
     from gaugeport.core.checkpoint import shard_layout
 
@@ -178,15 +295,19 @@ def _rows(ckpt: Checkpoint, name: str) -> int:
 def _canonical_layer(blocks: list[tuple[str, str, np.ndarray]], dims: HiddenDims,
                      mlp_signs: bool) -> tuple[LayerGauge, int, int]:
     mlp_abs = [b for k, m, b in blocks if k == "mlp" and m == "abs"]
-    mlp_sgn = [b.astype(np.float64) for k, m, b in blocks if k == "mlp" and m == "signed"]
+    mlp_sgn = [b for k, m, b in blocks if k == "mlp" and m == "signed"]  # float32: exact for stored values
     signs = np.ones(dims.mlp)
     if mlp_signs and mlp_sgn:
         s = np.zeros(dims.mlp)
         for b in mlp_sgn:
             undecided = s == 0
-            s[undecided] = _first_nonzero_sign(b[undecided])
+            lead = _first_nonzero_sign(b[:, :PREFIX_COLUMNS])  # decided by the first columns, mostly
+            s[undecided & (lead != 0)] = lead[undecided & (lead != 0)]
+            rest = undecided & (lead == 0)
+            if rest.any():
+                s[rest] = _first_nonzero_sign(b[rest])
         signs = np.where(s == 0, 1.0, s)
-    order, mlp_ties = _lexsort_rows(mlp_abs + [b * signs[:, None] for b in mlp_sgn])
+    order, mlp_ties = _lexsort_rows(mlp_abs + mlp_sgn, [None] * len(mlp_abs) + [signs] * len(mlp_sgn))
     mlp = SignedPermutation(_ranks(order), signs.astype(np.int8))
     q = [b for k, _, b in blocks if k == "q_heads"]
     kv = [b for k, _, b in blocks if k == "kv_heads"]
@@ -210,31 +331,86 @@ def _canonical_layer(blocks: list[tuple[str, str, np.ndarray]], dims: HiddenDims
 
 
 # ----------------------------------------------------------------------------- verbs
+_FP_PLACEHOLDER = "?" * 32  # a fingerprint's length: patched into the shard headers once known
+
+
 def canonicalize(src: str | Path, out: str | Path, *, force: bool = False, progress: bool = True) -> Canonical:
-    """Write the canonical representative of ``src`` to ``out`` (streamed; the input is never modified)."""
-    from gaugeport.core.apply import rewrite_checkpoint
+    """Write the canonical representative of ``src`` to ``out`` (streamed; the input is never modified).
+
+    One pass: each layer's gauge is decided from its own tensors, which are then hashed (the
+    fingerprint) and written; the fingerprint stamped in every shard's metadata is patched in after."""
+    from tqdm.auto import tqdm
+
+    from gaugeport.core.apply import copy_side_files
+    from gaugeport.core.checkpoint import SafetensorsStreamWriter, shard_layout
 
     ckpt = Checkpoint.open(src)
-    can = canonical_gauge(ckpt)
-    tf = FullTransform(ckpt.spec, ckpt.names, can.gauge, ckpt.d_model, ckpt.config)
-    fp = fingerprint(src, canonical=can)["fingerprint"]
-    stamp = {"gaugeport_canonical": "true", "gaugeport_fingerprint": fp}
+    stamp = {"gaugeport_canonical": "true", "gaugeport_fingerprint": _FP_PLACEHOLDER}
+    hasher = _Hasher(ckpt.model_type)
     with atomic_path(Path(out), force, inputs=(Path(src),), kind="directory") as tmp:
-        rewrite_checkpoint(ckpt, tmp, tf, stamp, desc="canonicalize", progress=progress)
+        tmp.mkdir()
+        with contextlib.ExitStack() as stack:  # every shard open at once: tensors come in global name order
+            writers = {shard: stack.enter_context(SafetensorsStreamWriter(
+                tmp / shard, shard_layout(ckpt, shard), {**ckpt.shard_metadata(shard), **stamp}))
+                for shard in ckpt.shards}
+            with tqdm(total=len(ckpt.names), desc="canonicalize", unit="tensor", disable=not progress) as bar:
+                def consume(name: str, t: torch.Tensor) -> None:
+                    hasher.update(name, t)
+                    writers[ckpt.shard_of[name]].write(name, t)
+                    bar.update()
+
+                can = _canonical_pass(ckpt, consume=consume)
+        fp = hasher.hexdigest()
+        for shard in ckpt.shards:
+            _patch_header(tmp / shard, _FP_PLACEHOLDER, fp)
+        copy_side_files(ckpt, tmp)
     return can
 
 
 def fingerprint(src: str | Path, *, canonical: Canonical | None = None) -> dict[str, Any]:
     """A hash of the canonical representative's tensors (names, dtypes, shapes, bytes): equal for every
-    gauged copy, different as soon as one stored value differs."""
+    gauged copy, different as soon as one stored value differs. One pass over the checkpoint (given
+    ``canonical``, a pass under that gauge)."""
     ckpt = Checkpoint.open(src)
-    can = canonical or canonical_gauge(ckpt)
-    tf = FullTransform(ckpt.spec, ckpt.names, can.gauge, ckpt.d_model, ckpt.config)
-    h = hashlib.sha256(f"gaugeport-fingerprint-v{FINGERPRINT_VERSION}:{ckpt.model_type}".encode())
-    for name in sorted(ckpt.names):
-        t = tf(name, ckpt.tensor(name)).contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {"fingerprint": h.hexdigest()[:32], "model_type": ckpt.model_type, "version": FINGERPRINT_VERSION,
+    hasher = _Hasher(ckpt.model_type)
+    if canonical is None:
+        can = _canonical_pass(ckpt, consume=hasher.update)
+    else:
+        can = canonical
+        tf = FullTransform(ckpt.spec, ckpt.names, can.gauge, ckpt.d_model, ckpt.config)
+        for name in sorted(ckpt.names):
+            hasher.update(name, tf(name, ckpt.tensor(name)))
+    return {"fingerprint": hasher.hexdigest(), "model_type": ckpt.model_type, "version": FINGERPRINT_VERSION,
             "ties": can.ties, "notes": can.notes, "canonical_gauge": can.gauge.fingerprint()}
+
+
+class _Hasher:
+    """The fingerprint: sha256 over every canonical tensor's name, dtype, shape and bytes, in name order."""
+
+    def __init__(self, model_type: str) -> None:
+        self.h = hashlib.sha256(f"gaugeport-fingerprint-v{FINGERPRINT_VERSION}:{model_type}".encode())
+
+    def update(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.contiguous()
+        self.h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            self.h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()[:32]
+
+
+def _patch_header(file: Path, placeholder: str, value: str) -> None:
+    """Replace ``placeholder`` by ``value`` (same length) in a safetensors file's JSON header, in place."""
+    import struct
+
+    if len(placeholder) != len(value):
+        raise ValueError("internal error: a header patch must keep the header's length")
+    with open(file, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = f.read(n)
+        old = placeholder.encode()
+        if header.count(old) != 1:
+            raise ValueError(f"internal error: {file} header holds the placeholder {header.count(old)} times")
+        f.seek(8)
+        f.write(header.replace(old, value.encode()))

@@ -147,7 +147,9 @@ def comparable(path_a: str | Path, path_b: str | Path) -> bool:
 
 def shapes_differ(path_a: str | Path, path_b: str | Path) -> bool:
     """True when the pair is for lineage rather than ``same``: comparable families whose model
-    types, vocabularies, widths, depths, hidden sizes or tensor sets differ."""
+    types, vocabularies, widths, depths or hidden sizes differ. Tensor sets that differ on one shape
+    (an export without its pooler, a save without a buffer) stay with ``same``, which compares the
+    tensors both hold and lists the rest."""
     ca, cb = Checkpoint.open(path_a), Checkpoint.open(path_b)
     if not comparable(path_a, path_b):
         return False
@@ -156,8 +158,7 @@ def shapes_differ(path_a: str | Path, path_b: str | Path) -> bool:
     va, vb = open_view(path_a), open_view(path_b)
     if va.dims != vb.dims:
         return True
-    # one shape but other tensors (an export without its pooler or buffers): no gauge relates them either
-    return _vocab_size(ca) != _vocab_size(cb) or set(ca.names) != set(cb.names)
+    return _vocab_size(ca) != _vocab_size(cb)
 
 
 def _vocab_size(ckpt: Checkpoint) -> int:
@@ -539,10 +540,13 @@ def _token_evidence(va: View, vb: View, ids_a: np.ndarray, ids_b: np.ndarray, re
 
 
 # ----------------------------------------------------------------------------- plot
-def plot_blocks(result: LineageResult, path: str | Path) -> Path:
+def plot_blocks(result: LineageResult, path: str | Path) -> Path | None:
     """Per-block evidence: the input-side evidence matrix with the block map, and each mapped block's z
-    and units fraction (matplotlib, imported here only)."""
-    import matplotlib
+    and units fraction (matplotlib, imported here only; None without it: ``gaugeport[study]``)."""
+    try:
+        import matplotlib
+    except ImportError:  # the plot is optional; the report has every figure
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

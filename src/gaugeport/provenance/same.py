@@ -45,8 +45,10 @@ from gaugeport.estimate.hidden import (
     HiddenEstimate,
     OrthogonalGauge,
     ResidualMap,
-    estimate_hidden,
+    UnitFeatures,
+    held_out_statistic,
     layer_features,
+    match_layer,
     match_mlp_units_from_moments,
     mlp_unit_moments,
     to_a_coordinates,
@@ -74,13 +76,14 @@ class SameResult:
     rotation: np.ndarray | None = None  # orthogonal residual (folded gains)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    one_sided: dict[str, list[str]] = field(default_factory=dict)  # tensors only one side holds (not compared)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
             "verdict": self.verdict, "p_value": self.p_value, "log10_p_value": self.log10_p, "alpha": self.alpha,
             "layers": self.layers, "residual": self.residual, "identical_check": self.identical_check,
             "gauge_fingerprint": self.gauge.fingerprint() if self.gauge is not None else None,
-            "seconds": self.seconds, "notes": self.notes,
+            "seconds": self.seconds, "notes": self.notes, "not_compared": self.one_sided,
             "null": "independent training: input-side unit matches carry no information about output-side weights",
         }
         if self.rotation is not None:
@@ -102,7 +105,8 @@ class _Tensors:
 
 
 def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alpha: float = DEFAULT_ALPHA,
-         tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False) -> SameResult | LineageResult:
+         tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False,
+         full_gauge: bool = False) -> SameResult | LineageResult:
     """Compare two checkpoints of one architecture (see the module docstring); a pair whose shapes differ
     (depth, widths, vocabulary, experts) goes to :func:`gaugeport.provenance.lineage.lineage`."""
     t0 = time.perf_counter()
@@ -122,35 +126,71 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     if ca.d_model != cb.d_model or dims_a != dims_b:
         raise GaugeError(f"A and B differ in size (d={ca.d_model}, {dims_a.to_dict()} vs d={cb.d_model}, "
                          f"{dims_b.to_dict()})", hint="a gauge relates two checkpoints of one shape")
-    if set(ca.names) != set(cb.names):
-        raise CheckpointError("A and B hold different tensors: "
-                              + ", ".join(sorted(set(ca.names) ^ set(cb.names))[:4]))
-    dims = dims_a
-    get_a, get_b = _Tensors(ca), _Tensors(cb)
+    names = sorted(set(ca.names) & set(cb.names))
+    one_sided = {"only_in_a": sorted(set(ca.names) - set(cb.names)),
+                 "only_in_b": sorted(set(cb.names) - set(ca.names))}
     notes: list[str] = []
-    folded = spec.norm == "rms" and (_gains_uniform(ca, spec) or _gains_uniform(cb, spec))
-    residual_info: dict[str, Any]
-    if folded:
-        from gaugeport.provenance.disguise import fold_gains
-
-        state_a = {n: ca.tensor(n) for n in ca.names}
-        get_a = _Tensors(ca, fold_gains(state_a, spec))
-        if not _gains_uniform(cb, spec):
-            get_b = _Tensors(cb, fold_gains({n: cb.tensor(n) for n in cb.names}, spec))
-        q, residual_info = _procrustes(ca, get_a, get_b, spec)
-        residual: ResidualMap = OrthogonalGauge(q)
-        notes.append("uniform norm gains (folded): the residual map is a rotation fitted by orthogonal Procrustes")
+    if one_sided["only_in_a"] or one_sided["only_in_b"]:
+        notes.append("compared the tensors both hold; not compared: "
+                     + ", ".join(f"{n} (only in A)" for n in one_sided["only_in_a"][:6])
+                     + (", " if one_sided["only_in_a"] and one_sided["only_in_b"] else "")
+                     + ", ".join(f"{n} (only in B)" for n in one_sided["only_in_b"][:6]))
+    dims = dims_a
+    get_a: Callable[[str], torch.Tensor] = _Tensors(ca)
+    get_b: Callable[[str], torch.Tensor] = _Tensors(cb)
+    residual: ResidualMap
+    if spec.norm == "rms" and hspec.folds:
+        # fold every norm gain into its readers on both sides (lazily, tensor by tensor): what is left of the
+        # residual gauge is an orthogonal map, a signed permutation or a rotation; choose by fit
+        get_a, unfolded_a = _folded(ca, names, spec, hspec)
+        get_b, unfolded_b = _folded(cb, names, spec, hspec)
+        for g in sorted(set(unfolded_a) | set(unfolded_b)):
+            notes.append(f"{g} not folded ({', '.join(unfolded_a.get(g) or unfolded_b.get(g) or [])} absent: "
+                         "tied embeddings); it is compared as stored")
+        # the data-free (or, with --data, activation) signed permutation on the checkpoints as stored competes
+        candidates = [_residual_gauge(path_a, path_b, data, tokens, progress)[0]]
+        residual, residual_info = _residual_by_fit(ca, get_a, get_b, spec, candidates)
     else:
         residual, residual_info = _residual_gauge(path_a, path_b, data, tokens, progress)
-    rules = spec.classify_all(ca.names)
-    fa = layer_features(ca.names, get_a, spec, hspec, dims)
-    fb = layer_features(cb.names, lambda n: to_a_coordinates(n, get_b(n), rules[n], residual), spec, hspec, dims)
-    est = estimate_hidden(fa, fb, dims, hspec.mlp_signs)
-    if data is not None:
-        _refine_mlp_with_activations(est, path_a, path_b, data, tokens, hspec, notes)
-    res_sp = residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(ca.d_model)
-    gauge = est.full_gauge(res_sp)
-    ident = _identical_check(ca, cb, get_a, get_b, spec, hspec, dims, gauge, residual, tol)
+    rules = spec.classify_all(names)
+    by_layer: dict[int, list[str]] = {}
+    for n in names:
+        hit = hspec.match(n)
+        if hit is not None:
+            by_layer.setdefault(hit[1], []).append(n)
+    sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
+    est = HiddenEstimate([], [], [], [], [])
+    pending: list[int] = []
+    for layer in range(dims.n_layers):  # one layer's features at a time, freed before the next
+        a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims)
+        est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
+        if sample is None or est.held_out[-1]["z"] > ESCALATE_Z:
+            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
+        else:
+            _store(est, layer, None)
+            pending.append(layer)
+        del a, b
+    p_screen = float(stats.norm.sf(_stouffer([h["z"] for h in est.held_out if h["n"]])))
+    if pending and p_screen < alpha:  # derived after all: recover the weak layers' gauges too
+        for layer in pending:
+            a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims)
+            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
+        pending = []
+    if sample is not None:
+        notes.append(f"p-value on a seeded sample of {sample} of {dims.mlp} MLP units per layer, each matched to "
+                     "its nearest input-side neighbour (no assignment over the full width)")
+    gauge = None
+    if pending:
+        notes.append(f"independent on the sampled statistic (p {p_screen:.3g}): the full gauge was not recovered "
+                     "(--save-gauge asks for it)")
+        ident: dict[str, Any] = {"weights_match": False, "max_rel_weight_diff": None, "worst_tensor": None,
+                                 "per_layer_rel_diff": {}, "tol": tol, "not_run": "the pair is independent"}
+    else:
+        if data is not None:
+            _refine_mlp_with_activations(est, path_a, path_b, data, tokens, ca, hspec, notes)
+        res_sp = residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(ca.d_model)
+        gauge = est.full_gauge(res_sp)
+        ident = _identical_check(names, get_a, get_b, spec, hspec, dims, gauge, residual, tol)
     layers, p, log10_p = _layer_report(est, ident, dims, alpha)
     if ident["weights_match"]:
         ident.update(_function_check(path_a, path_b, tol=max(tol, 1e-4)))
@@ -159,13 +199,67 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     return SameResult(verdict, p, log10_p, alpha, layers, residual_info, ident,
                       gauge if isinstance(residual, SignedPermutation) else None,
                       residual.matrix if isinstance(residual, OrthogonalGauge) else None,
-                      time.perf_counter() - t0, notes)
+                      time.perf_counter() - t0, notes, one_sided)
+
+
+SAMPLE_UNITS = 2048  # wider MLPs are screened on a seeded sample of this many units per layer
+ESCALATE_Z = 3.0  # a screened layer whose z exceeds this has its full gauge recovered at once
+
+
+def _layer_pair(names: list[str], layer: int, get_a: Callable[[str], torch.Tensor],
+                get_b: Callable[[str], torch.Tensor], rules: dict[str, Any], residual: ResidualMap,
+                spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims) -> tuple[UnitFeatures, UnitFeatures]:
+    fa = layer_features(names, get_a, spec, hspec, dims)
+    fb = layer_features(names, lambda n: to_a_coordinates(n, get_b(n), rules[n], residual), spec, hspec, dims)
+    return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+
+
+def _store(est: HiddenEstimate, layer: int, m: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None) -> None:
+    vals = (None, None, None, None) if m is None else m
+    for lst, v in zip((est.layers, est.mlp_confidence, est.mlp_margin, est.head_confidence), vals, strict=True):
+        if layer < len(lst):
+            lst[layer] = v
+        else:
+            lst.append(v)
+
+
+def _stouffer(zs: list[float]) -> float:
+    """The layers' z-scores summed, divided by sqrt(L): N(0, 1) under the null (layers independent)."""
+    return float(np.sum(zs) / np.sqrt(len(zs))) if zs else 0.0
 
 
 # ----------------------------------------------------------------------------- residual
-def _gains_uniform(ckpt: Checkpoint, spec: ArchSpec) -> bool:
-    gains = [n for n in ckpt.names if spec.classify(n).role == "gain"]
-    return bool(gains) and all(bool((t == t.reshape(-1)[0]).all()) for t in (ckpt.tensor(n) for n in gains))
+def _folded(ckpt: Checkpoint, names: list[str], spec: ArchSpec,
+            hspec: HiddenSpec) -> tuple[Callable[[str], torch.Tensor], dict[str, list[str]]]:
+    """A getter returning ``ckpt``'s tensors with every norm gain folded into its readers
+    (``W' = W diag(g + offset)``, the gain itself then reads ``1 - offset``), one tensor at a time;
+    and the gains left unfolded because a reader is absent (an output head tied to the embedding)."""
+    have = set(names)
+    gain_of: dict[str, str] = {}
+    unfolded: dict[str, list[str]] = {}
+    for n in names:
+        if spec.classify(n).role != "gain":
+            continue
+        targets = hspec.fold_targets(n)
+        if targets is None:
+            raise ArchitectureError(f"the {spec.model_type!r} table says nothing about folding {n}")
+        missing = [t for t in targets if t not in have]
+        if missing:
+            unfolded[n] = missing
+            continue
+        for t in targets:
+            gain_of[t] = n
+
+    def get(name: str) -> torch.Tensor:
+        t = ckpt.tensor(name)
+        if name in gain_of:
+            g = ckpt.tensor(gain_of[name]).float() + spec.gain_offset
+            return t.float() * g  # readers: the residual axis is the last (in_features)
+        if spec.classify(name).role == "gain" and name not in unfolded:
+            return torch.full(t.shape, 1.0 - spec.gain_offset, dtype=torch.float32)
+        return t
+
+    return get, unfolded
 
 
 def _residual_gauge(a: str | Path, b: str | Path, data: str | None, tokens: int,
@@ -197,59 +291,152 @@ def _shape0(ckpt: Checkpoint, name: str) -> int:
     return int(ckpt.tensor(name).shape[0])
 
 
-def _procrustes(ca: Checkpoint, get_a: _Tensors, get_b: _Tensors, spec: ArchSpec) -> tuple[np.ndarray, dict[str, Any]]:
-    """``Q`` minimising ``||E_A Q^T - E_B||`` (token embeddings, ``x_B = Q x_A``): ``Q = U V^T`` of ``E_B^T E_A``."""
+SNAP_SLACK = 1.10  # a signed permutation is kept when its fit is within 10 % of the best rotation's
+ROTATION_MAX_RESIDUAL = 0.5  # a rotation is used only when it explains the embedding this well
+
+
+def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b: Callable[[str], torch.Tensor],
+                     spec: ArchSpec, candidates: list[SignedPermutation]) -> tuple[ResidualMap, dict[str, Any]]:
+    """The residual map after folding both sides, chosen by fit on the token embeddings.
+
+    ``Q`` minimises ``||E_A Q^T - E_B||`` over orthogonal matrices (Procrustes: ``Q = U V^T`` of
+    ``E_B^T E_A``); the signed permutation nearest to ``Q`` (each row's largest ``|Q|``, with its sign)
+    and any ``candidates`` compete with it. Both fits are relative residuals ``||E_A M^T - E_B|| / ||E_B||``;
+    the best signed permutation is chosen when its residual is at most ``SNAP_SLACK`` times the
+    rotation's (plus 1e-6), else the rotation, provided the rotation's residual is at most
+    ``ROTATION_MAX_RESIDUAL``. A rotation always fits at least as well (it has ``d (d - 1) / 2``
+    free parameters), so the slack decides between the discrete map that a gauged copy has exactly
+    and the continuous one a rotated copy needs. When no rotation explains the embedding (an
+    unrelated pair), the best signed permutation is kept: a rotation fitted to two independent
+    models aligns what they learned alike from the same data (convergent features), and the held-out
+    statistic, measured in such a basis, drifts above its null (mean z about +0.8 per layer on the
+    tiny independent pairs, against about 0 in the signed-permutation basis).
+    """
     name = _embedding_name(ca, spec)
-    ea, eb = get_a(name).double().numpy(), get_b(name).double().numpy()
-    u, s, vt = np.linalg.svd(eb.T @ ea)
+    ea, eb = get_a(name), get_b(name)
+    d = int(ea.shape[1])
+    cross = torch.zeros(d, d, dtype=torch.float64)
+    for i in range(0, ea.shape[0], 8192):  # E_B^T E_A in row chunks: no float64 copy of either embedding
+        cross += eb[i:i + 8192].double().T @ ea[i:i + 8192].double()
+    u, _, vt = np.linalg.svd(cross.numpy())
     q = u @ vt
-    resid = float(np.linalg.norm(ea @ q.T - eb) / max(np.linalg.norm(eb), 1e-30))
-    return q, {"kind": "orthogonal", "method": "procrustes on " + name, "relative_residual": resid,
-               "orthogonality_error": float(np.abs(q @ q.T - np.eye(q.shape[0])).max())}
+    norm_b = float(_chunked_norm(eb))
+
+    def fit(m: np.ndarray) -> float:
+        mt = torch.from_numpy(np.ascontiguousarray(m.T))
+        r2 = sum(float(((ea[i:i + 8192].double() @ mt - eb[i:i + 8192].double()) ** 2).sum())
+                 for i in range(0, ea.shape[0], 8192))
+        return float(np.sqrt(r2)) / max(norm_b, 1e-30)
+
+    fit_q = fit(q)
+    info: dict[str, Any] = {"method": "fit on " + name + " after folding both sides' norm gains",
+                            "rotation_relative_residual": fit_q,
+                            "orthogonality_error": float(np.abs(q @ q.T - np.eye(d)).max())}
+    snap = np.abs(q).argmax(axis=1)
+    perms = list(candidates)
+    if np.array_equal(np.sort(snap), np.arange(d)):
+        # x_B = Q x_A with Q[i, snap[i]] = +-1: B's coordinate i is A's coordinate snap[i]
+        signs = np.where(q[np.arange(d), snap] < 0, -1, 1).astype(np.int8)
+        perms.append(SignedPermutation(np.argsort(snap), signs[np.argsort(snap)]))
+    best_sp, fit_sp = None, np.inf
+    for sp in perms:
+        f = fit(_signed_perm_matrix(sp))
+        if f < fit_sp:
+            best_sp, fit_sp = sp, f
+    info["signed_permutation_relative_residual"] = None if best_sp is None else fit_sp
+    if best_sp is not None and (fit_sp <= SNAP_SLACK * fit_q + 1e-6 or fit_q > ROTATION_MAX_RESIDUAL):
+        info.update({"kind": "signed_permutation", "fingerprint": best_sp.fingerprint(),
+                     "chosen_because": "fits within the slack of the rotation" if fit_sp <= SNAP_SLACK * fit_q + 1e-6
+                     else "no rotation explains the embedding (the pair looks unrelated there)"})
+        return best_sp, info
+    info.update({"kind": "orthogonal", "chosen_because": "a rotation explains the embedding and no signed "
+                 "permutation comes close"})
+    return OrthogonalGauge(q), info
+
+
+def _signed_perm_matrix(sp: SignedPermutation) -> np.ndarray:
+    """The matrix ``M`` with ``x_B = M x_A`` for the signed permutation (as :meth:`SignedPermutation.apply`)."""
+    d = sp.d
+    eye = torch.eye(d, dtype=torch.float64)
+    return sp.apply(eye, 0).numpy()  # column j: the image of A's basis vector e_j
+
+
+def _chunked_norm(t: torch.Tensor) -> float:
+    return float(np.sqrt(sum(float((t[i:i + 8192].double() ** 2).sum()) for i in range(0, t.shape[0], 8192))))
 
 
 # ----------------------------------------------------------------------------- activations
 def _refine_mlp_with_activations(est: HiddenEstimate, a: str | Path, b: str | Path, data: str, tokens: int,
-                                 hspec: HiddenSpec, notes: list[str]) -> None:
+                                 ca: Checkpoint, hspec: HiddenSpec, notes: list[str]) -> None:
     from gaugeport.core.fullgauge import LayerGauge
     from gaugeport.core.verify import load_model
     from gaugeport.estimate.pipeline import DataOptions
 
     batches = [bt.input_ids if hasattr(bt, "input_ids") else bt
                for bt in DataOptions(data, tokens=tokens, seq_len=64).batches(a, b)]
-    down = [r.template.split(".")[-2] for r in hspec.rules
-            if r.segments[0].kind == "mlp" and r.axis == 1 and r.template.endswith("weight")]
-    corrs = mlp_unit_moments(load_model(a), load_model(b), batches, down_name=down[0] if down else "down_proj")
-    if len(corrs) != len(est.layers):
-        notes.append("activation matching skipped: MLP hidden units not found by module name")
+    model_a, model_b = load_model(a), load_model(b)
+    paths = down_projection_modules(model_a, ca.spec, hspec)
+    if len(paths) != len(est.layers):
+        notes.append(f"activation matching skipped: the table's MLP writers name {len(paths)} modules "
+                     f"for {len(est.layers)} layers")
         return
+    corrs = mlp_unit_moments(model_a, model_b, batches, module_paths=paths)
     for i, c in enumerate(corrs):
         m = match_mlp_units_from_moments(c, hspec.mlp_signs)
         est.layers[i] = LayerGauge(m.gauge, est.layers[i].heads, est.layers[i].n_kv_heads)
         est.mlp_confidence[i], est.mlp_margin[i] = m.confidence, m.margin
-    notes.append(f"MLP units matched on activation correlations ({tokens} tokens)")
+    notes.append(f"MLP units matched on activation correlations ({tokens} tokens; inputs of "
+                 + ", ".join(paths[:1]) + (" ..." if len(paths) > 1 else "") + ")")
+
+
+def down_projection_modules(model: torch.nn.Module, spec: ArchSpec, hspec: HiddenSpec) -> list[str]:
+    """Per layer, the exact module path of the MLP's down projection: the module owning the weight that
+    the architecture table marks as a residual writer (role ``write``) *and* as carrying the MLP units
+    on a hidden row. Its input is the MLP's hidden activation, whatever the module is called."""
+    found: dict[int, str] = {}
+    for name, _ in model.named_parameters():
+        if not name.endswith(".weight"):
+            continue
+        hit = hspec.match(name)
+        if hit is None or not any(seg.kind == "mlp" for seg in hit[0].segments):
+            continue
+        try:
+            role = spec.classify(name).role
+        except ArchitectureError:
+            continue
+        if role != "write":
+            continue
+        if hit[1] in found:
+            raise ArchitectureError(f"layer {hit[1]} has two MLP writers: {found[hit[1]]} and {name}")
+        found[hit[1]] = name[: -len(".weight")]
+    return [found[i] for i in sorted(found)]
 
 
 # ----------------------------------------------------------------------------- identical?
-def _identical_check(ca: Checkpoint, cb: Checkpoint, get_a: Callable[[str], torch.Tensor],
+def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
                      get_b: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
                      gauge: FullGauge, residual: ResidualMap, tol: float) -> dict[str, Any]:
-    """Every tensor of B against the recovered gauge applied to A: max relative difference, per layer."""
+    """Every tensor both hold, B's against the recovered gauge applied to A's: max relative difference
+    (``max |pred - B| / max |B|``), overall and per layer."""
     from gaugeport.core.apply import transform_tensor
 
-    rules = spec.classify_all(ca.names)
+    rules = spec.classify_all(names)
     worst, worst_name = 0.0, ""
     per_layer: dict[int, float] = {}
-    for name in ca.names:
+    for name in names:
         ta = get_a(name)
         if isinstance(residual, SignedPermutation):
             pred = transform_tensor(name, ta, rules[name], residual)
         else:
             pred = _rotate(ta, rules[name], residual.matrix)
         hit = hspec.match(name)
+        tb = get_b(name)
         if hit is not None:
             pred = transform_hidden(name, pred, hit[0], hit[1], gauge, dims)
-        tb = get_b(name)
+            if [seg.kind for seg in hit[0].segments] == ["mlp"] and tb.ndim == 2:
+                # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
+                # activation's gate likewise): compare each unit's direction, the function check decides
+                pred, tb = _unit_directions(pred, hit[0].axis), _unit_directions(tb, hit[0].axis)
         scale = float(tb.float().abs().max()) if tb.numel() else 0.0
         diff = float((pred.float() - tb.float()).abs().max()) if tb.numel() else 0.0
         rel = diff / scale if scale > 0 else diff
@@ -261,6 +448,12 @@ def _identical_check(ca: Checkpoint, cb: Checkpoint, get_a: Callable[[str], torc
             per_layer[li] = max(per_layer.get(li, 0.0), rel)
     return {"weights_match": worst <= tol, "max_rel_weight_diff": worst, "worst_tensor": worst_name,
             "per_layer_rel_diff": per_layer, "tol": tol}
+
+
+def _unit_directions(t: torch.Tensor, axis: int) -> torch.Tensor:
+    x = torch.movedim(t.double(), axis, 0)
+    norms = x.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-30)
+    return torch.movedim(x / norms.reshape(-1, *([1] * (x.ndim - 1))), 0, axis)
 
 
 def _rotate(t: torch.Tensor, rule: Any, q: np.ndarray) -> torch.Tensor:
@@ -277,12 +470,21 @@ def _function_check(a: str | Path, b: str | Path, tol: float) -> dict[str, Any]:
 
     ca = Checkpoint.open(a)
     ids = probe_token_ids(int(ca.config.get("text_config", ca.config).get("vocab_size", 2)), 2, 16, 0)
-    res = compare_models(load_model(a), load_model(b), ids, None, tol)
+    try:
+        model_a = load_model(a)
+        model_b = load_model(b)
+    except CheckpointError as exc:  # e.g. B dropped a tensor its class needs: no logits to compare
+        return {"function_match": False, "function_check": f"not run: {exc.message}"}
+    res = compare_models(model_a, model_b, ids, None, tol)
     return {"function_match": res.max_rel_diff <= tol, "logits_max_rel_diff": res.max_rel_diff,
             "probe_tokens": int(ids.numel())}
 
 
 # ----------------------------------------------------------------------------- p-values
+def _mean_or_none(x: np.ndarray | None) -> float | None:
+    return None if x is None else float(np.mean(x))
+
+
 def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
                   alpha: float) -> tuple[list[dict[str, Any]], float, float]:
     layers = []
@@ -296,21 +498,22 @@ def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
             "mlp_units_tested": h["n"],
             "mlp_matched_output_cos": h.get("matched_out_cos"),
             "mlp_null_output_cos": h.get("null_mean_cos"),
-            "mlp_mean_confidence": float(np.mean(est.mlp_confidence[i])),
-            "mlp_low_margin_units": int(np.sum(est.mlp_margin[i] < 0.05)),
-            "heads_mean_confidence": float(np.mean(est.head_confidence[i])),
+            "mlp_units_sampled": bool(h.get("sampled", False)),
+            "mlp_mean_confidence": _mean_or_none(est.mlp_confidence[i]),
+            "mlp_low_margin_units": None if est.mlp_margin[i] is None else int(np.sum(est.mlp_margin[i] < 0.05)),
+            "heads_mean_confidence": _mean_or_none(est.head_confidence[i]),
             "max_rel_weight_diff": ident["per_layer_rel_diff"].get(i),
         })
-    # Stouffer: the layers' z-scores summed, divided by sqrt(L): N(0, 1) under the null
     zs = [est.held_out[i]["z"] for i in range(dims.n_layers) if est.held_out[i]["n"]]
-    z_all = float(np.sum(zs) / np.sqrt(len(zs))) if zs else 0.0
+    z_all = _stouffer(zs)
     logp = float(stats.norm.logsf(z_all))
     # per-layer status in the verdict's words; Bonferroni over the L layers tested (a layer is "derived"
     # when its own p-value is below alpha / L), so the chance that any layer of an independent pair is
     # called derived stays below alpha
     per_layer_alpha = alpha / max(len(zs), 1)
     for lay in layers:
-        lay["status"] = ("identical" if (lay["max_rel_weight_diff"] or 0.0) <= ident["tol"] else
+        wd = lay["max_rel_weight_diff"]
+        lay["status"] = ("identical" if wd is not None and wd <= ident["tol"] else
                          "derived" if lay["p_value"] < per_layer_alpha else "independent")
         lay["status_alpha"] = per_layer_alpha
     return layers, float(np.exp(logp)), logp / np.log(10)
