@@ -152,3 +152,21 @@ def test_steering_only_reuses_the_studys_stages_and_finds_the_same_sweep(real_mi
     assert s["steering_sweep"] == r["steering_sweep"] and s["refusal_sweep"] == r["refusal_sweep"]
     md = (root / "steering" / "steering.md").read_text()
     assert "| 5a." in md and "| 5b." in md and "### Sentiment" in md
+
+
+def test_an_older_results_json_without_a_sweep_renders_without_any_steering_ratio():
+    """A run that predates the gate (as the committed one did) must not have its ratios printed."""
+    from pathlib import Path
+
+    from gaugeport.study.real.report import rows
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "real-study"
+    real = json.loads((docs / "results.json").read_text())
+    quick = json.loads((docs / "quick-results.json").read_text())
+    for key in ("steering_sweep", "refusal_sweep", "intervals"):
+        real.pop(key, None)  # what an older run lacks
+    real["steering_preserved"] = {"signed": 0.7, "perm_only": 3.4, "native_target": 0.9, "source_effect": -0.3}
+    real["refusal_effect"] = {"signed": 0.97, "perm_only": 1.65, "source_effect": -0.6}
+    real["refusal_cosine"] = {"signed": 1.0, "perm_only": -0.02}
+    r5 = [row for row in rows(real, quick) if row[0].startswith("5")]
+    assert all(row[1].startswith("no ratio") and row[2].startswith("no ratio") for row in r5)

@@ -43,6 +43,12 @@ def _apart(r: dict[str, Any], a: str, b: str) -> bool:
     return x is not None and y is not None and (x["hi"] < y["lo"] or y["hi"] < x["lo"])
 
 
+def _gated(r: dict[str, Any], ratio: str, sweep: str) -> Any:
+    """The ratio only when the run's sweep shows its source direction passed the gate (a run without a
+    sweep, e.g. an older ``results.json``, has no working direction to show)."""
+    return r.get(ratio) if (r.get(sweep) or {}).get("passes") else None
+
+
 def _function_row(r: dict[str, Any]) -> list[str]:
     f = r["function_max_logit_diff"]
     scale = f["logit_scale"]
@@ -129,7 +135,7 @@ def _sae_row(r: dict[str, Any]) -> list[str]:
 
 
 def _steering_row(r: dict[str, Any]) -> list[str]:
-    s, p = r.get("steering_preserved"), PAPER["steering_preserved"]
+    s, p = _gated(r, "steering_preserved", "steering_sweep"), PAPER["steering_preserved"]
     if s is None:
         return ["5a. polarity steering effect preserved", "no ratio", "no ratio",
                 steer.verdict(r.get("steering_sweep")),
@@ -152,7 +158,7 @@ def _steering_row(r: dict[str, Any]) -> list[str]:
 
 
 def _refusal_row(r: dict[str, Any]) -> list[str]:
-    c, e = r.get("refusal_cosine"), r.get("refusal_effect")
+    c, e = r.get("refusal_cosine"), _gated(r, "refusal_effect", "refusal_sweep")
     if e is None:
         return ["5b. refusal-like direction", "no ratio", "no ratio", steer.verdict(r.get("refusal_sweep")),
                 PAPER["refusal"], "Not measurable: the refusal-like direction does not pass the gate on the base "

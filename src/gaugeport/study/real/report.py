@@ -8,7 +8,7 @@ from typing import Any
 
 from gaugeport.study import steer
 from gaugeport.study.paper import PAPER
-from gaugeport.study.report import _apart, _iv, _with, pct, sci
+from gaugeport.study.report import _apart, _gated, _iv, _with, pct, sci
 
 Row = tuple[str, str, str, str, str]  # measurement, real, quick, paper, explanation
 
@@ -182,7 +182,7 @@ def _sae_steps(r: dict[str, Any]) -> int:
 
 
 def _steering(r: dict[str, Any]) -> str:
-    s = r.get("steering_preserved")
+    s = _gated(r, "steering_preserved", "steering_sweep")
     if s is None:
         return f"no ratio: {steer.verdict(r.get('steering_sweep'))}"
     return (f"B_d {_with(r, 'steering.signed', s['signed'], pct)}; "
@@ -203,7 +203,7 @@ def _ratio_words(r: dict[str, Any], name: str) -> str:
 
 
 def _steering_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
-    s = real.get("steering_preserved")
+    s = _gated(real, "steering_preserved", "steering_sweep")
     if s is None:
         return ("Not measurable here: the sentiment direction made on the base does not pass the gate (intended sign, "
                 f">= {steer.MIN_EFFECT:g} nat, >= {steer.MIN_RATIO:g}x the largest of {steer.N_RANDOM} random "
@@ -220,7 +220,7 @@ def _steering_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
 
 
 def _refusal(r: dict[str, Any]) -> str:
-    e = r.get("refusal_effect")
+    e = _gated(r, "refusal_effect", "refusal_sweep")
     if e is None:
         return f"no ratio: {steer.verdict(r.get('refusal_sweep'))}"
     c = r["refusal_cosine"]
@@ -233,7 +233,7 @@ def _refusal_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
     gap = _iv(real, "base.refusal_gap")
     gap_txt = (f"its own refusal-vs-compliance log-odds differ by {gap['value']:.2f} nats [{gap['lo']:.2f}, "
                f"{gap['hi']:.2f}] between harmful and harmless requests" if gap else "")
-    if real.get("refusal_effect") is None:
+    if _gated(real, "refusal_effect", "refusal_sweep") is None:
         return ("Not measurable on this model: " + (f"{gap_txt}, and " if gap_txt else "")
                 + "the harmful-minus-harmless direction does not pass the gate at any layer swept, so there is no "
                 "working source direction and no ratio is printed (see the refusal sweep below).")

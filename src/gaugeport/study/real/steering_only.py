@@ -27,8 +27,13 @@ from gaugeport.study.real.stages import build_real
 
 
 def measure(out: Path, seed: int = 0, stand_in: bool = False, cache_root: Path | None = None,
-            force: bool = False) -> dict[str, Any]:
+            force: bool = False, layers: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """``layers``: sweep only these (default: the preset's ``steering_layers``)."""
+    from dataclasses import replace
+
     cfg = preset("real-micro" if stand_in else "real", seed)
+    if layers:
+        cfg = replace(cfg, real=replace(cfg.real, steering_layers=tuple(layers)))
     rc = cfg.real
     assert rc is not None
     t0 = time.perf_counter()
@@ -77,8 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stand-in", action="store_true", help="the tiny stand-in models (seconds; tests)")
     p.add_argument("--force", action="store_true", help="replace --out")
+    p.add_argument("--layers", type=int, nargs="+", help="sweep only these layers (a quick look; default: all of "
+                   "the preset's)")
     a = p.parse_args(argv)
-    measure(a.out, a.seed, a.stand_in, force=a.force)
+    measure(a.out, a.seed, a.stand_in, force=a.force, layers=tuple(a.layers or ()))
 
 
 if __name__ == "__main__":
