@@ -128,3 +128,13 @@ def test_a_verb_holds_its_outputs_from_its_first_step(cli, tiny_dir, tmp_path, m
     assert code == 0, err
     assert seen == ["g.safetensors", "r.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.safetensors", "r.json"]
+
+
+def test_force_replaces_a_symlink_itself_never_what_it_points_to(tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "keep.txt").write_text("kept")
+    (tmp_path / "out").symlink_to(tmp_path / "target")
+    with fileio.atomic_path(tmp_path / "out", force=True, kind="file") as tmp:
+        tmp.write_text("new")
+    assert not (tmp_path / "out").is_symlink() and (tmp_path / "out").read_text() == "new"
+    assert (tmp_path / "target" / "keep.txt").read_text() == "kept"

@@ -330,8 +330,10 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 def check_replaceable(path: Path, kind: str | None, label: str = "output") -> None:
     """``--force`` replaces a file with a file and a directory with a directory, never one kind by the other."""
+    import stat
+
     st = _lstat(path)
-    if st is None or kind is None:
+    if st is None or kind is None or stat.S_ISLNK(st.st_mode):  # a link is only a name: replacing it loses nothing
         return
     have = _kind(st)
     if have != kind:
