@@ -39,8 +39,8 @@ def calibration(workdir: Path, steps: int = 300, ft_steps: int = 200) -> dict:
     from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
     from gaugeport.core.gauge import SignedPermutation
     from gaugeport.provenance.baseline import permutation_matcher_test
-    from gaugeport.provenance.experiments import finetuned, trained
     from gaugeport.provenance.same import same
+    from gaugeport.study.provenance_runs import finetuned, trained
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()

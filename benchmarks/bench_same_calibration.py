@@ -45,8 +45,8 @@ def run(workdir: Path) -> dict:
     import torch
     from scipy import stats
 
-    from gaugeport.provenance.experiments import TinyRun, fresh_model, train
     from gaugeport.provenance.same import same
+    from gaugeport.study.provenance_runs import TinyRun, fresh_model, train
 
     torch.set_num_threads(1)
     pairs = []

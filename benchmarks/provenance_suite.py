@@ -83,7 +83,7 @@ def _cached(path: Path, build: Callable[[], torch.nn.Module]) -> Path:
 
 def tiny_pairs(root: Path) -> list[dict[str, Any]]:
     from gaugeport.core.verify import load_model
-    from gaugeport.provenance.experiments import TinyRun, finetuned, trained
+    from gaugeport.study.provenance_runs import TinyRun, finetuned, healed, trained
 
     run = TinyRun(d_model=64, d_ff=128, n_layers=3, n_heads=4, n_kv_heads=2)
     base_p = _cached(root / "base", lambda: trained(0, TINY_STEPS, run))
@@ -103,7 +103,7 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
         "residual 48/64": lambda m: D.prune_residual(m, 48),
         "vocab +16": lambda m: D.extend_vocab(m, 16),
         "MoE upcycle x4": lambda m: D.upcycle_to_mixtral(m, 4, noise=0.02),
-        "MLP 96/128 + heal 30": lambda m: D.healed(D.prune_mlp(m, 96), 30, data_seed=55),
+        "MLP 96/128 + heal 30": lambda m: healed(D.prune_mlp(m, 96), 30, data_seed=55),
     }
     pairs = []
     for i, (kind, f) in enumerate(derive.items()):
@@ -146,7 +146,14 @@ def _smollm_finetune(model: torch.nn.Module, src: Path, steps: int, seed: int) -
     return m
 
 
-def real_pairs(root: Path, tiny_base: Path) -> list[dict[str, Any]]:
+REAL_KINDS = {"finetune": "fine-tune 30 steps", "depth": "depth 24/30", "mlp": "MLP 1152/1536",
+              "residual": "residual 480/576", "vocab": "vocab +256"}
+
+
+def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = tuple(REAL_KINDS),
+               light: bool = False) -> list[dict[str, Any]]:
+    """SmolLM2 pairs; ``light``: only the gauged copy of each derivation (the plain one when it has none) and
+    only the tiny negative (a fresh 30-block initialisation costs as much as a positive)."""
     import transformers
 
     from gaugeport.core.verify import load_model
@@ -162,11 +169,15 @@ def real_pairs(root: Path, tiny_base: Path) -> list[dict[str, Any]]:
         "residual 480/576": lambda m: D.prune_residual(m, 480),
         "vocab +256": lambda m: D.extend_vocab(m, 256),
     }
+    wanted = {REAL_KINDS[k] for k in kinds}
     pairs = []
     for i, (kind, f) in enumerate(derive.items()):
+        if kind not in wanted:
+            continue
         slug = "smol_" + kind.replace(" ", "_").replace("/", "of").replace("+", "p")
         p = _cached(root / slug, lambda f=f: f(model))
-        pairs.append({"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {kind}"})
+        if not (light and kind in REAL_GAUGED):
+            pairs.append({"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {kind}"})
         if kind in REAL_GAUGED:
             pairs.append({"set": "real", "a": src, "b": _gauged(p, root / f"{slug}_g", 200 + i), "label": 1,
                           "lineage": f"SmolLM2 {kind} + full gauge"})
@@ -175,8 +186,9 @@ def real_pairs(root: Path, tiny_base: Path) -> list[dict[str, Any]]:
         torch.manual_seed(0)
         return transformers.AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
 
-    pairs.append({"set": "real", "a": src, "b": _cached(root / "smol_fresh_init", fresh), "label": 0,
-                  "lineage": "SmolLM2 vs its architecture freshly initialised"})
+    if not light:
+        pairs.append({"set": "real", "a": src, "b": _cached(root / "smol_fresh_init", fresh), "label": 0,
+                      "lineage": "SmolLM2 vs its architecture freshly initialised"})
     pairs.append({"set": "real", "a": src, "b": tiny_base, "label": 0, "lineage": "SmolLM2 vs tiny base (d=64)"})
     return pairs
 
@@ -372,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
                     default=Path(os.environ.get("TMPDIR", "/tmp")) / "gaugeport-provenance-suite")
     ap.add_argument("--out", type=Path, default=HERE / "provenance_suite.json")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--real-light", action="store_true",
+                    help="SmolLM2: gauged copies only, tiny negative only (a shared 2-core machine)")
+    ap.add_argument("--real-kinds", default=",".join(REAL_KINDS),
+                    help="SmolLM2 derivations to run (comma list of " + ", ".join(REAL_KINDS) + ")")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
@@ -379,20 +395,41 @@ def main(argv: list[str] | None = None) -> int:
     _log("building tiny pairs")
     pairs = tiny_pairs(args.workdir / "tiny")
     if not args.quick:
-        _log("building real pairs (SmolLM2-135M)")
-        pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base")
         _log("building MiniLM pairs (all-MiniLM-L6-v2 and its int8 ONNX export)")
         pairs += minilm_pairs(args.workdir / "minilm")
+        _log("building real pairs (SmolLM2-135M)")
+        kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
+        bad = [k for k in kinds if k not in REAL_KINDS]
+        if bad:
+            ap.error(f"unknown --real-kinds {bad}; choose from {', '.join(REAL_KINDS)}")
+        pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", kinds, args.real_light)
+    # every finished pair is appended to <out>.partial.jsonl; a rerun reuses those rows (delete it to start over)
+    partial = args.out.with_name(args.out.name + ".partial.jsonl")
+    done = {}
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            done[row["a"], row["b"], row["lineage"]] = row
     rows = []
     for i, p in enumerate(pairs, 1):
+        key = (str(p["a"]), str(p["b"]), p["lineage"])
+        if key in done:
+            rows.append(done[key])
+            continue
         _log(f"pair {i}/{len(pairs)}: {p['lineage']}")
-        rows.append(run_pair(p, METHODS))
+        rows.append(json.loads(json.dumps(run_pair(p, METHODS), default=str)))
+        with partial.open("a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
     for m in METHODS:
         _z_scores(rows, m)
     summ = summary(rows, METHODS)
     for r in rows:
         r["best_z"] = winner(r, METHODS)
     doc = {"benchmark": "provenance_suite", "quick": args.quick, "threads": args.threads,
+           "real_kinds": None if args.quick else args.real_kinds, "real_light": args.real_light,
            "seconds_total": time.perf_counter() - t_all, "peak_rss_mb": _peak_rss_mb(),
            "note": "wall-clock seconds on a shared machine; z: (score - mean of negatives) / sd of negatives",
            "summary": summ, "pairs": rows}

@@ -1,12 +1,27 @@
-"""gaugeport: signed-permutation gauges for RMSNorm transformers.
+"""gaugeport: the coordinate gauge of transformer checkpoints, and artifacts carried through it.
 
-The small public API (everything else lives in its own module)::
+The residual stream's coordinates are not fixed by the function a model computes: an RMSNorm model
+keeps its function under any signed permutation of them (``B_d``), a LayerNorm model under any
+permutation with one global sign (``S_d x {+-1}``: LayerNorm's mean subtraction forbids per-coordinate
+signs); inside each block, MLP units and attention heads can be permuted too (the full-network gauge).
+gaugeport detects the group of a checkpoint, applies a gauge and verifies the function, estimates the
+gauge between two checkpoints, carries artifacts through it, and tells whether one checkpoint derives
+from another.
+
+The public API (everything else lives in its own module; each name is imported on first use)::
 
     from gaugeport import SignedPermutation, load_gauge, save_gauge, apply_gauge, inspect
     g = SignedPermutation.random(4096, seed=0)          # y[perm[i]] = signs[i] * x[i]
     apply_gauge("ckpt_a/", g, out="ckpt_b/")            # a checkpoint dir, a state dict or an nn.Module
     match_coordinates(C, method="signed")               # estimate a gauge from a d x d correlation
     align_checkpoints("ckpt_a/", "ckpt_b/", DataOptions("corpus.txt")).save("g.safetensors")
+    transport_vector(v, g)                              # a steering vector in B's coordinates
+
+    # provenance: the full-network gauge (residual, MLP units, heads)
+    same("ckpt_a/", "ckpt_b/").verdict                  # "identical", "derived" or "independent"
+    canonicalize("ckpt_b/", "canon/")                   # the gauge orbit's canonical representative
+    fingerprint("ckpt_b/")                              # equal for every gauged copy
+    FullGauge, load_full_gauge, save_full_gauge         # the full gauge and its file
 """
 
 from __future__ import annotations
@@ -19,7 +34,10 @@ from typing import TYPE_CHECKING, Any
 from gaugeport.core.errors import GaugeportError
 
 if TYPE_CHECKING:
+    from gaugeport.core.fullgauge import FullGauge, load_full_gauge, save_full_gauge  # noqa: F401
     from gaugeport.core.gauge import SignedPermutation, compose, load_gauge, read_gauge_file, save_gauge  # noqa: F401
+    from gaugeport.provenance.canonical import canonicalize, fingerprint  # noqa: F401
+    from gaugeport.provenance.same import SameResult, same  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -46,6 +64,13 @@ _LAZY = {
     "collect_checkpoints": "gaugeport.estimate.pipeline",
     "audit_claims": "gaugeport.transport.audit",
     "transport_vector": "gaugeport.transport",
+    "FullGauge": "gaugeport.core.fullgauge",
+    "load_full_gauge": "gaugeport.core.fullgauge",
+    "save_full_gauge": "gaugeport.core.fullgauge",
+    "same": "gaugeport.provenance.same",
+    "SameResult": "gaugeport.provenance.same",
+    "canonicalize": "gaugeport.provenance.canonical",
+    "fingerprint": "gaugeport.provenance.canonical",
 }
 
 

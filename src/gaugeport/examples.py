@@ -29,7 +29,7 @@ def save_tokenizer(path: str | Path) -> Path:
     """Write a word-level tokenizer over the built-in corpus's vocabulary (``tokenizer.json`` and its config)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    from gaugeport.study import corpus
+    from gaugeport.estimate import corpus
 
     words = corpus.tokenizer().vocab
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -81,10 +81,10 @@ def save_fp8_checkpoint(path: str | Path, seed: int = 0) -> Path:
 
 def save_sae(checkpoint: str | Path, path: str | Path, site: str = "resid_post.1", expansion: int = 4,
              seed: int = 0) -> Path:
-    """An SAELens ``standard`` SAE (random weights) on ``site`` of ``checkpoint``'s residual stream."""
+    """An SAELens ``standard`` SAE directory (``cfg.json`` + ``sae_weights.safetensors``, random weights) on
+    ``site`` of ``checkpoint``'s residual stream; ``sae_lens.SAE.load_from_disk`` reads it."""
     import torch
-
-    from gaugeport.study.sae import save_saelens
+    from safetensors.torch import save_file
 
     cfg = json.loads((Path(checkpoint) / "config.json").read_text())
     d = int(cfg.get("hidden_size") or cfg["n_embd"])
@@ -93,7 +93,15 @@ def save_sae(checkpoint: str | Path, path: str | Path, site: str = "resid_post.1
     weights = {"W_enc": w_enc, "W_dec": w_enc.T.contiguous(), "b_enc": torch.zeros(expansion * d),
                "b_dec": torch.randn(d, generator=g) * 0.1}
     layer = site.rsplit(".", 1)[-1]
-    return save_saelens(weights, Path(path), hook_name=f"blocks.{layer}.hook_resid_post", model_name=str(checkpoint))
+    sae_cfg = {"architecture": "standard", "d_in": d, "d_sae": expansion * d, "dtype": "float32", "device": "cpu",
+               "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+               "metadata": {"sae_lens_version": "6.0.0", "sae_lens_training_version": "6.0.0",
+                            "hook_name": f"blocks.{layer}.hook_resid_post", "model_name": str(checkpoint)}}
+    path = Path(path)
+    path.mkdir(parents=True)
+    save_file(weights, str(path / "sae_weights.safetensors"))
+    (path / "cfg.json").write_text(json.dumps(sae_cfg, indent=2))
+    return path
 
 
 def save_trainer_run(checkpoint: str | Path, path: str | Path, steps: int = 4) -> Path:
@@ -102,7 +110,7 @@ def save_trainer_run(checkpoint: str | Path, path: str | Path, steps: int = 4) -
     import transformers
     from transformers import Trainer, TrainingArguments
 
-    from gaugeport.study.corpus import builtin_token_ids
+    from gaugeport.estimate.corpus import builtin_token_ids
 
     class Tokens(torch.utils.data.Dataset):
         def __init__(self, ids: torch.Tensor) -> None:
@@ -126,7 +134,7 @@ def save_trainer_run(checkpoint: str | Path, path: str | Path, steps: int = 4) -
 
 def save_text(path: str | Path, n_docs: int = 400, seed: int = 0) -> Path:
     """Built-in corpus documents: ``.jsonl`` writes ``{"text": ...}`` per line, anything else one document a line."""
-    from gaugeport.study.corpus import sample_documents
+    from gaugeport.estimate.corpus import sample_documents
 
     path = Path(path)
     docs = sample_documents(n_docs, seed=seed)

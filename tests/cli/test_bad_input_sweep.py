@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ def tree_state(root: Path) -> dict[str, str]:
 class Workspace:
     root: Path
     tiny: Callable[..., Path]
+    env: dict[str, str] = field(default_factory=dict)  # set while the command runs
 
     def ckpt(self, name: str = "a", model: str = "llama", seed: int = 0) -> Path:
         dst = self.root / name
@@ -193,6 +194,15 @@ def _npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _npy_lying_header(shape: tuple[int, ...], dtype: str = "<i8") -> bytes:
+    """A .npy whose header promises ``shape`` but that holds 64 bytes of data."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + bytes(64)
+
+
 def _bad_signs(w: Workspace, value: int, dtype: torch.dtype = torch.int8) -> Path:
     signs = torch.ones(32, dtype=dtype)
     signs[5] = value
@@ -203,13 +213,55 @@ def _vector(w: Workspace) -> Path:
     return w.file("v.npy", _npy(np.ones(32, np.float32)))
 
 
-def _sae(w: Workspace, d_in_cfg: int = 32) -> Path:
+def _sae(w: Workspace, d_in_cfg: int = 32, drop: str | None = None) -> Path:
     sae = w.root / "sae"
     sae.mkdir()
-    save_file({"W_enc": torch.randn(32, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 32),
-               "b_dec": torch.zeros(32)}, str(sae / "sae_weights.safetensors"))
+    tensors = {"W_enc": torch.randn(32, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 32),
+               "b_dec": torch.zeros(32)}
+    save_file({k: v for k, v in tensors.items() if k != drop}, str(sae / "sae_weights.safetensors"))
     (sae / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": d_in_cfg, "d_sae": 8}))
     return sae
+
+
+def _sparsify(w: Workspace, drop: str | None = None, **cfg: object) -> list[object]:
+    """A sparsify hookpoint directory (8 latents on a 32-wide stream), its cfg.json changed by ``cfg``."""
+    sae = w.root / "layers.1"
+    sae.mkdir()
+    tensors = {"encoder.weight": torch.randn(8, 32), "encoder.bias": torch.zeros(8), "W_dec": torch.randn(8, 32),
+               "b_dec": torch.zeros(32)}
+    save_file({k: v for k, v in tensors.items() if k != drop}, str(sae / "sae.safetensors"))
+    (sae / "cfg.json").write_text(json.dumps({"expansion_factor": 32, "normalize_decoder": True, "num_latents": 8,
+                                              "k": 4, "d_in": 32, **cfg}))
+    return ["transport", sae, "--gauge", w.gauge(), "--out", w.root / "o"]
+
+
+def _hub(w: Workspace, ref: str | None = None) -> Path:
+    """A hub cache holding org/tiny at commit 'a' * 40 (its refs/main changed to ``ref``), and a checkpoint
+    outside the cache, ``ws/evil``, that a crafted ref could point at."""
+    import hashlib
+
+    hub = w.root / "hf" / "hub"
+    repo = hub / "models--org--tiny"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for f in sorted(w.tiny("llama", 0).iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40 if ref is None else ref)
+    w.ckpt("evil")
+    w.env.update(HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1")
+    return hub
+
+
+def _via(w: Workspace, hop: str) -> list[object]:
+    """align with one intermediate checkpoint named by the relative path ``hop`` (missing), from the workspace."""
+    w.ckpt("a"), w.ckpt("b", seed=1), (w.root / "ckpt").mkdir()
+    w.env.update(HF_HUB_CACHE=str(w.root / "no-hub-cache"), HF_HUB_OFFLINE="1")
+    return ["align", "a", "b", "--via", hop, "--data", "builtin", "--tokens", "64", "--seq-len", "16",
+            "--out", "g.safetensors"]
 
 
 def _evil_pt(w: Workspace) -> Path:
@@ -299,8 +351,9 @@ def _fp8(w: Workspace, scale: float | None = None, **quant: object) -> Path:
     return w.edit_config(a, quantization_config={"quant_method": "fp8", "weight_block_size": [16, 16], **quant})
 
 
-def _dequantize(w: Workspace, ckpt: Path, dtype: str = "bf16") -> list[object]:
-    return ["apply", ckpt, "--dequantize", dtype, "--random-seed", "0", "--out", w.root / "o", "--quiet"]
+def _dequantize(w: Workspace, ckpt: Path, dtype: str = "bf16", quiet: bool = True) -> list[object]:
+    return ["apply", ckpt, "--dequantize", dtype, "--random-seed", "0", "--out", w.root / "o",
+            *(["--quiet"] if quiet else [])]
 
 
 def _gptq_config(w: Workspace, **quant: object) -> Path:
@@ -510,6 +563,18 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
     "sae-cfg-d-in-disagrees": (
         lambda w: ["transport", _sae(w, d_in_cfg=48), "--gauge", w.gauge(), "--out", w.root / "o"], 2,
         "cfg.json says d_in=48"),
+    "saelens-sae-without-w-dec": (
+        lambda w: ["transport", _sae(w, drop="W_dec"), "--gauge", w.gauge(), "--out", w.root / "o"], 2,
+        "the SAE lacks W_dec"),
+    "saelens-sae-without-b-dec": (
+        lambda w: ["transport", _sae(w, drop="b_dec"), "--gauge", w.gauge(), "--out", w.root / "o"], 2,
+        "the SAE lacks b_dec"),
+    "sparsify-cfg-d-in-disagrees": (lambda w: _sparsify(w, d_in=48), 2, "says d_in=48 but encoder.weight"),
+    "sparsify-cfg-num-latents-disagrees": (lambda w: _sparsify(w, num_latents=16), 2, "says num_latents=16"),
+    "sparsify-cfg-d-in-string": (lambda w: _sparsify(w, d_in="32"), 2, "d_in = '32' is not a non-negative"),
+    "sparsify-skip-connection-without-w-skip": (lambda w: _sparsify(w, skip_connection=True), 2,
+                                                "says skip_connection=True but the weights lack W_skip"),
+    "sparsify-without-b-dec": (lambda w: _sparsify(w, drop="b_dec"), 2, "the sparsify SAE lacks b_dec"),
     # 6. more malformed input that used to end in a traceback
     "random-seed-negative": (
         lambda w: ["apply", w.ckpt(), "--random-seed", "-1", "--out", w.root / "o"], 2, "non-negative integer"),
@@ -554,7 +619,8 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
                               "is not two positive integers"),
     "fp8-block-size-float": (lambda w: _dequantize(w, _fp8(w, weight_block_size=[16.5, 16])), 2,
                              "is not two positive integers"),
-    "fp8-scale-overflows-bf16": (lambda w: _dequantize(w, _fp8(w, scale=1e38)), 2, "gives values beyond bfloat16"),
+    "fp8-scale-overflows-bf16": (lambda w: _dequantize(w, _fp8(w, scale=1e38), quiet=False), 2,
+                                 "gives values beyond bfloat16"),  # with the progress bar drawn
     "fp8-scale-overflows-fp32": (lambda w: _dequantize(w, _fp8(w, scale=1e38), "fp32"), 2,
                                  "gives values beyond float32"),
     "fp8-scale-nan": (lambda w: _dequantize(w, _fp8(w, scale=float("nan"))), 2, "weight_scale_inv' in"),
@@ -591,10 +657,68 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
         lambda w: _align_data(w, w.file("t.txt", b"hello\n\xff\xfe world\n")), 2, "is not UTF-8 text"),
     "jsonl-undecodable-bytes": (
         lambda w: _align_data(w, w.file("t.jsonl", b'{"text": "caf\xe9"}\n')), 2, "is not UTF-8 text"),
+    # 14. hub references: a ref or a revision never leads outside the cache
+    "hub-refs-main-relative-escape": (
+        lambda w: _hub(w, "../../../../evil") and ["inspect", "org/tiny"], 2, "not a commit hash"),
+    "hub-refs-main-absolute": (
+        lambda w: _hub(w, str(w.root / "evil")) and ["inspect", "org/tiny"], 2, "not a commit hash"),
+    "hub-revision-absolute-path": (
+        lambda w: _hub(w) and ["inspect", f"org/tiny@{w.root / 'evil'}"], 2, "is not a branch, tag or commit name"),
+    "hub-revision-parent-segments": (
+        lambda w: _hub(w) and ["apply", "org/tiny@refs/../../evil", "--random-seed", "0", "--out", w.root / "o"], 2,
+        "checkpoint directory not found"),
+    "hub-refs-main-not-text": (
+        lambda w: _hub(w, "\x00\x01") and ["inspect", "org/tiny"], 2, "not a commit hash"),
+    "verify-npy-header-promises-terabytes": (
+        lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--data", w.file("t.npy", _npy_lying_header((10**6, 10**6)))],
+        2, "header says shape (1000000, 1000000)"),
+    "align-npy-header-promises-more": (
+        lambda w: _align_data(w, w.file("t.npy", _npy_lying_header((4, 8)))), 2, "but the file holds 64 bytes"),
+    "transport-npy-header-promises-more": (
+        lambda w: ["transport", w.file("v.npy", _npy_lying_header((10**9, 32), "<f4")), "--gauge", w.gauge(),
+                   "--out", w.root / "o.npy"], 2, "the .npy file is truncated or its header was edited"),
+    "align-via-missing-local-path": (lambda w: _via(w, "ckpt/c1"), 2, "ckpt/ exists here but holds no c1"),
+    "align-via-missing-hub-id": (lambda w: _via(w, "org/c1"), 2, "neither a local path nor a snapshot cached"),
     # 11. a pickle with code objects: refused for safety, and the check is never to be disabled
     "transport-malicious-pickle": (
         lambda w: ["transport", _evil_pt(w), "--gauge", w.gauge(), "--out", w.root / "o.pt"], 2,
         "contains code objects (it names posix.mkdir)"),
+    # 9b. usage errors are bad input like any other: error:, hint: naming the verb's --help, exit 2
+    "same-unknown-option-full": (lambda w: ["same", w.ckpt("a"), w.ckpt("b"), "--full"], 2,
+                                 "No such option: --full"),
+    "merge-unknown-option-kind": (lambda w: ["merge", w.ckpt("a"), w.ckpt("b"), "--kind", "sae", "--out",
+                                             w.root / "o"], 2, "No such option: --kind"),
+    "verify-tol-not-a-number": (lambda w: ["verify", w.ckpt("a"), w.ckpt("b"), "--tol", "abc"], 2,
+                                "Invalid value for '--tol'"),
+    "apply-missing-out": (lambda w: ["apply", w.ckpt()], 2, "Missing option '--out'"),
+    "unknown-verb": (lambda w: ["aply", w.ckpt()], 2, "No such command 'aply'"),
+    # 9c. range checks of options, with hints for the option that is wrong
+    "same-tol-negative": (lambda w: ["same", w.ckpt("a"), w.ckpt("b"), "--tol", "-1"], 2,
+                          "--tol -1 is not a finite number >= 0"),
+    "same-alpha-above-one": (lambda w: ["same", w.ckpt("a"), w.ckpt("b"), "--alpha", "5"], 2,
+                             "--alpha is the p-value below which"),
+    "same-tokens-zero": (lambda w: ["same", w.ckpt("a"), w.ckpt("b"), "--tokens", "0"], 2, "--tokens 0"),
+    "merge-alpha-above-one": (
+        lambda w: ["merge", w.ckpt("a"), w.ckpt("b", seed=1), "--gauge", w.gauge(), "--alpha", "2",
+                   "--out", w.root / "o", "--quiet"], 2, "alpha is B's weight"),
+    "merge-different-architectures": (
+        lambda w: ["merge", w.ckpt("a"), w.ckpt("b", model="gpt2"), "--gauge", w.gauge(), "--out", w.root / "o",
+                   "--quiet"], 2, "merges need two checkpoints of one architecture"),
+    "audit-claim-index-1e23": (
+        lambda w: ["audit", w.file("c.json", CLAIMS.replace("[1]", "[100000000000000000000000]")), "--d", "32",
+                   "--out", w.root / "o"], 2, "not a coordinate index"),
+    "audit-claim-index-float": (
+        lambda w: ["audit", w.file("c.json", CLAIMS.replace("[1]", "[1e23]")), "--d", "32", "--out", w.root / "o"],
+        2, "must be a non-empty list of integers (found 1e+23)"),
+    "audit-claim-index-negative": (
+        lambda w: ["audit", w.file("c.json", CLAIMS.replace("[1]", "[-4]")), "--d", "32", "--out", w.root / "o"],
+        2, "indices name residual coordinates"),
+    "audit-claim-index-past-d": (
+        lambda w: ["audit", w.file("c.json", CLAIMS.replace("[1]", "[40]")), "--d", "32", "--out", w.root / "o"],
+        2, "indices name residual coordinates"),
+    "same-family-without-hidden-rows": (
+        lambda w: ["same", w.ckpt("a", model="olmoe"), w.ckpt("b", model="olmoe")], 2,
+        "residual gauges work (apply without --full"),
     # 9. messages
     "inspect-config-file-not-dir": (lambda w: ["inspect", w.ckpt() / "config.json"], 2, "is a file, not a"),
     "inspect-missing": (lambda w: ["inspect", w.root / "nope"], 2, "not found"),
@@ -602,18 +726,23 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], int, str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input(case: str, cli, tiny_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input(case: str, cli, tiny_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
     build, want_code, fragment = CASES[case]
     ws = tmp_path / "ws"
     ws.mkdir()
-    argv = build(Workspace(ws, tiny_dir))
+    workspace = Workspace(ws, tiny_dir)
+    argv = build(workspace)
+    for key, value in workspace.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ws)  # relative paths in a row start from the workspace
     before = tree_state(ws)
     capsys.readouterr()  # whatever building the inputs printed
     code, _, err = cli(*argv)
     assert code == want_code, err
     assert fragment in err, err
     assert "Traceback" not in err
-    lines = err.replace("\r", "\n").splitlines()
+    lines = err.split("\n")  # the error starts a fresh line, even after a progress bar's carriage returns
     at = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     assert at and at[0] + 1 < len(lines) and lines[at[0] + 1].startswith("hint: "), err
     assert tree_state(ws) == before, "the workspace changed (something written or an input modified)"

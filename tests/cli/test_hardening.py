@@ -109,7 +109,6 @@ def test_an_unexpected_exception_is_an_internal_error_not_a_traceback(cli, tiny_
 
     monkeypatch.setattr(inspection, "inspect_checkpoint", broken)
     monkeypatch.delenv("GAUGEPORT_DEBUG", raising=False)
-    monkeypatch.setattr("gaugeport.cli.core.inspect_checkpoint", broken)
     code, _, err = cli("inspect", tiny_dir("llama"))
     assert code == 1 and "Traceback" not in err
     assert err.startswith("error: internal error: ZeroDivisionError: division by zero (please report)")

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import CheckpointError
-from gaugeport.models.hub import hub_provenance, parse_hub_id, resolve_checkpoint
+from gaugeport.core.hub import hub_provenance, parse_hub_id, resolve_checkpoint
 
 COMMIT_MAIN, COMMIT_V1 = "a" * 40, "b" * 40
 
@@ -91,3 +91,43 @@ def test_apply_and_verify_take_a_hub_id_and_record_the_revision(hub_home: Path, 
                                              ("a/b/c", None), ("../x", None), ("name", None)])
 def test_parse_hub_id(ref: str, parsed: tuple[str, str] | None) -> None:
     assert parse_hub_id(ref) == parsed
+
+
+def test_a_folder_merely_named_like_a_snapshot_is_not_recorded_as_hub(hub_home: Path, tiny_dir, cli) -> None:
+    fake = Path("elsewhere") / "models--org--fake" / "snapshots" / ("c" * 40)
+    shutil.copytree(tiny_dir("llama", 0), fake)
+    assert hub_provenance(fake) == {} and Checkpoint.open(fake).hub == {}
+    code, _, err = cli("apply", fake, "--random-seed", "0", "--out", "b", "--quiet")
+    assert code == 0, err
+    with safe_open("b/model.safetensors", "pt") as f:
+        assert "gaugeport_hub_repo" not in f.metadata()
+
+
+def test_a_symlink_to_a_cached_snapshot_is_recorded(hub_home: Path) -> None:
+    snap = resolve_checkpoint("org/tiny@v1")
+    Path("mine").symlink_to(snap)
+    assert hub_provenance("mine") == {"gaugeport_hub_repo": "org/tiny", "gaugeport_hub_revision": COMMIT_V1}
+
+
+@pytest.mark.parametrize("content", ["../../../../elsewhere", "/abs/elsewhere", "v1", ""])
+def test_a_ref_that_is_not_a_commit_is_refused(hub_home: Path, content: str) -> None:
+    (hub_home / "hub" / "models--org--tiny" / "refs" / "main").write_text(content)
+    with pytest.raises(CheckpointError, match="not a commit hash"):
+        resolve_checkpoint("org/tiny")
+
+
+@pytest.mark.parametrize("rev", ["/etc", "refs//main", "./main", "main/"])
+def test_a_revision_that_is_a_path_is_refused(hub_home: Path, rev: str) -> None:
+    with pytest.raises(CheckpointError, match="is not a branch, tag or commit name"):
+        resolve_checkpoint(f"org/tiny@{rev}")
+
+
+def test_a_snapshot_that_is_itself_a_symlink_is_recorded(hub_home: Path, tmp_path: Path) -> None:
+    snap = hub_home / "hub" / "models--org--tiny" / "snapshots" / COMMIT_V1
+    moved = tmp_path / "moved-snapshot"
+    shutil.copytree(snap, moved, symlinks=False)
+    shutil.rmtree(snap)
+    snap.symlink_to(moved)
+    path = resolve_checkpoint("org/tiny@v1")
+    assert hub_provenance(path) == {"gaugeport_hub_repo": "org/tiny", "gaugeport_hub_revision": COMMIT_V1}
+    assert Checkpoint.open("org/tiny@v1").hub["gaugeport_hub_revision"] == COMMIT_V1

@@ -107,3 +107,34 @@ def test_force_replaces_a_file_only_with_a_file_and_a_directory_only_with_a_dire
     with fileio.atomic_path(tmp_path / "f", force=True, kind="file") as tmp:
         tmp.write_text("new")
     assert (tmp_path / "f").read_text() == "new"
+
+
+def test_a_verb_holds_its_outputs_from_its_first_step(cli, tiny_dir, tmp_path, monkeypatch):
+    """align writes its gauge file at the very end; the file is reserved before the estimation starts."""
+    from gaugeport.estimate import pipeline
+
+    real, seen = pipeline.align_checkpoints, []
+
+    def estimate_while_another_run_tries_the_output(*args, **kwargs):
+        for out in (tmp_path / "g.safetensors", tmp_path / "r.json"):
+            with pytest.raises(CheckpointError, match="being written by another gaugeport run"):
+                fileio.reserve_output(out)
+            seen.append(out.name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "align_checkpoints", estimate_while_another_run_tries_the_output)
+    code, _, err = cli("align", tiny_dir("llama"), tiny_dir("llama", 1), "--method", "weights",
+                       "--out", tmp_path / "g.safetensors", "--report", tmp_path / "r.json", "--quiet")
+    assert code == 0, err
+    assert seen == ["g.safetensors", "r.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.safetensors", "r.json"]
+
+
+def test_force_replaces_a_symlink_itself_never_what_it_points_to(tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "keep.txt").write_text("kept")
+    (tmp_path / "out").symlink_to(tmp_path / "target")
+    with fileio.atomic_path(tmp_path / "out", force=True, kind="file") as tmp:
+        tmp.write_text("new")
+    assert not (tmp_path / "out").is_symlink() and (tmp_path / "out").read_text() == "new"
+    assert (tmp_path / "target" / "keep.txt").read_text() == "kept"

@@ -64,7 +64,10 @@ def test_each_forward_loads_every_block_once_and_frees_it(tiny_dir):
 
 
 def test_a_family_that_cannot_stream_runs_whole_and_says_why(tiny_dir):
-    model = load_streamed(tiny_dir("mixtral"))
+    from gaugeport.core.stream import StreamFallbackWarning
+
+    with pytest.warns(StreamFallbackWarning, match="loaded whole"):
+        model = load_streamed(tiny_dir("mixtral"))
     info = stream_info(model)
     assert not info.streamed and "converts" in info.note
     assert all(p.device.type == "cpu" for p in model.parameters())
@@ -139,3 +142,18 @@ def test_collect_and_align_on_cuda_without_a_gpu_exit_2(cli, tiny_dir, tmp_path,
     path = tiny_dir("llama")
     code, _, err = cli(verb, path, path, "--out", tmp_path / "x", "--device", "cuda", "--tokens", "64")
     assert code == 2 and "no CUDA device" in err
+
+
+def test_weight_difference_is_taken_over_every_chunk(monkeypatch):
+    """The float64 comparison runs a chunk at a time: a difference in the last chunk counts, and so
+    does the largest |value| (the scale) found there."""
+    import gaugeport.core.verify as verify
+
+    monkeypatch.setattr(verify, "_DIFF_CHUNK", 7)
+    a = torch.zeros(50)
+    a[3] = 1.0
+    b = a.clone()
+    b[48] = 0.25
+    assert verify._max_diff_and_scale(a, b) == (0.25, 1.0)
+    a[49] = -2.0
+    assert verify._max_diff_and_scale(a, b) == (2.0, 2.0)

@@ -103,9 +103,10 @@ def _run_step(step: Step, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     shim = Path(".readme-bin")
     if not shim.exists():  # `python` and `gaugeport` as in an activated .venv, for this interpreter
         shim.mkdir()
-        (shim / "python").symlink_to(sys.executable)
-        (shim / "gaugeport").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m gaugeport.cli \"$@\"\n")
-        (shim / "gaugeport").chmod(0o755)
+        python = shlex.quote(sys.executable)
+        for name, target in (("python", python), ("gaugeport", f"{python} -m gaugeport.cli")):
+            (shim / name).write_text(f'#!/bin/sh\nexec {target} "$@"\n')
+            (shim / name).chmod(0o755)
     env["PATH"] = f"{shim.resolve()}{os.pathsep}{env['PATH']}"
     done = subprocess.run(["bash", "-c", step.text], env=env, capture_output=True, text=True, timeout=600)
     return done.returncode, done.stdout + done.stderr

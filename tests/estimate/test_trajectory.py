@@ -110,3 +110,16 @@ def test_align_via_cli_composes_hops_between_checkpoints_on_disk(cli, tiny_dir, 
     truth = load_gauge(tmp_path / "g2.safetensors") @ load_gauge(tmp_path / "g1.safetensors")
     assert load_gauge(tmp_path / "ab.safetensors") == truth
     assert "weakest" in out
+
+
+def test_align_via_with_weights_matches_each_hop_from_the_stored_weights(tiny_dir, tmp_path):
+    """Data-free chains read each checkpoint's weights (a layer-streamed model holds none to read)."""
+    from gaugeport.core.apply import apply_gauge_to_checkpoint
+
+    a = tiny_dir("llama", 0)
+    g1, g2 = SignedPermutation.random(32, seed=1), SignedPermutation.random(32, seed=2)
+    apply_gauge_to_checkpoint(a, g1, tmp_path / "c")
+    apply_gauge_to_checkpoint(tmp_path / "c", g2, tmp_path / "b")
+    chain = align_chain([a, tmp_path / "c", tmp_path / "b"], method="weights", progress=False)
+    assert [h.gauge for h in chain.hops] == [g1, g2]
+    assert chain.gauge == g2 @ g1

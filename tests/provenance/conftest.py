@@ -19,7 +19,7 @@ FINETUNE_STEPS = 150
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
-    from gaugeport.provenance.experiments import finetuned, trained
+    from gaugeport.study.provenance_runs import finetuned, trained
 
     root = tmp_path_factory.mktemp("zoo")
     threads = torch.get_num_threads()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gaugeport.core.errors import DataError
-from gaugeport.study.corpus import (
+from gaugeport.estimate.corpus import (
     NEGATIVE_WORDS,
     POSITIVE_WORDS,
     REFUSE_WORD,

@@ -11,8 +11,6 @@ REQUIRED = {
     "matching": ("signed", "raw", "perm_only"),
     "trajectory": ("composed", "endpoint", "via_base"),
     "sae_nmse": ("signed", "perm_only"),
-    "steering_preserved": ("signed", "perm_only"),
-    "refusal_cosine": ("signed", "perm_only"),
     "merge_loss": ("signed", "perm_only", "none"),
     "adamw_divergence": ("signed", "perm_only"),
     "function_max_logit_diff": ("rmsnorm_signed", "layernorm_signed"),
@@ -46,6 +44,28 @@ def test_results_json_has_every_required_key_as_a_finite_number(study):
     assert results["timings"]["total"] > 0
 
 
+def test_a_steering_ratio_is_reported_only_over_a_direction_that_passed_the_gate(study):
+    _, r, _ = study
+    for ratio, sweep in (("steering_preserved", "steering_sweep"), ("refusal_effect", "refusal_sweep")):
+        rec = r[sweep]
+        assert rec["passes"] == any(t["passes"] for t in rec["tried"])
+        assert (r[ratio] is not None) == rec["passes"], ratio
+        for t in rec["tried"]:
+            assert len(t["random"]) == 20 and t["passes"] == all(t["checks"].values())
+
+
+def test_every_headline_figure_has_an_interval_around_it(study):
+    _, r, _ = study
+    iv = r["intervals"]
+    for group, keys in {"matching": ("signed", "raw", "perm_only"), "sae_nmse": ("signed", "perm_only"),
+                        "merge_loss": ("signed", "perm_only", "none"), "adamw": ("signed", "perm_only"),
+                        "trajectory": ("composed", "endpoint"), "function": ("rmsnorm_signed",),
+                        "base": ("polarity_gap", "refusal_gap")}.items():
+        for key in keys:
+            x = iv[f"{group}.{key}"]
+            assert x["lo"] <= x["value"] <= x["hi"] and x["n"] >= 2, f"{group}.{key}"
+
+
 def test_report_plots_and_audit_are_written(study):
     out, _, _ = study
     report = (out / "report.md").read_text()
@@ -57,8 +77,10 @@ def test_report_plots_and_audit_are_written(study):
 def test_signed_transport_beats_permutation_only_on_every_artifact(study):
     _, r, _ = study
     assert r["sae_nmse"]["signed"] < r["sae_nmse"]["perm_only"]
-    assert abs(1 - r["steering_preserved"]["signed"]) < abs(1 - r["steering_preserved"]["perm_only"])
-    assert r["refusal_cosine"]["signed"] > r["refusal_cosine"]["perm_only"]
+    if r["steering_preserved"] is not None:  # only over a direction that passed the gate on the base
+        assert abs(1 - r["steering_preserved"]["signed"]) < abs(1 - r["steering_preserved"]["perm_only"])
+    if r["refusal_cosine"] is not None:
+        assert r["refusal_cosine"]["signed"] > r["refusal_cosine"]["perm_only"]
     assert r["merge_loss"]["signed"] < min(r["merge_loss"]["perm_only"], r["merge_loss"]["none"])
     assert r["adamw_divergence"]["signed"] < r["adamw_divergence"]["perm_only"]
 

@@ -16,8 +16,6 @@ REQUIRED = {
     "matching": ("signed", "raw", "perm_only"),
     "trajectory": ("composed", "endpoint", "via_base"),
     "sae_nmse": ("signed", "perm_only"),
-    "steering_preserved": ("signed", "perm_only"),
-    "refusal_cosine": ("signed", "perm_only"),
     "merge_loss": ("signed", "perm_only", "none"),
     "adamw_divergence": ("signed", "perm_only"),
     "function_max_logit_diff": ("rmsnorm_signed", "layernorm_signed", "layernorm_perm_only"),
@@ -57,11 +55,29 @@ def test_report_has_three_columns_timings_and_plots(real_micro):
         assert f"| {stage} |" in report
     for name in ("ceiling.png", "trajectory.png", "transport.png", "claims.json", "audit/audit.json"):
         assert (out / name).stat().st_size > 0, name
-    from gaugeport.study.real_report import markdown, rows
+    from gaugeport.study.real.report import markdown, rows
 
     with_toy = rows(r, r)  # the middle column renders any toy-shaped results
     assert len(with_toy) == 9 and all(row[2] != "not run" and row[4].endswith(".") for row in with_toy)
     assert "quick-toy/" in markdown(r, r)
+
+
+def test_rows_5a_5b_print_a_ratio_only_over_a_direction_that_passed_the_gate(real_micro):
+    import copy
+
+    from gaugeport.study.real.report import rows
+
+    _, r = real_micro
+    for ratio, sweep in (("steering_preserved", "steering_sweep"), ("refusal_effect", "refusal_sweep")):
+        assert (r[ratio] is not None) == r[sweep]["passes"]
+    failed = copy.deepcopy(r)
+    failed["steering_preserved"] = failed["refusal_effect"] = None
+    failed["steering_sweep"]["passes"] = failed["refusal_sweep"]["passes"] = False
+    for t in failed["steering_sweep"]["tried"] + failed["refusal_sweep"]["tried"]:
+        t["passes"] = False
+    r5 = [row for row in rows(failed, None) if row[0].startswith("5")]
+    assert len(r5) == 2 and all(row[1].startswith("no ratio") and "%" not in row[1] for row in r5)
+    assert all("Not measurable" in row[4] for row in r5)
 
 
 def test_exact_symmetries_on_the_pretrained_path(real_micro):
@@ -76,7 +92,8 @@ def test_exact_symmetries_on_the_pretrained_path(real_micro):
 def test_signed_transport_beats_permutation_only(real_micro):
     _, r = real_micro
     assert r["sae_nmse"]["signed"] < r["sae_nmse"]["perm_only"]
-    assert r["refusal_cosine"]["signed"] > r["refusal_cosine"]["perm_only"]
+    if r["refusal_cosine"] is not None:  # only over a direction that passed the gate on the base
+        assert r["refusal_cosine"]["signed"] > r["refusal_cosine"]["perm_only"]
     assert r["merge_loss"]["signed"] < min(r["merge_loss"]["perm_only"], r["merge_loss"]["none"])
     assert r["adamw_divergence"]["signed"] < 1e-3 < r["adamw_divergence"]["perm_only"]
 
@@ -85,7 +102,7 @@ def test_a_second_build_reuses_every_stage(real_micro):
     root, first = real_micro
     from gaugeport.study.cache import StageCache
     from gaugeport.study.config import preset
-    from gaugeport.study.real import build_real
+    from gaugeport.study.real.stages import build_real
 
     cache = StageCache(True, root / "cache")
     build_real(preset("real-micro").real, 0, cache, progress=False)
@@ -107,7 +124,7 @@ def test_cli_refuses_unknown_preset_and_missing_cuda(cli, tmp_path):
 def test_trajectory_row_states_the_gap_only_when_measured(real_micro):
     import copy
 
-    from gaugeport.study.real_report import rows
+    from gaugeport.study.real.report import rows
 
     _, r = real_micro
     r = copy.deepcopy(r)
@@ -124,3 +141,32 @@ def test_trajectory_row_states_the_gap_only_when_measured(real_micro):
     assert "seeds 0 / 1: composed 76.0% / 100.0%" in row3()[1]
     hard.update(composed=1.0, endpoint=0.99)
     assert "does not appear" in row3()[4]
+
+
+def test_steering_only_reuses_the_studys_stages_and_finds_the_same_sweep(real_micro):
+    root, r = real_micro
+    from gaugeport.study.real.steering_only import measure
+
+    s = measure(root / "steering", stand_in=True, cache_root=root / "cache")
+    assert s["cache_misses"] == []
+    assert s["steering_sweep"] == r["steering_sweep"] and s["refusal_sweep"] == r["refusal_sweep"]
+    md = (root / "steering" / "steering.md").read_text()
+    assert "| 5a." in md and "| 5b." in md and "### Sentiment" in md
+
+
+def test_an_older_results_json_without_a_sweep_renders_without_any_steering_ratio():
+    """A run that predates the gate (as the committed one did) must not have its ratios printed."""
+    from pathlib import Path
+
+    from gaugeport.study.real.report import rows
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "real-study"
+    real = json.loads((docs / "results.json").read_text())
+    quick = json.loads((docs / "quick-results.json").read_text())
+    for key in ("steering_sweep", "refusal_sweep", "intervals"):
+        real.pop(key, None)  # what an older run lacks
+    real["steering_preserved"] = {"signed": 0.7, "perm_only": 3.4, "native_target": 0.9, "source_effect": -0.3}
+    real["refusal_effect"] = {"signed": 0.97, "perm_only": 1.65, "source_effect": -0.6}
+    real["refusal_cosine"] = {"signed": 1.0, "perm_only": -0.02}
+    r5 = [row for row in rows(real, quick) if row[0].startswith("5")]
+    assert all(row[1].startswith("no ratio") and row[2].startswith("no ratio") for row in r5)

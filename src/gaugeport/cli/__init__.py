@@ -9,6 +9,7 @@ been removed. The verbs are imported inside the handler, so an interrupt during 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -67,8 +68,8 @@ def _existing(p: Path) -> bool:
         return False
 
 
-def check_command_paths(params: dict[str, Any], extra_args: Sequence[str]) -> None:
-    """Refuse, before the verb runs, any output that overlaps an input or another output."""
+def check_command_paths(params: dict[str, Any], extra_args: Sequence[str]) -> dict[str, Path]:
+    """Refuse, before the verb runs, any output that overlaps an input or another output; returns the outputs."""
     from gaugeport.cli._app import FILE_OUTPUTS, OUTPUT_PARAMS
     from gaugeport.core.fileio import check_outputs, check_replaceable
 
@@ -86,13 +87,17 @@ def check_command_paths(params: dict[str, Any], extra_args: Sequence[str]) -> No
     for label, path in outputs.items():  # always files: --force never turns a directory into one
         if label in FILE_OUTPUTS:
             check_replaceable(path, "file", label)
+    return outputs
 
 
 def _guard(invoke: Any) -> Any:
     @functools.wraps(invoke)
     def run(ctx: Any) -> Any:
-        check_command_paths(dict(ctx.params), list(ctx.args))
-        return invoke(ctx)
+        from gaugeport.core.fileio import reserved_outputs
+
+        outputs = check_command_paths(dict(ctx.params), list(ctx.args))
+        with reserved_outputs(outputs):  # one output, one writer: held from the first step to the last write
+            return invoke(ctx)
 
     return run
 
@@ -107,7 +112,18 @@ def build_command() -> Any:
     return command
 
 
+def _end_progress_bars() -> None:
+    """Close every progress bar still drawn, so that an error starts on a fresh line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):  # a bar that cannot close must not hide the error
+            bar.close()
+
+
 def _print_error(message: str, hint: str | None) -> None:
+    _end_progress_bars()
     print(f"error: {message}", file=sys.stderr)
     print(f"hint: {hint or 'run the verb with --help to see what it expects'}", file=sys.stderr)
 
@@ -125,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             command = build_command()
             with io_session():
-                command.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="gaugeport",
-                             standalone_mode=True)
+                code = _run_command(command, list(argv) if argv is not None else sys.argv[1:])
+            sys.exit(code)  # as click's standalone mode does, success included
         except GaugeportError as exc:
             _print_error(exc.message, exc.hint)
             sys.exit(EXIT_BAD_INPUT)
@@ -162,6 +178,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(command: Any, args: list[str]) -> int:
+    """Run the click command; a usage error (unknown option, bad or missing value) is printed as
+    ``error:`` and ``hint:`` like every other bad input. Returns the exit code."""
+    import typer
+    from typer.exceptions import TyperException  # typer's own click: its exceptions derive from this
+
+    try:
+        rv = command.main(args=args, prog_name="gaugeport", standalone_mode=False)
+    except typer.Abort as exc:  # click turns Ctrl-C into Abort outside standalone mode
+        raise KeyboardInterrupt from exc
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except TyperException as exc:
+        if not hasattr(exc, "format_message"):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # no arguments: the help text, as click prints it
+            return EXIT_BAD_INPUT
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "gaugeport"
+        _print_error(exc.format_message(), f"run `{where} --help` to see what it takes")
+        return EXIT_BAD_INPUT
+    return rv if isinstance(rv, int) else 0
 
 
 def _internal(exc: BaseException) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -17,3 +19,17 @@ app = typer.Typer(
 # A verb that adds an output option must list its parameter name here.
 OUTPUT_PARAMS: dict[str, str] = {"out": "--out", "save_gauge_to": "--save-gauge", "report": "--report"}
 FILE_OUTPUTS = ("--save-gauge", "--report")  # outputs that are always a file (--out may be either)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from gaugeport import __version__
+
+        typer.echo(f"gaugeport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    pass

@@ -10,20 +10,10 @@ import typer
 
 from gaugeport.cli._app import app
 from gaugeport.cli._options import DeviceOpt, ForceOpt, QuietOpt
-from gaugeport.core.apply import apply_gauge_to_checkpoint
-from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.defaults import VERIFY_TOL
 from gaugeport.core.errors import GaugeportError
-from gaugeport.core.fullgauge import (
-    apply_full_gauge_to_checkpoint,
-    is_full_gauge_file,
-    load_full_gauge,
-    random_full_gauge_for,
-    save_full_gauge,
-    verify_full,
-)
-from gaugeport.core.gauge import SignedPermutation, load_gauge, save_gauge
-from gaugeport.core.inspection import inspect_checkpoint
-from gaugeport.core.verify import DEFAULT_TOL, verify_checkpoints
+
+# The library (torch, transformers) is imported inside each verb: `gaugeport VERB --help` starts at once.
 
 
 @app.command()
@@ -32,6 +22,8 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> None:
     """Model type, width, norm kind, gain genericity and the gauge group of a checkpoint."""
+    from gaugeport.core.inspection import inspect_checkpoint
+
     info = inspect_checkpoint(ckpt)
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
@@ -66,6 +58,11 @@ def apply(
                                        "heads (a version-2 --gauge file is always applied in full)")] = False,
 ) -> None:
     """Rewrite a checkpoint in new residual coordinates (streamed, tensor by tensor)."""
+    from gaugeport.core.apply import apply_gauge_to_checkpoint
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.core.fullgauge import is_full_gauge_file
+    from gaugeport.core.gauge import SignedPermutation, load_gauge, save_gauge
+
     if (gauge is None) == (random_seed is None):
         raise GaugeportError("give exactly one of --gauge G.safetensors or --random-seed N",
                              hint="--random-seed N draws a random gauge (save it with --save-gauge)")
@@ -106,13 +103,17 @@ def verify(
     gauge: Annotated[Path | None, typer.Option("--gauge", help="gauge mapping A's coordinates to B's")] = None,
     tol: Annotated[float, typer.Option("--tol", help="max relative difference (logits, hidden states "
                                                      "and each weight tensor, relative to its largest |value|)")
-                   ] = DEFAULT_TOL,
+                   ] = VERIFY_TOL,
     data: Annotated[Path | None, typer.Option("--data", help="token ids .npy [n_seq, seq_len]")] = None,
     seed: Annotated[int, typer.Option(help="seed of the probe token ids")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Check that B computes A's function (through --gauge); exit 0 within --tol, 1 otherwise."""
+    from gaugeport.core.fullgauge import is_full_gauge_file, load_full_gauge, verify_full
+    from gaugeport.core.gauge import load_gauge
+    from gaugeport.core.verify import verify_checkpoints
+
     if gauge is not None and is_full_gauge_file(gauge):
         res = verify_full(a, b, load_full_gauge(gauge), tol=tol, data=data, seed=seed, device=device)
     else:
@@ -137,6 +138,13 @@ def verify(
 def _apply_full(ckpt: Path, out: Path, gauge: Path | None, random_seed: int | None, perm_only: bool,
                 save_gauge_to: Path | None, force: bool, quiet: bool) -> None:
     """``apply --full``: the full-network gauge (residual, MLP units, attention heads)."""
+    from gaugeport.core.fullgauge import (
+        apply_full_gauge_to_checkpoint,
+        load_full_gauge,
+        random_full_gauge_for,
+        save_full_gauge,
+    )
+
     if gauge is not None:
         g = load_full_gauge(gauge)
         provenance = {"gaugeport_source_gauge": str(gauge)}

@@ -101,6 +101,10 @@ def align(
             refuse_existing(path, force, inputs=(a, b, *(moments or [])))
     options = DataOptions(data or "builtin", tokens, batch_size, seq_len, seed, tokenizer)
     if via:
+        from gaugeport.core.checkpoint import Checkpoint
+
+        for hop in (a, *via, b):  # every checkpoint of the chain found before any hop is aligned
+            Checkpoint.open(hop)
         result = align_checkpoints_via(a, via, b, options, method=method, sites=site, progress=not quiet)
         provenance, written = {"sites": site or "default", "n_tokens": tokens}, result.to_dict()
         printed = f"{result.summary()}\nwrote {out}"

@@ -57,6 +57,16 @@ def same(
     from gaugeport.provenance.lineage import LineageResult
     from gaugeport.provenance.same import same as run_same
 
+    if not 0 < alpha < 1:  # NaN fails too
+        raise GaugeportError(f"--alpha {alpha:g} is not a significance level in (0, 1)",
+                             hint="--alpha is the p-value below which B counts as derived from A (default 0.001)")
+    if not 0 <= tol < float("inf"):
+        raise GaugeportError(f"--tol {tol:g} is not a finite number >= 0",
+                             hint="--tol is the relative weight / logit difference still called identical "
+                             "(default 1e-05)")
+    if tokens <= 0:
+        raise GaugeportError(f"--tokens {tokens} is not a positive number of tokens",
+                             hint="--tokens is how many tokens of --data to read (default 4096)")
     if pairs is not None:
         if a is not None or b is not None or out is None:
             raise GaugeportError("--pairs runs a batch: give --out and no checkpoints",
@@ -77,7 +87,6 @@ def same(
     doc = res.to_dict()
     if save_gauge_to is not None:
         if res.gauge is None:
-            from gaugeport.core.errors import GaugeportError
             raise GaugeportError("the recovered residual map is a rotation (folded gains), not a signed permutation: "
                                  "it has no gauge file", hint="the rotation is summarised in --report")
         save_full_gauge(res.gauge, save_gauge_to, {"same": res.verdict, "a": str(a), "b": str(b),
@@ -128,7 +137,8 @@ def _print_lineage(res: object, report: Path | None, plot: Path | None, save_gau
                              hint="the block, unit and coordinate maps are in --report")
     out = res.to_dict()
     if report is not None:
-        out["plot"] = str(plot_blocks(res, plot)) if plot is not None else None
+        drawn = plot_blocks(res, plot) if plot is not None else None
+        out["plot"] = str(drawn) if drawn is not None else None
         atomic_write_json(report, out, force=True)
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))
@@ -157,7 +167,7 @@ def _print_lineage(res: object, report: Path | None, plot: Path | None, save_gau
         typer.echo(f"{blk['a_block']:>7} -> {blk['b_block']:<7}  {blk['z']:>6.1f}  {blk['p_value']:<9.3g}  "
                    f"{blk['units_fraction']:>5.2f}  {'  n/a' if h is None else format(h, '5.2f')}  {blk['status']}")
     if report is not None:
-        typer.echo(f"report      {report} (plot {plot})")
+        typer.echo(f"report      {report} (plot {out['plot'] or 'not drawn: pip install gaugeport[study] for it'})")
     for n in res.notes:
         typer.echo(f"note: {n}")
 

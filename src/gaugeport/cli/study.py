@@ -93,6 +93,9 @@ def reproduce(
         "(default: run the quick preset, cached)")] = None,
 ) -> None:
     """Reproduce the paper's evidence at small scale: report.md, results.json and plots in --out."""
+    from gaugeport.core.errors import require
+
+    require("matplotlib", "study", "gaugeport reproduce (its plots)")  # before a run of minutes, not after it
     from gaugeport.study.config import preset, with_device
     from gaugeport.study.run import run_study
 

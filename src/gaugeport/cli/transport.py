@@ -11,7 +11,6 @@ import typer
 from gaugeport.cli._app import app
 from gaugeport.cli._options import ForceOpt, QuietOpt
 from gaugeport.core.errors import ArtifactError
-from gaugeport.core.gauge import load_gauge
 from gaugeport.transport.detect import SAE_FORMATS
 from gaugeport.transport.rules import ArtifactKind
 
@@ -44,6 +43,7 @@ def transport(
     force: ForceOpt = False,
 ) -> None:
     """Carry an artifact of checkpoint A into checkpoint B's coordinates (B = G applied to A)."""
+    from gaugeport.core.gauge import load_gauge
     from gaugeport.transport.detect import detect_kind, transport_artifact
 
     g = load_gauge(gauge)  # read once, here at the edge
@@ -77,6 +77,7 @@ def merge(
 ) -> None:
     """Bring B into A's gauge, then average: a coordinate-preserving merge (a normal HF checkpoint)."""
     from gaugeport.core.errors import GaugeportError
+    from gaugeport.core.gauge import load_gauge
     from gaugeport.transport.merge import MERGEKIT_CONFIG, merge_checkpoints
 
     if full:

@@ -155,18 +155,59 @@ def rewrite_checkpoint(ckpt: Checkpoint, dest: Path, rewrite: Callable[[str, tor
                        stamp: Mapping[str, str], *, desc: str, progress: bool = True) -> None:
     """Write ``rewrite(name, tensor)`` of every tensor of ``ckpt`` into a new directory ``dest``.
 
-    Same shards, dtypes, shapes and index as the source; one tensor in memory at a time; side files
-    (config, tokenizer, generation config) copied; ``stamp`` added to every shard's metadata.
+    Same shards, dtypes, shapes and index as the source; side files (config, tokenizer, generation
+    config) copied; ``stamp`` added to every shard's metadata. Each tensor is read with plain file
+    reads; reading the next tensor and writing the previous one overlap the rewrite of the current
+    one (two helper threads), within a budget of :data:`PIPELINE_BUDGET` x the largest tensor of
+    tensors alive at once, so the peak stays near a few of the largest tensor.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from gaugeport.core.checkpoint import ShardReader
+
     dest.mkdir()
-    with tqdm(total=len(ckpt.names), desc=desc, unit="tensor", disable=not progress) as bar:
-        for shard in ckpt.shards:
-            meta = {**ckpt.shard_metadata(shard), **stamp}
-            with SafetensorsStreamWriter(dest / shard, shard_layout(ckpt, shard), meta) as writer:
-                for name, tensor in ckpt.iter_shard(shard):
-                    writer.write(name, rewrite(name, tensor))
-                    bar.update()
+    readers = {shard: ShardReader(ckpt, shard) for shard in ckpt.shards}
+    try:
+        largest = max((r.nbytes(n) for r in readers.values() for n in r.entries), default=0)
+        budget = max(PIPELINE_BUDGET * largest, 64 * 2**20)
+        with tqdm(total=len(ckpt.names), desc=desc, unit="tensor", disable=not progress) as bar, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="gaugeport-io") as pool:
+            for shard, reader in readers.items():
+                meta = {**ckpt.shard_metadata(shard), **stamp}
+                with SafetensorsStreamWriter(dest / shard, shard_layout(ckpt, shard), meta) as writer:
+                    names = list(writer.order)
+                    pending: Future | None = None  # the previous tensor's write
+                    pending_bytes = 0
+                    nxt: Future = pool.submit(reader.read, names[0]) if names else Future()
+                    for k, name in enumerate(names):
+                        t = nxt.result()
+                        size = reader.nbytes(name)
+                        if pending is not None and pending_bytes + 2 * size > budget:
+                            pending.result()
+                            pending, pending_bytes = None, 0
+                        following = names[k + 1] if k + 1 < len(names) else None
+                        ahead = following is not None and \
+                            pending_bytes + 2 * size + reader.nbytes(following) <= budget
+                        if ahead:
+                            nxt = pool.submit(reader.read, following)
+                        out = rewrite(name, t)
+                        del t
+                        if pending is not None:
+                            pending.result()
+                        pending, pending_bytes = pool.submit(writer.write, name, out), reader.nbytes(name)
+                        del out
+                        if following is not None and not ahead:
+                            nxt = pool.submit(reader.read, following)
+                        bar.update()
+                    if pending is not None:
+                        pending.result()
+    finally:
+        for r in readers.values():
+            r.close()
     copy_side_files(ckpt, dest)
+
+
+PIPELINE_BUDGET = 2.5  # bytes alive at once in rewrite_checkpoint, in units of the largest tensor
 
 
 def copy_side_files(ckpt: Checkpoint, dest: Path) -> None:

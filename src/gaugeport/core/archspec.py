@@ -58,8 +58,9 @@ from importlib import resources
 from typing import Any, Literal
 
 from gaugeport.core.errors import ArchitectureError
-from gaugeport.core.gauge import Mode
 
+# How a gauge acts on one residual axis of a tensor: signed permutation, permutation only, or not at all.
+Mode = Literal["signed", "abs", "none"]
 Role = Literal["read", "write", "read_write", "read_permute", "permute", "write_bias", "norm_bias", "gain",
                "signed_gain", "untouched"]
 # The mode of each residual axis a role names, in the order of the row's ``axis`` list; a single mode

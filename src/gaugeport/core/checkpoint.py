@@ -10,33 +10,34 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
 from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.errors import CheckpointError, DataError
 from gaugeport.core.facts import ModelFacts
-from gaugeport.core.fileio import is_plain_file_name, note_input
+from gaugeport.core.fileio import (  # noqa: F401 (the safetensors file layer, re-exported)
+    INDEX_FILE,
+    SINGLE_FILE,
+    SafetensorsStreamWriter,
+    _name_to_dtype,
+    dtype_from_name,
+    is_plain_file_name,
+    note_input,
+)
 
 if TYPE_CHECKING:
     from gaugeport.core.quant import Quantization
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 # Files that carry weights in other formats: never copied beside transformed safetensors,
 # since they would hold the *untransformed* weights.
 WEIGHT_SUFFIXES = {".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf", ".safetensors"}
-
-_DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 @dataclass
@@ -55,11 +56,11 @@ class Checkpoint:
         ``../x.safetensors`` is refused: it would read, and on output write, outside the directories
         given); every tensor the index lists must be in the shard it names, and no shard may hold a
         tensor the index does not list. A hub ID (``org/name[@revision]``) that is not a local path
-        opens its snapshot in the local hub cache (:func:`gaugeport.models.hub.resolve_checkpoint`).
+        opens its snapshot in the local hub cache (:func:`gaugeport.core.hub.resolve_checkpoint`).
         A quantized checkpoint is refused, naming its scheme, unless ``allow_quantized`` (the
         ``--dequantize`` path).
         """
-        from gaugeport.models.hub import resolve_checkpoint
+        from gaugeport.core.hub import resolve_checkpoint
 
         path = resolve_checkpoint(path)
         if not path.is_dir():
@@ -157,7 +158,7 @@ class Checkpoint:
     @property
     def hub(self) -> dict[str, str]:
         """The hub repo and commit when this checkpoint is a hub cache snapshot (else empty)."""
-        from gaugeport.models.hub import hub_provenance
+        from gaugeport.core.hub import hub_provenance
 
         return hub_provenance(self.path)
 
@@ -229,65 +230,70 @@ class Checkpoint:
                       if p.is_file() and p.suffix not in WEIGHT_SUFFIXES and p.name != INDEX_FILE)
 
 
-# ---------------------------------------------------------------------- streaming writer
-class SafetensorsStreamWriter:
-    """Write a safetensors file one tensor at a time (header first, then each tensor's bytes).
+_FIRST_INDEX = re.compile(r"\.(\d+)(?:\.|$)")  # the layer of "model.layers.3.mlp..." (the first index of a name)
 
-    The caller declares every tensor's name, dtype and shape up front (known from the source's
-    header), so nothing needs to be held in memory beyond the tensor being written.
-    """
 
-    def __init__(self, path: Path, layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
-                 metadata: Mapping[str, str] | None = None) -> None:
-        self.path = Path(path)
-        self.layout = dict(layout)
-        self.order = sorted(self.layout)
-        header: dict[str, Any] = {}
-        offset = 0
-        for name in self.order:
-            dtype, shape = self.layout[name]
-            if dtype not in _DTYPE_NAMES:
-                raise CheckpointError(f"tensor {name!r} has dtype {dtype}, which gaugeport cannot stream")
-            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape),
-                            "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        if metadata:
-            header["__metadata__"] = dict(metadata)
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
-        self._next = 0
+class ShardReader:
+    """Tensors of one shard read with plain positioned reads (``os.preadv`` straight into the tensor's
+    memory: one copy from the page cache, no page faults of a memory map), each checked finite.
+    Safe to use from one thread at a time; ``close()`` (or a ``with`` block) releases the file."""
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        expected = self.order[self._next] if self._next < len(self.order) else None
-        if name != expected:
-            raise CheckpointError(f"internal error: wrote {name!r} but the layout expects {expected!r} next")
-        dtype, shape = self.layout[name]
-        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-            raise CheckpointError(f"internal error: {name!r} changed dtype/shape while transforming")
-        t = tensor.detach().contiguous().cpu()
-        if t.numel():  # write the tensor's own buffer: a bytes copy would double the peak memory
-            self._file.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-        self._next += 1
+    def __init__(self, ckpt: Checkpoint, shard: str) -> None:
+        import os
+
+        self.ckpt, self.file = ckpt, ckpt.path / shard
+        note_input(self.file)
+        try:
+            self.fd = os.open(self.file, os.O_RDONLY)
+            (n,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            header = json.loads(os.pread(self.fd, n, 8))
+            size = os.fstat(self.fd).st_size
+        except (OSError, struct.error, ValueError) as exc:
+            raise CheckpointError(f"cannot read {self.file}: {exc}", hint="the file is truncated or corrupt") from exc
+        self.base = 8 + n
+        self.entries: dict[str, tuple[str, list[int], int, int]] = {}
+        for name, e in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = e["data_offsets"]
+            if not 0 <= begin <= end or self.base + end > size:
+                raise CheckpointError(f"tensor {name!r} lies outside {self.file}", hint="the file is truncated")
+            self.entries[name] = (e["dtype"], e["shape"], begin, end)
+
+    def nbytes(self, name: str) -> int:
+        _, _, begin, end = self.entries[name]
+        return end - begin
+
+    def read(self, name: str) -> torch.Tensor:
+        import os
+
+        dtype_name, shape, begin, end = self.entries[name]
+        if dtype_name.upper() not in _name_to_dtype():  # a dtype torch has no plain view for (float8 ...)
+            with _open(self.file) as f:
+                return check_finite(name, _get(f, name, self.file), self.ckpt.path)
+        dtype = dtype_from_name(dtype_name)
+        buf = torch.empty(end - begin, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], self.base + begin + done)
+            if got <= 0:
+                raise CheckpointError(f"cannot read tensor {name!r} from {self.file}: unexpected end of file",
+                                      hint="the file is truncated or corrupt")
+            done += got
+        t = buf.view(dtype).reshape(shape) if end > begin else torch.empty(shape, dtype=dtype)
+        return check_finite(name, t, self.ckpt.path)
 
     def close(self) -> None:
-        self._file.close()
-        if self._next != len(self.order):
-            raise CheckpointError(f"internal error: {self.path} closed after {self._next}/{len(self.order)} tensors")
+        import os
 
-    def __enter__(self) -> SafetensorsStreamWriter:
+        os.close(self.fd)
+
+    def __enter__(self) -> ShardReader:
         return self
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._file.close()
-
-
-_FIRST_INDEX = re.compile(r"\.(\d+)(?:\.|$)")  # the layer of "model.layers.3.mlp..." (the first index of a name)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def shard_layout(ckpt: Checkpoint, shard: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -296,7 +302,7 @@ def shard_layout(ckpt: Checkpoint, shard: str) -> dict[str, tuple[torch.dtype, t
     with _open(ckpt.path / shard) as f:
         for name in f.keys():  # noqa: SIM118
             sl = f.get_slice(name)
-            out[name] = (_dtype_from_name(sl.get_dtype()), tuple(sl.get_shape()))
+            out[name] = (dtype_from_name(sl.get_dtype()), tuple(sl.get_shape()))
     return out
 
 
@@ -323,6 +329,29 @@ def check_sequence_length(seq_len: int, limit: int | None, where: str = "the mod
 _FINITE_CHUNK = 1 << 20  # elements per isfinite() call: the check's extra memory stays a few MB
 
 
+# IEEE formats: a value is NaN or infinite exactly when its exponent bits are all ones, that is when
+# its bits without the sign are >= the exponent mask (viewed as a same-size signed integer)
+_EXPONENT_BITS = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80), torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+                  torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+                  torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+_BITS_CHUNK = 1 << 18  # elements per step: the masked copy stays in cache
+
+
+def _finite_by_bits(tensor: torch.Tensor) -> bool:
+    """Every entry finite? One pass over the bits (mask the sign, take the max): ~25x faster on CPU
+    than a float sum for bf16, and exact."""
+    int_dtype, mask, exponent = _EXPONENT_BITS[tensor.dtype]
+    bits = tensor.contiguous().view(int_dtype).reshape(-1).numpy()
+    buf = np.empty(min(bits.size, _BITS_CHUNK), dtype=bits.dtype)
+    for start in range(0, bits.size, _BITS_CHUNK):
+        chunk = bits[start:start + _BITS_CHUNK]
+        b = buf[:chunk.size]
+        np.bitwise_and(chunk, mask, out=b)
+        if b.max() >= exponent:
+            return False
+    return True
+
+
 def check_finite(name: str, tensor: torch.Tensor, where: Path | str = "") -> torch.Tensor:
     """``tensor`` itself when every entry is finite; else a :class:`CheckpointError` naming it.
 
@@ -330,6 +359,8 @@ def check_finite(name: str, tensor: torch.Tensor, where: Path | str = "") -> tor
     memory is a small fixed buffer rather than a tensor-sized mask).
     """
     if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return tensor
+    if tensor.dtype in _EXPONENT_BITS and tensor.device.type == "cpu" and _finite_by_bits(tensor):
         return tensor
     flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), _FINITE_CHUNK):
@@ -419,15 +450,3 @@ def _get(f: Any, name: str, file: Path) -> torch.Tensor:
 def _keys(file: Path) -> list[str]:
     with _open(file) as f:
         return list(f.keys())
-
-
-_NAME_TO_DTYPE = {v: k for k, v in _DTYPE_NAMES.items()}
-_NAME_TO_DTYPE.update({"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16})
-
-
-def _dtype_from_name(name: str) -> torch.dtype:
-    key = name.upper() if name.upper() in _NAME_TO_DTYPE else name
-    if key not in _NAME_TO_DTYPE:
-        raise CheckpointError(f"unsupported tensor dtype {name!r} in checkpoint",
-                              hint="gaugeport streams float, int and bool tensors; convert the checkpoint first")
-    return _NAME_TO_DTYPE[key]

@@ -57,3 +57,25 @@ class DataError(GaugeportError, ValueError):
     """Activation data or moments are unusable (empty, NaN, mismatched)."""
 
     default_hint = "check the data source (--data, --moments): token ids, text or moments of these checkpoints"
+
+
+class MissingExtraError(GaugeportError, ImportError):
+    """An optional package is not installed: the message names it, the hint the extra that installs it."""
+
+    def __init__(self, package: str, extra: str, what: str) -> None:
+        super().__init__(f"{what} needs {package}, which is not installed (an optional part of gaugeport)",
+                         hint=f"pip install 'gaugeport[{extra}]'")
+        self.package = package
+        self.extra = extra
+
+    __str__ = GaugeportError.__str__
+
+
+def require(module: str, extra: str, what: str, package: str | None = None) -> object:
+    """Import an optional module, or raise :class:`MissingExtraError` naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(package or module, extra, what) from exc

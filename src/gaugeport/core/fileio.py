@@ -20,17 +20,21 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import safe_open
+from typing import TYPE_CHECKING, Any
 
 from gaugeport.core.errors import CheckpointError
 
+if TYPE_CHECKING:
+    import torch
+
 TMP_DIR_NAME = ".gaugeport-tmp"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 LOCK_PREFIX = "lock-"  # reservation files in the temp folder (see reserve_output)
 
 _SESSION: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar("gaugeport_inputs", default=None)
@@ -233,6 +237,35 @@ def reserve_output(path: Path, label: str = "output") -> Path:
                           hint="another program is writing in the same directory; try again")
 
 
+_HELD: contextvars.ContextVar[dict[Path, Path] | None] = contextvars.ContextVar("gaugeport_held", default=None)
+
+
+@contextlib.contextmanager
+def reserved_outputs(outputs: Mapping[str, str | Path]) -> Iterator[None]:
+    """Reserve every output (label -> path) for the whole block -- the CLI holds a verb's outputs from
+    before its first step to its last write -- so that a second run cannot start writing them meanwhile.
+    :func:`atomic_path` inside the block uses these reservations instead of taking its own. An output
+    whose folder does not exist yet is reserved when it is written (nothing is created before the work)."""
+    held = dict(_HELD.get() or {})
+    taken: list[Path] = []
+    try:
+        for label, out in outputs.items():
+            key = _resolve(Path(out))
+            if key in held or not Path(out).parent.is_dir():
+                continue
+            lock = reserve_output(Path(out), label)
+            held[key] = lock
+            taken.append(lock)
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+    finally:
+        for lock in taken:
+            release_output(lock)
+
+
 def release_output(lock: Path) -> None:
     with contextlib.suppress(OSError):
         lock.unlink()
@@ -297,8 +330,10 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 def check_replaceable(path: Path, kind: str | None, label: str = "output") -> None:
     """``--force`` replaces a file with a file and a directory with a directory, never one kind by the other."""
+    import stat
+
     st = _lstat(path)
-    if st is None or kind is None:
+    if st is None or kind is None or stat.S_ISLNK(st.st_mode):  # a link is only a name: replacing it loses nothing
         return
     have = _kind(st)
     if have != kind:
@@ -333,7 +368,7 @@ def atomic_path(path: Path, force: bool = False, inputs: tuple[Path, ...] = (), 
     lock = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if exclusive:
+        if exclusive and _resolve(path) not in (_HELD.get() or {}):  # else held by reserved_outputs
             lock = reserve_output(path)
         root = tmp_root(path.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", suffix=f"-{path.name[:64]}", dir=root))
@@ -425,8 +460,6 @@ def atomic_save_safetensors(
 ) -> Path:
     """Write a safetensors file atomically with deterministic bytes (tensors and metadata in sorted order:
     the same content always gives the same file, which ``safetensors.save_file`` does not promise)."""
-    from gaugeport.core.checkpoint import SafetensorsStreamWriter
-
     with atomic_path(path, force, kind="file") as tmp:
         layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
         meta = {str(k): str(v) for k, v in sorted((metadata or {}).items())}
@@ -463,6 +496,8 @@ def require_file(path: str | Path, what: str = "file") -> Path:
 
 def read_safetensors(path: Path, what: str = "safetensors file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read every tensor and the metadata; truncated or corrupt files raise :class:`CheckpointError`."""
+    from safetensors import safe_open
+
     path = require_file(path, what)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -473,6 +508,33 @@ def read_safetensors(path: Path, what: str = "safetensors file") -> tuple[dict[s
             f"cannot read {what} {path}: {exc}", hint="the file is truncated or not a safetensors file"
         ) from exc
     return tensors, metadata
+
+
+def check_npy_size(path: str | Path) -> None:
+    """Refuse a ``.npy`` whose header promises more data than the file holds, before ``np.load`` would
+    allocate it (a crafted header can ask for terabytes). Unreadable headers are left to ``np.load``."""
+    import numpy as np
+
+    path = Path(path)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                return
+            shape, _, dtype = readers[version](f)
+            start = f.tell()
+        held = path.stat().st_size - start
+    except (OSError, ValueError, EOFError):
+        return
+    if dtype.hasobject:
+        return  # refused by np.load (no unpickling)
+    want = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if held < want:
+        raise CheckpointError(
+            f"{path}: its header says shape {tuple(shape)} of {dtype} ({want:,} bytes), but the file holds {held:,} "
+            "bytes of data",
+            hint="the .npy file is truncated or its header was edited; save the array again with np.save")
 
 
 def is_plain_file_name(name: object) -> bool:
@@ -519,3 +581,95 @@ def pickle_globals(path: str | Path) -> list[str] | None:
     except Exception:  # pickletools raises ValueError / struct errors / others on damaged bytes
         return None
     return names
+
+
+# ------------------------------------------------------------------------------------ safetensors writer
+class SafetensorsStreamWriter:
+    """Write a safetensors file one tensor at a time (header first, then each tensor's bytes).
+
+    The caller declares every tensor's name, dtype and shape up front (known from the source's
+    header), so nothing needs to be held in memory beyond the tensor being written.
+    """
+
+    def __init__(self, path: Path, layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+                 metadata: Mapping[str, str] | None = None) -> None:
+        import torch
+
+        names = _dtype_names()
+        self.path = Path(path)
+        self.layout = dict(layout)
+        self.order = sorted(self.layout)
+        header: dict[str, Any] = {}
+        offset = 0
+        for name in self.order:
+            dtype, shape = self.layout[name]
+            if dtype not in names:
+                raise CheckpointError(f"tensor {name!r} has dtype {dtype}, which gaugeport cannot stream")
+            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            header[name] = {"dtype": names[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected = self.order[self._next] if self._next < len(self.order) else None
+        if name != expected:
+            raise CheckpointError(f"internal error: wrote {name!r} but the layout expects {expected!r} next")
+        dtype, shape = self.layout[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(f"internal error: {name!r} changed dtype/shape while transforming")
+        import torch
+
+        t = tensor.detach().contiguous().cpu()
+        if t.numel():  # write the tensor's own buffer: a bytes copy would double the peak memory
+            self._file.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        self._next += 1
+
+    def close(self) -> None:
+        self._file.close()
+        if self._next != len(self.order):
+            raise CheckpointError(f"internal error: {self.path} closed after {self._next}/{len(self.order)} tensors")
+
+    def __enter__(self) -> SafetensorsStreamWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+
+
+@cache
+def _dtype_names() -> dict[Any, str]:
+    """torch dtype -> safetensors dtype name (torch imported on first use: this module loads without it)."""
+    import torch
+
+    return {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+            torch.bool: "BOOL"}
+
+
+@cache
+def _name_to_dtype() -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {v: k for k, v in _dtype_names().items()}
+    out.update({"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16})
+    return out
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors header's dtype name (``"BF16"``, also ``"bfloat16"``)."""
+    table = _name_to_dtype()
+    key = name.upper() if name.upper() in table else name
+    if key not in table:
+        raise CheckpointError(f"unsupported tensor dtype {name!r} in checkpoint",
+                              hint="gaugeport streams float, int and bool tensors; convert the checkpoint first")
+    return table[key]

@@ -35,57 +35,20 @@ from gaugeport.core.archspec import ArchSpec, spec_for_config
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import CheckpointError, GaugeError, GaugeGroupError
 from gaugeport.core.fileio import atomic_path, atomic_save_safetensors
-from gaugeport.core.gauge import (
+from gaugeport.core.gauge import (  # noqa: F401  (SUPPORTED_VERSIONS and LayerGauge re-exported)
     CONVENTION,
-    SUPPORTED_VERSIONS,  # noqa: F401  (re-exported)
+    SUPPORTED_VERSIONS,
+    LayerGauge,
     SignedPermutation,
     chain_product,
     gauge_file_metadata,
     read_gauge_tensors,
+    read_layer_part,
     read_residual_part,
 )
 from gaugeport.core.hidden import HiddenDims, HiddenRule, HiddenSpec, get_hidden_spec
 
 FULL_FORMAT_VERSION = "2"
-
-
-@dataclass(frozen=True, eq=False)
-class LayerGauge:
-    """One layer's hidden gauge: MLP units (signed permutation) and query heads (permutation)."""
-
-    mlp: SignedPermutation
-    heads: SignedPermutation  # signs all +1
-    n_kv_heads: int
-
-    def __post_init__(self) -> None:
-        if not np.all(self.heads.signs == 1):
-            raise GaugeError("attention heads are permuted, never signed")
-        h, k = self.heads.d, self.n_kv_heads
-        if k <= 0 or h % k:
-            raise GaugeError(f"{h} query heads do not split into {k} key/value groups")
-        gs = h // k
-        groups = self.heads.perm.reshape(k, gs) // gs
-        if not np.all(groups == groups[:, :1]):
-            raise GaugeError("the head permutation splits a key/value group: query heads of one group must move "
-                             "to one group together (grouped-query attention)",
-                             hint="permute key/value groups, and query heads only inside their group")
-
-    @property
-    def kv(self) -> SignedPermutation:
-        gs = self.heads.d // self.n_kv_heads
-        return SignedPermutation(self.heads.perm[::gs] // gs, np.ones(self.n_kv_heads, dtype=np.int8))
-
-    def inverse(self) -> LayerGauge:
-        return LayerGauge(self.mlp.inverse(), self.heads.inverse(), self.n_kv_heads)
-
-    def __matmul__(self, other: LayerGauge) -> LayerGauge:
-        return LayerGauge(self.mlp @ other.mlp, self.heads @ other.heads, self.n_kv_heads)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LayerGauge) and self.mlp == other.mlp and self.heads == other.heads
-
-    def __hash__(self) -> int:
-        return hash((self.mlp, self.heads))
 
 
 @dataclass(frozen=True, eq=False)
@@ -385,26 +348,9 @@ def read_full_gauge_file(path: str | Path) -> FullGaugeFile:
     tensors, metadata = read_gauge_tensors(path)
     version = metadata["version"]
     part = read_residual_part(path, tensors, metadata)
-    layers: list[LayerGauge] = []
-    if version == "2":
-        n_layers = _meta_int(metadata, "n_layers", path)
-        n_kv = _meta_int(metadata, "n_kv_heads", path)
-        for i in range(n_layers):
-            keys = [f"layers.{i}.mlp.perm", f"layers.{i}.mlp.signs", f"layers.{i}.heads.perm"]
-            missing = [k for k in keys if k not in tensors]
-            if missing:
-                raise GaugeError(f"{path}: version-2 gauge file lacks {', '.join(missing)}",
-                                 hint="the file is truncated or was not written by gaugeport")
-            mlp = _sp(tensors.pop(keys[0]), tensors.pop(keys[1]), path, f"layer {i} mlp")
-            hp = tensors.pop(keys[2])
-            heads = _sp(hp, torch.ones(hp.shape, dtype=torch.int8), path, f"layer {i} heads")
-            layers.append(LayerGauge(mlp, heads, n_kv))
-        stray = [k for k in tensors if not k.endswith(".confidence")]
-        if stray:
-            raise GaugeError(f"{path}: unexpected tensors {stray[:3]} (metadata says {n_layers} layers)",
-                             hint="the file is truncated or was not written by gaugeport")
+    layers = read_layer_part(path, tensors, metadata)
     extras = {**part.extras, **{k: v.float().numpy() for k, v in tensors.items()}}
-    return FullGaugeFile(FullGauge(part.gauge, tuple(layers)), version, part.provenance, extras)
+    return FullGaugeFile(FullGauge(part.gauge, layers), version, part.provenance, extras)
 
 
 def load_full_gauge(path: str | Path) -> FullGauge:
@@ -424,23 +370,6 @@ def gauge_file_version(path: str | Path) -> str:
     except Exception as exc:
         raise CheckpointError(f"cannot read gauge file {path}: {exc}",
                               hint="the file is truncated or not a safetensors file") from exc
-
-
-def _sp(perm: torch.Tensor, signs: torch.Tensor, path: str | Path, what: str) -> SignedPermutation:
-    p, s = perm.numpy(), signs.numpy()
-    if np.issubdtype(s.dtype, np.floating) and not np.all(np.isfinite(s)):
-        raise GaugeError(f"{path}: {what} signs contain NaN or infinite values")
-    try:
-        return SignedPermutation(p, s)
-    except GaugeError as exc:
-        raise GaugeError(f"{path}: {what}: {exc.message}", hint=exc.hint) from exc
-
-
-def _meta_int(metadata: Mapping[str, str], key: str, path: str | Path) -> int:
-    raw = metadata.get(key)
-    if raw is None or not raw.isdigit() or int(raw) <= 0 or int(raw) > 100_000:
-        raise GaugeError(f"{path}: metadata {key}={raw!r} is not a valid positive integer")
-    return int(raw)
 
 
 # --------------------------------------------------------------------- verbs on files

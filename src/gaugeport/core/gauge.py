@@ -26,11 +26,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from gaugeport.core.archspec import Mode
 from gaugeport.core.errors import GaugeError
 
 FORMAT_NAME = "gaugeport.signed_permutation"
@@ -40,7 +41,6 @@ CONVENTION = (
     "perm[i] of the target checkpoint (B), multiplied by signs[i]; dense M[perm[i], i] = signs[i]"
 )
 
-Mode = Literal["signed", "abs", "none"]
 ArrayLike = np.ndarray | torch.Tensor
 
 # dtypes whose bits a same-sized integer view carries exactly (for the CPU gather in ``apply``)
@@ -279,6 +279,45 @@ class SignedPermutation:
         }
 
 
+@dataclass(frozen=True, eq=False)
+class LayerGauge:
+    """One layer's hidden gauge: MLP units (signed permutation) and query heads (permutation)."""
+
+    mlp: SignedPermutation
+    heads: SignedPermutation  # signs all +1
+    n_kv_heads: int
+
+    def __post_init__(self) -> None:
+        if not np.all(self.heads.signs == 1):
+            raise GaugeError("attention heads are permuted, never signed")
+        h, k = self.heads.d, self.n_kv_heads
+        if k <= 0 or h % k:
+            raise GaugeError(f"{h} query heads do not split into {k} key/value groups")
+        gs = h // k
+        groups = self.heads.perm.reshape(k, gs) // gs
+        if not np.all(groups == groups[:, :1]):
+            raise GaugeError("the head permutation splits a key/value group: query heads of one group must move "
+                             "to one group together (grouped-query attention)",
+                             hint="permute key/value groups, and query heads only inside their group")
+
+    @property
+    def kv(self) -> SignedPermutation:
+        gs = self.heads.d // self.n_kv_heads
+        return SignedPermutation(self.heads.perm[::gs] // gs, np.ones(self.n_kv_heads, dtype=np.int8))
+
+    def inverse(self) -> LayerGauge:
+        return LayerGauge(self.mlp.inverse(), self.heads.inverse(), self.n_kv_heads)
+
+    def __matmul__(self, other: LayerGauge) -> LayerGauge:
+        return LayerGauge(self.mlp @ other.mlp, self.heads @ other.heads, self.n_kv_heads)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerGauge) and self.mlp == other.mlp and self.heads == other.heads
+
+    def __hash__(self) -> int:
+        return hash((self.mlp, self.heads))
+
+
 def compose(*gauges: SignedPermutation) -> SignedPermutation:
     """Chain composition: ``compose(g1, g2, g3)`` applies ``g1`` first (``g3 @ g2 @ g1``)."""
     return chain_product(gauges)
@@ -412,14 +451,56 @@ def read_residual_part(path: str | Path, tensors: dict[str, torch.Tensor], metad
 def read_gauge_file(path: str | Path) -> GaugeFile:
     """Load a gauge file with its provenance and per-coordinate extras (e.g. confidence).
 
-    Every gauge file goes through the one reader, :func:`gaugeport.core.fullgauge.read_full_gauge_file`
-    (a version-2 file is validated whole); this returns its residual part.
+    The same readers as :func:`gaugeport.core.fullgauge.read_full_gauge_file` (a version-2 file is
+    validated whole, its per-layer part included); this returns the residual part.
     """
-    from gaugeport.core.fullgauge import read_full_gauge_file
+    tensors, metadata = read_gauge_tensors(path)
+    part = read_residual_part(path, tensors, metadata)
+    read_layer_part(path, tensors, metadata)
+    return part
 
-    full = read_full_gauge_file(path)
-    return GaugeFile(full.gauge.residual, full.provenance,
-                     {k: v for k, v in full.extras.items() if not k.startswith("layers.")})
+
+def read_layer_part(path: str | Path, tensors: dict[str, torch.Tensor],
+                    metadata: Mapping[str, str]) -> tuple[LayerGauge, ...]:
+    """The per-layer hidden gauges of a version-2 file's tensors (validated; ``()`` for version 1);
+    ``tensors`` loses the entries it reads and keeps only per-layer extras (``*.confidence``)."""
+    if metadata["version"] != "2":
+        return ()
+    n_layers = _meta_int(metadata, "n_layers", path)
+    n_kv = _meta_int(metadata, "n_kv_heads", path)
+    layers = []
+    for i in range(n_layers):
+        keys = [f"layers.{i}.mlp.perm", f"layers.{i}.mlp.signs", f"layers.{i}.heads.perm"]
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise GaugeError(f"{path}: version-2 gauge file lacks {', '.join(missing)}",
+                             hint="the file is truncated or was not written by gaugeport")
+        mlp = _sp(tensors.pop(keys[0]), tensors.pop(keys[1]), path, f"layer {i} mlp")
+        hp = tensors.pop(keys[2])
+        heads = _sp(hp, torch.ones(hp.shape, dtype=torch.int8), path, f"layer {i} heads")
+        layers.append(LayerGauge(mlp, heads, n_kv))
+    stray = [k for k in tensors if not k.endswith(".confidence")]
+    if stray:
+        raise GaugeError(f"{path}: unexpected tensors {stray[:3]} (metadata says {n_layers} layers)",
+                         hint="the file is truncated or was not written by gaugeport")
+    return tuple(layers)
+
+
+def _sp(perm: torch.Tensor, signs: torch.Tensor, path: str | Path, what: str) -> SignedPermutation:
+    p, s = perm.numpy(), signs.numpy()
+    if np.issubdtype(s.dtype, np.floating) and not np.all(np.isfinite(s)):
+        raise GaugeError(f"{path}: {what} signs contain NaN or infinite values")
+    try:
+        return SignedPermutation(p, s)
+    except GaugeError as exc:
+        raise GaugeError(f"{path}: {what}: {exc.message}", hint=exc.hint) from exc
+
+
+def _meta_int(metadata: Mapping[str, str], key: str, path: str | Path) -> int:
+    raw = metadata.get(key)
+    if raw is None or not raw.isdigit() or int(raw) <= 0 or int(raw) > 100_000:
+        raise GaugeError(f"{path}: metadata {key}={raw!r} is not a valid positive integer")
+    return int(raw)
 
 
 def load_gauge(path: str | Path) -> SignedPermutation:

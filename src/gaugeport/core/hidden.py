@@ -196,8 +196,9 @@ def _load(model_type: str) -> HiddenSpec:
         raise ArchitectureError(
             f"the {model_type!r} table has no hidden-axis rows (MLP units, attention heads), so the full-network "
             "gauge is not defined for it",
-            hint=f"residual-only gauges work (drop --full); to support it, add a \"hidden\" section to "
-            f"src/gaugeport/core/architectures/{model_type}.json (see gaugeport/core/hidden.py)")
+            hint="this needs the full gauge (apply --full, merge --full, same, canonicalize, fingerprint); residual "
+            "gauges work (apply without --full, align, verify, transport). To support it, add a \"hidden\" section "
+            f"to src/gaugeport/core/architectures/{model_type}.json (see gaugeport/core/hidden.py)")
     hidden = raw["hidden"]
     where = f"{model_type}.hidden"
     _check_keys(hidden, _HIDDEN_KEYS, where)

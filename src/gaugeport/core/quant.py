@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gaugeport.core.errors import CheckpointError
+from gaugeport.core.fileio import dtype_from_name
 
 DEQUANTIZABLE = ("fp8", "gptq")
 # tensor-name suffixes that betray a scheme when the config does not say
@@ -244,15 +245,13 @@ def _tensor_of(ckpt: Any, q: Quantization, p: _Plan, dtype: torch.dtype) -> torc
 def _out_layout(ckpt: Any, q: Quantization, p: _Plan, header: Mapping[str, tuple[str, tuple[int, ...]]],
                 dtype: torch.dtype) -> tuple[torch.dtype, tuple[int, ...]]:
     """Dtype and shape of an output tensor, from the source headers (no tensor data read)."""
-    from gaugeport.core.checkpoint import _dtype_from_name
-
     if p.kind == "fp8":
         return dtype, header[p.sources[0]][1]
     if p.kind == "gptq":
         bits = gptq_params(q)[0]
         qw, sc = header[p.sources[0]][1], header[f"{p.name[: -len('.weight')]}.scales"][1]
         return dtype, (sc[1], qw[0] * 32 // bits)
-    src_dtype = _dtype_from_name(header[p.name][0])
+    src_dtype = dtype_from_name(header[p.name][0])
     return (dtype if src_dtype.is_floating_point else src_dtype), header[p.name][1]
 
 
@@ -278,8 +277,7 @@ def write_dequantized(ckpt: Any, q: Quantization, dest: Path, transform: Any, dt
     """
     import json
 
-    from gaugeport.core.checkpoint import INDEX_FILE, SafetensorsStreamWriter
-    from gaugeport.core.fileio import atomic_write_json
+    from gaugeport.core.fileio import INDEX_FILE, SafetensorsStreamWriter, atomic_write_json
 
     plans = plan_dequantized(q, ckpt.names)
     header = _headers(ckpt)
@@ -287,14 +285,13 @@ def write_dequantized(ckpt: Any, q: Quantization, dest: Path, transform: Any, dt
     for p in plans:
         by_shard.setdefault(ckpt.shard_of[p.sources[0]], []).append(p)
     dest.mkdir()
-    bar = tqdm(total=len(plans), desc="dequantize+apply", unit="tensor", disable=not progress)
-    for shard, group in sorted(by_shard.items()):
-        layout = {p.name: _out_layout(ckpt, q, p, header, dtype) for p in group}
-        with SafetensorsStreamWriter(dest / shard, layout, {"format": "pt", **stamp}) as writer:
-            for p in sorted(group, key=lambda p: p.name):
-                writer.write(p.name, transform(p.name, _tensor_of(ckpt, q, p, dtype)))
-                bar.update()
-    bar.close()
+    with tqdm(total=len(plans), desc="dequantize+apply", unit="tensor", disable=not progress) as bar:
+        for shard, group in sorted(by_shard.items()):
+            layout = {p.name: _out_layout(ckpt, q, p, header, dtype) for p in group}
+            with SafetensorsStreamWriter(dest / shard, layout, {"format": "pt", **stamp}) as writer:
+                for p in sorted(group, key=lambda p: p.name):
+                    writer.write(p.name, transform(p.name, _tensor_of(ckpt, q, p, dtype)))
+                    bar.update()
     config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
     config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
     for side in ckpt.side_files():

@@ -24,6 +24,7 @@ in :attr:`StreamInfo.note`.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,10 @@ from gaugeport.core.checkpoint import Checkpoint, _open
 from gaugeport.core.errors import CheckpointError, GaugeportError
 
 STREAM_ATTR = "_gaugeport_stream"
+
+
+class StreamFallbackWarning(UserWarning):
+    """A checkpoint runs as a whole model (its memory grows with depth): the note says why."""
 
 
 @dataclass
@@ -151,14 +156,50 @@ class _Slots:
             mod._parameters[leaf] = p
 
 
+# ---------------------------------------------------------------------- whole-model loading
+def model_class_for(config: Any) -> type:
+    """The class a checkpoint was saved from (``config.architectures``), else the table's task head."""
+    import transformers
+
+    from gaugeport.core.facts import ModelFacts
+
+    facts = ModelFacts.from_config(config)
+    for name in facts.architectures:
+        cls = getattr(transformers, name, None) if name.isidentifier() else None
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls
+    return getattr(transformers, facts.spec.task_class)
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    """Load a checkpoint as its own class, in float32, eval mode; refuse if any tensor would be random."""
+    import transformers
+
+    ckpt = Checkpoint.open(path)
+    cls = model_class_for(ckpt.config)
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model, info = cls.from_pretrained(str(ckpt.path), dtype=torch.float32,  # ckpt.path: a hub ID resolved
+                                          output_loading_info=True)
+    except Exception as exc:
+        raise CheckpointError(f"transformers could not load {path}: {exc}") from exc
+    missing = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if missing:
+        raise CheckpointError(
+            f"loading {path} as {getattr(cls, '__name__', cls)} would randomly initialise {len(missing)} tensor(s): "
+            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+            hint="a comparison through random weights proves nothing; fix config.json's 'architectures' to "
+            "name the class these weights were saved from",
+        )
+    return model.eval()
+
+
 def load_streamed(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The checkpoint's model in float32 and eval mode, its blocks streamed from disk (see the module doc).
 
-    Refuses, like :func:`gaugeport.core.verify.load_model`, to run with any randomly initialised
+    Refuses, like :func:`load_model`, to run with any randomly initialised
     tensor. ``device``: where the blocks run (``cuda`` streams each block to the GPU)."""
     import transformers
-
-    from gaugeport.core.verify import load_model, model_class_for
 
     dev = check_device(device)
     ckpt = Checkpoint.open(path)
@@ -174,6 +215,7 @@ def load_streamed(path: str | Path, device: str | torch.device = "cpu") -> torch
     plan = _plan(model, ckpt)
     if isinstance(plan, str):  # cannot stream tensor by tensor: the whole model, with a note
         del model
+        warnings.warn(f"{ckpt.path}: loaded whole, not layer-streamed: {plan}", StreamFallbackWarning, stacklevel=2)
         whole = load_model(path).to(dev)
         setattr(whole, STREAM_ATTR, StreamInfo(ckpt.path, dev, False, plan))
         return whole

@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 
 from gaugeport.core.apply import check_gauge_fits, transform_tensor
 from gaugeport.core.archspec import get_spec
 from gaugeport.core.checkpoint import Checkpoint, check_sequence_length
+from gaugeport.core.defaults import VERIFY_TOL
 from gaugeport.core.errors import CheckpointError, DataError, GaugeError
-from gaugeport.core.facts import ModelFacts
 from gaugeport.core.gauge import SignedPermutation
+from gaugeport.core.stream import load_model, model_class_for  # noqa: F401 (re-exported)
 
-DEFAULT_TOL = 1e-4  # relative to the largest |logit| of A; float32 reorderings give ~1e-6
+DEFAULT_TOL = VERIFY_TOL  # relative to the largest |logit| of A (core/defaults.py)
 
 
 @dataclass
@@ -49,37 +49,6 @@ class Verification:
         return {**asdict(self), "ok": self.ok}
 
 
-def model_class_for(config: Any) -> type:
-    """The class a checkpoint was saved from (``config.architectures``), else the table's task head."""
-    facts = ModelFacts.from_config(config)
-    for name in facts.architectures:
-        cls = getattr(transformers, name, None) if name.isidentifier() else None
-        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-            return cls
-    return getattr(transformers, facts.spec.task_class)
-
-
-def load_model(path: str | Path) -> torch.nn.Module:
-    """Load a checkpoint as its own class, in float32, eval mode; refuse if any tensor would be random."""
-    ckpt = Checkpoint.open(path)
-    cls = model_class_for(ckpt.config)
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        model, info = cls.from_pretrained(str(ckpt.path), dtype=torch.float32,  # ckpt.path: a hub ID resolved
-                                          output_loading_info=True)
-    except Exception as exc:
-        raise CheckpointError(f"transformers could not load {path}: {exc}") from exc
-    missing = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
-    if missing:
-        raise CheckpointError(
-            f"loading {path} as {getattr(cls, '__name__', cls)} would randomly initialise {len(missing)} tensor(s): "
-            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
-            hint="a comparison through random weights proves nothing; fix config.json's 'architectures' to "
-            "name the class these weights were saved from",
-        )
-    return model.eval()
-
-
 def probe_token_ids(vocab_size: int, n_seq: int = 4, seq_len: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (n_seq, seq_len), generator=g)
@@ -94,6 +63,9 @@ def load_token_ids(path: str | Path, vocab_size: int) -> torch.Tensor:
     if path.suffix.lower() != ".npy":
         raise DataError(f"{path}: verify reads token ids from a .npy file, not {path.suffix or 'a bare file'}",
                         hint=hint)
+    from gaugeport.core.fileio import check_npy_size
+
+    check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -180,12 +152,26 @@ def streamed_weight_difference(a: Checkpoint, b: Checkpoint, transform: Any, *,
         if tuple(ta.shape) != tuple(tb.shape):
             raise CheckpointError(f"tensor {name!r} has shape {tuple(ta.shape)} in A but {tuple(tb.shape)} in B",
                                   hint="A and B are different models; verify compares a model with its gauged copy")
-        d = (ta.double() - tb.double()).abs().max().item() if ta.numel() else 0.0
-        rel = d / max(ta.double().abs().max().item(), 1e-12) if ta.numel() else 0.0
+        d, scale = _max_diff_and_scale(ta, tb)
+        rel = d / max(scale, 1e-12) if ta.numel() else 0.0
         worst = max(worst, d)
         if rel >= worst_rel:
             worst_rel, worst_name = rel, name
     return worst, worst_name, worst_rel
+
+
+_DIFF_CHUNK = 1 << 22  # elements per float64 step: the comparison's extra memory stays ~100 MB
+
+
+def _max_diff_and_scale(ta: torch.Tensor, tb: torch.Tensor) -> tuple[float, float]:
+    """``max |ta - tb|`` and ``max |ta|`` in float64, a chunk at a time (exact: a max of maxima)."""
+    fa, fb = ta.reshape(-1), tb.reshape(-1)
+    d = scale = 0.0
+    for start in range(0, fa.numel(), _DIFF_CHUNK):
+        a = fa[start:start + _DIFF_CHUNK].double()
+        d = max(d, (a - fb[start:start + _DIFF_CHUNK].double()).abs().max().item())
+        scale = max(scale, a.abs().max().item())
+    return d, scale
 
 
 def verify_checkpoints(path_a: str | Path, path_b: str | Path, gauge: SignedPermutation | None = None, *,

@@ -159,10 +159,14 @@ def _rows_from_path(path: Path, tok: Any, seq_len: int, pad_id: int) -> np.ndarr
 
 
 def _rows_from_npy(path: Path, seq_len: int) -> np.ndarray:
+    from gaugeport.core.fileio import check_npy_size
+
+    check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {path} as a numpy array: {exc}") from exc
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path} as a numpy array: {exc}",
+                        hint="give token ids saved with np.save (an integer array [n_seq, seq_len])") from exc
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
@@ -245,10 +249,9 @@ def _jsonl_texts(path: Path) -> list[str]:
 
 
 def _rows_from_dataset(path: Path, tok: Any, seq_len: int) -> np.ndarray:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise DataError("reading a saved dataset needs the 'datasets' package", hint="pip install datasets") from exc
+    from gaugeport.core.errors import require
+
+    datasets: Any = require("datasets", "data", f"reading the saved dataset {path}")
     _check_dataset_files(path)
     try:
         ds = datasets.load_from_disk(str(path))
@@ -313,19 +316,14 @@ def _pack(seqs: Sequence[np.ndarray], seq_len: int) -> np.ndarray:
 
 
 def _builtin_rows(n_rows: int, seq_len: int, seed: int, vocab_size: int | None) -> np.ndarray:
-    try:
-        from gaugeport.study.corpus import builtin_token_ids
-    except ImportError as exc:
-        raise DataError("the built-in corpus (gaugeport.study.corpus) is not available in this installation",
-                        hint="pass --data with a .npy, .txt/.jsonl file or a saved dataset") from exc
+    from gaugeport.estimate.corpus import builtin_token_ids
+
     return np.asarray(builtin_token_ids(n_rows, seq_len, seed=seed, vocab_size=vocab_size), dtype=np.int64)
 
 
 def _builtin_specials() -> set[int]:
-    try:
-        from gaugeport.study import corpus
-    except ImportError:
-        return set()
+    from gaugeport.estimate import corpus
+
     tok = corpus.tokenizer()
     return {tok.token_id(s) for s in corpus.SPECIALS}
 
@@ -334,7 +332,7 @@ def _builtin_specials() -> set[int]:
 def _resolve_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None or hasattr(tokenizer, "encode"):
         return tokenizer
-    from gaugeport.models.hub import resolve_checkpoint
+    from gaugeport.core.hub import resolve_checkpoint
 
     path = resolve_checkpoint(tokenizer)  # a hub ID resolves to its cached snapshot
     try:

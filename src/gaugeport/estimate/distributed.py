@@ -20,7 +20,7 @@ Where it runs (``address``):
 - an existing cluster: start one with ``ray start --head`` on the head node (and
   ``ray start --address=HEAD_IP:6379`` on the others), then pass ``"auto"`` (on a cluster node: finds
   the running cluster through ``RAY_ADDRESS`` or Ray's session file), ``"HEAD_IP:6379"``, or
-  ``"ray://HEAD_IP:10001"`` (Ray Client, from outside the cluster; needs ``pip install "ray[client]"``).
+  ``"ray://HEAD_IP:10001"`` (Ray Client, from outside the cluster; ``pip install 'gaugeport[ray]'`` has it).
   CLI: ``gaugeport collect A B --data ... --out M.safetensors --ray auto --workers 8``.
   Clusters with token authentication (the default of recent Ray versions) also need
   ``RAY_AUTH_MODE=token`` and the cluster's token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``).
@@ -189,11 +189,9 @@ def merge_shards(results: dict[str, MomentSet], shards: Sequence[Shard]) -> Mome
 # ---------------------------------------------------------------------- connecting
 def connect(address: str, workers: int, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> tuple[Any, bool]:
     """Import Ray and connect; returns (ray module, whether this call started Ray and must stop it)."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ClusterError("Ray is not installed",
-                           hint='pip install -e ".[ray]"  (or: pip install "ray>=2.30")') from exc
+    from gaugeport.core.errors import require
+
+    ray: Any = require("ray", "ray", "collecting with Ray (--ray)")
     if ray.is_initialized():
         return ray, False
     if address == "local":
@@ -283,7 +281,7 @@ def probe_ray(target: str, timeout_s: float, address: str) -> None:
         hint = ("set RAY_AUTH_MODE=token and make the cluster's token available here (RAY_AUTH_TOKEN, "
                 "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; `ray get-auth-token` prints it on the head)")
     elif "ray[client]" in proc.stderr:
-        hint = 'install the Ray client for ray:// addresses: pip install "ray[client]"'
+        hint = "install the Ray client for ray:// addresses: pip install 'gaugeport[ray]'"
     raise ClusterError(f"cannot connect to Ray at {address}: {why}", hint=hint)
 
 

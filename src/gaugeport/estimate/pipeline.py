@@ -138,7 +138,7 @@ def align_checkpoints(a: PathLike, b: PathLike, source: Source = None, *, method
 
 def _hub_revisions(a: PathLike, b: PathLike) -> dict[str, str]:
     """``a_revision`` / ``b_revision``: the commit a hub ID (``org/name[@rev]``) resolved to."""
-    from gaugeport.models.hub import hub_provenance, resolve_checkpoint
+    from gaugeport.core.hub import hub_provenance, resolve_checkpoint
 
     out = {}
     for key, ref in (("a", a), ("b", b)):

@@ -129,6 +129,10 @@ def align_chain(checkpoints: Sequence[ModelRef], batches: Any = None, *, method:
     names = list(names) if names is not None else [_name(c, i) for i, c in enumerate(checkpoints)]
     if len(names) != len(checkpoints):
         raise GaugeportError(f"{len(names)} names given for {len(checkpoints)} checkpoints")
+    if method == "weights":  # data-free: each hop reads the stored weights (a layer-streamed model holds none)
+        return Chain(tuple(_weights_hop(checkpoints[i - 1], checkpoints[i], names[i - 1], names[i])
+                           for i in tqdm(range(1, len(checkpoints)), desc="chain", unit="hop",
+                                         disable=not progress)), method)
     hops = []
     prev = _load(checkpoints[0])
     batches = _default_batches(prev) if batches is None else batches
@@ -163,6 +167,14 @@ def compose_gauge_files(paths: Sequence[str | Path], out: str | Path, *, force: 
                   "fingerprints": [g.fingerprint() for g in gauges]}
     save_gauge(composed, out, provenance=provenance, extras=extras, force=force)
     return composed
+
+
+def _weights_hop(a: ModelRef, b: ModelRef, source: str, target: str) -> Hop:
+    from gaugeport.estimate.align import align_by_weights
+
+    res = align_by_weights(a, b)
+    conf = np.broadcast_to(np.asarray(res.confidence, dtype=np.float64), (res.gauge.d,)).copy()
+    return Hop(source, target, res.gauge, conf)
 
 
 def _name(ref: ModelRef, i: int) -> str:

@@ -175,7 +175,10 @@ def plot_roc(docs: list[dict[str, Any]], path: str | Path) -> Path | None:
     y = np.asarray([int(d["label"]) for d in lab])
     if not lab or y.min() == y.max():
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the plot is optional (pip install 'gaugeport[study]'); the summary has every figure
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import ArchitectureError
 from gaugeport.core.fileio import atomic_path
-from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge
+from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, transform_hidden
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import HiddenDims, get_hidden_spec
 from gaugeport.estimate.hidden import unit_blocks
@@ -65,19 +65,26 @@ def _first_nonzero_sign(rows: np.ndarray) -> np.ndarray:
 PREFIX_COLUMNS = 16  # sort keys read first; the rest only where these leave a tie
 
 
-def _lexsort_rows(keys: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+def _lexsort_rows(keys: Sequence[np.ndarray],
+                  scales: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, int]:
     """Indices sorting the rows of the concatenated ``keys`` lexicographically, and the number of
     tie groups left (rows equal in every key). Earlier keys take precedence.
 
     The first :data:`PREFIX_COLUMNS` columns are sorted first: when they already tell every row
     apart, that order is the full lexicographic one (no tie to break) and the rest is never copied."""
     flat = [k.reshape(k.shape[0], -1) for k in keys]
+    sc = list(scales) if scales is not None else [None] * len(flat)
+
+    def as64(k: np.ndarray, scale: np.ndarray | None) -> np.ndarray:  # ``scale``: one factor per row (a sign)
+        k = k.astype(np.float64)
+        return k if scale is None else k * scale[:, None]
+
     n = flat[0].shape[0] if flat else 0
     prefix, width = [], 0
-    for k in flat:
+    for k, scale in zip(flat, sc, strict=True):
         if width >= PREFIX_COLUMNS:
             break
-        prefix.append(k[:, :PREFIX_COLUMNS - width].astype(np.float64))
+        prefix.append(as64(k[:, :PREFIX_COLUMNS - width], scale))
         width += prefix[-1].shape[1]
     if width and width < sum(k.shape[1] for k in flat):
         mat = np.concatenate(prefix, axis=1)
@@ -85,7 +92,8 @@ def _lexsort_rows(keys: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
         s = mat[order]
         if n < 2 or not np.any(np.all(s[1:] == s[:-1], axis=1)):
             return order, 0
-    mat = np.concatenate([k.astype(np.float64) for k in flat], axis=1) if flat else np.zeros((0, 0))
+    mat = np.concatenate([as64(k, scale) for k, scale in zip(flat, sc, strict=True)], axis=1) if flat else \
+        np.zeros((0, 0))
     if mat.shape[1] == 0:
         return np.arange(n), int(n > 1)
     order = np.lexsort(mat.T[::-1])  # lexsort: last key is primary
@@ -111,12 +119,14 @@ def canonical_gauge(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
 
 
 def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None = None,
-                    consume: Callable[[str, torch.Tensor], None] | None = None) -> Canonical:
+                    consume: Callable[[str, torch.Tensor], None] | None = None, *,
+                    prefix_ok: bool = False) -> Canonical:
     """:func:`canonical_gauge`; with ``consume``, also every canonical tensor, in sorted name order,
     in the same pass: a layer's gauge is decided when its first hidden-axis tensor comes up, from
     that layer's tensors, which are read once (kept until their turn, then dropped)."""
-    prefix_ok = get is None
-    get = get or ckpt.tensor
+    if get is None:
+        with _plain_reads(ckpt) as plain:
+            return _canonical_pass(ckpt, plain, consume, prefix_ok=True)
     spec = ckpt.spec
     hspec = get_hidden_spec(spec.model_type)
     dims = hspec.dims(ckpt.config, ckpt.d_model)
@@ -136,27 +146,31 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     def decide(layer: int) -> None:
         blocks: list[tuple[str, str, np.ndarray]] = []
         for name in by_layer.get(layer, []):
-            raw = get(name)
-            if consume is not None:
-                kept[name] = raw
             hit = hspec.match(name)
             assert hit is not None
-            blocks.extend(unit_blocks(res_tf(name, raw), hit[0], dims))
+            moved = res_tf(name, get(name))  # in canonical residual coordinates
+            if consume is not None:
+                kept[name] = moved
+            blocks.extend(unit_blocks(moved, hit[0], dims))
         layers[layer], mt, ht = _canonical_layer(blocks, dims, hspec.mlp_signs)
         counts["mlp"] += mt
         counts["heads"] += ht
 
     decided: set[int] = set()
     if consume is not None:
-        full_tf = FullTransform(spec, ckpt.names, FullGauge(residual, layers), ckpt.d_model,  # type: ignore[arg-type]
-                                ckpt.config)
+        full = FullGauge(residual, layers)  # type: ignore[arg-type]
+        full_tf = FullTransform(spec, ckpt.names, full, ckpt.d_model, ckpt.config)
         for name in names:
             hit = hspec.match(name)
             if hit is not None and hit[1] not in decided:
                 kept.clear()
                 decide(hit[1])
                 decided.add(hit[1])
-            consume(name, full_tf(name, kept.pop(name) if name in kept else get(name)))
+            if name in kept:  # residual gauge already applied: the layer's hidden gauge remains
+                assert hit is not None
+                consume(name, transform_hidden(name, kept.pop(name), hit[0], hit[1], full, full_tf.dims))
+            else:
+                consume(name, full_tf(name, get(name)))
     for layer in range(dims.n_layers):
         if layer not in decided:
             decide(layer)
@@ -173,8 +187,8 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
     # sign-carrying residual tensors without a hidden axis (a hidden gauge would reorder their slices),
     # the token embedding first; read only while something is undecided
     hspec = get_hidden_spec(spec.model_type)
-    sources = [(n, ax) for n in names if rules[n].mode == "signed" and hspec.match(n) is None
-               for ax in rules[n].axes]
+    sources = [(n, ax) for n in names if hspec.match(n) is None
+               for ax, mode in zip(rules[n].axes, rules[n].modes, strict=True) if mode == "signed"]
     vocab = ckpt.config.get("text_config", ckpt.config).get("vocab_size")
     emb = [src for src in sources if rules[src[0]].role == "write" and rules[src[0]].axes == (1,)
            and _rows(ckpt, src[0]) == vocab]
@@ -228,6 +242,24 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
     return SignedPermutation(_ranks(order), signs.astype(np.int8)), ties, notes
 
 
+@contextlib.contextmanager
+def _plain_reads(ckpt: Checkpoint) -> Iterator[Callable[[str], torch.Tensor]]:
+    """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite."""
+    from gaugeport.core.checkpoint import ShardReader
+
+    readers: dict[str, ShardReader] = {}
+    try:
+        def get(name: str) -> torch.Tensor:
+            shard = ckpt.shard_of[name]
+            if shard not in readers:
+                readers[shard] = ShardReader(ckpt, shard)
+            return readers[shard].read(name)
+        yield get
+    finally:
+        for r in readers.values():
+            r.close()
+
+
 def _leading_columns(ckpt: Checkpoint, src: tuple[str, int], d: int) -> np.ndarray | None:
     """``slice_of(src)`` restricted to its first :data:`PREFIX_COLUMNS` columns, read as a slice of the
     stored rows (a ``[vocab, d]`` embedding's first rows); None where that is no contiguous read."""
@@ -269,9 +301,13 @@ def _canonical_layer(blocks: list[tuple[str, str, np.ndarray]], dims: HiddenDims
         s = np.zeros(dims.mlp)
         for b in mlp_sgn:
             undecided = s == 0
-            s[undecided] = _first_nonzero_sign(b[undecided])
+            lead = _first_nonzero_sign(b[:, :PREFIX_COLUMNS])  # decided by the first columns, mostly
+            s[undecided & (lead != 0)] = lead[undecided & (lead != 0)]
+            rest = undecided & (lead == 0)
+            if rest.any():
+                s[rest] = _first_nonzero_sign(b[rest])
         signs = np.where(s == 0, 1.0, s)
-    order, mlp_ties = _lexsort_rows(mlp_abs + [b * signs[:, None] for b in mlp_sgn])
+    order, mlp_ties = _lexsort_rows(mlp_abs + mlp_sgn, [None] * len(mlp_abs) + [signs] * len(mlp_sgn))
     mlp = SignedPermutation(_ranks(order), signs.astype(np.int8))
     q = [b for k, _, b in blocks if k == "q_heads"]
     kv = [b for k, _, b in blocks if k == "kv_heads"]

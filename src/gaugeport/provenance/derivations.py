@@ -1,4 +1,5 @@
-"""Shape-changing derivations of a Llama-style model, for the lineage tests and the provenance suite.
+"""Shape-changing derivations of a Llama-style model, for the lineage tests and the provenance suite
+(a healing run after pruning trains, so it lives with the training runs: ``study.provenance_runs.healed``).
 
 Each takes a ``LlamaForCausalLM`` (or a subclass with the same tensor names) and returns a new
 model; the input is never modified. These are the published recipes in miniature:
@@ -18,7 +19,6 @@ old vocabulary); the tests compare logits.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -150,18 +150,3 @@ def _fuse_experts(state: dict[str, torch.Tensor], n_layers: int, n_experts: int)
                                                for e in range(n_experts)])
         out[p + "down_proj"] = torch.stack([state[f"{p}{e}.down_proj"] for e in range(n_experts)])
     return out
-
-
-def healed(model: torch.nn.Module, steps: int, data_seed: int, lr: float = 1e-3) -> torch.nn.Module:
-    """A copy of ``model`` trained ``steps`` more steps on the built-in corpus (a short healing run)."""
-    from gaugeport.provenance.experiments import TinyRun, train
-
-    m = copy.deepcopy(model)
-    c = m.config
-    run = TinyRun(d_model=int(c.hidden_size), d_ff=int(c.intermediate_size), n_layers=_n_layers(m),
-                  n_heads=int(c.num_attention_heads), n_kv_heads=int(c.num_key_value_heads),
-                  seq_len=int(c.max_position_embeddings))
-    m.train()
-    train(m, steps, data_seed=data_seed, run=run, lr=lr)
-    m.eval()
-    return m

@@ -540,10 +540,13 @@ def _token_evidence(va: View, vb: View, ids_a: np.ndarray, ids_b: np.ndarray, re
 
 
 # ----------------------------------------------------------------------------- plot
-def plot_blocks(result: LineageResult, path: str | Path) -> Path:
+def plot_blocks(result: LineageResult, path: str | Path) -> Path | None:
     """Per-block evidence: the input-side evidence matrix with the block map, and each mapped block's z
-    and units fraction (matplotlib, imported here only)."""
-    import matplotlib
+    and units fraction (matplotlib, imported here only; None without it: ``gaugeport[study]``)."""
+    try:
+        import matplotlib
+    except ImportError:  # the plot is optional; the report has every figure
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -64,14 +64,15 @@ class RealConfig:
     probe_rows: int = 8  # matching, transfer and audit gauges: 8 x 128 = 1,024 tokens
     traj_probe_rows: int = 4  # every gauge of the trajectory: 512 tokens
     eval_rows: int = 4
-    regimes: tuple[Regime, ...] = (Regime("aggressive", 60, 3e-3, 10, 2, seeds=3), Regime("gentle", 4, 2e-5, 1, 2))
+    regimes: tuple[Regime, ...] = (Regime("aggressive", 60, 3e-3, 10, 2, seeds=3),
+                                   Regime("gentle", 4, 2e-5, 1, 2, seeds=5))
     adamw_step: int = 2  # gentle run-1 keeps its Trainer checkpoint here
     adamw_resume_steps: int = 5
     sae_layer: int = 15
     sae_rows: int = 16
-    steering_layer: int = 15
-    steering_scale: float = 4.0
-    refusal_layer: int = 15
+    audit_layer: int = 15  # residual site of the audit's claims
+    steering_layers: tuple[int, ...] = tuple(range(1, 29, 2))  # swept for the steering / refusal directions
+    gauge_draws: int = 5  # hidden gauges per cheap row (function, matching)
     ceiling_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     audit_random_gauges: int = 8
     device: str = "cpu"
@@ -112,6 +113,7 @@ class StudyConfig:
     steering_docs: int = 96  # documents per class for the steering directions
     steering_prompts: int = 64
     audit_random_gauges: int = 8
+    gauge_draws: int = 5  # hidden gauges per cheap row (function, matching)
     extra: dict[str, Any] = field(default_factory=dict)
     real: RealConfig | None = None  # the real-model presets (pretrained LM, real text)
 
@@ -155,7 +157,7 @@ def preset(name: Preset, seed: int = 0) -> StudyConfig:
             finetune=TrainConfig(steps=30, batch_size=8, lr=3e-2, warmup=10),
             checkpoint_steps=_log_then_dense(30, 10), probe_seqs=16, probe_len=32,
             transfer_step=3, merge_step=10, adamw_step=10, sae_steps=150,
-            steering_docs=32, steering_prompts=16, audit_random_gauges=4,
+            steering_docs=32, steering_prompts=16, audit_random_gauges=4, gauge_draws=2,
         )
     if name == "quick":
         return StudyConfig(
@@ -186,8 +188,9 @@ def real_preset(stand_in: bool = False, seed: int = 0, device: str = "cpu") -> S
         rc = RealConfig(stand_in=True, seq_len=32, train_seq_len=24, train_batch=2, forward_batch=8, probe_rows=32,
                         traj_probe_rows=16, eval_rows=4,
                         regimes=(Regime("aggressive", 6, 3e-2, 1, 2, seeds=2), Regime("gentle", 4, 1e-3, 1, 2)),
-                        adamw_step=2, adamw_resume_steps=2, sae_layer=1, sae_rows=32, steering_layer=1,
-                        refusal_layer=1, steering_scale=1.0, ceiling_fractions=(0.0, 0.5, 1.0), audit_random_gauges=3,
+                        adamw_step=2, adamw_resume_steps=2, sae_layer=1, sae_rows=32, audit_layer=1,
+                        steering_layers=(0, 1, 2), gauge_draws=2, ceiling_fractions=(0.0, 0.5, 1.0),
+                        audit_random_gauges=3,
                         device=device, extra={"sae_steps": 100})
         model = ModelConfig(d_model=32, n_layers=3, n_heads=4, d_ff=64, seq_len=32)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,6 +13,7 @@ from gaugeport.study.config import StudyConfig
 from gaugeport.study.corpus import builtin_token_ids, tokenizer
 from gaugeport.study.models import load_model
 from gaugeport.study.stages import Artifacts, derived_seed
+from gaugeport.study.stats import Interval
 
 
 @dataclass
@@ -21,6 +23,13 @@ class Context:
     work: Path  # scratch space for transported artifacts
     progress: bool = True
     _models: dict[Path, torch.nn.Module] = field(default_factory=dict)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure -> Interval.to_dict()
+
+    def keep(self, name: str, iv: Interval | dict[str, Any]) -> float:
+        """Record ``name``'s interval; returns its value (what the row prints beside it)."""
+        d = iv.to_dict() if isinstance(iv, Interval) else iv
+        self.intervals[name] = d
+        return float(d["value"])
 
     def model(self, path: Path) -> torch.nn.Module:
         """A checkpoint loaded once per study (never modified: measurements work on copies)."""

@@ -39,18 +39,24 @@ def forced_gauge(model: torch.nn.Module, gauge: SignedPermutation) -> torch.nn.M
 
 
 def function_preservation(ctx: Context) -> dict[str, float]:
-    """1. Same function under a random signed permutation: RMSNorm yes, LayerNorm no."""
+    """1. Same function under random signed permutations (``gauge_draws`` of them; the figure is the
+    worst): RMSNorm yes, LayerNorm no."""
+    from gaugeport.study.stats import spread
+
     ids = ctx.probe_ids()
-    g = SignedPermutation.random(ctx.d, seed=derived_seed(ctx.cfg.seed, 70))
     base, control = ctx.model(ctx.art.base), ctx.model(ctx.art.control)
     with torch.no_grad():
         scale = float(base(input_ids=ids).logits.abs().max())
-    return {
-        "rmsnorm_signed": max_logit_diff(base, in_gauge(base, g), ids),
-        "layernorm_signed": max_logit_diff(control, forced_gauge(control, g), ids),
-        "layernorm_perm_only": max_logit_diff(control, in_gauge(control, g.perm_only()), ids),
-        "logit_scale": scale,
-    }
+    draws: dict[str, list[float]] = {"rmsnorm_signed": [], "layernorm_signed": [], "layernorm_perm_only": []}
+    for k in range(ctx.cfg.gauge_draws):
+        g = SignedPermutation.random(ctx.d, seed=derived_seed(ctx.cfg.seed, 70, k))
+        draws["rmsnorm_signed"].append(max_logit_diff(base, in_gauge(base, g), ids))
+        draws["layernorm_signed"].append(max_logit_diff(control, forced_gauge(control, g), ids))
+        draws["layernorm_perm_only"].append(max_logit_diff(control, in_gauge(control, g.perm_only()), ids))
+    out = {key: max(v) for key, v in draws.items()}
+    for key, v in draws.items():
+        ctx.keep(f"function.{key}", spread(v, "random gauges"))
+    return {**out, "logit_scale": scale}
 
 
 def _accuracies(ctx: Context, target: torch.nn.Module, truth: SignedPermutation) -> dict[str, float]:
@@ -60,7 +66,8 @@ def _accuracies(ctx: Context, target: torch.nn.Module, truth: SignedPermutation)
 
 
 def matching(ctx: Context) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """2. Accuracy of each method on the base vs a hidden-gauge copy, and raw accuracy vs the
+    """2. Accuracy of each method on the base vs hidden-gauge copies (mean and range over
+    ``gauge_draws``), and raw accuracy vs the
     positive-sign fraction of the hidden gauge (the ceiling theorem)."""
     base = ctx.model(ctx.art.base)
     curve = []
@@ -70,8 +77,13 @@ def matching(ctx: Context) -> tuple[dict[str, float], list[dict[str, float]]]:
         truth = SignedPermutation.random(ctx.d, seed=derived_seed(ctx.cfg.seed, 80, k), positive_fraction=frac)
         acc = _accuracies(ctx, in_gauge(base, truth), truth)
         curve.append({"positive_fraction": truth.positive_fraction, **acc})
-    truth = SignedPermutation.random(ctx.d, seed=derived_seed(ctx.cfg.seed, 81))
-    main = _accuracies(ctx, in_gauge(base, truth), truth)
+    from gaugeport.study.stats import spread
+
+    draws = []
+    for k in range(ctx.cfg.gauge_draws):
+        truth = SignedPermutation.random(ctx.d, seed=derived_seed(ctx.cfg.seed, 81, k))
+        draws.append(_accuracies(ctx, in_gauge(base, truth), truth))
+    main = {key: ctx.keep(f"matching.{key}", spread([x[key] for x in draws], "hidden gauges")) for key in METHODS}
     return main, curve
 
 
@@ -120,6 +132,17 @@ def trajectory(ctx: Context) -> tuple[dict[str, Any], list[dict[str, float]]]:
     bar.close()
     full = [down[t] for t in reversed(steps)] + [up[t] for t in steps]
     weakest = min(full, key=lambda h: h.mean_confidence)
+    from gaugeport.study.stats import bootstrap
+
+    s = steps[-1]
+    truth = run2.truth(s) @ run1.truth(s).inverse()
+    chain = [down[t] for t in reversed(steps)] + [up[t] for t in steps]
+    final = {"composed": compose(*(h.gauge for h in chain)),
+             "endpoint": estimate_hop(m1[s], m2[s], batches).gauge,
+             "via_base": estimate_hop(m1[s], base, batches).gauge.then(estimate_hop(base, m2[s], batches).gauge)}
+    for key, g in final.items():
+        right = (g.perm == truth.perm) & (g.signs == truth.signs)
+        ctx.keep(f"trajectory.{key}", bootstrap(right.astype(float), what="coordinates (one training draw)"))
     last = curve[-1]
     summary = {"composed": last["composed"], "endpoint": last["endpoint"], "via_base": last["via_base"],
                "step": last["step"], "n_hops": len(full),

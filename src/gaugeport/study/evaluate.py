@@ -186,6 +186,14 @@ def sae_nmse(sae: Any, acts: torch.Tensor, target: torch.Tensor | None = None) -
     return float((sae_reconstruct(sae, acts) - target).pow(2).sum()) / var
 
 
+def sae_token_errors(sae: Any, acts: torch.Tensor) -> np.ndarray:
+    """Per token: squared reconstruction error and squared distance to the mean (their sums' ratio is the NMSE)."""
+    acts = acts.float()
+    err = (sae_reconstruct(sae, acts) - acts).pow(2).sum(1)
+    var = (acts - acts.mean(0)).pow(2).sum(1)
+    return np.c_[err.double().numpy(), var.double().numpy()]
+
+
 # ------------------------------------------------------------------------------------- merges
 @torch.no_grad()
 def lm_loss(model: torch.nn.Module, ids: torch.Tensor) -> float:
@@ -200,3 +208,11 @@ def merge_loss(merged: torch.nn.Module, model_a: torch.nn.Module, model_b: torch
     """Loss of the merge and of its endpoints; ``barrier`` = merged minus the endpoints' mean (0 = free)."""
     la, lb, lm = lm_loss(model_a, ids), lm_loss(model_b, ids), lm_loss(merged, ids)
     return {"a": la, "b": lb, "merged": lm, "barrier": lm - (la + lb) / 2}
+
+
+@torch.no_grad()
+def token_losses(model: torch.nn.Module, ids: torch.Tensor) -> np.ndarray:
+    """Next-token cross-entropy of every predicted token (their mean is :func:`lm_loss`)."""
+    lg = model(input_ids=ids).logits[:, :-1].float()
+    ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    return ce.double().cpu().numpy()

@@ -12,7 +12,8 @@ from typing import Any
 
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.study.context import Context
-from gaugeport.study.evaluate import lm_loss
+from gaugeport.study.evaluate import token_losses
+from gaugeport.study.stats import bootstrap
 
 
 def measure(ctx: Context) -> dict[str, Any]:
@@ -27,9 +28,7 @@ def measure(ctx: Context) -> dict[str, Any]:
     batches = ctx.batches()
     residual = align_models(a, b, batches, progress=False).gauge
     full = estimate_full_gauge_from_activations(a, b, batches, residual=residual)
-    return {
-        "model_a": lm_loss(a, ids), "model_b": lm_loss(b, ids),
-        "none": lm_loss(merge_models(a, b, SignedPermutation.identity(ctx.d)), ids),
-        "residual": lm_loss(merge_models(a, b, residual), ids),
-        "full": lm_loss(merge_models_full(a, b, full), ids),
-    }
+    models = {"model_a": a, "model_b": b, "none": merge_models(a, b, SignedPermutation.identity(ctx.d)),
+              "residual": merge_models(a, b, residual), "full": merge_models_full(a, b, full)}
+    return {key: ctx.keep(f"independent_merge.{key}", bootstrap(token_losses(m, ids), what="tokens"))
+            for key, m in models.items()}

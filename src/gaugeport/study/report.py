@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gaugeport.study import steer
 from gaugeport.study.paper import PAPER
 
 
@@ -25,19 +26,51 @@ def sci(x: float) -> str:
     return f"{x:.2e}"
 
 
+def _iv(r: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return (r.get("intervals") or {}).get(name)
+
+
+def _with(r: dict[str, Any], name: str, value: float, f: Any = None) -> str:
+    """``value [lo, hi]`` from the run's interval for ``name`` (the plain value when the run has none)."""
+    f = f or (lambda x: f"{x:.3g}")
+    iv = _iv(r, name)
+    return f(value) if iv is None else f"{f(iv['value'])} [{f(iv['lo'])}, {f(iv['hi'])}]"
+
+
+def _apart(r: dict[str, Any], a: str, b: str) -> bool:
+    """The two figures' intervals do not overlap (the difference is supported)."""
+    x, y = _iv(r, a), _iv(r, b)
+    return x is not None and y is not None and (x["hi"] < y["lo"] or y["hi"] < x["lo"])
+
+
+def _gated(r: dict[str, Any], ratio: str, sweep: str) -> Any:
+    """The ratio only when the run's sweep shows its source direction passed the gate (a run without a
+    sweep, e.g. an older ``results.json``, has no working direction to show)."""
+    return r.get(ratio) if (r.get(sweep) or {}).get("passes") else None
+
+
 def _function_row(r: dict[str, Any]) -> list[str]:
     f = r["function_max_logit_diff"]
     scale = f["logit_scale"]
     ok = f["rmsnorm_signed"] < 1e-5 * scale and f["layernorm_perm_only"] < 1e-5 * scale
-    broken = f["layernorm_signed"] > 1e-3 * scale
-    verdict = ("Agrees: the RMSNorm model is unchanged to float precision under a signed permutation, the "
-               "LayerNorm control only under a permutation, and per-coordinate signs break it."
+    broken = (_iv(r, "function.layernorm_signed") or {"lo": f["layernorm_signed"]})["lo"] > 1e-3 * scale
+    verdict = ("Agrees, in every gauge drawn: the RMSNorm model is unchanged to float precision under a signed "
+               "permutation, the LayerNorm control only under a permutation, and per-coordinate signs break it."
                if ok and broken else
                f"Differs: RMSNorm diff {sci(f['rmsnorm_signed'])}, LayerNorm signed {sci(f['layernorm_signed'])}, "
                f"LayerNorm permutation-only {sci(f['layernorm_perm_only'])} (logit scale {scale:.3g}).")
-    return ["1. max abs logit diff after a random gauge", f"RMSNorm {sci(f['rmsnorm_signed'])}",
-            f"LayerNorm, permutation only {sci(f['layernorm_perm_only'])}",
-            f"LayerNorm, per-coordinate signs {sci(f['layernorm_signed'])}", PAPER["function"], verdict]
+    n = (_iv(r, "function.rmsnorm_signed") or {"n": 1})["n"]
+    return [f"1. max abs logit diff after a random gauge (worst of {n}; range)",
+            f"RMSNorm {sci(f['rmsnorm_signed'])} ({_range(r, 'function.rmsnorm_signed')})",
+            f"LayerNorm, permutation only {sci(f['layernorm_perm_only'])} "
+            f"({_range(r, 'function.layernorm_perm_only')})",
+            f"LayerNorm, per-coordinate signs {sci(f['layernorm_signed'])} ({_range(r, 'function.layernorm_signed')})",
+            PAPER["function"], verdict]
+
+
+def _range(r: dict[str, Any], name: str) -> str:
+    iv = _iv(r, name)
+    return f"{sci(iv['lo'])}..{sci(iv['hi'])}" if iv else "one gauge"
 
 
 def _matching_row(r: dict[str, Any]) -> list[str]:
@@ -48,14 +81,17 @@ def _matching_row(r: dict[str, Any]) -> list[str]:
                f"tried (see ceiling.png), while sign-marginalized matching recovers {pct(m['signed'])}."
                if excess <= 0.05 else
                f"Differs: raw matching exceeded the positive-sign fraction by {pct(excess)} at some fraction.")
-    return ["2. matching accuracy (hidden gauge, 50% positive signs)", pct(m["signed"]), pct(m["perm_only"]),
-            f"raw {pct(m['raw'])}", PAPER["matching"], verdict]
+    if excess <= 0.05 and not _apart(r, "matching.signed", "matching.raw"):
+        verdict += " (The signed and raw ranges overlap here, so their order is not established.)"
+    return ["2. matching accuracy (hidden gauges, 50% positive signs; mean [min, max])",
+            _with(r, "matching.signed", m["signed"], pct), _with(r, "matching.perm_only", m["perm_only"], pct),
+            f"raw {_with(r, 'matching.raw', m['raw'], pct)}", PAPER["matching"], verdict]
 
 
 def _trajectory_row(r: dict[str, Any]) -> list[str]:
     t, p = r["trajectory"], PAPER["trajectory"]
     gain = t["composed"] - t["endpoint"]
-    if gain >= 0.1:
+    if gain >= 0.1 and (_apart(r, "trajectory.composed", "trajectory.endpoint") or not r.get("intervals")):
         via = ("so routing through the base does not explain the gain" if t["via_base"] < t["composed"] - 0.05
                else "but routing through the base recovers about as much")
         verdict = (f"Same direction as the paper: at step {t['step']} composing the {t['n_hops']} local gauges keeps "
@@ -64,10 +100,13 @@ def _trajectory_row(r: dict[str, Any]) -> list[str]:
                    f"Our run is shorter ({t['step']} vs {p['steps']} steps) and far smaller, so only the shape "
                    "compares, not the percentages. " + _drift_note(r))
     else:
-        verdict = (f"Differs: at step {t['step']} composition ({pct(t['composed'])}) does not clearly beat endpoint "
+        verdict = (f"Differs or not established: at step {t['step']} composition ({pct(t['composed'])}) does not beat "
+                   "endpoint "
                    f"matching ({pct(t['endpoint'])}); the paper reports {pct(p['composed'])} vs {pct(p['endpoint'])}.")
-    return [f"3. cross-run coordinate accuracy at step {t['step']}", f"composed {pct(t['composed'])}", "",
-            f"endpoint {pct(t['endpoint'])}, via base {pct(t['via_base'])}",
+    return [f"3. cross-run coordinate accuracy at step {t['step']} (95% CI over coordinates, one training draw)",
+            f"composed {_with(r, 'trajectory.composed', t['composed'], pct)}", "",
+            f"endpoint {_with(r, 'trajectory.endpoint', t['endpoint'], pct)}, via base "
+            f"{_with(r, 'trajectory.via_base', t['via_base'], pct)}",
             f"{pct(p['composed'])} composed vs {pct(p['endpoint'])} endpoint at {p['steps']:,} steps", verdict]
 
 
@@ -81,63 +120,101 @@ def _drift_note(r: dict[str, Any]) -> str:
 
 def _sae_row(r: dict[str, Any]) -> list[str]:
     s, p = r["sae_nmse"], PAPER["sae_nmse"]
-    if s["signed"] < s["perm_only"]:
-        verdict = (f"Same ordering as the paper; {_magnitude(s['signed'], p['signed'], 'B_d')} and "
+    if s["signed"] < s["perm_only"] and _apart(r, "sae_nmse.signed", "sae_nmse.perm_only"):
+        verdict = (f"Same ordering as the paper (intervals apart); {_magnitude(s['signed'], p['signed'], 'B_d')} and "
                    f"{_magnitude(s['perm_only'], p['perm_only'], 'S_d')}. The SAE reconstructs its own model at "
                    f"{s['native']:.4f}; untransported on the target it scores {s['untransported']:.3f}.")
     else:
-        verdict = f"Differs: signed transport did not reconstruct better ({s['signed']:.3f} vs {s['perm_only']:.3f})."
-    return ["4. SAE reconstruction NMSE after transport", f"{s['signed']:.4f}", f"{s['perm_only']:.3f}",
-            f"on its own model {s['native']:.4f}; untransported {s['untransported']:.3f}",
+        verdict = (f"Differs or not established: signed {s['signed']:.3f} vs permutation-only {s['perm_only']:.3f} "
+                   "(intervals overlap or the order is reversed).")
+    return ["4. SAE reconstruction NMSE after transport", _with(r, "sae_nmse.signed", s["signed"], _f4),
+            _with(r, "sae_nmse.perm_only", s["perm_only"], _f3),
+            f"on its own model {_with(r, 'sae_nmse.native', s['native'], _f4)}; untransported "
+            f"{_with(r, 'sae_nmse.untransported', s['untransported'], _f3)}",
             f"{p['signed']} vs {p['perm_only']} ({p['note']})", verdict]
 
 
 def _steering_row(r: dict[str, Any]) -> list[str]:
-    s, p = r["steering_preserved"], PAPER["steering_preserved"]
-    if s["signed"] > s["perm_only"]:
-        verdict = (f"Same ordering; {_magnitude(s['signed'], p['signed'], 'B_d', pct)} and "
+    s, p = _gated(r, "steering_preserved", "steering_sweep"), PAPER["steering_preserved"]
+    if s is None:
+        return ["5a. polarity steering effect preserved", "no ratio", "no ratio",
+                steer.verdict(r.get("steering_sweep")),
+                f"{pct(p['signed'])} vs {pct(p['perm_only'])}",
+                "Not measurable: the polarity direction does not pass the gate on the base at any layer (see the "
+                "steering sweep), so a preserved ratio would divide by noise."]
+    if s["signed"] > s["perm_only"] and _apart(r, "steering.signed", "steering.perm_only"):
+        verdict = (f"Same ordering, intervals apart; {_magnitude(s['signed'], p['signed'], 'B_d', pct)} and "
                    f"{_magnitude(s['perm_only'], p['perm_only'], 'S_d', pct)}. For reference, the target's own "
                    f"direction gives {pct(s['native_target'])}; a ratio above 100% means the target responds more "
                    "strongly than the base to the same vector.")
     else:
-        verdict = f"Differs: B_d preserved {pct(s['signed'])}, S_d {pct(s['perm_only'])}."
-    return ["5a. polarity steering effect preserved", pct(s["signed"]), pct(s["perm_only"]),
-            f"target's own direction {pct(s['native_target'])}", f"{pct(p['signed'])} vs {pct(p['perm_only'])}",
-            verdict]
+        verdict = (f"Differs or not established: B_d preserved {pct(s['signed'])}, S_d {pct(s['perm_only'])} "
+                   "(intervals overlap or the order is reversed).")
+    return ["5a. polarity steering effect preserved (95% CI over prompts)",
+            _with(r, "steering.signed", s["signed"], pct),
+            _with(r, "steering.perm_only", s["perm_only"], pct),
+            f"target's own direction {_with(r, 'steering.native_target', s['native_target'], pct)}; source "
+            f"{steer.verdict(r.get('steering_sweep'))}", f"{pct(p['signed'])} vs {pct(p['perm_only'])}", verdict]
 
 
 def _refusal_row(r: dict[str, Any]) -> list[str]:
-    c, e = r["refusal_cosine"], r["refusal_effect"]
-    if r["refusal_reverses"]["perm_only"] and not r["refusal_reverses"]["signed"]:
-        verdict = (f"Agrees: under S_d the refusal-like steering effect reverses (ratio {e['perm_only']:.2f}; "
-                   f"cosine with the target's own direction {c['perm_only']:.2f}), under B_d it keeps "
-                   f"{pct(e['signed'])} (cosine {c['signed']:.2f}).")
+    c, e = r.get("refusal_cosine"), _gated(r, "refusal_effect", "refusal_sweep")
+    if e is None:
+        return ["5b. refusal-like direction", "no ratio", "no ratio", steer.verdict(r.get("refusal_sweep")),
+                PAPER["refusal"], "Not measurable: the refusal-like direction does not pass the gate on the base "
+                "(see the refusal sweep), so no ratio is printed."]
+    hi = (_iv(r, "refusal.perm_only") or {"hi": e["perm_only"]})["hi"]
+    if r["refusal_reverses"]["perm_only"] and not r["refusal_reverses"]["signed"] and hi < 0:
+        verdict = (f"Agrees: under S_d the refusal-like steering effect reverses, its whole interval below 0 (ratio "
+                   f"{e['perm_only']:.2f}; cosine with the target's own direction {c['perm_only']:.2f}), under B_d "
+                   f"it keeps {pct(e['signed'])} (cosine {c['signed']:.2f}).")
     else:
         verdict = (f"Differs in part: under S_d the direction is scrambled (cosine {c['perm_only']:.2f} vs "
-                   f"{c['signed']:.2f} under B_d) but the steering effect does not reverse here (ratio "
-                   f"{e['perm_only']:.2f}); with a random gauge the wrong-signed direction is near-orthogonal "
-                   "rather than opposite, and whether it lands on the reversing side depends on the draw.")
-    return ["5b. refusal-like direction: cosine with target's own / effect ratio",
-            f"{c['signed']:.2f} / {e['signed']:.2f}", f"{c['perm_only']:.2f} / {e['perm_only']:.2f}", "",
-            PAPER["refusal"], verdict]
+                   f"{c['signed']:.2f} under B_d) but a reversal of the steering effect is not supported by its "
+                   f"interval (ratio {_with(r, 'refusal.perm_only', e['perm_only'], _f2)}); with a random gauge the "
+                   "wrong-signed direction is near-orthogonal rather than opposite.")
+    return ["5b. refusal-like direction: cosine with target's own / effect ratio (95% CI over requests)",
+            f"{c['signed']:.2f} / {_with(r, 'refusal.signed', e['signed'], _f2)}",
+            f"{c['perm_only']:.2f} / {_with(r, 'refusal.perm_only', e['perm_only'], _f2)}",
+            f"source {steer.verdict(r.get('refusal_sweep'))}", PAPER["refusal"], verdict]
+
+
+def _f2(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _f3(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _f4(x: float) -> str:
+    return f"{x:.4f}"
 
 
 def _merge_row(r: dict[str, Any]) -> list[str]:
     m = r["merge_loss"]
     worst_parent = max(m["model_a"], m["model_b"])
-    agrees = m["signed"] < m["perm_only"] and m["signed"] < m["none"]
-    verdict = (f"Agrees: the coordinate-preserving merge scores {m['signed']:.3f} nats/token (parents "
+    agrees = (m["signed"] < m["perm_only"] and m["signed"] < m["none"]
+              and _apart(r, "merge_loss.signed", "merge_loss.perm_only")
+              and _apart(r, "merge_loss.signed", "merge_loss.none"))
+    verdict = (f"Agrees, intervals apart: the coordinate-preserving merge scores {m['signed']:.3f} nats/token (parents "
                f"{m['model_a']:.3f}, {m['model_b']:.3f}); permutation-only {m['perm_only']:.3f}, no alignment "
                f"{m['none']:.3f}." if agrees else
                f"Differs: signed merge {m['signed']:.3f} vs permutation-only {m['perm_only']:.3f}, none "
                f"{m['none']:.3f} (parents up to {worst_parent:.3f}).")
-    return ["6. merge loss (nats/token)", f"{m['signed']:.3f}", f"{m['perm_only']:.3f}",
-            f"no alignment {m['none']:.3f}; parents {m['model_a']:.3f} / {m['model_b']:.3f}", PAPER["merge"], verdict]
+    return ["6. merge loss (nats/token; 95% CI over tokens)", _with(r, "merge_loss.signed", m["signed"], _f3),
+            _with(r, "merge_loss.perm_only", m["perm_only"], _f3),
+            f"no alignment {_with(r, 'merge_loss.none', m['none'], _f3)}; parents "
+            f"{_with(r, 'merge_loss.model_a', m['model_a'], _f3)} / "
+            f"{_with(r, 'merge_loss.model_b', m['model_b'], _f3)}",
+            PAPER["merge"], verdict]
 
 
 def _adamw_row(r: dict[str, Any]) -> list[str]:
     a, last = r["adamw_divergence"], r["adamw_divergence_curve"][-1]
-    agrees = a["signed"] < 0.01 and a["perm_only"] > 10 * max(a["signed"], 1e-6)
+    hi = (_iv(r, "adamw.signed") or {"hi": a["signed"]})["hi"]
+    lo = (_iv(r, "adamw.perm_only") or {"lo": a["perm_only"]})["lo"]
+    agrees = hi < 0.01 and lo > 10 * max(hi, 1e-6)
     verdict = (f"Agrees: after {a['steps']} resumed steps the signed-transported run stays on the reference "
                f"trajectory (divergence {sci(a['signed'])}), the permutation-only one leaves it "
                f"({a['perm_only']:.2f})." if agrees else
@@ -145,7 +222,8 @@ def _adamw_row(r: dict[str, Any]) -> list[str]:
     if last["steps"] > a["steps"]:
         verdict += (f" Resumed for {last['steps']} steps at this learning rate, float rounding itself grows "
                     f"(B_d {sci(last['signed'])}, S_d {last['perm_only']:.2f}).")
-    return [f"7. AdamW resumed-trajectory divergence ({a['steps']} steps)", sci(a["signed"]), f"{a['perm_only']:.3f}",
+    return [f"7. AdamW resumed-trajectory divergence ({a['steps']} steps; 95% CI over tokens)",
+            _with(r, "adamw.signed", a["signed"], sci), _with(r, "adamw.perm_only", a["perm_only"], _f3),
             "", PAPER["adamw"], verdict]
 
 
@@ -172,10 +250,20 @@ def _independent_merge_row(r: dict[str, Any]) -> list[str]:
     best = min(m["none"], m["residual"], m["full"])
     verdict = (f"Full-network alignment {m['full']:.3f} nats/token vs residual-only {m['residual']:.3f} and none "
                f"{m['none']:.3f} (parents {m['model_a']:.3f} / {m['model_b']:.3f}); "
-               + ("full alignment merges best." if m["full"] == best else "full alignment does not merge best here."))
-    return ["9. merge of independent runs (nats/token)", f"full {m['full']:.3f}", "",
-            f"residual only {m['residual']:.3f}; no alignment {m['none']:.3f}; parents {m['model_a']:.3f} / "
-            f"{m['model_b']:.3f}", "(not in the paper)", verdict]
+               + ("full alignment merges best" if m["full"] == best else "full alignment does not merge best here")
+               + ("; the intervals of the best two overlap, so the order is not established." if _close_best(r, m)
+                  else "."))
+    def c(k: str) -> str:
+        return _with(r, f"independent_merge.{k}", m[k], _f3)
+
+    return ["9. merge of independent runs (nats/token; 95% CI over tokens)", f"full {c('full')}", "",
+            f"residual only {c('residual')}; no alignment {c('none')}; parents {c('model_a')} / {c('model_b')}",
+            "(not in the paper)", verdict]
+
+
+def _close_best(r: dict[str, Any], m: dict[str, Any]) -> bool:
+    a, b = sorted(("none", "residual", "full"), key=lambda k: m[k])[:2]
+    return bool(r.get("intervals")) and not _apart(r, f"independent_merge.{a}", f"independent_merge.{b}")
 
 
 ROWS = (_function_row, _matching_row, _trajectory_row, _sae_row, _steering_row, _refusal_row, _merge_row,
@@ -195,8 +283,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"and carried to run-1's checkpoint at step {cfg['transfer_step']} through the gauge *estimated* by "
         "sign-marginalized matching (B_d), or through the same permutation with every sign +1 (S_d, what "
         "permutation-only matching gives).", "",
-        f"The base learned what the artifacts are about: next-token log-odds gap {b['polarity_gap']:.2f} nats "
-        f"(positive vs negative words, after a positive vs a negative review) and {b['refusal_gap']:.2f} nats "
+        f"The base learned what the artifacts are about: next-token log-odds gap "
+        f"{_with(r, 'base.polarity_gap', b['polarity_gap'], _f2)} nats "
+        f"(positive vs negative words, after a positive vs a negative review) and "
+        f"{_with(r, 'base.refusal_gap', b['refusal_gap'], _f2)} nats "
         "(\"sorry\" vs \"sure\", after a forbidden vs a benign request); 0 would mean not learned. The transfer "
         f"gauge recovered {pct(r['transfer_gauge']['accuracy'])} of the hidden gauge.", "",
         f"Total time {t['total']:.0f} s (training {t.get('training', 0):.0f} s; cache reused for: "
@@ -206,6 +296,16 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for row in ROWS:
         lines.append("| " + " | ".join(row(r)) + " |")
+    lines += ["", "Intervals: `value [lo, hi]` is a 95% percentile bootstrap over prompts, tokens or coordinates "
+              "(named in each row); for gauge draws, the mean and [min, max] over the draws. The last column states a "
+              "difference only where the intervals are apart.", "",
+              "## Steering sweep (on the base, before anything is transported)", "",
+              "Rule fixed in `gaugeport.study.steer`: CAA mean differences at every layer; the layer with the largest "
+              "effect per unit strength; the strength at the top of the linear regime; the gate (intended sign, "
+              f">= {steer.MIN_EFFECT:g} nat, >= {steer.MIN_RATIO:g}x the largest of {steer.N_RANDOM} random "
+              "directions of the same norm). No ratio is printed over a direction that fails it.", ""]
+    lines += steer.sweep_markdown(r.get("steering_sweep"), "Polarity (positive minus negative reviews)")
+    lines += steer.sweep_markdown(r.get("refusal_sweep"), "Refusal-like (forbidden minus benign requests)")
     lines += ["", "## Definitions", "",
               "- matching accuracy: fraction of coordinates whose permutation *and* sign are right.",
               "- cross-run accuracy: the gauge between run-1 and run-2 at the same step (both in hidden gauges) "
@@ -236,7 +336,9 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def plots(r: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
+    from gaugeport.core.errors import require
+
+    matplotlib: Any = require("matplotlib", "study", "the study's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -263,11 +365,15 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
     ax.legend()
     paths.append(_save(fig, out / "trajectory.png"))
 
-    panels = (("SAE NMSE", r["sae_nmse"]), ("steering preserved", r["steering_preserved"]),
-              ("refusal cosine", r["refusal_cosine"]), ("merge loss", r["merge_loss"]),
+    panels = (("SAE NMSE", r["sae_nmse"]), ("steering preserved", r.get("steering_preserved")),
+              ("refusal cosine", r.get("refusal_cosine")), ("merge loss", r["merge_loss"]),
               ("AdamW divergence", r["adamw_divergence"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
     for ax, (title, vals) in zip(axes, panels, strict=True):
+        if vals is None:  # no working source direction: nothing to compare
+            ax.text(0.5, 0.5, "no working\nsource direction", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(title, fontsize=10)
+            continue
         ax.bar(["B_d", "S_d"], [vals["signed"], vals["perm_only"]], color=["tab:blue", "tab:orange"])
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_title(title, fontsize=10)

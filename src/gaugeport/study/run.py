@@ -1,43 +1,18 @@
-"""``gaugeport reproduce``: train (or reuse) the study's models, run the measurements, write the report."""
+"""``gaugeport reproduce``: one entry point for every preset.
+
+The toy presets run :func:`.toy_run.run_toy`, the real ones :func:`.real.run.run_real` (which runs the
+quick toy preset for its middle column); neither imports this module.
+"""
 
 from __future__ import annotations
 
-import json
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tqdm.auto import tqdm
-
-from gaugeport.core.errors import CheckpointError
-from gaugeport.core.fileio import atomic_path
-from gaugeport.study import audit_check, estimation_checks, independent_merge, report, transport_checks
-from gaugeport.study.cache import StageCache
 from gaugeport.study.config import StudyConfig
-from gaugeport.study.context import Context
-from gaugeport.study.models import quiet_transformers
-from gaugeport.study.stages import build_all
+from gaugeport.study.record import MARKER, is_previous_report
 
-MARKER = "gaugeport reproduce"  # results.json carries it, so a later run may replace its own report
-T = TypeVar("T")
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
-
-    def run(self, stage: str, fn: Callable[[], T]) -> T:
-        with self(stage):
-            return fn()
+__all__ = ["MARKER", "run_study"]
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, use_cache: bool = True, progress: bool = True,
@@ -46,94 +21,16 @@ def run_study(cfg: StudyConfig, out: str | Path, *, use_cache: bool = True, prog
     """Run the whole study and write ``report.md``, ``results.json``, plots and the audit into ``out``.
 
     ``out`` appears atomically. An existing ``out`` is replaced only when it is an earlier report of
-    this command (or with ``force``). The real presets (``cfg.real``) run :func:`.real_run.run_real`;
-    ``quick_results`` gives them the toy run to compare with, or the path of its ``results.json``
-    (read when needed; default: run the quick preset, cached).
+    this command (or with ``force``). ``quick_results`` gives the real presets the toy run to compare
+    with, or the path of its ``results.json`` (read when needed; default: run the quick preset, cached).
     """
     out = Path(out)
-    replace = force or _is_previous_report(out)
+    replace = force or is_previous_report(out)
     if cfg.real is not None:
-        from gaugeport.study.real_run import run_real
+        from gaugeport.study.real.run import run_real
 
         return run_real(cfg, out, use_cache=use_cache, progress=progress, replace=replace, cache_root=cache_root,
                         quick_results=quick_results)
-    quiet_transformers()
-    timer, t0 = Timer(), time.perf_counter()
-    cache = StageCache(use_cache, cache_root)
-    try:
-        with atomic_path(out, force=replace, kind="directory") as tmp:
-            tmp.mkdir()
-            with timer("training"):
-                art = build_all(cfg, cache, progress)
-            ctx = Context(cfg, art, Path(tempfile.mkdtemp(dir=tmp)), progress)
-            results = _measure(ctx, timer, tmp)
-            timer.seconds.update({f"train-{k}": v for k, v in cache.seconds.items()})
-            timer.seconds["total"] = time.perf_counter() - t0
-            results.update(config=cfg.to_dict(), timings=timer.seconds, generator=MARKER,
-                           cache={"enabled": use_cache, "root": str(cache.root), "hits": cache.hits,
-                                  "misses": cache.misses},
-                           training_loss={k: v[-1] for k, v in art.losses.items()})
-            report.plots(results, tmp)
-            (tmp / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-            (tmp / "report.md").write_text(report.markdown(results))
-            _rmtree(ctx.work)
-    finally:
-        cache.close()
-    return results
+    from gaugeport.study.toy_run import run_toy
 
-
-def _measure(ctx: Context, timer: Timer, out: Path) -> dict[str, Any]:
-    r: dict[str, Any] = {}
-    base, target = ctx.model(ctx.art.base), ctx.model(ctx.transfer_target())
-    gauge: list[Any] = []
-    stages: list[tuple[str, Callable[[], None]]] = [
-        ("0-base-behaviour", lambda: r.update(base_behaviour=transport_checks.base_behaviour(ctx))),
-        ("1-function", lambda: r.update(function_max_logit_diff=estimation_checks.function_preservation(ctx))),
-        ("2-matching", lambda: r.update(zip(("matching", "matching_ceiling"), estimation_checks.matching(ctx),
-                                            strict=True))),
-        ("3-trajectory", lambda: r.update(zip(("trajectory", "trajectory_curve"), estimation_checks.trajectory(ctx),
-                                              strict=True))),
-        ("estimate-transfer-gauge", lambda: gauge.append(transport_checks.estimated_gauge(ctx, base, target))),
-        ("4-sae", lambda: r.update(sae_nmse=transport_checks.sae_transfer(ctx, gauge[0]))),
-        ("5-steering", lambda: r.update(transport_checks.steering(ctx, gauge[0]))),
-        ("6-merge", lambda: r.update(merge_loss=transport_checks.merge(ctx, _merge_gauge(ctx)))),
-        ("7-adamw", lambda: r.update(zip(("adamw_divergence", "adamw_divergence_curve"), transport_checks.adamw(ctx),
-                                         strict=True))),
-        ("8-audit", lambda: r.update(audit=audit_check.audit(ctx, out))),
-        ("9-independent-merge", lambda: r.update(independent_merge=independent_merge.measure(ctx))),
-    ]
-    bar = tqdm(stages, desc="study", unit="measurement", disable=not ctx.progress)
-    for name, fn in bar:
-        bar.set_postfix_str(name)
-        timer.run(name, fn)
-    r["transfer_gauge"] = {"fingerprint": gauge[0].fingerprint(),
-                           "accuracy": gauge[0].accuracy(ctx.art.runs[0].truth(ctx.cfg.transfer_step))["full"]}
-    return r
-
-
-def _merge_gauge(ctx: Context):  # noqa: ANN202 (SignedPermutation; imported lazily)
-    """Run-1 -> run-2 at ``merge_step`` by composing the chain through the base."""
-    from gaugeport.estimate.trajectory import align_chain
-
-    s = ctx.cfg.merge_step
-    steps = [t for t in ctx.cfg.checkpoint_steps if t <= s]
-    run1, run2 = ctx.art.runs
-    models = [ctx.model(run1.checkpoint(t)) for t in reversed(steps)] + [ctx.model(ctx.art.base)] + \
-        [ctx.model(run2.checkpoint(t)) for t in steps]
-    return align_chain(models, ctx.batches(), progress=False).gauge
-
-
-def _is_previous_report(out: Path) -> bool:
-    if not out.exists():
-        return False
-    try:
-        return json.loads((out / "results.json").read_text()).get("generator") == MARKER
-    except (OSError, json.JSONDecodeError, AttributeError):
-        raise CheckpointError(f"output {out} exists and is not a previous `gaugeport reproduce` report",
-                              hint="pass --force to replace it, or choose another --out") from None
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+    return run_toy(cfg, out, use_cache=use_cache, progress=progress, replace=replace, cache_root=cache_root)

@@ -4,34 +4,38 @@ gauge with gaugeport's transport code, B_d (signed) against S_d (permutation onl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.estimate.align import align_models
+from gaugeport.study import steer
 from gaugeport.study.context import Context
 from gaugeport.study.corpus import (
     COMPLY_WORD,
     NEGATIVE_WORDS,
     POSITIVE_WORDS,
     REFUSE_WORD,
+    encode_batch,
     polarity_prompts,
     request_prompts,
     sample_documents,
     tokenizer,
 )
 from gaugeport.study.evaluate import (
-    lm_loss,
     sae_nmse,
+    sae_token_errors,
     sign_reversal,
     site_activations,
-    steering_effect,
-    steering_preserved,
+    token_losses,
 )
 from gaugeport.study.models import corpus_batches, load_model, make_optimizer, train_step
-from gaugeport.study.probes import mean_difference, next_token_log_odds, site_name
+from gaugeport.study.probes import log_odds, site_name, token_residuals
 from gaugeport.study.sae import load_saelens
 from gaugeport.study.stages import derived_seed
+from gaugeport.study.stats import bootstrap, ratio_of_sums
 from gaugeport.transport import merge_models, transport_sae_dir, transport_trainer_checkpoint, transport_vector
 
 VARIANTS = {"signed": False, "perm_only": True}  # name -> perm_only flag of the transport functions
@@ -50,9 +54,15 @@ def sae_transfer(ctx: Context, gauge: SignedPermutation) -> dict[str, float]:
     target_acts = site_activations(ctx.model(ctx.transfer_target()), site, ids)
     out = {"native": sae_nmse(load_saelens(ctx.art.sae), site_activations(ctx.model(ctx.art.base), site, ids)),
            "untransported": sae_nmse(load_saelens(ctx.art.sae), target_acts)}
+    saes = {"native": (ctx.art.sae, site_activations(ctx.model(ctx.art.base), site, ids)),
+            "untransported": (ctx.art.sae, target_acts)}
     for key, perm_only in VARIANTS.items():
         moved = transport_sae_dir(ctx.art.sae, gauge, ctx.work / f"sae-{key}", perm_only=perm_only)
         out[key] = sae_nmse(load_saelens(moved), target_acts)
+        saes[key] = (moved, target_acts)
+    for key, (path, acts) in saes.items():
+        ctx.keep(f"sae_nmse.{key}", bootstrap(sae_token_errors(load_saelens(path), acts), ratio_of_sums,
+                                              what="tokens"))
     return out
 
 
@@ -60,40 +70,68 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
 
 
-def steering(ctx: Context, gauge: SignedPermutation) -> dict[str, dict[str, float]]:
-    """5. Polarity steering effect preserved after transport; the refusal-like direction's fate."""
+def _directions(model: torch.nn.Module, pos: list[str], neg: list[str], last_only: bool
+                ) -> dict[int, tuple[torch.Tensor, float]]:
+    """Every layer's unit CAA direction and the mean residual norm of the tokens it was made from."""
+    out = {}
+    for layer in range(model.config.num_hidden_layers):
+        a, b = token_residuals(model, pos, layer, last_only), token_residuals(model, neg, layer, last_only)
+        v = a.mean(0) - b.mean(0)
+        out[layer] = ((v / v.norm()).float(), float(torch.cat([a, b]).norm(dim=1).mean()))
+    return out
+
+
+def _probe(texts: list[str], up: list[int], down: list[int]) -> steer.Probe:
+    ids, last = encode_batch(texts)
+    rows, cols = torch.arange(len(texts)), torch.from_numpy(last)
+    return steer.Probe(torch.from_numpy(ids), lambda lg: log_odds(lg[rows, cols], up, down))
+
+
+def steering(ctx: Context, gauge: SignedPermutation) -> dict[str, Any]:
+    """5. Polarity and refusal-like directions chosen on the base by the sweep and gate of
+    :mod:`gaugeport.study.steer`; only a direction that passes is transported and given a ratio."""
     cfg, tok = ctx.cfg, tokenizer()
-    layer, n = cfg.site_layer, cfg.steering_docs
+    n = cfg.steering_docs
     base, target = ctx.model(ctx.art.base), ctx.model(ctx.transfer_target())
     pos = [d.text for d in sample_documents(n, derived_seed(cfg.seed, 90), "review", polarity=1)]
     neg = [d.text for d in sample_documents(n, derived_seed(cfg.seed, 91), "review", polarity=-1)]
-    ids, metric = next_token_log_odds(polarity_prompts(cfg.steering_prompts, derived_seed(cfg.seed, 92)),
-                                      [tok.token_id(w) for w in POSITIVE_WORDS],
-                                      [tok.token_id(w) for w in NEGATIVE_WORDS])
-    v = mean_difference(base, layer, pos, neg)
-    preserved = {"source_effect": steering_effect(base, v, ids, metric, layer)}
-    for key, perm_only in VARIANTS.items():
-        moved = transport_vector(v, gauge, perm_only=perm_only)
-        preserved[key] = steering_preserved(base, v, target, moved, ids, layer, metric)
-    preserved["native_target"] = steering_preserved(base, v, target, mean_difference(target, layer, pos, neg),
-                                                    ids, layer, metric)
+    probe = _probe(polarity_prompts(cfg.steering_prompts, derived_seed(cfg.seed, 92)),
+                   [tok.token_id(w) for w in POSITIVE_WORDS], [tok.token_id(w) for w in NEGATIVE_WORDS])
+    choice = steer.choose(base, probe, _directions(base, pos, neg, False), seed=derived_seed(cfg.seed, 330))
+    out: dict[str, Any] = {"steering_sweep": steer.public(choice), "steering_preserved": None}
+    if choice["passes"]:
+        v, layer, ea = choice["vector"], choice["layer"], choice["effects"]
+        ctx.keep("steering.source_effect", bootstrap(ea, what="prompts"))
+        preserved: dict[str, Any] = {"source_effect": float(ea.mean())}
+        for key, perm_only in VARIANTS.items():
+            eb = steer.per_prompt_effect(target, probe, transport_vector(v, gauge, perm_only=perm_only), layer)
+            preserved[key] = ctx.keep(f"steering.{key}", steer.preserved(ea, eb))
+        own = _directions(target, pos, neg, False)[layer][0] * float(v.norm())
+        preserved["native_target"] = ctx.keep("steering.native_target", steer.preserved(
+            ea, steer.per_prompt_effect(target, probe, own, layer)))
+        out["steering_preserved"] = preserved
 
     bad = request_prompts(n, derived_seed(cfg.seed, 93), forbidden=True)
     good = request_prompts(n, derived_seed(cfg.seed, 94), forbidden=False)
-    r = mean_difference(base, layer, bad, good, last_only=True)
-    r_native = mean_difference(target, layer, bad, good, last_only=True)
-    ids, metric = next_token_log_odds(good, [tok.token_id(REFUSE_WORD)], [tok.token_id(COMPLY_WORD)])
-    source = steering_effect(base, r, ids, metric, layer)
+    rprobe = _probe(good, [tok.token_id(REFUSE_WORD)], [tok.token_id(COMPLY_WORD)])
+    rchoice = steer.choose(base, rprobe, _directions(base, bad, good, True), seed=derived_seed(cfg.seed, 331))
+    out.update(refusal_sweep=steer.public(rchoice), refusal_cosine=None, refusal_effect=None, refusal_reverses=None)
+    if not rchoice["passes"]:
+        return out
+    r, layer, ea = rchoice["vector"], rchoice["layer"], rchoice["effects"]
+    r_native = _directions(target, bad, good, True)[layer][0]
+    ctx.keep("refusal.source_effect", bootstrap(ea, what="requests"))
     cosine: dict[str, float] = {}
-    effect: dict[str, float] = {"source_effect": source}
+    effect: dict[str, float] = {"source_effect": float(ea.mean())}
     reverses: dict[str, float] = {}
     for key, perm_only in VARIANTS.items():
         moved = transport_vector(r, gauge, perm_only=perm_only)
         cosine[key] = _cosine(moved, r_native)
-        effect[key] = steering_effect(target, moved, ids, metric, layer) / source
-        reverses[key] = float(sign_reversal(source, effect[key] * source))
-    return {"steering_preserved": preserved, "refusal_cosine": cosine, "refusal_effect": effect,
-            "refusal_reverses": reverses}
+        effect[key] = ctx.keep(f"refusal.{key}", steer.preserved(ea, steer.per_prompt_effect(target, rprobe, moved,
+                                                                                            layer)))
+        reverses[key] = float(sign_reversal(1.0, effect[key]))
+    out.update(refusal_cosine=cosine, refusal_effect=effect, refusal_reverses=reverses)
+    return out
 
 
 @torch.no_grad()
@@ -111,13 +149,14 @@ def base_behaviour(ctx: Context) -> dict[str, float]:
     up, down = [tok.token_id(w) for w in POSITIVE_WORDS], [tok.token_id(w) for w in NEGATIVE_WORDS]
     sorry, sure = [tok.token_id(REFUSE_WORD)], [tok.token_id(COMPLY_WORD)]
 
-    def gap(a: list[str], b: list[str], hi: list[int], lo: list[int]) -> float:
-        (ia, ma), (ib, mb) = next_token_log_odds(a, hi, lo), next_token_log_odds(b, hi, lo)
-        return float(ma(base(input_ids=ia).logits) - mb(base(input_ids=ib).logits))
+    def gap(a: list[str], b: list[str], hi: list[int], lo: list[int], name: str) -> float:
+        paired = _probe(a, hi, lo).scores(base) - _probe(b, hi, lo).scores(base)
+        return ctx.keep(f"base.{name}", bootstrap(paired, what="prompt pairs"))
 
-    return {"polarity_gap": gap(pos, neg, up, down),
+    return {"polarity_gap": gap(pos, neg, up, down, "polarity_gap"),
             "refusal_gap": gap(request_prompts(n, derived_seed(cfg.seed, 98), forbidden=True),
-                               request_prompts(n, derived_seed(cfg.seed, 99), forbidden=False), sorry, sure)}
+                               request_prompts(n, derived_seed(cfg.seed, 99), forbidden=False), sorry, sure,
+                               "refusal_gap")}
 
 
 def merge(ctx: Context, chain_gauge: SignedPermutation) -> dict[str, float]:
@@ -126,11 +165,11 @@ def merge(ctx: Context, chain_gauge: SignedPermutation) -> dict[str, float]:
     a = ctx.model(ctx.art.runs[0].checkpoint(step))
     b = ctx.model(ctx.art.runs[1].checkpoint(step))
     ids = ctx.eval_ids()
-    out = {"model_a": lm_loss(a, ids), "model_b": lm_loss(b, ids)}
-    for key, perm_only in VARIANTS.items():
-        out[key] = lm_loss(merge_models(a, b, chain_gauge, perm_only=perm_only), ids)
-    out["none"] = lm_loss(merge_models(a, b, SignedPermutation.identity(ctx.d)), ids)
-    return out
+    models = {"model_a": a, "model_b": b,
+              **{key: merge_models(a, b, chain_gauge, perm_only=po) for key, po in VARIANTS.items()},
+              "none": merge_models(a, b, SignedPermutation.identity(ctx.d))}
+    return {key: ctx.keep(f"merge_loss.{key}", bootstrap(token_losses(m, ids), what="tokens"))
+            for key, m in models.items()}
 
 
 RESUME_CURVE = (1, 2, 5, 10, 20)
@@ -174,6 +213,11 @@ def adamw(ctx: Context) -> tuple[dict[str, float], list[dict[str, float]]]:
     curve = [{"steps": k, **{key: float((run[k] - ref[k]).norm() / (ref[k] - start).norm())
                              for key, run in runs.items()}} for k in at]
     headline = next(c for c in curve if c["steps"] == ctx.cfg.adamw_resume_steps)
+    k = headline["steps"]
+    for key, run in runs.items():  # per token: |resumed - native|^2 and |native change|^2, bootstrapped
+        per_token = np.c_[(run[k] - ref[k]).pow(2).sum(-1).reshape(-1).double().numpy(),
+                          (ref[k] - start).pow(2).sum(-1).reshape(-1).double().numpy()]
+        ctx.keep(f"adamw.{key}", bootstrap(per_token, lambda x: float(np.sqrt(ratio_of_sums(x))), what="tokens"))
     return {"signed": headline["signed"], "perm_only": headline["perm_only"], "steps": headline["steps"],
             "reference_logit_change": float((ref[headline["steps"]] - start).norm())}, curve
 

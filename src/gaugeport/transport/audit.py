@@ -116,10 +116,11 @@ class Claim:
 
     def check_width(self, d: int) -> None:
         if self.kind == "direction" and len(self.values) != d:
-            raise GaugeError(f"claim {self.name!r}: the direction has length {len(self.values)}, the gauges d={d}")
+            raise ArtifactError(f"claim {self.name!r}: the direction has length {len(self.values)}, the gauges d={d}",
+                                hint="a direction has one entry per residual coordinate (the model's hidden size)")
         if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= d):
-            raise GaugeError(f"claim {self.name!r}: indices must lie in [0, {d}), got "
-                             f"[{self.indices.min()}, {self.indices.max()}]")
+            raise ArtifactError(f"claim {self.name!r}: indices must lie in [0, {d}), got "
+                                f"[{self.indices.min()}, {self.indices.max()}]", hint=_CLAIM_HINT)
 
     def reexpress(self, g: SignedPermutation) -> Claim:
         """The same claim in the coordinates of ``g``, carried by the transport of its artifact kind."""
@@ -145,9 +146,16 @@ def _replace(c: Claim, indices: np.ndarray, values: np.ndarray) -> Claim:
     return Claim(c.name, c.site, c.kind, indices, values, c.frame, c.evidence_key)
 
 
+_CLAIM_HINT = "indices name residual coordinates: integers from 0 to d - 1 (the model's hidden size, --d)"
+
+
 def _ints(x: Any, where: str, what: str) -> np.ndarray:
     if not isinstance(x, list) or not x or any(isinstance(v, bool) or not isinstance(v, int) for v in x):
-        raise ArtifactError(f"{where}: {what} must be a non-empty list of integers")
+        bad = next((v for v in x if isinstance(v, bool) or not isinstance(v, int)), x) if isinstance(x, list) else x
+        raise ArtifactError(f"{where}: {what} must be a non-empty list of integers (found {bad!r})", hint=_CLAIM_HINT)
+    out_of_range = next((v for v in x if not 0 <= v < 1 << 40), None)
+    if out_of_range is not None:
+        raise ArtifactError(f"{where}: {what} holds {out_of_range}, not a coordinate index", hint=_CLAIM_HINT)
     return np.asarray(x, dtype=np.int64)
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gaugeport.core.errors import ArtifactError, CheckpointError
-from gaugeport.core.gauge import SignedPermutation
 from gaugeport.transport.rules import ArtifactKind
+
+if TYPE_CHECKING:
+    from gaugeport.core.gauge import SignedPermutation
 
 SAE_FORMATS = ("saelens", "sparsify", "dictionary-learning", "gemma-scope")  # --kind one of these: force it
 KINDS = (*(k.value for k in ArtifactKind), *SAE_FORMATS)

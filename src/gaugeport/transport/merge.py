@@ -43,7 +43,8 @@ _COLINEAR = 0.9995  # mergekit's threshold: nearly parallel tensors fall back to
 def merge_tensors(a: torch.Tensor, b: torch.Tensor, alpha: float = 0.5, method: Method = "linear") -> torch.Tensor:
     """Interpolate two tensors of one shape (computed in float32, returned in ``a``'s dtype)."""
     if a.shape != b.shape:
-        raise ArtifactError(f"cannot merge tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ArtifactError(f"cannot merge tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}",
+                            hint="merges need two checkpoints of one architecture and size")
     x, y = a.float(), b.float()
     if method == "linear":
         out = (1 - alpha) * x + alpha * y
@@ -80,7 +81,8 @@ def merge_models(model_a: torch.nn.Module, model_b: torch.nn.Module, gauge: Sign
     _check_alpha(alpha)
     spec = spec_for_config(model_a.config)
     if spec_for_config(model_b.config).model_type != spec.model_type:
-        raise ArtifactError(f"cannot merge a {spec.model_type} model with a {model_b.config.model_type} model")
+        raise ArtifactError(f"cannot merge a {spec.model_type} model with a {model_b.config.model_type} model",
+                            hint="merges need two checkpoints of one architecture and size")
     inv = as_applied(gauge, perm_only).inverse()
     sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
     _check_same_layout({k: tuple(v.shape) for k, v in sd_a.items()}, {k: tuple(v.shape) for k, v in sd_b.items()})
@@ -117,7 +119,8 @@ def merge_checkpoints(a_dir: str | Path, b_dir: str | Path, gauge: SignedPermuta
     a_dir, b_dir, out = Path(a_dir), Path(b_dir), Path(out_dir)
     ckpt_a, ckpt_b = Checkpoint.open(a_dir), Checkpoint.open(b_dir)
     if ckpt_a.model_type != ckpt_b.model_type:
-        raise ArtifactError(f"cannot merge a {ckpt_a.model_type} checkpoint with a {ckpt_b.model_type} one")
+        raise ArtifactError(f"cannot merge a {ckpt_a.model_type} checkpoint with a {ckpt_b.model_type} one",
+                            hint="merges need two checkpoints of one architecture and size")
     spec = ckpt_a.spec
     inv = as_applied(gauge, perm_only).inverse()
     check_gauge_fits(spec, inv, ckpt_a.d_model)

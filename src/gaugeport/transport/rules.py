@@ -17,9 +17,8 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
-from gaugeport.core.archspec import ParamRule, _check_keys, _compile_rows
+from gaugeport.core.archspec import Mode, ParamRule, _check_keys, _compile_rows
 from gaugeport.core.errors import ArtifactError
-from gaugeport.core.gauge import Mode
 
 Follows = Literal["param", "param_abs", "kept"]
 _SECTIONS = {"sae", "sae_whitening", "adam_moments"}

@@ -60,6 +60,8 @@ def transport_sae_state(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any
     """
     g = as_applied(gauge, perm_only)
     check_sae_cfg(dict(cfg or {}), g)
+    for name in state:  # an unknown tensor is named first
+        sae_tensor_axes(name)
     check_sae_shapes(dict(cfg or {}), state)
     out = {}
     for name, t in state.items():
@@ -79,10 +81,18 @@ def check_sae_shapes(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor]) 
         if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
             raise ArtifactError(f"cfg.json: {key} = {val!r} is not a positive integer",
                                 hint="the SAE config is corrupt or hand-edited")
+    missing = [n for n in ("W_dec", "b_dec") if n not in state]
+    if missing:
+        raise ArtifactError(f"the SAE lacks {', '.join(missing)} (every SAELens SAE writes the stream with W_dec "
+                            "and b_dec)",
+                            hint="the SAE is incomplete; save it again with SAE.save_model")
     for name, fields in _SHAPE_FIELDS.items():
         t = state.get(name)
-        if t is None or t.ndim != len(fields):
+        if t is None:
             continue
+        if t.ndim != len(fields):
+            raise ArtifactError(f"SAE tensor {name} has shape {tuple(t.shape)}, expected {len(fields)} axes "
+                                f"({' x '.join(fields)})", hint="the SAE weights are corrupt")
         for axis, key in enumerate(fields):
             if want[key] is not None and t.shape[axis] != want[key]:
                 raise ArtifactError(
@@ -265,7 +275,11 @@ def _transport_trainer_state(path: Path, cfg: dict[str, Any], g: SignedPermutati
 
 def _sae_param_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes in the order SAELens' trainer hands them to Adam."""
-    from sae_lens.registry import get_sae_training_class
+    from gaugeport.core.errors import require
+
+    registry: Any = require("sae_lens.registry", "sae", "the optimizer state of a SAELens trainer checkpoint "
+                            "(its parameter order)", package="sae_lens")
+    get_sae_training_class = registry.get_sae_training_class
 
     arch = cfg.get("architecture", "standard")
     try:

@@ -188,11 +188,50 @@ def _sparsify_one(path: Path, g: SignedPermutation, stamp: dict[str, str],
                             hint="a residual gauge says nothing about MLP-hidden, head or attention axes")
     _check_normalisation(cfg, g, "sparsify")
     tensors, meta = read_safetensors(path / SPARSIFY_WEIGHTS, what="sparsify weights")
-    moved = transport_state(tensors, SPARSIFY_AXES, g, "sparsify")
+    moved = transport_state(tensors, SPARSIFY_AXES, g, "sparsify")  # an unknown tensor is named first
+    check_sparsify_shapes(cfg, tensors, path)
     site = module_to_site(hookpoint)
     out_stamp = {**stamp, "gaugeport_hookpoint": hookpoint, **({"gaugeport_site": site} if site else {})}
     # provenance goes into the safetensors metadata: load_from_disk warns about unknown cfg.json keys
     return cfg, moved, {**meta, **out_stamp}
+
+
+_SPARSIFY_FIELDS = {"encoder.weight": ("num_latents", "d_in"), "encoder.bias": ("num_latents",),
+                    "W_dec": ("num_latents", "d_in"), "b_dec": ("d_in",), "W_skip": ("d_in", "d_in")}
+
+
+def check_sparsify_shapes(cfg: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A sparsify ``cfg.json`` agrees with its weights: the encoder and decoder bias are there, ``d_in`` and
+    ``num_latents`` (0: derived from ``expansion_factor``) match their shapes, ``skip_connection`` matches
+    ``W_skip``."""
+    hint = "the config and the weights disagree: the SAE directory is corrupt or mixed from two SAEs"
+    missing = [n for n in ("encoder.weight", "encoder.bias", "b_dec") if n not in tensors]
+    if missing:
+        raise ArtifactError(f"{path}: the sparsify SAE lacks {', '.join(missing)}",
+                            hint="the SAE is incomplete; save it again with SparseCoder.save_to_disk")
+    want: dict[str, int | None] = {}
+    for key in ("d_in", "num_latents"):
+        val = cfg.get(key)
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 0):
+            raise ArtifactError(f"{path / SPARSIFY_CFG}: {key} = {val!r} is not a non-negative integer", hint=hint)
+        want[key] = val or None  # num_latents 0: from expansion_factor, checked through the shapes below
+    if want["d_in"] is None:
+        raise ArtifactError(f"{path / SPARSIFY_CFG} gives no d_in", hint=hint)
+    for name, fields in _SPARSIFY_FIELDS.items():
+        t = tensors.get(name)
+        if t is None:
+            continue
+        if t.ndim != len(fields):
+            raise ArtifactError(f"{path}: sparsify tensor {name} has shape {tuple(t.shape)}, expected "
+                                f"{len(fields)} axes ({' x '.join(fields)})", hint=hint)
+        for axis, key in enumerate(fields):
+            if want[key] is not None and t.shape[axis] != want[key]:
+                raise ArtifactError(f"{path / SPARSIFY_CFG} says {key}={want[key]} but {name} has shape "
+                                    f"{tuple(t.shape)}", hint=hint)
+            want[key] = int(t.shape[axis])  # later tensors must agree with the first
+    if bool(cfg.get("skip_connection", False)) != ("W_skip" in tensors):
+        raise ArtifactError(f"{path / SPARSIFY_CFG} says skip_connection={cfg.get('skip_connection', False)!r} but "
+                            f"the weights {'lack' if 'W_skip' not in tensors else 'hold'} W_skip", hint=hint)
 
 
 # ------------------------------------------------------------------------------------- dictionary_learning

@@ -152,6 +152,9 @@ def read_npy(path: Path) -> np.ndarray:
         is_npy = f.read(6) == b"\x93NUMPY"
     if not is_npy:  # np.load would otherwise try to unpickle it and say so
         raise CheckpointError(f"cannot read {path}: not a .npy file (bad magic)", hint="the file is corrupt")
+    from gaugeport.core.fileio import check_npy_size
+
+    check_npy_size(path)
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:

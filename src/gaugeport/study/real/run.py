@@ -13,13 +13,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from gaugeport.core.fileio import atomic_path
-from gaugeport.study import real_checks as rc_checks
-from gaugeport.study import real_report
 from gaugeport.study.cache import StageCache
 from gaugeport.study.config import StudyConfig, preset
 from gaugeport.study.models import quiet_transformers
-from gaugeport.study.real import build_real
-from gaugeport.study.run import MARKER, Timer
+from gaugeport.study.real import checks as rc_checks
+from gaugeport.study.real import report as real_report
+from gaugeport.study.real.stages import build_real
+from gaugeport.study.record import MARKER, Timer
 from gaugeport.study.text import CORPUS
 
 
@@ -45,11 +45,11 @@ def run_real(cfg: StudyConfig, out: Path, *, use_cache: bool = True, progress: b
             if isinstance(quick_results, Path):  # not there (yet): run the quick preset instead
                 quick_results = _read_quick(quick_results) if quick_results.exists() else None
             if quick_results is None and not rc.stand_in:
-                from gaugeport.study.run import run_study
+                from gaugeport.study.toy_run import run_toy
 
                 with timer("quick-toy-run"):
-                    quick_results = run_study(preset("quick", cfg.seed), tmp / "quick-toy", use_cache=use_cache,
-                                              progress=progress, cache_root=cache_root)
+                    quick_results = run_toy(preset("quick", cfg.seed), tmp / "quick-toy", use_cache=use_cache,
+                                            progress=progress, cache_root=cache_root)
             src = art.src
             results.update(
                 config=cfg.to_dict(), generator=MARKER,
@@ -114,4 +114,5 @@ def _measure(ctx: rc_checks.RealContext, timer: Timer, out: Path) -> dict[str, A
 
     truth = load_gauge(ctx.art.gentle / "run-1-truth.safetensors")
     r["transfer_gauge"] = {"fingerprint": gauge[0].fingerprint(), "accuracy": gauge[0].accuracy(truth)["full"]}
+    r["intervals"] = dict(ctx.intervals)
     return r

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gaugeport.study import steer
 from gaugeport.study.paper import PAPER
-from gaugeport.study.report import pct, sci
+from gaugeport.study.report import _apart, _gated, _iv, _with, pct, sci
 
 Row = tuple[str, str, str, str, str]  # measurement, real, quick, paper, explanation
 
@@ -16,33 +17,44 @@ def _cells(r: dict[str, Any] | None, fn: Any) -> str:
     return "not run" if r is None else fn(r)
 
 
+def _draws(r: dict[str, Any], name: str) -> str:
+    iv = _iv(r, name)
+    return f"worst of {iv['n']} gauges, range {sci(iv['lo'])}..{sci(iv['hi'])}" if iv else "one gauge"
+
+
 def _function(r: dict[str, Any]) -> str:
     f = r["function_max_logit_diff"]
-    return (f"RMSNorm, signed: {sci(f['rmsnorm_signed'])}; LayerNorm, perm-only: {sci(f['layernorm_perm_only'])}; "
-            f"LayerNorm, signed: {sci(f['layernorm_signed'])}")
+    return "; ".join(f"{label}: {sci(f[key])} ({_draws(r, 'function.' + key)})" for label, key in
+                     (("RMSNorm, signed", "rmsnorm_signed"), ("LayerNorm, perm-only", "layernorm_perm_only"),
+                      ("LayerNorm, signed", "layernorm_signed")))
 
 
 def _function_ok(r: dict[str, Any]) -> bool:
     f = r["function_max_logit_diff"]
     scale = f.get("control_scale", f["logit_scale"])
+    low = (_iv(r, "function.layernorm_signed") or {"lo": f["layernorm_signed"]})["lo"]  # every draw breaks it
     return (f["rmsnorm_signed"] < 1e-5 * f["logit_scale"] and f["layernorm_perm_only"] < 1e-5 * scale
-            and f["layernorm_signed"] > 1e-3 * scale)
+            and low > 1e-3 * scale)
 
 
 def _function_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
     f = real["function_max_logit_diff"]
+    n = (_iv(real, "function.rmsnorm_signed") or {"n": 1})["n"]
     if _function_ok(real):
-        return (f"Same as the paper and the toy run: the pretrained 30-layer LM keeps its logits to "
-                f"{sci(f['rmsnorm_signed'])} (float rounding over logits up to {f['logit_scale']:.0f}) and the "
-                f"pretrained MiniLM BERT is exact under a permutation but off by {f['layernorm_signed']:.2g} "
-                "(hidden-state units) once per-coordinate signs are forced on it.")
-    return ("Differs: the real models do not show the clean split (see the numbers), so a gauge rule of "
-            "the architecture table is wrong for them.")
+        return (f"Same as the paper and the toy run, in each of {n} random gauges: the pretrained 30-layer LM keeps "
+                f"its logits to {sci(f['rmsnorm_signed'])} at worst (float rounding over logits up to "
+                f"{f['logit_scale']:.0f}) and the pretrained MiniLM BERT is exact under a permutation but off by at "
+                f"least {_iv(real, 'function.layernorm_signed')['lo']:.2g} (hidden-state units) once per-coordinate "
+                "signs are forced on it." if _iv(real, "function.layernorm_signed") else
+                "Same as the paper and the toy run (one gauge).")
+    return ("Differs: the real models do not show the clean split in every gauge drawn (see the numbers), so a "
+            "gauge rule of the architecture table is wrong for them.")
 
 
 def _matching(r: dict[str, Any]) -> str:
     m = r["matching"]
-    return f"signed {pct(m['signed'])}; raw {pct(m['raw'])}; perm-only {pct(m['perm_only'])}"
+    return "; ".join(f"{label} {_with(r, 'matching.' + k, m[k], pct)}" for label, k in
+                     (("signed", "signed"), ("raw", "raw"), ("perm-only", "perm_only")))
 
 
 def _matching_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
@@ -50,13 +62,20 @@ def _matching_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
     excess = max(c["raw"] - c["positive_fraction"] for c in curve)
     tokens = real["config"]["probe_seqs"] * real["config"]["probe_len"]
     bound = ("never rises above" if excess <= 0.005 else f"stays within {pct(excess)} of")
-    return (f"Same shape as the paper and the toy: on {tokens:,} tokens of real text sign-marginalized matching "
-            f"recovers {pct(m['signed'])} while raw matching {bound} the positive-sign fraction at every fraction "
-            f"tried and perm-only gets the permutation but only the +1 signs ({pct(m['perm_only'])}).")
+    n = (_iv(real, "matching.signed") or {"n": 1})["n"]
+    sep = ("; the signed and raw ranges do not overlap" if _apart(real, "matching.signed", "matching.raw") else
+           "; the signed and raw ranges overlap, so their order is not established")
+    return (f"Same shape as the paper and the toy: over {n} hidden gauges on {tokens:,} tokens of real text "
+            f"sign-marginalized matching recovers {pct(m['signed'])} on average while raw matching {bound} the "
+            f"positive-sign fraction at every fraction tried and perm-only gets the permutation but only the +1 "
+            f"signs ({pct(m['perm_only'])}){sep}.")
 
 
-def _regime_cell(t: dict[str, Any]) -> str:
-    return (f"composed {pct(t['composed'])}; endpoint {pct(t['endpoint'])}; via base {pct(t['via_base'])} "
+def _regime_cell(t: dict[str, Any], r: dict[str, Any] | None = None, prefix: str = "trajectory") -> str:
+    def cell(key: str) -> str:
+        return _with(r, f"{prefix}.{key}", t[key], pct) if r is not None else pct(t[key])
+
+    return (f"composed {cell('composed')}; endpoint {cell('endpoint')}; via base {cell('via_base')} "
             f"(step {t['step']}, {t['n_hops']} hops)")
 
 
@@ -68,7 +87,7 @@ def _trajectory_real(r: dict[str, Any]) -> str:
     parts = []
     for name, t in r["trajectory_regimes"].items():
         loss = t["final_train_loss"]
-        parts.append(f"**{name}** (lr {t['lr']:g}{_warmup(t)}): {_regime_cell(t)}; "
+        parts.append(f"**{name}** (lr {t['lr']:g}{_warmup(t)}): {_regime_cell(t, r, 'trajectory.' + name)}; "
                      f"train loss {loss[0]:.2f} / {loss[1]:.2f}{_seeds_cell(t)}")
     return "<br>".join(parts)
 
@@ -98,7 +117,7 @@ def _gap_count(t: dict[str, Any]) -> str:
 
 def _trajectory_quick(r: dict[str, Any]) -> str:
     t = r["trajectory"]
-    return f"{_regime_cell(t)}; lr {r['config']['finetune']['lr']:g}"
+    return f"{_regime_cell(t, r)}; lr {r['config']['finetune']['lr']:g}"
 
 
 def _trajectory_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
@@ -132,21 +151,25 @@ def _trajectory_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
 
 def _sae(r: dict[str, Any]) -> str:
     s = r["sae_nmse"]
-    return f"B_d {s['signed']:.4f}; S_d {s['perm_only']:.3g} (own model {s['native']:.4f})"
+    return (f"B_d {_with(r, 'sae_nmse.signed', s['signed'], lambda x: f'{x:.4f}')}; S_d "
+            f"{_with(r, 'sae_nmse.perm_only', s['perm_only'])} (own model "
+            f"{_with(r, 'sae_nmse.native', s['native'], lambda x: f'{x:.4f}')})")
 
 
 def _sae_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
     s, p = real["sae_nmse"], PAPER["sae_nmse"]
-    if s["signed"] >= s["perm_only"]:
-        return f"Differs: signed transport did not reconstruct better ({s['signed']:.3g} vs {s['perm_only']:.3g})."
-    close = abs(s["signed"] - s["native"]) <= 0.25 * s["native"] + 0.01
-    return (f"Same ordering as the paper; B_d transport leaves the SAE as good on the fine-tune as on its own model "
-            f"({s['signed']:.4f} vs {s['native']:.4f}){'' if close else ' up to the fine-tune drift'}, and our "
-            f"B_d figure sits {'above' if s['signed'] > p['signed'] else 'below'} the paper's {p['signed']} "
+    if not (s["signed"] < s["perm_only"] and _apart(real, "sae_nmse.signed", "sae_nmse.perm_only")):
+        return (f"Not established: B_d {s['signed']:.3g} vs S_d {s['perm_only']:.3g}, intervals "
+                f"{'apart' if _apart(real, 'sae_nmse.signed', 'sae_nmse.perm_only') else 'overlapping'}.")
+    same = not _apart(real, "sae_nmse.signed", "sae_nmse.native")
+    return ("Same ordering as the paper, intervals apart; B_d transport leaves the SAE "
+            + ("as good on the fine-tune as on its own model (intervals overlap)" if same else
+               "close to, but measurably different from, its own model (intervals apart: the fine-tune's drift)")
+            + f"; our B_d figure sits {'above' if s['signed'] > p['signed'] else 'below'} the paper's {p['signed']} "
             f"because our 4x SAE saw {_sae_tokens(real):,} tokens for {_sae_steps(real)} steps and reconstructs "
-            "worse than a production SAE (the toy's, on a 64-wide stream, is near-perfect); S_d "
-            f"gives {s['perm_only']:.3g} (paper {p['perm_only']}): the wrongly-signed half of the coordinates "
-            "make reconstruction worse than predicting the mean.")
+            "worse than a production SAE; S_d gives "
+            f"{s['perm_only']:.3g} (paper {p['perm_only']}): the wrongly-signed half of the coordinates make "
+            "reconstruction worse than predicting the mean.")
 
 
 def _sae_tokens(r: dict[str, Any]) -> int:
@@ -159,75 +182,110 @@ def _sae_steps(r: dict[str, Any]) -> int:
 
 
 def _steering(r: dict[str, Any]) -> str:
-    s = r["steering_preserved"]
-    return f"B_d {pct(s['signed'])}; S_d {pct(s['perm_only'])} (target's own direction {pct(s['native_target'])})"
+    s = _gated(r, "steering_preserved", "steering_sweep")
+    if s is None:
+        return f"no ratio: {steer.verdict(r.get('steering_sweep'))}"
+    return (f"B_d {_with(r, 'steering.signed', s['signed'], pct)}; "
+            f"S_d {_with(r, 'steering.perm_only', s['perm_only'], pct)}"
+            f" (target's own direction {_with(r, 'steering.native_target', s['native_target'], pct)}); source: "
+            f"{steer.verdict(r.get('steering_sweep'))}")
+
+
+def _ratio_words(r: dict[str, Any], name: str) -> str:
+    iv = _iv(r, name)
+    if iv is None:
+        return "no interval"
+    if iv["lo"] <= 1 <= iv["hi"]:
+        return "consistent with 100%"
+    if iv["lo"] <= 0 <= iv["hi"]:
+        return "consistent with no effect"
+    return "above 100%" if iv["lo"] > 1 else ("reversed" if iv["hi"] < 0 else "below 100%")
 
 
 def _steering_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
-    s, p = real["steering_preserved"], PAPER["steering_preserved"]
-    if abs(1 - s["signed"]) >= abs(1 - s["perm_only"]):
-        return f"Differs: B_d preserved {pct(s['signed'])}, S_d {pct(s['perm_only'])} (100% = the original effect)."
-    exact = real["transfer_gauge"]["accuracy"] == 1.0
-    own = (("the transfer gauge is exact, so the shortfall is the fine-tune's own change of how the model answers "
-            f"these prompts (the fine-tune's own direction gives {pct(s['native_target'])})") if exact else
-           f"the fine-tune and the transfer gauge ({pct(real['transfer_gauge']['accuracy'])} right) both count")
-    wild = ("not preservation but an uncontrolled effect: the sign-scrambled vector is another direction of the "
-            "same norm and moves the sentiment log-odds by more than the sentiment direction itself does"
-            if s["perm_only"] > 1.25 else "what is left of the original effect after half its signs flip")
-    return (f"Same verdict as the paper ({pct(p['signed'])} vs {pct(p['perm_only'])}) by distance from 100%: B_d "
-            f"keeps {pct(s['signed'])}, short of 100% as {own}, while S_d's {pct(s['perm_only'])} is {wild}.")
+    s = _gated(real, "steering_preserved", "steering_sweep")
+    if s is None:
+        return ("Not measurable here: the sentiment direction made on the base does not pass the gate (intended sign, "
+                f">= {steer.MIN_EFFECT:g} nat, >= {steer.MIN_RATIO:g}x the largest of {steer.N_RANDOM} random "
+                "directions of the same norm) at any layer swept, so any preserved ratio would divide by noise; see "
+                "the steering sweep below.")
+    b, sd = _ratio_words(real, "steering.signed"), _ratio_words(real, "steering.perm_only")
+    apart = _apart(real, "steering.signed", "steering.perm_only")
+    return (f"B_d's interval is {b}, S_d's is {sd}; the two intervals "
+            + ("do not overlap, so transport with signs keeps more of the effect than without (the paper's verdict)"
+               if apart and s["signed"] > s["perm_only"] else
+               "overlap or point the other way, so this run does not separate them")
+            + f" (paper {pct(PAPER['steering_preserved']['signed'])} vs "
+            f"{pct(PAPER['steering_preserved']['perm_only'])}).")
 
 
 def _refusal(r: dict[str, Any]) -> str:
-    c, e = r["refusal_cosine"], r["refusal_effect"]
-    return (f"cosine B_d {c['signed']:.2f} / S_d {c['perm_only']:.2f}; effect ratio B_d {e['signed']:.2f} / "
-            f"S_d {e['perm_only']:.2f}")
+    e = _gated(r, "refusal_effect", "refusal_sweep")
+    if e is None:
+        return f"no ratio: {steer.verdict(r.get('refusal_sweep'))}"
+    c = r["refusal_cosine"]
+    return (f"cosine B_d {c['signed']:.2f} / S_d {c['perm_only']:.2f}; effect ratio B_d "
+            f"{_with(r, 'refusal.signed', e['signed'])} / S_d {_with(r, 'refusal.perm_only', e['perm_only'])}; source: "
+            f"{steer.verdict(r.get('refusal_sweep'))}")
 
 
 def _refusal_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
-    c, e = real["refusal_cosine"], real["refusal_effect"]
-    if real["refusal_reverses"]["perm_only"] and not real["refusal_reverses"]["signed"]:
-        return (f"Agrees with the paper: under S_d the refusal steering effect reverses sign (ratio "
-                f"{e['perm_only']:.2f}) while B_d keeps {pct(e['signed'])} of it with cosine {c['signed']:.2f} to "
-                "the fine-tune's own refusal direction.")
-    gap = real["base_behaviour"]["refusal_gap"]
-    weak = (f" (and this 135M model barely refuses: its refusal-vs-compliance log-odds differ by only {gap:.2f} nats "
-            "between harmful and harmless requests)" if abs(gap) < 1 else "")
-    return (f"Partly: B_d keeps the refusal direction (cosine {c['signed']:.2f} with the fine-tune's own, effect "
-            f"ratio {e['signed']:.2f}) and S_d scrambles it (cosine {c['perm_only']:.2f}), but the S_d effect does "
-            f"not reverse here (ratio {e['perm_only']:.2f}): a random half of flipped signs makes the vector "
-            f"near-orthogonal rather than opposite, so the sign of what remains depends on the draw{weak}.")
+    gap = _iv(real, "base.refusal_gap")
+    gap_txt = (f"its own refusal-vs-compliance log-odds differ by {gap['value']:.2f} nats [{gap['lo']:.2f}, "
+               f"{gap['hi']:.2f}] between harmful and harmless requests" if gap else "")
+    if _gated(real, "refusal_effect", "refusal_sweep") is None:
+        return ("Not measurable on this model: " + (f"{gap_txt}, and " if gap_txt else "")
+                + "the harmful-minus-harmless direction does not pass the gate at any layer swept, so there is no "
+                "working source direction and no ratio is printed (see the refusal sweep below).")
+    e = real["refusal_effect"]
+    b, sd = _ratio_words(real, "refusal.signed"), _ratio_words(real, "refusal.perm_only")
+    rev = real["refusal_reverses"]["perm_only"] and (_iv(real, "refusal.perm_only") or {"hi": 0})["hi"] < 0
+    return (f"B_d's effect ratio is {b} ({e['signed']:.2f}), S_d's is {sd} ({e['perm_only']:.2f})"
+            + ("; S_d reverses the effect with an interval below 0, as in the paper." if rev else
+               "; S_d's reversal (the paper's finding) is not supported by its interval.")
+            + (f" The model barely refuses ({gap_txt}); the direction controls the refusal-vs-compliance openings, "
+               "not refusals the model makes." if gap and abs(gap["value"]) < 1 else ""))
 
 
 def _merge(r: dict[str, Any]) -> str:
     m = r["merge_loss"]
-    return (f"B_d {m['signed']:.3f}; S_d {m['perm_only']:.3f}; none {m['none']:.3f} (parents "
-            f"{m['model_a']:.3f} / {m['model_b']:.3f})")
+
+    def c(k: str) -> str:
+        return _with(r, f"merge_loss.{k}", m[k], lambda x: f"{x:.3f}")
+
+    return f"B_d {c('signed')}; S_d {c('perm_only')}; none {c('none')} (parents {c('model_a')} / {c('model_b')})"
 
 
 def _merge_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
     m = real["merge_loss"]
-    if not (m["signed"] < m["perm_only"] and m["signed"] < m["none"]):
-        return f"Differs: signed merge {m['signed']:.3f} vs S_d {m['perm_only']:.3f}, none {m['none']:.3f}."
-    return (f"Same as the paper: merging the two gentle fine-tunes through the composed gauge gives {m['signed']:.3f} "
-            f"nats/token, at the parents' level, while S_d ({m['perm_only']:.2f}) and no alignment "
-            f"({m['none']:.2f}) average mismatched coordinates of a pretrained model and destroy it, a larger "
-            "penalty than in the toy because the real model's language ability is what is destroyed.")
+    ok = (m["signed"] < m["perm_only"] and m["signed"] < m["none"] and _apart(real, "merge_loss.signed",
+                                                                             "merge_loss.perm_only")
+          and _apart(real, "merge_loss.signed", "merge_loss.none"))
+    if not ok:
+        return f"Not established: signed merge {m['signed']:.3f} vs S_d {m['perm_only']:.3f}, none {m['none']:.3f}."
+    parents = ("close to but apart from the parents" if _apart(real, "merge_loss.signed", "merge_loss.model_a")
+               else "at the parents' level (intervals overlap)")
+    return (f"Same as the paper, intervals apart: merging the two gentle fine-tunes through the composed gauge gives "
+            f"{m['signed']:.3f} nats/token, {parents}, while S_d ({m['perm_only']:.2f}) and no alignment "
+            f"({m['none']:.2f}) average mismatched coordinates of a pretrained model and destroy it.")
 
 
 def _adamw(r: dict[str, Any]) -> str:
     a = r["adamw_divergence"]
-    return f"B_d {sci(a['signed'])}; S_d {a['perm_only']:.3g} after {a['steps']} steps"
+    return (f"B_d {_with(r, 'adamw.signed', a['signed'], sci)}; S_d {_with(r, 'adamw.perm_only', a['perm_only'])} "
+            f"after {a['steps']} steps")
 
 
 def _adamw_why(real: dict[str, Any], quick: dict[str, Any] | None) -> str:
     a = real["adamw_divergence"]
-    if not (a["signed"] < 0.05 and a["perm_only"] > 10 * max(a["signed"], 1e-6)):
-        return f"Differs: divergence {sci(a['signed'])} (B_d) vs {a['perm_only']:.3g} (S_d)."
+    hi = (_iv(real, "adamw.signed") or {"hi": a["signed"]})["hi"]
+    lo = (_iv(real, "adamw.perm_only") or {"lo": a["perm_only"]})["lo"]
+    if not (hi < 0.05 and lo > 10 * max(hi, 1e-6)):
+        return f"Not established: divergence {sci(a['signed'])} (B_d) vs {a['perm_only']:.3g} (S_d)."
     steps = f" ({a['steps']} resumed steps here, {quick['adamw_divergence']['steps']} in the toy)" if quick else ""
-    return (f"Same as the paper and the toy: resuming the real model's Trainer checkpoint through the transported "
-            f"AdamW state tracks the native resume to {sci(a['signed'])} of its own logit change (float rounding), "
-            f"while S_d moments push the model off it ({a['perm_only']:.3g}){steps}.")
+    return (f"Same as the paper and the toy, with the whole B_d interval (up to {sci(hi)}) below S_d's (from "
+            f"{lo:.3g}): resuming the real model's Trainer checkpoint through the transported AdamW state tracks the "
+            f"native resume to float rounding, while S_d moments push the model off it{steps}.")
 
 
 def _audit(r: dict[str, Any]) -> str:
@@ -292,20 +350,35 @@ def markdown(r: dict[str, Any], quick: dict[str, Any] | None) -> str:
         f"Trajectory: two fine-tuning runs per regime, different data order, trained in lockstep on "
         f"{rc['train_batch']} x {rc['train_seq_len']} tokens per step: {regs}. Each checkpoint is rewritten into its "
         "own hidden random gauge and every gauge is estimated while training (no checkpoint stored). Artifacts "
-        f"made on the base (SAE at `resid_post.{rc['sae_layer']}`, steering and refusal directions at layer "
-        f"{rc['steering_layer']}, audit claims) are carried to the gentle run-1's last checkpoint, in its hidden "
+        f"made on the base (SAE at `resid_post.{rc['sae_layer']}`, steering and refusal directions at the layer "
+        f"the sweep below picks, audit claims at layer {rc['audit_layer']}) are carried to the gentle run-1's last "
+        "checkpoint, in its hidden "
         "gauge, through the gauge *estimated* by sign-marginalized matching (B_d), or the same permutation with "
         f"every sign +1 (S_d). That transfer gauge recovered {pct(r['transfer_gauge']['accuracy'])} of the hidden "
         "one.", "",
-        f"What the model knows: next-token log-odds gap {b['polarity_gap']:.2f} nats (positive vs negative words "
-        f"after a positive vs a negative sentence) and {b['refusal_gap']:.2f} nats (refusal vs compliance openings "
-        "after a harmful vs a harmless request); 0 would mean no sensitivity.", "",
+        f"What the model knows: next-token log-odds gap {_with(r, 'base.polarity_gap', b['polarity_gap'], _nats)} "
+        "nats (positive vs negative words after a positive vs a negative sentence) and "
+        f"{_with(r, 'base.refusal_gap', b['refusal_gap'], _nats)} nats (refusal vs compliance openings after a "
+        "harmful vs a harmless request); 0 would mean no sensitivity.", "",
+        "Intervals: `value [lo, hi]` is a 95% percentile bootstrap over prompts or tokens for evaluation metrics, "
+        "and the mean with the range over draws (hidden gauges, training seeds) where a draw is involved; each "
+        "interval's kind and size is in `results.json` (`intervals`). The last column states a difference only where "
+        "the intervals are apart.", "",
         f"Total {t['total'] / 60:.1f} min (cache reused for: {', '.join(r['cache']['hits']) or 'nothing'}).", "",
         "| measurement | this run (real model) | quick toy run | paper | differences, explained |",
         "|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows(r, quick)]
     built = r["cache"].get("build_seconds", {})
+    lines += ["", "## Steering sweep (on the base, before anything is transported)", "",
+              "The rule is fixed in `gaugeport.study.steer`: CAA mean differences at every swept layer; the layer with "
+              "the largest effect per unit strength at the smallest strength; the strength at the top of the linear "
+              "regime; then the gate (intended sign with its interval excluding 0, >= "
+              f"{steer.MIN_EFFECT:g} nat, >= {steer.MIN_RATIO:g}x the largest of {steer.N_RANDOM} random directions of "
+              "the same norm), trying the next layer when it fails. Sentiment pairs: "
+              f"{r.get('steering_pairs', 'see text.sentiment_pairs')}.", ""]
+    lines += steer.sweep_markdown(r.get("steering_sweep"), "Sentiment (positive minus negative)")
+    lines += steer.sweep_markdown(r.get("refusal_sweep"), "Refusal (harmful minus harmless requests)")
     lines += ["", "## Timings", "", "Wall seconds of this run (a reused stage costs only its lookup); the last "
               "column is the time each trained stage took when it was built (cold).", "",
               "| stage | seconds | cold build |", "|---|---|---|"]
@@ -326,6 +399,10 @@ def markdown(r: dict[str, Any], quick: dict[str, Any] | None) -> str:
                  "with `--compare`)" if quick else "absent") + "; the paper column quotes the paper's abstract "
               "(`gaugeport.study.paper`).", ""]
     return "\n".join(lines)
+
+
+def _nats(x: float) -> str:
+    return f"{x:.2f}"
 
 
 def _built(built: dict[str, float], stage: str) -> str:

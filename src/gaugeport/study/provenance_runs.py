@@ -1,8 +1,8 @@
 """Small, seeded training runs for provenance checks: independent seeds and fine-tunes of one base.
 
-Used by the tests, the provenance benchmark and the study: a Llama-style model with grouped-query
-attention (generic norm gains), trained with AdamW on the built-in corpus. Everything is
-deterministic for its seeds.
+Used by the provenance tests and benchmark; it trains with the study's loop, so it lives in the study.
+A Llama-style model with grouped-query attention (generic norm gains), trained with AdamW on the
+built-in corpus. Everything is deterministic for its seeds.
 """
 
 from __future__ import annotations
@@ -60,4 +60,19 @@ def finetuned(base: torch.nn.Module, steps: int, data_seed: int, run: TinyRun = 
     """A copy of ``base`` trained ``steps`` more steps on other data."""
     m = copy.deepcopy(base)
     train(m, steps, data_seed=data_seed, run=run, lr=lr)
+    return m
+
+
+def healed(model: torch.nn.Module, steps: int, data_seed: int, lr: float = 1e-3) -> torch.nn.Module:
+    """A copy of ``model`` trained ``steps`` more steps on the built-in corpus (a short healing run)."""
+    from gaugeport.provenance.derivations import _n_layers
+
+    m = copy.deepcopy(model)
+    c = m.config
+    run = TinyRun(d_model=int(c.hidden_size), d_ff=int(c.intermediate_size), n_layers=_n_layers(m),
+                  n_heads=int(c.num_attention_heads), n_kv_heads=int(c.num_key_value_heads),
+                  seq_len=int(c.max_position_embeddings))
+    m.train()
+    train(m, steps, data_seed=data_seed, run=run, lr=lr)
+    m.eval()
     return m

@@ -17,20 +17,31 @@ import torch
 
 from gaugeport.core.gauge import SignedPermutation, load_gauge
 from gaugeport.estimate.align import align_from_moments
-from gaugeport.study import text
+from gaugeport.estimate.data import Batch
+from gaugeport.study import steer, text
 from gaugeport.study.config import StudyConfig
 from gaugeport.study.evaluate import (
-    lm_loss,
-    sae_nmse,
+    sae_token_errors,
     sign_reversal,
     site_activations,
-    steering_effect,
-    steering_preserved,
+    token_losses,
 )
 from gaugeport.study.models import in_gauge, make_optimizer
 from gaugeport.study.probes import log_odds, site_name
-from gaugeport.study.real import Acts, RealArtifacts, RealConfig, activations, batches, derived, load, match, moments
+from gaugeport.study.real.stages import (
+    Acts,
+    RealArtifacts,
+    RealConfig,
+    activations,
+    batches,
+    derived,
+    load,
+    match,
+    moments,
+)
 from gaugeport.study.sae import load_saelens
+from gaugeport.study.stats import Interval, bootstrap, ratio_of_sums, spread
+from gaugeport.study.steer import Probe
 
 METHODS = {"signed": "signed", "raw": "raw", "perm_only": "perm-only"}
 VARIANTS = {"signed": False, "perm_only": True}
@@ -45,6 +56,13 @@ class RealContext:
     progress: bool = True
     _models: dict[Path, torch.nn.Module] = field(default_factory=dict)
     _acts: dict[str, Acts] = field(default_factory=dict)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure -> Interval.to_dict()
+
+    def keep(self, name: str, iv: Interval | dict[str, Any]) -> float:
+        """Record ``name``'s interval; returns its value (what the row prints beside it)."""
+        d = iv.to_dict() if isinstance(iv, Interval) else iv
+        self.intervals[name] = d
+        return float(d["value"])
 
     @property
     def seed(self) -> int:
@@ -139,45 +157,52 @@ def refusal_data(ctx: RealContext) -> dict[str, Any]:
 def base_behaviour(ctx: RealContext) -> dict[str, float]:
     """Does the pretrained model carry what the artifacts are about? Next-token log-odds gaps:
     positive vs negative words after a positive vs a negative sentence; refusal vs compliance openings
-    after a harmful vs a harmless request (0 = no sensitivity)."""
+    after a harmful vs a harmless request (0 = no sensitivity). Paired by prompt, bootstrapped over pairs."""
     s, r, base = sentiment_data(ctx), refusal_data(ctx), ctx.base
     enc = ctx.tok.encode
 
-    def score(rows: list[list[int]], up: list[int], down: list[int]) -> float:
-        ids, metric = next_token_metric(ctx, rows, up, down)
-        return float(metric(base(input_ids=ids).logits))
+    def scores(rows: list[list[int]], up: list[int], down: list[int]) -> np.ndarray:
+        return probe_of(ctx, rows, up, down).scores(base)
 
     pos = [enc(a + " " + p) for a, p in zip(text.POSITIVE, text.STEERING_PROMPTS, strict=True)]
     neg = [enc(a + " " + p) for a, p in zip(text.NEGATIVE, text.STEERING_PROMPTS, strict=True)]
-    return {"polarity_gap": score(pos, s["up"], s["down"]) - score(neg, s["up"], s["down"]),
-            "refusal_gap": score(r["harmful"], r["up"], r["down"]) - score(r["harmless"], r["up"], r["down"])}
+    polarity = scores(pos, s["up"], s["down"]) - scores(neg, s["up"], s["down"])
+    refusal = scores(r["harmful"], r["up"], r["down"]) - scores(r["harmless"], r["up"], r["down"])
+    return {"polarity_gap": ctx.keep("base.polarity_gap", bootstrap(polarity, what="prompt pairs")),
+            "refusal_gap": ctx.keep("base.refusal_gap", bootstrap(refusal, what="request pairs"))}
 
 
 @torch.no_grad()
 def function_preservation(ctx: RealContext) -> dict[str, float]:
-    """1. The real LM under a random signed gauge; the real LayerNorm BERT under its permutation
-    only and under the signed gauge forced on it (final hidden states mapped back and compared)."""
+    """1. The real LM under random signed gauges; the real LayerNorm BERT under their permutations
+    only and under the signed gauges forced on it (final hidden states mapped back and compared).
+    ``gauge_draws`` gauges each; the row's figure is the worst (largest) difference."""
     from gaugeport.study.estimation_checks import forced_gauge
 
     ids = ctx.rows("probe", 2, 301)
     base = ctx.base
-    g = SignedPermutation.random(base.config.hidden_size, seed=derived(ctx.seed, 70))
     ref = base(input_ids=ids).logits
-    out = {"rmsnorm_signed": float((ref - in_gauge(base, g)(input_ids=ids).logits).abs().max()),
-           "logit_scale": float(ref.abs().max())}
     control = load(ctx.art.src.control, ctx.rc.device)
     cids = _control_ids(ctx, control)
-    gc = SignedPermutation.random(control.config.hidden_size, seed=derived(ctx.seed, 71))
 
     def hidden(m: torch.nn.Module) -> torch.Tensor:
         o = m(input_ids=cids, output_hidden_states=True)  # a base model or a task head (BertForMaskedLM)
         return o.last_hidden_state if getattr(o, "last_hidden_state", None) is not None else o.hidden_states[-1]
 
     h = hidden(control)
-    for key, model, gauge in (("layernorm_signed", forced_gauge(control, gc), gc),
-                              ("layernorm_perm_only", in_gauge(control, gc.perm_only()), gc.perm_only())):
-        back = torch.as_tensor(gauge.inverse().apply(hidden(model).cpu())).to(h)
-        out[key] = float((back - h).abs().max())
+    draws: dict[str, list[float]] = {"rmsnorm_signed": [], "layernorm_signed": [], "layernorm_perm_only": []}
+    for k in range(ctx.rc.gauge_draws):
+        g = SignedPermutation.random(base.config.hidden_size, seed=derived(ctx.seed, 70, k))
+        draws["rmsnorm_signed"].append(float((ref - in_gauge(base, g)(input_ids=ids).logits).abs().max()))
+        gc = SignedPermutation.random(control.config.hidden_size, seed=derived(ctx.seed, 71, k))
+        for key, model, gauge in (("layernorm_signed", forced_gauge(control, gc), gc),
+                                  ("layernorm_perm_only", in_gauge(control, gc.perm_only()), gc.perm_only())):
+            back = torch.as_tensor(gauge.inverse().apply(hidden(model).cpu())).to(h)
+            draws[key].append(float((back - h).abs().max()))
+    out = {key: max(v) for key, v in draws.items()}
+    for key, v in draws.items():
+        ctx.keep(f"function.{key}", spread(v, "random gauges"))
+    out["logit_scale"] = float(ref.abs().max())
     out["control_scale"] = float(h.abs().max())
     return out
 
@@ -196,8 +221,9 @@ def _control_ids(ctx: RealContext, control: torch.nn.Module) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------- 2
 def matching(ctx: RealContext) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """2. Each method on the base vs a hidden-gauge copy, on 2,048 probe tokens of real text; the
-    ceiling sweep varies the hidden gauge's fraction of positive signs."""
+    """2. Each method on the base vs hidden-gauge copies (``gauge_draws`` of them; the row gives the mean
+    and the range), on the probe tokens of real text; the ceiling sweep varies the hidden gauge's
+    fraction of positive signs."""
     from tqdm.auto import tqdm
 
     base = ctx.base
@@ -212,7 +238,9 @@ def matching(ctx: RealContext) -> tuple[dict[str, float], list[dict[str, float]]
     for k, frac in enumerate(tqdm(ctx.rc.ceiling_fractions, desc="matching", disable=not ctx.progress, leave=False)):
         truth = SignedPermutation.random(d, seed=derived(ctx.seed, 80, k), positive_fraction=frac)
         curve.append({"positive_fraction": truth.positive_fraction, **accs(truth)})
-    return accs(SignedPermutation.random(d, seed=derived(ctx.seed, 81))), curve
+    draws = [accs(SignedPermutation.random(d, seed=derived(ctx.seed, 81, k))) for k in range(ctx.rc.gauge_draws)]
+    head = {k: ctx.keep(f"matching.{k}", spread([x[k] for x in draws], "hidden gauges")) for k in METHODS}
+    return head, curve
 
 
 # ------------------------------------------------------------------------------------- 3
@@ -233,6 +261,9 @@ def trajectory(ctx: RealContext) -> dict[str, Any]:
                          "final_train_loss": [last["loss_run_1"], last["loss_run_2"]],
                          "eval_loss": rec["eval_loss"], "curve": rec["curve"],
                          "seeds": [_seed_summary(s, p) for s, p in ctx.art.replicates.get(name, {}).items()]}
+    for name, reg in regimes.items():
+        for key in ("composed", "endpoint", "via_base"):
+            ctx.keep(f"trajectory.{name}.{key}", spread([x[key] for x in reg["seeds"]], "seeds"))
     head = regimes[next(iter(regimes))]
     return {"trajectory": {k: v for k, v in head.items() if k != "curve"},
             "trajectory_curve": head["curve"], "trajectory_regimes": regimes}
@@ -259,69 +290,139 @@ def _eval_site_acts(ctx: RealContext, model: torch.nn.Module, layer: int) -> tor
 
 
 def sae_transfer(ctx: RealContext, gauge: SignedPermutation) -> dict[str, float]:
-    """4. The base's SAE (SAELens format) on gentle run-1's activations (hidden gauge), held-out text."""
+    """4. The base's SAE (SAELens format) on gentle run-1's activations (hidden gauge), held-out text;
+    NMSE bootstrapped over the held-out tokens."""
     from gaugeport.transport import transport_sae_dir
 
     layer = ctx.rc.sae_layer
     sae = load_saelens(ctx.art.sae)
     target_acts = _eval_site_acts(ctx, ctx.target, layer).cpu()
-    out = {"native": sae_nmse(sae, _eval_site_acts(ctx, ctx.base, layer).cpu()),
-           "untransported": sae_nmse(sae, target_acts)}
+    saes = {"native": (sae, _eval_site_acts(ctx, ctx.base, layer).cpu()), "untransported": (sae, target_acts)}
     for key, perm_only in VARIANTS.items():
         moved = transport_sae_dir(ctx.art.sae, gauge, ctx.work / f"sae-{key}", perm_only=perm_only)
-        out[key] = sae_nmse(load_saelens(moved), target_acts)
-    return out
+        saes[key] = (load_saelens(moved), target_acts)
+    return {key: ctx.keep(f"sae_nmse.{key}", bootstrap(sae_token_errors(w, acts), ratio_of_sums, what="tokens"))
+            for key, (w, acts) in saes.items()}
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double().cpu(), b.double().cpu(), dim=0))
 
 
-def steering(ctx: RealContext, gauge: SignedPermutation) -> dict[str, dict[str, float]]:
-    """5. Sentiment direction (handwritten sentences) and refusal direction (handwritten requests in
-    the chat template), made on the base, carried to gentle run-1 in its hidden gauge."""
+def probe_of(ctx: RealContext, rows: Sequence[Sequence[int]], up: Sequence[int], down: Sequence[int]) -> Probe:
+    """Prompts (right-padded) and their per-prompt next-token log-odds of ``up`` against ``down``."""
+    ids, last = pad(rows, ctx.tok.pad_id)
+    r = torch.arange(len(rows))
+    return Probe(ids.to(ctx.rc.device), lambda lg: log_odds(lg[r, last.to(lg.device)].cpu(), up, down))
+
+
+@torch.no_grad()
+def layer_directions(ctx: RealContext, model: torch.nn.Module, pos: Sequence[Sequence[int]],
+                     neg: Sequence[Sequence[int]], layers: Sequence[int], last_only: bool
+                     ) -> dict[int, tuple[torch.Tensor, float]]:
+    """At every layer: the unit CAA direction (mean of ``pos`` minus mean of ``neg``) and the mean residual
+    norm of the tokens it was made from (one forward per batch for all layers)."""
+    sites = [site_name(layer) for layer in layers]
+
+    def acts(rows: Sequence[Sequence[int]]) -> Acts:
+        ids, last = pad(rows, ctx.tok.pad_id)
+        keep = torch.zeros(ids.shape, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            if last_only:
+                keep[i, len(r) - 1] = True
+            else:
+                keep[i, 1: len(r)] = True  # position 0 (attention sink) left out
+        fb = ctx.rc.forward_batch * 4
+        return activations(model, [Batch(ids[j: j + fb].to(ctx.rc.device), torch.ones_like(ids[j: j + fb]).to(
+            ctx.rc.device), keep[j: j + fb].to(ctx.rc.device)) for j in range(0, len(rows), fb)], sites)
+
+    a, b = acts(pos), acts(neg)
+    out = {}
+    for layer, site in zip(layers, sites, strict=True):
+        v = a[site].mean(0) - b[site].mean(0)
+        rho = float(torch.cat([a[site], b[site]]).norm(dim=1).mean())
+        out[int(layer)] = ((v / v.norm()).float(), rho)
+    return out
+
+
+def steering(ctx: RealContext, gauge: SignedPermutation) -> dict[str, Any]:
+    """5. Sentiment direction (400 contrastive pairs: 16 handwritten, 384 generated from handwritten
+    templates) and refusal direction (handwritten requests in the chat template), each chosen on the base
+    by the sweep and gate of :mod:`gaugeport.study.steer`; only a direction that passes is carried to
+    gentle run-1 in its hidden gauge, and only then is a preserved ratio reported."""
     from gaugeport.transport import transport_vector
 
-    rc, base, target = ctx.rc, ctx.base, ctx.target
+    base, target = ctx.base, ctx.target
+    layers = [x for x in ctx.rc.steering_layers if x < base.config.num_hidden_layers]
+    pairs = text.sentiment_pairs()
+    enc = ctx.tok.encode
     s = sentiment_data(ctx)
-    layer, scale = rc.steering_layer, rc.steering_scale
-    v = mean_difference(ctx, base, s["pos"], s["neg"], layer, last_only=False)
-    ids, metric = next_token_metric(ctx, s["prompts"], s["up"], s["down"])
-    preserved = {"source_effect": steering_effect(base, v, ids, metric, layer, scale)}
-    for key, perm_only in VARIANTS.items():
-        preserved[key] = steering_preserved(base, v, target, transport_vector(v, gauge, perm_only=perm_only), ids,
-                                            layer, metric, scale)
-    own = mean_difference(ctx, target, s["pos"], s["neg"], layer, last_only=False)
-    preserved["native_target"] = steering_preserved(base, v, target, own, ids, layer, metric, scale)
+    probe = probe_of(ctx, [enc(p) for p in (*text.STEERING_PROMPTS, *text.MORE_STEERING_PROMPTS)], s["up"], s["down"])
+    dirs = layer_directions(ctx, base, [enc(a) for a, _ in pairs], [enc(b) for _, b in pairs], layers, False)
+    choice = steer.choose(base, probe, dirs, seed=derived(ctx.seed, 330))
+    out: dict[str, Any] = {"steering_sweep": steer.public(choice)}
+    if choice["passes"]:
+        v, layer, ea = choice["vector"], choice["layer"], choice["effects"]
+        ctx.keep("steering.source_effect", bootstrap(ea, what="prompts"))
+        preserved: dict[str, Any] = {"source_effect": float(ea.mean())}
+        for key, perm_only in VARIANTS.items():
+            eb = steer.per_prompt_effect(target, probe, transport_vector(v, gauge, perm_only=perm_only), layer)
+            preserved[key] = ctx.keep(f"steering.{key}", steer.preserved(ea, eb))
+        own = dirs_on(ctx, target, pairs, layer) * float(v.norm())
+        preserved["native_target"] = ctx.keep("steering.native_target",
+                                              steer.preserved(ea, steer.per_prompt_effect(target, probe, own, layer)))
+        out["steering_preserved"] = preserved
+    else:
+        out["steering_preserved"] = None
+    out["steering_pairs"] = (f"{len(pairs)} pairs: {len(text.POSITIVE)} handwritten, {len(pairs) - len(text.POSITIVE)} "
+                             "generated from handwritten templates and word lists (`gaugeport.study.text`); "
+                             f"{len(probe.ids)} handwritten steering prompts")
 
     r = refusal_data(ctx)
-    layer = rc.refusal_layer
-    d = mean_difference(ctx, base, r["harmful"], r["harmless"], layer, last_only=True)
-    d_native = mean_difference(ctx, target, r["harmful"], r["harmless"], layer, last_only=True)
-    ids, metric = next_token_metric(ctx, r["harmless"], r["up"], r["down"])
-    source = steering_effect(base, d, ids, metric, layer, scale)
-    cosine, effect, reverses = {}, {"source_effect": source}, {}
+    out["refusal_model_gap"] = ctx.intervals.get("base.refusal_gap")
+    rprobe = probe_of(ctx, r["harmless"], r["up"], r["down"])
+    rdirs = layer_directions(ctx, base, r["harmful"], r["harmless"], layers, last_only=True)
+    rchoice = steer.choose(base, rprobe, rdirs, seed=derived(ctx.seed, 331))
+    out["refusal_sweep"] = steer.public(rchoice)
+    if not rchoice["passes"]:
+        out.update(refusal_cosine=None, refusal_effect=None, refusal_reverses=None)
+        return out
+    d, layer, ea = rchoice["vector"], rchoice["layer"], rchoice["effects"]
+    d_native = layer_directions(ctx, target, r["harmful"], r["harmless"], [layer], last_only=True)[layer][0]
+    ctx.keep("refusal.source_effect", bootstrap(ea, what="requests"))
+    cosine, effect, reverses = {}, {"source_effect": float(ea.mean())}, {}
     for key, perm_only in VARIANTS.items():
         moved = transport_vector(d, gauge, perm_only=perm_only)
         cosine[key] = _cosine(moved, d_native)
-        effect[key] = steering_effect(target, moved, ids, metric, layer, scale) / source
-        reverses[key] = float(sign_reversal(source, effect[key] * source))
-    return {"steering_preserved": preserved, "refusal_cosine": cosine, "refusal_effect": effect,
-            "refusal_reverses": reverses}
+        effect[key] = ctx.keep(f"refusal.{key}", steer.preserved(ea, steer.per_prompt_effect(target, rprobe, moved,
+                                                                                            layer)))
+        reverses[key] = float(sign_reversal(1.0, effect[key]))
+    out.update(refusal_cosine=cosine, refusal_effect=effect, refusal_reverses=reverses)
+    return out
+
+
+def dirs_on(ctx: RealContext, model: torch.nn.Module, pairs: Sequence[tuple[str, str]], layer: int) -> torch.Tensor:
+    """The unit sentiment direction of ``model`` at ``layer`` (the fine-tune's own)."""
+    enc = ctx.tok.encode
+    return layer_directions(ctx, model, [enc(a) for a, _ in pairs], [enc(b) for _, b in pairs], [layer],
+                            last_only=False)[layer][0]
 
 
 # ------------------------------------------------------------------------------------- 6-7
 def merge(ctx: RealContext) -> dict[str, float]:
-    """6. Average the two gentle fine-tunes (each in its hidden gauge) through the composed chain."""
+    """6. Average the two gentle fine-tunes (each in its hidden gauge) through the composed chain; losses
+    bootstrapped over the held-out tokens."""
     from gaugeport.transport import merge_models
 
     g = load_gauge(ctx.art.gentle / "run-1-to-run-2.safetensors")
     a, b = ctx.target, ctx.model(ctx.art.gentle / "run-2")
     ids = ctx.rows("eval", ctx.rc.eval_rows, 303)
-    out = {"model_a": lm_loss(a, ids), "model_b": lm_loss(b, ids), "base": lm_loss(ctx.base, ids)}
+    models = {"model_a": a, "model_b": b, "base": ctx.base}
     for key, perm_only in VARIANTS.items():
-        out[key] = lm_loss(merge_models(a, b, g, perm_only=perm_only), ids)
-    out["none"] = lm_loss(merge_models(a, b, SignedPermutation.identity(g.d)), ids)
+        models[key] = merge_models(a, b, g, perm_only=perm_only)
+    models["none"] = merge_models(a, b, SignedPermutation.identity(g.d))
+    out = {key: ctx.keep(f"merge_loss.{key}", bootstrap(token_losses(m, ids), what="tokens"))
+           for key, m in models.items()}
     truth = load_gauge(ctx.art.gentle / "run-2-truth.safetensors") @ \
         load_gauge(ctx.art.gentle / "run-1-truth.safetensors").inverse()
     out["gauge_accuracy"] = g.accuracy(truth)["full"]
@@ -330,7 +431,7 @@ def merge(ctx: RealContext) -> dict[str, float]:
 
 def _resume(ctx: RealContext, ckpt: Path, ids: torch.Tensor, at: tuple[int, ...]) -> dict[int, torch.Tensor]:
     from gaugeport.study.config import TrainConfig
-    from gaugeport.study.real import lm_step, train_rows
+    from gaugeport.study.real.stages import lm_step, train_rows
 
     reg = ctx.rc.gentle
     model = load(ckpt, ctx.rc.device)
@@ -368,6 +469,10 @@ def adamw(ctx: RealContext) -> tuple[dict[str, float], list[dict[str, float]]]:
     curve = [{"steps": s, **{key: float((run[s] - ref[s]).norm() / (ref[s] - start).norm())
                              for key, run in runs.items()}} for s in at]
     head = curve[-1]
+    for key, run in runs.items():  # per token: |resumed - native|^2 and |native change|^2, bootstrapped
+        per_token = np.c_[(run[k] - ref[k]).pow(2).sum(-1).reshape(-1).double().cpu().numpy(),
+                          (ref[k] - start).pow(2).sum(-1).reshape(-1).double().cpu().numpy()]
+        ctx.keep(f"adamw.{key}", bootstrap(per_token, lambda x: float(np.sqrt(ratio_of_sums(x))), what="tokens"))
     return {"signed": head["signed"], "perm_only": head["perm_only"], "steps": head["steps"],
             "reference_logit_change": float((ref[k] - start).norm())}, curve
 
@@ -379,7 +484,7 @@ def audit(ctx: RealContext, out: Path) -> dict[str, Any]:
     the gauge estimated to a hidden-gauge copy of the model."""
     from gaugeport.study.audit_check import audit_with_claims
 
-    base, layer = ctx.base, ctx.rc.steering_layer
+    base, layer = ctx.base, ctx.rc.audit_layer
     hidden = in_gauge(base, SignedPermutation.random(base.config.hidden_size, seed=derived(ctx.seed, 121)))
     s, r = sentiment_data(ctx), refusal_data(ctx)
 

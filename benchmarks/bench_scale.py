@@ -1,0 +1,266 @@
+"""Any model size on one machine: throughput of the weight verbs and peak memory against depth.
+
+Two synthetic llama-style bf16 checkpoints families (:mod:`gaugeport.models.synthetic`), each
+verb run in a fresh child process (its own ``ru_maxrss`` = kernel high-water mark ``VmHWM``, its own
+CPU time), the baselines measured in the same run:
+
+throughput (d=4096, 11008 MLP units, 4 blocks, 32000 vocab: ~2.1 GB in 4 shards; ``--quick``: d=2048)
+    ``cp -r`` + ``sync`` against ``apply`` + ``sync`` (alternating, best of ``--repeat``); one plain
+    read of every shard file (16 MB ``readinto``) against ``fingerprint`` and ``canonicalize`` (+ sync).
+    Page cache warm for all (the source is read before the runs).
+memory against depth (d=1024, 2816 units, 2 to 16 blocks)
+    peak RSS and seconds of ``verify`` (A against its gauged copy, weights included), ``collect``
+    (2 batches of 8 x 128 token ids), ``same`` and ``canonicalize`` per depth, and the peak of a
+    child that only imports torch, transformers and gaugeport (the baseline).
+
+Then an extrapolation, stated as such, to Llama-3-8B and Llama-3-70B: time scales with the bytes
+of the checkpoint at the seconds-per-byte measured here for each verb; peak memory above the
+baseline scales with the largest streamed unit (the larger of one block and the embedding, in the
+stored dtype) at the ratio measured here. Timings on a shared machine are noisy: the ratios are
+from one run, and the CPU seconds are given beside the wall seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GB = 1e9
+TOKENS = {"n_seq": 16, "seq_len": 128, "batch": 8}  # collect: 2 batches
+
+
+# ---------------------------------------------------------------------- the measured child
+def _child(verb: str, args: list[str]) -> None:
+    """Run one verb (imports done first, outside the timing) and print wall and CPU seconds."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import gaugeport.core.apply  # noqa: F401
+    import gaugeport.core.verify  # noqa: F401
+    import gaugeport.estimate.pipeline  # noqa: F401
+    import gaugeport.provenance.canonical  # noqa: F401
+    import gaugeport.provenance.same  # noqa: F401
+
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    if verb == "baseline":
+        pass
+    elif verb == "read":
+        buf = bytearray(16 << 20)
+        for f in sorted(Path(args[0]).glob("*.safetensors")):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+    elif verb == "apply":
+        from gaugeport.core.apply import apply_gauge_to_checkpoint
+        from gaugeport.core.gauge import SignedPermutation
+
+        apply_gauge_to_checkpoint(args[0], SignedPermutation.random(int(args[2]), seed=1), args[1], progress=False)
+        os.sync()
+    elif verb == "canonicalize":
+        from gaugeport.provenance.canonical import canonicalize
+
+        canonicalize(args[0], args[1], progress=False)
+        os.sync()
+    elif verb == "fingerprint":
+        from gaugeport.provenance.canonical import fingerprint
+
+        fingerprint(args[0])
+    elif verb == "verify":
+        from gaugeport.core.gauge import SignedPermutation
+        from gaugeport.core.verify import verify_checkpoints
+
+        res = verify_checkpoints(args[0], args[1], SignedPermutation.random(int(args[2]), seed=1))
+        assert res.ok, res
+    elif verb == "collect":
+        from gaugeport.estimate.pipeline import DataOptions, collect_checkpoints
+
+        collect_checkpoints(args[0], args[1], DataOptions(args[2], TOKENS["n_seq"] * TOKENS["seq_len"],
+                                                          TOKENS["batch"], TOKENS["seq_len"]), progress=False)
+    elif verb == "same":
+        from gaugeport.provenance.same import same
+
+        same(args[0], args[1])
+    else:
+        raise SystemExit(f"unknown verb {verb}")
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": time.perf_counter() - t0,
+                      "cpu_seconds": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime}))
+
+
+def run(verb: str, *args: str | Path) -> dict[str, float]:
+    """One child: its timings and its peak RSS (bytes, from wait4's rusage)."""
+    proc = subprocess.Popen([sys.executable, __file__, "--child", verb, *map(str, args)], stdout=subprocess.PIPE,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    out = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{verb} failed")
+    return {**json.loads(out.decode().strip().splitlines()[-1]), "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+def cp_sync(src: Path, dst: Path) -> float:
+    os.sync()
+    t = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    os.sync()
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------- the two families
+def _make(root: Path, shape, name: str) -> tuple[Path, Path, dict[str, int]]:
+    """Checkpoint A and its gauged copy B (seed 1, as the children's verify expects)."""
+    import torch
+
+    from gaugeport.core.apply import apply_gauge_to_checkpoint
+    from gaugeport.core.gauge import SignedPermutation
+    from gaugeport.models.synthetic import write_synthetic_llama
+
+    a, b = root / f"{name}-a", root / f"{name}-b"
+    sizes = write_synthetic_llama(a, shape, torch.bfloat16, 0)
+    apply_gauge_to_checkpoint(a, SignedPermutation.random(shape.d_model, seed=1), b, progress=False)
+    return a, b, sizes
+
+
+def _ids(root: Path, vocab: int) -> Path:
+    import numpy as np
+
+    path = root / "ids.npy"
+    np.save(path, np.random.default_rng(0).integers(3, vocab, (TOKENS["n_seq"], TOKENS["seq_len"])))
+    return path
+
+
+def unit_bytes(d: int, inter: int, n_heads: int, n_kv: int, vocab: int, itemsize: int = 2) -> int:
+    """The largest streamed unit: one block or the embedding (the head is the same size)."""
+    kv = d // n_heads * n_kv
+    block = (2 * d * d + 2 * kv * d + 3 * d * inter + 2 * d) * itemsize
+    return max(block, vocab * d * itemsize)
+
+
+def total_bytes(d: int, inter: int, layers: int, n_heads: int, n_kv: int, vocab: int, itemsize: int = 2) -> int:
+    kv = d // n_heads * n_kv
+    return (layers * (2 * d * d + 2 * kv * d + 3 * d * inter + 2 * d) + 2 * vocab * d + d) * itemsize
+
+
+def throughput(root: Path, quick: bool, repeat: int) -> dict[str, object]:
+    from gaugeport.models.synthetic import LlamaShape
+
+    shape = LlamaShape(2048, 5632, 4, 16, 16, 32000, shard_mb=200) if quick else \
+        LlamaShape(4096, 11008, 4, 32, 32, 32000, shard_mb=700)
+    a, b, sizes = _make(root, shape, "wide")
+    d = str(shape.d_model)
+    out: dict[str, object] = {"shape": shape.__dict__, **sizes}
+    run("read", a)  # warm the page cache
+    cps, applies = [], []
+    for k in range(repeat):
+        cps.append(cp_sync(a, root / f"cp{k}"))
+        shutil.rmtree(root / f"cp{k}")
+        applies.append(run("apply", a, root / f"ap{k}", d))
+        shutil.rmtree(root / f"ap{k}")
+    best_apply = min(applies, key=lambda r: r["seconds"])
+    read = min((run("read", a) for _ in range(repeat)), key=lambda r: r["seconds"])
+    fp = run("fingerprint", a)
+    can = run("canonicalize", a, root / "canon")
+    shutil.rmtree(root / "canon")
+    out.update({
+        "cp_sync_seconds": min(cps), "apply": best_apply, "read": read, "fingerprint": fp, "canonicalize": can,
+        "apply_over_cp_sync_speed": min(cps) / best_apply["seconds"],
+        "fingerprint_over_read_time": fp["seconds"] / read["seconds"],
+        "canonicalize_over_read_time": can["seconds"] / read["seconds"],
+        "targets": {"apply_over_cp_sync_speed": ">= 0.5", "fingerprint_over_read_time": "<= 1.5",
+                    "canonicalize_over_read_time": "<= 2"},
+    })
+    for p in (a, b):
+        shutil.rmtree(p)
+    return out
+
+
+def memory_vs_depth(root: Path, depths: list[int]) -> dict[str, object]:
+    from gaugeport.models.synthetic import LlamaShape
+
+    rows = []
+    base = run("baseline")
+    for n in depths:
+        shape = LlamaShape(1024, 2816, n, 16, 16, 32000, shard_mb=200)
+        a, b, sizes = _make(root, shape, f"deep{n}")
+        ids = _ids(root, shape.vocab)
+        row: dict[str, object] = {"blocks": n, "checkpoint_bytes": sizes["total_bytes"]}
+        for verb, args in (("verify", (a, b, "1024")), ("collect", (a, b, ids)), ("same", (a, b)),
+                           ("canonicalize", (a, root / "canon"))):
+            r = run(verb, *args)
+            row[verb] = r["peak_rss_bytes"]
+            row[f"{verb}_seconds"] = r["seconds"]
+        shutil.rmtree(root / "canon")
+        for p in (a, b):
+            shutil.rmtree(p)
+        rows.append(row)
+    return {"shape": "d=1024, 2816 units, 16 heads, vocab 32000, bf16", "baseline_peak_rss_bytes":
+            base["peak_rss_bytes"], "rows": rows}
+
+
+def extrapolate(tp: dict[str, object], mem: dict[str, object]) -> dict[str, object]:
+    """Time: the target's bytes x the seconds per byte measured for each verb (apply, fingerprint,
+    canonicalize: the d=4096 checkpoint; verify, collect, same: the deepest narrow one, A's bytes).
+    Memory: the baseline + the measured peak above it per byte of the largest streamed unit (the
+    larger of one block and the embedding, stored dtype) x the target's unit. An extrapolation, not a
+    measurement: it assumes the verbs stay read-bound and that nothing else grows with the model."""
+    s = tp["shape"]
+    base = mem["baseline_peak_rss_bytes"]
+    wide = (total_bytes(s["d_model"], s["intermediate"], s["n_layers"], s["n_heads"], s["n_kv_heads"], s["vocab"]),
+            unit_bytes(s["d_model"], s["intermediate"], s["n_heads"], s["n_kv_heads"], s["vocab"]))
+    deep_row = mem["rows"][-1]
+    deep = (total_bytes(1024, 2816, deep_row["blocks"], 16, 16, 32000), unit_bytes(1024, 2816, 16, 16, 32000))
+    measured: dict[str, tuple[float, float, tuple[int, int]]] = {
+        v: (tp[v]["seconds"], tp[v]["peak_rss_bytes"], wide) for v in ("apply", "fingerprint", "canonicalize", "read")}
+    for v in ("verify", "collect", "same"):
+        measured[v] = (deep_row[f"{v}_seconds"], deep_row[v], deep)
+    models = {"Llama-3-8B": (4096, 14336, 32, 32, 8, 128256), "Llama-3-70B": (8192, 28672, 80, 64, 8, 128256)}
+    out: dict[str, object] = {"method": extrapolate.__doc__}
+    for name, (d, inter, layers, h, kv, vocab) in models.items():
+        tot, unit = total_bytes(d, inter, layers, h, kv, vocab), unit_bytes(d, inter, h, kv, vocab)
+        verbs = {v: {"seconds": sec * tot / src[0], "peak_rss_bytes": base + max(0.0, peak - base) * unit / src[1]}
+                 for v, (sec, peak, src) in measured.items()}
+        verbs["cp_sync"] = {"seconds": tp["cp_sync_seconds"] * tot / wide[0]}
+        out[name] = {"checkpoint_bytes": tot, "largest_unit_bytes": unit, "verbs": verbs}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="d=2048 throughput checkpoint, depths 2 and 4")
+    ap.add_argument("--repeat", type=int, default=2, help="alternating cp / apply runs; best of each")
+    ap.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16])
+    ap.add_argument("--tmp", default="/tmp", help="directory for the temporary checkpoints")
+    ap.add_argument("--out", type=Path, default=HERE / "bench_scale.json")
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(args.child[0], args.child[1:])
+        return {}
+    depths = [2, 4] if args.quick else args.depths
+    with tempfile.TemporaryDirectory(prefix="gaugeport-bench-scale-", dir=args.tmp) as tmp:
+        tp = throughput(Path(tmp), args.quick, args.repeat)
+        mem = memory_vs_depth(Path(tmp), depths)
+    result = {"throughput": tp, "memory_vs_depth": mem, "extrapolation": extrapolate(tp, mem),
+              "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+              "note": "shared machine: wall times include waiting for CPU; ratios are from one run"}
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"apply / (cp -r + sync) speed {tp['apply_over_cp_sync_speed']:.2f}x; fingerprint "
+          f"{tp['fingerprint_over_read_time']:.2f}x and canonicalize {tp['canonicalize_over_read_time']:.2f}x "
+          "one plain read")
+    for row in mem["rows"]:
+        print(f"{row['blocks']:>3} blocks: " + ", ".join(
+            f"{v} {row[v] / GB:.2f} GB" for v in ("verify", "collect", "same", "canonicalize")))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
