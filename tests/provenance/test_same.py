@@ -239,3 +239,34 @@ def test_a_tensor_only_one_side_holds_is_listed_not_refused(zoo, tmp_path):
     assert res.verdict == "identical"
     assert res.to_dict()["not_compared"] == {"only_in_a": [extra], "only_in_b": []}
     assert any(extra in n for n in res.notes)
+
+
+def _gains_to_one(sd):
+    return {k: (torch.ones_like(v) if k.endswith("norm.weight") else v.clone()) for k, v in sd.items()}
+
+
+def test_a_copy_whose_norm_gains_were_all_reset_to_one_is_derived_not_independent(zoo, tmp_path):
+    """Not a gauge (the function changes), but every matrix is A's: the pair shares weights."""
+    b = _save_state(zoo["base"], tmp_path / "ones", _gains_to_one)
+    res = same(zoo["base"], b)
+    assert res.verdict == "derived"
+    assert any("bit-identical" in n for n in res.notes)
+
+
+def test_shared_matrices_ignore_constant_ones_and_count_real_ones(zoo, tmp_path):
+    from gaugeport.provenance.same import shared_weight_matrices
+
+    def edit(sd):
+        sd = {k: v.clone() for k, v in sd.items()}
+        for k in sd:
+            if k.endswith("up_proj.weight"):
+                sd[k].zero_()
+        return sd
+
+    a = _save_state(zoo["ind1"], tmp_path / "a", edit)
+    b = _save_state(zoo["ind2"], tmp_path / "b", edit)
+    ca, cb = Checkpoint.open(a), Checkpoint.open(b)
+    names = sorted(set(ca.names) & set(cb.names))
+    assert shared_weight_matrices(ca, cb, names) == []  # zeroed alike: constant, proves nothing
+    c = Checkpoint.open(_save_state(zoo["ind1"], tmp_path / "c", lambda sd: {k: v.clone() for k, v in sd.items()}))
+    assert "model.layers.0.self_attn.q_proj.weight" in shared_weight_matrices(ca, c, names)

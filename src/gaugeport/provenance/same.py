@@ -215,6 +215,13 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
         ident.update(_function_check(path_a, path_b, tol=max(tol, 1e-4)))
     verdict = "identical" if ident["weights_match"] and ident.get("function_match") else \
         "derived" if p < alpha else "independent"
+    if verdict == "independent":
+        shared = shared_weight_matrices(ca, cb, names)
+        if shared:
+            verdict = "derived"
+            notes.append(f"derived: {len(shared)} weight matrices are bit-identical in A and B (e.g. "
+                         f"{', '.join(shared[:3])}); independently trained models share none, whatever the "
+                         "p-value of the gauge-robust statistic says")
     return SameResult(verdict, p, log10_p, alpha, layers, residual_info, ident,
                       gauge if isinstance(residual, SignedPermutation) else None,
                       residual.matrix if isinstance(residual, OrthogonalGauge) else None,
@@ -553,3 +560,25 @@ def _layer_report(est: HiddenEstimate, ident: dict[str, Any], dims: HiddenDims,
                          "derived" if lay["p_value"] < per_layer_alpha else "independent")
         lay["status_alpha"] = per_layer_alpha
     return layers, float(np.exp(logp)), logp / np.log(10)
+
+
+SHARED_MIN_ELEMENTS = 1024  # a matrix this large, non-constant and bit-identical is never a coincidence
+
+
+def shared_weight_matrices(ca: Checkpoint, cb: Checkpoint, names: list[str]) -> list[str]:
+    """Names of the stored matrices (2-D or more, at least ``SHARED_MIN_ELEMENTS`` values, not constant)
+    that are bit-identical in A and B. Independent training never produces one; a copy edited elsewhere
+    (its norm gains reset, one block re-trained) keeps them, so they are evidence the held-out statistic
+    can miss when an edit scrambles the input-side features it matches on. One tensor in memory per side."""
+    shared = []
+    for name in names:
+        a = ca.tensor(name)
+        if a.dim() < 2 or a.numel() < SHARED_MIN_ELEMENTS:
+            continue
+        b = cb.tensor(name)
+        if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b):
+            flat = a.reshape(-1)
+            if not torch.equal(flat, flat[:1].expand_as(flat)):  # a constant matrix (zeros) proves nothing
+                shared.append(name)
+        del a, b
+    return shared
