@@ -576,9 +576,11 @@ def shared_weight_matrices(ca: Checkpoint, cb: Checkpoint, names: list[str]) -> 
         if a.dim() < 2 or a.numel() < SHARED_MIN_ELEMENTS:
             continue
         b = cb.tensor(name)
-        if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b):
-            flat = a.reshape(-1)
-            if not torch.equal(flat, flat[:1].expand_as(flat)):  # a constant matrix (zeros) proves nothing
+        if a.shape == b.shape and a.dtype == b.dtype:
+            # compared as bytes: exact, and defined for every stored dtype (float8 and ints included)
+            ra = a.contiguous().reshape(-1).view(torch.uint8).reshape(a.numel(), -1)
+            rb = b.contiguous().reshape(-1).view(torch.uint8).reshape(b.numel(), -1)
+            if torch.equal(ra, rb) and not torch.equal(ra, ra[:1].expand_as(ra)):  # constant (zeros): no proof
                 shared.append(name)
         del a, b
     return shared
