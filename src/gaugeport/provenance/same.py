@@ -30,7 +30,9 @@ save kept) are listed in the report.
    Stouffer's method (sum over the L layers tested, divided by sqrt(L)). ``derived`` when
    ``p < alpha``, else ``independent``. A layer's status: ``identical`` when its weights match,
    ``derived`` when its own p-value is below ``alpha / L`` (Bonferroni over the layers), else
-   ``independent``.
+   ``independent``. A pair the statistic calls ``independent`` is still ``derived`` when A and B store a
+   non-constant weight matrix bit for bit (:func:`shared_weight_matrices`; a note names them): an edit
+   that scrambles the input-side features, such as resetting every norm gain, keeps the rest of A.
 
 The null model is explicit: under independent training, among a unit's best input-side candidates
 in B, the one the matching picks is no more similar on the output side than the others, once
