@@ -90,6 +90,8 @@ def test_streaming_refuses_a_checkpoint_missing_a_tensor(tmp_path, tiny_dir):
         load_streamed(dst)
 
 
+# On a machine with CUDA these error paths cannot occur (the verbs run on the GPU instead); every CI machine
+# here lacks CUDA, so they run there.
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(GaugeportError, match="no CUDA device"):
@@ -98,6 +100,8 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         check_device("tpu")
 
 
+# On a machine with CUDA these error paths cannot occur (the verbs run on the GPU instead); every CI machine
+# here lacks CUDA, so they run there.
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_verify_on_cuda_without_a_gpu_exits_2(cli, tiny_dir):
     path = tiny_dir("llama")
@@ -136,6 +140,8 @@ def test_collect_on_streamed_models_gives_the_whole_models_moments(tiny_dir, mod
             assert _rel(w, s) <= 1e-9, (site, name)
 
 
+# On a machine with CUDA these error paths cannot occur (the verbs run on the GPU instead); every CI machine
+# here lacks CUDA, so they run there.
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 @pytest.mark.parametrize("verb", ["collect", "align"])
 def test_collect_and_align_on_cuda_without_a_gpu_exit_2(cli, tiny_dir, tmp_path, verb):

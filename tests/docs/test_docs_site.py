@@ -27,6 +27,8 @@ def site(tmp_path_factory) -> Path:
     except ImportError:
         if os.environ.get("GAUGEPORT_REQUIRE_DOCS"):
             pytest.fail("mkdocs / mkdocstrings are not installed: pip install -e '.[docs]'")
+        # a bare `pytest` without the docs extra skips; `make test` (and so CI) sets GAUGEPORT_REQUIRE_DOCS=1, and the
+        # check just above then fails on a missing mkdocs instead of skipping
         pytest.skip("the docs extra is not installed (pip install -e '.[docs]')")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

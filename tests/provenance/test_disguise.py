@@ -98,6 +98,8 @@ def test_same_calls_a_disguised_finetune_derived(zoo, loaded, tmp_path, name):
     assert res.verdict == "derived" and res.p_value < 1e-6
 
 
+# A known gap (issue 19: head features are compared as flattened blocks). strict=True: the day same sees
+# through these rotations the test turns red, and this marker must go.
 @pytest.mark.xfail(strict=True, reason="head-internal rotations are not undone yet: head features are compared "
                    "as flattened blocks, which a rotation inside a head changes")
 @pytest.mark.parametrize("name", HEAD_ROTATIONS)
