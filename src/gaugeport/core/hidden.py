@@ -44,6 +44,7 @@ disguise, in which a folded checkpoint's residual stream is rotated by any ortho
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
@@ -124,6 +125,24 @@ class HiddenSpec:
                 layer = m.groupdict().get("layer")
                 return [t.replace("{layer}", layer) if layer is not None else t for t in into]
         return None
+
+    def fold_plan(self, gain_names: Iterable[str], have: Collection[str]
+                  ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """For each norm gain, the readers it folds into; and, apart, the gains whose readers are not all in
+        ``have`` (an output head tied to the embedding), with the missing ones. A gain the table names no
+        fold for is an error."""
+        readers: dict[str, list[str]] = {}
+        missing: dict[str, list[str]] = {}
+        for gain in gain_names:
+            targets = self.fold_targets(gain)
+            if targets is None:
+                raise ArchitectureError(f"the {self.model_type!r} table says nothing about folding {gain}")
+            absent = [t for t in targets if t not in have]
+            if absent:
+                missing[gain] = absent
+            else:
+                readers[gain] = targets
+        return readers, missing
 
     def match(self, name: str) -> tuple[HiddenRule, int] | None:
         """The hidden rule claiming ``name`` and the layer index, or None (no hidden axis)."""

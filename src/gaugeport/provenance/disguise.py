@@ -32,17 +32,13 @@ def fold_gains(state: Mapping[str, torch.Tensor], spec: ArchSpec) -> dict[str, t
         raise ArchitectureError(f"the {spec.model_type!r} table names no gain folds",
                                 hint=f"add \"folds\" to the hidden section of {spec.model_type}.json")
     out = {n: t.clone() for n, t in state.items()}
-    rules = spec.classify_all(list(state))
-    for name, rule in rules.items():
-        if rule.role != "gain":
-            continue
-        targets = hspec.fold_targets(name)
-        if targets is None:
-            raise ArchitectureError(f"the {spec.model_type!r} table says nothing about folding {name}")
-        missing = [t for t in targets if t not in out]
-        if missing:
-            raise ArchitectureError(f"cannot fold {name}: {', '.join(missing)} absent (tied embeddings?)",
-                                    hint="folding the final norm needs an untied lm_head")
+    gains = [n for n, rule in spec.classify_all(list(state)).items() if rule.role == "gain"]
+    readers, missing = hspec.fold_plan(gains, out)
+    if missing:
+        name, absent = next(iter(missing.items()))
+        raise ArchitectureError(f"cannot fold {name}: {', '.join(absent)} absent (tied embeddings?)",
+                                hint="folding the final norm needs an untied lm_head")
+    for name, targets in readers.items():
         g = state[name].double() + spec.gain_offset
         for t in targets:
             out[t] = (out[t].double() * g).to(out[t].dtype)  # readers: residual axis is the last (in_features)

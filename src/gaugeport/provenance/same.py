@@ -262,21 +262,8 @@ def _folded(ckpt: Checkpoint, names: list[str], spec: ArchSpec,
     """A getter returning ``ckpt``'s tensors with every norm gain folded into its readers
     (``W' = W diag(g + offset)``, the gain itself then reads ``1 - offset``), one tensor at a time;
     and the gains left unfolded because a reader is absent (an output head tied to the embedding)."""
-    have = set(names)
-    gain_of: dict[str, str] = {}
-    unfolded: dict[str, list[str]] = {}
-    for n in names:
-        if spec.classify(n).role != "gain":
-            continue
-        targets = hspec.fold_targets(n)
-        if targets is None:
-            raise ArchitectureError(f"the {spec.model_type!r} table says nothing about folding {n}")
-        missing = [t for t in targets if t not in have]
-        if missing:
-            unfolded[n] = missing
-            continue
-        for t in targets:
-            gain_of[t] = n
+    readers, unfolded = hspec.fold_plan((n for n in names if spec.classify(n).role == "gain"), set(names))
+    gain_of = {t: gain for gain, targets in readers.items() for t in targets}
 
     def get(name: str) -> torch.Tensor:
         t = ckpt.tensor(name)
