@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaugeport.study.evaluate import steering
+from gaugeport.study.evaluate import sign_reversal, steering
 from gaugeport.study.stats import bootstrap, ratio_of_means
 
 LADDER = (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)  # strengths, in units of the layer's mean residual norm
@@ -190,3 +190,23 @@ def verdict(rec: dict[str, Any] | None) -> str:
 
 def _yes(ok: bool) -> str:
     return "yes" if ok else "no"
+
+
+def refusal_under_transport(keep: Callable[[str, Any], Any], model: torch.nn.Module, probe: Probe,
+                            direction: torch.Tensor, native: torch.Tensor, gauge: Any, layer: int,
+                            source_effects: np.ndarray) -> dict[str, Any]:
+    """Rows 5b of the toy and real studies: the source's refusal direction carried through ``gauge`` signed
+    and permutation-only; per variant its cosine with the target's own direction, its effect on the target
+    relative to the source's (``preserved``, kept with its interval by ``keep``) and whether it reverses."""
+    from gaugeport.transport import transport_vector
+
+    keep("refusal.source_effect", bootstrap(source_effects, what="requests"))
+    cosine: dict[str, float] = {}
+    effect: dict[str, Any] = {"source_effect": float(source_effects.mean())}
+    reverses: dict[str, float] = {}
+    for key, perm_only in {"signed": False, "perm_only": True}.items():
+        moved = transport_vector(direction, gauge, perm_only=perm_only)
+        cosine[key] = float(torch.nn.functional.cosine_similarity(moved.double().cpu(), native.double().cpu(), dim=0))
+        effect[key] = keep(f"refusal.{key}", preserved(source_effects, per_prompt_effect(model, probe, moved, layer)))
+        reverses[key] = float(sign_reversal(1.0, effect[key]))
+    return {"refusal_cosine": cosine, "refusal_effect": effect, "refusal_reverses": reverses}

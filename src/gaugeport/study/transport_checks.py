@@ -27,7 +27,6 @@ from gaugeport.study.corpus import (
 from gaugeport.study.evaluate import (
     sae_nmse,
     sae_token_errors,
-    sign_reversal,
     site_activations,
     token_losses,
 )
@@ -65,9 +64,6 @@ def sae_transfer(ctx: Context, gauge: SignedPermutation) -> dict[str, float]:
                                               what="tokens"))
     return out
 
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
 
 
 def _directions(model: torch.nn.Module, pos: list[str], neg: list[str], last_only: bool
@@ -120,17 +116,7 @@ def steering(ctx: Context, gauge: SignedPermutation) -> dict[str, Any]:
         return out
     r, layer, ea = rchoice["vector"], rchoice["layer"], rchoice["effects"]
     r_native = _directions(target, bad, good, True)[layer][0]
-    ctx.keep("refusal.source_effect", bootstrap(ea, what="requests"))
-    cosine: dict[str, float] = {}
-    effect: dict[str, float] = {"source_effect": float(ea.mean())}
-    reverses: dict[str, float] = {}
-    for key, perm_only in VARIANTS.items():
-        moved = transport_vector(r, gauge, perm_only=perm_only)
-        cosine[key] = _cosine(moved, r_native)
-        effect[key] = ctx.keep(f"refusal.{key}", steer.preserved(ea, steer.per_prompt_effect(target, rprobe, moved,
-                                                                                            layer)))
-        reverses[key] = float(sign_reversal(1.0, effect[key]))
-    out.update(refusal_cosine=cosine, refusal_effect=effect, refusal_reverses=reverses)
+    out.update(steer.refusal_under_transport(ctx.keep, target, rprobe, r, r_native, gauge, layer, ea))
     return out
 
 

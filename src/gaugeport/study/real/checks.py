@@ -22,7 +22,6 @@ from gaugeport.study import steer, text
 from gaugeport.study.config import StudyConfig
 from gaugeport.study.evaluate import (
     sae_token_errors,
-    sign_reversal,
     site_activations,
     token_losses,
 )
@@ -305,9 +304,6 @@ def sae_transfer(ctx: RealContext, gauge: SignedPermutation) -> dict[str, float]
             for key, (w, acts) in saes.items()}
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.double().cpu(), b.double().cpu(), dim=0))
-
 
 def probe_of(ctx: RealContext, rows: Sequence[Sequence[int]], up: Sequence[int], down: Sequence[int]) -> Probe:
     """Prompts (right-padded) and their per-prompt next-token log-odds of ``up`` against ``down``."""
@@ -389,15 +385,7 @@ def steering(ctx: RealContext, gauge: SignedPermutation) -> dict[str, Any]:
         return out
     d, layer, ea = rchoice["vector"], rchoice["layer"], rchoice["effects"]
     d_native = layer_directions(ctx, target, r["harmful"], r["harmless"], [layer], last_only=True)[layer][0]
-    ctx.keep("refusal.source_effect", bootstrap(ea, what="requests"))
-    cosine, effect, reverses = {}, {"source_effect": float(ea.mean())}, {}
-    for key, perm_only in VARIANTS.items():
-        moved = transport_vector(d, gauge, perm_only=perm_only)
-        cosine[key] = _cosine(moved, d_native)
-        effect[key] = ctx.keep(f"refusal.{key}", steer.preserved(ea, steer.per_prompt_effect(target, rprobe, moved,
-                                                                                            layer)))
-        reverses[key] = float(sign_reversal(1.0, effect[key]))
-    out.update(refusal_cosine=cosine, refusal_effect=effect, refusal_reverses=reverses)
+    out.update(steer.refusal_under_transport(ctx.keep, target, rprobe, d, d_native, gauge, layer, ea))
     return out
 
 
