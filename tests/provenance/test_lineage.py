@@ -226,3 +226,13 @@ def test_auc_and_tpr_at_low_fpr_on_known_cases():
     assert roc_auc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0 and roc_auc([0, 1, 2, 3], [1, 1, 0, 0]) == 0.0
     assert roc_auc([1, 1], [1, 0]) == 0.5
     assert tpr_at_fpr([5, 1, 4, 0, 3], [1, 1, 0, 0, 0], 0.01) == 0.5  # only scores above every negative count
+
+
+def test_combined_p_is_stouffer_over_the_mapped_blocks_z(lin):
+    from scipy import stats
+
+    res = lineage(lin["base"], lin["block_removed"])
+    zs = np.array([b["z"] for b in res.blocks])
+    z = zs.sum() / np.sqrt(len(zs))
+    assert res.evidence["z"] == pytest.approx(z, rel=1e-12)
+    assert res.log10_p == pytest.approx(stats.norm.logsf(z) / np.log(10), rel=1e-9)
