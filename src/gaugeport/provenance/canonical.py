@@ -40,8 +40,7 @@ from gaugeport.core.errors import ArchitectureError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, transform_hidden
 from gaugeport.core.gauge import SignedPermutation
-from gaugeport.core.hidden import HiddenDims, get_hidden_spec
-from gaugeport.estimate.hidden import unit_blocks
+from gaugeport.core.hidden import HiddenDims, HiddenRule, get_hidden_spec
 
 FINGERPRINT_VERSION = "1"
 
@@ -65,6 +64,69 @@ def _first_nonzero_sign(rows: np.ndarray) -> np.ndarray:
 PREFIX_COLUMNS = 16  # sort keys read first; the rest only where these leave a tie
 
 
+class _Rows:
+    """Sort-key rows read lazily from a tensor, in float64 (exact for every stored float dtype up to
+    float32; wider ones go through float32, as the sort always has).
+
+    ``units`` is a unit-major view of a stored tensor (``[n_units, ...]``, any strides: no copy was
+    made); row ``i`` of the key is the concatenation of the flattened units ``idx[i, 0], idx[i, 1], ...``
+    (``idx`` None: row ``i`` is unit ``i``). :meth:`lead` converts only the first columns of each row,
+    which decide the order unless they tie; :meth:`full` converts everything (ties only)."""
+
+    def __init__(self, units: torch.Tensor | np.ndarray, idx: np.ndarray | None = None) -> None:
+        self.units = units
+        self.idx = np.arange(units.shape[0])[:, None] if idx is None else idx
+        self.unit_width = int(np.prod(units.shape[1:], dtype=np.int64))
+        self.n, self.width = self.idx.shape[0], self.idx.shape[1] * self.unit_width
+
+    @classmethod
+    def of(cls, key: np.ndarray | torch.Tensor) -> _Rows:
+        return cls(key.reshape(key.shape[0], -1) if key.ndim < 2 else key)
+
+    def select(self, rows: np.ndarray) -> _Rows:
+        """Rows ``rows`` of this key (an index array or a boolean mask)."""
+        return _Rows(self.units, self.idx[rows])
+
+    def _units_lead(self, c: int) -> np.ndarray:
+        """The first ``c`` entries of every flattened unit, ``[n_units, min(c, unit_width)]`` float64."""
+        u = self.units
+        while u.ndim > 2 and int(np.prod(u.shape[2:], dtype=np.int64)) >= c:
+            u = u[:, 0]  # the first entry of axis 1 holds the first c entries already
+        if u.ndim > 2:
+            u = u[:, :-(-c // int(np.prod(u.shape[2:], dtype=np.int64)))]
+        return _as64(u.reshape(u.shape[0], -1)[:, :c])
+
+    def lead(self, c: int) -> np.ndarray:
+        """The first ``c`` columns of every row (fewer when the rows are shorter), float64."""
+        m = min(self.idx.shape[1], -(-c // self.unit_width)) if self.unit_width else 0
+        if m == 0:
+            return np.zeros((self.n, 0))
+        lead = self._units_lead(c)
+        return lead[self.idx[:, :m]].reshape(self.n, -1)[:, :c]
+
+    def full(self) -> np.ndarray:
+        """Every column of every row, float64."""
+        if self.unit_width == 0:
+            return np.zeros((self.n, 0))
+        units = _as64(self.units.reshape(self.units.shape[0], -1))
+        return units[self.idx].reshape(self.n, -1)
+
+
+def _as64(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return (x.float().numpy() if isinstance(x, torch.Tensor) else x).astype(np.float64)
+
+
+def _unit_rows(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> list[tuple[str, str, _Rows]]:
+    """A tensor's hidden axis split into its segments: ``(kind, mode, rows)`` per segment, each row one
+    unit (MLP unit, query or key/value head) flattened -- views of ``tensor``, nothing converted yet."""
+    sizes = [s.size(dims) for s in rule.segments]
+    out = []
+    for seg, part in zip(rule.segments, torch.split(tensor, sizes, dim=rule.axis), strict=True):
+        n = dims.mlp if seg.kind == "mlp" else dims.n_heads if seg.kind == "q_heads" else dims.n_kv_heads
+        out.append((seg.kind, seg.mode, _Rows(torch.movedim(part, rule.axis, 0).unflatten(0, (n, -1)))))
+    return out
+
+
 def _lexsort_rows(keys: Sequence[np.ndarray],
                   scales: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, int]:
     """Indices sorting the rows of the concatenated ``keys`` lexicographically, and the number of
@@ -72,28 +134,27 @@ def _lexsort_rows(keys: Sequence[np.ndarray],
 
     The first :data:`PREFIX_COLUMNS` columns are sorted first: when they already tell every row
     apart, that order is the full lexicographic one (no tie to break) and the rest is never copied."""
-    flat = [k.reshape(k.shape[0], -1) for k in keys]
+    flat = [k if isinstance(k, _Rows) else _Rows.of(k) for k in keys]
     sc = list(scales) if scales is not None else [None] * len(flat)
 
-    def as64(k: np.ndarray, scale: np.ndarray | None) -> np.ndarray:  # ``scale``: one factor per row (a sign)
-        k = k.astype(np.float64)
+    def scaled(k: np.ndarray, scale: np.ndarray | None) -> np.ndarray:  # ``scale``: one factor per row (a sign)
         return k if scale is None else k * scale[:, None]
 
-    n = flat[0].shape[0] if flat else 0
+    n = flat[0].n if flat else 0
     prefix, width = [], 0
     for k, scale in zip(flat, sc, strict=True):
         if width >= PREFIX_COLUMNS:
             break
-        prefix.append(as64(k[:, :PREFIX_COLUMNS - width], scale))
+        prefix.append(scaled(k.lead(PREFIX_COLUMNS - width), scale))
         width += prefix[-1].shape[1]
-    if width and width < sum(k.shape[1] for k in flat):
+    if width and width < sum(k.width for k in flat):
         mat = np.concatenate(prefix, axis=1)
         order = np.lexsort(mat.T[::-1])
         s = mat[order]
         if n < 2 or not np.any(np.all(s[1:] == s[:-1], axis=1)):
             return order, 0
-    mat = np.concatenate([as64(k, scale) for k, scale in zip(flat, sc, strict=True)], axis=1) if flat else \
-        np.zeros((0, 0))
+    mat = np.concatenate([scaled(k.full(), scale) for k, scale in zip(flat, sc, strict=True)], axis=1) if flat \
+        else np.zeros((0, 0))
     if mat.shape[1] == 0:
         return np.arange(n), int(n > 1)
     order = np.lexsort(mat.T[::-1])  # lexsort: last key is primary
@@ -151,7 +212,7 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
             moved = res_tf(name, get(name))  # in canonical residual coordinates
             if consume is not None:
                 kept[name] = moved
-            blocks.extend(unit_blocks(moved, hit[0], dims))
+            blocks.extend(_unit_rows(moved, hit[0], dims))
         layers[layer], mt, ht = _canonical_layer(blocks, dims, hspec.mlp_signs)
         counts["mlp"] += mt
         counts["heads"] += ht
@@ -292,7 +353,7 @@ def _rows(ckpt: Checkpoint, name: str) -> int:
     return int(shard_layout(ckpt, ckpt.shard_of[name])[name][1][0])
 
 
-def _canonical_layer(blocks: list[tuple[str, str, np.ndarray]], dims: HiddenDims,
+def _canonical_layer(blocks: list[tuple[str, str, _Rows]], dims: HiddenDims,
                      mlp_signs: bool) -> tuple[LayerGauge, int, int]:
     mlp_abs = [b for k, m, b in blocks if k == "mlp" and m == "abs"]
     mlp_sgn = [b for k, m, b in blocks if k == "mlp" and m == "signed"]  # float32: exact for stored values
@@ -301,11 +362,11 @@ def _canonical_layer(blocks: list[tuple[str, str, np.ndarray]], dims: HiddenDims
         s = np.zeros(dims.mlp)
         for b in mlp_sgn:
             undecided = s == 0
-            lead = _first_nonzero_sign(b[:, :PREFIX_COLUMNS])  # decided by the first columns, mostly
+            lead = _first_nonzero_sign(b.lead(PREFIX_COLUMNS))  # decided by the first columns, mostly
             s[undecided & (lead != 0)] = lead[undecided & (lead != 0)]
             rest = undecided & (lead == 0)
             if rest.any():
-                s[rest] = _first_nonzero_sign(b[rest])
+                s[rest] = _first_nonzero_sign(b.select(rest).full())
         signs = np.where(s == 0, 1.0, s)
     order, mlp_ties = _lexsort_rows(mlp_abs + mlp_sgn, [None] * len(mlp_abs) + [signs] * len(mlp_sgn))
     mlp = SignedPermutation(_ranks(order), signs.astype(np.int8))
@@ -313,15 +374,15 @@ def _canonical_layer(blocks: list[tuple[str, str, np.ndarray]], dims: HiddenDims
     kv = [b for k, _, b in blocks if k == "kv_heads"]
     gs, k = dims.group_size, dims.n_kv_heads
     head_ties = 0
-    inner, group_keys = [], []
+    inner = []
     for g in range(k):
-        members = [b[g * gs:(g + 1) * gs] for b in q]
+        members = [b.select(np.arange(g * gs, (g + 1) * gs)) for b in q]
         o, t = _lexsort_rows(members)
         head_ties += t
         inner.append(o)
-        sorted_q = np.concatenate([m[o].reshape(1, -1) for m in members], axis=1) if members else np.zeros((1, 0))
-        group_keys.append(np.concatenate([b[g:g + 1].reshape(1, -1) for b in kv] + [sorted_q], axis=1))
-    gorder, gt = _lexsort_rows([np.concatenate(group_keys, axis=0)])
+    # a group's key: its K/V blocks, then each query block's heads in their sorted order
+    sorted_q = [_Rows(b.units, np.stack([b.idx[g * gs + inner[g], 0] for g in range(k)])) for b in q]
+    gorder, gt = _lexsort_rows(kv + sorted_q if kv or sorted_q else [np.zeros((k, 0))])
     head_ties += gt
     granks = _ranks(gorder)
     perm = np.empty(dims.n_heads, dtype=np.int64)
