@@ -6,10 +6,14 @@ transform of a tensor is ``gauge.apply`` along each residual axis that rule name
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -118,8 +122,7 @@ def apply_gauge_to_checkpoint(
     rules = spec.classify_all(ckpt.names)
     stamp = {"gaugeport_gauge": gauge.fingerprint(), **ckpt.hub, **(provenance or {})}
     with atomic_path(Path(out), force, inputs=(ckpt.path,), kind="directory") as tmp:
-        rewrite_checkpoint(ckpt, tmp, lambda name, t: transform_tensor(name, t, rules[name], gauge), stamp,
-                           desc="apply", progress=progress)
+        stream_gauged_checkpoint(ckpt, tmp, rules, gauge, stamp, progress=progress)
     return Path(out)
 
 
@@ -216,3 +219,218 @@ def copy_side_files(ckpt: Checkpoint, dest: Path) -> None:
         shutil.copy2(side, dest / side.name)
     if ckpt.index is not None:
         atomic_write_json(dest / INDEX_FILE, ckpt.index)
+
+
+# ---------------------------------------------------------------------- apply's chunked data path
+CHUNK_BYTES = 16 << 20  # rows of one tensor read, gathered and written together
+_SUB_BYTES = 1 << 20  # the gather, sign flip and finiteness check run on ~1 MB at a time, while it is in cache
+
+
+@dataclass(frozen=True)
+class RowColPlan:
+    """A stored tensor seen as ``[rows, cols]`` (1-D: one row) of integers of its item size:
+    ``out[i, j] = src[rows[i], cols[j]]`` with the sign bit flipped where ``row_neg[i] != col_neg[j]``
+    (None: identity, no flips). ``finite`` holds the (mask, exponent) of a float dtype's bits."""
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    int_dtype: np.dtype
+    rows: np.ndarray | None
+    cols: np.ndarray | None
+    row_flip: np.ndarray | None  # per row: the bits to XOR (the sign bit or 0)
+    col_flip: np.ndarray | None
+    finite: tuple[int, int] | None
+
+    @property
+    def row_bytes(self) -> int:
+        return self.shape[1] * self.int_dtype.itemsize
+
+
+def plan_rows_cols(shape: tuple[int, ...], dtype: torch.dtype, rule: ParamRule,
+                   gauge: SignedPermutation) -> RowColPlan | None:
+    """What ``transform_tensor`` does to a tensor of this shape and dtype, as a row and a column gather
+    with sign-bit flips; None where that does not describe it (3-D and larger tensors, integer tensors
+    under a signed mode, a dtype without a same-sized integer view, a width that does not fit: those
+    go through ``transform_tensor`` itself, which also raises its errors)."""
+    from gaugeport.core.checkpoint import _EXPONENT_BITS
+    from gaugeport.core.gauge import _SAME_SIZE_INT, _SIGN_BIT
+
+    if len(shape) not in (1, 2) or dtype not in _SAME_SIZE_INT or len(set(rule.axes)) != len(rule.axes):
+        return None
+    int_dtype = torch.empty(0, dtype=_SAME_SIZE_INT[dtype]).numpy().dtype
+    index: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    inv = gauge.inverse().perm
+    for i, (axis, mode) in enumerate(zip(rule.axes, rule.modes, strict=True)):
+        k = rule.blocks_on(i)
+        if axis >= len(shape) or shape[axis] != k * gauge.d:
+            return None
+        if mode == "none":
+            continue
+        if mode == "signed" and dtype not in _SIGN_BIT:
+            return None
+        idx = (np.arange(k)[:, None] * gauge.d + inv[None, :]).reshape(-1)
+        flip = None
+        if mode == "signed":
+            flip = np.tile(np.where(gauge.signs[inv] < 0, _SIGN_BIT[dtype], 0), k).astype(int_dtype)
+        index[axis + 2 - len(shape)] = (idx, flip)  # 1-D: its axis is the columns of one row
+    rows, row_flip = index.get(0, (None, None))
+    cols, col_flip = index.get(1, (None, None))
+    r, c = (1, shape[0]) if len(shape) == 1 else shape
+    bits = _EXPONENT_BITS.get(dtype)
+    return RowColPlan((int(r), int(c)), dtype, int_dtype, rows, cols, row_flip, col_flip,
+                      None if bits is None else (bits[1], bits[2]))
+
+
+def gather_rows_cols(plan: RowColPlan, src: np.ndarray, out: np.ndarray, r0: int) -> np.ndarray:
+    """Rows ``r0 .. r0 + len(src)`` of the planned output from ``src`` (those rows of the source, already
+    in output row order: the row gather is done while reading). Returns the result: ``out`` after a
+    column gather, else ``src`` itself, flipped in place. Every source value's bits are checked finite
+    (:class:`FloatingPointError` with the first bad row otherwise)."""
+    n = src.shape[0]
+    per = max(1, _SUB_BYTES // max(1, plan.row_bytes))
+    dst = out if plan.cols is not None else src
+    scratch = np.empty((min(per, n), src.shape[1]), dtype=src.dtype) if plan.finite is not None else None
+    for i in range(0, n, per):
+        s, d = src[i:i + per], dst[i:i + per]
+        if scratch is not None:
+            assert plan.finite is not None
+            m = scratch[:s.shape[0]]
+            np.bitwise_and(s, plan.finite[0], out=m)
+            if m.size and m.max() >= plan.finite[1]:
+                raise FloatingPointError(r0 + i)
+        if plan.cols is not None:
+            np.take(s, plan.cols, axis=1, out=d, mode="clip")  # clip: no buffered copy
+        if plan.col_flip is not None:
+            np.bitwise_xor(d, plan.col_flip[None, :], out=d)
+        if plan.row_flip is not None:
+            np.bitwise_xor(d, plan.row_flip[r0 + i:r0 + i + d.shape[0], None], out=d)
+    return dst
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int, what: str) -> None:
+    from gaugeport.core.errors import CheckpointError
+
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise CheckpointError(f"cannot read {what}: unexpected end of file",
+                                  hint="the file is truncated or corrupt")
+        done += got
+
+
+def stream_gauged_checkpoint(ckpt: Checkpoint, dest: Path, rules: Mapping[str, ParamRule],
+                             gauge: SignedPermutation, stamp: Mapping[str, str], *, progress: bool = True) -> None:
+    """:func:`rewrite_checkpoint` with ``transform_tensor`` under ``gauge``, on a fixed set of buffers.
+
+    Each 1-D or 2-D tensor goes by chunks of about :data:`CHUNK_BYTES` of output rows: the rows are
+    read with plain positioned reads straight into output row order (a row gather costs nothing
+    more than the read), the columns gathered with ``numpy.take`` and the signs flipped on the bits
+    (an XOR of the sign bit: exactly ``x * -1`` for IEEE floats, ``-0.0`` and NaN payloads included),
+    then written. Reading chunk ``i + 1`` and writing chunk ``i - 1`` overlap the gather of chunk ``i``
+    (two helper threads); the two input and two output buffers are reused throughout, so memory does
+    not grow with the checkpoint and no page is faulted in twice. Other tensors (3-D and larger, other
+    dtypes) are read whole and go through ``transform_tensor`` in the same pipeline."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from gaugeport.core.checkpoint import ShardReader, check_finite
+    from gaugeport.core.errors import CheckpointError
+
+    dest.mkdir()
+    readers = {shard: ShardReader(ckpt, shard) for shard in ckpt.shards}
+    writers: dict[str, SafetensorsStreamWriter] = {}
+    try:
+        jobs: list[tuple[str, str, RowColPlan | None, int, int]] = []  # shard, tensor, plan, first row, end row
+        for shard, reader in readers.items():
+            layout = shard_layout(ckpt, shard)
+            for name in sorted(layout):
+                dtype, shape = layout[name]
+                plan = plan_rows_cols(shape, dtype, rules[name], gauge) if reader.nbytes(name) else None
+                if plan is None:
+                    jobs.append((shard, name, None, 0, 0))
+                    continue
+                per = max(1, CHUNK_BYTES // max(1, plan.row_bytes))
+                jobs.extend((shard, name, plan, r, min(r + per, plan.shape[0])) for r in range(0, plan.shape[0], per))
+        size = max([(j[4] - j[3]) * j[2].row_bytes for j in jobs if j[2] is not None], default=0)
+        # chunk k is read into ins[k % 3] while k - 1 is gathered and k - 2 written (from its input
+        # buffer itself when only its rows move); outs[k % 2] holds k's gathered columns until written
+        ins = [np.empty(size, dtype=np.uint8) for _ in range(3)]
+        outs = [np.empty(size, dtype=np.uint8) for _ in range(2)]
+        last_of = {j[0]: k for k, j in enumerate(jobs)}  # the shard's writer closes after its last job
+
+        def read(k: int) -> np.ndarray | torch.Tensor:
+            shard, name, plan, r0, r1 = jobs[k]
+            reader = readers[shard]
+            if plan is None:
+                return reader.read(name)
+            buf = ins[k % 3][:(r1 - r0) * plan.row_bytes]
+            view = memoryview(buf)
+            where = f"tensor {name!r} from {reader.file}"
+            start = reader.base + reader.entries[name][2]
+            if plan.rows is None:
+                _pread_exact(reader.fd, view, start + r0 * plan.row_bytes, where)
+            else:
+                rb = plan.row_bytes
+                for i, src_row in enumerate(plan.rows[r0:r1].tolist()):
+                    _pread_exact(reader.fd, view[i * rb:(i + 1) * rb], start + src_row * rb, where)
+            return buf.view(plan.int_dtype).reshape(r1 - r0, plan.shape[1])
+
+        def write(k: int, data: np.ndarray | torch.Tensor) -> None:
+            shard, name, plan, _, _ = jobs[k]
+            if shard not in writers:
+                writers[shard] = SafetensorsStreamWriter(dest / shard, shard_layout(ckpt, shard),
+                                                         {**ckpt.shard_metadata(shard), **stamp})
+            if plan is None:
+                assert isinstance(data, torch.Tensor)
+                writers[shard].write(name, data)
+            else:
+                writers[shard].write_part(name, memoryview(data.reshape(-1).view(np.uint8)))
+            if last_of[shard] == k:
+                writers.pop(shard).close()
+
+        with tqdm(total=len(ckpt.names), desc="apply", unit="tensor", disable=not progress) as bar, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="gaugeport-io") as pool:
+            pending: Future | None = None
+            nxt: Future | None = pool.submit(read, 0) if jobs else None
+            try:
+                for k, (_, name, plan, r0, r1) in enumerate(jobs):
+                    assert nxt is not None
+                    got = nxt.result()
+                    nxt = pool.submit(read, k + 1) if k + 1 < len(jobs) else None
+                    if plan is None:
+                        assert isinstance(got, torch.Tensor)
+                        result: np.ndarray | torch.Tensor = transform_tensor(name, got, rules[name], gauge)
+                    else:
+                        assert isinstance(got, np.ndarray)
+                        out = outs[k % 2][:got.nbytes].view(plan.int_dtype).reshape(got.shape)
+                        try:
+                            result = gather_rows_cols(plan, got, out, r0)
+                        except FloatingPointError as bad:
+                            row = int(bad.args[0])
+                            src_row = row if plan.rows is None else int(plan.rows[row])
+                            check_finite(name, torch.from_numpy(got[row - r0].copy()).view(plan.dtype), ckpt.path)
+                            raise CheckpointError(f"internal error: row {src_row} of {name!r} failed the bit "
+                                                  "check but not check_finite") from None
+                    if pending is not None:  # chunk k - 1 written: its buffers are free for chunks k + 1, k + 2
+                        pending.result()
+                    pending = pool.submit(write, k, result)
+                    del got, result
+                    if plan is None or r1 == plan.shape[0]:
+                        bar.update()
+                if pending is not None:
+                    pending.result()
+                for shard in ckpt.shards:  # a shard without tensors
+                    if shard not in last_of:
+                        SafetensorsStreamWriter(dest / shard, {}, {**ckpt.shard_metadata(shard), **stamp}).close()
+            finally:  # let the helper threads finish before the buffers and files go
+                for f in (nxt, pending):
+                    if f is not None:
+                        f.cancel()
+                        with contextlib.suppress(BaseException):
+                            f.result()
+    finally:
+        for w in writers.values():
+            w._file.close()
+        for r in readers.values():
+            r.close()
+    copy_side_files(ckpt, dest)

@@ -600,6 +600,7 @@ class SafetensorsStreamWriter:
         self.layout = dict(layout)
         self.order = sorted(self.layout)
         header: dict[str, Any] = {}
+        self.nbytes: dict[str, int] = {}
         offset = 0
         for name in self.order:
             dtype, shape = self.layout[name]
@@ -608,6 +609,7 @@ class SafetensorsStreamWriter:
             nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
             header[name] = {"dtype": names[dtype], "shape": list(shape),
                             "data_offsets": [offset, offset + nbytes]}
+            self.nbytes[name] = nbytes
             offset += nbytes
         if metadata:
             header["__metadata__"] = dict(metadata)
@@ -616,10 +618,11 @@ class SafetensorsStreamWriter:
         self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
+        self._part = 0  # bytes of the current tensor written so far by write_part
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         expected = self.order[self._next] if self._next < len(self.order) else None
-        if name != expected:
+        if name != expected or self._part:
             raise CheckpointError(f"internal error: wrote {name!r} but the layout expects {expected!r} next")
         dtype, shape = self.layout[name]
         if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
@@ -630,6 +633,17 @@ class SafetensorsStreamWriter:
         if t.numel():  # write the tensor's own buffer: a bytes copy would double the peak memory
             self._file.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
         self._next += 1
+
+    def write_part(self, name: str, data: memoryview | bytes) -> None:
+        """The next ``len(data)`` bytes of tensor ``name`` (the tensor is done once all its bytes came)."""
+        expected = self.order[self._next] if self._next < len(self.order) else None
+        if name != expected or self._part + len(data) > self.nbytes[name]:
+            raise CheckpointError(f"internal error: wrote {len(data)} bytes of {name!r} at byte {self._part}; "
+                                  f"the layout expects {expected!r} ({self.nbytes.get(expected or '', 0)} bytes)")
+        self._file.write(data)
+        self._part += len(data)
+        if self._part == self.nbytes[name]:
+            self._next, self._part = self._next + 1, 0
 
     def close(self) -> None:
         self._file.close()

@@ -25,7 +25,7 @@ for the signed-permutation part only, and the report says so.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +36,14 @@ import torch
 
 from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.checkpoint import Checkpoint
-from gaugeport.core.errors import ArchitectureError
+from gaugeport.core.errors import ArchitectureError, GaugeportError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, transform_hidden
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import HiddenDims, HiddenRule, get_hidden_spec
 
-FINGERPRINT_VERSION = "1"
+FINGERPRINT_VERSION = "2"
+FINGERPRINT_PREFIX = "fp2-"  # version 1 fingerprints were 32 bare hex digits (SHA-256); see fingerprint_version
 
 
 @dataclass
@@ -392,7 +393,7 @@ def _canonical_layer(blocks: list[tuple[str, str, _Rows]], dims: HiddenDims,
 
 
 # ----------------------------------------------------------------------------- verbs
-_FP_PLACEHOLDER = "?" * 32  # a fingerprint's length: patched into the shard headers once known
+_FP_PLACEHOLDER = "?" * (len(FINGERPRINT_PREFIX) + 32)  # a fingerprint's length: patched in once known
 
 
 def canonicalize(src: str | Path, out: str | Path, *, force: bool = False, progress: bool = True) -> Canonical:
@@ -414,13 +415,9 @@ def canonicalize(src: str | Path, out: str | Path, *, force: bool = False, progr
             writers = {shard: stack.enter_context(SafetensorsStreamWriter(
                 tmp / shard, shard_layout(ckpt, shard), {**ckpt.shard_metadata(shard), **stamp}))
                 for shard in ckpt.shards}
-            with tqdm(total=len(ckpt.names), desc="canonicalize", unit="tensor", disable=not progress) as bar:
-                def consume(name: str, t: torch.Tensor) -> None:
-                    hasher.update(name, t)
-                    writers[ckpt.shard_of[name]].write(name, t)
-                    bar.update()
-
-                can = _canonical_pass(ckpt, consume=consume)
+            with tqdm(total=len(ckpt.names), desc="canonicalize", unit="tensor", disable=not progress) as bar, \
+                    _Sink(hasher.update, lambda name, t: writers[ckpt.shard_of[name]].write(name, t)) as sink:
+                can = _canonical_pass(ckpt, consume=lambda name, t: (sink(name, t), bar.update()))
         fp = hasher.hexdigest()
         for shard in ckpt.shards:
             _patch_header(tmp / shard, _FP_PLACEHOLDER, fp)
@@ -434,22 +431,66 @@ def fingerprint(src: str | Path, *, canonical: Canonical | None = None) -> dict[
     ``canonical``, a pass under that gauge)."""
     ckpt = Checkpoint.open(src)
     hasher = _Hasher(ckpt.model_type)
-    if canonical is None:
-        can = _canonical_pass(ckpt, consume=hasher.update)
-    else:
-        can = canonical
-        tf = FullTransform(ckpt.spec, ckpt.names, can.gauge, ckpt.d_model, ckpt.config)
-        for name in sorted(ckpt.names):
-            hasher.update(name, tf(name, ckpt.tensor(name)))
+    with _Sink(hasher.update) as sink:
+        if canonical is None:
+            can = _canonical_pass(ckpt, consume=sink)
+        else:
+            can = canonical
+            tf = FullTransform(ckpt.spec, ckpt.names, can.gauge, ckpt.d_model, ckpt.config)
+            for name in sorted(ckpt.names):
+                sink(name, tf(name, ckpt.tensor(name)))
     return {"fingerprint": hasher.hexdigest(), "model_type": ckpt.model_type, "version": FINGERPRINT_VERSION,
             "ties": can.ties, "notes": can.notes, "canonical_gauge": can.gauge.fingerprint()}
 
 
+class _Sink:
+    """``sink(name, tensor)`` hands each canonical tensor to every consumer (the hash, the writer) on its
+    own helper thread, so that hashing and writing tensor ``i`` overlap reading and gathering tensor
+    ``i + 1`` (hashing and file writes release the GIL). Tensors keep their order: a tensor is handed
+    over only once the previous one is done, so at most one extra tensor is alive. An error in a
+    consumer is raised by the next call or at the end of the ``with`` block."""
+
+    def __init__(self, *consumers: Callable[[str, torch.Tensor], None]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.consumers = consumers
+        self.pool = ThreadPoolExecutor(max_workers=len(consumers), thread_name_prefix="gaugeport-sink")
+        self.pending: list[Any] = []
+
+    def _drain(self) -> None:
+        pending, self.pending = self.pending, []
+        for f in pending:  # all of them finish before an error is raised: no thread still uses the tensor
+            f.exception()
+        for f in pending:
+            f.result()
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> None:
+        self._drain()
+        self.pending = [self.pool.submit(c, name, tensor) for c in self.consumers]
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self._drain()
+            else:  # already failing: wait for the threads, keep the first error
+                for f in self.pending:
+                    f.exception()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 class _Hasher:
-    """The fingerprint: sha256 over every canonical tensor's name, dtype, shape and bytes, in name order."""
+    """The fingerprint (version 2): BLAKE3 over every canonical tensor's name, dtype, shape and bytes, in name
+    order; ``fp2-`` and the first 128 bits in hex. (Version 1 was the same framing under SHA-256, the
+    first 128 bits bare: three times slower on the machines measured, see docs/scale.md.)"""
 
     def __init__(self, model_type: str) -> None:
-        self.h = hashlib.sha256(f"gaugeport-fingerprint-v{FINGERPRINT_VERSION}:{model_type}".encode())
+        from blake3 import blake3
+
+        self.h = blake3(f"gaugeport-fingerprint-v{FINGERPRINT_VERSION}:{model_type}".encode())
 
     def update(self, name: str, tensor: torch.Tensor) -> None:
         t = tensor.contiguous()
@@ -458,7 +499,30 @@ class _Hasher:
             self.h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
     def hexdigest(self) -> str:
-        return self.h.hexdigest()[:32]
+        return FINGERPRINT_PREFIX + self.h.hexdigest(length=16)
+
+
+def fingerprint_version(fp: str) -> str:
+    """The format version of a fingerprint string: ``"2"`` (``fp2-`` + 32 hex digits, BLAKE3, this version)
+    or ``"1"`` (32 bare hex digits, SHA-256, gaugeport before the change); anything else is refused."""
+    if re.fullmatch(re.escape(FINGERPRINT_PREFIX) + "[0-9a-f]{32}", fp):
+        return FINGERPRINT_VERSION
+    if re.fullmatch("[0-9a-f]{32}", fp):
+        return "1"
+    raise GaugeportError(f"{fp!r} is not a gaugeport fingerprint",
+                         hint=f"a fingerprint is {FINGERPRINT_PREFIX} and 32 hex digits, as `gaugeport fingerprint` "
+                         "prints it")
+
+
+def same_fingerprint(a: str, b: str) -> bool:
+    """Do two fingerprints name the same canonical weights? Fingerprints of different versions hash
+    different things and are never compared: that is an error, not a False."""
+    va, vb = fingerprint_version(a), fingerprint_version(b)
+    if va != vb:
+        raise GaugeportError(f"fingerprint {a} is version {va} and {b} is version {vb}: they cannot be compared",
+                             hint="compute both with this gaugeport (`gaugeport fingerprint CKPT`); version 1 "
+                             "fingerprints (32 bare hex digits) came from releases before the change to BLAKE3")
+    return a == b
 
 
 def _patch_header(file: Path, placeholder: str, value: str) -> None:
