@@ -6,8 +6,10 @@ CPU time), the baselines measured in the same run:
 
 throughput (d=4096, 11008 MLP units, 4 blocks, 32000 vocab: ~2.1 GB in 4 shards; ``--quick``: d=2048)
     ``cp -r`` + ``sync`` against ``apply`` + ``sync`` (alternating, best of ``--repeat``); one plain
-    read of every shard file (16 MB ``readinto``) against ``fingerprint`` and ``canonicalize`` (+ sync).
-    Page cache warm for all (the source is read before the runs).
+    read of every shard file (16 MB ``readinto``) against ``fingerprint`` and ``canonicalize`` (+ sync),
+    best of ``--repeat`` each; then one core's rate (GB/s) for each step those verbs are made of (read
+    into a reused / a fresh buffer, SHA-256, BLAKE3, numpy's column gather, memcpy), which says what
+    bounds them. Page cache warm for all (the source is read before the runs).
 memory against depth (d=1024, 2816 units, 2 to 16 blocks)
     peak RSS and seconds of ``verify`` (A against its gauged copy, weights included), ``collect``
     (2 batches of 8 x 128 token ids), ``same`` and ``canonicalize`` per depth, and the peak of a
@@ -85,6 +87,9 @@ def _child(verb: str, args: list[str]) -> None:
 
         collect_checkpoints(args[0], args[1], DataOptions(args[2], TOKENS["n_seq"] * TOKENS["seq_len"],
                                                           TOKENS["batch"], TOKENS["seq_len"]), progress=False)
+    elif verb == "rates":  # what bounds the weight verbs on this CPU: one core's rate for each step
+        print(json.dumps(_rates(Path(args[0]))))
+        return
     elif verb == "same":
         from gaugeport.provenance.same import same
 
@@ -94,6 +99,53 @@ def _child(verb: str, args: list[str]) -> None:
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": time.perf_counter() - t0,
                       "cpu_seconds": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime}))
+
+
+def _rates(src: Path) -> dict[str, float]:
+    """GB/s of one core, on 256 MB of the checkpoint's own bf16 bytes (page cache warm): a plain read into
+    a reused buffer and into fresh memory, SHA-256 and BLAKE3, and numpy's column gather (the one
+    step of apply and canonicalize that is not a copy: every [rows, d] matrix reading the stream)."""
+    import hashlib
+
+    import numpy as np
+    from blake3 import blake3
+
+    n = 256 << 20
+    f = max(Path(src).glob("*.safetensors"), key=lambda p: p.stat().st_size)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        def pread(buf: np.ndarray) -> None:
+            view, done = memoryview(buf), 0
+            while done < n:
+                done += os.preadv(fd, [view[done:]], done)
+
+        reused = np.empty(n, dtype=np.uint8)
+        pread(reused)
+        out: dict[str, float] = {}
+        t = time.perf_counter()
+        pread(reused)
+        out["read_reused_buffer"] = n / (time.perf_counter() - t) / GB
+        t = time.perf_counter()
+        pread(np.empty(n, dtype=np.uint8))
+        out["read_fresh_buffer"] = n / (time.perf_counter() - t) / GB
+    finally:
+        os.close(fd)
+    for name, h in (("sha256", hashlib.sha256()), ("blake3", blake3())):
+        t = time.perf_counter()
+        h.update(memoryview(reused))
+        out[name] = n / (time.perf_counter() - t) / GB
+    d = 4096
+    rows = reused.view(np.int16).reshape(-1, d)
+    dst = np.empty_like(rows)
+    inv = np.random.default_rng(0).permutation(d)
+    t = time.perf_counter()
+    for i in range(0, rows.shape[0], 128):
+        np.take(rows[i:i + 128], inv, axis=1, out=dst[i:i + 128], mode="clip")
+    out["column_gather_bf16"] = n / (time.perf_counter() - t) / GB
+    t = time.perf_counter()
+    np.copyto(dst, rows)
+    out["memcpy"] = n / (time.perf_counter() - t) / GB
+    return out
 
 
 def run(verb: str, *args: str | Path) -> dict[str, float]:
@@ -167,10 +219,16 @@ def throughput(root: Path, quick: bool, repeat: int) -> dict[str, object]:
         shutil.rmtree(root / f"ap{k}")
     best_apply = min(applies, key=lambda r: r["seconds"])
     read = min((run("read", a) for _ in range(repeat)), key=lambda r: r["seconds"])
-    fp = run("fingerprint", a)
-    can = run("canonicalize", a, root / "canon")
-    shutil.rmtree(root / "canon")
-    out.update({
+    fps, cans = [], []
+    for _ in range(repeat):
+        fps.append(run("fingerprint", a))
+        cans.append(run("canonicalize", a, root / "canon"))
+        shutil.rmtree(root / "canon")
+    fp = min(fps, key=lambda r: r["seconds"])
+    can = min(cans, key=lambda r: r["seconds"])
+    rates = json.loads(subprocess.run([sys.executable, __file__, "--child", "rates", str(a)], check=True,
+                                      capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    out.update({"rates_gb_per_s_one_core": rates,
         "cp_sync_seconds": min(cps), "apply": best_apply, "read": read, "fingerprint": fp, "canonicalize": can,
         "apply_over_cp_sync_speed": min(cps) / best_apply["seconds"],
         "fingerprint_over_read_time": fp["seconds"] / read["seconds"],
@@ -241,16 +299,25 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16])
     ap.add_argument("--tmp", default="/tmp", help="directory for the temporary checkpoints")
     ap.add_argument("--out", type=Path, default=HERE / "bench_scale.json")
+    ap.add_argument("--only", choices=["throughput", "memory"],
+                    help="run one part; the other part (and the extrapolation's use of it) is kept from --out")
     args = ap.parse_args(argv)
     if args.child:
         _child(args.child[0], args.child[1:])
         return {}
     depths = [2, 4] if args.quick else args.depths
+    old = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gaugeport-bench-scale-", dir=args.tmp) as tmp:
-        tp = throughput(Path(tmp), args.quick, args.repeat)
-        mem = memory_vs_depth(Path(tmp), depths)
+        tp = throughput(Path(tmp), args.quick, args.repeat) if args.only != "memory" else old["throughput"]
+        mem = memory_vs_depth(Path(tmp), depths) if args.only != "throughput" else old["memory_vs_depth"]
+    loads = {"load_average_at_start": load_start, "load_average_at_end": os.getloadavg()}
+    if args.only != "memory":
+        tp.update(loads)
+    if args.only != "throughput":
+        mem.update(loads)
     result = {"throughput": tp, "memory_vs_depth": mem, "extrapolation": extrapolate(tp, mem),
-              "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+              "cpu_count": os.cpu_count(), **loads,
               "note": "shared machine: wall times include waiting for CPU; ratios are from one run"}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"apply / (cp -r + sync) speed {tp['apply_over_cp_sync_speed']:.2f}x; fingerprint "

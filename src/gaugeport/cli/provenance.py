@@ -210,13 +210,14 @@ def canonicalize(
     weights (residual signs and order, MLP units, heads); ties are broken deterministically and reported."""
     import json
 
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.provenance.canonical import FINGERPRINT_VERSION
     from gaugeport.provenance.canonical import canonicalize as run
 
     can = run(ckpt, out, force=force, progress=not quiet)
-    from gaugeport.provenance.canonical import fingerprint as fp
-
-    info = fp(out)
-    if as_json:
+    info = {"fingerprint": can.fingerprint, "model_type": Checkpoint.open(out).model_type,
+            "version": FINGERPRINT_VERSION, "ties": can.ties, "notes": can.notes}
+    if as_json:  # the fingerprint of the canonical tensors, hashed while they were written (no second pass)
         typer.echo(json.dumps({"out": str(out), **info, "canonical_gauge": can.gauge.fingerprint()}, indent=2))
         return
     typer.echo(f"wrote {out} (canonical representative; fingerprint {info['fingerprint']})")

@@ -51,6 +51,7 @@ class Canonical:
     gauge: FullGauge  # maps the checkpoint to its canonical representative
     ties: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fingerprint: str | None = None  # set by canonicalize, which hashes the canonical tensors as it writes them
 
 
 # ----------------------------------------------------------------------------- ordering helpers
@@ -422,6 +423,7 @@ def canonicalize(src: str | Path, out: str | Path, *, force: bool = False, progr
         for shard in ckpt.shards:
             _patch_header(tmp / shard, _FP_PLACEHOLDER, fp)
         copy_side_files(ckpt, tmp)
+    can.fingerprint = fp
     return can
 
 
