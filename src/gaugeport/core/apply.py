@@ -107,7 +107,8 @@ def apply_gauge_to_checkpoint(
 ) -> Path:
     """Stream ``src`` tensor by tensor into a new checkpoint ``out`` in the gauge's coordinates.
 
-    Peak memory is about the largest tensor. Config, tokenizer and generation files are copied;
+    Peak memory is a few 16 MB buffers (:func:`stream_gauged_checkpoint`; tensors of 3 or more dims are
+    read whole). Config, tokenizer and generation files are copied;
     the index of a sharded checkpoint is kept. ``out`` appears only when everything succeeded.
     A quantized checkpoint is refused unless ``dequantize="bf16"`` (or ``"fp32"``): then a plain
     checkpoint of that dtype is written, each weight dequantized and then transformed.
