@@ -151,18 +151,24 @@ def test_streamed_apply_writes_the_bytes_of_the_whole_tensor_transform(src, tmp_
         assert b.shard_metadata(shard)["gaugeport_gauge"] == g.fingerprint()
 
 
-def test_a_non_finite_value_in_a_later_chunk_is_refused_and_nothing_is_written(src, tmp_path, tiny_chunks) -> None:
-    """The bit check runs per chunk: an inf in the last row of a row-gathered matrix is still found."""
+@pytest.mark.parametrize("sub_bytes", [1, 1 << 20])  # one row per cache block; all of a chunk's rows in one
+@pytest.mark.parametrize(("name", "where"), [("model.layers.1.self_attn.o_proj.weight", (-1, -1)),
+                                             ("model.layers.0.mlp.down_proj.weight", (37, 5)),
+                                             ("model.embed_tokens.weight", (4001, 3))])
+def test_a_non_finite_value_in_a_later_chunk_is_refused_and_nothing_is_written(
+        src, tmp_path, tiny_chunks, monkeypatch: pytest.MonkeyPatch, sub_bytes, name, where) -> None:
+    """The bit check runs per chunk: an inf anywhere (here in rows gathered or not, not the first row of
+    their block) is found and reported by the exact check, with the tensor's name."""
     import shutil
 
     from gaugeport.core.fileio import read_safetensors
 
     bad = tmp_path / "bad"
     shutil.copytree(src, bad)
-    name = "model.layers.1.self_attn.o_proj.weight"
+    monkeypatch.setattr(apply_mod, "_SUB_BYTES", sub_bytes)
     shard = bad / Checkpoint.open(bad).shard_of[name]
     tensors, meta = read_safetensors(shard)
-    tensors[name][-1, -1] = float("inf")
+    tensors[name][where] = float("inf")
     from safetensors.torch import save_file
 
     save_file(tensors, str(shard), metadata=meta)

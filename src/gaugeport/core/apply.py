@@ -286,7 +286,7 @@ def gather_rows_cols(plan: RowColPlan, src: np.ndarray, out: np.ndarray, r0: int
     """Rows ``r0 .. r0 + len(src)`` of the planned output from ``src`` (those rows of the source, already
     in output row order: the row gather is done while reading). Returns the result: ``out`` after a
     column gather, else ``src`` itself, flipped in place. Every source value's bits are checked finite
-    (:class:`FloatingPointError` with the first bad row otherwise)."""
+    (else :class:`FloatingPointError` with the rows of ``src``, ``(start, end)``, that hold the bad value)."""
     n = src.shape[0]
     per = max(1, _SUB_BYTES // max(1, plan.row_bytes))
     dst = out if plan.cols is not None else src
@@ -298,7 +298,7 @@ def gather_rows_cols(plan: RowColPlan, src: np.ndarray, out: np.ndarray, r0: int
             m = scratch[:s.shape[0]]
             np.bitwise_and(s, plan.finite[0], out=m)
             if m.size and m.max() >= plan.finite[1]:
-                raise FloatingPointError(r0 + i)
+                raise FloatingPointError(i, i + s.shape[0])
         if plan.cols is not None:
             np.take(s, plan.cols, axis=1, out=d, mode="clip")  # clip: no buffered copy
         if plan.col_flip is not None:
@@ -406,12 +406,11 @@ def stream_gauged_checkpoint(ckpt: Checkpoint, dest: Path, rules: Mapping[str, P
                         out = outs[k % 2][:got.nbytes].view(plan.int_dtype).reshape(got.shape)
                         try:
                             result = gather_rows_cols(plan, got, out, r0)
-                        except FloatingPointError as bad:
-                            row = int(bad.args[0])
-                            src_row = row if plan.rows is None else int(plan.rows[row])
-                            check_finite(name, torch.from_numpy(got[row - r0].copy()).view(plan.dtype), ckpt.path)
-                            raise CheckpointError(f"internal error: row {src_row} of {name!r} failed the bit "
-                                                  "check but not check_finite") from None
+                        except FloatingPointError as bad:  # the exact check names the tensor and the kind
+                            a, b = bad.args
+                            check_finite(name, torch.from_numpy(got[a:b].copy()).view(plan.dtype), ckpt.path)
+                            raise CheckpointError(f"internal error: rows {r0 + a}..{r0 + b} of {name!r} failed "
+                                                  "the bit check but not check_finite") from None
                     if pending is not None:  # chunk k - 1 written: its buffers are free for chunks k + 1, k + 2
                         pending.result()
                     pending = pool.submit(write, k, result)
