@@ -35,13 +35,14 @@ def _dead_pid() -> int:
 
 
 def test_sigterm_during_apply_removes_the_partial_output(cli, tiny_dir, tmp_path, monkeypatch):
-    real_write = SafetensorsStreamWriter.write
+    for method in ("write", "write_part"):  # whole tensors, and apply's chunks
+        real = getattr(SafetensorsStreamWriter, method)
 
-    def write_then_get_terminated(self, name, tensor):
-        real_write(self, name, tensor)
-        os.kill(os.getpid(), signal.SIGTERM)
+        def write_then_get_terminated(self, name, tensor, real=real):
+            real(self, name, tensor)
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(SafetensorsStreamWriter, "write", write_then_get_terminated)
+        monkeypatch.setattr(SafetensorsStreamWriter, method, write_then_get_terminated)
     before = signal.getsignal(signal.SIGTERM)
     code, _, err = cli("apply", tiny_dir("llama"), "--random-seed", "0", "--out", tmp_path / "out", "--quiet")
     assert code == 143 and "terminated" in err and "Traceback" not in err
@@ -54,6 +55,7 @@ def test_keyboard_interrupt_exits_130_quietly(cli, tiny_dir, tmp_path, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(SafetensorsStreamWriter, "write", interrupted)
+    monkeypatch.setattr(SafetensorsStreamWriter, "write_part", interrupted)  # apply's chunks
     code, _, err = cli("apply", tiny_dir("llama"), "--random-seed", "0", "--out", tmp_path / "out", "--quiet")
     assert code == 130 and "Traceback" not in err and "error" not in err
     assert list(tmp_path.iterdir()) == []
@@ -82,6 +84,7 @@ def test_write_failures_are_bad_input_with_a_hint_and_leave_nothing(cli, tiny_di
         raise OSError(err_no, os.strerror(err_no))
 
     monkeypatch.setattr(SafetensorsStreamWriter, "write", fail)
+    monkeypatch.setattr(SafetensorsStreamWriter, "write_part", fail)  # apply's chunks
     code, _, err = cli("apply", tiny_dir("llama"), "--random-seed", "0", "--out", tmp_path / "out", "--quiet")
     assert code == 2 and fragment in err and "\nhint: " in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -93,6 +96,7 @@ def test_save_gauge_lands_with_the_checkpoint_or_not_at_all(cli, tiny_dir, tmp_p
 
     with monkeypatch.context() as m:
         m.setattr(SafetensorsStreamWriter, "write", fail)
+        m.setattr(SafetensorsStreamWriter, "write_part", fail)  # apply's chunks
         code, _, _ = cli("apply", tiny_dir("llama"), "--random-seed", "3", "--save-gauge", tmp_path / "g.safetensors",
                          "--out", tmp_path / "out", "--quiet")
     assert code == 2 and list(tmp_path.iterdir()) == []  # the gauge is not left behind without its checkpoint

@@ -128,7 +128,7 @@ def test_failure_mid_write_leaves_no_partial_output(tiny_dir, tmp_path, monkeypa
     import gaugeport.core.apply as apply_mod
 
     calls = {"n": 0}
-    real = apply_mod.transform_tensor
+    real = apply_mod.gather_rows_cols  # the per-chunk step of apply's data path
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -136,7 +136,7 @@ def test_failure_mid_write_leaves_no_partial_output(tiny_dir, tmp_path, monkeypa
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(apply_mod, "transform_tensor", flaky)
+    monkeypatch.setattr(apply_mod, "gather_rows_cols", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         apply_gauge_to_checkpoint(tiny_dir("llama"), SignedPermutation.random(32, seed=0), tmp_path / "b",
                                   progress=False)

@@ -42,17 +42,18 @@ def test_an_output_that_appears_meanwhile_is_never_replaced(cli, tiny_dir, tmp_p
     if force:
         out.mkdir()  # an earlier output, replaced by --force only if it is still the same one at the end
         (out / "old.txt").write_text("old")
-    real_write = SafetensorsStreamWriter.write
+    for method in ("write", "write_part"):  # whole tensors, and apply's chunks
+        real = getattr(SafetensorsStreamWriter, method)
 
-    def another_program_writes_there(self, name, tensor):
-        real_write(self, name, tensor)
-        if not (out / "theirs.txt").exists():
-            if force:
-                os.rename(out, tmp_path / "moved")
-            out.mkdir(exist_ok=True)
-            (out / "theirs.txt").write_text("theirs")
+        def another_program_writes_there(self, name, tensor, real=real):
+            real(self, name, tensor)
+            if not (out / "theirs.txt").exists():
+                if force:
+                    os.rename(out, tmp_path / "moved")
+                out.mkdir(exist_ok=True)
+                (out / "theirs.txt").write_text("theirs")
 
-    monkeypatch.setattr(SafetensorsStreamWriter, "write", another_program_writes_there)
+        monkeypatch.setattr(SafetensorsStreamWriter, method, another_program_writes_there)
     args = ["apply", tiny_dir("llama"), "--random-seed", "0", "--out", out, "--quiet"]
     code, _, err = cli(*args, *(["--force"] if force else []))
     assert code == 2 and "was not replaced" in err, err
