@@ -15,8 +15,7 @@ from gaugeport.provenance.disguise import DISGUISES
 from gaugeport.provenance.same import same
 
 LOGIT_TOL = 1e-4
-SEEN_THROUGH = ["signed_permutation", "full_gauge", "fold", "rotation", "reintroduced_gains", "rescaled_units"]
-HEAD_ROTATIONS = ["head_vo_rotation", "head_qk_rope_rotation"]
+SEEN_THROUGH = list(DISGUISES)
 
 
 def _logits(model, ids):
@@ -98,11 +97,3 @@ def test_same_calls_a_disguised_finetune_derived(zoo, loaded, tmp_path, name):
     assert res.verdict == "derived" and res.p_value < 1e-6
 
 
-# A known gap (issue 19: head features are compared as flattened blocks). strict=True: the day same sees
-# through these rotations the test turns red, and this marker must go.
-@pytest.mark.xfail(strict=True, reason="head-internal rotations are not undone yet: head features are compared "
-                   "as flattened blocks, which a rotation inside a head changes")
-@pytest.mark.parametrize("name", HEAD_ROTATIONS)
-def test_same_sees_through_head_internal_rotations(zoo, loaded, tmp_path, name):
-    res = same(zoo["base"], _save(_disguised(loaded["base"], [name], seed=5), tmp_path / "copy"))
-    assert res.verdict == "identical"
