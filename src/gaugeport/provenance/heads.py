@@ -239,20 +239,34 @@ def use_invariant_head_features(fa: Any, fb: Any, names: Collection[str], get_a:
 
 def fit_head_maps(names: Collection[str], predict: Callable[[str], torch.Tensor],
                   get_b: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
-                  rotary: int) -> dict[str, LayerHeadMaps]:
-    """Per attention tensor name, its layer's maps (:func:`fit_layer_head_maps`) from ``predict`` (A's
-    tensor with the recovered residual and hidden gauge applied) to B; empty where the table has no
-    attention section."""
+                  rotary: int) -> Callable[[str], LayerHeadMaps | None]:
+    """A lookup: for an attention tensor's name, its layer's maps (:func:`fit_layer_head_maps`) from
+    ``predict`` (A's tensor with the recovered residual and hidden gauge applied) to B; None for any other
+    tensor. Each layer is fitted when one of its tensors is first asked for (a check that stops early
+    fits no more layers than it reaches)."""
     if hspec.attention is None:
-        return {}
-    out: dict[str, LayerHeadMaps] = {}
-    for layer in range(dims.n_layers):
-        try:
-            slots = attention_slots(names, spec, hspec, dims, layer)
-        except ArchitectureError:
-            continue
-        maps = fit_layer_head_maps(predict, get_b, slots, dims, rotary)
-        for role_slots in slots.values():
-            for s in role_slots:
-                out[s.name] = maps
-    return out
+        return lambda name: None
+    owner: dict[str, int] = {}
+    for name in names:
+        hit = hspec.match(name)
+        if hit is not None:
+            owner[name] = hit[1]
+    fitted: dict[int, LayerHeadMaps | None] = {}
+
+    def lookup(name: str) -> LayerHeadMaps | None:
+        layer = owner.get(name)
+        if layer is None:
+            return None
+        if layer not in fitted:
+            try:
+                slots = attention_slots(names, spec, hspec, dims, layer)
+            except ArchitectureError:
+                fitted[layer] = None
+            else:
+                fitted[layer] = fit_layer_head_maps(predict, get_b, slots, dims, rotary)
+        maps = fitted[layer]
+        if maps is None or not any(s.name == name for role in maps.slots.values() for s in role):
+            return None
+        return maps
+
+    return lookup

@@ -474,13 +474,14 @@ def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
         hit = hspec.match(name)
         return pred if hit is None else transform_hidden(name, pred, hit[0], hit[1], gauge, dims)
 
-    head_maps = {} if rotary is None else fit_head_maps(names, predict, get_b, spec, hspec, dims, rotary)
+    head_maps = None if rotary is None else fit_head_maps(names, predict, get_b, spec, hspec, dims, rotary)
     worst, worst_name = 0.0, ""
     per_layer: dict[int, float] = {}
     for name in names:
         pred = predict(name)
-        if name in head_maps:
-            pred = apply_layer_head_maps(name, pred, head_maps[name], dims)
+        maps = None if head_maps is None else head_maps(name)
+        if maps is not None:
+            pred = apply_layer_head_maps(name, pred, maps, dims)
         hit = hspec.match(name)
         tb = get_b(name)
         if hit is not None and [seg.kind for seg in hit[0].segments] == ["mlp"] and tb.ndim == 2:
