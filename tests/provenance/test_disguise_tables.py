@@ -87,7 +87,6 @@ def test_head_maps_keep_the_logits_of_a_layernorm_family_with_partial_rotary(nam
     ("phi", "reintroduced_gains", ArchitectureError, "RMSNorm"),
     ("phi", "rescaled_units", ArchitectureError, "gated"),
     ("phi", "head_qk_rope_rotation", ArchitectureError, "before RoPE"),  # qk_layernorm on
-    ("qwen3", "head_qk_rope_rotation", ArchitectureError, "before RoPE"),  # q_norm / k_norm
     ("arcee", "head_vo_rotation", ArchitectureError, "attention"),  # the table names no attention tensors
 ])
 def test_a_disguise_that_does_not_apply_is_refused_with_a_reason(family, name, error, says):
@@ -97,10 +96,21 @@ def test_a_disguise_that_does_not_apply_is_refused_with_a_reason(family, name, e
     assert says in str(info.value)
 
 
-def test_value_output_map_applies_where_a_qk_norm_stops_the_query_key_map():
-    model = _model("qwen3")
+@pytest.mark.parametrize("family", ["qwen3", "olmo2", "gemma3_text"])
+def test_value_output_map_applies_where_a_qk_norm_stops_the_query_key_map(family):
+    model = _model(family)
     ids = probe_ids(model.config.vocab_size)
-    assert _rel(_logits(model, ids), _logits(_apply(model, "qwen3", "head_vo_rotation"), ids)) <= LOGIT_TOL
+    assert _rel(_logits(model, ids), _logits(_apply(model, family, "head_vo_rotation", scale=True), ids)) <= LOGIT_TOL
+    with pytest.raises(ArchitectureError, match="before RoPE"):
+        _apply(model, family, "head_qk_rope_rotation")
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("family", ["gemma", "gemma2"])  # gain offset 1, post-norms, soft-capping
+def test_head_maps_keep_the_logits_of_gemma(family, name):
+    model = _model(family)
+    ids = probe_ids(model.config.vocab_size)
+    assert _rel(_logits(model, ids), _logits(_apply(model, family, name, scale=True), ids)) <= LOGIT_TOL
 
 
 def test_gate_rescaling_of_an_ungated_relu2_block_keeps_the_logits():
