@@ -1,10 +1,12 @@
-"""Disguises that keep a checkpoint's function: fold the norm gains, then rotate the residual stream.
+"""Disguises that keep a checkpoint's function (the catalogue :data:`DISGUISES`).
 
 With every RMSNorm gain folded into the readers that follow it (``W' = W diag(g)``, gain set to
 one), the residual stream has the whole orthogonal group as a symmetry: writers become ``Q W``,
-readers ``W Q^T``, for any orthogonal ``Q``. This is the strongest function-preserving disguise
-a copier can apply to a checkpoint (weight hashes, cosine similarity and permutation matchers all
-miss it); ``same`` undoes it with an orthogonal Procrustes fit.
+readers ``W Q^T``, for any orthogonal ``Q``; ``same`` undoes it with an orthogonal Procrustes fit.
+Inside each attention head, value/output maps and query/key maps that commute with RoPE keep the
+function too (:mod:`gaugeport.provenance.heads`). Every disguise reads the architecture table (roles,
+hidden segments, fold plan, attention section), never tensor names, and refuses with a reason on a
+family where it does not apply.
 """
 
 from __future__ import annotations

@@ -21,8 +21,12 @@ save kept) are listed in the report.
    nearest input-side neighbour, so an independent pair needs no assignment over the full width.
 3. **Identical?** Once every layer is matched, every tensor of B is compared with the recovered gauge
    applied to A (MLP units up to a positive scale each, since a unit's up row and down column may be
-   rescaled against each other); when all agree (relative ``tol``) the two models' logits are
-   compared on probe tokens, layer-streamed: both pass means ``identical``.
+   rescaled against each other; attention tensors after the maps inside heads, fitted per layer from
+   A's prediction to B, :func:`gaugeport.provenance.heads.fit_head_maps`); when all agree (relative
+   ``tol``) the two models' logits are compared on probe tokens, layer-streamed: both pass means
+   ``identical``. Where the table names the attention tensors, heads are matched on features that the
+   maps inside a head (value/output, query/key commuting with RoPE) leave unchanged
+   (:func:`gaugeport.provenance.heads.invariant_head_features`).
 4. **p-value** under the null of independent training: per layer, MLP units are matched on their
    input weights only and the matched pairs' output weights are ranked (mid-ranks for ties) among
    the unit's best input-side candidates after regressing out input similarity (see
