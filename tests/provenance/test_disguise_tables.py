@@ -203,3 +203,22 @@ def test_same_calls_a_head_disguised_copy_of_another_family_identical(tmp_path, 
         changed = _apply(changed, family, name, seed=10 + i, over=over, **kw)
     res = same(_save(model, tmp_path / "a"), _save(changed, tmp_path / "b"))
     assert res.verdict == "identical", (res.residual, res.identical_check)
+
+
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "interleaved"}, "rope"),
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": [], "rope": "none"}, "o must be"),
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "none", "qkv": []}, "unknown key"),
+])
+def test_a_malformed_attention_section_is_refused(entry, says):
+    from gaugeport.core.hidden import _attention
+
+    with pytest.raises(ArchitectureError, match=says):
+        _attention(entry, "x.hidden.attention")
+
+
+def test_rotary_width_is_read_from_a_nested_config_key():
+    attn = get_hidden_spec("phi").attention
+    assert attn.rotary_dims({"rope_parameters": {"partial_rotary_factor": 0.5}}, 8) == 4
+    assert attn.rotary_dims({}, 8) == 8
+    assert get_hidden_spec("llama").attention.rotary_dims({"partial_rotary_factor": 0.5}, 8) == 8  # llama: all
