@@ -1,16 +1,24 @@
 """Calibration of `same`'s p-value on independently trained pairs (the null it claims to test).
 
-Four groups of tiny Llama-family models, trained here with AdamW on the built-in corpus (seeded;
-nothing downloaded), every pair inside a group compared with `same` data-free:
+Groups of tiny models of three architecture families, trained here with AdamW on the built-in
+corpus (seeded; nothing downloaded), every pair inside a group compared with `same` data-free:
 
-=========  ====================================================  ===================  =====
-group      shape                                                  training             pairs
-=========  ====================================================  ===================  =====
-g32        d=32, 64 units, 2 layers, 4 heads in 2 groups (GQA)    200 steps, own data  10
-mha48      d=48, 128 units, 3 layers, 4 heads, 4 groups (MHA)     300 steps, own data  6
-same100    d=32, 64 units, 2 layers, GQA                          100 steps, SAME data 10
-same400    d=32, 64 units, 2 layers, GQA                          400 steps, SAME data 6
-=========  ====================================================  ===================  =====
+=============  =========  ==============================================  ===================  =====
+group          family     shape                                           training             pairs
+=============  =========  ==============================================  ===================  =====
+g32            llama      d=32, 64 units, 2 layers, 4 heads in 2 groups   200 steps, own data  10
+mha48          llama      d=48, 128 units, 3 layers, 4 heads (MHA)        300 steps, own data  6
+same100        llama      d=32, 64 units, 2 layers, GQA                   100 steps, SAME data 10
+same400        llama      d=32, 64 units, 2 layers, GQA                   400 steps, SAME data 6
+neox32         gpt_neox   d=32, 64 units, 2 layers, 4 heads (LayerNorm)   200 steps, own data  10
+neox_same100   gpt_neox   d=32, 64 units, 2 layers                        100 steps, SAME data 10
+phi3_32        phi3       d=32, 64 units, 2 layers, fused qkv / gate_up   200 steps, own data  10
+phi3_same400   phi3       d=48, 96 units, 2 layers                        400 steps, SAME data 6
+=============  =========  ==============================================  ===================  =====
+
+GPT-NeoX is a LayerNorm family (ungated GELU MLP, interleaved fused q/k/v: the residual map is the
+data-free signed permutation); Phi-3 is an RMSNorm family with other tensor names (fused
+``qkv_proj`` and ``gate_up_proj``: the residual map is chosen by fit after folding).
 
 "Own data": each model sees its own data order (data seed = 1000 + init seed); "same data": one
 data order for every model of the group, only the initialisation differs. Under the null every
@@ -32,37 +40,70 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-GROUPS = {  # name: (TinyRun overrides, steps, seeds, same data)
-    "g32": ({}, 200, 5, False),
-    "mha48": ({"d_model": 48, "d_ff": 128, "n_layers": 3, "n_heads": 4, "n_kv_heads": 4}, 300, 4, False),
-    "same100": ({}, 100, 5, True),
-    "same400": ({}, 400, 4, True),
+GROUPS = {  # name: (family, TinyRun overrides, steps, seeds, same data)
+    "g32": ("llama", {}, 200, 5, False),
+    "mha48": ("llama", {"d_model": 48, "d_ff": 128, "n_layers": 3, "n_heads": 4, "n_kv_heads": 4}, 300, 4, False),
+    "same100": ("llama", {}, 100, 5, True),
+    "same400": ("llama", {}, 400, 4, True),
+    "neox32": ("gpt_neox", {}, 200, 5, False),
+    "neox_same100": ("gpt_neox", {}, 100, 5, True),
+    "phi3_32": ("phi3", {"n_kv_heads": 4}, 200, 5, False),
+    "phi3_same400": ("phi3", {"d_model": 48, "d_ff": 96, "n_kv_heads": 4}, 400, 4, True),
 }
 
 
-def run(workdir: Path) -> dict:
+def fresh(family: str, seed: int, run):  # noqa: ANN001, ANN201 - a tiny model of ``family`` shaped by ``run``
+    from gaugeport.models.tiny import tiny_model
+    from gaugeport.study.corpus import tokenizer
+    from gaugeport.study.provenance_runs import fresh_model
+
+    if family == "llama":
+        return fresh_model(seed, run)
+    over = {"hidden_size": run.d_model, "intermediate_size": run.d_ff, "num_attention_heads": run.n_heads,
+            "num_hidden_layers": run.n_layers, "vocab_size": tokenizer().vocab_size,
+            "max_position_embeddings": run.seq_len, "tie_word_embeddings": False}
+    if family != "gpt_neox":
+        over.update(num_key_value_heads=run.n_kv_heads, head_dim=run.d_model // run.n_heads)
+    return tiny_model(family, seed, **over)
+
+
+def summary(pairs: list[dict]) -> dict:
+    """KS test against U(0, 1) and false-positive rates of a list of pairs' p-values."""
+    import numpy as np
+    from scipy import stats
+
+    p = np.array([x["p_value"] for x in pairs])
+    ks = stats.kstest(p, "uniform")
+    return {"n_pairs": len(pairs), "ks_uniform": {"statistic": float(ks.statistic), "p_value": float(ks.pvalue)},
+            "fpr_alpha_1e-3": float(np.mean(p < 1e-3)), "fpr_alpha_0.05": float(np.mean(p < 0.05)),
+            "min_p": float(p.min()),
+            "verdicts": {v: sum(x["verdict"] == v for x in pairs) for v in ("identical", "derived", "independent")}}
+
+
+def run(workdir: Path, groups: list[str]) -> dict:
     import numpy as np
     import torch
     from scipy import stats
 
     from gaugeport.provenance.same import same
-    from gaugeport.study.provenance_runs import TinyRun, fresh_model, train
+    from gaugeport.study.provenance_runs import TinyRun, train
 
     torch.set_num_threads(1)
     pairs = []
     t0 = time.perf_counter()
-    for group, (over, steps, seeds, same_data) in GROUPS.items():
+    for group in groups:
+        family, over, steps, seeds, same_data = GROUPS[group]
         run_cfg = TinyRun(**over)
         paths = []
         for s in range(seeds):
-            m = fresh_model(100 + s, run_cfg)
+            m = fresh(family, 100 + s, run_cfg)
             train(m, steps, data_seed=5000 if same_data else 1000 + s, run=run_cfg)
             p = workdir / f"{group}-{s}"
             m.save_pretrained(p)
             paths.append(p)
         for i, j in itertools.combinations(range(seeds), 2):
             r = same(paths[i], paths[j])
-            pairs.append({"group": group, "a": i, "b": j, "p_value": r.p_value, "verdict": r.verdict,
+            pairs.append({"group": group, "family": family, "a": i, "b": j, "p_value": r.p_value, "verdict": r.verdict,
                           "residual": r.residual["kind"], "z": [lay["z"] for lay in r.layers],
                           "layer_status": [lay["status"] for lay in r.layers]})
     p = np.array([x["p_value"] for x in pairs])
@@ -70,6 +111,8 @@ def run(workdir: Path) -> dict:
     ks = stats.kstest(p, "uniform")
     return {
         "pairs": pairs, "n_pairs": len(pairs),
+        "by_family": {f: summary([x for x in pairs if x["family"] == f])
+                      for f in dict.fromkeys(x["family"] for x in pairs)},
         "ks_uniform": {"statistic": float(ks.statistic), "p_value": float(ks.pvalue)},
         "fpr_alpha_1e-3": float(np.mean(p < 1e-3)), "fpr_alpha_0.05": float(np.mean(p < 0.05)),
         "verdicts": {v: sum(x["verdict"] == v for x in pairs) for v in ("identical", "derived", "independent")},
@@ -83,10 +126,11 @@ def run(workdir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "bench_same_calibration.json")
+    ap.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="same-cal-"))
     try:
-        res = run(work)
+        res = run(work, args.groups)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     tmp = args.out.with_suffix(".tmp")

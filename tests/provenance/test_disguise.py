@@ -15,8 +15,7 @@ from gaugeport.provenance.disguise import DISGUISES
 from gaugeport.provenance.same import same
 
 LOGIT_TOL = 1e-4
-SEEN_THROUGH = ["signed_permutation", "full_gauge", "fold", "rotation", "reintroduced_gains", "rescaled_units"]
-HEAD_ROTATIONS = ["head_vo_rotation", "head_qk_rope_rotation"]
+SEEN_THROUGH = list(DISGUISES)
 
 
 def _logits(model, ids):
@@ -98,11 +97,16 @@ def test_same_calls_a_disguised_finetune_derived(zoo, loaded, tmp_path, name):
     assert res.verdict == "derived" and res.p_value < 1e-6
 
 
-# A known gap (issue 19: head features are compared as flattened blocks). strict=True: the day same sees
-# through these rotations the test turns red, and this marker must go.
-@pytest.mark.xfail(strict=True, reason="head-internal rotations are not undone yet: head features are compared "
-                   "as flattened blocks, which a rotation inside a head changes")
-@pytest.mark.parametrize("name", HEAD_ROTATIONS)
-def test_same_sees_through_head_internal_rotations(zoo, loaded, tmp_path, name):
-    res = same(zoo["base"], _save(_disguised(loaded["base"], [name], seed=5), tmp_path / "copy"))
-    assert res.verdict == "identical"
+
+
+@pytest.mark.parametrize("kind", ["base", "ft"])
+def test_same_sees_through_invertible_value_maps_and_scaled_query_key_rotations(zoo, loaded, tmp_path, kind):
+    # not only orthogonal maps: R invertible on the values (outputs R^-1), s Rot on keys and Rot / s on queries
+    model = loaded[kind]
+    spec, cfg = get_spec("llama"), model.config.to_dict()
+    sd = DISGUISES["head_vo_rotation"](model.state_dict(), spec, cfg, 3, scale=True)
+    sd = DISGUISES["head_qk_rope_rotation"](sd, spec, cfg, 4, scale=True)
+    out = tiny_model("llama", 0, **_overrides(model))
+    out.load_state_dict(sd)
+    res = same(zoo["base"], _save(out.eval(), tmp_path / kind))
+    assert res.verdict == ("identical" if kind == "base" else "derived"), (res.residual, res.identical_check)

@@ -36,6 +36,15 @@ key/value heads (groups) are permuted, and the query heads inside each group mov
 Sizes come from the config (``intermediate_size`` / ``n_inner``, ``num_attention_heads``,
 ``num_key_value_heads``, ``head_dim``) and are checked against every tensor's shape.
 
+``attention`` (optional) names which stored tensors hold each head's queries, keys, values and output
+(``{"q": [...], "k": [...], "v": [...], "o": [...]}``: templates of weights and biases; ``@i`` after a
+template picks the ``i``-th segment of a fused tensor, e.g. Phi-3's ``qkv_proj.weight@1`` for the keys),
+the rotary layout (``"rope": "rotate_half"``, pair ``i`` is dims ``i`` and ``i + r / 2`` of the ``r``
+rotary dims, or ``"none"``), the config keys of a partial rotary fraction (``rotary_fraction``) and the
+tensors that, when a checkpoint has them, sit between the projections and RoPE (``stops_qk_maps``: a
+q/k-norm's per-dimension gain). Provenance uses it for the maps inside a head that keep the function
+(value/output and query/key maps, :mod:`gaugeport.provenance.heads`).
+
 ``folds`` (optional) names, for each RMSNorm gain, the readers it can be folded into
 (``W' = W diag(g)``, gain set to one); provenance uses it to undo the fold-gains-then-rotate
 disguise, in which a folded checkpoint's residual stream is rotated by any orthogonal matrix.
@@ -53,7 +62,9 @@ from gaugeport.core.archspec import _raw_table, get_spec
 from gaugeport.core.errors import ArchitectureError
 
 SegmentKind = Literal["mlp", "q_heads", "kv_heads"]
-_HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims", "folds"}
+_HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims", "folds", "attention"}
+_ATTENTION_KEYS = {"q", "k", "v", "o", "rope", "rotary_fraction", "stops_qk_maps", "why"}
+ROPE_LAYOUTS = ("rotate_half", "none")
 _FOLD_KEYS = {"gain", "into", "why"}
 _ROW_KEYS = {"name", "axis", "segments", "why"}
 _DIM_KEYS = {"mlp", "n_heads", "n_kv_heads", "head_dim"}
@@ -109,6 +120,32 @@ class HiddenDims:
 
 
 @dataclass(frozen=True)
+class AttentionSpec:
+    """Where a layer's attention heads live (templates with ``{layer}``; ``@i``: segment ``i`` of a fused row)."""
+
+    q: tuple[str, ...]
+    k: tuple[str, ...]
+    v: tuple[str, ...]
+    o: tuple[str, ...]
+    rope: Literal["rotate_half", "none"]
+    rotary_fraction: tuple[str, ...] = ()  # config keys of the fraction of head_dim that RoPE rotates
+    stops_qk_maps: tuple[str, ...] = ()  # tensors between the q/k projections and RoPE (q/k-norm gains)
+
+    def rotary_dims(self, config: dict[str, Any], head_dim: int) -> int:
+        """How many leading dims of each head RoPE rotates (0 without RoPE; even)."""
+        if self.rope == "none":
+            return 0
+        cfg = config.get("text_config", config)
+        for key in self.rotary_fraction:  # a dotted key reads a nested dict (rope_parameters.partial_rotary_factor)
+            v: Any = cfg
+            for part in key.split("."):
+                v = v.get(part) if isinstance(v, dict) else None
+            if v is not None:
+                return int(head_dim * float(v)) // 2 * 2
+        return head_dim // 2 * 2
+
+
+@dataclass(frozen=True)
 class HiddenSpec:
     model_type: str
     mlp_signs: bool
@@ -116,6 +153,7 @@ class HiddenSpec:
     prefixes: tuple[str, ...]
     dim_keys: dict[str, tuple[str, ...]]
     folds: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = ()
+    attention: AttentionSpec | None = None
 
     def fold_targets(self, gain_name: str) -> list[str] | None:
         """The readers a norm gain folds into (``W' = W diag(g)``), or None when the table names none."""
@@ -264,7 +302,25 @@ def _load(model_type: str) -> HiddenSpec:
             raise ArchitectureError(f"{where}.folds: each fold needs a gain template and a list of readers")
         folds.append((_template_regex(f["gain"], macros, model_type, need_layer=False), tuple(into)))
     return HiddenSpec(model_type, mlp_signs, tuple(rules), tuple(raw.get("prefixes", ())) + tuple(
-        src for src, to in raw.get("prefix_aliases", {}).items() if src and to == ""), dim_keys, tuple(folds))
+        src for src, to in raw.get("prefix_aliases", {}).items() if src and to == ""), dim_keys, tuple(folds),
+        _attention(hidden.get("attention"), f"{where}.attention"))
+
+
+def _attention(raw: Any, where: str) -> AttentionSpec | None:
+    if raw is None:
+        return None
+    _check_keys(raw, _ATTENTION_KEYS, where)
+
+    def strings(key: str, required: bool) -> tuple[str, ...]:
+        v = raw.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v) or (required and not v):
+            raise ArchitectureError(f"{where}.{key} must be a {'non-empty ' if required else ''}list of strings")
+        return tuple(v)
+
+    if raw.get("rope") not in ROPE_LAYOUTS:
+        raise ArchitectureError(f"{where}.rope must be one of {', '.join(ROPE_LAYOUTS)}, got {raw.get('rope')!r}")
+    return AttentionSpec(strings("q", True), strings("k", True), strings("v", True), strings("o", True),
+                         raw["rope"], strings("rotary_fraction", False), strings("stops_qk_maps", False))
 
 
 def _template_regex(template: str, macros: dict[str, list[str]], model_type: str,

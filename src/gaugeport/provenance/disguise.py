@@ -1,14 +1,17 @@
-"""Disguises that keep a checkpoint's function: fold the norm gains, then rotate the residual stream.
+"""Disguises that keep a checkpoint's function (the catalogue :data:`DISGUISES`).
 
 With every RMSNorm gain folded into the readers that follow it (``W' = W diag(g)``, gain set to
 one), the residual stream has the whole orthogonal group as a symmetry: writers become ``Q W``,
-readers ``W Q^T``, for any orthogonal ``Q``. This is the strongest function-preserving disguise
-a copier can apply to a checkpoint (weight hashes, cosine similarity and permutation matchers all
-miss it); ``same`` undoes it with an orthogonal Procrustes fit.
+readers ``W Q^T``, for any orthogonal ``Q``; ``same`` undoes it with an orthogonal Procrustes fit.
+Inside each attention head, value/output maps and query/key maps that commute with RoPE keep the
+function too (:mod:`gaugeport.provenance.heads`). Every disguise reads the architecture table (roles,
+hidden segments, fold plan, attention section), never tensor names, and refuses with a reason on a
+family where it does not apply.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +22,7 @@ from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.errors import ArchitectureError
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import get_hidden_spec
+from gaugeport.provenance.heads import Slot, attention_slots, attention_spec, pair_index, read_block, write_block
 
 StateDict = dict[str, torch.Tensor]
 
@@ -115,6 +119,10 @@ def reintroduced_gains(state: State, spec: ArchSpec, config: Mapping[str, Any], 
     present one, and divide its readers' residual columns by ``r``: ``W diag(g r) / r = W diag(g)``."""
     del config
     hspec = get_hidden_spec(spec.model_type)
+    if spec.norm != "rms" or not hspec.folds:
+        raise ArchitectureError(f"{spec.model_type} has no RMSNorm gains to fold: re-introduced gains need them",
+                                hint="a LayerNorm gain also scales its bias; this disguise is for RMSNorm families "
+                                "whose table names \"folds\"")
     rng = np.random.default_rng(seed)
     out = dict(state)
     for name, rule in spec.classify_all(list(state)).items():
@@ -129,99 +137,133 @@ def reintroduced_gains(state: State, spec: ArchSpec, config: Mapping[str, Any], 
     return out
 
 
-def _mlp_tensors(state: State, spec: ArchSpec) -> dict[int, dict[str, str]]:
-    """Per layer, the MLP tensors the table names: ``gate`` (a reader whose units are permuted only),
-    ``up`` (a reader whose units carry signs), ``down`` (the writer)."""
-    hspec = get_hidden_spec(spec.model_type)
-    out: dict[int, dict[str, str]] = {}
-    for name in state:
-        hit = hspec.match(name)
-        if hit is None or not name.endswith("weight") or [s.kind for s in hit[0].segments] != ["mlp"]:
-            continue
-        role = spec.classify(name).role
-        kind = "down" if role == "write" else "up" if hit[0].segments[0].mode == "signed" else "gate"
-        out.setdefault(hit[1], {})[kind] = name
-    return out
-
-
 def rescaled_units(state: State, spec: ArchSpec, config: Mapping[str, Any], seed: int, *,
                    via: str = "up", degree: float = 1.0) -> StateDict:
     """Scale each MLP unit's ``via`` row by a random ``c > 0`` and its down column by ``c ** -degree``.
 
     ``via="up"`` (gated blocks, ``act(g) * u`` is linear in ``u``: any activation, ``degree`` 1);
     ``via="gate"`` needs a positively homogeneous activation of that degree (ReLU: 1, ReLU^2: 2).
+    The tensors come from the table (hidden rows with MLP segments; Phi-3's fused ``gate_up_proj`` too).
     """
-    del config
+    from gaugeport.core.fullgauge import hidden_dims_for
+
+    hspec = get_hidden_spec(spec.model_type)
+    dims = hidden_dims_for(config, spec.model_type)
     rng = np.random.default_rng(seed)
     out = dict(state)
-    for layer in sorted(mlp := _mlp_tensors(state, spec)):
-        names = mlp[layer]
-        if via not in names or "down" not in names:
+    for layer, kinds in sorted(_mlp_table_slices(state, spec, hspec, dims).items()):
+        if via not in kinds or "down" not in kinds:
             raise ArchitectureError(f"layer {layer} has no MLP {via!r} reader and writer in the "
-                                    f"{spec.model_type!r} table")
-        w = state[names[via]]
-        c = torch.from_numpy(np.exp(rng.uniform(np.log(1 / 3), np.log(3), w.shape[0])))
-        out[names[via]] = (w.double() * c[:, None]).to(w.dtype)
-        down = state[names["down"]]
-        out[names["down"]] = (down.double() * c[None, :] ** -degree).to(down.dtype)
+                                    f"{spec.model_type!r} table",
+                                    hint="via='up' needs a gated MLP (a signed reader); an ungated MLP with a "
+                                    "positively homogeneous activation takes via='gate'")
+        c = torch.from_numpy(np.exp(rng.uniform(np.log(1 / 3), np.log(3), dims.mlp)))
+        for sl in kinds[via]:
+            out[sl.name] = _scale_units(out[sl.name], sl, c)
+        for sl in kinds["down"]:
+            out[sl.name] = _scale_units(out[sl.name], sl, c ** -degree)
     return out
 
 
-def _attn(state: State, layer: int, proj: str) -> str:
-    return f"model.layers.{layer}.self_attn.{proj}.weight"
+def _mlp_table_slices(state: State, spec: ArchSpec, hspec: Any, dims: Any) -> dict[int, dict[str, list[Slot]]]:
+    """Per layer, the slices holding MLP units by kind (see :func:`rescaled_units`)."""
+    out: dict[int, dict[str, list[Slot]]] = {}
+    for name in state:
+        hit = hspec.match(name)
+        if hit is None:
+            continue
+        rule, layer = hit
+        role = spec.classify(name).role
+        start = 0
+        for seg in rule.segments:
+            n = seg.size(dims)
+            if seg.kind == "mlp":
+                kind = "down" if role == "write" else "up" if seg.mode == "signed" else "gate"
+                out.setdefault(layer, {}).setdefault(kind, []).append(Slot(name, rule.axis, start, start + n))
+            start += n
+    return out
 
 
-def head_vo_rotation(state: State, spec: ArchSpec, config: Mapping[str, Any], seed: int) -> StateDict:
-    """Per key/value group, a random orthogonal ``R`` (head_dim x head_dim): the group's value rows
-    become ``R V`` and the output columns of every query head in the group ``O R^T`` (Llama-style
-    q/k/v/o_proj names; grouped-query attention respected)."""
+def _scale_units(t: torch.Tensor, sl: Slot, c: torch.Tensor) -> torch.Tensor:
+    moved = torch.movedim(t.double(), sl.axis, 0).clone()
+    moved[sl.start:sl.stop] *= c.reshape(-1, *([1] * (moved.ndim - 1)))
+    return torch.movedim(moved, 0, sl.axis).to(t.dtype)
+
+
+def _head_layers(state: State, spec: ArchSpec, config: Mapping[str, Any]) -> tuple[Any, Any, list[dict]]:
+    """The dims, the table's attention section and, per layer, the slices holding q/k/v/o heads."""
     from gaugeport.core.fullgauge import hidden_dims_for
 
+    hspec = get_hidden_spec(spec.model_type)
+    attn = attention_spec(spec, hspec)
     dims = hidden_dims_for(config, spec.model_type)
+    return dims, attn, [attention_slots(list(state), spec, hspec, dims, layer) for layer in range(dims.n_layers)]
+
+
+def _random_invertible(n: int, rng: np.random.Generator, scale: bool) -> torch.Tensor:
+    """A Haar-random orthogonal matrix; with ``scale``, times positive scales (log-uniform in [1/2, 2])
+    times another one: a well-conditioned invertible map that is not orthogonal."""
+    r = random_orthogonal(n, int(rng.integers(2**31)))
+    if scale:
+        r = r @ np.diag(np.exp(rng.uniform(np.log(0.5), np.log(2), n))) @ random_orthogonal(n, int(rng.integers(2**31)))
+    return torch.from_numpy(r)
+
+
+def _map_heads(out: StateDict, slots: list[Slot], n: int, hd: int, mats: torch.Tensor) -> None:
+    for sl in slots:
+        out[sl.name] = write_block(out[sl.name], sl, mats @ read_block(out[sl.name], sl, n, hd))
+
+
+def head_vo_rotation(state: State, spec: ArchSpec, config: Mapping[str, Any], seed: int, *,
+                     scale: bool = False) -> StateDict:
+    """Per key/value group, a random orthogonal ``R`` (head_dim x head_dim; with ``scale``, any
+    well-conditioned invertible one): the group's value rows (and bias) become ``R V``, the output
+    columns of every query head in the group ``O R^-1``. Tensors from the table's attention section."""
+    dims, _, layers = _head_layers(state, spec, config)
     rng = np.random.default_rng(seed)
     out = dict(state)
-    hd, gs = dims.head_dim, dims.group_size
-    for layer in range(dims.n_layers):
-        v, o = state[_attn(state, layer, "v_proj")].double(), state[_attn(state, layer, "o_proj")].double().clone()
-        v = v.clone()
-        for g in range(dims.n_kv_heads):
-            r = torch.from_numpy(random_orthogonal(hd, int(rng.integers(2**31))))
-            v[g * hd:(g + 1) * hd] = r @ v[g * hd:(g + 1) * hd]
-            for h in range(g * gs, (g + 1) * gs):
-                o[:, h * hd:(h + 1) * hd] = o[:, h * hd:(h + 1) * hd] @ r.T
-        out[_attn(state, layer, "v_proj")] = v.to(state[_attn(state, layer, "v_proj")].dtype)
-        out[_attn(state, layer, "o_proj")] = o.to(state[_attn(state, layer, "o_proj")].dtype)
+    group = torch.arange(dims.n_heads) // dims.group_size
+    for slots in layers:
+        r = torch.stack([_random_invertible(dims.head_dim, rng, scale) for _ in range(dims.n_kv_heads)])
+        _map_heads(out, slots["v"], dims.n_kv_heads, dims.head_dim, r)
+        _map_heads(out, slots["o"], dims.n_heads, dims.head_dim, torch.linalg.inv(r).transpose(1, 2)[group])
     return out
 
 
-def head_qk_rope_rotation(state: State, spec: ArchSpec, config: Mapping[str, Any], seed: int) -> StateDict:
-    """Per key/value group, a random 2 x 2 rotation inside every RoPE frequency pair (coordinates
-    ``i`` and ``i + head_dim / 2``, the rotate-half layout), applied to the group's key rows and to
-    the query rows of every head in the group: it commutes with RoPE, so ``q . k`` is unchanged."""
-    from gaugeport.core.fullgauge import hidden_dims_for
-
-    dims = hidden_dims_for(config, spec.model_type)
+def head_qk_rope_rotation(state: State, spec: ArchSpec, config: Mapping[str, Any], seed: int, *,
+                          scale: bool = False) -> StateDict:
+    """Per key/value group, a random 2 x 2 rotation inside every RoPE frequency pair (dims ``i`` and
+    ``i + r / 2`` of the ``r`` rotary dims, the rotate-half layout), applied to the group's key rows and
+    to the query rows of every head in the group (a random orthogonal map on the dims RoPE leaves alone,
+    partial rotary); with ``scale``, keys times ``s`` and queries over ``s`` per pair. It commutes with
+    RoPE, so ``q . k`` is unchanged. Refused where a q/k-norm sits between the projections and RoPE."""
+    dims, attn, layers = _head_layers(state, spec, config)
+    if attn.rope == "none":
+        raise ArchitectureError(f"{spec.model_type} has no rotary embedding: this disguise rotates RoPE pairs")
+    stops = [n for n in state for c in spec.canonical_names(n) for t in attn.stops_qk_maps
+             if re.fullmatch(re.escape(t).replace(re.escape("{layer}"), r"\d+"), c)]
+    if stops:
+        raise ArchitectureError(f"{spec.model_type}: {stops[0]} normalises each head's queries or keys before "
+                                "RoPE, so a map inside the query/key pairs changes the function",
+                                hint="the value/output map (head_vo_rotation) still applies")
     rng = np.random.default_rng(seed)
+    hd = dims.head_dim
+    rot = attn.rotary_dims(dict(config), hd)
+    lo, hi = pair_index(rot)
+    group = torch.arange(dims.n_heads) // dims.group_size
     out = dict(state)
-    hd, gs, half = dims.head_dim, dims.group_size, dims.head_dim // 2
-    for layer in range(dims.n_layers):
-        q = state[_attn(state, layer, "q_proj")].double().clone()
-        k = state[_attn(state, layer, "k_proj")].double().clone()
+    for slots in layers:
+        key = torch.eye(hd, dtype=torch.float64).repeat(dims.n_kv_heads, 1, 1)
         for g in range(dims.n_kv_heads):
-            theta = torch.from_numpy(rng.uniform(0, 2 * np.pi, half))
-            cs = (torch.cos(theta)[:, None], torch.sin(theta)[:, None])
-            k[g * hd:(g + 1) * hd] = _rotate_pairs(k[g * hd:(g + 1) * hd], *cs)
-            for h in range(g * gs, (g + 1) * gs):
-                q[h * hd:(h + 1) * hd] = _rotate_pairs(q[h * hd:(h + 1) * hd], *cs)
-        out[_attn(state, layer, "q_proj")] = q.to(state[_attn(state, layer, "q_proj")].dtype)
-        out[_attn(state, layer, "k_proj")] = k.to(state[_attn(state, layer, "k_proj")].dtype)
+            theta = rng.uniform(0, 2 * np.pi, lo.size)
+            s = np.exp(rng.uniform(np.log(0.5), np.log(2), lo.size)) if scale else np.ones(lo.size)
+            key[g, lo, lo], key[g, hi, hi] = torch.from_numpy(s * np.cos(theta)), torch.from_numpy(s * np.cos(theta))
+            key[g, lo, hi], key[g, hi, lo] = torch.from_numpy(-s * np.sin(theta)), torch.from_numpy(s * np.sin(theta))
+            if rot < hd:
+                key[g, rot:, rot:] = torch.from_numpy(random_orthogonal(hd - rot, int(rng.integers(2**31))))
+        _map_heads(out, slots["k"], dims.n_kv_heads, hd, key)
+        _map_heads(out, slots["q"], dims.n_heads, hd, torch.linalg.inv(key).transpose(1, 2)[group])
     return out
-
-
-def _rotate_pairs(block: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = block.shape[0] // 2
-    x, y = block[:half], block[half:]
-    return torch.cat([cos * x - sin * y, sin * x + cos * y])
 
 
 DISGUISES: dict[str, Callable[..., StateDict]] = {

@@ -21,8 +21,12 @@ save kept) are listed in the report.
    nearest input-side neighbour, so an independent pair needs no assignment over the full width.
 3. **Identical?** Once every layer is matched, every tensor of B is compared with the recovered gauge
    applied to A (MLP units up to a positive scale each, since a unit's up row and down column may be
-   rescaled against each other); when all agree (relative ``tol``) the two models' logits are
-   compared on probe tokens, layer-streamed: both pass means ``identical``.
+   rescaled against each other; attention tensors after the maps inside heads, fitted per layer from
+   A's prediction to B, :func:`gaugeport.provenance.heads.fit_head_maps`); when all agree (relative
+   ``tol``) the two models' logits are compared on probe tokens, layer-streamed: both pass means
+   ``identical``. Where the table names the attention tensors, heads are matched on features that the
+   maps inside a head (value/output, query/key commuting with RoPE) leave unchanged
+   (:func:`gaugeport.provenance.heads.invariant_head_features`).
 4. **p-value** under the null of independent training: per layer, MLP units are matched on their
    input weights only and the matched pairs' output weights are ranked (mid-ranks for ties) among
    the unit's best input-side candidates after regressing out input similarity (see
@@ -74,6 +78,7 @@ from gaugeport.estimate.hidden import (
     to_a_coordinates,
 )
 from gaugeport.estimate.lap import linear_assignment
+from gaugeport.provenance.heads import apply_layer_head_maps, fit_head_maps, use_invariant_head_features
 
 if TYPE_CHECKING:
     from gaugeport.provenance.lineage import LineageResult
@@ -180,10 +185,13 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
         if hit is not None:
             by_layer.setdefault(hit[1], []).append(n)
     sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
+    # rotary dims per head where the table says where the heads live: heads are then matched, and compared,
+    # up to the maps inside a head that keep the function (provenance/heads.py)
+    rotary = None if hspec.attention is None else hspec.attention.rotary_dims(ca.config, dims.head_dim)
     est = HiddenEstimate([], [], [], [], [])
     pending: list[int] = []
     for layer in range(dims.n_layers):  # one layer's features at a time, freed before the next
-        a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims)
+        a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims, rotary)
         est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
         if sample is None or est.held_out[-1]["z"] > ESCALATE_Z:
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
@@ -194,7 +202,8 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     p_screen = float(stats.norm.sf(_stouffer([h["z"] for h in est.held_out if h["n"]])))
     if pending and p_screen < alpha:  # derived after all: recover the weak layers' gauges too
         for layer in pending:
-            a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims)
+            a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims,
+                               rotary)
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
         pending = []
     if sample is not None:
@@ -211,7 +220,7 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
             _refine_mlp_with_activations(est, path_a, path_b, data, tokens, ca, hspec, notes)
         res_sp = residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(ca.d_model)
         gauge = est.full_gauge(res_sp)
-        ident = _identical_check(names, get_a, get_b, spec, hspec, dims, gauge, residual, tol)
+        ident = _identical_check(names, get_a, get_b, spec, hspec, dims, gauge, residual, tol, rotary)
     layers, p, log10_p = _layer_report(est, ident, dims, alpha)
     if ident["weights_match"]:
         ident.update(_function_check(path_a, path_b, tol=max(tol, 1e-4)))
@@ -236,10 +245,17 @@ ESCALATE_Z = 3.0  # a screened layer whose z exceeds this has its full gauge rec
 
 def _layer_pair(names: list[str], layer: int, get_a: Callable[[str], torch.Tensor],
                 get_b: Callable[[str], torch.Tensor], rules: dict[str, Any], residual: ResidualMap,
-                spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims) -> tuple[UnitFeatures, UnitFeatures]:
+                spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
+                rotary: int | None = None) -> tuple[UnitFeatures, UnitFeatures]:
+    def get_b_in_a(n: str) -> torch.Tensor:
+        return to_a_coordinates(n, get_b(n), rules[n], residual)
+
     fa = layer_features(names, get_a, spec, hspec, dims)
-    fb = layer_features(names, lambda n: to_a_coordinates(n, get_b(n), rules[n], residual), spec, hspec, dims)
-    return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+    fb = layer_features(names, get_b_in_a, spec, hspec, dims)
+    a, b = fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+    if rotary is not None:  # heads compared on features no map inside a head changes
+        use_invariant_head_features(a, b, names, get_a, get_b_in_a, spec, hspec, dims, rotary, layer)
+    return a, b
 
 
 def _store(est: HiddenEstimate, layer: int, m: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None) -> None:
@@ -442,28 +458,40 @@ def down_projection_modules(model: torch.nn.Module, spec: ArchSpec, hspec: Hidde
 # ----------------------------------------------------------------------------- identical?
 def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
                      get_b: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
-                     gauge: FullGauge, residual: ResidualMap, tol: float) -> dict[str, Any]:
+                     gauge: FullGauge, residual: ResidualMap, tol: float,
+                     rotary: int | None = None) -> dict[str, Any]:
     """Every tensor both hold, B's against the recovered gauge applied to A's: max relative difference
-    (``max |pred - B| / max |B|``), overall and per layer; it stops at the first tensor over ``tol``."""
+    (``max |pred - B| / max |B|``), overall and per layer; it stops at the first tensor over ``tol``.
+    With ``rotary`` (the table names the attention tensors), each layer's maps inside the heads
+    (value/output, and query/key commuting with RoPE) are first fitted from A's predicted tensors to B's
+    (:func:`gaugeport.provenance.heads.fit_head_maps`) and applied to the prediction."""
     from gaugeport.core.apply import transform_tensor
 
     rules = spec.classify_all(names)
-    worst, worst_name = 0.0, ""
-    per_layer: dict[int, float] = {}
-    for name in names:
+
+    def predict(name: str) -> torch.Tensor:
         ta = get_a(name)
         if isinstance(residual, SignedPermutation):
             pred = transform_tensor(name, ta, rules[name], residual)
         else:
             pred = _rotate(ta, rules[name], residual.matrix)
         hit = hspec.match(name)
+        return pred if hit is None else transform_hidden(name, pred, hit[0], hit[1], gauge, dims)
+
+    head_maps = None if rotary is None else fit_head_maps(names, predict, get_b, spec, hspec, dims, rotary)
+    worst, worst_name = 0.0, ""
+    per_layer: dict[int, float] = {}
+    for name in names:
+        pred = predict(name)
+        maps = None if head_maps is None else head_maps(name)
+        if maps is not None:
+            pred = apply_layer_head_maps(name, pred, maps, dims)
+        hit = hspec.match(name)
         tb = get_b(name)
-        if hit is not None:
-            pred = transform_hidden(name, pred, hit[0], hit[1], gauge, dims)
-            if [seg.kind for seg in hit[0].segments] == ["mlp"] and tb.ndim == 2:
-                # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
-                # activation's gate likewise): compare each unit's direction, the function check decides
-                pred, tb = _unit_directions(pred, hit[0].axis), _unit_directions(tb, hit[0].axis)
+        if hit is not None and [seg.kind for seg in hit[0].segments] == ["mlp"] and tb.ndim == 2:
+            # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
+            # activation's gate likewise): compare each unit's direction, the function check decides
+            pred, tb = _unit_directions(pred, hit[0].axis), _unit_directions(tb, hit[0].axis)
         scale = float(tb.float().abs().max()) if tb.numel() else 0.0
         diff = float((pred.float() - tb.float()).abs().max()) if tb.numel() else 0.0
         rel = diff / scale if scale > 0 else diff

@@ -1,0 +1,224 @@
+"""The disguises read the architecture table (roles, hidden segments, fold plan, attention section), so they
+work on every family with those roles and refuse, with a reason, where they do not apply; and the maps
+inside heads have the invariants and the fit that `same` relies on. Logit tolerance: max relative
+difference 1e-4 in float32 (tiny models, norm gains of both signs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gaugeport.core.archspec import get_spec
+from gaugeport.core.errors import ArchitectureError, GaugeGroupError
+from gaugeport.core.fullgauge import hidden_dims_for
+from gaugeport.core.hidden import get_hidden_spec
+from gaugeport.models.tiny import probe_ids, tiny_model
+from gaugeport.provenance.disguise import DISGUISES
+from gaugeport.provenance.heads import (
+    apply_layer_head_maps,
+    attention_slots,
+    fit_layer_head_maps,
+    invariant_head_features,
+)
+from gaugeport.provenance.same import same
+
+LOGIT_TOL = 1e-4
+HEADS = ["head_vo_rotation", "head_qk_rope_rotation"]
+
+
+def _model(family, seed=3, **over):
+    return tiny_model(family, seed, tie_word_embeddings=False, **over).eval()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / a.abs().max())
+
+
+def _apply(model, family, name, seed=1, over=None, **kw):
+    sd = DISGUISES[name](model.state_dict(), get_spec(model.config.model_type), model.config.to_dict(), seed, **kw)
+    out = tiny_model(family, 0, tie_word_embeddings=False, **(over or {}))
+    out.load_state_dict(sd)
+    return out.eval()
+
+
+# qwen2 (the llama table's alias, with q/k/v biases) and phi3 (fused qkv_proj and gate_up_proj, other names)
+@pytest.mark.parametrize(("family", "over"), [("qwen2", {"attention_bias": True}), ("phi3", {})],
+                         ids=["qwen2-bias", "phi3-fused"])
+@pytest.mark.parametrize("name", list(DISGUISES))
+def test_every_disguise_keeps_the_logits_of_another_rms_family(family, over, name):
+    model = _model(family, **over)
+    ids = probe_ids(model.config.vocab_size)
+    changed = _apply(model, family, name, over=over)
+    assert _rel(_logits(model, ids), _logits(changed, ids)) <= LOGIT_TOL
+    moved = max(float((a - b).abs().max()) for a, b in zip(model.state_dict().values(),
+                                                           changed.state_dict().values(), strict=True))
+    assert moved > 1e-3
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_invertible_head_maps_keep_the_logits(family, name):
+    model = _model(family)
+    ids = probe_ids(model.config.vocab_size)
+    assert _rel(_logits(model, ids), _logits(_apply(model, family, name, scale=True), ids)) <= LOGIT_TOL
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_head_maps_keep_the_logits_of_a_layernorm_family_with_partial_rotary(name):
+    # phi: LayerNorm, output projection named "dense", RoPE on half of each head (a wrong rotary width
+    # breaks the query/key map: 3e-4)
+    over = {"qk_layernorm": False}
+    model = _model("phi", **over)
+    ids = probe_ids(model.config.vocab_size)
+    assert _rel(_logits(model, ids), _logits(_apply(model, "phi", name, over=over, scale=True), ids)) <= LOGIT_TOL
+
+
+@pytest.mark.parametrize(("family", "name", "error", "says"), [
+    ("phi", "signed_permutation", GaugeGroupError, "LayerNorm"),
+    ("phi", "fold", ArchitectureError, "LayerNorm"),
+    ("phi", "rotation", ArchitectureError, "LayerNorm"),
+    ("phi", "reintroduced_gains", ArchitectureError, "RMSNorm"),
+    ("phi", "rescaled_units", ArchitectureError, "gated"),
+    ("phi", "head_qk_rope_rotation", ArchitectureError, "before RoPE"),  # qk_layernorm on
+    ("arcee", "head_vo_rotation", ArchitectureError, "attention"),  # the table names no attention tensors
+])
+def test_a_disguise_that_does_not_apply_is_refused_with_a_reason(family, name, error, says):
+    model = _model(family)
+    with pytest.raises(error) as info:
+        DISGUISES[name](model.state_dict(), get_spec(family), model.config.to_dict(), 0)
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "olmo2", "gemma3_text"])
+def test_value_output_map_applies_where_a_qk_norm_stops_the_query_key_map(family):
+    model = _model(family)
+    ids = probe_ids(model.config.vocab_size)
+    assert _rel(_logits(model, ids), _logits(_apply(model, family, "head_vo_rotation", scale=True), ids)) <= LOGIT_TOL
+    with pytest.raises(ArchitectureError, match="before RoPE"):
+        _apply(model, family, "head_qk_rope_rotation")
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("family", ["gemma", "gemma2"])  # gain offset 1, post-norms, soft-capping
+def test_head_maps_keep_the_logits_of_gemma(family, name):
+    model = _model(family)
+    ids = probe_ids(model.config.vocab_size)
+    assert _rel(_logits(model, ids), _logits(_apply(model, family, name, scale=True), ids)) <= LOGIT_TOL
+
+
+def test_gate_rescaling_of_an_ungated_relu2_block_keeps_the_logits():
+    model = _model("arcee", hidden_act="relu2")
+    ids = probe_ids(model.config.vocab_size)
+    changed = _apply(model, "arcee", "rescaled_units", over={"hidden_act": "relu2"}, via="gate", degree=2.0)
+    assert _rel(_logits(model, ids), _logits(changed, ids)) <= LOGIT_TOL
+
+
+# ----------------------------------------------------------------------------- invariants and fit
+def _layer0(model, family):
+    spec, hspec = get_spec(family), get_hidden_spec(family)
+    cfg = model.config.to_dict()
+    dims = hidden_dims_for(cfg, family)
+    sd = model.state_dict()
+    return sd, attention_slots(list(sd), spec, hspec, dims, 0), dims, hspec.attention.rotary_dims(cfg, dims.head_dim)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(HEADS), family=st.sampled_from(["llama", "phi3"]))
+def test_invariant_head_features_do_not_move_under_maps_inside_heads(seed, name, family):
+    model = _model(family)
+    sd, slots, dims, rot = _layer0(model, family)
+    moved = DISGUISES[name](sd, get_spec(family), model.config.to_dict(), seed, scale=True)
+    before = invariant_head_features(lambda n: sd[n], slots, dims, rot)
+    after = invariant_head_features(lambda n: moved[n], slots, dims, rot)
+    for key in ("ov", "qk"):
+        scale = float(abs(before[key]).max())
+        assert float(abs(before[key] - after[key]).max()) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("key", ["ov", "qk"])
+def test_invariant_head_features_see_a_changed_head(key):
+    model = _model("llama")
+    sd, slots, dims, rot = _layer0(model, "llama")
+    role = "v" if key == "ov" else "k"
+    name = slots[role][0].name
+    edited = dict(sd)
+    edited[name] = sd[name].clone()
+    edited[name][: dims.head_dim] += 0.5 * torch.randn_like(edited[name][: dims.head_dim])  # group 0 only
+    before = invariant_head_features(lambda n: sd[n], slots, dims, rot)[key]
+    after = invariant_head_features(lambda n: edited[n], slots, dims, rot)[key]
+    diff = abs(before - after).max(axis=1)
+    assert (diff[: dims.group_size] > 1e-2 * abs(before).max()).all()  # the group's query heads see it
+    assert (diff[dims.group_size:] == 0).all()  # the other group's do not
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_fitted_head_maps_take_a_disguised_copy_onto_the_original(family):
+    model = _model(family)
+    sd, slots, dims, rot = _layer0(model, family)
+    spec, cfg = get_spec(family), model.config.to_dict()
+    moved = DISGUISES["head_qk_rope_rotation"](DISGUISES["head_vo_rotation"](sd, spec, cfg, 4, scale=True),
+                                               spec, cfg, 5, scale=True)
+    maps = fit_layer_head_maps(lambda n: sd[n], lambda n: moved[n], slots, dims, rot)
+    for name in {s.name for role in slots.values() for s in role}:
+        pred = apply_layer_head_maps(name, sd[name], maps, dims)
+        assert _rel(moved[name].double(), pred.double()) <= 1e-5, name
+        assert _rel(moved[name].double(), sd[name].double()) > 1e-2  # the disguise moved it
+
+
+def test_fitted_query_key_maps_commute_with_rope_only():
+    # a general map on the rotary keys would fit a copy too, but the queries' map is then the wrong one:
+    # the fit keeps only scaled rotations inside each frequency pair
+    model = _model("llama")
+    sd, slots, dims, rot = _layer0(model, "llama")
+    maps = fit_layer_head_maps(lambda n: sd[n], lambda n: sd[n], slots, dims, rot)
+    eye = torch.eye(dims.head_dim, dtype=torch.float64)
+    assert float((maps.key - eye).abs().max()) < 1e-8 and float((maps.query - eye).abs().max()) < 1e-8
+    assert float((maps.r - eye).abs().max()) < 1e-8
+
+
+# ----------------------------------------------------------------------------- same on other families
+def _save(model, path):
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize(("family", "names", "over"), [
+    ("phi3", ["head_vo_rotation", "head_qk_rope_rotation"], {}),
+    ("phi3", ["rotation", "head_vo_rotation"], {}),
+    ("phi3", ["full_gauge", "head_qk_rope_rotation"], {}),
+    ("phi", ["head_vo_rotation", "head_qk_rope_rotation"], {"qk_layernorm": False}),
+], ids=lambda x: "+".join(x) if isinstance(x, list) else str(x) if x else "")
+def test_same_calls_a_head_disguised_copy_of_another_family_identical(tmp_path, family, names, over):
+    model = _model(family, **over)
+    changed = model
+    for i, name in enumerate(names):
+        kw = {"scale": True} if name in HEADS else {}
+        changed = _apply(changed, family, name, seed=10 + i, over=over, **kw)
+    res = same(_save(model, tmp_path / "a"), _save(changed, tmp_path / "b"))
+    assert res.verdict == "identical", (res.residual, res.identical_check)
+
+
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "interleaved"}, "rope"),
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": [], "rope": "none"}, "o must be"),
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "none", "qkv": []}, "unknown key"),
+])
+def test_a_malformed_attention_section_is_refused(entry, says):
+    from gaugeport.core.hidden import _attention
+
+    with pytest.raises(ArchitectureError, match=says):
+        _attention(entry, "x.hidden.attention")
+
+
+def test_rotary_width_is_read_from_a_nested_config_key():
+    attn = get_hidden_spec("phi").attention
+    assert attn.rotary_dims({"rope_parameters": {"partial_rotary_factor": 0.5}}, 8) == 4
+    assert attn.rotary_dims({}, 8) == 8
+    assert get_hidden_spec("llama").attention.rotary_dims({"partial_rotary_factor": 0.5}, 8) == 8  # llama: all
