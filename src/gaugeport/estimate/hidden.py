@@ -430,3 +430,120 @@ def mlp_unit_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches
 def match_mlp_units_from_moments(corr: np.ndarray, signed: bool) -> UnitMatch:
     """Match units on their activation correlation (``|corr|`` and its sign where signs are allowed)."""
     return _match(np.abs(corr) if signed else corr, corr if signed else None)
+
+
+STREAM_CHUNK = 1024  # tokens per float32 centred product folded into a layer's float64 cross-moments
+
+
+@torch.no_grad()
+def streamed_mlp_moments(path_a: Any, path_b: Any, batches: list[Any],
+                         module_paths: list[str] | Callable[[torch.nn.Module], list[str]],
+                         on_layer: Callable[[int, Any], None], *, chunk: int = STREAM_CHUNK) -> int:
+    """Per layer, the cross-moments of A's and B's MLP hidden units (the inputs of the down projections at
+    ``module_paths``, or at the paths it returns for A's model), handed to ``on_layer(layer, moments)``
+    and dropped before the next layer.
+
+    Both checkpoints run layer-streamed (:func:`gaugeport.core.stream.load_streamed`: their own
+    ``transformers`` blocks, one block's weights in memory at a time), each in its own thread, on all
+    the tokens of ``batches`` in one forward call (padded to one length; padding and the positions a
+    batch's ``token_mask`` leaves out are not counted). The two forwards meet at each down projection:
+    when both have reached layer ``i``, its activations are folded into a
+    :class:`~gaugeport.estimate.moments.CrossMoments` (centred ``chunk``-token float32 products,
+    float64 accumulation) and ``on_layer`` runs, then both continue. So the memory is one block of
+    each model, one layer's activations and one ``n x n`` accumulator, whatever the depth; it grows
+    with the number of tokens, not with the number of layers. Returns the number of tokens counted.
+    """
+    import threading
+
+    from gaugeport.core.errors import ArchitectureError
+    from gaugeport.core.stream import load_streamed
+    from gaugeport.estimate.activations import _forward_kwargs
+    from gaugeport.estimate.data import Batch
+    from gaugeport.estimate.moments import CrossMoments
+
+    items = [Batch.of(b) for b in batches]
+    t = max(int(b.input_ids.shape[1]) for b in items)
+
+    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+
+    ids = torch.cat([pad(b.input_ids, 0) for b in items])
+    mask = torch.cat([pad(b.attention_mask.long(), 0) for b in items])
+    keep = torch.cat([pad(b.token_mask.long(), 0) for b in items]).bool().reshape(-1)
+    models = {"a": load_streamed(path_a), "b": load_streamed(path_b)}
+    if callable(module_paths):
+        module_paths = module_paths(models["a"])
+    slots: dict[str, tuple[int, torch.Tensor]] = {}
+
+    def meet() -> None:  # runs once per layer, in whichever thread reaches the barrier last
+        (la, xa), (lb, xb) = slots.pop("a"), slots.pop("b")
+        if la != lb:
+            raise RuntimeError(f"the two forwards reached different layers ({la} vs {lb})")
+        cm = CrossMoments(xa.shape[1], xb.shape[1], batch_dtype=torch.float32)
+        for s in range(0, xa.shape[0], chunk):
+            cm.update(xa[s:s + chunk], xb[s:s + chunk])
+        del xa, xb
+        on_layer(la, cm)
+
+    cond = threading.Condition()
+    met = [0]  # layers met so far
+    done: set[str] = set()
+    errors: list[BaseException] = []
+
+    class _Stopped(Exception):  # the other side failed: this forward stops too
+        pass
+
+    def arrive(tag: str, layer: int, x: torch.Tensor) -> None:
+        other = "b" if tag == "a" else "a"
+        with cond:
+            if errors:
+                raise _Stopped
+            slots[tag] = (layer, x)
+            if other in slots:  # both at this layer: fold it, then release the other side
+                try:
+                    meet()
+                except BaseException as exc:
+                    errors.append(exc)
+                    raise
+                finally:
+                    met[0] += 1
+                    cond.notify_all()
+                return
+            seen = met[0]
+            cond.wait_for(lambda: met[0] != seen or bool(errors) or other in done)
+            if errors:
+                raise _Stopped
+            if met[0] == seen:
+                raise ArchitectureError("A and B reached different numbers of MLP down projections in one "
+                                        "forward pass")
+
+    def run(tag: str) -> None:
+        model = models[tag]
+        hooks = []
+        for layer, p in enumerate(module_paths):
+            def hook(_m: Any, inp: tuple[torch.Tensor, ...], layer: int = layer) -> None:
+                x = inp[0].reshape(-1, inp[0].shape[-1])
+                arrive(tag, layer, x[keep].float())
+            hooks.append(model.get_submodule(p).register_forward_pre_hook(hook))
+        try:
+            model(**_forward_kwargs(model, ids, mask))
+        except BaseException as exc:
+            with cond:
+                if not isinstance(exc, _Stopped) and exc not in errors:
+                    errors.append(exc)
+                cond.notify_all()
+        finally:
+            for h in hooks:
+                h.remove()
+            with cond:
+                done.add(tag)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=run, args=(tag,), name=f"same-data-{tag}") for tag in ("a", "b")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return int(keep.sum())

@@ -70,7 +70,7 @@ from gaugeport.estimate.hidden import (
     layer_features,
     match_layer,
     match_mlp_units_from_moments,
-    mlp_unit_moments,
+    streamed_mlp_moments,
     to_a_coordinates,
 )
 from gaugeport.estimate.lap import linear_assignment
@@ -395,25 +395,31 @@ def token_sample(vocab: int, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- activations
 def _refine_mlp_with_activations(est: HiddenEstimate, a: str | Path, b: str | Path, data: str, tokens: int,
                                  ca: Checkpoint, hspec: HiddenSpec, notes: list[str]) -> None:
+    """Re-match every layer's MLP units on the correlation of their activations (A and B run
+    layer-streamed in lockstep, one layer's cross-moments at a time:
+    :func:`~gaugeport.estimate.hidden.streamed_mlp_moments`)."""
     from gaugeport.core.fullgauge import LayerGauge
-    from gaugeport.core.verify import load_model
     from gaugeport.estimate.pipeline import DataOptions
 
-    batches = [bt.input_ids if hasattr(bt, "input_ids") else bt
-               for bt in DataOptions(data, tokens=tokens, seq_len=64).batches(a, b)]
-    model_a, model_b = load_model(a), load_model(b)
-    paths = down_projection_modules(model_a, ca.spec, hspec)
-    if len(paths) != len(est.layers):
-        notes.append(f"activation matching skipped: the table's MLP writers name {len(paths)} modules "
-                     f"for {len(est.layers)} layers")
-        return
-    corrs = mlp_unit_moments(model_a, model_b, batches, module_paths=paths)
-    for i, c in enumerate(corrs):
-        m = match_mlp_units_from_moments(c, hspec.mlp_signs)
+    batches = DataOptions(data, tokens=tokens, seq_len=64).batches(a, b)
+    found: list[str] = []
+
+    def paths_of(model: torch.nn.Module) -> list[str]:
+        found[:] = down_projection_modules(model, ca.spec, hspec)
+        return found if len(found) == len(est.layers) else []
+
+    def on_layer(i: int, moments: Any) -> None:
+        m = match_mlp_units_from_moments(moments.correlation(), hspec.mlp_signs)
         est.layers[i] = LayerGauge(m.gauge, est.layers[i].heads, est.layers[i].n_kv_heads)
         est.mlp_confidence[i], est.mlp_margin[i] = m.confidence, m.margin
-    notes.append(f"MLP units matched on activation correlations ({tokens} tokens; inputs of "
-                 + ", ".join(paths[:1]) + (" ..." if len(paths) > 1 else "") + ")")
+
+    n_tok = streamed_mlp_moments(a, b, batches, paths_of, on_layer)
+    if len(found) != len(est.layers):
+        notes.append(f"activation matching skipped: the table's MLP writers name {len(found)} modules "
+                     f"for {len(est.layers)} layers")
+        return
+    notes.append(f"MLP units matched on activation correlations ({n_tok} tokens, both models layer-streamed; "
+                 "inputs of " + ", ".join(found[:1]) + (" ..." if len(found) > 1 else "") + ")")
 
 
 def down_projection_modules(model: torch.nn.Module, spec: ArchSpec, hspec: HiddenSpec) -> list[str]:
