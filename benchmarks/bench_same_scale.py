@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="d=1024 shapes (a smoke run)")
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--work", type=Path, default=None, help="folder for the temporary checkpoints (default: a temp dir)")
+    ap.add_argument("--work", type=Path, default=None, help="folder for the temporary checkpoints (default: temp)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="write a cProfile of each `same` run into this folder (timings then include its overhead)")
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
