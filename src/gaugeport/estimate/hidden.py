@@ -82,12 +82,24 @@ class UnitFeatures:
     blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
     cache: dict[int, dict[tuple[str, ...], np.ndarray | None]] = field(default_factory=dict, repr=False)
     degenerate: dict[str, np.ndarray] = field(default_factory=dict)  # per kind: units with a constant feature row
+    # MLP units only: per feature block, a hash of each unit's raw row (of |row| in sign-flippable blocks),
+    # and the sign of the first sign-flippable block's first non-zero entry (an exact copy's units match)
+    row_hashes: list[list[int]] = field(default_factory=list, repr=False)
+    first_sign: np.ndarray | None = field(default=None, repr=False)
 
     def add(self, kind: str, mode: str, side: str, arr: np.ndarray, raw: np.ndarray | None = None) -> None:
         """Add one feature block (rows: units). ``raw`` (the unsketched rows, default ``arr``) marks the
         units whose row is constant (zeroed, pruned or padded units): they carry no evidence."""
         self.blocks.setdefault((kind, mode, side), []).append(arr)
         src = arr if raw is None else raw
+        if kind == "mlp":
+            flip = mode == "signed"
+            rows = np.ascontiguousarray(np.abs(src) if flip else src, dtype=np.float32)
+            self.row_hashes.append([hash(r.tobytes()) for r in rows])
+            if flip and self.first_sign is None:
+                nz = src != 0
+                first = src[np.arange(src.shape[0]), nz.argmax(axis=1)]
+                self.first_sign = np.where(first < 0, -1, 1).astype(np.int8)
         if src.shape[1] <= 1:
             return  # a bias or one value per unit: constant by construction, says nothing about the unit
         const = src.max(axis=1) == src.min(axis=1)
@@ -128,14 +140,25 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     f = x.shape[1]
     if f > SKETCH_DIM:
-        import scipy.sparse as sp
-
-        rng = np.random.default_rng(f)
-        sketch = sp.csr_matrix((rng.choice(np.array([-1.0, 1.0], dtype=np.float32), f),
-                                (np.arange(f), rng.integers(0, SKETCH_DIM, f))), shape=(f, SKETCH_DIM))
-        x = np.asarray((sketch.T @ x.T).T, dtype=np.float32)
+        signs, buckets = _count_sketch(f)
+        out = torch.zeros(x.shape[0], SKETCH_DIM, dtype=torch.float32)
+        out.index_add_(1, buckets, torch.from_numpy(x) * signs)  # column j adds signs[j] * x[:, j] to buckets[j]
+        x = out.numpy()
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
+
+
+_SKETCHES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _count_sketch(f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CountSketch of width ``f``: a sign and a bucket per input column (seeded by ``f``)."""
+    if f not in _SKETCHES:
+        rng = np.random.default_rng(f)
+        signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), f)
+        buckets = rng.integers(0, SKETCH_DIM, f)
+        _SKETCHES[f] = (torch.from_numpy(signs), torch.from_numpy(buckets))
+    return _SKETCHES[f]
 
 
 def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str,
@@ -161,7 +184,7 @@ def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str
 class UnitMatch:
     gauge: SignedPermutation
     confidence: np.ndarray
-    margin: np.ndarray
+    margin: np.ndarray | None  # None: not measured (an exact match by hashes)
 
 
 def _match(score: np.ndarray, sign_source: np.ndarray | None) -> UnitMatch:
@@ -238,15 +261,126 @@ def estimate_hidden(fa: dict[int, UnitFeatures], fb: dict[int, UnitFeatures], di
     return HiddenEstimate(layers, conf, margin, hconf, held)
 
 
-def match_layer(a: UnitFeatures, b: UnitFeatures, dims: HiddenDims,
-                mlp_signs: bool) -> tuple[LayerGauge, np.ndarray, np.ndarray, np.ndarray]:
-    """One layer's MLP units (assignment on all features) and heads: the gauge, the MLP units'
-    matched scores and margins, and the heads' matched scores."""
-    score, sgn = _mlp_scores(a, b, ("in", "out"))
-    m = _match(score, sgn if mlp_signs else None)
-    del score, sgn
+def match_layer(a: UnitFeatures, b: UnitFeatures, dims: HiddenDims, mlp_signs: bool,
+                exhaustive: bool = True) -> tuple[LayerGauge, np.ndarray, np.ndarray | None, np.ndarray]:
+    """One layer's MLP units and heads: the gauge, the MLP units' matched scores and margins, and the
+    heads' matched scores.
+
+    ``exhaustive``: the MLP units by a linear assignment on the full ``n x n`` score. Otherwise (wide
+    MLPs of a related pair, see ``same``): an exact copy's units by the hashes of their raw rows
+    (:func:`exact_unit_match`; margins then None), else among each unit's ``CANDIDATES`` nearest
+    candidates (:func:`candidate_unit_match`)."""
+    if exhaustive:
+        score, sgn = _mlp_scores(a, b, ("in", "out"))
+        m = _match(score, sgn if mlp_signs else None)
+        del score, sgn
+    else:
+        m = exact_unit_match(a, b, mlp_signs) or candidate_unit_match(a, b, mlp_signs)
     heads, hc = match_heads(a, b, dims)
     return LayerGauge(m.gauge, heads, dims.n_kv_heads), m.confidence, m.margin, hc
+
+
+def exact_unit_match(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool) -> UnitMatch | None:
+    """Match MLP units whose raw rows are equal (up to the unit's sign where the block allows one), by
+    hashing: an exact copy under a gauge, at ``O(n f)``. None unless every unit of A has exactly one
+    unit of B with its hashes, one to one (duplicated units, zeroed ones, any edit: not exact). What
+    the hashes claim, the identical check in ``same`` then verifies entry by entry."""
+    if not a.row_hashes or len(a.row_hashes) != len(b.row_hashes):
+        return None
+    keys_a, keys_b = list(zip(*a.row_hashes, strict=True)), list(zip(*b.row_hashes, strict=True))
+    where = {k: j for j, k in enumerate(keys_b)}
+    if len(where) != len(keys_b) or len(set(keys_a)) != len(keys_a):
+        return None
+    cols = np.array([where.get(k, -1) for k in keys_a], dtype=np.int64)
+    if (cols < 0).any():
+        return None
+    signs = np.ones(cols.size, dtype=np.int8)
+    if mlp_signs and a.first_sign is not None and b.first_sign is not None:
+        signs = (a.first_sign * b.first_sign[cols]).astype(np.int8)
+    return UnitMatch(SignedPermutation(cols, signs), np.ones(cols.size), None)
+
+
+CANDIDATES = 8  # a unit's nearest candidates (by a projected score) among which the fast match chooses
+PROJECTION_DIM = 128  # width of the seeded Gaussian projection the candidates are found with
+
+
+def candidate_unit_match(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, k: int = CANDIDATES,
+                         chunk: int = 1024) -> UnitMatch:
+    """MLP units matched among each unit's ``k`` nearest candidates, without an ``n x n`` score of full width.
+
+    The score is the one :func:`match_layer` assigns on (mean cosine per feature block; sign-flippable
+    blocks by ``|sum|``). Candidates: per block mode, the units' feature blocks concatenated and
+    projected to ``PROJECTION_DIM`` columns (seeded Gaussian, inner products kept in expectation);
+    each unit's ``k`` best columns of the projected score (row chunks, nothing ``n x n`` kept). Each
+    candidate is then scored exactly, and the units are assigned on those ``n k`` scores: each unit's
+    best candidate when they are all different, else a sparse minimum-weight matching over the
+    candidates, else (no perfect matching among them) the exhaustive assignment. Margin: the matched
+    score minus the unit's best other candidate."""
+    keys = [key for key in a.blocks if key[0] == "mlp" and b.blocks.get(key)]
+    n_keys = len(keys)
+    na, nb = a.blocks[keys[0]][0].shape[0], b.blocks[keys[0]][0].shape[0]
+    k = min(k, nb)
+    proj: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for mode in ("abs", "signed"):
+        parts = [(a.blocks[key][i] / len(a.blocks[key]), b.blocks[key][i]) for key in keys if key[1] == mode
+                 for i in range(len(a.blocks[key]))]
+        if not parts:
+            continue
+        width = sum(pa.shape[1] for pa, _ in parts)
+        g = np.random.default_rng(width).standard_normal((width, PROJECTION_DIM)).astype(np.float32)
+        g /= np.float32(np.sqrt(PROJECTION_DIM))
+        pa = np.hstack([x for x, _ in parts]) @ g
+        pb = np.hstack([y for _, y in parts]) @ g
+        proj[mode] = (pa, pb)
+    cand = np.empty((na, k), dtype=np.int64)
+    for s in range(0, na, chunk):
+        approx = np.zeros((min(chunk, na - s), nb), dtype=np.float32)
+        if "abs" in proj:
+            approx += proj["abs"][0][s:s + chunk] @ proj["abs"][1].T
+        if "signed" in proj:
+            approx += np.abs(proj["signed"][0][s:s + chunk] @ proj["signed"][1].T)
+        cand[s:s + chunk] = np.argpartition(-approx, k - 1, axis=1)[:, :k]
+    del proj
+    # exact scores of the candidates
+    sums = {"abs": np.zeros((na, k)), "signed": np.zeros((na, k))}
+    for key in keys:
+        for xa, xb in zip(a.blocks[key], b.blocks[key], strict=True):
+            dots = np.einsum("if,ikf->ik", xa, xb[cand], optimize=True) / len(a.blocks[key])
+            sums[key[1]] += dots
+    score = (sums["abs"] + np.abs(sums["signed"])) / max(n_keys, 1)
+    sgn = sums["signed"]
+    order = np.argsort(-score, axis=1, kind="stable")
+    best = np.take_along_axis(cand, order[:, :1], axis=1)[:, 0]
+    if np.unique(best).size == na:
+        pick = order[:, 0]
+    else:
+        pick = _sparse_assignment(score, cand, nb)
+        if pick is None:
+            full, full_sgn = _mlp_scores(a, b, ("in", "out"))
+            return _match(full, full_sgn if mlp_signs else None)
+    rows = np.arange(na)
+    cols = cand[rows, pick]
+    matched = score[rows, pick]
+    others = np.where(np.arange(k)[None, :] == pick[:, None], -np.inf, score)
+    margin = matched - others.max(axis=1) if k > 1 else matched
+    signs = np.ones(na, dtype=np.int8) if not mlp_signs else np.where(sgn[rows, pick] < 0, -1, 1).astype(np.int8)
+    return UnitMatch(SignedPermutation(cols, signs), matched.astype(np.float64), margin.astype(np.float64))
+
+
+def _sparse_assignment(score: np.ndarray, cand: np.ndarray, nb: int) -> np.ndarray | None:
+    """Per row, which of its candidates a maximum-score perfect matching over the candidate edges picks;
+    None when the candidates admit no perfect matching."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    na, k = cand.shape
+    weight = (score.max() + 1.0) - score  # positive: explicit zeros would be taken for missing edges
+    graph = sp.csr_matrix((weight.reshape(-1), cand.reshape(-1), np.arange(0, na * k + 1, k)), shape=(na, nb))
+    try:
+        _, cols = min_weight_full_bipartite_matching(graph)
+    except ValueError:
+        return None
+    return np.argmax(cand == cols[:, None], axis=1)
 
 
 def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condition: bool = True,

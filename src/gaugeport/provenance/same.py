@@ -62,6 +62,7 @@ from gaugeport.core.fullgauge import FullGauge, transform_hidden
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import HiddenDims, HiddenSpec, get_hidden_spec
 from gaugeport.estimate.hidden import (
+    CANDIDATES,
     HiddenEstimate,
     OrthogonalGauge,
     ResidualMap,
@@ -113,16 +114,29 @@ class SameResult:
 
 
 class _Tensors:
-    """A checkpoint's tensors by name, read on demand (optionally overridden by an in-memory state)."""
+    """A checkpoint's tensors by name, read on demand; ``fold``: norm gains folded into their readers.
 
-    def __init__(self, ckpt: Checkpoint, override: dict[str, torch.Tensor] | None = None) -> None:
+    ``raw(name)`` is the stored tensor; calling the object gives the tensor to compare (folded), from a
+    raw tensor already read when one is given, so that each tensor is read once."""
+
+    def __init__(self, ckpt: Checkpoint, gain_of: dict[str, str] | None = None, reset: frozenset[str] = frozenset(),
+                 offset: float = 0.0) -> None:
         self.ckpt = ckpt
-        self.override = override
+        self.gain_of = gain_of or {}
+        self.reset = reset
+        self.offset = offset
 
-    def __call__(self, name: str) -> torch.Tensor:
-        if self.override is not None:
-            return self.override[name]
+    def raw(self, name: str) -> torch.Tensor:
         return self.ckpt.tensor(name)
+
+    def __call__(self, name: str, raw: torch.Tensor | None = None) -> torch.Tensor:
+        t = self.raw(name) if raw is None else raw
+        if name in self.gain_of:
+            g = self.ckpt.tensor(self.gain_of[name]).float() + self.offset
+            return t.float() * g  # readers: the residual axis is the last (in_features)
+        if name in self.reset:
+            return torch.full(t.shape, 1.0 - self.offset, dtype=torch.float32)
+        return t
 
 
 def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alpha: float = DEFAULT_ALPHA,
@@ -179,27 +193,39 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
         hit = hspec.match(n)
         if hit is not None:
             by_layer.setdefault(hit[1], []).append(n)
+    rest = [n for n in names if hspec.match(n) is None]
     sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
     est = HiddenEstimate([], [], [], [], [])
+    check = _IdenticalCheck(tol, rules, hspec, dims, residual)
+    shared: list[str] = []
     pending: list[int] = []
-    for layer in range(dims.n_layers):  # one layer's features at a time, freed before the next
-        a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims)
+    for layer in range(dims.n_layers):  # each layer's tensors read once, scored, checked and freed before the next
+        lnames = sorted(by_layer.get(layer, []))
+        ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared)
+        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer)
         est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
         if sample is None or est.held_out[-1]["z"] > ESCALATE_Z:
-            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
+            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=sample is None))
+            if check.alive:
+                check.layer(lnames, ta, tb, layer, est.layers[layer], res_sp=_as_sp(residual, ca.d_model))
         else:
             _store(est, layer, None)
             pending.append(layer)
-        del a, b
+            check.stop("layer not related")
+        del a, b, ta, tb
     p_screen = float(stats.norm.sf(_stouffer([h["z"] for h in est.held_out if h["n"]])))
     if pending and p_screen < alpha:  # derived after all: recover the weak layers' gauges too
         for layer in pending:
-            a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims)
-            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
+            lnames = sorted(by_layer.get(layer, []))
+            ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, None)
+            a, b = _features(lnames, ta, tb, spec, hspec, dims, layer)
+            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=False))
+            del a, b, ta, tb
         pending = []
     if sample is not None:
         notes.append(f"p-value on a seeded sample of {sample} of {dims.mlp} MLP units per layer, each matched to "
-                     "its nearest input-side neighbour (no assignment over the full width)")
+                     "its nearest input-side neighbour (no assignment over the full width); related layers' units "
+                     f"matched by exact hashes or among their {CANDIDATES} nearest candidates")
     gauge = None
     if pending:
         notes.append(f"independent on the sampled statistic (p {p_screen:.3g}): the full gauge was not recovered "
@@ -209,16 +235,31 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     else:
         if data is not None:
             _refine_mlp_with_activations(est, path_a, path_b, data, tokens, ca, hspec, notes)
-        res_sp = residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(ca.d_model)
-        gauge = est.full_gauge(res_sp)
-        ident = _identical_check(names, get_a, get_b, spec, hspec, dims, gauge, residual, tol)
+            check.stop("re-matched on activations")  # the weights are compared again under the new gauge
+            check = _IdenticalCheck(tol, rules, hspec, dims, residual)
+            gauge = est.full_gauge(_as_sp(residual, ca.d_model))
+            for layer in range(dims.n_layers):
+                if not check.alive:
+                    break
+                lnames = sorted(by_layer.get(layer, []))
+                ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, None)
+                check.layer(lnames, ta, tb, layer, est.layers[layer], res_sp=gauge.residual)
+                del ta, tb
+        gauge = est.full_gauge(_as_sp(residual, ca.d_model))
+        if check.alive:
+            for name in rest:
+                if not check.alive:
+                    break
+                ta, tb = _read_layer([name], get_a, get_b, rules, residual, None)
+                check.tensor(name, ta[name], tb[name])
+        ident = check.result()
     layers, p, log10_p = _layer_report(est, ident, dims, alpha)
     if ident["weights_match"]:
         ident.update(_function_check(path_a, path_b, tol=max(tol, 1e-4)))
     verdict = "identical" if ident["weights_match"] and ident.get("function_match") else \
         "derived" if p < alpha else "independent"
     if verdict == "independent":
-        shared = shared_weight_matrices(ca, cb, names)
+        shared += shared_weight_matrices(ca, cb, rest)
         if shared:
             verdict = "derived"
             notes.append(f"derived: {len(shared)} weight matrices are bit-identical in A and B (e.g. "
@@ -234,14 +275,6 @@ SAMPLE_UNITS = 2048  # wider MLPs are screened on a seeded sample of this many u
 ESCALATE_Z = 3.0  # a screened layer whose z exceeds this has its full gauge recovered at once
 
 
-def _layer_pair(names: list[str], layer: int, get_a: Callable[[str], torch.Tensor],
-                get_b: Callable[[str], torch.Tensor], rules: dict[str, Any], residual: ResidualMap,
-                spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims) -> tuple[UnitFeatures, UnitFeatures]:
-    fa = layer_features(names, get_a, spec, hspec, dims)
-    fb = layer_features(names, lambda n: to_a_coordinates(n, get_b(n), rules[n], residual), spec, hspec, dims)
-    return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
-
-
 def _store(est: HiddenEstimate, layer: int, m: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None) -> None:
     vals = (None, None, None, None) if m is None else m
     for lst, v in zip((est.layers, est.mlp_confidence, est.mlp_margin, est.head_confidence), vals, strict=True):
@@ -251,6 +284,37 @@ def _store(est: HiddenEstimate, layer: int, m: tuple[Any, np.ndarray, np.ndarray
             lst.append(v)
 
 
+def _as_sp(residual: ResidualMap, d: int) -> SignedPermutation:
+    return residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(d)
+
+
+def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Callable[..., torch.Tensor],
+                rules: dict[str, Any], residual: ResidualMap,
+                shared: list[str] | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``names`` read once per side: A's tensors (folded) and B's in A's residual coordinates; with
+    ``shared``, the names of the stored matrices that are bit-identical in A and B are appended to it."""
+    ta, tb = {}, {}
+    for n in names:
+        if isinstance(get_a, _Tensors) and isinstance(get_b, _Tensors):
+            ra, rb = get_a.raw(n), get_b.raw(n)
+            if shared is not None and _bit_identical(ra, rb):
+                shared.append(n)
+            ta[n], fb = get_a(n, ra), get_b(n, rb)
+            del ra, rb
+        else:
+            ta[n], fb = get_a(n), get_b(n)
+        tb[n] = to_a_coordinates(n, fb, rules[n], residual)
+        del fb
+    return ta, tb
+
+
+def _features(names: list[str], ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor], spec: ArchSpec,
+              hspec: HiddenSpec, dims: HiddenDims, layer: int) -> tuple[UnitFeatures, UnitFeatures]:
+    fa = layer_features(names, ta.__getitem__, spec, hspec, dims)
+    fb = layer_features(names, tb.__getitem__, spec, hspec, dims)
+    return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+
+
 def _stouffer(zs: list[float]) -> float:
     """The layers' z-scores summed, divided by sqrt(L): N(0, 1) under the null (layers independent)."""
     return float(np.sum(zs) / np.sqrt(len(zs))) if zs else 0.0
@@ -258,23 +322,13 @@ def _stouffer(zs: list[float]) -> float:
 
 # ----------------------------------------------------------------------------- residual
 def _folded(ckpt: Checkpoint, names: list[str], spec: ArchSpec,
-            hspec: HiddenSpec) -> tuple[Callable[[str], torch.Tensor], dict[str, list[str]]]:
+            hspec: HiddenSpec) -> tuple[_Tensors, dict[str, list[str]]]:
     """A getter returning ``ckpt``'s tensors with every norm gain folded into its readers
     (``W' = W diag(g + offset)``, the gain itself then reads ``1 - offset``), one tensor at a time;
     and the gains left unfolded because a reader is absent (an output head tied to the embedding)."""
     readers, unfolded = hspec.fold_plan((n for n in names if spec.classify(n).role == "gain"), set(names))
     gain_of = {t: gain for gain, targets in readers.items() for t in targets}
-
-    def get(name: str) -> torch.Tensor:
-        t = ckpt.tensor(name)
-        if name in gain_of:
-            g = ckpt.tensor(gain_of[name]).float() + spec.gain_offset
-            return t.float() * g  # readers: the residual axis is the last (in_features)
-        if spec.classify(name).role == "gain" and name not in unfolded:
-            return torch.full(t.shape, 1.0 - spec.gain_offset, dtype=torch.float32)
-        return t
-
-    return get, unfolded
+    return _Tensors(ckpt, gain_of, frozenset(readers), spec.gain_offset), unfolded
 
 
 def _residual_gauge(a: str | Path, b: str | Path, data: str | None, tokens: int,
@@ -446,48 +500,69 @@ def down_projection_modules(model: torch.nn.Module, spec: ArchSpec, hspec: Hidde
 
 
 # ----------------------------------------------------------------------------- identical?
-def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
-                     get_b: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
-                     gauge: FullGauge, residual: ResidualMap, tol: float) -> dict[str, Any]:
-    """Every tensor both hold, B's against the recovered gauge applied to A's: max relative difference
-    (``max |pred - B| / max |B|``), overall and per layer; it stops at the first tensor over ``tol``."""
-    from gaugeport.core.apply import transform_tensor
+class _IdenticalCheck:
+    """B's tensors against the recovered gauge applied to A's, in A's residual coordinates, layer by layer
+    as each layer's gauge is recovered (its tensors still in memory), then the tensors outside the layers:
+    max relative difference (``max |pred - B| / max |B|``), overall and per layer. It stops at the first
+    tensor over ``tol`` (the rest would only refine the figure) or when a layer is not matched."""
 
-    rules = spec.classify_all(names)
-    worst, worst_name = 0.0, ""
-    per_layer: dict[int, float] = {}
-    for name in names:
-        ta = get_a(name)
-        if isinstance(residual, SignedPermutation):
-            pred = transform_tensor(name, ta, rules[name], residual)
+    def __init__(self, tol: float, rules: dict[str, Any], hspec: HiddenSpec, dims: HiddenDims,
+                 residual: ResidualMap) -> None:
+        self.tol, self.rules, self.hspec, self.dims, self.residual = tol, rules, hspec, dims, residual
+        self.worst, self.worst_name = 0.0, ""
+        self.per_layer: dict[int, float] = {}
+        self.alive = True
+        self.why = ""
+
+    def stop(self, why: str) -> None:
+        if self.alive:
+            self.alive, self.why = False, why
+
+    def layer(self, names: list[str], ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor], layer: int,
+              lg: Any, res_sp: SignedPermutation) -> None:
+        gauge = FullGauge(res_sp, (lg,) * (layer + 1))  # transform_hidden reads layers[layer] only
+        for name in names:
+            if not self.alive:
+                return
+            pred, b = ta[name], tb[name]
+            hit = self.hspec.match(name)
+            if hit is not None:
+                pred = transform_hidden(name, pred, hit[0], hit[1], gauge, self.dims)
+                if [seg.kind for seg in hit[0].segments] == ["mlp"] and b.ndim == 2:
+                    # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
+                    # activation's gate likewise): compare each unit's direction, the function check decides
+                    pred, b = _unit_directions(pred, hit[0].axis), _unit_directions(b, hit[0].axis)
+            self.tensor(name, pred, b)
+
+    def tensor(self, name: str, pred: torch.Tensor, b: torch.Tensor) -> None:
+        if b.numel():
+            bf = b.float()
+            scale = float(bf.abs().max())
+            diff = float((pred.float() - bf).abs().max())
         else:
-            pred = _rotate(ta, rules[name], residual.matrix)
-        hit = hspec.match(name)
-        tb = get_b(name)
-        if hit is not None:
-            pred = transform_hidden(name, pred, hit[0], hit[1], gauge, dims)
-            if [seg.kind for seg in hit[0].segments] == ["mlp"] and tb.ndim == 2:
-                # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
-                # activation's gate likewise): compare each unit's direction, the function check decides
-                pred, tb = _unit_directions(pred, hit[0].axis), _unit_directions(tb, hit[0].axis)
-        scale = float(tb.float().abs().max()) if tb.numel() else 0.0
-        diff = float((pred.float() - tb.float()).abs().max()) if tb.numel() else 0.0
+            scale = diff = 0.0
         rel = diff / scale if scale > 0 else diff
-        if rel >= worst:
-            worst, worst_name = rel, name
+        if rel >= self.worst:
+            self.worst, self.worst_name = rel, name
         m = _LAYER_RE.search(name)
         if m:
             li = int(m.group(1))
-            per_layer[li] = max(per_layer.get(li, 0.0), rel)
-        if worst > tol:  # not identical: the rest of the read would only refine the figure
-            return {"weights_match": False, "max_rel_weight_diff": worst, "worst_tensor": worst_name,
-                    "per_layer_rel_diff": per_layer, "tol": tol, "stopped_at_first_difference": True}
-    return {"weights_match": worst <= tol, "max_rel_weight_diff": worst, "worst_tensor": worst_name,
-            "per_layer_rel_diff": per_layer, "tol": tol}
+            self.per_layer[li] = max(self.per_layer.get(li, 0.0), rel)
+        if self.worst > self.tol:
+            self.stop("first difference")
+
+    def result(self) -> dict[str, Any]:
+        out = {"weights_match": self.alive and self.worst <= self.tol, "max_rel_weight_diff": self.worst,
+               "worst_tensor": self.worst_name, "per_layer_rel_diff": self.per_layer, "tol": self.tol}
+        if not self.alive:
+            out["stopped_at_first_difference"] = True
+            if self.why != "first difference":
+                out["stopped_because"] = self.why
+        return out
 
 
 def _unit_directions(t: torch.Tensor, axis: int) -> torch.Tensor:
-    x = torch.movedim(t.double(), axis, 0)
+    x = torch.movedim(t.float(), axis, 0)
     norms = x.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-30)
     return torch.movedim(x / norms.reshape(-1, *([1] * (x.ndim - 1))), 0, axis)
 
@@ -570,12 +645,21 @@ def shared_weight_matrices(ca: Checkpoint, cb: Checkpoint, names: list[str]) -> 
         a = ca.tensor(name)
         if a.dim() < 2 or a.numel() < SHARED_MIN_ELEMENTS:
             continue
-        b = cb.tensor(name)
-        if a.shape == b.shape and a.dtype == b.dtype:
-            # compared as bytes: exact, and defined for every stored dtype (float8 and ints included)
-            ra = a.contiguous().reshape(-1).view(torch.uint8).reshape(a.numel(), -1)
-            rb = b.contiguous().reshape(-1).view(torch.uint8).reshape(b.numel(), -1)
-            if torch.equal(ra, rb) and not torch.equal(ra, ra[:1].expand_as(ra)):  # constant (zeros): no proof
-                shared.append(name)
-        del a, b
+        if _bit_identical(a, cb.tensor(name)):
+            shared.append(name)
+        del a
     return shared
+
+
+def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """A matrix (see :func:`shared_weight_matrices`) stored bit for bit alike on both sides, compared as bytes:
+    exact, and defined for every stored dtype (float8 and ints included); the first row first (most pairs
+    differ there), and a constant one (zeros) proves nothing."""
+    if a.dim() < 2 or a.numel() < SHARED_MIN_ELEMENTS or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ra = a.contiguous().reshape(-1).view(torch.uint8).reshape(a.numel(), -1)
+    rb = b.contiguous().reshape(-1).view(torch.uint8).reshape(b.numel(), -1)
+    head = min(int(a.shape[-1]), a.numel())
+    if not torch.equal(ra[:head], rb[:head]) or not torch.equal(ra, rb):
+        return False
+    return not torch.equal(ra, ra[:1].expand_as(ra))
