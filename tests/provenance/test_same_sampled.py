@@ -97,3 +97,18 @@ def test_when_the_candidates_collide_the_sparse_matching_still_gives_a_permutati
     pick = _sparse_assignment(score, cand, 3)
     assert [int(c) for c in cand[np.arange(3), pick]] == [1, 0, 2]
     assert _sparse_assignment(score, np.array([[0, 1], [0, 1], [0, 1]]), 3) is None  # no perfect matching
+
+
+def test_the_rotation_residual_without_q_is_the_procrustes_residual():
+    import torch
+
+    from gaugeport.provenance.same import rotation_residual
+
+    gen = torch.Generator().manual_seed(0)
+    ea = torch.randn(96, 24, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(24, 24, generator=gen, dtype=torch.float64))
+    for eb in (torch.randn(96, 24, generator=gen, dtype=torch.float64),  # unrelated
+               ea @ q.T + 0.3 * torch.randn(96, 24, generator=gen, dtype=torch.float64)):  # a rotated, edited copy
+        u, _, vt = torch.linalg.svd(eb.T @ ea)
+        exact = float((ea @ (u @ vt).T - eb).norm() / eb.norm())
+        assert rotation_residual(ea, eb) == pytest.approx(exact, abs=1e-4)

@@ -426,6 +426,10 @@ def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b
     del ga, gb
     if gram > GRAM_MAX:
         return keep_sp("no orthogonal map can explain the embedding (token Gram matrices differ)")
+    f_est = rotation_residual(ea, eb)
+    info["rotation_relative_residual"] = f_est
+    if f_est > ROTATION_MAX_RESIDUAL * (1 + SCREEN_MARGIN):  # clearly unexplained: no d x d SVD in float64
+        return keep_sp("no rotation explains the embedding (the pair looks unrelated there)")
     u, _, vt = torch.linalg.svd(eb.T @ ea)
     q = (u @ vt).numpy()
     f_q = float((ea @ torch.from_numpy(q).T - eb).norm()) / norm_b
@@ -437,6 +441,21 @@ def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b
     info.update({"kind": "orthogonal", "chosen_because": "a rotation explains the embedding and no signed "
                  "permutation comes close"})
     return OrthogonalGauge(q), info
+
+
+SCREEN_MARGIN = 0.02  # the float32 residual decides alone when it is this far (relative) above the threshold
+
+
+def rotation_residual(ea: torch.Tensor, eb: torch.Tensor) -> float:
+    """The best rotation's relative residual ``min_Q ||E_A Q^T - E_B|| / ||E_B||`` without ``Q``:
+    ``||E_A||^2 + ||E_B||^2 - 2 ||E_B^T E_A||_*`` (the nuclear norm from the eigenvalues of ``M^T M``),
+    in float32 (a symmetric eigenvalue problem, several times cheaper than the float64 SVD that
+    gives ``Q``); accurate to about 1e-4 relative, which is what the choice of map needs."""
+    a, b = ea.float(), eb.float()
+    m = b.T @ a
+    nuc = float(torch.linalg.eigvalsh(m.T @ m).clamp_min(0).sqrt().double().sum())
+    na, nb = float(a.double().pow(2).sum()), float(b.double().pow(2).sum())
+    return float(np.sqrt(max(na + nb - 2 * nuc, 0.0) / max(nb, 1e-30)))
 
 
 def token_sample(vocab: int, size: int) -> np.ndarray:
