@@ -82,24 +82,30 @@ class UnitFeatures:
     blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
     cache: dict[int, dict[tuple[str, ...], np.ndarray | None]] = field(default_factory=dict, repr=False)
     degenerate: dict[str, np.ndarray] = field(default_factory=dict)  # per kind: units with a constant feature row
-    # MLP units only: per feature block, a hash of each unit's raw row (of |row| in sign-flippable blocks),
-    # and the sign of the first sign-flippable block's first non-zero entry (an exact copy's units match)
-    row_hashes: list[list[int]] = field(default_factory=list, repr=False)
-    first_sign: np.ndarray | None = field(default=None, repr=False)
+    raw: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)  # MLP blocks as read, by mode
+    keep_raw: bool = False
+
+    def row_hashes(self) -> tuple[list[tuple[int, ...]], np.ndarray | None]:
+        """Per MLP unit, the hashes of its raw rows (of ``|row|`` in sign-flippable blocks), and the sign of
+        its first sign-flippable row's first non-zero entry: an exact copy's units have equal keys."""
+        cols: list[list[int]] = []
+        sign = None
+        for mode, src in self.raw:
+            flip = mode == "signed"
+            rows = np.ascontiguousarray(np.abs(src) if flip else src, dtype=np.float32)
+            cols.append([hash(r.tobytes()) for r in rows])
+            if flip and sign is None:
+                first = src[np.arange(src.shape[0]), (src != 0).argmax(axis=1)]
+                sign = np.where(first < 0, -1, 1).astype(np.int8)
+        return list(zip(*cols, strict=True)), sign
 
     def add(self, kind: str, mode: str, side: str, arr: np.ndarray, raw: np.ndarray | None = None) -> None:
         """Add one feature block (rows: units). ``raw`` (the unsketched rows, default ``arr``) marks the
         units whose row is constant (zeroed, pruned or padded units): they carry no evidence."""
         self.blocks.setdefault((kind, mode, side), []).append(arr)
         src = arr if raw is None else raw
-        if kind == "mlp":
-            flip = mode == "signed"
-            rows = np.ascontiguousarray(np.abs(src) if flip else src, dtype=np.float32)
-            self.row_hashes.append([hash(r.tobytes()) for r in rows])
-            if flip and self.first_sign is None:
-                nz = src != 0
-                first = src[np.arange(src.shape[0]), nz.argmax(axis=1)]
-                self.first_sign = np.where(first < 0, -1, 1).astype(np.int8)
+        if kind == "mlp" and self.keep_raw:
+            self.raw.append((mode, src))  # hashed only if asked (an exact copy's match), dropped with the layer
         if src.shape[1] <= 1:
             return  # a bias or one value per unit: constant by construction, says nothing about the unit
         const = src.max(axis=1) == src.min(axis=1)
@@ -119,8 +125,9 @@ def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> lis
 
 
 def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec,
-                   dims: HiddenDims) -> dict[int, UnitFeatures]:
-    """Features of every layer's units, from the tensors ``get(name)`` returns (already in A's coordinates)."""
+                   dims: HiddenDims, keep_raw: bool = False) -> dict[int, UnitFeatures]:
+    """Features of every layer's units, from the tensors ``get(name)`` returns (already in A's coordinates).
+    ``keep_raw``: also keep the MLP blocks as read, for :func:`exact_unit_match` (one layer at a time)."""
     feats: dict[int, UnitFeatures] = {}
     for name in sorted(names):
         hit = hspec.match(name)
@@ -130,7 +137,7 @@ def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: A
         role = spec.classify(name).role
         side = "out" if role in ("write", "write_bias") else "in"  # reads the stream (or a head-side bias/norm)
         for kind, mode, arr in unit_blocks(get(name), rule, dims):
-            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, unit_rows(arr), arr)
+            feats.setdefault(layer, UnitFeatures(keep_raw=keep_raw)).add(kind, mode, side, unit_rows(arr), arr)
     return feats
 
 
@@ -285,9 +292,10 @@ def exact_unit_match(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool) -> UnitM
     hashing: an exact copy under a gauge, at ``O(n f)``. None unless every unit of A has exactly one
     unit of B with its hashes, one to one (duplicated units, zeroed ones, any edit: not exact). What
     the hashes claim, the identical check in ``same`` then verifies entry by entry."""
-    if not a.row_hashes or len(a.row_hashes) != len(b.row_hashes):
+    if not a.raw or [m for m, _ in a.raw] != [m for m, _ in b.raw] or \
+            [x.shape for _, x in a.raw] != [x.shape for _, x in b.raw]:
         return None
-    keys_a, keys_b = list(zip(*a.row_hashes, strict=True)), list(zip(*b.row_hashes, strict=True))
+    (keys_a, sign_a), (keys_b, sign_b) = a.row_hashes(), b.row_hashes()
     where = {k: j for j, k in enumerate(keys_b)}
     if len(where) != len(keys_b) or len(set(keys_a)) != len(keys_a):
         return None
@@ -295,8 +303,8 @@ def exact_unit_match(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool) -> UnitM
     if (cols < 0).any():
         return None
     signs = np.ones(cols.size, dtype=np.int8)
-    if mlp_signs and a.first_sign is not None and b.first_sign is not None:
-        signs = (a.first_sign * b.first_sign[cols]).astype(np.int8)
+    if mlp_signs and sign_a is not None and sign_b is not None:
+        signs = (sign_a * sign_b[cols]).astype(np.int8)
     return UnitMatch(SignedPermutation(cols, signs), np.ones(cols.size), None)
 
 
@@ -333,14 +341,15 @@ def candidate_unit_match(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, k: i
         pb = np.hstack([y for _, y in parts]) @ g
         proj[mode] = (pa, pb)
     cand = np.empty((na, k), dtype=np.int64)
+    tp = {mode: (torch.from_numpy(pa), torch.from_numpy(pb)) for mode, (pa, pb) in proj.items()}
     for s in range(0, na, chunk):
-        approx = np.zeros((min(chunk, na - s), nb), dtype=np.float32)
-        if "abs" in proj:
-            approx += proj["abs"][0][s:s + chunk] @ proj["abs"][1].T
-        if "signed" in proj:
-            approx += np.abs(proj["signed"][0][s:s + chunk] @ proj["signed"][1].T)
-        cand[s:s + chunk] = np.argpartition(-approx, k - 1, axis=1)[:, :k]
-    del proj
+        approx = torch.zeros((min(chunk, na - s), nb), dtype=torch.float32)
+        if "abs" in tp:
+            approx += tp["abs"][0][s:s + chunk] @ tp["abs"][1].T
+        if "signed" in tp:
+            approx += (tp["signed"][0][s:s + chunk] @ tp["signed"][1].T).abs_()
+        cand[s:s + chunk] = torch.topk(approx, k, dim=1, sorted=False).indices.numpy()
+    del proj, tp
     # exact scores of the candidates
     sums = {"abs": np.zeros((na, k)), "signed": np.zeros((na, k))}
     for key in keys:

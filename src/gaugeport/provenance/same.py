@@ -310,8 +310,8 @@ def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Cal
 
 def _features(names: list[str], ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor], spec: ArchSpec,
               hspec: HiddenSpec, dims: HiddenDims, layer: int) -> tuple[UnitFeatures, UnitFeatures]:
-    fa = layer_features(names, ta.__getitem__, spec, hspec, dims)
-    fb = layer_features(names, tb.__getitem__, spec, hspec, dims)
+    fa = layer_features(names, ta.__getitem__, spec, hspec, dims, keep_raw=True)
+    fb = layer_features(names, tb.__getitem__, spec, hspec, dims, keep_raw=True)
     return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
 
 
@@ -547,6 +547,9 @@ class _IdenticalCheck:
             hit = self.hspec.match(name)
             if hit is not None:
                 pred = transform_hidden(name, pred, hit[0], hit[1], gauge, self.dims)
+                if pred.dtype == b.dtype and torch.equal(pred, b):  # an exact copy: nothing to measure
+                    self.tensor(name, b, b)
+                    continue
                 if [seg.kind for seg in hit[0].segments] == ["mlp"] and b.ndim == 2:
                     # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
                     # activation's gate likewise): compare each unit's direction, the function check decides
@@ -554,12 +557,11 @@ class _IdenticalCheck:
             self.tensor(name, pred, b)
 
     def tensor(self, name: str, pred: torch.Tensor, b: torch.Tensor) -> None:
-        if b.numel():
-            bf = b.float()
-            scale = float(bf.abs().max())
-            diff = float((pred.float() - bf).abs().max())
-        else:
+        if b.numel() == 0 or (pred.dtype == b.dtype and torch.equal(pred, b)):
             scale = diff = 0.0
+        else:
+            scale = float(b.abs().max())
+            diff = float(torch.sub(pred.float(), b.float()).abs_().max())
         rel = diff / scale if scale > 0 else diff
         if rel >= self.worst:
             self.worst, self.worst_name = rel, name
