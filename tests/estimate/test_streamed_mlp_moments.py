@@ -14,8 +14,8 @@ from gaugeport.models.tiny import probe_ids, save_tiny
 from gaugeport.provenance.same import down_projection_modules
 
 # float32 centred products over chunks of tokens, float64 accumulation, against float64 activations:
-# correlations agree to float32 rounding of the activations themselves
-CORR_ATOL = 2e-5
+# correlations agree to float32 rounding of the activations themselves (measured: 1e-7 on both)
+CORR_ATOL = 1e-6
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
