@@ -85,7 +85,7 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def child(a: str, b: str) -> None:
+def child(a: str, b: str, profile: str | None = None) -> None:
     import torch
 
     from gaugeport.core.checkpoint import Checkpoint
@@ -100,7 +100,14 @@ def child(a: str, b: str) -> None:
     read_s = time.perf_counter() - t0
     read_kb = _status_kb("VmHWM")
     t0 = time.perf_counter()
-    r = same(a, b)
+    if profile:  # cProfile of `same` alone (its timing then includes the profiler's overhead)
+        import cProfile
+
+        prof = cProfile.Profile()
+        r = prof.runcall(same, a, b)
+        prof.dump_stats(profile)
+    else:
+        r = same(a, b)
     same_s = time.perf_counter() - t0
     print(json.dumps({"read_once_s": read_s, "same_s": same_s, "same_over_read": same_s / read_s,
                       "peak_rss_mb": _status_kb("VmHWM") / 1024, "peak_after_read_mb": read_kb / 1024,
@@ -110,7 +117,7 @@ def child(a: str, b: str) -> None:
                       "threads": torch.get_num_threads(), "checksum": total}))
 
 
-def run_depth(root: Path, shape: tuple, layers: int) -> dict:
+def run_depth(root: Path, shape: tuple, layers: int, profile_dir: Path | None = None) -> dict:
     a = _write(root, "a", shape, layers, seed=0)
     pairs = {"identical": _gauged(a, root / "identical", 5)}
     native = _write(root, "derived-native", shape, layers, seed=1, base=a, noise=0.25)
@@ -121,8 +128,9 @@ def run_depth(root: Path, shape: tuple, layers: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     out = {"blocks": layers, "checkpoint_mb": size / MB}
     for kind, b in pairs.items():
-        proc = subprocess.run([sys.executable, __file__, "--child", str(a), str(b)], capture_output=True, text=True,
-                              env=env)
+        prof = [] if profile_dir is None else ["--profile", str(profile_dir / f"same-{kind}-L{layers}.pstats")]
+        proc = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), *prof], capture_output=True,
+                              text=True, env=env)
         if proc.returncode != 0:
             out[kind] = {"error": proc.stderr[-2000:]}
         else:
@@ -138,19 +146,26 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="d=1024 shapes (a smoke run)")
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=None, help="folder for the temporary checkpoints (default: temp)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="write a cProfile of each `same` run into this folder (timings then include its overhead)")
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(*args.child)
+        child(*args.child, profile=str(args.profile) if args.profile else None)
         return {}
     shape = SHAPES["quick" if args.quick else "full"]
     d, inter, heads, kv, vocab = shape
     result: dict = {"shape": {"d_model": d, "intermediate": inter, "heads": heads, "kv_heads": kv, "vocab": vocab,
                               "dtype": "bfloat16"}, "depths": []}
-    work = Path(tempfile.mkdtemp(prefix="same-scale-"))
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="same-scale-", dir=args.work))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     try:
         for layers in args.depths:
-            result["depths"].append(run_depth(work / f"L{layers}", shape, layers))
+            result["depths"].append(run_depth(work / f"L{layers}", shape, layers, args.profile))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = args.out or HERE / ("bench_same_scale_quick.json" if args.quick else "bench_same_scale.json")

@@ -39,3 +39,76 @@ def test_full_gauge_asks_for_the_gauge_of_an_independent_pair(zoo, small_sample)
     res = same_mod.same(zoo["base"], zoo["ind1"], full_gauge=True)
     assert res.verdict == "independent" and res.gauge is not None
     assert not any(lay["mlp_units_sampled"] for lay in res.layers)
+
+
+def _layer_features(a, b):
+    """Each layer's unit features of A and of B (in A's residual coordinates), as ``same`` builds them."""
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.core.hidden import get_hidden_spec
+
+    ca, cb = Checkpoint.open(a), Checkpoint.open(b)
+    spec, hspec = ca.spec, get_hidden_spec(ca.model_type)
+    dims = hspec.dims(ca.config, ca.d_model)
+    names = sorted(set(ca.names) & set(cb.names))
+    get_a, _ = same_mod._folded(ca, names, spec, hspec)
+    get_b, _ = same_mod._folded(cb, names, spec, hspec)
+    residual, _ = same_mod._residual_by_fit(ca, get_a, get_b, spec, [])
+    rules = spec.classify_all(names)
+    out = []
+    for layer in range(dims.n_layers):
+        lnames = [n for n in names if (hit := hspec.match(n)) is not None and hit[1] == layer]
+        ta, tb = same_mod._read_layer(lnames, get_a, get_b, rules, residual, None)
+        out.append(same_mod._features(lnames, ta, tb, spec, hspec, dims, layer))
+    return out, dims, hspec.mlp_signs
+
+
+def test_an_exact_copys_units_are_matched_by_their_hashes_with_signs(zoo, tmp_path):
+    from gaugeport.estimate.hidden import exact_unit_match
+
+    truth = random_full_gauge_for(zoo["base"], 13)
+    apply_full_gauge_to_checkpoint(zoo["base"], truth, tmp_path / "copy", progress=False)
+    feats, _, signs = _layer_features(zoo["base"], tmp_path / "copy")
+    for (a, b), lg in zip(feats, truth.layers, strict=True):
+        m = exact_unit_match(a, b, signs)
+        assert m is not None and m.gauge == lg.mlp  # permutation and signs
+
+
+def test_a_finetune_has_no_exact_match_and_its_candidate_match_is_the_full_assignment(zoo):
+    from gaugeport.estimate.hidden import candidate_unit_match, exact_unit_match, match_layer
+
+    feats, dims, signs = _layer_features(zoo["base"], zoo["ft"])
+    for a, b in feats:
+        assert exact_unit_match(a, b, signs) is None
+        full = match_layer(a, b, dims, signs, exhaustive=True)
+        fast = candidate_unit_match(a, b, signs)
+        assert fast.gauge == full[0].mlp
+        assert fast.confidence == pytest.approx(full[1], abs=1e-5)  # the exact scores, not the projected ones
+
+
+def test_when_the_candidates_collide_the_sparse_matching_still_gives_a_permutation():
+    import numpy as np
+
+    from gaugeport.estimate.hidden import _sparse_assignment
+
+    # rows 0 and 1 both prefer column 0; of the two perfect matchings over the candidate edges,
+    # (0->0, 1->2, 2->1) scores 1.7 and (0->1, 1->0, 2->2) scores 2.2: the second
+    score = np.array([[0.9, 0.5], [0.8, 0.7], [0.9, 0.1]])
+    cand = np.array([[0, 1], [0, 2], [2, 1]])
+    pick = _sparse_assignment(score, cand, 3)
+    assert [int(c) for c in cand[np.arange(3), pick]] == [1, 0, 2]
+    assert _sparse_assignment(score, np.array([[0, 1], [0, 1], [0, 1]]), 3) is None  # no perfect matching
+
+
+def test_the_rotation_residual_without_q_is_the_procrustes_residual():
+    import torch
+
+    from gaugeport.provenance.same import rotation_residual
+
+    gen = torch.Generator().manual_seed(0)
+    ea = torch.randn(96, 24, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(24, 24, generator=gen, dtype=torch.float64))
+    for eb in (torch.randn(96, 24, generator=gen, dtype=torch.float64),  # unrelated
+               ea @ q.T + 0.3 * torch.randn(96, 24, generator=gen, dtype=torch.float64)):  # a rotated, edited copy
+        u, _, vt = torch.linalg.svd(eb.T @ ea)
+        exact = float((ea @ (u @ vt).T - eb).norm() / eb.norm())
+        assert rotation_residual(ea, eb) == pytest.approx(exact, abs=1e-4)

@@ -82,12 +82,30 @@ class UnitFeatures:
     blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
     cache: dict[int, dict[tuple[str, ...], np.ndarray | None]] = field(default_factory=dict, repr=False)
     degenerate: dict[str, np.ndarray] = field(default_factory=dict)  # per kind: units with a constant feature row
+    raw: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)  # MLP blocks as read, by mode
+    keep_raw: bool = False
+
+    def row_hashes(self) -> tuple[list[tuple[int, ...]], np.ndarray | None]:
+        """Per MLP unit, the hashes of its raw rows (of ``|row|`` in sign-flippable blocks), and the sign of
+        its first sign-flippable row's first non-zero entry: an exact copy's units have equal keys."""
+        cols: list[list[int]] = []
+        sign = None
+        for mode, src in self.raw:
+            flip = mode == "signed"
+            rows = np.ascontiguousarray(np.abs(src) if flip else src, dtype=np.float32)
+            cols.append([hash(r.tobytes()) for r in rows])
+            if flip and sign is None:
+                first = src[np.arange(src.shape[0]), (src != 0).argmax(axis=1)]
+                sign = np.where(first < 0, -1, 1).astype(np.int8)
+        return list(zip(*cols, strict=True)), sign
 
     def add(self, kind: str, mode: str, side: str, arr: np.ndarray, raw: np.ndarray | None = None) -> None:
         """Add one feature block (rows: units). ``raw`` (the unsketched rows, default ``arr``) marks the
         units whose row is constant (zeroed, pruned or padded units): they carry no evidence."""
         self.blocks.setdefault((kind, mode, side), []).append(arr)
         src = arr if raw is None else raw
+        if kind == "mlp" and self.keep_raw:
+            self.raw.append((mode, src))  # hashed only if asked (an exact copy's match), dropped with the layer
         if src.shape[1] <= 1:
             return  # a bias or one value per unit: constant by construction, says nothing about the unit
         const = src.max(axis=1) == src.min(axis=1)
@@ -107,8 +125,9 @@ def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> lis
 
 
 def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec,
-                   dims: HiddenDims) -> dict[int, UnitFeatures]:
-    """Features of every layer's units, from the tensors ``get(name)`` returns (already in A's coordinates)."""
+                   dims: HiddenDims, keep_raw: bool = False) -> dict[int, UnitFeatures]:
+    """Features of every layer's units, from the tensors ``get(name)`` returns (already in A's coordinates).
+    ``keep_raw``: also keep the MLP blocks as read, for :func:`exact_unit_match` (one layer at a time)."""
     feats: dict[int, UnitFeatures] = {}
     for name in sorted(names):
         hit = hspec.match(name)
@@ -118,7 +137,7 @@ def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: A
         role = spec.classify(name).role
         side = "out" if role in ("write", "write_bias") else "in"  # reads the stream (or a head-side bias/norm)
         for kind, mode, arr in unit_blocks(get(name), rule, dims):
-            feats.setdefault(layer, UnitFeatures()).add(kind, mode, side, unit_rows(arr), arr)
+            feats.setdefault(layer, UnitFeatures(keep_raw=keep_raw)).add(kind, mode, side, unit_rows(arr), arr)
     return feats
 
 
@@ -128,14 +147,25 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     f = x.shape[1]
     if f > SKETCH_DIM:
-        import scipy.sparse as sp
-
-        rng = np.random.default_rng(f)
-        sketch = sp.csr_matrix((rng.choice(np.array([-1.0, 1.0], dtype=np.float32), f),
-                                (np.arange(f), rng.integers(0, SKETCH_DIM, f))), shape=(f, SKETCH_DIM))
-        x = np.asarray((sketch.T @ x.T).T, dtype=np.float32)
+        signs, buckets = _count_sketch(f)
+        out = torch.zeros(x.shape[0], SKETCH_DIM, dtype=torch.float32)
+        out.index_add_(1, buckets, torch.from_numpy(x) * signs)  # column j adds signs[j] * x[:, j] to buckets[j]
+        x = out.numpy()
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
+
+
+_SKETCHES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _count_sketch(f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CountSketch of width ``f``: a sign and a bucket per input column (seeded by ``f``)."""
+    if f not in _SKETCHES:
+        rng = np.random.default_rng(f)
+        signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), f)
+        buckets = rng.integers(0, SKETCH_DIM, f)
+        _SKETCHES[f] = (torch.from_numpy(signs), torch.from_numpy(buckets))
+    return _SKETCHES[f]
 
 
 def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str,
@@ -161,7 +191,7 @@ def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str
 class UnitMatch:
     gauge: SignedPermutation
     confidence: np.ndarray
-    margin: np.ndarray
+    margin: np.ndarray | None  # None: not measured (an exact match by hashes)
 
 
 def _match(score: np.ndarray, sign_source: np.ndarray | None) -> UnitMatch:
@@ -238,15 +268,128 @@ def estimate_hidden(fa: dict[int, UnitFeatures], fb: dict[int, UnitFeatures], di
     return HiddenEstimate(layers, conf, margin, hconf, held)
 
 
-def match_layer(a: UnitFeatures, b: UnitFeatures, dims: HiddenDims,
-                mlp_signs: bool) -> tuple[LayerGauge, np.ndarray, np.ndarray, np.ndarray]:
-    """One layer's MLP units (assignment on all features) and heads: the gauge, the MLP units'
-    matched scores and margins, and the heads' matched scores."""
-    score, sgn = _mlp_scores(a, b, ("in", "out"))
-    m = _match(score, sgn if mlp_signs else None)
-    del score, sgn
+def match_layer(a: UnitFeatures, b: UnitFeatures, dims: HiddenDims, mlp_signs: bool,
+                exhaustive: bool = True) -> tuple[LayerGauge, np.ndarray, np.ndarray | None, np.ndarray]:
+    """One layer's MLP units and heads: the gauge, the MLP units' matched scores and margins, and the
+    heads' matched scores.
+
+    ``exhaustive``: the MLP units by a linear assignment on the full ``n x n`` score. Otherwise (wide
+    MLPs of a related pair, see ``same``): an exact copy's units by the hashes of their raw rows
+    (:func:`exact_unit_match`; margins then None), else among each unit's ``CANDIDATES`` nearest
+    candidates (:func:`candidate_unit_match`)."""
+    if exhaustive:
+        score, sgn = _mlp_scores(a, b, ("in", "out"))
+        m = _match(score, sgn if mlp_signs else None)
+        del score, sgn
+    else:
+        m = exact_unit_match(a, b, mlp_signs) or candidate_unit_match(a, b, mlp_signs)
     heads, hc = match_heads(a, b, dims)
     return LayerGauge(m.gauge, heads, dims.n_kv_heads), m.confidence, m.margin, hc
+
+
+def exact_unit_match(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool) -> UnitMatch | None:
+    """Match MLP units whose raw rows are equal (up to the unit's sign where the block allows one), by
+    hashing: an exact copy under a gauge, at ``O(n f)``. None unless every unit of A has exactly one
+    unit of B with its hashes, one to one (duplicated units, zeroed ones, any edit: not exact). What
+    the hashes claim, the identical check in ``same`` then verifies entry by entry."""
+    if not a.raw or [m for m, _ in a.raw] != [m for m, _ in b.raw] or \
+            [x.shape for _, x in a.raw] != [x.shape for _, x in b.raw]:
+        return None
+    (keys_a, sign_a), (keys_b, sign_b) = a.row_hashes(), b.row_hashes()
+    where = {k: j for j, k in enumerate(keys_b)}
+    if len(where) != len(keys_b) or len(set(keys_a)) != len(keys_a):
+        return None
+    cols = np.array([where.get(k, -1) for k in keys_a], dtype=np.int64)
+    if (cols < 0).any():
+        return None
+    signs = np.ones(cols.size, dtype=np.int8)
+    if mlp_signs and sign_a is not None and sign_b is not None:
+        signs = (sign_a * sign_b[cols]).astype(np.int8)
+    return UnitMatch(SignedPermutation(cols, signs), np.ones(cols.size), None)
+
+
+CANDIDATES = 8  # a unit's nearest candidates (by a projected score) among which the fast match chooses
+PROJECTION_DIM = 128  # width of the seeded Gaussian projection the candidates are found with
+
+
+def candidate_unit_match(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, k: int = CANDIDATES,
+                         chunk: int = 1024) -> UnitMatch:
+    """MLP units matched among each unit's ``k`` nearest candidates, without an ``n x n`` score of full width.
+
+    The score is the one :func:`match_layer` assigns on (mean cosine per feature block; sign-flippable
+    blocks by ``|sum|``). Candidates: per block mode, the units' feature blocks concatenated and
+    projected to ``PROJECTION_DIM`` columns (seeded Gaussian, inner products kept in expectation);
+    each unit's ``k`` best columns of the projected score (row chunks, nothing ``n x n`` kept). Each
+    candidate is then scored exactly, and the units are assigned on those ``n k`` scores: each unit's
+    best candidate when they are all different, else a sparse minimum-weight matching over the
+    candidates, else (no perfect matching among them) the exhaustive assignment. Margin: the matched
+    score minus the unit's best other candidate."""
+    keys = [key for key in a.blocks if key[0] == "mlp" and b.blocks.get(key)]
+    n_keys = len(keys)
+    na, nb = a.blocks[keys[0]][0].shape[0], b.blocks[keys[0]][0].shape[0]
+    k = min(k, nb)
+    proj: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for mode in ("abs", "signed"):
+        parts = [(a.blocks[key][i] / len(a.blocks[key]), b.blocks[key][i]) for key in keys if key[1] == mode
+                 for i in range(len(a.blocks[key]))]
+        if not parts:
+            continue
+        width = sum(pa.shape[1] for pa, _ in parts)
+        g = np.random.default_rng(width).standard_normal((width, PROJECTION_DIM)).astype(np.float32)
+        g /= np.float32(np.sqrt(PROJECTION_DIM))
+        pa = np.hstack([x for x, _ in parts]) @ g
+        pb = np.hstack([y for _, y in parts]) @ g
+        proj[mode] = (pa, pb)
+    cand = np.empty((na, k), dtype=np.int64)
+    tp = {mode: (torch.from_numpy(pa), torch.from_numpy(pb)) for mode, (pa, pb) in proj.items()}
+    for s in range(0, na, chunk):
+        approx = torch.zeros((min(chunk, na - s), nb), dtype=torch.float32)
+        if "abs" in tp:
+            approx += tp["abs"][0][s:s + chunk] @ tp["abs"][1].T
+        if "signed" in tp:
+            approx += (tp["signed"][0][s:s + chunk] @ tp["signed"][1].T).abs_()
+        cand[s:s + chunk] = torch.topk(approx, k, dim=1, sorted=False).indices.numpy()
+    del proj, tp
+    # exact scores of the candidates
+    sums = {"abs": np.zeros((na, k)), "signed": np.zeros((na, k))}
+    for key in keys:
+        for xa, xb in zip(a.blocks[key], b.blocks[key], strict=True):
+            dots = np.einsum("if,ikf->ik", xa, xb[cand], optimize=True) / len(a.blocks[key])
+            sums[key[1]] += dots
+    score = (sums["abs"] + np.abs(sums["signed"])) / max(n_keys, 1)
+    sgn = sums["signed"]
+    order = np.argsort(-score, axis=1, kind="stable")
+    best = np.take_along_axis(cand, order[:, :1], axis=1)[:, 0]
+    if np.unique(best).size == na:
+        pick = order[:, 0]
+    else:
+        pick = _sparse_assignment(score, cand, nb)
+        if pick is None:
+            full, full_sgn = _mlp_scores(a, b, ("in", "out"))
+            return _match(full, full_sgn if mlp_signs else None)
+    rows = np.arange(na)
+    cols = cand[rows, pick]
+    matched = score[rows, pick]
+    others = np.where(np.arange(k)[None, :] == pick[:, None], -np.inf, score)
+    margin = matched - others.max(axis=1) if k > 1 else matched
+    signs = np.ones(na, dtype=np.int8) if not mlp_signs else np.where(sgn[rows, pick] < 0, -1, 1).astype(np.int8)
+    return UnitMatch(SignedPermutation(cols, signs), matched.astype(np.float64), margin.astype(np.float64))
+
+
+def _sparse_assignment(score: np.ndarray, cand: np.ndarray, nb: int) -> np.ndarray | None:
+    """Per row, which of its candidates a maximum-score perfect matching over the candidate edges picks;
+    None when the candidates admit no perfect matching."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    na, k = cand.shape
+    weight = (score.max() + 1.0) - score  # positive: explicit zeros would be taken for missing edges
+    graph = sp.csr_matrix((weight.reshape(-1), cand.reshape(-1), np.arange(0, na * k + 1, k)), shape=(na, nb))
+    try:
+        _, cols = min_weight_full_bipartite_matching(graph)
+    except ValueError:
+        return None
+    return np.argmax(cand == cols[:, None], axis=1)
 
 
 def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condition: bool = True,
@@ -430,3 +573,120 @@ def mlp_unit_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches
 def match_mlp_units_from_moments(corr: np.ndarray, signed: bool) -> UnitMatch:
     """Match units on their activation correlation (``|corr|`` and its sign where signs are allowed)."""
     return _match(np.abs(corr) if signed else corr, corr if signed else None)
+
+
+STREAM_CHUNK = 1024  # tokens per float32 centred product folded into a layer's float64 cross-moments
+
+
+@torch.no_grad()
+def streamed_mlp_moments(path_a: Any, path_b: Any, batches: list[Any],
+                         module_paths: list[str] | Callable[[torch.nn.Module], list[str]],
+                         on_layer: Callable[[int, Any], None], *, chunk: int = STREAM_CHUNK) -> int:
+    """Per layer, the cross-moments of A's and B's MLP hidden units (the inputs of the down projections at
+    ``module_paths``, or at the paths it returns for A's model), handed to ``on_layer(layer, moments)``
+    and dropped before the next layer.
+
+    Both checkpoints run layer-streamed (:func:`gaugeport.core.stream.load_streamed`: their own
+    ``transformers`` blocks, one block's weights in memory at a time), each in its own thread, on all
+    the tokens of ``batches`` in one forward call (padded to one length; padding and the positions a
+    batch's ``token_mask`` leaves out are not counted). The two forwards meet at each down projection:
+    when both have reached layer ``i``, its activations are folded into a
+    :class:`~gaugeport.estimate.moments.CrossMoments` (centred ``chunk``-token float32 products,
+    float64 accumulation) and ``on_layer`` runs, then both continue. So the memory is one block of
+    each model, one layer's activations and one ``n x n`` accumulator, whatever the depth; it grows
+    with the number of tokens, not with the number of layers. Returns the number of tokens counted.
+    """
+    import threading
+
+    from gaugeport.core.errors import ArchitectureError
+    from gaugeport.core.stream import load_streamed
+    from gaugeport.estimate.activations import _forward_kwargs
+    from gaugeport.estimate.data import Batch
+    from gaugeport.estimate.moments import CrossMoments
+
+    items = [Batch.of(b) for b in batches]
+    t = max(int(b.input_ids.shape[1]) for b in items)
+
+    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+
+    ids = torch.cat([pad(b.input_ids, 0) for b in items])
+    mask = torch.cat([pad(b.attention_mask.long(), 0) for b in items])
+    keep = torch.cat([pad(b.token_mask.long(), 0) for b in items]).bool().reshape(-1)
+    models = {"a": load_streamed(path_a), "b": load_streamed(path_b)}
+    if callable(module_paths):
+        module_paths = module_paths(models["a"])
+    slots: dict[str, tuple[int, torch.Tensor]] = {}
+
+    def meet() -> None:  # runs once per layer, in whichever thread reaches the barrier last
+        (la, xa), (lb, xb) = slots.pop("a"), slots.pop("b")
+        if la != lb:
+            raise RuntimeError(f"the two forwards reached different layers ({la} vs {lb})")
+        cm = CrossMoments(xa.shape[1], xb.shape[1], batch_dtype=torch.float32)
+        for s in range(0, xa.shape[0], chunk):
+            cm.update(xa[s:s + chunk], xb[s:s + chunk])
+        del xa, xb
+        on_layer(la, cm)
+
+    cond = threading.Condition()
+    met = [0]  # layers met so far
+    done: set[str] = set()
+    errors: list[BaseException] = []
+
+    class _Stopped(Exception):  # the other side failed: this forward stops too
+        pass
+
+    def arrive(tag: str, layer: int, x: torch.Tensor) -> None:
+        other = "b" if tag == "a" else "a"
+        with cond:
+            if errors:
+                raise _Stopped
+            slots[tag] = (layer, x)
+            if other in slots:  # both at this layer: fold it, then release the other side
+                try:
+                    meet()
+                except BaseException as exc:
+                    errors.append(exc)
+                    raise
+                finally:
+                    met[0] += 1
+                    cond.notify_all()
+                return
+            seen = met[0]
+            cond.wait_for(lambda: met[0] != seen or bool(errors) or other in done)
+            if errors:
+                raise _Stopped
+            if met[0] == seen:
+                raise ArchitectureError("A and B reached different numbers of MLP down projections in one "
+                                        "forward pass")
+
+    def run(tag: str) -> None:
+        model = models[tag]
+        hooks = []
+        for layer, p in enumerate(module_paths):
+            def hook(_m: Any, inp: tuple[torch.Tensor, ...], layer: int = layer) -> None:
+                x = inp[0].reshape(-1, inp[0].shape[-1])
+                arrive(tag, layer, x[keep].float())
+            hooks.append(model.get_submodule(p).register_forward_pre_hook(hook))
+        try:
+            model(**_forward_kwargs(model, ids, mask))
+        except BaseException as exc:
+            with cond:
+                if not isinstance(exc, _Stopped) and exc not in errors:
+                    errors.append(exc)
+                cond.notify_all()
+        finally:
+            for h in hooks:
+                h.remove()
+            with cond:
+                done.add(tag)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=run, args=(tag,), name=f"same-data-{tag}") for tag in ("a", "b")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return int(keep.sum())

@@ -17,7 +17,7 @@ The architecture table's ``hidden.attention`` section says where the heads live
 * :func:`attention_slots`: per layer, the stored slices holding each role's heads;
 * :func:`invariant_head_features`: per query head, features that no such map changes (sketches of
   ``O_h V_g`` and of ``Q_h,pair^T K_g,pair`` per frequency pair), used by ``same`` to match heads;
-* :func:`fit_head_maps`: the maps that take A's heads (already in B's labelling) to B's, fitted by
+* :func:`fit_layer_head_maps`: the maps that take A's heads to B's (both in one labelling), fitted by
   least squares per group, so ``same``'s tensor-by-tensor identity check compares like with like.
 """
 
@@ -164,7 +164,7 @@ def _stack(get: Callable[[str], torch.Tensor], slots: list[Slot], n: int, hd: in
 
 def fit_layer_head_maps(get_a: Callable[[str], torch.Tensor], get_b: Callable[[str], torch.Tensor],
                         slots: dict[str, list[Slot]], dims: HiddenDims, rotary: int) -> LayerHeadMaps:
-    """The value/output and query/key maps taking A's heads (``get_a``: already in B's labelling of
+    """The value/output and query/key maps taking A's heads (``get_a``: in one labelling of
     residual, units and heads) closest to B's, by least squares per key/value group: ``R`` from the
     values, the key map from the keys (per rotary pair projected onto scaled rotations ``a I + b J``,
     which alone commute with RoPE; a general map on the other dims). Queries and outputs follow."""
@@ -235,38 +235,3 @@ def use_invariant_head_features(fa: Any, fb: Any, names: Collection[str], get_a:
         f.blocks[("q_heads", "abs", "out")] = [unit_rows(feats["ov"])]
         f.cache.clear()
     return True
-
-
-def fit_head_maps(names: Collection[str], predict: Callable[[str], torch.Tensor],
-                  get_b: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
-                  rotary: int) -> Callable[[str], LayerHeadMaps | None]:
-    """A lookup: for an attention tensor's name, its layer's maps (:func:`fit_layer_head_maps`) from
-    ``predict`` (A's tensor with the recovered residual and hidden gauge applied) to B; None for any other
-    tensor. Each layer is fitted when one of its tensors is first asked for (a check that stops early
-    fits no more layers than it reaches)."""
-    if hspec.attention is None:
-        return lambda name: None
-    owner: dict[str, int] = {}
-    for name in names:
-        hit = hspec.match(name)
-        if hit is not None:
-            owner[name] = hit[1]
-    fitted: dict[int, LayerHeadMaps | None] = {}
-
-    def lookup(name: str) -> LayerHeadMaps | None:
-        layer = owner.get(name)
-        if layer is None:
-            return None
-        if layer not in fitted:
-            try:
-                slots = attention_slots(names, spec, hspec, dims, layer)
-            except ArchitectureError:
-                fitted[layer] = None
-            else:
-                fitted[layer] = fit_layer_head_maps(predict, get_b, slots, dims, rotary)
-        maps = fitted[layer]
-        if maps is None or not any(s.name == name for role in maps.slots.values() for s in role):
-            return None
-        return maps
-
-    return lookup

@@ -22,7 +22,7 @@ save kept) are listed in the report.
 3. **Identical?** Once every layer is matched, every tensor of B is compared with the recovered gauge
    applied to A (MLP units up to a positive scale each, since a unit's up row and down column may be
    rescaled against each other; attention tensors after the maps inside heads, fitted per layer from
-   A's prediction to B, :func:`gaugeport.provenance.heads.fit_head_maps`); when all agree (relative
+   A's prediction to B, :func:`gaugeport.provenance.heads.fit_layer_head_maps`); when all agree (relative
    ``tol``) the two models' logits are compared on probe tokens, layer-streamed: both pass means
    ``identical``. Where the table names the attention tensors, heads are matched on features that the
    maps inside a head (value/output, query/key commuting with RoPE) leave unchanged
@@ -66,6 +66,7 @@ from gaugeport.core.fullgauge import FullGauge, transform_hidden
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import HiddenDims, HiddenSpec, get_hidden_spec
 from gaugeport.estimate.hidden import (
+    CANDIDATES,
     HiddenEstimate,
     OrthogonalGauge,
     ResidualMap,
@@ -74,11 +75,17 @@ from gaugeport.estimate.hidden import (
     layer_features,
     match_layer,
     match_mlp_units_from_moments,
-    mlp_unit_moments,
+    streamed_mlp_moments,
     to_a_coordinates,
 )
 from gaugeport.estimate.lap import linear_assignment
-from gaugeport.provenance.heads import apply_layer_head_maps, fit_head_maps, use_invariant_head_features
+from gaugeport.provenance.heads import (
+    LayerHeadMaps,
+    apply_layer_head_maps,
+    attention_slots,
+    fit_layer_head_maps,
+    use_invariant_head_features,
+)
 
 if TYPE_CHECKING:
     from gaugeport.provenance.lineage import LineageResult
@@ -118,16 +125,29 @@ class SameResult:
 
 
 class _Tensors:
-    """A checkpoint's tensors by name, read on demand (optionally overridden by an in-memory state)."""
+    """A checkpoint's tensors by name, read on demand; ``fold``: norm gains folded into their readers.
 
-    def __init__(self, ckpt: Checkpoint, override: dict[str, torch.Tensor] | None = None) -> None:
+    ``raw(name)`` is the stored tensor; calling the object gives the tensor to compare (folded), from a
+    raw tensor already read when one is given, so that each tensor is read once."""
+
+    def __init__(self, ckpt: Checkpoint, gain_of: dict[str, str] | None = None, reset: frozenset[str] = frozenset(),
+                 offset: float = 0.0) -> None:
         self.ckpt = ckpt
-        self.override = override
+        self.gain_of = gain_of or {}
+        self.reset = reset
+        self.offset = offset
 
-    def __call__(self, name: str) -> torch.Tensor:
-        if self.override is not None:
-            return self.override[name]
+    def raw(self, name: str) -> torch.Tensor:
         return self.ckpt.tensor(name)
+
+    def __call__(self, name: str, raw: torch.Tensor | None = None) -> torch.Tensor:
+        t = self.raw(name) if raw is None else raw
+        if name in self.gain_of:
+            g = self.ckpt.tensor(self.gain_of[name]).float() + self.offset
+            return t.float() * g  # readers: the residual axis is the last (in_features)
+        if name in self.reset:
+            return torch.full(t.shape, 1.0 - self.offset, dtype=torch.float32)
+        return t
 
 
 def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alpha: float = DEFAULT_ALPHA,
@@ -184,31 +204,48 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
         hit = hspec.match(n)
         if hit is not None:
             by_layer.setdefault(hit[1], []).append(n)
+    rest = [n for n in names if hspec.match(n) is None]
     sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
     # rotary dims per head where the table says where the heads live: heads are then matched, and compared,
     # up to the maps inside a head that keep the function (provenance/heads.py)
     rotary = None if hspec.attention is None else hspec.attention.rotary_dims(ca.config, dims.head_dim)
     est = HiddenEstimate([], [], [], [], [])
+    check = _IdenticalCheck(tol, rules, hspec, dims, residual, spec, rotary)
+    shared: list[str] = []
     pending: list[int] = []
-    for layer in range(dims.n_layers):  # one layer's features at a time, freed before the next
-        a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims, rotary)
+    for layer in range(dims.n_layers):  # each layer's tensors read once, scored, checked and freed before the next
+        lnames = sorted(by_layer.get(layer, []))
+        ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared)
+        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer)
+        if rotary is not None:  # heads compared on features no map inside a head changes
+            use_invariant_head_features(a, b, lnames, ta.__getitem__, tb.__getitem__, spec, hspec, dims, rotary,
+                                        layer)
         est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
         if sample is None or est.held_out[-1]["z"] > ESCALATE_Z:
-            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
+            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=sample is None))
+            if check.alive:
+                check.layer(lnames, ta, tb, layer, est.layers[layer], res_sp=_as_sp(residual, ca.d_model))
         else:
             _store(est, layer, None)
             pending.append(layer)
-        del a, b
+            check.stop("layer not related")
+        del a, b, ta, tb
     p_screen = float(stats.norm.sf(_stouffer([h["z"] for h in est.held_out if h["n"]])))
     if pending and p_screen < alpha:  # derived after all: recover the weak layers' gauges too
         for layer in pending:
-            a, b = _layer_pair(by_layer.get(layer, []), layer, get_a, get_b, rules, residual, spec, hspec, dims,
-                               rotary)
-            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs))
+            lnames = sorted(by_layer.get(layer, []))
+            ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, None)
+            a, b = _features(lnames, ta, tb, spec, hspec, dims, layer)
+            if rotary is not None:
+                use_invariant_head_features(a, b, lnames, ta.__getitem__, tb.__getitem__, spec, hspec, dims,
+                                            rotary, layer)
+            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=False))
+            del a, b, ta, tb
         pending = []
     if sample is not None:
         notes.append(f"p-value on a seeded sample of {sample} of {dims.mlp} MLP units per layer, each matched to "
-                     "its nearest input-side neighbour (no assignment over the full width)")
+                     "its nearest input-side neighbour (no assignment over the full width); related layers' units "
+                     f"matched by exact hashes or among their {CANDIDATES} nearest candidates")
     gauge = None
     if pending:
         notes.append(f"independent on the sampled statistic (p {p_screen:.3g}): the full gauge was not recovered "
@@ -218,16 +255,31 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     else:
         if data is not None:
             _refine_mlp_with_activations(est, path_a, path_b, data, tokens, ca, hspec, notes)
-        res_sp = residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(ca.d_model)
-        gauge = est.full_gauge(res_sp)
-        ident = _identical_check(names, get_a, get_b, spec, hspec, dims, gauge, residual, tol, rotary)
+            check.stop("re-matched on activations")  # the weights are compared again under the new gauge
+            check = _IdenticalCheck(tol, rules, hspec, dims, residual, spec, rotary)
+            gauge = est.full_gauge(_as_sp(residual, ca.d_model))
+            for layer in range(dims.n_layers):
+                if not check.alive:
+                    break
+                lnames = sorted(by_layer.get(layer, []))
+                ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, None)
+                check.layer(lnames, ta, tb, layer, est.layers[layer], res_sp=gauge.residual)
+                del ta, tb
+        gauge = est.full_gauge(_as_sp(residual, ca.d_model))
+        if check.alive:
+            for name in rest:
+                if not check.alive:
+                    break
+                ta, tb = _read_layer([name], get_a, get_b, rules, residual, None)
+                check.tensor(name, ta[name], tb[name])
+        ident = check.result()
     layers, p, log10_p = _layer_report(est, ident, dims, alpha)
     if ident["weights_match"]:
         ident.update(_function_check(path_a, path_b, tol=max(tol, 1e-4)))
     verdict = "identical" if ident["weights_match"] and ident.get("function_match") else \
         "derived" if p < alpha else "independent"
     if verdict == "independent":
-        shared = shared_weight_matrices(ca, cb, names)
+        shared += shared_weight_matrices(ca, cb, rest)
         if shared:
             verdict = "derived"
             notes.append(f"derived: {len(shared)} weight matrices are bit-identical in A and B (e.g. "
@@ -243,21 +295,6 @@ SAMPLE_UNITS = 2048  # wider MLPs are screened on a seeded sample of this many u
 ESCALATE_Z = 3.0  # a screened layer whose z exceeds this has its full gauge recovered at once
 
 
-def _layer_pair(names: list[str], layer: int, get_a: Callable[[str], torch.Tensor],
-                get_b: Callable[[str], torch.Tensor], rules: dict[str, Any], residual: ResidualMap,
-                spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
-                rotary: int | None = None) -> tuple[UnitFeatures, UnitFeatures]:
-    def get_b_in_a(n: str) -> torch.Tensor:
-        return to_a_coordinates(n, get_b(n), rules[n], residual)
-
-    fa = layer_features(names, get_a, spec, hspec, dims)
-    fb = layer_features(names, get_b_in_a, spec, hspec, dims)
-    a, b = fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
-    if rotary is not None:  # heads compared on features no map inside a head changes
-        use_invariant_head_features(a, b, names, get_a, get_b_in_a, spec, hspec, dims, rotary, layer)
-    return a, b
-
-
 def _store(est: HiddenEstimate, layer: int, m: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None) -> None:
     vals = (None, None, None, None) if m is None else m
     for lst, v in zip((est.layers, est.mlp_confidence, est.mlp_margin, est.head_confidence), vals, strict=True):
@@ -267,6 +304,37 @@ def _store(est: HiddenEstimate, layer: int, m: tuple[Any, np.ndarray, np.ndarray
             lst.append(v)
 
 
+def _as_sp(residual: ResidualMap, d: int) -> SignedPermutation:
+    return residual if isinstance(residual, SignedPermutation) else SignedPermutation.identity(d)
+
+
+def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Callable[..., torch.Tensor],
+                rules: dict[str, Any], residual: ResidualMap,
+                shared: list[str] | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``names`` read once per side: A's tensors (folded) and B's in A's residual coordinates; with
+    ``shared``, the names of the stored matrices that are bit-identical in A and B are appended to it."""
+    ta, tb = {}, {}
+    for n in names:
+        if isinstance(get_a, _Tensors) and isinstance(get_b, _Tensors):
+            ra, rb = get_a.raw(n), get_b.raw(n)
+            if shared is not None and _bit_identical(ra, rb):
+                shared.append(n)
+            ta[n], fb = get_a(n, ra), get_b(n, rb)
+            del ra, rb
+        else:
+            ta[n], fb = get_a(n), get_b(n)
+        tb[n] = to_a_coordinates(n, fb, rules[n], residual)
+        del fb
+    return ta, tb
+
+
+def _features(names: list[str], ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor], spec: ArchSpec,
+              hspec: HiddenSpec, dims: HiddenDims, layer: int) -> tuple[UnitFeatures, UnitFeatures]:
+    fa = layer_features(names, ta.__getitem__, spec, hspec, dims, keep_raw=True)
+    fb = layer_features(names, tb.__getitem__, spec, hspec, dims, keep_raw=True)
+    return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+
+
 def _stouffer(zs: list[float]) -> float:
     """The layers' z-scores summed, divided by sqrt(L): N(0, 1) under the null (layers independent)."""
     return float(np.sum(zs) / np.sqrt(len(zs))) if zs else 0.0
@@ -274,23 +342,13 @@ def _stouffer(zs: list[float]) -> float:
 
 # ----------------------------------------------------------------------------- residual
 def _folded(ckpt: Checkpoint, names: list[str], spec: ArchSpec,
-            hspec: HiddenSpec) -> tuple[Callable[[str], torch.Tensor], dict[str, list[str]]]:
+            hspec: HiddenSpec) -> tuple[_Tensors, dict[str, list[str]]]:
     """A getter returning ``ckpt``'s tensors with every norm gain folded into its readers
     (``W' = W diag(g + offset)``, the gain itself then reads ``1 - offset``), one tensor at a time;
     and the gains left unfolded because a reader is absent (an output head tied to the embedding)."""
     readers, unfolded = hspec.fold_plan((n for n in names if spec.classify(n).role == "gain"), set(names))
     gain_of = {t: gain for gain, targets in readers.items() for t in targets}
-
-    def get(name: str) -> torch.Tensor:
-        t = ckpt.tensor(name)
-        if name in gain_of:
-            g = ckpt.tensor(gain_of[name]).float() + spec.gain_offset
-            return t.float() * g  # readers: the residual axis is the last (in_features)
-        if spec.classify(name).role == "gain" and name not in unfolded:
-            return torch.full(t.shape, 1.0 - spec.gain_offset, dtype=torch.float32)
-        return t
-
-    return get, unfolded
+    return _Tensors(ckpt, gain_of, frozenset(readers), spec.gain_offset), unfolded
 
 
 def _residual_gauge(a: str | Path, b: str | Path, data: str | None, tokens: int,
@@ -388,6 +446,10 @@ def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b
     del ga, gb
     if gram > GRAM_MAX:
         return keep_sp("no orthogonal map can explain the embedding (token Gram matrices differ)")
+    f_est = rotation_residual(ea, eb)
+    info["rotation_relative_residual"] = f_est
+    if f_est > ROTATION_MAX_RESIDUAL * (1 + SCREEN_MARGIN):  # clearly unexplained: no d x d SVD in float64
+        return keep_sp("no rotation explains the embedding (the pair looks unrelated there)")
     u, _, vt = torch.linalg.svd(eb.T @ ea)
     q = (u @ vt).numpy()
     f_q = float((ea @ torch.from_numpy(q).T - eb).norm()) / norm_b
@@ -401,6 +463,21 @@ def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b
     return OrthogonalGauge(q), info
 
 
+SCREEN_MARGIN = 0.02  # the float32 residual decides alone when it is this far (relative) above the threshold
+
+
+def rotation_residual(ea: torch.Tensor, eb: torch.Tensor) -> float:
+    """The best rotation's relative residual ``min_Q ||E_A Q^T - E_B|| / ||E_B||`` without ``Q``:
+    ``||E_A||^2 + ||E_B||^2 - 2 ||E_B^T E_A||_*`` (the nuclear norm from the eigenvalues of ``M^T M``),
+    in float32 (a symmetric eigenvalue problem, several times cheaper than the float64 SVD that
+    gives ``Q``); accurate to about 1e-4 relative, which is what the choice of map needs."""
+    a, b = ea.float(), eb.float()
+    m = b.T @ a
+    nuc = float(torch.linalg.eigvalsh(m.T @ m).clamp_min(0).sqrt().double().sum())
+    na, nb = float(a.double().pow(2).sum()), float(b.double().pow(2).sum())
+    return float(np.sqrt(max(na + nb - 2 * nuc, 0.0) / max(nb, 1e-30)))
+
+
 def token_sample(vocab: int, size: int) -> np.ndarray:
     """A seeded, sorted sample of ``size`` token ids (all of them for a smaller vocabulary)."""
     if vocab <= size:
@@ -411,25 +488,31 @@ def token_sample(vocab: int, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- activations
 def _refine_mlp_with_activations(est: HiddenEstimate, a: str | Path, b: str | Path, data: str, tokens: int,
                                  ca: Checkpoint, hspec: HiddenSpec, notes: list[str]) -> None:
+    """Re-match every layer's MLP units on the correlation of their activations (A and B run
+    layer-streamed in lockstep, one layer's cross-moments at a time:
+    :func:`~gaugeport.estimate.hidden.streamed_mlp_moments`)."""
     from gaugeport.core.fullgauge import LayerGauge
-    from gaugeport.core.verify import load_model
     from gaugeport.estimate.pipeline import DataOptions
 
-    batches = [bt.input_ids if hasattr(bt, "input_ids") else bt
-               for bt in DataOptions(data, tokens=tokens, seq_len=64).batches(a, b)]
-    model_a, model_b = load_model(a), load_model(b)
-    paths = down_projection_modules(model_a, ca.spec, hspec)
-    if len(paths) != len(est.layers):
-        notes.append(f"activation matching skipped: the table's MLP writers name {len(paths)} modules "
-                     f"for {len(est.layers)} layers")
-        return
-    corrs = mlp_unit_moments(model_a, model_b, batches, module_paths=paths)
-    for i, c in enumerate(corrs):
-        m = match_mlp_units_from_moments(c, hspec.mlp_signs)
+    batches = DataOptions(data, tokens=tokens, seq_len=64).batches(a, b)
+    found: list[str] = []
+
+    def paths_of(model: torch.nn.Module) -> list[str]:
+        found[:] = down_projection_modules(model, ca.spec, hspec)
+        return found if len(found) == len(est.layers) else []
+
+    def on_layer(i: int, moments: Any) -> None:
+        m = match_mlp_units_from_moments(moments.correlation(), hspec.mlp_signs)
         est.layers[i] = LayerGauge(m.gauge, est.layers[i].heads, est.layers[i].n_kv_heads)
         est.mlp_confidence[i], est.mlp_margin[i] = m.confidence, m.margin
-    notes.append(f"MLP units matched on activation correlations ({tokens} tokens; inputs of "
-                 + ", ".join(paths[:1]) + (" ..." if len(paths) > 1 else "") + ")")
+
+    n_tok = streamed_mlp_moments(a, b, batches, paths_of, on_layer)
+    if len(found) != len(est.layers):
+        notes.append(f"activation matching skipped: the table's MLP writers name {len(found)} modules "
+                     f"for {len(est.layers)} layers")
+        return
+    notes.append(f"MLP units matched on activation correlations ({n_tok} tokens, both models layer-streamed; "
+                 "inputs of " + ", ".join(found[:1]) + (" ..." if len(found) > 1 else "") + ")")
 
 
 def down_projection_modules(model: torch.nn.Module, spec: ArchSpec, hspec: HiddenSpec) -> list[str]:
@@ -456,70 +539,99 @@ def down_projection_modules(model: torch.nn.Module, spec: ArchSpec, hspec: Hidde
 
 
 # ----------------------------------------------------------------------------- identical?
-def _identical_check(names: list[str], get_a: Callable[[str], torch.Tensor],
-                     get_b: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec, dims: HiddenDims,
-                     gauge: FullGauge, residual: ResidualMap, tol: float,
-                     rotary: int | None = None) -> dict[str, Any]:
-    """Every tensor both hold, B's against the recovered gauge applied to A's: max relative difference
-    (``max |pred - B| / max |B|``), overall and per layer; it stops at the first tensor over ``tol``.
+class _IdenticalCheck:
+    """B's tensors against the recovered gauge applied to A's, in A's residual coordinates, layer by layer
+    as each layer's gauge is recovered (its tensors still in memory), then the tensors outside the layers:
+    max relative difference (``max |pred - B| / max |B|``), overall and per layer. It stops at the first
+    tensor over ``tol`` (the rest would only refine the figure) or when a layer is not matched.
     With ``rotary`` (the table names the attention tensors), each layer's maps inside the heads
     (value/output, and query/key commuting with RoPE) are first fitted from A's predicted tensors to B's
-    (:func:`gaugeport.provenance.heads.fit_head_maps`) and applied to the prediction."""
-    from gaugeport.core.apply import transform_tensor
+    (:func:`gaugeport.provenance.heads.fit_layer_head_maps`) and applied to the prediction; those maps act
+    on head axes only, so fitting them in A's residual coordinates gives the maps of B's."""
 
-    rules = spec.classify_all(names)
+    def __init__(self, tol: float, rules: dict[str, Any], hspec: HiddenSpec, dims: HiddenDims,
+                 residual: ResidualMap, spec: ArchSpec | None = None, rotary: int | None = None) -> None:
+        self.tol, self.rules, self.hspec, self.dims, self.residual = tol, rules, hspec, dims, residual
+        self.spec, self.rotary = spec, rotary
+        self.worst, self.worst_name = 0.0, ""
+        self.per_layer: dict[int, float] = {}
+        self.alive = True
+        self.why = ""
 
-    def predict(name: str) -> torch.Tensor:
-        ta = get_a(name)
-        if isinstance(residual, SignedPermutation):
-            pred = transform_tensor(name, ta, rules[name], residual)
+    def stop(self, why: str) -> None:
+        if self.alive:
+            self.alive, self.why = False, why
+
+    def layer(self, names: list[str], ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor], layer: int,
+              lg: Any, res_sp: SignedPermutation) -> None:
+        gauge = FullGauge(res_sp, (lg,) * (layer + 1))  # transform_hidden reads layers[layer] only
+        preds: dict[str, torch.Tensor] = {}
+
+        def predict(name: str) -> torch.Tensor:  # A's tensor with the layer's hidden gauge applied, once
+            if name not in preds:
+                hit = self.hspec.match(name)
+                preds[name] = ta[name] if hit is None else \
+                    transform_hidden(name, ta[name], hit[0], hit[1], gauge, self.dims)
+            return preds[name]
+
+        maps = self._head_maps(names, predict, tb, layer)
+        for name in names:
+            if not self.alive:
+                return
+            pred, b = predict(name), tb[name]
+            if maps is not None:
+                pred = apply_layer_head_maps(name, pred, maps, self.dims)
+            hit = self.hspec.match(name)
+            if hit is not None:
+                if pred.dtype == b.dtype and torch.equal(pred, b):  # an exact copy: nothing to measure
+                    self.tensor(name, b, b)
+                    continue
+                if [seg.kind for seg in hit[0].segments] == ["mlp"] and b.ndim == 2:
+                    # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
+                    # activation's gate likewise): compare each unit's direction, the function check decides
+                    pred, b = _unit_directions(pred, hit[0].axis), _unit_directions(b, hit[0].axis)
+            self.tensor(name, pred, b)
+
+    def _head_maps(self, names: list[str], predict: Callable[[str], torch.Tensor], tb: dict[str, torch.Tensor],
+                   layer: int) -> LayerHeadMaps | None:
+        if self.rotary is None or self.spec is None:
+            return None
+        try:
+            slots = attention_slots(names, self.spec, self.hspec, self.dims, layer)
+        except ArchitectureError:  # the layer lacks its attention tensors: compared as they are
+            return None
+        return fit_layer_head_maps(predict, tb.__getitem__, slots, self.dims, self.rotary)
+
+    def tensor(self, name: str, pred: torch.Tensor, b: torch.Tensor) -> None:
+        if b.numel() == 0 or (pred.dtype == b.dtype and torch.equal(pred, b)):
+            scale = diff = 0.0
         else:
-            pred = _rotate(ta, rules[name], residual.matrix)
-        hit = hspec.match(name)
-        return pred if hit is None else transform_hidden(name, pred, hit[0], hit[1], gauge, dims)
-
-    head_maps = None if rotary is None else fit_head_maps(names, predict, get_b, spec, hspec, dims, rotary)
-    worst, worst_name = 0.0, ""
-    per_layer: dict[int, float] = {}
-    for name in names:
-        pred = predict(name)
-        maps = None if head_maps is None else head_maps(name)
-        if maps is not None:
-            pred = apply_layer_head_maps(name, pred, maps, dims)
-        hit = hspec.match(name)
-        tb = get_b(name)
-        if hit is not None and [seg.kind for seg in hit[0].segments] == ["mlp"] and tb.ndim == 2:
-            # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
-            # activation's gate likewise): compare each unit's direction, the function check decides
-            pred, tb = _unit_directions(pred, hit[0].axis), _unit_directions(tb, hit[0].axis)
-        scale = float(tb.float().abs().max()) if tb.numel() else 0.0
-        diff = float((pred.float() - tb.float()).abs().max()) if tb.numel() else 0.0
+            scale = float(b.abs().max())
+            diff = float(torch.sub(pred.float(), b.float()).abs_().max())
         rel = diff / scale if scale > 0 else diff
-        if rel >= worst:
-            worst, worst_name = rel, name
+        if rel >= self.worst:
+            self.worst, self.worst_name = rel, name
         m = _LAYER_RE.search(name)
         if m:
             li = int(m.group(1))
-            per_layer[li] = max(per_layer.get(li, 0.0), rel)
-        if worst > tol:  # not identical: the rest of the read would only refine the figure
-            return {"weights_match": False, "max_rel_weight_diff": worst, "worst_tensor": worst_name,
-                    "per_layer_rel_diff": per_layer, "tol": tol, "stopped_at_first_difference": True}
-    return {"weights_match": worst <= tol, "max_rel_weight_diff": worst, "worst_tensor": worst_name,
-            "per_layer_rel_diff": per_layer, "tol": tol}
+            self.per_layer[li] = max(self.per_layer.get(li, 0.0), rel)
+        if self.worst > self.tol:
+            self.stop("first difference")
+
+    def result(self) -> dict[str, Any]:
+        out = {"weights_match": self.alive and self.worst <= self.tol, "max_rel_weight_diff": self.worst,
+               "worst_tensor": self.worst_name, "per_layer_rel_diff": self.per_layer, "tol": self.tol}
+        if not self.alive:
+            out["stopped_at_first_difference"] = True
+            if self.why != "first difference":
+                out["stopped_because"] = self.why
+        return out
 
 
 def _unit_directions(t: torch.Tensor, axis: int) -> torch.Tensor:
-    x = torch.movedim(t.double(), axis, 0)
+    x = torch.movedim(t.float(), axis, 0)
     norms = x.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-30)
     return torch.movedim(x / norms.reshape(-1, *([1] * (x.ndim - 1))), 0, axis)
-
-
-def _rotate(t: torch.Tensor, rule: Any, q: np.ndarray) -> torch.Tensor:
-    x = t.double()
-    qt = torch.from_numpy(q)
-    for ax in rule.axes if rule.mode == "signed" else ():
-        x = torch.movedim(torch.movedim(x, ax, -1) @ qt.T, -1, ax)
-    return x
 
 
 def _function_check(a: str | Path, b: str | Path, tol: float) -> dict[str, Any]:
@@ -592,12 +704,21 @@ def shared_weight_matrices(ca: Checkpoint, cb: Checkpoint, names: list[str]) -> 
         a = ca.tensor(name)
         if a.dim() < 2 or a.numel() < SHARED_MIN_ELEMENTS:
             continue
-        b = cb.tensor(name)
-        if a.shape == b.shape and a.dtype == b.dtype:
-            # compared as bytes: exact, and defined for every stored dtype (float8 and ints included)
-            ra = a.contiguous().reshape(-1).view(torch.uint8).reshape(a.numel(), -1)
-            rb = b.contiguous().reshape(-1).view(torch.uint8).reshape(b.numel(), -1)
-            if torch.equal(ra, rb) and not torch.equal(ra, ra[:1].expand_as(ra)):  # constant (zeros): no proof
-                shared.append(name)
-        del a, b
+        if _bit_identical(a, cb.tensor(name)):
+            shared.append(name)
+        del a
     return shared
+
+
+def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """A matrix (see :func:`shared_weight_matrices`) stored bit for bit alike on both sides, compared as bytes:
+    exact, and defined for every stored dtype (float8 and ints included); the first row first (most pairs
+    differ there), and a constant one (zeros) proves nothing."""
+    if a.dim() < 2 or a.numel() < SHARED_MIN_ELEMENTS or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ra = a.contiguous().reshape(-1).view(torch.uint8).reshape(a.numel(), -1)
+    rb = b.contiguous().reshape(-1).view(torch.uint8).reshape(b.numel(), -1)
+    head = min(int(a.shape[-1]), a.numel())
+    if not torch.equal(ra[:head], rb[:head]) or not torch.equal(ra, rb):
+        return False
+    return not torch.equal(ra, ra[:1].expand_as(ra))
