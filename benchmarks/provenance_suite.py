@@ -728,6 +728,14 @@ def main(argv: list[str] | None = None) -> int:
         (failed if "error" in row else rows).append(row)
         _log(f"  {row.get('error') or row['gaugeport'].get('verdict')}, {row['wall_seconds']:.0f} s, "
              f"peak RSS {row.get('peak_rss_mb', 0):.0f} MB")
+    listed = {(p["set"], p["lineage"]) for p in pairs}
+    for key, old in carried.items():  # rows of the earlier run whose pair this run does not list at all
+        if key not in listed:
+            old = {k: v for k, v in old.items() if k != "best_z"}
+            old.update(carried_from=str(args.carry_from), peak_rss_mb=None)
+            for m in METHODS:
+                old[m].pop("z", None)
+            rows.append(old)
     for m in METHODS:
         _z_scores(rows, m)
     summ = summary(rows, METHODS)
