@@ -20,7 +20,8 @@ Pairs (A = claimed origin, B = suspect), every one labelled by how B was made:
   (``FT_BUDGET_S``, ``CPT_BUDGET_S``: two shared cores; the steps run are in the row's name); Minitron-style
   MLP width pruning (1152 of 1536 units per block by activation importance: mean ``|act(gate) * up|`` on
   4096 calibration tokens), and the same followed by a healing run (``HEAL_BUDGET_S``); depth pruning (6 of
-  30 blocks); residual width pruning (480 of 576 coordinates); 256 tokens appended; a GGUF Q4_0
+  30 blocks); residual width pruning (504 of 576 coordinates: transformers wants a multiple of the 9
+  heads); 256 tokens appended; a GGUF Q4_0
   re-quantization round trip (every matrix quantized by gguf-py's reference quantizer into a GGUF file,
   read back and dequantized). Negatives: the architecture freshly initialised and the tiny base.
 
@@ -332,7 +333,7 @@ def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str,
                 "cpt": f"continued pretraining {i.get('steps')} steps (Python source)",
                 "minitron": "Minitron MLP 1152/1536 (activation importance)",
                 "minitron_heal": f"Minitron MLP 1152/1536 + heal {i.get('steps')} steps",
-                "depth": "depth 24/30", "residual": "residual 480/576", "vocab": "vocab +256",
+                "depth": "depth 24/30", "residual": "residual 504/576", "vocab": "vocab +256",
                 "gguf": "GGUF Q4_0 re-quantization round trip"}[kind]
 
     for kind in kinds:
@@ -355,7 +356,7 @@ def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str,
         elif kind == "depth":
             _cached(p, lambda: D.drop_blocks(model, list(range(4, L, 5))))
         elif kind == "residual":
-            _cached(p, lambda: D.prune_residual(model, 480))
+            _cached(p, lambda: D.prune_residual(model, 504))
         elif kind == "vocab":
             _cached(p, lambda: D.extend_vocab(model, 256))
         elif kind == "gguf":
