@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/gaugeport reproduce --quick --out reports/latest
 
-# The study on a real pretrained LM (SmolLM2-135M-Instruct, real text): ~14 min cold on 2 idle cores,
+# The study on a real pretrained LM (SmolLM2-135M-Instruct, real text): ~20 min cold on 2 idle cores (estimated),
 # minutes cached. DEVICE=cuda runs it on a GPU.
 DEVICE ?= cpu
 study-real: $(STAMP)

@@ -85,7 +85,7 @@ def reproduce(
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out that is not a report")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
     preset_name: Annotated[str | None, typer.Option(
-        "--preset", help="micro, quick, full, real (SmolLM2-135M-Instruct on real text, ~14 min cold on 2 idle "
+        "--preset", help="micro, quick, full, real (SmolLM2-135M-Instruct on real text, ~20 min cold on 2 idle "
         "cores) or real-micro (the real preset's code path on a tiny stand-in)")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N] (real presets)")] = "cpu",
     compare: Annotated[Path | None, typer.Option(
