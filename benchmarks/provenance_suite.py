@@ -510,6 +510,15 @@ def minilm_pairs(root: Path) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- running
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (Linux; the high-water mark of this process's own
+    memory map, reset at exec), else ``ru_maxrss``, which Linux carries across exec from the forking parent,
+    so a child started by a large launcher would report the launcher's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -624,9 +633,14 @@ def table(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
         lines.append(f"| {i} | {r['set']}: {r['lineage']} | {r['label']} | {gp} | {cell(r, 'awm', '.3f')} | "
                      f"{cell(r, 'zhu_constrained', '.1f')} | {cell(r, 'zhu_match', '.1f')} | "
                      f"{cell(r, 'huref', '.3f')} | {winner(r, methods)} | {g['seconds']:.0f} | {secs:.0f} | "
-                     f"{'-' if r.get('peak_rss_mb') is None else format(r['peak_rss_mb'], '.0f')}"
-                     f"{' (earlier run)' if r.get('carried_from') else ''} |")
+                     f"{_rss_cell(r)} |")
     return "\n".join(lines)
+
+
+def _rss_cell(r: dict[str, Any]) -> str:
+    if r.get("peak_rss_mb") is None:
+        return "- (earlier run)" if r.get("carried_from") else "-"
+    return ("<= " if r.get("peak_rss_upper_bound_only") else "") + f"{r['peak_rss_mb']:.0f}"
 
 
 def _methods_table(summ: dict[str, Any], methods: tuple[str, ...]) -> str:
