@@ -46,9 +46,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --out benchmarks/results.json
 
 # lineage across shape changes (tiny derivations + SmolLM2-135M derivations) with the AWM, Zhu et al. and
-# HuRef anchors side by side: benchmarks/provenance_suite.json. QUICK=1: tiny pairs only.
+# HuRef anchors side by side: benchmarks/provenance_suite.json. QUICK=1: tiny pairs only; LOCK=path: each pair
+# under flock (a shared machine).
 provenance-suite: $(STAMP)
-	$(BIN)/python benchmarks/provenance_suite.py $(if $(QUICK),--quick,) --out benchmarks/provenance_suite.json
+	$(BIN)/python benchmarks/provenance_suite.py $(if $(QUICK),--quick,) $(if $(LOCK),--lock $(LOCK),) \
+		--out benchmarks/provenance_suite.json
 
 # steering-vectors, repeng and dictionary-learning, each in its own cached venv under .interop/ (not in make test)
 interop: $(STAMP)

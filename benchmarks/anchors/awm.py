@@ -28,8 +28,6 @@ from scipy.optimize import linear_sum_assignment
 
 from ._common import Weights, shared_tokens
 
-EMB = "model.embed_tokens.weight"
-
 
 def _unbiased_centre(g: np.ndarray) -> np.ndarray:
     n = g.shape[0]
@@ -52,7 +50,7 @@ def unbiased_cka(x: np.ndarray, y: np.ndarray) -> float:
 def align_residual(a: Weights, b: Weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(coords of A, coords of B, signs)``: LAP on ``|cos|`` of the embedding columns over shared tokens."""
     ia, ib = shared_tokens(a, b)
-    ea, eb = a(EMB)[ia], b(EMB)[ib]
+    ea, eb = a(a.role("emb"))[ia], b(b.role("emb"))[ib]
     ea = ea / np.maximum(np.linalg.norm(ea, axis=0, keepdims=True), 1e-12)
     eb = eb / np.maximum(np.linalg.norm(eb, axis=0, keepdims=True), 1e-12)
     cos = ea.T @ eb
@@ -66,9 +64,9 @@ def statistic(path_a: str | Path, path_b: str | Path) -> dict[str, Any]:
 
     def layer_cka(i: int, j: int) -> float:
         out = []
-        for p in ("q_proj", "k_proj"):
-            wa = a(f"model.layers.{i}.self_attn.{p}.weight")[:, ra] * sg  # aligned to B's coordinates
-            wb = b(f"model.layers.{j}.self_attn.{p}.weight")[:, rb]
+        for p in ("q", "k"):
+            wa = a(a.role(p, i))[:, ra] * sg  # aligned to B's coordinates
+            wb = b(b.role(p, j))[:, rb]
             out.append(unbiased_cka(wa.T, wb.T))
         return float(np.mean(out))
 

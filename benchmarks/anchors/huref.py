@@ -26,7 +26,6 @@ import numpy as np
 
 from ._common import Weights, shared_tokens
 
-EMB = "model.embed_tokens.weight"
 N_TOKENS = 512
 
 
@@ -36,17 +35,16 @@ def _cos(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _invariants(w: Weights, e: np.ndarray, layer: int) -> list[np.ndarray]:
-    p = f"model.layers.{layer}."
-    wq, wk = w(p + "self_attn.q_proj.weight"), w(p + "self_attn.k_proj.weight")
-    wv, wo = w(p + "self_attn.v_proj.weight"), w(p + "self_attn.o_proj.weight")
+    wq, wk = w(w.role("q", layer)), w(w.role("k", layer))
+    wv, wo = w(w.role("v", layer)), w(w.role("o", layer))
     group = wq.shape[0] // wk.shape[0]
     hd = wq.shape[0] // max(1, int(w.ckpt.config.get("num_attention_heads", 1)))
     if group > 1:  # grouped-query attention: repeat each key/value head for its query heads
         wk = np.repeat(wk.reshape(-1, hd, wk.shape[1]), group, axis=0).reshape(-1, wk.shape[1])
         wv = np.repeat(wv.reshape(-1, hd, wv.shape[1]), group, axis=0).reshape(-1, wv.shape[1])
     out = [e @ wq.T @ (wk @ e.T), e @ wv.T @ (wo.T @ e.T)]
-    if w.has(p + "mlp.up_proj.weight"):
-        out.append(e @ w(p + "mlp.up_proj.weight").T @ (w(p + "mlp.down_proj.weight").T @ e.T))
+    if w.has(w.role("up", layer)):
+        out.append(e @ w(w.role("up", layer)).T @ (w(w.role("down", layer)).T @ e.T))
     return out
 
 
@@ -56,7 +54,7 @@ def statistic(path_a: str | Path, path_b: str | Path) -> dict[str, Any]:
     if len(ia) > N_TOKENS:
         pick = np.sort(np.random.default_rng(0).choice(len(ia), N_TOKENS, replace=False))
         ia, ib = ia[pick], ib[pick]
-    ea, eb = a(EMB)[ia], b(EMB)[ib]
+    ea, eb = a(a.role("emb"))[ia], b(b.role("emb"))[ib]
     inv_a = [_invariants(a, ea, i) for i in range(a.n_layers)]
     inv_b = [_invariants(b, eb, j) for j in range(b.n_layers)]
 

@@ -49,3 +49,22 @@ def test_a_full_gauge_blinds_the_constrained_test_but_not_awm_or_huref(zoo, gaug
     assert awm.statistic(zoo["base"], zoo["ind1"])["score"] < 0.3
     assert huref.statistic(zoo["base"], gauged)["score"] > 0.99
     assert abs(huref.statistic(zoo["base"], zoo["ind1"])["score"]) < 0.3
+
+
+def test_awm_and_huref_read_bert_encoders_by_their_own_tensor_names(tmp_path):
+    import torch
+    import transformers
+
+    from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
+
+    def bert(seed: int, path: Path) -> Path:
+        torch.manual_seed(seed)
+        cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=32)
+        transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(path)
+        return path
+
+    a, ind = bert(0, tmp_path / "a"), bert(1, tmp_path / "ind")
+    g = apply_full_gauge_to_checkpoint(a, random_full_gauge_for(a, 3), tmp_path / "g", progress=False)
+    assert awm.statistic(a, g)["score"] > 0.99 and abs(awm.statistic(a, ind)["score"]) < 0.3
+    assert huref.statistic(a, g)["score"] > 0.99 and abs(huref.statistic(a, ind)["score"]) < 0.3

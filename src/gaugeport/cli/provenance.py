@@ -45,6 +45,9 @@ def same(
                                                "label; one JSON line per pair to --out")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="batch mode: the JSON-lines output (resumed "
                                                    "when it exists; summary and ROC plot written next to it)")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="batch mode: spread the pairs over Ray (local, auto or "
+                                            "a cluster address; pip install 'gaugeport[ray]')")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="batch mode: CPUs of a --ray local instance")] = 2,
 ) -> None:
     """Is B a gauged copy of A (identical), derived from A, or independent? p-value, per-layer localisation
     and the recovered gauge as evidence. Pairs whose shapes differ (blocks removed, widths pruned, tokens
@@ -71,8 +74,11 @@ def same(
         if a is not None or b is not None or out is None:
             raise GaugeportError("--pairs runs a batch: give --out and no checkpoints",
                                  hint="gaugeport same --pairs pairs.csv --out results.jsonl")
-        _same_batch(pairs, out, alpha, force, as_json)
+        _same_batch(pairs, out, alpha, force, as_json, ray, workers)
         return
+    if ray is not None:
+        raise GaugeportError("--ray spreads a batch of pairs over a cluster: it needs --pairs CSV --out JSONL",
+                             hint="gaugeport same --pairs pairs.csv --out results.jsonl --ray auto")
     if a is None or b is None:
         raise GaugeportError("same needs two checkpoints A and B (or --pairs CSV --out JSONL)",
                              hint="gaugeport same A B")
@@ -172,16 +178,23 @@ def _print_lineage(res: object, report: Path | None, plot: Path | None, save_gau
         typer.echo(f"note: {n}")
 
 
-def _same_batch(pairs: Path, out: Path, alpha: float, force: bool, as_json: bool) -> None:
+def _same_batch(pairs: Path, out: Path, alpha: float, force: bool, as_json: bool, ray: str | None = None,
+                workers: int = 2) -> None:
     import json
 
+    from gaugeport.core.errors import GaugeportError
     from gaugeport.core.fileio import atomic_write_json, refuse_existing
-    from gaugeport.provenance.batch import _done_lines, plot_roc, run_pairs
+    from gaugeport.provenance.batch import _done_lines, plot_roc, ray_executor, read_pairs, run_pairs, serial_executor
+
+    if workers < 1:
+        raise GaugeportError(f"--workers {workers} is not a positive number of CPUs", hint="e.g. --workers 4")
+    read_pairs(pairs)  # a bad CSV fails before any cluster is started
+    executor = serial_executor if ray is None else ray_executor(ray, workers)
 
     summary_path, roc_path = out.with_suffix(".summary.json"), out.with_suffix(".roc.png")
     if force and out.exists():
         out.unlink()
-    summary = run_pairs(pairs, out, alpha=alpha, echo=None if as_json else typer.echo)
+    summary = run_pairs(pairs, out, alpha=alpha, echo=None if as_json else typer.echo, executor=executor)
     for p in (summary_path, roc_path):
         refuse_existing(p, True, inputs=(pairs,))
     summary["roc_plot"] = str(r) if (r := plot_roc(_done_lines(out), roc_path)) is not None else None

@@ -8,7 +8,9 @@ for same-shape pairs too, so every pair is ranked on one scale), seconds, and th
 fails records its ``error`` and the batch goes on.
 
 Resuming: lines already in the output are kept and their pairs skipped; a torn last line (an
-interrupted write) is dropped first, by rewriting the file atomically. With labels, the summary
+interrupted write) is dropped first, by rewriting the file atomically. Each line is written (and synced)
+the moment its pair finishes, in whatever order pairs finish: ``--ray ADDRESS`` spreads the pairs over a
+Ray cluster (:func:`ray_executor`), and an interrupted cluster run resumes the same way. With labels, the summary
 gives the AUC of ``effect`` and the TPR at 1% FPR, and an ROC plot is written next to the output.
 """
 
@@ -18,7 +20,7 @@ import csv
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,27 +104,88 @@ def compare_pair(a: str, b: str, alpha: float) -> dict[str, Any]:
             "evidence": lin.evidence, "seconds": time.perf_counter() - t0}
 
 
+Compare = Callable[[str, str, float], dict[str, Any]]
+# An executor takes the rows still to do, the comparison and alpha, and yields (row, line) as each pair finishes
+# (in any order); run_pairs writes every line the moment it arrives, so an interrupted batch resumes.
+Executor = Callable[[list[dict[str, Any]], Compare, float], Iterator[tuple[dict[str, Any], dict[str, Any]]]]
+
+
+def compare_row(row: dict[str, Any], compare: Compare, alpha: float) -> dict[str, Any]:
+    """One pair's JSON line: its row and the comparison, or the error that stopped it."""
+    head = {"a": row["a"], "b": row["b"], "label": row["label"]}
+    try:
+        return {**head, **compare(row["a"], row["b"], alpha)}
+    except GaugeportError as exc:
+        return {**head, "error": str(exc)}
+
+
+def serial_executor(rows: list[dict[str, Any]], compare: Compare,
+                    alpha: float) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every pair in this process, in the CSV's order."""
+    for row in rows:
+        yield row, compare_row(row, compare, alpha)
+
+
+def ray_executor(address: str, workers: int = 2, *, max_retries: int = 1,
+                 connect_timeout_s: float | None = None) -> Executor:
+    """Spread the pairs over a Ray cluster (``collect --ray``'s engine and addresses: ``local``, ``auto``,
+    ``HOST:6379``, ``ray://HOST:10001``; see :mod:`gaugeport.estimate.distributed`): one task per pair, one CPU
+    each, ``workers`` CPUs for a ``local`` instance. A task opens both checkpoints *from their paths* (every node
+    must read them there, or have the hub IDs cached); nothing model-sized travels. A worker that dies is retried
+    ``max_retries`` times, then its pair records an ``error`` line and the batch goes on. Ray is the optional
+    extra ``gaugeport[ray]``: without it, a GaugeportError says how to install it."""
+
+    def run(rows: list[dict[str, Any]], compare: Compare,
+            alpha: float) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        from gaugeport.core.errors import require
+        from gaugeport.estimate.distributed import DEFAULT_CONNECT_TIMEOUT_S, connect
+
+        require("ray", "ray", "spreading pairs over Ray (same --pairs --ray)")
+        if not rows:
+            return
+        ray, started = connect(address, workers, connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S)
+        task = ray.remote(compare_row).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
+        pending = {task.remote(row, compare, alpha): row for row in rows}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                row = pending.pop(done[0])
+                try:
+                    doc = ray.get(done[0])
+                except Exception as exc:  # the worker died (after retries) or raised a non-gaugeport error
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    doc = {"a": row["a"], "b": row["b"], "label": row["label"],
+                           "error": f"ray task failed: {type(exc).__name__}: {first}"}
+                yield row, doc
+        finally:
+            for ref in pending:  # an error or ^C in the driver stops the other pairs too
+                ray.cancel(ref, force=True)
+            if started:
+                ray.shutdown()
+
+    return run
+
+
 def run_pairs(pairs_csv: str | Path, out: str | Path, *, alpha: float = 1e-3,
-              compare: Callable[[str, str, float], dict[str, Any]] = compare_pair,
-              echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Compare every pair not yet in ``out`` (JSON lines), then summarise all lines."""
+              compare: Compare = compare_pair, echo: Callable[[str], None] | None = None,
+              executor: Executor = serial_executor) -> dict[str, Any]:
+    """Compare every pair not yet in ``out`` (JSON lines, written as each pair finishes), then summarise all
+    lines. ``executor``: :func:`serial_executor` (this process) or :func:`ray_executor` (a Ray cluster)."""
     rows = read_pairs(pairs_csv)
     out = Path(out)
     done = _done_lines(out)
     seen = {(d["a"], d["b"]) for d in done}
+    todo, queued = [], set()
+    for row in rows:
+        if (row["a"], row["b"]) not in seen | queued:
+            todo.append(row)
+            queued.add((row["a"], row["b"]))
     with out.open("a", encoding="utf-8") as f:
-        for row in rows:
-            if (row["a"], row["b"]) in seen:
-                continue
-            try:
-                doc = {"a": row["a"], "b": row["b"], "label": row["label"], **compare(row["a"], row["b"], alpha)}
-            except GaugeportError as exc:
-                doc = {"a": row["a"], "b": row["b"], "label": row["label"], "error": str(exc)}
+        for row, doc in executor(todo, compare, alpha):
             f.write(json.dumps(doc, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
             done.append(doc)
-            seen.add((row["a"], row["b"]))
             if echo is not None:
                 echo(f"{doc.get('verdict', 'error'):<12} effect {doc.get('effect', float('nan')):6.3f}  "
                      f"{row['a']} -> {row['b']}")

@@ -17,7 +17,8 @@ MLP units, heads), which part of A each part of B comes from, and tests it.
 3. **Blocks.** Every pair (block ``i`` of A, block ``j`` of B) gets input-side evidence: the mean,
    over the smaller side's MLP units, of the best cosine of their stream-reading rows (gate/up, in
    the matched coordinates). A monotone assignment (dynamic programming, :func:`monotone_assignment`)
-   maps the shallower model's blocks onto an increasing subsequence of the deeper one's.
+   maps the shallower model's blocks onto an increasing subsequence of the deeper one's; only the block
+   pairs such a map can use are scored (:func:`monotone_band`: the diagonal band of width ``|L_A - L_B| + 1``).
 4. **Units, heads, experts.** Per mapped block, the held-out statistic of ``same``
    (:func:`gaugeport.estimate.hidden.held_out_statistic`: units matched on their input rows, the
    match tested on their output columns, never used to match) gives a per-block z; the narrower side
@@ -401,7 +402,7 @@ class LineageResult:
     residual: dict[str, Any]
     vocabulary: dict[str, Any]
     shapes: dict[str, Any]
-    block_evidence: list[list[float]]  # input-side evidence, A's blocks x B's blocks
+    block_evidence: list[list[float | None]]  # input-side evidence, A's blocks x B's blocks (None: off the band)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -437,16 +438,16 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
     fb_all = view_features(vb, res.idx_b, res.sign)
     la, lb = va.dims.n_layers, vb.dims.n_layers
 
-    # input-side evidence of every block pair (pooled over experts: B's experts against their best A expert)
-    ev = np.zeros((la, lb))
-    for i in range(la):
-        for j in range(lb):
-            ev[i, j] = np.mean([max(_input_evidence(*_oriented(fa[i], fb[j], va.dims, vb.dims))
-                                    for fa in fa_all) for fb in fb_all])
+    # input-side evidence of every block pair a monotone map can use (pooled over experts: B's experts against
+    # their best A expert); the others stay NaN (see monotone_band)
+    ev = np.full((la, lb), np.nan)
+    for i, j in zip(*np.nonzero(monotone_band(la, lb)), strict=True):
+        ev[i, j] = np.mean([max(_input_evidence(*_oriented(fa[i], fb[j], va.dims, vb.dims))
+                                for fa in fa_all) for fb in fb_all])
     if lb <= la:
-        pairs = [(int(i), j) for j, i in enumerate(monotone_assignment(ev))]
+        pairs = [(int(i), j) for j, i in enumerate(monotone_assignment(np.nan_to_num(ev, nan=-np.inf)))]
     else:
-        pairs = [(i, int(j)) for i, j in enumerate(monotone_assignment(ev.T))]
+        pairs = [(i, int(j)) for i, j in enumerate(monotone_assignment(np.nan_to_num(ev.T, nan=-np.inf)))]
 
     blocks = []
     for i, j in pairs:
@@ -467,7 +468,7 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
         blk: dict[str, Any] = {
             "a_block": i, "b_block": j, "z": z, "p_value": float(stats.norm.sf(z)),
             "input_evidence": float(ev[i, j]),
-            "runner_up_evidence": float(np.max(np.delete(ev[:, j], i))) if la > 1 else None,
+            "runner_up_evidence": _runner_up(ev[:, j] if lb <= la else ev[i, :], i if lb <= la else j),
             "units_fraction": float(np.mean([e["units_fraction"] for e in experts])),
             "heads_fraction": heads,
             "output_cos": float(np.mean([e["output_cos"] or 0.0 for e in experts])),
@@ -510,8 +511,26 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
     if va.moe_family or vb.moe_family:
         notes.append("mixture of experts: each expert read as a dense MLP; routers and shared experts ignored")
     verdict = "derived" if logp < np.log(alpha) else "independent"
+    block_ev = [[None if np.isnan(x) else float(x) for x in row] for row in ev]
     return LineageResult(verdict, float(np.exp(logp)), logp / np.log(10), alpha, effect, evidence, blocks,
-                         res.to_dict(va.d, vb.d), vocab, shapes, ev.tolist(), time.perf_counter() - t0, notes)
+                         res.to_dict(va.d, vb.d), vocab, shapes, block_ev, time.perf_counter() - t0, notes)
+
+
+def monotone_band(la: int, lb: int) -> np.ndarray:
+    """The block pairs (A block ``i``, B block ``j``) that some strictly increasing map of the shallower model's
+    blocks into the deeper one's can use: with ``lb <= la``, block ``j`` of B can only land on
+    ``j <= i <= j + la - lb`` (``j`` blocks of A must lie below it, ``lb - 1 - j`` above); symmetrically
+    when A is the shallower. Evidence outside this band cannot change the map, so it is not computed (equal
+    depths: the diagonal only, ``la * lb`` evaluations become ``min(la, lb) * (|la - lb| + 1)``)."""
+    i, j = np.ogrid[:la, :lb]
+    return (i >= j) & (i <= j + la - lb) if lb <= la else (j >= i) & (j <= i + lb - la)
+
+
+def _runner_up(candidates: np.ndarray, chosen: int) -> float | None:
+    """The best evidence of another block the map could have used instead (None when there is none)."""
+    rest = np.delete(candidates, chosen)
+    rest = rest[~np.isnan(rest)]
+    return float(rest.max()) if rest.size else None
 
 
 def _token_evidence(va: View, vb: View, ids_a: np.ndarray, ids_b: np.ndarray, res: ResidualMatch,
@@ -553,7 +572,7 @@ def plot_blocks(result: LineageResult, path: str | Path) -> Path | None:
 
     from gaugeport.core.fileio import atomic_path
 
-    ev = np.asarray(result.block_evidence)
+    ev = np.asarray(result.block_evidence, dtype=float)  # None (off the monotone band) -> NaN, left blank
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
     im = ax0.imshow(ev, aspect="auto", origin="lower", cmap="viridis")
     ax0.plot([b["b_block"] for b in result.blocks], [b["a_block"] for b in result.blocks], "r.-", label="block map")
