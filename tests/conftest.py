@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -47,3 +48,23 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
 # otherwise fail a correct example for taking more than hypothesis's default 200 ms).
 settings.register_profile("gaugeport", deadline=None)
 settings.load_profile("gaugeport")
+
+
+@pytest.fixture
+def disk_fills_at(monkeypatch: pytest.MonkeyPatch):
+    """``disk_fills_at(cls, method, n)``: the ``n``-th call of ``cls.method`` raises ENOSPC, as a disk that
+    fills in the middle of a write would; the other calls go through."""
+
+    def patch(cls: type, method: str, n: int) -> None:
+        real = getattr(cls, method)
+        calls = {"n": 0}
+
+        def full_disk(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, full_disk)
+
+    return patch

@@ -8,7 +8,6 @@ the code under test; chunks are made tiny so every tensor spans many of them.
 from __future__ import annotations
 
 import dataclasses
-import errno
 
 import numpy as np
 import pytest
@@ -179,17 +178,8 @@ def test_a_non_finite_value_in_a_later_chunk_is_refused_and_nothing_is_written(
 
 
 def test_a_failing_write_on_the_helper_thread_is_a_clear_error_and_leaves_no_output(
-        src, tmp_path, tiny_chunks, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"n": 0}
-    real = SafetensorsStreamWriter.write_part
-
-    def full_disk(self, name, data):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(self, name, data)
-
-    monkeypatch.setattr(SafetensorsStreamWriter, "write_part", full_disk)
+        src, tmp_path, tiny_chunks, disk_fills_at) -> None:
+    disk_fills_at(SafetensorsStreamWriter, "write_part", 5)
     with pytest.raises(CheckpointError, match="no space left"):
         apply_gauge_to_checkpoint(src, SignedPermutation.random(SHAPE.d_model, seed=7), tmp_path / "out",
                                   progress=False)

@@ -10,8 +10,6 @@ sort keys of the canonical pass.
 
 from __future__ import annotations
 
-import errno
-
 import numpy as np
 import pytest
 import torch
@@ -74,18 +72,8 @@ def test_a_failing_hash_on_the_helper_thread_is_raised(tiny_dir, monkeypatch: py
         fingerprint(tiny_dir("llama"))
 
 
-def test_a_failing_write_on_the_helper_thread_leaves_no_canonical_output(tiny_dir, tmp_path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"n": 0}
-    real = SafetensorsStreamWriter.write
-
-    def full_disk(self, name, t):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(self, name, t)
-
-    monkeypatch.setattr(SafetensorsStreamWriter, "write", full_disk)
+def test_a_failing_write_on_the_helper_thread_leaves_no_canonical_output(tiny_dir, tmp_path, disk_fills_at) -> None:
+    disk_fills_at(SafetensorsStreamWriter, "write", 4)
     with pytest.raises(CheckpointError, match="no space left"):
         canonicalize(tiny_dir("llama"), tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists() and not (tmp_path / ".gaugeport-tmp").exists()
