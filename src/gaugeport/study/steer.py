@@ -130,6 +130,23 @@ def preserved(base_effects: np.ndarray, target_effects: np.ndarray, seed: int = 
     return bootstrap(np.c_[base_effects, target_effects], ratio_of_means, seed=seed, what="prompts").to_dict()
 
 
+def transported(keep: Callable[[str, Any], Any], choice: dict[str, Any], target: torch.nn.Module, probe: Probe,
+                gauge: Any, own: torch.Tensor, variants: dict[str, bool]) -> dict[str, Any]:
+    """Row 5a for a direction that passed the gate: its effect on the target once transported through
+    ``gauge`` (one entry per ``variants`` name -> perm_only flag), and the target's own direction ``own``
+    (scaled to the vector's norm), each over the source's effect; every figure is kept with its interval."""
+    from gaugeport.transport import transport_vector
+
+    v, layer, ea = choice["vector"], choice["layer"], choice["effects"]
+    keep("steering.source_effect", bootstrap(ea, what="prompts"))
+    out: dict[str, Any] = {"source_effect": float(ea.mean())}
+    for key, perm_only in variants.items():
+        eb = per_prompt_effect(target, probe, transport_vector(v, gauge, perm_only=perm_only), layer)
+        out[key] = keep(f"steering.{key}", preserved(ea, eb))
+    out["native_target"] = keep("steering.native_target", preserved(ea, per_prompt_effect(target, probe, own, layer)))
+    return out
+
+
 def public(choice: dict[str, Any]) -> dict[str, Any]:
     """The sweep record for ``results.json`` (no tensors)."""
     return {k: v for k, v in choice.items() if k not in ("vector", "effects")}

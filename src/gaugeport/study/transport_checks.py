@@ -35,7 +35,7 @@ from gaugeport.study.probes import log_odds, site_name, token_residuals
 from gaugeport.study.sae import load_saelens
 from gaugeport.study.stages import derived_seed
 from gaugeport.study.stats import bootstrap, ratio_of_sums
-from gaugeport.transport import merge_models, transport_sae_dir, transport_trainer_checkpoint, transport_vector
+from gaugeport.transport import merge_models, transport_sae_dir, transport_trainer_checkpoint
 
 VARIANTS = {"signed": False, "perm_only": True}  # name -> perm_only flag of the transport functions
 
@@ -96,16 +96,8 @@ def steering(ctx: Context, gauge: SignedPermutation) -> dict[str, Any]:
     choice = steer.choose(base, probe, _directions(base, pos, neg, False), seed=derived_seed(cfg.seed, 330))
     out: dict[str, Any] = {"steering_sweep": steer.public(choice), "steering_preserved": None}
     if choice["passes"]:
-        v, layer, ea = choice["vector"], choice["layer"], choice["effects"]
-        ctx.keep("steering.source_effect", bootstrap(ea, what="prompts"))
-        preserved: dict[str, Any] = {"source_effect": float(ea.mean())}
-        for key, perm_only in VARIANTS.items():
-            eb = steer.per_prompt_effect(target, probe, transport_vector(v, gauge, perm_only=perm_only), layer)
-            preserved[key] = ctx.keep(f"steering.{key}", steer.preserved(ea, eb))
-        own = _directions(target, pos, neg, False)[layer][0] * float(v.norm())
-        preserved["native_target"] = ctx.keep("steering.native_target", steer.preserved(
-            ea, steer.per_prompt_effect(target, probe, own, layer)))
-        out["steering_preserved"] = preserved
+        own = _directions(target, pos, neg, False)[choice["layer"]][0] * float(choice["vector"].norm())
+        out["steering_preserved"] = steer.transported(ctx.keep, choice, target, probe, gauge, own, VARIANTS)
 
     bad = request_prompts(n, derived_seed(cfg.seed, 93), forbidden=True)
     good = request_prompts(n, derived_seed(cfg.seed, 94), forbidden=False)

@@ -346,7 +346,6 @@ def steering(ctx: RealContext, gauge: SignedPermutation) -> dict[str, Any]:
     templates) and refusal direction (handwritten requests in the chat template), each chosen on the base
     by the sweep and gate of :mod:`gaugeport.study.steer`; only a direction that passes is carried to
     gentle run-1 in its hidden gauge, and only then is a preserved ratio reported."""
-    from gaugeport.transport import transport_vector
 
     base, target = ctx.base, ctx.target
     layers = [x for x in ctx.rc.steering_layers if x < base.config.num_hidden_layers]
@@ -358,16 +357,8 @@ def steering(ctx: RealContext, gauge: SignedPermutation) -> dict[str, Any]:
     choice = steer.choose(base, probe, dirs, seed=derived(ctx.seed, 330))
     out: dict[str, Any] = {"steering_sweep": steer.public(choice)}
     if choice["passes"]:
-        v, layer, ea = choice["vector"], choice["layer"], choice["effects"]
-        ctx.keep("steering.source_effect", bootstrap(ea, what="prompts"))
-        preserved: dict[str, Any] = {"source_effect": float(ea.mean())}
-        for key, perm_only in VARIANTS.items():
-            eb = steer.per_prompt_effect(target, probe, transport_vector(v, gauge, perm_only=perm_only), layer)
-            preserved[key] = ctx.keep(f"steering.{key}", steer.preserved(ea, eb))
-        own = dirs_on(ctx, target, pairs, layer) * float(v.norm())
-        preserved["native_target"] = ctx.keep("steering.native_target",
-                                              steer.preserved(ea, steer.per_prompt_effect(target, probe, own, layer)))
-        out["steering_preserved"] = preserved
+        own = dirs_on(ctx, target, pairs, choice["layer"]) * float(choice["vector"].norm())
+        out["steering_preserved"] = steer.transported(ctx.keep, choice, target, probe, gauge, own, VARIANTS)
     else:
         out["steering_preserved"] = None
     out["steering_pairs"] = (f"{len(pairs)} pairs: {len(text.POSITIVE)} handwritten, {len(pairs) - len(text.POSITIVE)} "
