@@ -11,10 +11,17 @@ model; the input is never modified. These are the published recipes in miniature
   channels too): every residual axis keeps the same coordinates, head_dim is kept;
 * :func:`extend_vocab`: tokens appended (Chinese-LLaMA): new rows at the mean of the old ones plus noise;
 * :func:`upcycle_to_mixtral`: sparse upcycling (Mixtral from Mistral): every expert a copy of the
-  dense MLP, a fresh router; ``noise`` perturbs each expert independently.
+  dense MLP, a fresh router; ``noise`` perturbs each expert independently;
+* :func:`upcycle_to_qwen2_moe`: upcycling into a mixture with a shared expert (Qwen1.5-MoE from
+  Qwen-1.8B, in miniature): the routed experts and the shared expert all copies of the dense MLP;
+* :func:`permute_experts`: the experts of a mixture re-ordered with their router rows (a symmetry);
+* :func:`prune_heads`: attention heads removed by whole key/value groups (Minitron's head axis, GQA kept);
+* :func:`wrap_in_llava`: the model put inside a LLaVA wrapper (fresh vision tower and projector), as
+  LLaVA starts from its language model.
 
-With no noise, :func:`upcycle_to_mixtral` and :func:`extend_vocab` preserve the function (on the
-old vocabulary); the tests compare logits.
+With no noise, :func:`upcycle_to_mixtral`, :func:`upcycle_to_qwen2_moe` and :func:`extend_vocab`
+preserve the function (on the old vocabulary), as do :func:`permute_experts` and :func:`wrap_in_llava`
+(on text); the tests compare logits.
 """
 
 from __future__ import annotations
@@ -150,3 +157,97 @@ def _fuse_experts(state: dict[str, torch.Tensor], n_layers: int, n_experts: int)
                                                for e in range(n_experts)])
         out[p + "down_proj"] = torch.stack([state[f"{p}{e}.down_proj"] for e in range(n_experts)])
     return out
+
+
+@torch.no_grad()
+def upcycle_to_qwen2_moe(model: torch.nn.Module, n_experts: int = 4, top_k: int = 2, noise: float = 0.0,
+                         seed: int = 0) -> torch.nn.Module:
+    """A Qwen2-MoE whose routed experts and shared expert all start as the dense MLP (plus independent relative
+    ``noise``); fresh router. Function kept: the shared expert's gate is zero (``sigmoid(0) = 1/2``), the routed
+    weights are renormalised over the top-k (``norm_topk_prob``) and every routed expert's ``down_proj`` is halved,
+    so a block adds ``MLP(x) / 2 + MLP(x) / 2``."""
+    g = torch.Generator().manual_seed(seed)
+    d, ff = int(model.config.hidden_size), int(model.config.intermediate_size)
+
+    def noisy(v: torch.Tensor) -> torch.Tensor:
+        return v + noise * v.std() * torch.randn(v.shape, generator=g) if noise else v.clone()
+
+    state = {}
+    for k, v in _state(model).items():
+        if ".mlp." not in k:
+            state[k] = v
+            continue
+        layer, proj = k.split(".")[2], k.split(".")[-2]
+        for e in range(n_experts):
+            state[f"model.layers.{layer}.mlp.experts.{e}.{proj}"] = noisy(v) * (0.5 if proj == "down_proj" else 1.0)
+        state[f"model.layers.{layer}.mlp.shared_expert.{proj}.weight"] = noisy(v)
+    for layer in range(_n_layers(model)):
+        state[f"model.layers.{layer}.mlp.gate.weight"] = 0.02 * torch.randn(n_experts, d, generator=g)
+        state[f"model.layers.{layer}.mlp.shared_expert_gate.weight"] = torch.zeros(1, d)
+    fused = _fuse_experts(state, _n_layers(model), n_experts)
+    return _clone_with(model, {"num_experts": n_experts, "num_experts_per_tok": top_k, "moe_intermediate_size": ff,
+                               "shared_expert_intermediate_size": ff, "norm_topk_prob": True, "qkv_bias": False,
+                               "decoder_sparse_step": 1, "mlp_only_layers": []}, fused, model_type="qwen2_moe")
+
+
+@torch.no_grad()
+def permute_experts(model: torch.nn.Module, perm: Sequence[int]) -> torch.nn.Module:
+    """The experts of every block re-ordered, new expert ``e`` = old expert ``perm[e]``, with the router's rows
+    (a symmetry of a mixture: the same experts fire with the same weights)."""
+    idx = torch.as_tensor(list(perm))
+    state = _state(model)
+    for k, v in state.items():
+        if k.endswith((".mlp.experts.gate_up_proj", ".mlp.experts.down_proj", ".mlp.gate.weight")):
+            if v.shape[0] != len(idx):
+                raise ValueError(f"{k} has {v.shape[0]} experts, the permutation {len(idx)}")
+            state[k] = v[idx]
+    return _clone_with(model, {}, state)
+
+
+@torch.no_grad()
+def prune_heads(model: torch.nn.Module, keep_groups: Sequence[int]) -> torch.nn.Module:
+    """Keep the key/value groups ``keep_groups`` (sorted) and the query heads they serve; head_dim is kept."""
+    c = model.config
+    n_heads, n_kv = int(c.num_attention_heads), int(c.num_key_value_heads)
+    hd = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
+    groups = sorted(set(keep_groups))
+    if not groups or groups[0] < 0 or groups[-1] >= n_kv:
+        raise ValueError(f"keep_groups must name key/value groups in 0..{n_kv - 1}, got {list(keep_groups)}")
+    g = n_heads // n_kv
+    q_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for k in groups for h in range(k * g, (k + 1) * g)])
+    kv_rows = torch.cat([torch.arange(k * hd, (k + 1) * hd) for k in groups])
+    state = _state(model)
+    for layer in range(_n_layers(model)):
+        p = f"model.layers.{layer}.self_attn."
+        for proj, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+            for kind in ("weight", "bias"):
+                if p + f"{proj}.{kind}" in state:
+                    state[p + f"{proj}.{kind}"] = state[p + f"{proj}.{kind}"][rows]
+        state[p + "o_proj.weight"] = state[p + "o_proj.weight"][:, q_rows]
+    return _clone_with(model, {"num_attention_heads": len(groups) * g, "num_key_value_heads": len(groups),
+                               "head_dim": hd}, state)
+
+
+@torch.no_grad()
+def wrap_in_llava(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A ``LlavaForConditionalGeneration`` whose language model is ``model`` (a tiny CLIP vision tower and a
+    projector drawn fresh, as LLaVA starts): on text alone it computes what ``model`` computes."""
+    text = model.config.to_dict()
+    for k in ("transformers_version", "architectures", "_name_or_path"):
+        text.pop(k, None)
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=16, patch_size=8)
+    config = transformers.LlavaConfig(text_config=text, vision_config=vision.to_dict(),
+                                      image_token_index=int(model.config.vocab_size) - 1,
+                                      tie_word_embeddings=bool(model.config.tie_word_embeddings))
+    torch.manual_seed(seed)
+    wrapped = transformers.LlavaForConditionalGeneration(config).to(torch.float32)
+    state = {("lm_head." + k[len("lm_head."):]) if k.startswith("lm_head.")
+             else "model.language_model." + k[len("model."):]: v for k, v in _state(model).items()}
+    missing, unexpected = wrapped.load_state_dict(state, strict=False)
+    lm_missing = [m for m in missing if "language_model" in m or m.startswith("lm_head")]
+    if lm_missing or unexpected:
+        raise ValueError(f"language model does not fit the wrapper: missing {lm_missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+    wrapped.eval()
+    return wrapped

@@ -163,7 +163,7 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     if shapes_differ(path_a, path_b):
         return lineage(path_a, path_b, alpha=alpha)
     ca, cb = Checkpoint.open(path_a), Checkpoint.open(path_b)
-    if ca.model_type != cb.model_type:
+    if ca.spec.table != cb.spec.table:  # model types one table reads (llama, mistral) are one architecture
         raise ArchitectureError(f"different architectures: A is {ca.model_type}, B is {cb.model_type}",
                                 hint="same compares two checkpoints of one architecture")
     spec = ca.spec
