@@ -16,6 +16,7 @@ model; the input is never modified. These are the published recipes in miniature
   Qwen-1.8B, in miniature): the routed experts and the shared expert all copies of the dense MLP;
 * :func:`permute_experts`: the experts of a mixture re-ordered with their router rows (a symmetry);
 * :func:`prune_heads`: attention heads removed by whole key/value groups (Minitron's head axis, GQA kept);
+* :func:`prune_head_dim`: pruning inside the heads (head_dim shrunk by whole RoPE dimension pairs);
 * :func:`wrap_in_llava`: the model put inside a LLaVA wrapper (fresh vision tower and projector), as
   LLaVA starts from its language model.
 
@@ -251,3 +252,29 @@ def wrap_in_llava(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                          f"unexpected {unexpected[:4]}")
     wrapped.eval()
     return wrapped
+
+
+@torch.no_grad()
+def prune_head_dim(model: torch.nn.Module, keep_pairs: int) -> torch.nn.Module:
+    """Prune inside every head: keep the first ``keep_pairs`` RoPE dimension pairs ``(i, i + head_dim / 2)`` of
+    each query/key head and the same dimensions of each value head (head_dim becomes ``2 * keep_pairs``).
+    Not function-preserving: RoPE's frequencies follow head_dim."""
+    c = model.config
+    n_heads, n_kv = int(c.num_attention_heads), int(c.num_key_value_heads)
+    hd = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
+    if not 0 < keep_pairs < hd // 2:
+        raise ValueError(f"keep_pairs must lie in 1..{hd // 2 - 1}, got {keep_pairs}")
+    dims = torch.cat([torch.arange(keep_pairs), hd // 2 + torch.arange(keep_pairs)])
+
+    def rows(n: int) -> torch.Tensor:
+        return torch.cat([h * hd + dims for h in range(n)])
+
+    state = _state(model)
+    for layer in range(_n_layers(model)):
+        p = f"model.layers.{layer}.self_attn."
+        for proj, n in (("q_proj", n_heads), ("k_proj", n_kv), ("v_proj", n_kv)):
+            for kind in ("weight", "bias"):
+                if p + f"{proj}.{kind}" in state:
+                    state[p + f"{proj}.{kind}"] = state[p + f"{proj}.{kind}"][rows(n)]
+        state[p + "o_proj.weight"] = state[p + "o_proj.weight"][:, rows(n_heads)]
+    return _clone_with(model, {"head_dim": 2 * keep_pairs}, state)
