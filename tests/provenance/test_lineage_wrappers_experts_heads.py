@@ -25,6 +25,7 @@ PERM = [2, 0, 3, 1]  # new expert e of the permuted mixture is old expert PERM[e
 DERIVATIONS = {  # name -> (derive, whether the origin is gauged first)
     "qwen2_moe_upcycled": (lambda m: D.upcycle_to_qwen2_moe(m, 4, noise=0.02), True),
     "llava_wrapped": (lambda m: D.wrap_in_llava(m), True),
+    "qwen2_vl_wrapped": (lambda m: D.wrap_in_qwen2_vl(m), True),
     "heads_4_of_8": (lambda m: D.prune_heads(m, [0, 3]), True),
     "head_dim_6_of_8": (lambda m: D.prune_head_dim(m, 3), True),
 }
@@ -117,17 +118,32 @@ def test_dense_blocks_inside_a_mixture_are_refused_with_a_hint(zoo, tmp_path, cl
 
 
 # ----------------------------------------------------------------------------- wrappers
+WRAPPERS = {  # kind -> (model_type, language model, prefixes used, top-level groups not compared)
+    "llava_wrapped": ("llava", "llama", {"language_model.lm_head.": "lm_head.", "language_model.model.": "model."},
+                      {"vision_tower", "multi_modal_projector"}),
+    "qwen2_vl_wrapped": ("qwen2_vl", "qwen2", {"lm_head.": "lm_head.", "model.": "model."}, {"visual"}),
+}
+
+
+@pytest.mark.parametrize("kind", list(WRAPPERS))
 @pytest.mark.parametrize("order", ["wrapper_first", "wrapper_second"])
-def test_a_wrapper_is_compared_through_its_language_model_and_says_which_prefix(zoo, order):
-    a, b = (zoo["llava_wrapped"], zoo["base"]) if order == "wrapper_first" else (zoo["base"], zoo["llava_wrapped"])
+def test_a_wrapper_is_compared_through_its_language_model_and_says_which_prefix(zoo, kind, order):
+    a, b = (zoo[kind], zoo["base"]) if order == "wrapper_first" else (zoo["base"], zoo[kind])
     res = same(a, b)
     assert isinstance(res, LineageResult) and res.verdict == "derived" and res.evidence["units_fraction"] > 0.8
     side = "a" if order == "wrapper_first" else "b"
     w = res.shapes[side]["wrapper"]
-    assert w["model_type"] == "llava" and w["language_model"] == "llama"
-    assert w["prefixes"] == {"language_model.lm_head.": "lm_head.", "language_model.model.": "model."}
-    assert {g.split(".")[0] for g in w["not_compared"]} == {"vision_tower", "multi_modal_projector"}
-    assert any("llava wrapper" in n and "'language_model.model.'" in n for n in res.notes)
+    model_type, lm, prefixes, outside = WRAPPERS[kind]
+    assert w["model_type"] == model_type and w["language_model"] == lm and w["prefixes"] == prefixes
+    assert {g.split(".")[0] for g in w["not_compared"]} == outside
+    assert any(f"{model_type} wrapper" in n and repr(sorted(prefixes)[-1]) in n for n in res.notes)
+
+
+def test_tensors_only_one_side_holds_are_left_out_and_listed(zoo):
+    """Qwen2-VL's language model has q/k/v biases, the Llama origin none: the blocks pair up on what both hold."""
+    res = lineage(zoo["base"], zoo["qwen2_vl_wrapped"])
+    assert any("self_attn.q_proj.bias (only in B)" in n for n in res.notes)
+    assert res.evidence["heads_fraction"] > 0.8
 
 
 def test_cli_prints_the_wrapper_prefix_and_what_was_not_compared(zoo, cli):
@@ -176,12 +192,13 @@ def test_qwen2_moe_upcycling_expert_reordering_and_wrapping_preserve_the_logits(
 
     base = load_model(zoo["base"])
     v = base.config.vocab_size
-    ids = torch.randint(0, v - 1, (2, 12), generator=torch.Generator().manual_seed(0))  # v - 1: llava's image id
+    ids = torch.randint(0, v - 4, (2, 12), generator=torch.Generator().manual_seed(0))  # the top 4: image/video ids
     ref = base(input_ids=ids).logits
     tol = 1e-5 * float(ref.abs().max())
     moe = D.upcycle_to_qwen2_moe(base, 4, noise=0.0)
     assert float((moe(input_ids=ids).logits - ref).abs().max()) <= tol
     assert float((D.permute_experts(moe, PERM)(input_ids=ids).logits - ref).abs().max()) <= tol
     assert float((D.wrap_in_llava(base)(input_ids=ids).logits - ref).abs().max()) <= tol
+    assert float((D.wrap_in_qwen2_vl(base)(input_ids=ids).logits - ref).abs().max()) <= tol
     noisy = D.upcycle_to_qwen2_moe(base, 4, noise=0.3)
     assert float((noisy(input_ids=ids).logits - ref).abs().max()) > 100 * tol  # the check can fail

@@ -17,12 +17,12 @@ model; the input is never modified. These are the published recipes in miniature
 * :func:`permute_experts`: the experts of a mixture re-ordered with their router rows (a symmetry);
 * :func:`prune_heads`: attention heads removed by whole key/value groups (Minitron's head axis, GQA kept);
 * :func:`prune_head_dim`: pruning inside the heads (head_dim shrunk by whole RoPE dimension pairs);
-* :func:`wrap_in_llava`: the model put inside a LLaVA wrapper (fresh vision tower and projector), as
-  LLaVA starts from its language model.
+* :func:`wrap_in_llava`, :func:`wrap_in_qwen2_vl`: the model put inside a multimodal wrapper (fresh vision
+  tower and projector), as LLaVA and Qwen2-VL start from their language model.
 
 With no noise, :func:`upcycle_to_mixtral`, :func:`upcycle_to_qwen2_moe` and :func:`extend_vocab`
-preserve the function (on the old vocabulary), as do :func:`permute_experts` and :func:`wrap_in_llava`
-(on text); the tests compare logits.
+preserve the function (on the old vocabulary), as do :func:`permute_experts` and the wrappers (on
+text); the tests compare logits.
 """
 
 from __future__ import annotations
@@ -242,16 +242,55 @@ def wrap_in_llava(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                                       image_token_index=int(model.config.vocab_size) - 1,
                                       tie_word_embeddings=bool(model.config.tie_word_embeddings))
     torch.manual_seed(seed)
-    wrapped = transformers.LlavaForConditionalGeneration(config).to(torch.float32)
-    state = {("lm_head." + k[len("lm_head."):]) if k.startswith("lm_head.")
-             else "model.language_model." + k[len("model."):]: v for k, v in _state(model).items()}
-    missing, unexpected = wrapped.load_state_dict(state, strict=False)
-    lm_missing = [m for m in missing if "language_model" in m or m.startswith("lm_head")]
-    if lm_missing or unexpected:
+    return _wrapped(transformers.LlavaForConditionalGeneration(config), model)
+
+
+def _wrapped(wrapper: torch.nn.Module, model: torch.nn.Module) -> torch.nn.Module:
+    """``wrapper`` with ``model``'s weights in its ``model.language_model.*`` and ``lm_head.*`` (transformers'
+    in-memory layout of LLaVA and Qwen2-VL); language-model tensors ``model`` lacks (Qwen2's q/k/v biases)
+    are zeroed, which is what they are in a model without them."""
+    wrapper = wrapper.to(torch.float32)
+    state = {k if k.startswith("lm_head.") else "model.language_model." + k[len("model."):]: v
+             for k, v in _state(model).items()}
+    missing, unexpected = wrapper.load_state_dict(state, strict=False)
+    params = dict(wrapper.named_parameters())
+    lm_missing = [m for m in missing if ("language_model" in m or m.startswith("lm_head")) and m in params]
+    if unexpected or any(not m.endswith("_proj.bias") for m in lm_missing):
         raise ValueError(f"language model does not fit the wrapper: missing {lm_missing[:4]}, "
                          f"unexpected {unexpected[:4]}")
-    wrapped.eval()
-    return wrapped
+    with torch.no_grad():
+        for m in lm_missing:
+            params[m].zero_()
+    wrapper.eval()
+    return wrapper
+
+
+@torch.no_grad()
+def wrap_in_qwen2_vl(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A ``Qwen2VLForConditionalGeneration`` whose language model is ``model`` (a one-block vision tower drawn
+    fresh). On text alone its multimodal RoPE gives every section the same positions, which is ``model``'s RoPE
+    (same theta; the sections split head_dim / 2), so it computes what ``model`` computes."""
+    c = model.config
+    hd = int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    half = hd // 2
+    theta = float((getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0)))
+    text = {"vocab_size": int(c.vocab_size), "hidden_size": int(c.hidden_size),
+            "intermediate_size": int(c.intermediate_size), "num_hidden_layers": _n_layers(model),
+            "num_attention_heads": int(c.num_attention_heads), "num_key_value_heads": int(c.num_key_value_heads),
+            "rms_norm_eps": float(c.rms_norm_eps), "max_position_embeddings": int(c.max_position_embeddings),
+            "hidden_act": c.hidden_act, "tie_word_embeddings": bool(c.tie_word_embeddings),
+            "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
+            "rope_parameters": {"rope_type": "default", "rope_theta": theta, "type": "mrope",
+                                "mrope_section": [half // 4, half // 4, half - 2 * (half // 4)]}}
+    vision = {"depth": 1, "embed_dim": 16, "hidden_size": int(c.hidden_size), "num_heads": 2, "mlp_ratio": 2,
+              "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+    config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision,
+                                        image_token_id=int(c.vocab_size) - 1, video_token_id=int(c.vocab_size) - 2,
+                                        vision_start_token_id=int(c.vocab_size) - 3,
+                                        vision_end_token_id=int(c.vocab_size) - 4,
+                                        tie_word_embeddings=bool(c.tie_word_embeddings))
+    torch.manual_seed(seed)
+    return _wrapped(transformers.Qwen2VLForConditionalGeneration(config), model)
 
 
 @torch.no_grad()

@@ -141,18 +141,19 @@ def open_inner(path: str | Path) -> Checkpoint | InnerCheckpoint:
     entry = _views().get(ckpt.model_type, {}).get("wrapper")
     if entry is None:
         return ckpt
-    section = ckpt.config.get(entry["config"])
+    section = ckpt.config.get(entry["config"], ckpt.config)  # older saves keep the text sizes at the top level
     if not isinstance(section, dict):
-        raise ArchitectureError(f"{path}: a {ckpt.model_type} config.json without its {entry['config']!r} section",
+        raise ArchitectureError(f"{path}: the {entry['config']!r} section of config.json is not an object",
                                 hint="lineage reads the language model's sizes there")
-    cfg = dict(section)
+    cfg = {k: v for k, v in section.items() if k != entry["config"]}
     cfg["model_type"] = entry.get("model_types", {}).get(cfg.get("model_type"), cfg.get("model_type"))
     order = sorted(entry["language_model"].items(), key=lambda kv: -len(kv[0]))  # the longest prefix first
     real: dict[str, str] = {}
     used: dict[str, str] = {}
     rest: dict[str, int] = {}
+    outside = tuple(entry.get("not_language_model", ()))
     for name in ckpt.names:
-        hit = next(((src, dst) for src, dst in order if name.startswith(src)), None)
+        hit = None if name.startswith(outside) else next(((s, d) for s, d in order if name.startswith(s)), None)
         if hit is None:
             group = ".".join(name.split(".")[:2])
             rest[group] = rest.get(group, 0) + 1
@@ -431,13 +432,16 @@ def _restrict(t: torch.Tensor, spec: ArchSpec, name: str, idx: np.ndarray, sign:
     return out
 
 
-def view_features(view: View, idx: np.ndarray, sign: np.ndarray | None) -> list[dict[int, UnitFeatures]]:
-    """Per expert, every block's unit features in the matched residual coordinates."""
+def view_features(view: View, idx: np.ndarray, sign: np.ndarray | None,
+                  keep: set[str] | None = None) -> list[dict[int, UnitFeatures]]:
+    """Per expert, every block's unit features in the matched residual coordinates (of the tensors in ``keep``,
+    default all: a tensor only one side has, such as Qwen2's q/k/v biases, would pair blocks wrongly)."""
     out = []
     for e, ex in enumerate(view.experts):
         def get(name: str, e: int = e) -> torch.Tensor:
             return _restrict(view.ckpt.tensor(view.real_name(name, e)), view.dense_spec, name, idx, sign)
-        out.append(layer_features(view.virtual_names(e), get, view.dense_spec, view.hspec, ex.dims))
+        names = [n for n in view.virtual_names(e) if keep is None or n in keep]
+        out.append(layer_features(names, get, view.dense_spec, view.hspec, ex.dims))
     return out
 
 
@@ -572,8 +576,13 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
                      "frequency set by head_dim); blocks, MLP units, coordinates and tokens still are")
     ids_a, ids_b, how = token_pairs(path_a, path_b, _vocab_size(va.ckpt), _vocab_size(vb.ckpt))
     res = match_residual(va, vb, ids_a, ids_b)
-    fa_all = view_features(va, res.idx_a, None)
-    fb_all = view_features(vb, res.idx_b, res.sign)
+    names_a, names_b = set(va.virtual_names(0)), set(vb.virtual_names(0))
+    if names_a != names_b:
+        one_sided = sorted({_template(n) for n in names_a ^ names_b})
+        notes.append("compared the hidden-axis tensors both hold; not compared: " + ", ".join(
+            f"{t} (only in {'A' if any(_template(n) == t for n in names_a) else 'B'})" for t in one_sided))
+    fa_all = view_features(va, res.idx_a, None, names_a & names_b)
+    fb_all = view_features(vb, res.idx_b, res.sign, names_a & names_b)
     la, lb = va.dims.n_layers, vb.dims.n_layers
 
     # input-side evidence of every block pair a monotone map can use (pooled over experts: B's experts against
@@ -662,6 +671,12 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
     block_ev = [[None if np.isnan(x) else float(x) for x in row] for row in ev]
     return LineageResult(verdict, float(np.exp(logp)), logp / np.log(10), alpha, effect, evidence, blocks,
                          res.to_dict(va.d, vb.d), vocab, shapes, block_ev, time.perf_counter() - t0, notes)
+
+
+def _template(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj.bias`` -> ``model.layers.{layer}.self_attn.q_proj.bias``."""
+    parts = name.split(".")
+    return ".".join("{layer}" if x.isdigit() else x for x in parts)
 
 
 def monotone_band(la: int, lb: int) -> np.ndarray:
