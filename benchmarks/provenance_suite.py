@@ -5,10 +5,11 @@ Pairs (A = claimed origin, B = suspect), every one labelled by how B was made:
 * **tiny** (always): a Llama-style model (d=64, 3 blocks, 128 MLP units, 4 heads in 2 groups) trained on
   the built-in corpus, and from it: a fine-tune (40 steps on other data), a block removed, 96 of 128 MLP
   units kept, 48 of 64 residual coordinates kept, 16 tokens appended, a 4-expert Mixtral upcycle,
-  pruning followed by 30 healing steps, a Qwen2-MoE upcycle with a shared expert, a LLaVA and a Qwen2-VL
-  wrapper around it, 2 of 4 heads kept (one whole key/value group), head_dim 12 of 16 (whole RoPE pairs),
-  the same weights saved as Mistral; every derivation whose family has a full gauge again under a random one; and two
-  Qwen2-MoE mixtures compared expert to expert (B re-orders A's experts; negative: an independent one).
+  pruning followed by 30 healing steps, Qwen2-MoE and GLM-4.5 (DeepSeek-style) upcycles with shared
+  experts, a LLaVA and a Qwen2-VL wrapper around it, 2 of 4 heads kept (one whole key/value group),
+  head_dim 12 of 16 (whole RoPE pairs), the same weights saved as Mistral; every derivation whose family
+  has a full gauge again under a random one; and two Qwen2-MoE mixtures compared expert to expert (B
+  re-orders A's experts; negative: an independent one).
   Negatives: independently trained models of several widths and depths (same corpus, other seeds: the
   hard case), and an independent model put through each shape-changing derivation (an independent model
   of exactly B's shape).
@@ -122,6 +123,7 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
         "MoE upcycle x4": lambda m: D.upcycle_to_mixtral(m, 4, noise=0.02),
         "MLP 96/128 + heal 30": lambda m: healed(D.prune_mlp(m, 96), 30, data_seed=55),
         "shared-expert MoE upcycle x4+1": lambda m: D.upcycle_to_qwen2_moe(m, 4, noise=0.02),
+        "DeepSeek-style shared experts x4+1": lambda m: D.upcycle_to_glm4_moe(m, 4, noise=0.02),
         "LLaVA wrapper": lambda m: D.wrap_in_llava(m),
         "Qwen2-VL wrapper": lambda m: D.wrap_in_qwen2_vl(m),
         "heads 2/4 (1 of 2 KV groups)": lambda m: D.prune_heads(m, [1]),
@@ -129,7 +131,8 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
         "saved as Mistral": lambda m: D._clone_with(m, {"sliding_window": None}, D._state(m), model_type="mistral"),
     }
     # no full gauge for these tables
-    no_gauge = {"MoE upcycle x4", "shared-expert MoE upcycle x4+1", "LLaVA wrapper", "Qwen2-VL wrapper"}
+    no_gauge = {"MoE upcycle x4", "shared-expert MoE upcycle x4+1", "DeepSeek-style shared experts x4+1",
+                "LLaVA wrapper", "Qwen2-VL wrapper"}
     pairs = []
     for i, (kind, f) in enumerate(derive.items()):
         slug = kind.replace(" ", "_").replace("/", "of").replace("+", "p")

@@ -24,6 +24,7 @@ PERM = [2, 0, 3, 1]  # new expert e of the permuted mixture is old expert PERM[e
 
 DERIVATIONS = {  # name -> (derive, whether the origin is gauged first)
     "qwen2_moe_upcycled": (lambda m: D.upcycle_to_qwen2_moe(m, 4, noise=0.02), True),
+    "glm4_moe_upcycled": (lambda m: D.upcycle_to_glm4_moe(m, 4, noise=0.02), True),
     "llava_wrapped": (lambda m: D.wrap_in_llava(m), True),
     "qwen2_vl_wrapped": (lambda m: D.wrap_in_qwen2_vl(m), True),
     "heads_4_of_8": (lambda m: D.prune_heads(m, [0, 3]), True),
@@ -76,14 +77,18 @@ def test_each_derivation_is_derived_and_an_independent_model_of_its_shape_is_not
 
 
 # ----------------------------------------------------------------------------- shared experts
-def test_upcycled_routed_and_shared_experts_each_map_to_the_dense_mlp(zoo):
-    res = lineage(zoo["base"], zoo["qwen2_moe_upcycled"])
-    assert res.shapes["b"]["model_type"] == "qwen2_moe"
+@pytest.mark.parametrize(("kind", "model_type", "not_read"), [
+    ("qwen2_moe_upcycled", "qwen2_moe", "shared-expert gate"),  # Qwen2-MoE: shared_expert + sigmoid gate
+    ("glm4_moe_upcycled", "glm4_moe", "router bias"),  # DeepSeek-V3-style shared_experts (GLM-4.5)
+])
+def test_upcycled_routed_and_shared_experts_each_map_to_the_dense_mlp(zoo, kind, model_type, not_read):
+    res = lineage(zoo["base"], zoo[kind])
+    assert res.shapes["b"]["model_type"] == model_type
     assert res.shapes["b"]["experts"] == 4 and res.shapes["b"]["shared_experts"] == 1
     for blk in res.blocks:
         assert [e["b_expert"] for e in blk["experts"]] == [0, 1, 2, 3, "shared"]
         assert all(e["a_expert"] == "dense" and e["z"] > 5 for e in blk["experts"])
-    assert any("router" in n and "shared-expert gate" in n for n in res.notes)
+    assert any("(router)" in n and not_read in n for n in res.notes)
 
 
 def test_two_mixtures_are_compared_expert_to_expert_through_a_reordering(zoo):
@@ -186,7 +191,7 @@ def test_the_same_weights_saved_as_llama_and_as_mistral_are_identical(zoo, tmp_p
 
 # ----------------------------------------------------------------------------- function preservation
 @torch.no_grad()
-def test_qwen2_moe_upcycling_expert_reordering_and_wrapping_preserve_the_logits(zoo):
+def test_upcycling_expert_reordering_and_wrapping_preserve_the_logits(zoo):
     """Each rewrite claims the function: logits within float32 reassociation (1e-5 of the largest logit)."""
     from gaugeport.core.verify import load_model
 
@@ -200,5 +205,6 @@ def test_qwen2_moe_upcycling_expert_reordering_and_wrapping_preserve_the_logits(
     assert float((D.permute_experts(moe, PERM)(input_ids=ids).logits - ref).abs().max()) <= tol
     assert float((D.wrap_in_llava(base)(input_ids=ids).logits - ref).abs().max()) <= tol
     assert float((D.wrap_in_qwen2_vl(base)(input_ids=ids).logits - ref).abs().max()) <= tol
+    assert float((D.upcycle_to_glm4_moe(base, 4, noise=0.0)(input_ids=ids).logits - ref).abs().max()) <= tol
     noisy = D.upcycle_to_qwen2_moe(base, 4, noise=0.3)
     assert float((noisy(input_ids=ids).logits - ref).abs().max()) > 100 * tol  # the check can fail

@@ -14,13 +14,14 @@ model; the input is never modified. These are the published recipes in miniature
   dense MLP, a fresh router; ``noise`` perturbs each expert independently;
 * :func:`upcycle_to_qwen2_moe`: upcycling into a mixture with a shared expert (Qwen1.5-MoE from
   Qwen-1.8B, in miniature): the routed experts and the shared expert all copies of the dense MLP;
+* :func:`upcycle_to_glm4_moe`: the same into DeepSeek-V3-style ``shared_experts`` (GLM-4.5's MoE);
 * :func:`permute_experts`: the experts of a mixture re-ordered with their router rows (a symmetry);
 * :func:`prune_heads`: attention heads removed by whole key/value groups (Minitron's head axis, GQA kept);
 * :func:`prune_head_dim`: pruning inside the heads (head_dim shrunk by whole RoPE dimension pairs);
 * :func:`wrap_in_llava`, :func:`wrap_in_qwen2_vl`: the model put inside a multimodal wrapper (fresh vision
   tower and projector), as LLaVA and Qwen2-VL start from their language model.
 
-With no noise, :func:`upcycle_to_mixtral`, :func:`upcycle_to_qwen2_moe` and :func:`extend_vocab`
+With no noise, the three upcycles and :func:`extend_vocab`
 preserve the function (on the old vocabulary), as do :func:`permute_experts` and the wrappers (on
 text); the tests compare logits.
 """
@@ -160,15 +161,12 @@ def _fuse_experts(state: dict[str, torch.Tensor], n_layers: int, n_experts: int)
     return out
 
 
-@torch.no_grad()
-def upcycle_to_qwen2_moe(model: torch.nn.Module, n_experts: int = 4, top_k: int = 2, noise: float = 0.0,
-                         seed: int = 0) -> torch.nn.Module:
-    """A Qwen2-MoE whose routed experts and shared expert all start as the dense MLP (plus independent relative
-    ``noise``); fresh router. Function kept: the shared expert's gate is zero (``sigmoid(0) = 1/2``), the routed
-    weights are renormalised over the top-k (``norm_topk_prob``) and every routed expert's ``down_proj`` is halved,
-    so a block adds ``MLP(x) / 2 + MLP(x) / 2``."""
+def _upcycled_state(model: torch.nn.Module, n_experts: int, shared: str, shared_scale: float, noise: float,
+                    seed: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:
+    """Every routed expert (``down_proj`` halved) and the shared expert ``mlp.{shared}`` (``down_proj`` times
+    ``shared_scale``) copies of the dense MLP plus independent relative ``noise``; a fresh router; experts fused."""
     g = torch.Generator().manual_seed(seed)
-    d, ff = int(model.config.hidden_size), int(model.config.intermediate_size)
+    d = int(model.config.hidden_size)
 
     def noisy(v: torch.Tensor) -> torch.Tensor:
         return v + noise * v.std() * torch.randn(v.shape, generator=g) if noise else v.clone()
@@ -179,16 +177,48 @@ def upcycle_to_qwen2_moe(model: torch.nn.Module, n_experts: int = 4, top_k: int 
             state[k] = v
             continue
         layer, proj = k.split(".")[2], k.split(".")[-2]
+        half = proj == "down_proj"
         for e in range(n_experts):
-            state[f"model.layers.{layer}.mlp.experts.{e}.{proj}"] = noisy(v) * (0.5 if proj == "down_proj" else 1.0)
-        state[f"model.layers.{layer}.mlp.shared_expert.{proj}.weight"] = noisy(v)
+            state[f"model.layers.{layer}.mlp.experts.{e}.{proj}"] = noisy(v) * (0.5 if half else 1.0)
+        state[f"model.layers.{layer}.mlp.{shared}.{proj}.weight"] = noisy(v) * (shared_scale if half else 1.0)
     for layer in range(_n_layers(model)):
         state[f"model.layers.{layer}.mlp.gate.weight"] = 0.02 * torch.randn(n_experts, d, generator=g)
-        state[f"model.layers.{layer}.mlp.shared_expert_gate.weight"] = torch.zeros(1, d)
-    fused = _fuse_experts(state, _n_layers(model), n_experts)
+    return _fuse_experts(state, _n_layers(model), n_experts), g
+
+
+@torch.no_grad()
+def upcycle_to_qwen2_moe(model: torch.nn.Module, n_experts: int = 4, top_k: int = 2, noise: float = 0.0,
+                         seed: int = 0) -> torch.nn.Module:
+    """A Qwen2-MoE whose routed experts and shared expert all start as the dense MLP (plus independent relative
+    ``noise``); fresh router. Function kept: the shared expert's gate is zero (``sigmoid(0) = 1/2``), the routed
+    weights are renormalised over the top-k (``norm_topk_prob``) and every routed expert's ``down_proj`` is halved,
+    so a block adds ``MLP(x) / 2 + MLP(x) / 2``."""
+    state, _ = _upcycled_state(model, n_experts, "shared_expert", 1.0, noise, seed)
+    for layer in range(_n_layers(model)):
+        state[f"model.layers.{layer}.mlp.shared_expert_gate.weight"] = torch.zeros(1, int(model.config.hidden_size))
+    ff = int(model.config.intermediate_size)
     return _clone_with(model, {"num_experts": n_experts, "num_experts_per_tok": top_k, "moe_intermediate_size": ff,
                                "shared_expert_intermediate_size": ff, "norm_topk_prob": True, "qkv_bias": False,
-                               "decoder_sparse_step": 1, "mlp_only_layers": []}, fused, model_type="qwen2_moe")
+                               "decoder_sparse_step": 1, "mlp_only_layers": []}, state, model_type="qwen2_moe")
+
+
+@torch.no_grad()
+def upcycle_to_glm4_moe(model: torch.nn.Module, n_experts: int = 4, top_k: int = 2, noise: float = 0.0,
+                        seed: int = 0) -> torch.nn.Module:
+    """A GLM-4.5-style mixture (DeepSeek-V3's MoE: ``shared_experts`` always on, a sigmoid router with a
+    correction bias) whose routed and shared experts all start as the dense MLP. Function kept: top-k weights
+    renormalised (``norm_topk_prob``, ``routed_scaling_factor`` 1), routed and shared ``down_proj`` halved;
+    RoPE over the whole head (``partial_rotary_factor`` 1), no q/k norm, every block a mixture."""
+    state, _ = _upcycled_state(model, n_experts, "shared_experts", 0.5, noise, seed)
+    for layer in range(_n_layers(model)):
+        state[f"model.layers.{layer}.mlp.gate.e_score_correction_bias"] = torch.zeros(n_experts)
+    rope = dict(getattr(model.config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
+    rope["partial_rotary_factor"] = 1.0
+    ff = int(model.config.intermediate_size)
+    return _clone_with(model, {"n_routed_experts": n_experts, "num_experts_per_tok": top_k, "n_shared_experts": 1,
+                               "moe_intermediate_size": ff, "norm_topk_prob": True, "routed_scaling_factor": 1.0,
+                               "n_group": 1, "topk_group": 1, "first_k_dense_replace": 0, "use_qk_norm": False,
+                               "attention_bias": False, "rope_parameters": rope}, state, model_type="glm4_moe")
 
 
 @torch.no_grad()
