@@ -576,13 +576,14 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
                      "frequency set by head_dim); blocks, MLP units, coordinates and tokens still are")
     ids_a, ids_b, how = token_pairs(path_a, path_b, _vocab_size(va.ckpt), _vocab_size(vb.ckpt))
     res = match_residual(va, vb, ids_a, ids_b)
-    names_a, names_b = set(va.virtual_names(0)), set(vb.virtual_names(0))
-    if names_a != names_b:
-        one_sided = sorted({_template(n) for n in names_a ^ names_b})
+    # hidden-axis tensors by template (layer index blanked: depths may differ); a template one side lacks is left out
+    tmpl_a, tmpl_b = ({_template(n) for n in v.virtual_names(0)} for v in (va, vb))
+    if tmpl_a != tmpl_b:
         notes.append("compared the hidden-axis tensors both hold; not compared: " + ", ".join(
-            f"{t} (only in {'A' if any(_template(n) == t for n in names_a) else 'B'})" for t in one_sided))
-    fa_all = view_features(va, res.idx_a, None, names_a & names_b)
-    fb_all = view_features(vb, res.idx_b, res.sign, names_a & names_b)
+            f"{t} (only in {'A' if t in tmpl_a else 'B'})" for t in sorted(tmpl_a ^ tmpl_b)))
+    keep = {n for v in (va, vb) for n in v.virtual_names(0) if _template(n) in tmpl_a & tmpl_b}
+    fa_all = view_features(va, res.idx_a, None, keep)
+    fb_all = view_features(vb, res.idx_b, res.sign, keep)
     la, lb = va.dims.n_layers, vb.dims.n_layers
 
     # input-side evidence of every block pair a monotone map can use (pooled over experts: B's experts against
