@@ -45,14 +45,26 @@ def _numpy_gather(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip:
 
 
 def _gather_loop(src, rows, cols, row_flip, col_flip, out):  # type: ignore[no-untyped-def]
-    """The compiled kernel's source (plain Python: numba compiles it on first use)."""
+    """The compiled kernel's source (plain Python: numba compiles it on first use). Four output rows at a
+    time share each column index and flip (~30% faster than one row at a time on the machine measured)."""
     n, c = out.shape
-    for i in range(n):
-        s = src[rows[i]]
-        f = row_flip[i]
-        o = out[i]
+    i = 0
+    while i + 4 <= n:
+        s0, s1, s2, s3 = src[rows[i]], src[rows[i + 1]], src[rows[i + 2]], src[rows[i + 3]]
+        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
+        f0, f1, f2, f3 = row_flip[i], row_flip[i + 1], row_flip[i + 2], row_flip[i + 3]
+        for j in range(c):
+            k, m = cols[j], col_flip[j]
+            o0[j] = s0[k] ^ (f0 ^ m)
+            o1[j] = s1[k] ^ (f1 ^ m)
+            o2[j] = s2[k] ^ (f2 ^ m)
+            o3[j] = s3[k] ^ (f3 ^ m)
+        i += 4
+    while i < n:
+        s, f, o = src[rows[i]], row_flip[i], out[i]
         for j in range(c):
             o[j] = s[cols[j]] ^ (f ^ col_flip[j])
+        i += 1
 
 
 @functools.cache

@@ -372,11 +372,13 @@ def _canonical_plan(name: str, stored: torch.Tensor, rule: ParamRule, residual: 
     if neg.any() and stored.dtype not in _SIGN_BIT:
         return None
     hflip = np.where(neg, _SIGN_BIT.get(stored.dtype, 0), 0).astype(plan.int_dtype)
-    if ax + 2 - stored.ndim == 0:  # the hidden axis is the rows
-        return dataclasses.replace(plan, rows=hidx if plan.rows is None else plan.rows[hidx],
-                                   row_flip=hflip if plan.row_flip is None else hflip ^ plan.row_flip[hidx])
-    return dataclasses.replace(plan, cols=hidx if plan.cols is None else plan.cols[hidx],
-                               col_flip=hflip if plan.col_flip is None else hflip ^ plan.col_flip[hidx])
+    on_rows = ax + 2 - stored.ndim == 0
+    taken = (plan.rows, plan.row_flip) if on_rows else (plan.cols, plan.col_flip)
+    if any(x is not None for x in taken):
+        return None  # a residual gauge on the hidden axis too: no table has it; transformed whole
+    if on_rows:
+        return dataclasses.replace(plan, rows=hidx, row_flip=hflip)
+    return dataclasses.replace(plan, cols=hidx, col_flip=hflip)
 
 
 PART_BYTES = 8 << 20  # a canonical tensor reaches the hash and the writer in parts of about this size
