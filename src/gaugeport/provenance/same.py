@@ -600,7 +600,7 @@ class _IdenticalCheck:
             slots = attention_slots(names, self.spec, self.hspec, self.dims, layer)
         except ArchitectureError:  # the layer lacks its attention tensors: compared as they are
             return None
-        return fit_layer_head_maps(predict, tb.__getitem__, slots, self.dims, self.rotary)
+        return fit_layer_head_maps(predict, tb.__getitem__, slots, self.dims, self.rotary, self.hspec.attention.rope)
 
     def tensor(self, name: str, pred: torch.Tensor, b: torch.Tensor) -> None:
         if b.numel() == 0 or (pred.dtype == b.dtype and torch.equal(pred, b)):
