@@ -381,8 +381,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"apply / (cp -r + sync) speed {tp['apply_over_cp_sync_speed']:.2f}x; fingerprint "
           f"{tp['fingerprint_over_read_time']:.2f}x and canonicalize {tp['canonicalize_over_read_time']:.2f}x "
-          f"one warm read ({tp['fingerprint_over_cold_read_time']:.2f}x, {tp['canonicalize_over_cold_read_time']:.2f}x "
-          "one cold read)")
+          f"one warm read ({tp.get('fingerprint_over_cold_read_time', float('nan')):.2f}x, "
+          f"{tp.get('canonicalize_over_cold_read_time', float('nan')):.2f}x one cold read)")
     for row in mem["rows"]:
         print(f"{row['blocks']:>3} blocks: " + ", ".join(
             f"{v} {row[v] / GB:.2f} GB" for v in ("verify", "collect", "same", "canonicalize")))
