@@ -105,10 +105,15 @@ def _child(verb: str, args: list[str]) -> None:
     else:
         raise SystemExit(f"unknown verb {verb}")
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    from gaugeport.core.gather import backend
-
-    print(json.dumps({"seconds": time.perf_counter() - t0, **extra, "gather": backend(),
-                      "cpu_seconds": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime}))
+    status = Path("/proc/self/status")
+    hwm = [int(ln.split()[1]) * 1024 for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")] \
+        if status.exists() else []
+    # vm_hwm_bytes: this process's own high-water mark; wait4's ru_maxrss (peak_rss_bytes) starts from
+    # the parent's resident size at the fork
+    gather = "numba" if "numba" in sys.modules else "numpy"  # not imported here: it would count in the peak
+    print(json.dumps({"seconds": time.perf_counter() - t0, **extra, "gather": gather,
+                      "cpu_seconds": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                      **({"vm_hwm_bytes": hwm[0]} if hwm else {})}))
 
 
 def _drop_cache(ckpt: Path) -> None:
