@@ -6,10 +6,13 @@ CPU time), the baselines measured in the same run:
 
 throughput (d=4096, 11008 MLP units, 4 blocks, 32000 vocab: ~2.1 GB in 4 shards; ``--quick``: d=2048)
     ``cp -r`` + ``sync`` against ``apply`` + ``sync`` (alternating, best of ``--repeat``); one plain
-    read of every shard file (16 MB ``readinto``) against ``fingerprint`` and ``canonicalize`` (+ sync),
-    best of ``--repeat`` each; then one core's rate (GB/s) for each step those verbs are made of (read
-    into a reused / a fresh buffer, SHA-256, BLAKE3, numpy's column gather, memcpy), which says what
-    bounds them. Page cache warm for all (the source is read before the runs).
+    read of every shard file (16 MB ``readinto``), page cache warm and cold (the files' pages dropped
+    with ``posix_fadvise(DONTNEED)`` first), against ``fingerprint`` and ``canonicalize`` (+ sync), each
+    with the compiled gather (numba, where installed) and the pure-numpy one, and ``fingerprint`` cold,
+    best of ``--repeat`` each, interleaved; then one core's rate (GB/s) for each step those verbs are
+    made of (read into a reused / a fresh buffer, SHA-256, BLAKE3, numpy's column gather, the pass's
+    row-and-column gather in both implementations, memcpy), which says what bounds them. Page cache
+    warm unless named cold (the source is read before the runs).
 memory against depth (d=1024, 2816 units, 2 to 16 blocks)
     peak RSS and seconds of ``verify`` (A against its gauged copy, weights included), ``collect``
     (2 batches of 8 x 128 token ids), ``same`` and ``canonicalize`` per depth, and the peak of a
@@ -52,6 +55,10 @@ def _child(verb: str, args: list[str]) -> None:
     import gaugeport.provenance.canonical  # noqa: F401
     import gaugeport.provenance.same  # noqa: F401
 
+    if verb.endswith("_cold"):  # the checkpoint's pages dropped from the page cache first (outside the timing)
+        verb = verb.removesuffix("_cold")
+        _drop_cache(Path(args[0]))
+    extra: dict[str, float] = {}
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     if verb == "baseline":
         pass
@@ -71,6 +78,7 @@ def _child(verb: str, args: list[str]) -> None:
         from gaugeport.provenance.canonical import canonicalize
 
         canonicalize(args[0], args[1], progress=False)
+        extra["seconds_before_sync"] = time.perf_counter() - t0
         os.sync()
     elif verb == "fingerprint":
         from gaugeport.provenance.canonical import fingerprint
@@ -97,8 +105,27 @@ def _child(verb: str, args: list[str]) -> None:
     else:
         raise SystemExit(f"unknown verb {verb}")
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"seconds": time.perf_counter() - t0,
-                      "cpu_seconds": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime}))
+    status = Path("/proc/self/status")
+    hwm = [int(ln.split()[1]) * 1024 for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")] \
+        if status.exists() else []
+    # vm_hwm_bytes: this process's own high-water mark; wait4's ru_maxrss (peak_rss_bytes) starts from
+    # the parent's resident size at the fork
+    gather = "numba" if "numba" in sys.modules else "numpy"  # not imported here: it would count in the peak
+    print(json.dumps({"seconds": time.perf_counter() - t0, **extra, "gather": gather,
+                      "cpu_seconds": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                      **({"vm_hwm_bytes": hwm[0]} if hwm else {})}))
+
+
+def _drop_cache(ckpt: Path) -> None:
+    """Drop the checkpoint's files from the page cache (``posix_fadvise(DONTNEED)``; they are clean: written
+    and synced before), so that the next read comes from the disk."""
+    os.sync()
+    for f in sorted(ckpt.iterdir()):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def _rates(src: Path) -> dict[str, float]:
@@ -148,13 +175,31 @@ def _rates(src: Path) -> dict[str, float]:
     t = time.perf_counter()
     np.copyto(dst, rows)
     out["memcpy"] = n / (time.perf_counter() - t) / GB
+    from gaugeport.core import gather
+
+    all_rows, flips = np.arange(rows.shape[0]), np.zeros(rows.shape[0], dtype=np.int16)
+    col_flips = np.where(np.random.default_rng(1).random(d) < 0.5, -0x8000, 0).astype(np.int16)
+    kernels = {"numpy": gather._numpy_gather, "numba": gather._numba_gather()}
+    for name, kernel in kernels.items():
+        if kernel is None:
+            continue
+        kernel(rows[:2], all_rows[:2], inv, flips[:2], col_flips, dst[:2])  # compiled (or loaded) outside the timing
+        t = time.perf_counter()
+        for i in range(0, rows.shape[0], 1024):  # the pass's parts: 8 MB of rows
+            kernel(rows, all_rows[i:i + 1024], inv, flips[i:i + 1024], col_flips, dst[i:i + 1024])
+        out[f"gather_2d_{name}"] = n / (time.perf_counter() - t) / GB
     return out
 
 
-def run(verb: str, *args: str | Path) -> dict[str, float]:
-    """One child: its timings and its peak RSS (bytes, from wait4's rusage)."""
+def run(verb: str, *args: str | Path, numba: bool = True) -> dict[str, float]:
+    """One child: its timings and its peak RSS (bytes, from wait4's rusage). ``numba=False``: the
+    pure-numpy gather (``GAUGEPORT_NO_NUMBA=1``)."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("GAUGEPORT_NO_NUMBA", None)
+    if not numba:
+        env["GAUGEPORT_NO_NUMBA"] = "1"
     proc = subprocess.Popen([sys.executable, __file__, "--child", verb, *map(str, args)], stdout=subprocess.PIPE,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+                            env=env)
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -221,21 +266,37 @@ def throughput(root: Path, quick: bool, repeat: int) -> dict[str, object]:
         applies.append(run("apply", a, root / f"ap{k}", d))
         shutil.rmtree(root / f"ap{k}")
     best_apply = min(applies, key=lambda r: r["seconds"])
-    read = min((run("read", a) for _ in range(repeat)), key=lambda r: r["seconds"])
-    fps, cans = [], []
-    for _ in range(repeat):
-        fps.append(run("fingerprint", a))
-        cans.append(run("canonicalize", a, root / "canon"))
-        shutil.rmtree(root / "canon")
-    fp = min(fps, key=lambda r: r["seconds"])
-    can = min(cans, key=lambda r: r["seconds"])
+    def best(runs: list[dict[str, float]]) -> dict[str, float]:
+        return min(runs, key=lambda r: r["seconds"])
+
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in (
+        "read", "read_cold", "fingerprint", "fingerprint_numpy", "canonicalize", "canonicalize_numpy",
+        "fingerprint_cold")}
+    for _ in range(repeat):  # interleaved: a change of load hits every row alike
+        runs["read"].append(run("read", a))
+        runs["read_cold"].append(run("read_cold", a))
+        for numba, tag in ((True, ""), (False, "_numpy")):
+            runs["fingerprint" + tag].append(run("fingerprint", a, numba=numba))
+            runs["canonicalize" + tag].append(run("canonicalize", a, root / "canon", numba=numba))
+            shutil.rmtree(root / "canon")
+        runs["fingerprint_cold"].append(run("fingerprint_cold", a))
+    bests = {k: best(v) for k, v in runs.items()}
+    read, read_cold = bests["read"]["seconds"], bests["read_cold"]["seconds"]
     rates = json.loads(subprocess.run([sys.executable, __file__, "--child", "rates", str(a)], check=True,
                                       capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    out.update({"rates_gb_per_s_one_core": rates,
-        "cp_sync_seconds": min(cps), "apply": best_apply, "read": read, "fingerprint": fp, "canonicalize": can,
-        "apply_over_cp_sync_speed": min(cps) / best_apply["seconds"],
-        "fingerprint_over_read_time": fp["seconds"] / read["seconds"],
-        "canonicalize_over_read_time": can["seconds"] / read["seconds"],
+    ratios = {}
+    for verb in ("fingerprint", "fingerprint_numpy", "canonicalize", "canonicalize_numpy"):
+        ratios[f"{verb}_over_read_time"] = bests[verb]["seconds"] / read
+        ratios[f"{verb}_over_cold_read_time"] = bests[verb]["seconds"] / read_cold
+    ratios["fingerprint_cold_over_cold_read_time"] = bests["fingerprint_cold"]["seconds"] / read_cold
+    for verb in ("canonicalize", "canonicalize_numpy"):
+        ratios[f"{verb}_before_sync_over_read_time"] = bests[verb]["seconds_before_sync"] / read
+    out.update({"rates_gb_per_s_one_core": rates, "cp_sync_seconds": min(cps), "apply": best_apply, **bests,
+        "read_note": "read: page cache warm (the checkpoint was just read); read_cold: its pages dropped first "
+                     "(posix_fadvise DONTNEED), so it comes from the disk. fingerprint and canonicalize run warm "
+                     "unless named _cold; _numpy: the pure-numpy gather (GAUGEPORT_NO_NUMBA=1); canonicalize "
+                     "includes os.sync() (seconds_before_sync without it)",
+        "apply_over_cp_sync_speed": min(cps) / best_apply["seconds"], **ratios,
         "targets": {"apply_over_cp_sync_speed": ">= 0.5", "fingerprint_over_read_time": "<= 1.5",
                     "canonicalize_over_read_time": "<= 2"},
     })
@@ -325,7 +386,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"apply / (cp -r + sync) speed {tp['apply_over_cp_sync_speed']:.2f}x; fingerprint "
           f"{tp['fingerprint_over_read_time']:.2f}x and canonicalize {tp['canonicalize_over_read_time']:.2f}x "
-          "one plain read")
+          f"one warm read ({tp.get('fingerprint_over_cold_read_time', float('nan')):.2f}x, "
+          f"{tp.get('canonicalize_over_cold_read_time', float('nan')):.2f}x one cold read)")
     for row in mem["rows"]:
         print(f"{row['blocks']:>3} blocks: " + ", ".join(
             f"{v} {row[v] / GB:.2f} GB" for v in ("verify", "collect", "same", "canonicalize")))

@@ -38,7 +38,7 @@ def run(*argv: object) -> dict[str, object]:
 def main_(work: Path) -> dict[str, object]:
     facts: dict[str, object] = {"gaugeport_file": gaugeport.__file__}
     facts["absent"] = {m: importlib.util.find_spec(m) is None for m in ("sae_lens", "sparsify", "datasets",
-                                                                          "matplotlib", "ray")}
+                                                                          "matplotlib", "ray", "numba")}
     script = Path(sys.executable).with_name("gaugeport")
     facts["script_version"] = subprocess.run([str(script), "--version"], capture_output=True, text=True,
                                              check=False).stdout.strip()

@@ -264,7 +264,9 @@ class ShardReader:
         _, _, begin, end = self.entries[name]
         return end - begin
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, out: np.ndarray | None = None) -> torch.Tensor:
+        """Tensor ``name``, checked finite. ``out``: a ``uint8`` array of exactly its bytes to read into (a
+        buffer reused from tensor to tensor: no page is faulted in twice); the tensor is then a view of it."""
         import os
 
         dtype_name, shape, begin, end = self.entries[name]
@@ -272,7 +274,9 @@ class ShardReader:
             with _open(self.file) as f:
                 return check_finite(name, _get(f, name, self.file), self.ckpt.path)
         dtype = dtype_from_name(dtype_name)
-        buf = torch.empty(end - begin, dtype=torch.uint8)
+        if out is not None and out.nbytes != end - begin:
+            raise ValueError(f"internal error: {name!r} has {end - begin} bytes, the buffer {out.nbytes}")
+        buf = torch.empty(end - begin, dtype=torch.uint8) if out is None else torch.from_numpy(out)
         view = memoryview(buf.numpy())
         done = 0
         while done < len(view):

@@ -146,8 +146,11 @@ def streamed_weight_difference(a: Checkpoint, b: Checkpoint, transform: Any, *,
     also the tensor with the largest relative difference (``/ max |W_A|``) and that difference."""
     from tqdm.auto import tqdm
 
+    from gaugeport.core.stream import release_freed_memory
+
     worst, worst_rel, worst_name = 0.0, 0.0, ""
     for name, tb in tqdm(b.iter_tensors(), total=len(b.names), desc="weights", disable=not progress):
+        release_freed_memory()  # the previous pair's memory, else the heap keeps it (see the function)
         ta = transform(name, a.tensor(name))
         if tuple(ta.shape) != tuple(tb.shape):
             raise CheckpointError(f"tensor {name!r} has shape {tuple(ta.shape)} in A but {tuple(tb.shape)} in B",

@@ -22,7 +22,7 @@ import hashlib
 import inspect
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -233,6 +233,8 @@ class _Capture:
             self.groups.setdefault(key, (tgt, []))[1].append(site)
         self.flat_mask: torch.Tensor | None = None
         self.out: dict[str, torch.Tensor] = {}
+        self.seen: set[str] = set()  # sites captured in this run
+        self.consume: Callable[[str, torch.Tensor], None] | None = None
         self.handles: list[Any] = []
         self.active = False  # hooks stay silent outside run(): A and B may be one module object
 
@@ -259,7 +261,14 @@ class _Capture:
         rows = t.detach().reshape(-1, t.shape[-1])[self.flat_mask]  # a copy: later in-place ops cannot touch it
         for n in names:
             self.out[n] = rows
-        if len(self.out) == sum(len(v[1]) for v in self.groups.values()):
+        if self.consume is not None:  # handed over now, not kept until the end of the forward pass
+            for n in names:
+                if n in self.seen:  # the rows kept would be the last call's; handed over, the first's
+                    raise ArchitectureError(f"site {n} was reached twice in one forward pass",
+                                            hint="the architecture table's 'sites' entry does not fit this model")
+                self.consume(n, self.out.pop(n))
+        self.seen.update(names)
+        if len(self.seen) == sum(len(v[1]) for v in self.groups.values()):
             raise _Stop
 
     def _pre(self, names: list[str]) -> Any:
@@ -273,10 +282,15 @@ class _Capture:
         return hook
 
     @torch.no_grad()
-    def run(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    def run(self, model: torch.nn.Module, batch: Batch,
+            consume: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
+        """Each site's counted rows for ``batch``; with ``consume``, each site's rows are handed to
+        ``consume(site, rows)`` as soon as the forward pass reaches the site, and not returned."""
         device = model_device(model)
         self.flat_mask = batch.token_mask.reshape(-1).to(device)
         self.out = {}
+        self.seen = set()
+        self.consume = consume
         self.active = True
         try:
             model(**_forward_kwargs(model, batch.input_ids.to(device), batch.attention_mask.to(device)))
@@ -284,7 +298,7 @@ class _Capture:
             pass
         finally:
             self.active = False
-        missing = [s for _, names in self.groups.values() for s in names if s not in self.out]
+        missing = [s for _, names in self.groups.values() for s in names if s not in self.seen]
         if missing:
             raise ArchitectureError(f"sites {', '.join(missing)} were never reached in the forward pass",
                                     hint="the architecture table's 'sites' entry does not fit this model class")
@@ -344,19 +358,24 @@ def collect_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches:
     with _Capture(model_a, sites_a) as cap_a, _Capture(model_b, sites_b) as cap_b:
         for batch in items:
             _check_vocab(batch, vocab)
-            acts_a, acts_b = cap_a.run(model_a, batch), cap_b.run(model_b, batch)
-            for s in sites_a:
-                try:
-                    moments[s].update(acts_a[s], acts_b[s])
-                except NonFiniteError as exc:
-                    raise DataError(f"model {exc.which.upper()} produced NaN or infinite activations at site {s}",
-                                    hint="a weight is NaN/inf or the model overflows in this dtype; "
-                                    "check the checkpoint") from exc
+            # B's rows are absorbed as B reaches each site (with A's, then dropped): one site of B alive
+            cap_b.run(model_b, batch, _absorber(moments, cap_a.run(model_a, batch)))
             bar.update(batch.n_tokens)
     bar.close()
     meta = {"model_type": model_spec(model_a).model_type, "d_model": d, "norm": model_spec(model_a).norm,
             "batch_dtype": str(batch_dtype).removeprefix("torch."), **(info or {})}
     return MomentSet(moments, model_fingerprint(model_a), model_fingerprint(model_b), [str(shard_id)], meta)
+
+
+def _absorber(moments: dict[str, CrossMoments], acts_a: dict[str, torch.Tensor]) -> Callable[[str, torch.Tensor], None]:
+    def update(s: str, rows_b: torch.Tensor) -> None:
+        try:
+            moments[s].update(acts_a.pop(s), rows_b)
+        except NonFiniteError as exc:
+            raise DataError(f"model {exc.which.upper()} produced NaN or infinite activations at site {s}",
+                            hint="a weight is NaN/inf or the model overflows in this dtype; "
+                            "check the checkpoint") from exc
+    return update
 
 
 def _check_vocab(batch: Batch, vocab: int) -> None:

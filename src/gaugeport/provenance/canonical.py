@@ -25,6 +25,8 @@ for the signed-permutation part only, and the report says so.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,12 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaugeport.core.archspec import ArchSpec
+from gaugeport.core.apply import RowColPlan, plan_rows_cols
+from gaugeport.core.archspec import ArchSpec, ParamRule
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import ArchitectureError, GaugeportError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, transform_hidden
-from gaugeport.core.gauge import SignedPermutation
+from gaugeport.core.gather import gather_2d
+from gaugeport.core.gauge import _SAME_SIZE_INT, _SIGN_BIT, SignedPermutation
 from gaugeport.core.hidden import HiddenDims, HiddenRule, get_hidden_spec
 
 FINGERPRINT_VERSION = "2"
@@ -73,21 +77,30 @@ class _Rows:
     ``units`` is a unit-major view of a stored tensor (``[n_units, ...]``, any strides: no copy was
     made); row ``i`` of the key is the concatenation of the flattened units ``idx[i, 0], idx[i, 1], ...``
     (``idx`` None: row ``i`` is unit ``i``). :meth:`lead` converts only the first columns of each row,
-    which decide the order unless they tie; :meth:`full` converts everything (ties only)."""
+    which decide the order unless they tie; :meth:`full` converts everything (ties only).
 
-    def __init__(self, units: torch.Tensor | np.ndarray, idx: np.ndarray | None = None) -> None:
+    ``whole`` given: ``units`` holds only each unit's first :data:`PREFIX_COLUMNS` entries (its first
+    residual coordinates: all that :meth:`lead` reads), ``unit_width`` the width of a whole unit, and
+    ``whole()`` the whole units, made only when :meth:`full` is called (a tie)."""
+
+    def __init__(self, units: torch.Tensor | np.ndarray, idx: np.ndarray | None = None,
+                 whole: Callable[[], torch.Tensor] | None = None, unit_width: int | None = None) -> None:
         self.units = units
+        self.whole = whole
         self.idx = np.arange(units.shape[0])[:, None] if idx is None else idx
-        self.unit_width = int(np.prod(units.shape[1:], dtype=np.int64))
+        self.unit_width = int(np.prod(units.shape[1:], dtype=np.int64)) if unit_width is None else unit_width
         self.n, self.width = self.idx.shape[0], self.idx.shape[1] * self.unit_width
 
     @classmethod
     def of(cls, key: np.ndarray | torch.Tensor) -> _Rows:
         return cls(key.reshape(key.shape[0], -1) if key.ndim < 2 else key)
 
+    def with_idx(self, idx: np.ndarray) -> _Rows:
+        return _Rows(self.units, idx, self.whole, self.unit_width)
+
     def select(self, rows: np.ndarray) -> _Rows:
         """Rows ``rows`` of this key (an index array or a boolean mask)."""
-        return _Rows(self.units, self.idx[rows])
+        return self.with_idx(self.idx[rows])
 
     def _units_lead(self, c: int) -> np.ndarray:
         """The first ``c`` entries of every flattened unit, ``[n_units, min(c, unit_width)]`` float64."""
@@ -103,6 +116,8 @@ class _Rows:
         m = min(self.idx.shape[1], -(-c // self.unit_width)) if self.unit_width else 0
         if m == 0:
             return np.zeros((self.n, 0))
+        if self.whole is not None and c > PREFIX_COLUMNS:
+            raise ValueError("internal error: a partial key holds only the first PREFIX_COLUMNS entries")
         lead = self._units_lead(c)
         return lead[self.idx[:, :m]].reshape(self.n, -1)[:, :c]
 
@@ -110,7 +125,8 @@ class _Rows:
         """Every column of every row, float64."""
         if self.unit_width == 0:
             return np.zeros((self.n, 0))
-        units = _as64(self.units.reshape(self.units.shape[0], -1))
+        units = self.whole() if self.whole is not None else self.units
+        units = _as64(units.reshape(units.shape[0], -1))
         return units[self.idx].reshape(self.n, -1)
 
 
@@ -118,15 +134,46 @@ def _as64(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return (x.float().numpy() if isinstance(x, torch.Tensor) else x).astype(np.float64)
 
 
-def _unit_rows(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> list[tuple[str, str, _Rows]]:
+class _Moved:
+    """A stored tensor moved to canonical residual coordinates, made on first call only (a tie)."""
+
+    def __init__(self, make: Callable[[], torch.Tensor], shape: Sequence[int]) -> None:
+        self.make, self.shape, self.tensor = make, tuple(shape), None
+
+    def __call__(self) -> torch.Tensor:
+        if self.tensor is None:
+            self.tensor = self.make()
+        return self.tensor
+
+
+def _unit_rows(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims,
+               whole: _Moved | None = None) -> list[tuple[str, str, _Rows]]:
     """A tensor's hidden axis split into its segments: ``(kind, mode, rows)`` per segment, each row one
-    unit (MLP unit, query or key/value head) flattened -- views of ``tensor``, nothing converted yet."""
+    unit (MLP unit, query or key/value head) flattened -- views of ``tensor``, nothing converted yet.
+
+    ``whole`` given: ``tensor`` is the first :data:`PREFIX_COLUMNS` entries of the moved tensor along
+    its residual axis (a 2-D tensor's other axis), ``whole()`` the moved tensor (made on a tie only)."""
     sizes = [s.size(dims) for s in rule.segments]
+    counts = [dims.mlp if seg.kind == "mlp" else dims.n_heads if seg.kind == "q_heads" else dims.n_kv_heads
+              for seg in rule.segments]
+
+    def units(t: torch.Tensor, i: int) -> torch.Tensor:
+        part = torch.split(t, sizes, dim=rule.axis)[i]
+        return torch.movedim(part, rule.axis, 0).unflatten(0, (counts[i], -1))
+
     out = []
-    for seg, part in zip(rule.segments, torch.split(tensor, sizes, dim=rule.axis), strict=True):
-        n = dims.mlp if seg.kind == "mlp" else dims.n_heads if seg.kind == "q_heads" else dims.n_kv_heads
-        out.append((seg.kind, seg.mode, _Rows(torch.movedim(part, rule.axis, 0).unflatten(0, (n, -1)))))
+    for i, seg in enumerate(rule.segments):
+        if whole is None:
+            out.append((seg.kind, seg.mode, _Rows(units(tensor, i))))
+            continue
+        width = sizes[i] // counts[i] * int(np.prod([n for a, n in enumerate(whole.shape) if a != rule.axis]))
+        out.append((seg.kind, seg.mode, _Rows(units(tensor, i), None, _segment_units(units, whole, i), width)))
     return out
+
+
+def _segment_units(units: Callable[[torch.Tensor, int], torch.Tensor], whole: _Moved,
+                   i: int) -> Callable[[], torch.Tensor]:
+    return lambda: units(whole(), i)
 
 
 def _lexsort_rows(keys: Sequence[np.ndarray],
@@ -182,14 +229,22 @@ def canonical_gauge(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
 
 
 def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None = None,
-                    consume: Callable[[str, torch.Tensor], None] | None = None, *,
-                    prefix_ok: bool = False) -> Canonical:
+                    consume: Callable[[str, tuple[torch.dtype, tuple[int, ...]] | None, memoryview], None]
+                    | None = None, *, prefix_ok: bool = False) -> Canonical:
     """:func:`canonical_gauge`; with ``consume``, also every canonical tensor, in sorted name order,
     in the same pass: a layer's gauge is decided when its first hidden-axis tensor comes up, from
-    that layer's tensors, which are read once (kept until their turn, then dropped)."""
+    that layer's tensors, which are read once (kept until their turn, then dropped).
+
+    A canonical tensor reaches ``consume(name, header, data)`` in parts, in order: ``header`` is
+    ``(dtype, shape)`` on its first part (None on the others), ``data`` the next bytes. 1-D and 2-D
+    tensors are gathered (rows and columns at once, residual and hidden gauge composed) part by part
+    into two reused buffers (:func:`gaugeport.core.gather.gather_2d`); a part's buffer is reused two
+    parts later, so ``consume`` must be done with it by then (:class:`_Sink` is). Others are
+    transformed whole (one part)."""
     if get is None:
         with _plain_reads(ckpt) as plain:
             return _canonical_pass(ckpt, plain, consume, prefix_ok=True)
+    into = get.into if isinstance(get, _Reads) else (lambda name, slot: get(name))
     spec = ckpt.spec
     hspec = get_hidden_spec(spec.model_type)
     dims = hspec.dims(ckpt.config, ckpt.d_model)
@@ -206,15 +261,32 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     counts = {"mlp": 0, "heads": 0}
     kept: dict[str, torch.Tensor] = {}
 
-    def decide(layer: int) -> None:
-        blocks: list[tuple[str, str, np.ndarray]] = []
+    ahead: dict[int, Any] = {}  # consume: layer -> its tensors being read on the helper thread
+    order = list(by_layer)  # the order layers come up in (name order)
+
+    def read_layer(layer: int) -> dict[str, torch.Tensor]:
+        slot = order.index(layer) % 2  # two layers' buffers: one read ahead while the other is gathered
+        return {name: into(name, ("layer", slot, k)) for k, name in enumerate(by_layer.get(layer, []))}
+
+    def decide(layer: int, pool: Any = None) -> None:
+        blocks: list[tuple[str, str, _Rows]] = []
+        if pool is not None:
+            stored_of = (ahead.pop(layer) if layer in ahead else pool.submit(read_layer, layer)).result()
+            following = order.index(layer) + 1
+            if following < len(order):
+                ahead[order[following]] = pool.submit(read_layer, order[following])
         for name in by_layer.get(layer, []):
             hit = hspec.match(name)
             assert hit is not None
-            moved = res_tf(name, get(name))  # in canonical residual coordinates
-            if consume is not None:
-                kept[name] = moved
-            blocks.extend(_unit_rows(moved, hit[0], dims))
+            stored = get(name) if pool is None else stored_of[name]
+            if pool is not None:
+                kept[name] = stored
+            key = _leading_moved(stored, rules[name], residual, hit[0].axis)
+            if key is None:  # in canonical residual coordinates, whole
+                blocks.extend(_unit_rows(res_tf(name, stored), hit[0], dims))
+            else:  # only the first residual coordinates; the rest is moved only for a tie
+                whole = _Moved(functools.partial(res_tf, name, stored), stored.shape)
+                blocks.extend(_unit_rows(key, hit[0], dims, whole))
         layers[layer], mt, ht = _canonical_layer(blocks, dims, hspec.mlp_signs)
         counts["mlp"] += mt
         counts["heads"] += ht
@@ -223,22 +295,131 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     if consume is not None:
         full = FullGauge(residual, layers)  # type: ignore[arg-type]
         full_tf = FullTransform(spec, ckpt.names, full, ckpt.d_model, ckpt.config)
-        for name in names:
-            hit = hspec.match(name)
-            if hit is not None and hit[1] not in decided:
-                kept.clear()
-                decide(hit[1])
-                decided.add(hit[1])
-            if name in kept:  # residual gauge already applied: the layer's hidden gauge remains
-                assert hit is not None
-                consume(name, transform_hidden(name, kept.pop(name), hit[0], hit[1], full, full_tf.dims))
-            else:
-                consume(name, full_tf(name, get(name)))
+        emit = _Emitter(consume)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gaugeport-read") as pool:
+            try:
+                for name in names:
+                    hit = hspec.match(name)
+                    if hit is not None and hit[1] not in decided:
+                        kept.clear()
+                        decide(hit[1], pool)
+                        decided.add(hit[1])
+                    stored = kept.pop(name) if name in kept else into(name, ("other",))
+                    hidden = None if hit is None else (hit[0], hit[1], full, full_tf.dims)
+                    emit(name, stored, _canonical_plan(name, stored, rules[name], residual, hidden),
+                         functools.partial(full_tf, name, stored))
+            finally:  # a read still running finishes before the files close
+                for f in ahead.values():
+                    f.cancel()
+                    with contextlib.suppress(BaseException):
+                        f.result()
     for layer in range(dims.n_layers):
         if layer not in decided:
             decide(layer)
     ties.update({"mlp_identical_unit_groups": counts["mlp"], "head_identical_groups": counts["heads"]})
     return Canonical(FullGauge(residual, tuple(layers)), ties, notes)
+
+
+def _leading_moved(stored: torch.Tensor, rule: ParamRule, residual: SignedPermutation,
+                   hidden_axis: int) -> torch.Tensor | None:
+    """The moved tensor (residual gauge applied) restricted to its first :data:`PREFIX_COLUMNS`
+    residual coordinates, picked from the stored tensor (``[units, 16]`` instead of ``[units, d]``):
+    all the sort keys read unless they tie. None where that is not a 2-D tensor with one plain
+    residual axis beside the hidden one (then the tensor is moved whole)."""
+    if stored.ndim != 2 or len(rule.axes) != 1 or rule.blocks_on(0) != 1 or rule.axes[0] == hidden_axis \
+            or rule.modes[0] not in ("signed", "abs") or residual.d <= PREFIX_COLUMNS \
+            or stored.shape[rule.axes[0]] != residual.d:
+        return None
+    ax = rule.axes[0]
+    src = residual.inverse().perm[:PREFIX_COLUMNS]  # canonical coordinate k is stored coordinate src[k]
+    shape = [1, 1]
+    shape[ax] = PREFIX_COLUMNS
+    signed = rule.modes[0] == "signed"
+    if stored.dtype in _SIGN_BIT and stored.dtype in _SAME_SIZE_INT:  # on the bits: x * -1 is a sign-bit flip
+        bits = stored.view(_SAME_SIZE_INT[stored.dtype]).numpy()
+        lead = np.take(bits, src, axis=ax)
+        if signed:
+            lead ^= np.where(residual.signs[src] < 0, _SIGN_BIT[stored.dtype], 0).astype(lead.dtype).reshape(shape)
+        return torch.from_numpy(lead).view(stored.dtype)
+    lead = stored.index_select(ax, torch.from_numpy(src.copy()))
+    if signed:
+        lead = lead * torch.from_numpy(residual.signs[src].astype(np.float32)).to(lead.dtype).reshape(shape)
+    return lead
+
+
+def _canonical_plan(name: str, stored: torch.Tensor, rule: ParamRule, residual: SignedPermutation,
+                    hidden: tuple[HiddenRule, int, FullGauge, HiddenDims | None] | None) -> RowColPlan | None:
+    """What the full canonical transform does to ``stored`` (residual gauge, then the layer's hidden
+    gauge), as one row and one column gather with sign-bit flips; None where it is no such thing
+    (the tensor then goes through the transform itself). The hidden gauge's gather is read off the
+    transform itself, applied to the indices ``1..n`` along the hidden axis (signed, so a flip shows)."""
+    plan = plan_rows_cols(tuple(stored.shape), stored.dtype, rule, residual)
+    if plan is None or hidden is None:
+        return plan
+    hrule, layer, full, dims = hidden
+    ax = hrule.axis
+    if ax >= stored.ndim or dims is None:
+        return None
+    n = int(stored.shape[ax])
+    probe_shape = [1] * stored.ndim
+    probe_shape[ax] = n
+    probe = torch.arange(1, n + 1, dtype=torch.float64).reshape(probe_shape)
+    moved = transform_hidden(name, probe, hrule, layer, full, dims).reshape(-1)
+    hidx = (moved.abs() - 1).to(torch.int64).numpy()
+    neg = (moved < 0).numpy()
+    if neg.any() and stored.dtype not in _SIGN_BIT:
+        return None
+    hflip = np.where(neg, _SIGN_BIT.get(stored.dtype, 0), 0).astype(plan.int_dtype)
+    on_rows = ax + 2 - stored.ndim == 0
+    taken = (plan.rows, plan.row_flip) if on_rows else (plan.cols, plan.col_flip)
+    if any(x is not None for x in taken):
+        return None  # a residual gauge on the hidden axis too: no table has it; transformed whole
+    if on_rows:
+        return dataclasses.replace(plan, rows=hidx, row_flip=hflip)
+    return dataclasses.replace(plan, cols=hidx, col_flip=hflip)
+
+
+PART_BYTES = 8 << 20  # a canonical tensor reaches the hash and the writer in parts of about this size
+
+
+class _Emitter:
+    """Hands canonical tensors to ``consume`` part by part, gathered into two reused buffers."""
+
+    def __init__(self, consume: Callable[[str, tuple[torch.dtype, tuple[int, ...]] | None, memoryview], None]) -> None:
+        self.consume = consume
+        self.bufs: list[np.ndarray] = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
+        self.k = 0  # buffer parts so far: part k is in bufs[k % 2]
+
+    def __call__(self, name: str, stored: torch.Tensor, plan: RowColPlan | None,
+                 whole: Callable[[], torch.Tensor]) -> None:
+        header = (stored.dtype, tuple(int(n) for n in stored.shape))
+        if plan is None or stored.numel() == 0:
+            t = whole().contiguous()
+            if t.numel() and t.untyped_storage().data_ptr() == stored.untyped_storage().data_ptr():
+                t = t.clone()  # the stored tensor's buffer is reused for the next tensor read
+            data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, dtype=np.uint8)
+            self.consume(name, header, memoryview(data))
+            return
+        n_rows, n_cols = plan.shape
+        src = stored.reshape(-1).view(torch.uint8).numpy().view(plan.int_dtype).reshape(n_rows, n_cols)
+        rows = plan.rows if plan.rows is not None else np.arange(n_rows)
+        cols = plan.cols if plan.cols is not None else np.arange(n_cols)
+        row_flip = plan.row_flip if plan.row_flip is not None else np.zeros(n_rows, dtype=plan.int_dtype)
+        col_flip = plan.col_flip if plan.col_flip is not None else np.zeros(n_cols, dtype=plan.int_dtype)
+        per = max(1, PART_BYTES // plan.row_bytes)
+        for r0 in range(0, n_rows, per):
+            r1 = min(n_rows, r0 + per)
+            nbytes = (r1 - r0) * plan.row_bytes
+            slot = self.k % 2
+            if self.bufs[slot].nbytes < nbytes:
+                self.bufs[slot] = np.empty(max(nbytes, PART_BYTES), dtype=np.uint8)
+            buf = self.bufs[slot][:nbytes]
+            out = buf.view(plan.int_dtype).reshape(r1 - r0, n_cols)
+            gather_2d(src, rows[r0:r1], cols, row_flip[r0:r1], col_flip, out)
+            self.k += 1
+            self.consume(name, header if r0 == 0 else None, memoryview(buf))
 
 
 def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], spec: ArchSpec,
@@ -305,22 +486,48 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
     return SignedPermutation(_ranks(order), signs.astype(np.int8)), ties, notes
 
 
-@contextlib.contextmanager
-def _plain_reads(ckpt: Checkpoint) -> Iterator[Callable[[str], torch.Tensor]]:
-    """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite."""
-    from gaugeport.core.checkpoint import ShardReader
+class _Reads:
+    """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite; ``into(name,
+    slot)`` reads into a buffer kept for ``slot`` and reused (grown when too small), so a layer's tensors
+    do not fault in fresh pages for every layer. A tensor read into a slot is valid until that slot's
+    next read."""
 
-    readers: dict[str, ShardReader] = {}
-    try:
-        def get(name: str) -> torch.Tensor:
-            shard = ckpt.shard_of[name]
-            if shard not in readers:
-                readers[shard] = ShardReader(ckpt, shard)
-            return readers[shard].read(name)
-        yield get
-    finally:
-        for r in readers.values():
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.readers: dict[str, Any] = {}
+        self.bufs: dict[Any, np.ndarray] = {}
+
+    def _reader(self, name: str) -> Any:
+        from gaugeport.core.checkpoint import ShardReader
+
+        shard = self.ckpt.shard_of[name]
+        if shard not in self.readers:
+            self.readers[shard] = ShardReader(self.ckpt, shard)
+        return self.readers[shard]
+
+    def __call__(self, name: str) -> torch.Tensor:
+        return self._reader(name).read(name)
+
+    def into(self, name: str, slot: Any) -> torch.Tensor:
+        reader = self._reader(name)
+        n = reader.nbytes(name)
+        buf = self.bufs.get(slot)
+        if buf is None or buf.nbytes < n:
+            buf = self.bufs[slot] = np.empty(n, dtype=np.uint8)
+        return reader.read(name, out=buf[:n])
+
+    def close(self) -> None:
+        for r in self.readers.values():
             r.close()
+
+
+@contextlib.contextmanager
+def _plain_reads(ckpt: Checkpoint) -> Iterator[_Reads]:
+    reads = _Reads(ckpt)
+    try:
+        yield reads
+    finally:
+        reads.close()
 
 
 def _leading_columns(ckpt: Checkpoint, src: tuple[str, int], d: int) -> np.ndarray | None:
@@ -383,7 +590,7 @@ def _canonical_layer(blocks: list[tuple[str, str, _Rows]], dims: HiddenDims,
         head_ties += t
         inner.append(o)
     # a group's key: its K/V blocks, then each query block's heads in their sorted order
-    sorted_q = [_Rows(b.units, np.stack([b.idx[g * gs + inner[g], 0] for g in range(k)])) for b in q]
+    sorted_q = [b.with_idx(np.stack([b.idx[g * gs + inner[g], 0] for g in range(k)])) for b in q]
     gorder, gt = _lexsort_rows(kv + sorted_q if kv or sorted_q else [np.zeros((k, 0))])
     head_ties += gt
     granks = _ranks(gorder)
@@ -416,9 +623,17 @@ def canonicalize(src: str | Path, out: str | Path, *, force: bool = False, progr
             writers = {shard: stack.enter_context(SafetensorsStreamWriter(
                 tmp / shard, shard_layout(ckpt, shard), {**ckpt.shard_metadata(shard), **stamp}))
                 for shard in ckpt.shards}
+
+            def write(name: str, header: object, data: memoryview) -> None:
+                writers[ckpt.shard_of[name]].write_part(name, data)
+
             with tqdm(total=len(ckpt.names), desc="canonicalize", unit="tensor", disable=not progress) as bar, \
-                    _Sink(hasher.update, lambda name, t: writers[ckpt.shard_of[name]].write(name, t)) as sink:
-                can = _canonical_pass(ckpt, consume=lambda name, t: (sink(name, t), bar.update()))
+                    _Sink(hasher, write) as sink:
+                def consume(name: str, header: tuple[torch.dtype, tuple[int, ...]] | None, data: memoryview) -> None:
+                    sink(name, header, data)
+                    if header is not None:
+                        bar.update()
+                can = _canonical_pass(ckpt, consume=consume)
         fp = hasher.hexdigest()
         for shard in ckpt.shards:
             _patch_header(tmp / shard, _FP_PLACEHOLDER, fp)
@@ -430,29 +645,37 @@ def canonicalize(src: str | Path, out: str | Path, *, force: bool = False, progr
 def fingerprint(src: str | Path, *, canonical: Canonical | None = None) -> dict[str, Any]:
     """A hash of the canonical representative's tensors (names, dtypes, shapes, bytes): equal for every
     gauged copy, different as soon as one stored value differs. One pass over the checkpoint (given
-    ``canonical``, a pass under that gauge)."""
+    ``canonical``, a pass under that gauge, each tensor transformed whole: the reference the streamed
+    pass is tested against)."""
     ckpt = Checkpoint.open(src)
     hasher = _Hasher(ckpt.model_type)
-    with _Sink(hasher.update) as sink:
+    with _Sink(hasher) as sink:
         if canonical is None:
             can = _canonical_pass(ckpt, consume=sink)
         else:
             can = canonical
             tf = FullTransform(ckpt.spec, ckpt.names, can.gauge, ckpt.d_model, ckpt.config)
             for name in sorted(ckpt.names):
-                sink(name, tf(name, ckpt.tensor(name)))
+                sink(*_whole(name, tf(name, ckpt.tensor(name))))
     return {"fingerprint": hasher.hexdigest(), "model_type": ckpt.model_type, "version": FINGERPRINT_VERSION,
             "ties": can.ties, "notes": can.notes, "canonical_gauge": can.gauge.fingerprint()}
 
 
-class _Sink:
-    """``sink(name, tensor)`` hands each canonical tensor to every consumer (the hash, the writer) on its
-    own helper thread, so that hashing and writing tensor ``i`` overlap reading and gathering tensor
-    ``i + 1`` (hashing and file writes release the GIL). Tensors keep their order: a tensor is handed
-    over only once the previous one is done, so at most one extra tensor is alive. An error in a
-    consumer is raised by the next call or at the end of the ``with`` block."""
+def _whole(name: str, tensor: torch.Tensor) -> tuple[str, tuple[torch.dtype, tuple[int, ...]], memoryview]:
+    """A whole tensor as one part: ``(name, (dtype, shape), bytes)``."""
+    t = tensor.contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, dtype=np.uint8)
+    return name, (t.dtype, tuple(int(n) for n in t.shape)), memoryview(data)
 
-    def __init__(self, *consumers: Callable[[str, torch.Tensor], None]) -> None:
+
+class _Sink:
+    """``sink(name, header, data)`` hands each part of a canonical tensor to every consumer (the hash, the
+    writer) on its own helper thread, so that hashing and writing part ``i`` overlap gathering part
+    ``i + 1`` (hashing and file writes release the GIL). Parts keep their order: a part is handed over
+    only once the previous one is done, so the part before is free again (the gather's two buffers).
+    An error in a consumer is raised by the next call or at the end of the ``with`` block."""
+
+    def __init__(self, *consumers: Callable[..., None]) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.consumers = consumers
@@ -461,14 +684,14 @@ class _Sink:
 
     def _drain(self) -> None:
         pending, self.pending = self.pending, []
-        for f in pending:  # all of them finish before an error is raised: no thread still uses the tensor
+        for f in pending:  # all of them finish before an error is raised: no thread still uses the buffer
             f.exception()
         for f in pending:
             f.result()
 
-    def __call__(self, name: str, tensor: torch.Tensor) -> None:
+    def __call__(self, *part: Any) -> None:
         self._drain()
-        self.pending = [self.pool.submit(c, name, tensor) for c in self.consumers]
+        self.pending = [self.pool.submit(c, *part) for c in self.consumers]
 
     def __enter__(self) -> _Sink:
         return self
@@ -494,11 +717,17 @@ class _Hasher:
 
         self.h = blake3(f"gaugeport-fingerprint-v{FINGERPRINT_VERSION}:{model_type}".encode())
 
+    def __call__(self, name: str, header: tuple[torch.dtype, tuple[int, ...]] | None, data: memoryview) -> None:
+        """The next part of tensor ``name``: its framing first (``header``: dtype and shape, on its first
+        part only), then its bytes."""
+        if header is not None:
+            self.h.update(f"{name}|{header[0]}|{header[1]}|".encode())
+        if len(data):
+            self.h.update(data)
+
     def update(self, name: str, tensor: torch.Tensor) -> None:
-        t = tensor.contiguous()
-        self.h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            self.h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        """A whole tensor (the same bytes as its parts)."""
+        self(*_whole(name, tensor))
 
     def hexdigest(self) -> str:
         return FINGERPRINT_PREFIX + self.h.hexdigest(length=16)

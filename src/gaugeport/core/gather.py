@@ -1,0 +1,107 @@
+"""The row-and-column gather with sign-bit flips that ``canonicalize`` and ``fingerprint`` spend their time in.
+
+``gather_2d(src, rows, cols, row_flip, col_flip, out)`` sets::
+
+    out[i, j] = src[rows[i], cols[j]] ^ row_flip[i] ^ col_flip[j]
+
+on the bits of a tensor (integer arrays of the float's item size; a flip is 0 or the IEEE sign bit,
+so the XOR is exactly ``x * -1``). Two implementations, the same result bit for bit
+(``tests/core/test_gather_kernel.py``):
+
+- a compiled loop (``numba``, the optional extra ``gaugeport[fast]``): one pass, each source row read
+  from cache while its columns are picked;
+- the pure-numpy fallback: blocks of a few rows gathered with ``numpy.take`` (rows, then columns) and
+  flipped with ``numpy.bitwise_xor`` while they are in cache.
+
+``GAUGEPORT_NO_NUMBA=1`` forces the fallback (the benchmark measures both).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+_SUB_BYTES = 1 << 16  # numpy fallback: rows gathered together (~64 KB: stays in the first-level caches)
+
+
+def _numpy_gather(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.ndarray, col_flip: np.ndarray,
+                  out: np.ndarray) -> None:
+    n, c = out.shape
+    per = max(1, _SUB_BYTES // max(1, src.shape[1] * src.itemsize))
+    tmp = np.empty((min(per, n), src.shape[1]), dtype=src.dtype)
+    flip_cols, flip_rows = bool(col_flip.any()), bool(row_flip.any())
+    for i in range(0, n, per):
+        k = min(per, n - i)
+        t, o = tmp[:k], out[i:i + k]
+        np.take(src, rows[i:i + k], axis=0, out=t, mode="clip")  # clip: no buffered copy (indices are valid)
+        np.take(t, cols, axis=1, out=o, mode="clip")
+        if flip_cols:
+            np.bitwise_xor(o, col_flip[None, :], out=o)
+        if flip_rows:
+            np.bitwise_xor(o, row_flip[i:i + k, None], out=o)
+
+
+def _gather_loop(src, rows, cols, row_flip, col_flip, out):  # type: ignore[no-untyped-def]
+    """The compiled kernel's source (plain Python: numba compiles it on first use). Four output rows at a
+    time share each column index and flip (~30% faster than one row at a time on the machine measured)."""
+    n, c = out.shape
+    i = 0
+    while i + 4 <= n:
+        s0, s1, s2, s3 = src[rows[i]], src[rows[i + 1]], src[rows[i + 2]], src[rows[i + 3]]
+        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
+        f0, f1, f2, f3 = row_flip[i], row_flip[i + 1], row_flip[i + 2], row_flip[i + 3]
+        for j in range(c):
+            k, m = cols[j], col_flip[j]
+            o0[j] = s0[k] ^ (f0 ^ m)
+            o1[j] = s1[k] ^ (f1 ^ m)
+            o2[j] = s2[k] ^ (f2 ^ m)
+            o3[j] = s3[k] ^ (f3 ^ m)
+        i += 4
+    while i < n:
+        s, f, o = src[rows[i]], row_flip[i], out[i]
+        for j in range(c):
+            o[j] = s[cols[j]] ^ (f ^ col_flip[j])
+        i += 1
+
+
+@functools.cache
+def _numba_gather() -> Callable[..., None] | None:
+    if os.environ.get("GAUGEPORT_NO_NUMBA"):
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+    return numba.njit(nogil=True, cache=True, boundscheck=False)(_gather_loop)  # type: ignore[no-any-return]
+
+
+def numba_available() -> bool:
+    """Is ``numba`` installed (whether or not ``GAUGEPORT_NO_NUMBA`` turns it off)?"""
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
+def backend() -> str:
+    """``"numba"`` where the compiled loop is available (and not turned off), else ``"numpy"``."""
+    return "numba" if _numba_gather() is not None else "numpy"
+
+
+def gather_2d(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.ndarray, col_flip: np.ndarray,
+              out: np.ndarray) -> np.ndarray:
+    """``out[i, j] = src[rows[i], cols[j]] ^ row_flip[i] ^ col_flip[j]`` (see the module doc); returns ``out``.
+
+    ``src``: ``[R, C]`` C-contiguous integers; ``rows``: ``len(out)`` indices into ``R``; ``cols``: ``C'``
+    indices into ``C``; ``row_flip`` / ``col_flip``: ``src.dtype`` masks of those lengths. Indices must be
+    in range (not checked: both implementations assume it)."""
+    if out.size == 0:
+        return out
+    kernel = _numba_gather()
+    if kernel is not None:
+        kernel(src, rows, cols, row_flip, col_flip, out)
+    else:
+        _numpy_gather(src, rows, cols, row_flip, col_flip, out)
+    return out

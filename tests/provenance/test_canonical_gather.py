@@ -1,0 +1,153 @@
+"""The streamed canonical pass gathers each tensor part by part (residual and hidden gauge composed into
+one row and one column gather, on the bits): its bytes are those of transforming each tensor whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gaugeport.core import gather
+from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.fullgauge import FullGauge, FullTransform, apply_full_gauge_to_checkpoint, random_full_gauge_for
+from gaugeport.core.gauge import SignedPermutation
+from gaugeport.core.hidden import get_hidden_spec
+from gaugeport.models.tiny import tiny_model
+from gaugeport.provenance import canonical
+from gaugeport.provenance.canonical import canonical_gauge, canonicalize, fingerprint
+
+BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not gather.numba_available(), reason="numba (the optional extra gaugeport[fast]) is not installed"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run the test with the compiled gather, then with the pure-numpy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setenv("GAUGEPORT_NO_NUMBA", "1")
+    else:
+        monkeypatch.delenv("GAUGEPORT_NO_NUMBA", raising=False)
+    gather._numba_gather.cache_clear()
+    yield request.param
+    gather._numba_gather.cache_clear()
+    assert request.param == "numpy" or gather.backend() == "numba"
+
+
+# ----------------------------------------------------------------------------- the kernel
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([np.int16, np.int32, np.int64]), st.integers(1, 9), st.integers(1, 40), st.integers(0, 2**31))
+def test_gather_is_a_row_and_column_pick_with_sign_bit_flips(dtype, n_rows, n_cols, seed):
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    src = rng.integers(info.min, info.max, (n_rows + 3, n_cols), dtype=dtype, endpoint=True)
+    rows = rng.integers(0, n_rows + 3, n_rows)
+    cols = rng.permutation(n_cols)
+    sign = np.array(info.min, dtype=dtype)
+    row_flip = np.where(rng.random(n_rows) < 0.5, sign, 0).astype(dtype)
+    col_flip = np.where(rng.random(n_cols) < 0.5, sign, 0).astype(dtype)
+    expected = src[rows][:, cols] ^ row_flip[:, None] ^ col_flip[None, :]
+    got = {}
+    for name, kernel in (("numpy", gather._numpy_gather), ("numba", gather._numba_gather())):
+        if kernel is None:
+            continue
+        out = np.empty((n_rows, n_cols), dtype=dtype)
+        kernel(src, rows, cols, row_flip, col_flip, out)
+        got[name] = out
+        assert np.array_equal(out, expected), name
+
+
+def test_the_sign_bit_flip_is_the_float_negation():
+    x = torch.tensor([1.5, -2.0, 0.0, -0.0, 3e-39, 65504.0], dtype=torch.float32).to(torch.bfloat16)
+    bits = x.view(torch.int16).numpy()
+    out = np.empty((1, bits.size), dtype=np.int16)
+    gather.gather_2d(bits[None, :], np.zeros(1, dtype=np.int64), np.arange(bits.size),
+                     np.full(1, -0x8000, dtype=np.int16), np.zeros(bits.size, dtype=np.int16), out)
+    assert torch.equal(torch.from_numpy(out[0]).view(torch.bfloat16).view(torch.int16), (-x).view(torch.int16))
+
+
+# ----------------------------------------------------------------------------- the pass
+def _reference_fingerprint(path) -> str:
+    """Every tensor transformed whole under the canonical gauge, then hashed (the pass before parts)."""
+    return fingerprint(path, canonical=canonical_gauge(Checkpoint.open(path)))["fingerprint"]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "phi3", "gpt_neox", "qwen3", "bert"])
+def test_streamed_fingerprint_hashes_the_bytes_of_whole_transforms(model_type, tiny_dir, backend):
+    path = tiny_dir(model_type)
+    assert fingerprint(path)["fingerprint"] == _reference_fingerprint(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_canonical_tensors_equal_whole_transforms_in_half_precision(dtype, tmp_path, backend):
+    tiny_model("phi3", num_hidden_layers=3).to(dtype).save_pretrained(tmp_path / "src", max_shard_size="30KB")
+    can = canonicalize(tmp_path / "src", tmp_path / "c", progress=False)
+    src, out = Checkpoint.open(tmp_path / "src"), Checkpoint.open(tmp_path / "c")
+    tf = FullTransform(src.spec, src.names, can.gauge, src.d_model, src.config)
+    for name in src.names:
+        expected, got = tf(name, src.tensor(name)), out.tensor(name)
+        assert got.dtype == dtype and torch.equal(got.view(torch.uint8), expected.contiguous().view(torch.uint8)), name
+    assert can.fingerprint == _reference_fingerprint(tmp_path / "src")
+
+
+def test_parts_of_a_tensor_larger_than_a_part_come_in_order(tiny_dir, monkeypatch, backend):
+    path = tiny_dir("llama")
+    whole = fingerprint(path)["fingerprint"]
+    monkeypatch.setattr(canonical, "PART_BYTES", 200)  # rows of 32 float32 = 128 bytes: one row a part
+    assert fingerprint(path)["fingerprint"] == whole == _reference_fingerprint(path)
+
+
+def test_identical_units_move_whole_and_keep_the_bytes(tmp_path, backend):
+    """Two MLP units alike in their first residual coordinates (and everywhere): the keys read past the
+    first columns, so the layer's tensors are moved whole for the tie; the bytes stay the reference's."""
+    m = tiny_model("llama")
+    with torch.no_grad():
+        mlp = m.model.layers[0].mlp
+        for w in (mlp.gate_proj.weight, mlp.up_proj.weight):
+            w[5] = w[2]
+        mlp.down_proj.weight[:, 5] = mlp.down_proj.weight[:, 2]
+    m.save_pretrained(tmp_path / "src")
+    made = []
+    real = canonical._Moved.__call__
+    original = canonical._Moved.__call__
+
+    def counting(self):
+        made.append(self.shape)
+        return real(self)
+
+    canonical._Moved.__call__ = counting
+    try:
+        fp = fingerprint(tmp_path / "src")
+    finally:
+        canonical._Moved.__call__ = original
+    assert made and fp["ties"]["mlp_identical_unit_groups"] >= 1
+    assert fp["fingerprint"] == _reference_fingerprint(tmp_path / "src")
+    gauged = tmp_path / "g"
+    apply_full_gauge_to_checkpoint(tmp_path / "src", random_full_gauge_for(tmp_path / "src", 5), gauged,
+                                   progress=False)
+    assert fingerprint(gauged)["fingerprint"] == fp["fingerprint"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_leading_moved_is_the_moved_tensor_first_residual_coordinates(dtype, tiny_dir):
+    ckpt = Checkpoint.open(tiny_dir("llama"))
+    residual = SignedPermutation.random(ckpt.d_model, seed=4)
+    rules = ckpt.spec.classify_all(ckpt.names)
+    hspec = get_hidden_spec(ckpt.model_type)
+    tf = FullTransform(ckpt.spec, ckpt.names, FullGauge(residual), ckpt.d_model, ckpt.config)
+    checked = 0
+    for name in ckpt.names:
+        hit = hspec.match(name)
+        rule = rules[name]
+        if hit is None:
+            continue
+        t = ckpt.tensor(name).to(dtype)
+        lead = canonical._leading_moved(t, rule, residual, hit[0].axis)
+        if lead is None:
+            continue
+        ax = rule.axes[0]
+        expected = tf(name, t).narrow(ax, 0, canonical.PREFIX_COLUMNS).contiguous()
+        assert torch.equal(lead.contiguous().view(torch.uint8), expected.view(torch.uint8)), name
+        checked += 1
+    assert checked == 7 * 2  # q, k, v, o, gate, up, down in each of the 2 layers
