@@ -112,3 +112,27 @@ def test_the_rotation_residual_without_q_is_the_procrustes_residual():
         u, _, vt = torch.linalg.svd(eb.T @ ea)
         exact = float((ea @ (u @ vt).T - eb).norm() / eb.norm())
         assert rotation_residual(ea, eb) == pytest.approx(exact, abs=1e-4)
+
+
+def test_b_moved_as_stored_then_folded_is_bit_for_bit_b_folded_then_moved(zoo):
+    """``same`` moves B's stored tensors into A's residual coordinates before folding (half the bytes), with the
+    gain moved alike: every tensor is exactly what folding first, then moving, gives."""
+    import torch
+
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.core.hidden import get_hidden_spec
+    from gaugeport.estimate.hidden import to_a_coordinates
+
+    ca, cb = Checkpoint.open(zoo["base"]), Checkpoint.open(zoo["ft"])
+    spec, hspec = ca.spec, get_hidden_spec(ca.model_type)
+    names = sorted(set(ca.names) & set(cb.names))
+    get_a, _ = same_mod._folded(ca, names, spec, hspec)
+    get_b, _ = same_mod._folded(cb, names, spec, hspec)
+    residual, _ = same_mod._residual_by_fit(ca, get_a, get_b, spec, [])
+    assert (residual.signs < 0).any() and (residual.perm != range(residual.d)).any()  # a real move
+    rules = spec.classify_all(names)
+    _, tb = same_mod._read_layer(names, get_a, get_b, rules, residual, None)
+    folded = [n for n in names if n in get_b.gain_of]
+    assert folded
+    for n in names:
+        assert torch.equal(tb[n], to_a_coordinates(n, get_b(n), rules[n], residual)), n

@@ -140,10 +140,16 @@ class _Tensors:
     def raw(self, name: str) -> torch.Tensor:
         return self.ckpt.tensor(name)
 
-    def __call__(self, name: str, raw: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, name: str, raw: torch.Tensor | None = None,
+                 gain_map: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``gain_map(gain_name, gain)``: applied to the gain before folding (``raw`` already moved by a
+        signed permutation of the residual axes: the gain is then moved alike, so the product is the same)."""
         t = self.raw(name) if raw is None else raw
         if name in self.gain_of:
-            g = self.ckpt.tensor(self.gain_of[name]).float() + self.offset
+            g = self.ckpt.tensor(self.gain_of[name])
+            if gain_map is not None:
+                g = gain_map(self.gain_of[name], g)
+            g = g.float() + self.offset
             return t.float() * g  # readers: the residual axis is the last (in_features)
         if name in self.reset:
             return torch.full(t.shape, 1.0 - self.offset, dtype=torch.float32)
@@ -319,8 +325,17 @@ def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Cal
             ra, rb = get_a.raw(n), get_b.raw(n)
             if shared is not None and _bit_identical(ra, rb):
                 shared.append(n)
-            ta[n], fb = get_a(n, ra), get_b(n, rb)
-            del ra, rb
+            ta[n] = get_a(n, ra)
+            del ra
+            if isinstance(residual, SignedPermutation):
+                # moved as stored (bf16: half the bytes of the folded float32), then folded with the gain moved
+                # alike: the same values as moving the folded tensor
+                tb[n] = get_b(n, to_a_coordinates(n, rb, rules[n], residual),
+                              lambda gn, g: to_a_coordinates(gn, g, rules[gn], residual))
+                del rb
+                continue
+            fb = get_b(n, rb)
+            del rb
         else:
             ta[n], fb = get_a(n), get_b(n)
         tb[n] = to_a_coordinates(n, fb, rules[n], residual)
