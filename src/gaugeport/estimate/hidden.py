@@ -136,19 +136,24 @@ def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> lis
 
 
 def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec,
-                   dims: HiddenDims, keep_raw: bool = False) -> dict[int, UnitFeatures]:
+                   dims: HiddenDims, keep_raw: bool = False,
+                   skip: frozenset[str] = frozenset()) -> dict[int, UnitFeatures]:
     """Features of every layer's units, from the tensors ``get(name)`` returns (already in A's coordinates).
-    ``keep_raw``: also keep the MLP blocks as read, for :func:`exact_unit_match` (one layer at a time)."""
+    ``keep_raw``: also keep the MLP blocks' key entries, for :func:`exact_unit_match` (one layer at a time);
+    ``skip``: unit kinds left out (heads whose features the caller builds otherwise)."""
     feats: dict[int, UnitFeatures] = {}
     for name in sorted(names):
         hit = hspec.match(name)
         if hit is None:
             continue
         rule, layer = hit
+        if all(seg.kind in skip for seg in rule.segments):
+            continue
         role = spec.classify(name).role
         side = "out" if role in ("write", "write_bias") else "in"  # reads the stream (or a head-side bias/norm)
         for kind, mode, arr in unit_blocks(get(name), rule, dims):
-            feats.setdefault(layer, UnitFeatures(keep_raw=keep_raw)).add(kind, mode, side, unit_rows(arr), arr)
+            if kind not in skip:
+                feats.setdefault(layer, UnitFeatures(keep_raw=keep_raw)).add(kind, mode, side, unit_rows(arr), arr)
     return feats
 
 

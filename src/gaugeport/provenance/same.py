@@ -222,10 +222,7 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     for layer in range(dims.n_layers):  # each layer's tensors read once, scored, checked and freed before the next
         lnames = sorted(by_layer.get(layer, []))
         ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared)
-        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer)
-        if rotary is not None:  # heads compared on features no map inside a head changes
-            use_invariant_head_features(a, b, lnames, ta.__getitem__, tb.__getitem__, spec, hspec, dims, rotary,
-                                        layer)
+        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary)  # heads: invariant features
         est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
         if sample is None or est.held_out[-1]["z"] > ESCALATE_Z:
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=sample is None))
@@ -241,10 +238,7 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
         for layer in pending:
             lnames = sorted(by_layer.get(layer, []))
             ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, None)
-            a, b = _features(lnames, ta, tb, spec, hspec, dims, layer)
-            if rotary is not None:
-                use_invariant_head_features(a, b, lnames, ta.__getitem__, tb.__getitem__, spec, hspec, dims,
-                                            rotary, layer)
+            a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary)  # heads: invariant features
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=False))
             del a, b, ta, tb
         pending = []
@@ -344,10 +338,24 @@ def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Cal
 
 
 def _features(names: list[str], ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor], spec: ArchSpec,
-              hspec: HiddenSpec, dims: HiddenDims, layer: int) -> tuple[UnitFeatures, UnitFeatures]:
-    fa = layer_features(names, ta.__getitem__, spec, hspec, dims, keep_raw=True)
-    fb = layer_features(names, tb.__getitem__, spec, hspec, dims, keep_raw=True)
-    return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+              hspec: HiddenSpec, dims: HiddenDims, layer: int,
+              rotary: int | None = None) -> tuple[UnitFeatures, UnitFeatures]:
+    """One layer's unit features of A and B; with ``rotary``, heads on the features no map inside a head
+    changes (:func:`gaugeport.provenance.heads.use_invariant_head_features`), the flattened head blocks they
+    replace not even built, where the layer has its attention tensors."""
+    skip: frozenset[str] = frozenset()
+    if rotary is not None and hspec.attention is not None:
+        try:
+            attention_slots(names, spec, hspec, dims, layer)
+            skip = frozenset({"q_heads", "kv_heads"})
+        except ArchitectureError:
+            pass
+    fa = layer_features(names, ta.__getitem__, spec, hspec, dims, keep_raw=True, skip=skip).get(layer, UnitFeatures())
+    fb = layer_features(names, tb.__getitem__, spec, hspec, dims, keep_raw=True, skip=skip).get(layer, UnitFeatures())
+    if rotary is not None and not use_invariant_head_features(fa, fb, names, ta.__getitem__, tb.__getitem__, spec,
+                                                              hspec, dims, rotary, layer) and skip:
+        return _features(names, ta, tb, spec, hspec, dims, layer)  # no MLP blocks to hang the heads on: as they are
+    return fa, fb
 
 
 def _stouffer(zs: list[float]) -> float:
