@@ -136,3 +136,23 @@ def test_b_moved_as_stored_then_folded_is_bit_for_bit_b_folded_then_moved(zoo):
     assert folded
     for n in names:
         assert torch.equal(tb[n], to_a_coordinates(n, get_b(n), rules[n], residual)), n
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_the_direction_screen_is_a_lower_bound_of_the_full_direction_difference(axis, monkeypatch):
+    """The identical check first compares a few units' directions; the figure it may stop on never exceeds
+    the full one (so no exact copy is refused by it), and is the full one when every unit is screened."""
+    import torch
+
+    gen = torch.Generator().manual_seed(axis)
+    for trial in range(20):
+        b = torch.randn(300, 40, generator=gen)
+        pred = b * torch.rand(300, 1, generator=gen).add(0.5)  # each unit rescaled: the same directions
+        pred[trial * 7] += 0.3 * torch.randn(40, generator=gen)  # one unit edited
+        b_dir = same_mod._unit_directions(b.T if axis else b, axis)
+        full = same_mod._rel_diff(same_mod._unit_directions(pred.T if axis else pred, axis), b_dir)
+        bound = same_mod._direction_diff_lower_bound(pred.T if axis else pred, b.T if axis else b, axis)
+        assert 0 <= bound <= full + 1e-7
+    monkeypatch.setattr(same_mod, "SCREEN_UNITS", 300)
+    assert bound == pytest.approx(full, rel=1e-6)
+    assert same_mod._direction_diff_lower_bound(b * 2.0, b, 0) < 1e-6  # a rescaled copy passes
