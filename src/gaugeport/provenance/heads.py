@@ -87,9 +87,9 @@ def attention_slots(names: Collection[str], spec: ArchSpec, hspec: HiddenSpec, d
     return out
 
 
-def read_block(t: torch.Tensor, slot: Slot, n: int, head_dim: int) -> torch.Tensor:
-    """``[n, head_dim, f]`` (float64): the slot's heads, each head's dims, the rest flattened."""
-    part = torch.movedim(t.double(), slot.axis, 0)[slot.start:slot.stop]
+def read_block(t: torch.Tensor, slot: Slot, n: int, head_dim: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``[n, head_dim, f]`` (float64 unless ``dtype`` says): the slot's heads, each head's dims, the rest flattened."""
+    part = torch.movedim(t, slot.axis, 0)[slot.start:slot.stop].to(dtype)
     return part.reshape(n, head_dim, -1)
 
 
@@ -121,14 +121,16 @@ def invariant_head_features(get: Callable[[str], torch.Tensor], slots: Mapping[s
     * ``qk``: per rotary frequency pair ``P^T Q_h,pair^T K_g,pair P``, and ``P^T Q_h,rest^T K_g,rest P``
       over the dims RoPE leaves alone.
 
-    ``get`` returns tensors already in the common residual coordinates; biases are not used."""
+    ``get`` returns tensors already in the common residual coordinates; biases are not used. In float32
+    (the features are float32): the probe is applied first, so no ``d x d`` product is formed."""
     hd, nq, nkv, gs = dims.head_dim, dims.n_heads, dims.n_kv_heads, dims.group_size
     w = {r: slots[r][0] for r in ROLES}
-    q = read_block(get(w["q"].name), w["q"], nq, hd)
-    k = read_block(get(w["k"].name), w["k"], nkv, hd)
-    v = read_block(get(w["v"].name), w["v"], nkv, hd)
-    o = read_block(get(w["o"].name), w["o"], nq, hd)  # [h, hd, d]: O_h transposed
-    p = _probe(int(q.shape[-1]))
+    f32 = torch.float32
+    q = read_block(get(w["q"].name), w["q"], nq, hd, f32)
+    k = read_block(get(w["k"].name), w["k"], nkv, hd, f32)
+    v = read_block(get(w["v"].name), w["v"], nkv, hd, f32)
+    o = read_block(get(w["o"].name), w["o"], nq, hd, f32)  # [h, hd, d]: O_h transposed
+    p = _probe(int(q.shape[-1])).to(f32)
     qp, kp, vp, op = q @ p, k @ p, v @ p, o @ p  # [heads, hd, m]
     group = torch.arange(nq) // gs
     kp, vp = kp[group], vp[group]  # each query head's key/value group

@@ -49,6 +49,7 @@ calibration on independently trained pairs.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,6 +220,7 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     check = _IdenticalCheck(tol, rules, hspec, dims, residual, spec, rotary)
     shared: list[str] = []
     pending: list[int] = []
+    prefetch: threading.Thread | None = None
     for layer in range(dims.n_layers):  # each layer's tensors read once, scored, checked and freed before the next
         lnames = sorted(by_layer.get(layer, []))
         ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared)
@@ -228,6 +230,8 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=sample is None))
             if check.alive:
                 check.layer(lnames, ta, tb, layer, est.layers[layer], res_sp=_as_sp(residual, ca.d_model))
+                if check.alive and prefetch is None:  # a copy so far: the function check will need its class
+                    prefetch = _prefetch_model_class(ca.config)
         else:
             _store(est, layer, None)
             pending.append(layer)
@@ -274,6 +278,8 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
                 check.tensor(name, ta[name], tb[name])
         ident = check.result()
     layers, p, log10_p = _layer_report(est, ident, dims, alpha)
+    if prefetch is not None:
+        prefetch.join()
     if ident["weights_match"]:
         ident.update(_function_check(path_a, path_b, tol=max(tol, 1e-4)))
     verdict = "identical" if ident["weights_match"] and ident.get("function_match") else \
@@ -705,6 +711,22 @@ def _unit_directions(t: torch.Tensor, axis: int) -> torch.Tensor:
     x = torch.movedim(t.float(), axis, 0)
     norms = x.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-30)
     return torch.movedim(x / norms.reshape(-1, *([1] * (x.ndim - 1))), 0, axis)
+
+
+def _prefetch_model_class(config: dict[str, Any]) -> threading.Thread:
+    """Import the model's ``transformers`` class (several seconds of imports) in a background thread while the
+    layers are still compared; errors are left to the function check, which imports it again."""
+    def run() -> None:
+        try:
+            from gaugeport.core.stream import model_class_for
+
+            model_class_for(config)
+        except Exception:  # the function check reports it
+            pass
+
+    th = threading.Thread(target=run, name="same-prefetch", daemon=True)
+    th.start()
+    return th
 
 
 def _function_check(a: str | Path, b: str | Path, tol: float) -> dict[str, Any]:
