@@ -574,9 +574,12 @@ class _IdenticalCheck:
     max relative difference (``max |pred - B| / max |B|``), overall and per layer. It stops at the first
     tensor over ``tol`` (the rest would only refine the figure) or when a layer is not matched.
     With ``rotary`` (the table names the attention tensors), each layer's maps inside the heads
-    (value/output, and query/key commuting with RoPE) are first fitted from A's predicted tensors to B's
-    (:func:`gaugeport.provenance.heads.fit_layer_head_maps`) and applied to the prediction; those maps act
-    on head axes only, so fitting them in A's residual coordinates gives the maps of B's."""
+    (value/output, and query/key commuting with RoPE) are fitted from A's predicted tensors to B's
+    (:func:`gaugeport.provenance.heads.fit_layer_head_maps`) and applied to the prediction, when the check
+    reaches the first head tensor and only if the heads do not already agree within ``tol`` without them;
+    those maps act on head axes only, so fitting them in A's residual coordinates gives the maps of B's.
+    An MLP tensor's unit directions are first compared on ``SCREEN_UNITS`` units: a lower bound of the
+    figure over ``tol`` stops the check there (``max_rel_weight_diff_is_lower_bound`` in the result)."""
 
     def __init__(self, tol: float, rules: dict[str, Any], hspec: HiddenSpec, dims: HiddenDims,
                  residual: ResidualMap, spec: ArchSpec | None = None, rotary: int | None = None) -> None:
