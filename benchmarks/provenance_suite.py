@@ -4,8 +4,12 @@ Pairs (A = claimed origin, B = suspect), every one labelled by how B was made:
 
 * **tiny** (always): a Llama-style model (d=64, 3 blocks, 128 MLP units, 4 heads in 2 groups) trained on
   the built-in corpus, and from it: a fine-tune (40 steps on other data), a block removed, 96 of 128 MLP
-  units kept, 48 of 64 residual coordinates kept, 16 tokens appended, a 4-expert Mixtral upcycle, and
-  pruning followed by 30 healing steps; every derivation but the upcycle again under a random full gauge.
+  units kept, 48 of 64 residual coordinates kept, 16 tokens appended, a 4-expert Mixtral upcycle,
+  pruning followed by 30 healing steps, Qwen2-MoE and GLM-4.5 (DeepSeek-style) upcycles with shared
+  experts, a LLaVA and a Qwen2-VL wrapper around it, 2 of 4 heads kept (one whole key/value group),
+  head_dim 12 of 16 (whole RoPE pairs), the same weights saved as Mistral; every derivation whose family
+  has a full gauge again under a random one; and two Qwen2-MoE mixtures compared expert to expert (B
+  re-orders A's experts; negative: an independent one).
   Negatives: independently trained models of several widths and depths (same corpus, other seeds: the
   hard case), and an independent model put through each shape-changing derivation (an independent model
   of exactly B's shape).
@@ -118,13 +122,23 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
         "vocab +16": lambda m: D.extend_vocab(m, 16),
         "MoE upcycle x4": lambda m: D.upcycle_to_mixtral(m, 4, noise=0.02),
         "MLP 96/128 + heal 30": lambda m: healed(D.prune_mlp(m, 96), 30, data_seed=55),
+        "shared-expert MoE upcycle x4+1": lambda m: D.upcycle_to_qwen2_moe(m, 4, noise=0.02),
+        "DeepSeek-style shared experts x4+1": lambda m: D.upcycle_to_glm4_moe(m, 4, noise=0.02),
+        "LLaVA wrapper": lambda m: D.wrap_in_llava(m),
+        "Qwen2-VL wrapper": lambda m: D.wrap_in_qwen2_vl(m),
+        "heads 2/4 (1 of 2 KV groups)": lambda m: D.prune_heads(m, [1]),
+        "head_dim 12/16": lambda m: D.prune_head_dim(m, 6),
+        "saved as Mistral": lambda m: D._clone_with(m, {"sliding_window": None}, D._state(m), model_type="mistral"),
     }
+    # no full gauge for these tables
+    no_gauge = {"MoE upcycle x4", "shared-expert MoE upcycle x4+1", "DeepSeek-style shared experts x4+1",
+                "LLaVA wrapper", "Qwen2-VL wrapper"}
     pairs = []
     for i, (kind, f) in enumerate(derive.items()):
         slug = kind.replace(" ", "_").replace("/", "of").replace("+", "p")
         p = _cached(root / f"pos_{slug}", lambda f=f: f(base))
         pairs.append({"set": "tiny", "a": base_p, "b": p, "label": 1, "lineage": kind})
-        if kind != "MoE upcycle x4":
+        if kind not in no_gauge:
             pairs.append({"set": "tiny", "a": base_p, "b": _gauged(p, root / f"pos_{slug}_g", 100 + i),
                           "label": 1, "lineage": kind + " + full gauge"})
         if kind != "fine-tune 40 steps":
@@ -132,6 +146,12 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
             pairs.append({"set": "tiny", "a": base_p, "b": n, "label": 0, "lineage": f"independent, {kind}"})
     for k, p in ind_p.items():
         pairs.append({"set": "tiny", "a": base_p, "b": p, "label": 0, "lineage": f"independent ({k})"})
+    # two mixtures compared expert to expert: B re-orders A's experts (and router rows), A's experts differ
+    moe_a = _cached(root / "moe_a", lambda: D.upcycle_to_qwen2_moe(base, 4, noise=0.3, seed=1))
+    moe_p = _cached(root / "pos_moe_experts_reordered", lambda: D.permute_experts(load_model(moe_a), [2, 0, 3, 1]))
+    moe_n = _cached(root / "neg_moe_experts", lambda: D.upcycle_to_qwen2_moe(ind, 4, noise=0.3, seed=1))
+    pairs += [{"set": "tiny", "a": moe_a, "b": moe_p, "label": 1, "lineage": "MoE vs MoE, experts re-ordered"},
+              {"set": "tiny", "a": moe_a, "b": moe_n, "label": 0, "lineage": "independent, MoE vs MoE"}]
     return pairs
 
 
@@ -672,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--carry-from", type=Path, default=None,
                     help="an earlier suite JSON: its rows stand in (flagged carried_from) for pairs this run did not "
                     "reach within --budget-min")
+    ap.add_argument("--only", default=None,
+                    help="run only the pairs whose label contains one of these (comma list of substrings)")
     ap.add_argument("--methods", default=",".join(METHODS), help=argparse.SUPPRESS)
     ap.add_argument("--one-pair", default=None, help=argparse.SUPPRESS)  # the per-pair child process
     args = ap.parse_args(argv)
@@ -697,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     if "smollm2" in sets:
         _log("building real pairs (SmolLM2-135M)")
         pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", real_kinds, variants)
+    if args.only is not None:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        pairs = [p for p in pairs if any(k in p["lineage"] for k in keys)]
     # every finished pair is appended to <out>.partial.jsonl; a rerun reuses those rows (delete it to start over)
     partial = args.out.with_name(args.out.name + ".partial.jsonl")
     done = {}

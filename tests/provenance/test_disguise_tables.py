@@ -87,7 +87,7 @@ def test_head_maps_keep_the_logits_of_a_layernorm_family_with_partial_rotary(nam
     ("phi", "reintroduced_gains", ArchitectureError, "RMSNorm"),
     ("phi", "rescaled_units", ArchitectureError, "gated"),
     ("phi", "head_qk_rope_rotation", ArchitectureError, "before RoPE"),  # qk_layernorm on
-    ("arcee", "head_vo_rotation", ArchitectureError, "attention"),  # the table names no attention tensors
+    ("olmo", "head_vo_rotation", ArchitectureError, "attention"),  # no attention section: clip_qkv clamps v
 ])
 def test_a_disguise_that_does_not_apply_is_refused_with_a_reason(family, name, error, says):
     model = _model(family)
@@ -205,8 +205,36 @@ def test_same_calls_a_head_disguised_copy_of_another_family_identical(tmp_path, 
     assert res.verdict == "identical", (res.residual, res.identical_check)
 
 
+def _families_with_attention() -> list[str]:
+    from gaugeport.core.hidden import families_with_hidden
+
+    return sorted(f for f in families_with_hidden() if get_hidden_spec(f).attention is not None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", _families_with_attention())
+def test_every_family_whose_table_names_its_heads_has_its_head_maps_undone(tmp_path, family):
+    """Data-driven: a family gets an ``attention`` section, and this covers it: the value/output map, then the
+    query/key map where the table allows it (else its refusal says why); logits within 1e-4, then same."""
+    model = _model(family)
+    ids = probe_ids(model.config.vocab_size)
+    changed = _apply(model, family, "head_vo_rotation", seed=5, scale=True)
+    try:
+        changed = _apply(changed, family, "head_qk_rope_rotation", seed=6, scale=True)
+    except ArchitectureError as e:
+        assert "before RoPE" in str(e) or "no rotary" in str(e)
+    assert _rel(_logits(model, ids), _logits(changed, ids)) <= LOGIT_TOL
+    res = same(_save(model, tmp_path / "a"), _save(changed, tmp_path / "b"))
+    assert res.verdict == "identical", (res.residual, res.identical_check)
+
+
+def test_the_tables_name_the_heads_of_every_family_with_separate_projections():
+    assert {"arcee", "bert", "cohere", "ernie4_5", "exaone4", "glm", "gpt2", "hunyuan_v1_dense", "starcoder2", "llama",
+            "phi3"} <= set(_families_with_attention())
+
+
 @pytest.mark.parametrize(("entry", "says"), [
-    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "interleaved"}, "rope"),
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "zigzag"}, "rope"),
     ({"q": ["a"], "k": ["b"], "v": ["c"], "o": [], "rope": "none"}, "o must be"),
     ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "none", "qkv": []}, "unknown key"),
 ])

@@ -151,11 +151,13 @@ def _print_lineage(res: object, report: Path | None, plot: Path | None, save_gau
         typer.echo(json.dumps(out, indent=2, default=str))
         return
     ev = res.evidence
-    typer.echo(f"verdict     {res.verdict} (lineage: shapes differ)")
+    sa, sb = res.shapes["a"], res.shapes["b"]
+    why = "a wrapper's language model" if "wrapper" in sa or "wrapper" in sb else \
+        "mixture of experts" if max(sa["experts"], sb["experts"]) > 1 else "shapes differ"
+    typer.echo(f"verdict     {res.verdict} (lineage: {why})")
     typer.echo(f"p-value     {res.p_value:.3g} (log10 {res.log10_p:.1f}; null: independent training; "
                f"alpha {res.alpha:g})")
     typer.echo(f"effect      {res.effect:.3f} (0: independent, 1: every unit, head and token traced)")
-    sa, sb = res.shapes["a"], res.shapes["b"]
     typer.echo(f"shapes      A {sa['model_type']} d={sa['d']} blocks={sa['n_layers']} mlp={sa['mlp']} "
                f"heads={sa['n_heads']} experts={sa['experts']} vocab={sa['vocab']}")
     typer.echo(f"            B {sb['model_type']} d={sb['d']} blocks={sb['n_layers']} mlp={sb['mlp']} "

@@ -40,7 +40,8 @@ Sizes come from the config (``intermediate_size`` / ``n_inner``, ``num_attention
 (``{"q": [...], "k": [...], "v": [...], "o": [...]}``: templates of weights and biases; ``@i`` after a
 template picks the ``i``-th segment of a fused tensor, e.g. Phi-3's ``qkv_proj.weight@1`` for the keys),
 the rotary layout (``"rope": "rotate_half"``, pair ``i`` is dims ``i`` and ``i + r / 2`` of the ``r``
-rotary dims, or ``"none"``), the config keys of a partial rotary fraction (``rotary_fraction``) and the
+rotary dims; ``"interleaved"``, pair ``i`` is dims ``2i`` and ``2i + 1``; or ``"none"``), the config keys of a
+partial rotary fraction (``rotary_fraction``) and the
 tensors that, when a checkpoint has them, sit between the projections and RoPE (``stops_qk_maps``: a
 q/k-norm's per-dimension gain). Provenance uses it for the maps inside a head that keep the function
 (value/output and query/key maps, :mod:`gaugeport.provenance.heads`).
@@ -64,7 +65,7 @@ from gaugeport.core.errors import ArchitectureError
 SegmentKind = Literal["mlp", "q_heads", "kv_heads"]
 _HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims", "folds", "attention"}
 _ATTENTION_KEYS = {"q", "k", "v", "o", "rope", "rotary_fraction", "stops_qk_maps", "why"}
-ROPE_LAYOUTS = ("rotate_half", "none")
+ROPE_LAYOUTS = ("rotate_half", "interleaved", "none")
 _FOLD_KEYS = {"gain", "into", "why"}
 _ROW_KEYS = {"name", "axis", "segments", "why"}
 _DIM_KEYS = {"mlp", "n_heads", "n_kv_heads", "head_dim"}
@@ -127,7 +128,7 @@ class AttentionSpec:
     k: tuple[str, ...]
     v: tuple[str, ...]
     o: tuple[str, ...]
-    rope: Literal["rotate_half", "none"]
+    rope: Literal["rotate_half", "interleaved", "none"]
     rotary_fraction: tuple[str, ...] = ()  # config keys of the fraction of head_dim that RoPE rotates
     stops_qk_maps: tuple[str, ...] = ()  # tensors between the q/k projections and RoPE (q/k-norm gains)
 

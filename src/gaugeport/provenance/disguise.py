@@ -233,23 +233,24 @@ def head_vo_rotation(state: State, spec: ArchSpec, config: Mapping[str, Any], se
 def head_qk_rope_rotation(state: State, spec: ArchSpec, config: Mapping[str, Any], seed: int, *,
                           scale: bool = False) -> StateDict:
     """Per key/value group, a random 2 x 2 rotation inside every RoPE frequency pair (dims ``i`` and
-    ``i + r / 2`` of the ``r`` rotary dims, the rotate-half layout), applied to the group's key rows and
-    to the query rows of every head in the group (a random orthogonal map on the dims RoPE leaves alone,
-    partial rotary); with ``scale``, keys times ``s`` and queries over ``s`` per pair. It commutes with
-    RoPE, so ``q . k`` is unchanged. Refused where a q/k-norm sits between the projections and RoPE."""
+    ``i + r / 2`` of the ``r`` rotary dims in the rotate-half layout, ``2i`` and ``2i + 1`` interleaved),
+    applied to the group's key rows and to the query rows of every head in the group (a random orthogonal
+    map on the dims RoPE leaves alone, partial rotary); with ``scale``, keys times ``s`` and queries over
+    ``s`` per pair. It commutes with RoPE, so ``q . k`` is unchanged. Refused where a q/k-norm with
+    per-dimension gains sits next to RoPE (before it or after it)."""
     dims, attn, layers = _head_layers(state, spec, config)
     if attn.rope == "none":
         raise ArchitectureError(f"{spec.model_type} has no rotary embedding: this disguise rotates RoPE pairs")
     stops = [n for n in state for c in spec.canonical_names(n) for t in attn.stops_qk_maps
              if re.fullmatch(re.escape(t).replace(re.escape("{layer}"), r"\d+"), c)]
     if stops:
-        raise ArchitectureError(f"{spec.model_type}: {stops[0]} normalises each head's queries or keys before "
-                                "RoPE, so a map inside the query/key pairs changes the function",
+        raise ArchitectureError(f"{spec.model_type}: {stops[0]} normalises each head's queries or keys "
+                                "(before RoPE, or after it), so a map inside the query/key pairs changes the function",
                                 hint="the value/output map (head_vo_rotation) still applies")
     rng = np.random.default_rng(seed)
     hd = dims.head_dim
     rot = attn.rotary_dims(dict(config), hd)
-    lo, hi = pair_index(rot)
+    lo, hi = pair_index(rot, attn.rope)
     group = torch.arange(dims.n_heads) // dims.group_size
     out = dict(state)
     for slots in layers:

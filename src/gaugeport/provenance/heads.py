@@ -100,9 +100,14 @@ def write_block(t: torch.Tensor, slot: Slot, block: torch.Tensor) -> torch.Tenso
     return torch.movedim(moved, 0, slot.axis).to(t.dtype)
 
 
-def pair_index(rotary: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rotate-half frequency pairs of ``rotary`` dims: dim ``i`` with dim ``i + rotary / 2``."""
+def pair_index(rotary: int, layout: str = "rotate_half") -> tuple[np.ndarray, np.ndarray]:
+    """The RoPE frequency pairs of the first ``rotary`` dims of a head: dim ``i`` with dim ``i + rotary / 2``
+    (``rotate_half``), or dim ``2i`` with dim ``2i + 1`` (``interleaved``: Ernie 4.5, GLM, Cohere)."""
     half = rotary // 2
+    if layout == "interleaved":
+        return np.arange(half) * 2, np.arange(half) * 2 + 1
+    if layout not in ("rotate_half", "none"):
+        raise ValueError(f"unknown RoPE layout {layout!r}")
     return np.arange(half), np.arange(half) + half
 
 
@@ -113,7 +118,7 @@ def _probe(d: int) -> torch.Tensor:
 
 
 def invariant_head_features(get: Callable[[str], torch.Tensor], slots: Mapping[str, list[Slot]],
-                            dims: HiddenDims, rotary: int) -> dict[str, np.ndarray]:
+                            dims: HiddenDims, rotary: int, layout: str = "rotate_half") -> dict[str, np.ndarray]:
     """Per query head, features no value/output or query/key map changes (see the module docstring):
 
     * ``ov``: ``P^T O_h V_g P`` (``P`` a seeded ``d x m`` Gaussian probe, the same for both models), a
@@ -135,7 +140,7 @@ def invariant_head_features(get: Callable[[str], torch.Tensor], slots: Mapping[s
     group = torch.arange(nq) // gs
     kp, vp = kp[group], vp[group]  # each query head's key/value group
     ov = torch.einsum("hdi,hdj->hij", op, vp).reshape(nq, -1)
-    lo, hi = pair_index(rotary)
+    lo, hi = pair_index(rotary, layout)
     per_pair = torch.einsum("hpi,hpj->hpij", qp[:, lo], kp[:, lo]) + torch.einsum("hpi,hpj->hpij", qp[:, hi], kp[:, hi])
     rest = torch.einsum("hdi,hdj->hij", qp[:, rotary:], kp[:, rotary:])
     qk = torch.cat([per_pair.reshape(nq, -1), rest.reshape(nq, -1)], dim=1)
@@ -166,7 +171,8 @@ def _stack(get: Callable[[str], torch.Tensor], slots: list[Slot], n: int, hd: in
 
 
 def fit_layer_head_maps(get_a: Callable[[str], torch.Tensor], get_b: Callable[[str], torch.Tensor],
-                        slots: dict[str, list[Slot]], dims: HiddenDims, rotary: int) -> LayerHeadMaps:
+                        slots: dict[str, list[Slot]], dims: HiddenDims, rotary: int,
+                        layout: str = "rotate_half") -> LayerHeadMaps:
     """The value/output and query/key maps taking A's heads (``get_a``: in one labelling of
     residual, units and heads) closest to B's, by least squares per key/value group: ``R`` from the
     values, the key map from the keys (per rotary pair projected onto scaled rotations ``a I + b J``,
@@ -179,7 +185,7 @@ def fit_layer_head_maps(get_a: Callable[[str], torch.Tensor], get_b: Callable[[s
     key, query = eye.repeat(nkv, 1, 1), eye.repeat(nkv, 1, 1)
     r = _lstsq_map(va, vb)  # [groups, hd, hd]
     del va, vb
-    lo, hi = (torch.from_numpy(x) for x in pair_index(rotary))
+    lo, hi = (torch.from_numpy(x) for x in pair_index(rotary, layout))
     if lo.numel():
         pa = torch.stack([ka[:, lo], ka[:, hi]], dim=2)  # [groups, pairs, 2, f]
         pb = torch.stack([kb[:, lo], kb[:, hi]], dim=2)
@@ -241,7 +247,7 @@ def use_invariant_head_features(fa: Any, fb: Any, names: Collection[str], get_a:
     except ArchitectureError:
         return False
     for f, get in ((fa, get_a), (fb, get_b)):
-        feats = invariant_head_features(get, slots, dims, rotary)
+        feats = invariant_head_features(get, slots, dims, rotary, hspec.attention.rope)
         for key in [k for k in f.blocks if k[0] in ("q_heads", "kv_heads")]:
             del f.blocks[key]
         f.blocks[("q_heads", "abs", "in")] = [unit_rows(feats["qk"])]

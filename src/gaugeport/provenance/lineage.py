@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -84,85 +84,207 @@ def family_root(model_type: str) -> str:
     return family_root(raw["extends"]) if "extends" in raw else table
 
 
+@dataclass(frozen=True)
+class Expert:
+    """One virtual dense MLP of a block: a routed expert, a shared expert, or a dense model's MLP."""
+
+    label: int | str  # the routed expert's index, "shared", or "dense"
+    rename: dict[str, str]  # virtual template -> real template (with {layer}, {expert})
+    index: int | None  # the value of {expert}
+    dims: HiddenDims  # its MLP width in ``dims.mlp``
+
+
+@dataclass
+class InnerCheckpoint:
+    """The language model inside a multimodal wrapper, read under the dense family's names: ``names`` are the
+    inner names (``model.layers.0...``), ``tensor`` reads the wrapper's own (``language_model.model.layers.0...``)."""
+
+    outer: Checkpoint
+    config: dict[str, Any]  # the wrapper's text section, with the inner model_type
+    real: dict[str, str]  # inner name -> name on disk
+    prefixes: dict[str, str]  # wrapper prefix -> inner prefix, those that matched a tensor
+    not_compared: dict[str, int]  # first two dotted parts of every tensor outside the language model -> count
+
+    @property
+    def path(self) -> Path:
+        return self.outer.path
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.real)
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config["model_type"])
+
+    @property
+    def spec(self) -> ArchSpec:
+        return get_spec(self.model_type)
+
+    @property
+    def d_model(self) -> int:
+        from gaugeport.core.facts import ModelFacts
+
+        return ModelFacts.from_config(self.config).d_model
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.outer.tensor(self.real[name])
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_type": self.outer.model_type, "language_model": self.model_type,
+                "prefixes": dict(self.prefixes), "not_compared": dict(self.not_compared)}
+
+
+def open_inner(path: str | Path) -> Checkpoint | InnerCheckpoint:
+    """The checkpoint, or the language model inside it when ``lineage_views.json`` lists it as a wrapper."""
+    ckpt = Checkpoint.open(path)
+    entry = _views().get(ckpt.model_type, {}).get("wrapper")
+    if entry is None:
+        return ckpt
+    section = ckpt.config.get(entry["config"], ckpt.config)  # older saves keep the text sizes at the top level
+    if not isinstance(section, dict):
+        raise ArchitectureError(f"{path}: the {entry['config']!r} section of config.json is not an object",
+                                hint="lineage reads the language model's sizes there")
+    cfg = {k: v for k, v in section.items() if k != entry["config"]}
+    cfg["model_type"] = entry.get("model_types", {}).get(cfg.get("model_type"), cfg.get("model_type"))
+    order = sorted(entry["language_model"].items(), key=lambda kv: -len(kv[0]))  # the longest prefix first
+    real: dict[str, str] = {}
+    used: dict[str, str] = {}
+    rest: dict[str, int] = {}
+    outside = tuple(entry.get("not_language_model", ()))
+    for name in ckpt.names:
+        hit = None if name.startswith(outside) else next(((s, d) for s, d in order if name.startswith(s)), None)
+        if hit is None:
+            group = ".".join(name.split(".")[:2])
+            rest[group] = rest.get(group, 0) + 1
+            continue
+        real[hit[1] + name[len(hit[0]):]] = name
+        used[hit[0]] = hit[1]
+    if not real:
+        raise ArchitectureError(f"{path}: no tensor of the {ckpt.model_type} wrapper lies under its language "
+                                f"model's prefixes ({', '.join(entry['language_model'])})",
+                                hint="add the prefix to the wrapper's entry in lineage_views.json")
+    return InnerCheckpoint(ckpt, cfg, real, dict(sorted(used.items())), dict(sorted(rest.items())))
+
+
 @dataclass
 class View:
     """A checkpoint read as dense blocks of one family: names are the dense family's; a
-    mixture-of-experts block is one virtual dense block per expert."""
+    mixture-of-experts block is one virtual dense block per expert (routed, then shared)."""
 
-    ckpt: Checkpoint
+    ckpt: Checkpoint | InnerCheckpoint
     dense_spec: ArchSpec
     hspec: HiddenSpec
-    dims: HiddenDims
-    n_experts: int  # 1 for a dense model
-    rename: dict[str, str]  # virtual template -> real template (with {layer}, {expert})
+    dims: HiddenDims  # of the routed experts (of the MLP in a dense model)
+    experts: list[Expert]
     root: str
     moe_family: str | None = None
+    ignored: list[str] = field(default_factory=list)  # tensor templates lineage does not read (routers, gates)
 
     @property
     def d(self) -> int:
         return int(self.ckpt.d_model)
 
+    @property
+    def n_experts(self) -> int:
+        """Routed experts (1 for a dense model)."""
+        return sum(isinstance(e.label, int) for e in self.experts) or 1
+
+    @property
+    def n_shared(self) -> int:
+        return sum(e.label == "shared" for e in self.experts)
+
+    @property
+    def wrapper(self) -> dict[str, Any] | None:
+        return self.ckpt.describe() if isinstance(self.ckpt, InnerCheckpoint) else None
+
     def virtual_names(self, expert: int) -> list[str]:
         """The hidden-row tensors of every block, in the dense family's names."""
         names = [n for n in self.ckpt.names if self.hspec.match(n) is not None]
         for layer in range(self.dims.n_layers):
-            names += [t.replace("{layer}", str(layer)) for t in self.rename]
+            names += [t.replace("{layer}", str(layer)) for t in self.experts[expert].rename]
         return names
 
     def real_name(self, name: str, expert: int) -> str:
-        for vt, rt in self.rename.items():
+        ex = self.experts[expert]
+        for vt, rt in ex.rename.items():
             head, _, tail = vt.partition("{layer}")
             if name.startswith(head) and name.endswith(tail):
                 layer = name[len(head):len(name) - len(tail)]
                 if layer.isdigit():
-                    return rt.replace("{layer}", layer).replace("{expert}", str(expert))
+                    return rt.replace("{layer}", layer).replace("{expert}", str(ex.index))
         return name
 
 
+def _config_int(cfg: dict[str, Any], keys: list[str], what: str, path: str | Path) -> int:
+    v = next((cfg[k] for k in keys if cfg.get(k)), None)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ArchitectureError(f"{path}: config.json names no {what} ({' / '.join(keys)})",
+                                hint="lineage_views.json lists the keys it reads")
+    return int(v)
+
+
 def open_view(path: str | Path) -> View:
-    ckpt = Checkpoint.open(path)
+    ckpt = open_inner(path)
     mt = ckpt.model_type
     entry = _views().get(mt)
     cfg = ckpt.config.get("text_config", ckpt.config)
-    if entry is not None:
+    if entry is not None and "experts" in entry:
         dense = entry["dense"]
-        n_exp = next((int(cfg[k]) for k in entry["experts"] if cfg.get(k)), 0)
-        if n_exp <= 0:
-            raise ArchitectureError(f"{path}: config.json names no number of experts "
-                                    f"({', '.join(entry['experts'])})")
+        n_exp = _config_int(cfg, entry["experts"], "number of experts", path)
         hspec = get_hidden_spec(dense)
-        return View(ckpt, get_spec(dense), hspec, hspec.dims(ckpt.config, ckpt.d_model), n_exp,
-                    dict(entry["rename"]), family_root(dense), mt)
+        dims = hspec.dims(ckpt.config, ckpt.d_model)
+        if "expert_mlp" in entry:
+            dims = replace(dims, mlp=_config_int(cfg, entry["expert_mlp"], "expert width", path))
+        experts = [Expert(e, dict(entry["rename"]), e, dims) for e in range(n_exp)]
+        if "shared" in entry:  # one shared MLP per block, its width a product of config numbers
+            sh = entry["shared"]
+            width = int(np.prod([_config_int(cfg, [k], "shared expert width", path) for k in sh["mlp"]]))
+            experts.append(Expert("shared", dict(sh["rename"]), None, replace(dims, mlp=width)))
+        names = set(ckpt.names)
+        missing = sorted({ex.rename[t].replace("{layer}", str(layer)).replace("{expert}", str(ex.index))
+                          for ex in experts for t in ex.rename for layer in range(dims.n_layers)} - names)
+        if missing:
+            raise ArchitectureError(f"{path}: {len(missing)} expert tensors are missing, e.g. {missing[0]}",
+                                    hint="lineage reads every block as experts; dense blocks inside a "
+                                    "mixture-of-experts model (mlp_only_layers, first dense layers) are not read")
+        return View(ckpt, get_spec(dense), hspec, dims, experts, family_root(dense), mt,
+                    list(entry.get("ignored", [])))
     hspec = get_hidden_spec(mt)
-    return View(ckpt, ckpt.spec, hspec, hspec.dims(ckpt.config, ckpt.d_model), 1, {}, family_root(mt))
+    dims = hspec.dims(ckpt.config, ckpt.d_model)
+    return View(ckpt, ckpt.spec, hspec, dims, [Expert("dense", {}, None, dims)], family_root(mt))
 
 
 def comparable(path_a: str | Path, path_b: str | Path) -> bool:
-    """Whether lineage can compare the two (both readable as dense blocks of one family)."""
+    """Whether lineage can compare the two (both readable as dense blocks of one family). A checkpoint that
+    ``lineage_views.json`` lists (a mixture of experts, a wrapper) but that cannot be read so is an error."""
     try:
         va, vb = open_view(path_a), open_view(path_b)
     except ArchitectureError:
+        if any(Checkpoint.open(p).model_type in _views() for p in (path_a, path_b)):
+            raise
         return False
     return va.root == vb.root
 
 
 def shapes_differ(path_a: str | Path, path_b: str | Path) -> bool:
-    """True when the pair is for lineage rather than ``same``: comparable families whose model
-    types, vocabularies, widths, depths or hidden sizes differ. Tensor sets that differ on one shape
-    (an export without its pooler, a save without a buffer) stay with ``same``, which compares the
-    tensors both hold and lists the rest."""
-    ca, cb = Checkpoint.open(path_a), Checkpoint.open(path_b)
+    """True when the pair is for lineage rather than ``same``: comparable families whose tables,
+    vocabularies, widths, depths or hidden sizes differ, and every pair with a mixture of experts or a
+    multimodal wrapper in it (lineage compares expert to expert, and the language model inside a wrapper).
+    Model types that share one table (``mistral`` is read by the ``llama`` table) are one architecture.
+    Tensor sets that differ on one shape (an export without its pooler, a save without a buffer) stay with
+    ``same``, which compares the tensors both hold and lists the rest."""
     if not comparable(path_a, path_b):
         return False
-    if ca.model_type != cb.model_type or ca.d_model != cb.d_model:
-        return True
     va, vb = open_view(path_a), open_view(path_b)
-    if va.dims != vb.dims:
+    if va.moe_family or vb.moe_family or va.wrapper or vb.wrapper:
         return True
-    return _vocab_size(ca) != _vocab_size(cb)
+    if va.ckpt.spec.table != vb.ckpt.spec.table or va.d != vb.d or va.dims != vb.dims:
+        return True
+    return _vocab_size(va.ckpt) != _vocab_size(vb.ckpt)
 
 
-def _vocab_size(ckpt: Checkpoint) -> int:
+def _vocab_size(ckpt: Checkpoint | InnerCheckpoint) -> int:
     return int(ckpt.config.get("text_config", ckpt.config).get("vocab_size", 0) or 0)
 
 
@@ -310,13 +432,16 @@ def _restrict(t: torch.Tensor, spec: ArchSpec, name: str, idx: np.ndarray, sign:
     return out
 
 
-def view_features(view: View, idx: np.ndarray, sign: np.ndarray | None) -> list[dict[int, UnitFeatures]]:
-    """Per expert, every block's unit features in the matched residual coordinates."""
+def view_features(view: View, idx: np.ndarray, sign: np.ndarray | None,
+                  keep: set[str] | None = None) -> list[dict[int, UnitFeatures]]:
+    """Per expert, every block's unit features in the matched residual coordinates (of the tensors in ``keep``,
+    default all: a tensor only one side has, such as Qwen2's q/k/v biases, would pair blocks wrongly)."""
     out = []
-    for e in range(view.n_experts):
+    for e, ex in enumerate(view.experts):
         def get(name: str, e: int = e) -> torch.Tensor:
             return _restrict(view.ckpt.tensor(view.real_name(name, e)), view.dense_spec, name, idx, sign)
-        out.append(layer_features(view.virtual_names(e), get, view.dense_spec, view.hspec, view.dims))
+        names = [n for n in view.virtual_names(e) if keep is None or n in keep]
+        out.append(layer_features(names, get, view.dense_spec, view.hspec, ex.dims))
     return out
 
 
@@ -376,17 +501,26 @@ def _oriented(fa: UnitFeatures, fb: UnitFeatures, dims_a: HiddenDims, dims_b: Hi
     return (fb, fa) if size_b <= size_a else (fa, fb)
 
 
-def _head_fraction(fa: UnitFeatures, fb: UnitFeatures, dims_a: HiddenDims, dims_b: HiddenDims) -> float | None:
-    """Heads matched on their query rows; the fraction whose output columns confirm the match beyond chance."""
+def _head_match(fa: UnitFeatures, fb: UnitFeatures, dims_a: HiddenDims, dims_b: HiddenDims
+                ) -> tuple[float | None, dict[str, Any] | None]:
+    """Heads matched on their query rows (key/value groups on their key rows); the fraction of query heads whose
+    output columns confirm the match beyond chance, and the map: for each head (group) of the side with fewer,
+    the head (group) of the other it came from."""
     small, big = _oriented(fa, fb, dims_a, dims_b, "heads")
     s_in, s_out = _cosines(small, big, "q_heads", "abs", "in"), _cosines(small, big, "q_heads", "abs", "out")
+    kv_in = _cosines(small, big, "kv_heads", "abs", "in")
     small.cache.clear()
     if s_in is None or s_out is None or s_in.shape[1] < 2:
-        return None
+        return None, None
     r, c = linear_sum_assignment(s_in, maximize=True)
     top1 = float(np.mean(np.argmax(s_out[r], axis=1) == c))
     chance = 1.0 / s_in.shape[1]
-    return (top1 - chance) / (1 - chance)
+    head_map: dict[str, Any] = {"rows": "B" if small is fb else "A", "heads": c.tolist(),
+                                "cos": [float(x) for x in s_in[r, c]]}
+    if kv_in is not None:
+        _, ck = linear_sum_assignment(kv_in, maximize=True)
+        head_map["kv_groups"] = ck.tolist()
+    return (top1 - chance) / (1 - chance), head_map
 
 
 # ----------------------------------------------------------------------------- result
@@ -430,20 +564,39 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
                                 hint="lineage compares families that share a table (or an extends chain), "
                                 "and mixture-of-experts models listed in lineage_views.json with their dense family")
     notes: list[str] = []
+    for side, v in (("A", va), ("B", vb)):
+        if (w := v.wrapper) is not None:
+            notes.append(f"{side} is a {w['model_type']} wrapper: its {w['language_model']} language model is read "
+                         "under the prefix " + ", ".join(f"{k!r} (as {t!r})" for k, t in w["prefixes"].items())
+                         + "; not compared: " + (", ".join(f"{g}.* ({n} tensors)" for g, n in w["not_compared"].items())
+                                                 or "nothing"))
     if va.dims.head_dim != vb.dims.head_dim:
-        notes.append(f"head_dim differs ({va.dims.head_dim} vs {vb.dims.head_dim}): heads are not compared")
+        notes.append(f"head_dim differs ({va.dims.head_dim} vs {vb.dims.head_dim}): heads are not compared "
+                     "(a head's rows cannot be paired across head widths: RoPE gives each dimension pair a "
+                     "frequency set by head_dim); blocks, MLP units, coordinates and tokens still are")
     ids_a, ids_b, how = token_pairs(path_a, path_b, _vocab_size(va.ckpt), _vocab_size(vb.ckpt))
     res = match_residual(va, vb, ids_a, ids_b)
-    fa_all = view_features(va, res.idx_a, None)
-    fb_all = view_features(vb, res.idx_b, res.sign)
+    # hidden-axis tensors by template (layer index blanked: depths may differ); a template one side lacks is left out
+    tmpl_a, tmpl_b = ({_template(n) for n in v.virtual_names(0)} for v in (va, vb))
+    if tmpl_a != tmpl_b:
+        notes.append("compared the hidden-axis tensors both hold; not compared: " + ", ".join(
+            f"{t} (only in {'A' if t in tmpl_a else 'B'})" for t in sorted(tmpl_a ^ tmpl_b)))
+    keep = {n for v in (va, vb) for n in v.virtual_names(0) if _template(n) in tmpl_a & tmpl_b}
+    fa_all = view_features(va, res.idx_a, None, keep)
+    fb_all = view_features(vb, res.idx_b, res.sign, keep)
     la, lb = va.dims.n_layers, vb.dims.n_layers
 
     # input-side evidence of every block pair a monotone map can use (pooled over experts: B's experts against
     # their best A expert); the others stay NaN (see monotone_band)
+    @cache
+    def expert_evidence(i: int, j: int) -> np.ndarray:  # B's experts x A's experts, input side (once per pair)
+        return np.array([[_input_evidence(*_oriented(fa[i], fb[j], xa.dims, xb.dims))
+                          for fa, xa in zip(fa_all, va.experts, strict=True)]
+                         for fb, xb in zip(fb_all, vb.experts, strict=True)])
+
     ev = np.full((la, lb), np.nan)
     for i, j in zip(*np.nonzero(monotone_band(la, lb)), strict=True):
-        ev[i, j] = np.mean([max(_input_evidence(*_oriented(fa[i], fb[j], va.dims, vb.dims))
-                                for fa in fa_all) for fb in fb_all])
+        ev[i, j] = float(expert_evidence(i, j).max(axis=1).mean())
     if lb <= la:
         pairs = [(int(i), j) for j, i in enumerate(monotone_assignment(np.nan_to_num(ev, nan=-np.inf)))]
     else:
@@ -452,19 +605,21 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
     blocks = []
     for i, j in pairs:
         experts = []
+        best_a = np.argmax(expert_evidence(i, j), axis=1) if len(fa_all) > 1 else np.zeros(len(fb_all), int)
         for eb, fb in enumerate(fb_all):
-            ea = int(np.argmax([_input_evidence(*_oriented(fa[i], fb[j], va.dims, vb.dims)) for fa in fa_all]))
-            small, big = _oriented(fa_all[ea][i], fb[j], va.dims, vb.dims)
+            ea = int(best_a[eb])
+            small, big = _oriented(fa_all[ea][i], fb[j], va.experts[ea].dims, vb.experts[eb].dims)
             h = held_out_statistic(small, big, va.hspec.mlp_signs)
             small.cache.clear()
             k = max(int(h.get("k", 1)), 2)
             frac = (h.get("top1_fraction", 0.0) - 1 / k) / (1 - 1 / k) if h["n"] else 0.0
-            entry = {"b_expert": eb, "a_expert": ea, "z": h["z"], "units_fraction": frac,
+            entry = {"b_expert": vb.experts[eb].label, "a_expert": va.experts[ea].label, "z": h["z"],
+                     "units_fraction": frac,
                      "output_cos": h.get("matched_out_cos"), "null_output_cos": h.get("null_mean_cos")}
             experts.append(entry)
         z = float(np.mean([e["z"] for e in experts]))
-        heads = None if va.dims.head_dim != vb.dims.head_dim else \
-            _head_fraction(fa_all[0][i], fb_all[0][j], va.dims, vb.dims)
+        heads, head_map = (None, None) if va.dims.head_dim != vb.dims.head_dim else \
+            _head_match(fa_all[0][i], fb_all[0][j], va.dims, vb.dims)
         blk: dict[str, Any] = {
             "a_block": i, "b_block": j, "z": z, "p_value": float(stats.norm.sf(z)),
             "input_evidence": float(ev[i, j]),
@@ -474,10 +629,12 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
             "output_cos": float(np.mean([e["output_cos"] or 0.0 for e in experts])),
             "null_output_cos": float(np.mean([e["null_output_cos"] or 0.0 for e in experts])),
         }
-        if len(experts) > 1 or va.n_experts > 1:
+        if len(experts) > 1 or len(va.experts) > 1:
             blk["experts"] = experts
+        if head_map is not None and (units or va.dims.n_heads != vb.dims.n_heads):
+            blk["head_map"] = head_map
         if units:
-            small, big = _oriented(fa_all[0][i], fb_all[0][j], va.dims, vb.dims)
+            small, big = _oriented(fa_all[0][i], fb_all[0][j], va.experts[0].dims, vb.experts[0].dims)
             s, _ = _mlp_scores(small, big, ("in",))
             small.cache.clear()
             r, c = linear_sum_assignment(s, maximize=True)
@@ -504,16 +661,23 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
     if evidence["heads_fraction"] is not None:
         parts.append(evidence["heads_fraction"])
     effect = float(np.mean(parts))
-    shapes = {"a": {"model_type": va.ckpt.model_type, "d": va.d, **va.dims.to_dict(), "experts": va.n_experts,
-                    "vocab": _vocab_size(va.ckpt)},
-              "b": {"model_type": vb.ckpt.model_type, "d": vb.d, **vb.dims.to_dict(), "experts": vb.n_experts,
-                    "vocab": _vocab_size(vb.ckpt)}}
+    shapes = {k: {"model_type": v.ckpt.model_type, "d": v.d, **v.dims.to_dict(), "experts": v.n_experts,
+                  "shared_experts": v.n_shared, "vocab": _vocab_size(v.ckpt),
+                  **({"wrapper": v.wrapper} if v.wrapper else {})} for k, v in (("a", va), ("b", vb))}
     if va.moe_family or vb.moe_family:
-        notes.append("mixture of experts: each expert read as a dense MLP; routers and shared experts ignored")
+        ignored = sorted({t for v in (va, vb) for t in v.ignored})
+        notes.append("mixture of experts: each routed and shared expert read as a dense MLP, each of B's matched "
+                     "to its best of A's (blocks[].experts); not compared: " + (", ".join(ignored) or "routers"))
     verdict = "derived" if logp < np.log(alpha) else "independent"
     block_ev = [[None if np.isnan(x) else float(x) for x in row] for row in ev]
     return LineageResult(verdict, float(np.exp(logp)), logp / np.log(10), alpha, effect, evidence, blocks,
                          res.to_dict(va.d, vb.d), vocab, shapes, block_ev, time.perf_counter() - t0, notes)
+
+
+def _template(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj.bias`` -> ``model.layers.{layer}.self_attn.q_proj.bias``."""
+    parts = name.split(".")
+    return ".".join("{layer}" if x.isdigit() else x for x in parts)
 
 
 def monotone_band(la: int, lb: int) -> np.ndarray:

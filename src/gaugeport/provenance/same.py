@@ -170,7 +170,7 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     if shapes_differ(path_a, path_b):
         return lineage(path_a, path_b, alpha=alpha)
     ca, cb = Checkpoint.open(path_a), Checkpoint.open(path_b)
-    if ca.model_type != cb.model_type:
+    if ca.spec.table != cb.spec.table:  # model types one table reads (llama, mistral) are one architecture
         raise ArchitectureError(f"different architectures: A is {ca.model_type}, B is {cb.model_type}",
                                 hint="same compares two checkpoints of one architecture")
     spec = ca.spec
@@ -656,7 +656,8 @@ class _IdenticalCheck:
         held = sorted({s.name for role in slots.values() for s in role})
         if all(_rel_diff(predict(n), tb[n]) <= self.tol for n in held):
             return None
-        return fit_layer_head_maps(predict, tb.__getitem__, slots, self.dims, self.rotary)  # type: ignore[arg-type]
+        return fit_layer_head_maps(predict, tb.__getitem__, slots, self.dims, self.rotary,  # type: ignore[arg-type]
+                                   self.hspec.attention.rope)  # type: ignore[union-attr]
 
     def tensor(self, name: str, pred: torch.Tensor, b: torch.Tensor) -> None:
         self.record(name, _rel_diff(pred, b))
