@@ -27,6 +27,14 @@ against U(0, 1) (statistic and p-value), the fraction below alpha = 1e-3 and 0.0
 rates), the verdicts, and the per-layer z-scores (mean and standard deviation: N(0, 1) under the null).
 
     PYTHONPATH=src python benchmarks/bench_same_calibration.py [--out benchmarks/bench_same_calibration.json]
+
+``--sample N`` calibrates the path `same` takes at large widths instead (MLPs wider than
+``2 * SAMPLE_UNITS``, 4096 units by default): ``SAMPLE_UNITS`` is lowered to ``N`` so that every layer of
+these tiny models is tested on a seeded sample of ``N`` units, each matched to its nearest input-side
+neighbour (no assignment), exactly as a 7B-width layer is on 2048 of its units; every layer is checked
+to have been sampled. JSON in ``benchmarks/bench_same_calibration_sampled.json`` by default.
+
+    PYTHONPATH=src python benchmarks/bench_same_calibration.py --sample 16
 """
 
 from __future__ import annotations
@@ -80,15 +88,18 @@ def summary(pairs: list[dict]) -> dict:
             "verdicts": {v: sum(x["verdict"] == v for x in pairs) for v in ("identical", "derived", "independent")}}
 
 
-def run(workdir: Path, groups: list[str]) -> dict:
+def run(workdir: Path, groups: list[str], sample: int | None = None) -> dict:
     import numpy as np
     import torch
     from scipy import stats
 
+    from gaugeport.provenance import same as same_mod
     from gaugeport.provenance.same import same
     from gaugeport.study.provenance_runs import TinyRun, train
 
     torch.set_num_threads(1)
+    if sample is not None:
+        same_mod.SAMPLE_UNITS = sample  # wider MLPs (here: all of them) take the sampled, nearest-neighbour path
     pairs = []
     t0 = time.perf_counter()
     for group in groups:
@@ -103,14 +114,17 @@ def run(workdir: Path, groups: list[str]) -> dict:
             paths.append(p)
         for i, j in itertools.combinations(range(seeds), 2):
             r = same(paths[i], paths[j])
-            pairs.append({"group": group, "family": family, "a": i, "b": j, "p_value": r.p_value, "verdict": r.verdict,
+            if sample is not None and not all(lay["mlp_units_sampled"] for lay in r.layers):
+                raise RuntimeError(f"{group} {i}-{j}: a layer was not sampled with SAMPLE_UNITS={sample}")
+            pairs.append({"units_tested": [lay["mlp_units_tested"] for lay in r.layers],
+                          "group": group, "family": family, "a": i, "b": j, "p_value": r.p_value, "verdict": r.verdict,
                           "residual": r.residual["kind"], "z": [lay["z"] for lay in r.layers],
                           "layer_status": [lay["status"] for lay in r.layers]})
     p = np.array([x["p_value"] for x in pairs])
     z = np.concatenate([x["z"] for x in pairs])
     ks = stats.kstest(p, "uniform")
     return {
-        "pairs": pairs, "n_pairs": len(pairs),
+        "pairs": pairs, "n_pairs": len(pairs), "sample_units": sample,
         "by_family": {f: summary([x for x in pairs if x["family"] == f])
                       for f in dict.fromkeys(x["family"] for x in pairs)},
         "ks_uniform": {"statistic": float(ks.statistic), "p_value": float(ks.pvalue)},
@@ -125,12 +139,19 @@ def run(workdir: Path, groups: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=HERE / "bench_same_calibration.json")
+    ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS))
+    ap.add_argument("--sample", type=int, default=None,
+                    help="calibrate the sampled path: SAMPLE_UNITS lowered to this (every layer sampled)")
+    ap.add_argument("--work", type=Path, default=None, help="folder for the temporary checkpoints (default: temp)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="same-cal-"))
+    if args.out is None:
+        args.out = HERE / f"bench_same_calibration{'' if args.sample is None else '_sampled'}.json"
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="same-cal-", dir=args.work))
     try:
-        res = run(work, args.groups)
+        res = run(work, args.groups, args.sample)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     tmp = args.out.with_suffix(".tmp")

@@ -112,3 +112,47 @@ def test_the_rotation_residual_without_q_is_the_procrustes_residual():
         u, _, vt = torch.linalg.svd(eb.T @ ea)
         exact = float((ea @ (u @ vt).T - eb).norm() / eb.norm())
         assert rotation_residual(ea, eb) == pytest.approx(exact, abs=1e-4)
+
+
+def test_b_moved_as_stored_then_folded_is_bit_for_bit_b_folded_then_moved(zoo):
+    """``same`` moves B's stored tensors into A's residual coordinates before folding (half the bytes), with the
+    gain moved alike: every tensor is exactly what folding first, then moving, gives."""
+    import torch
+
+    from gaugeport.core.checkpoint import Checkpoint
+    from gaugeport.core.hidden import get_hidden_spec
+    from gaugeport.estimate.hidden import to_a_coordinates
+
+    ca, cb = Checkpoint.open(zoo["base"]), Checkpoint.open(zoo["ft"])
+    spec, hspec = ca.spec, get_hidden_spec(ca.model_type)
+    names = sorted(set(ca.names) & set(cb.names))
+    get_a, _ = same_mod._folded(ca, names, spec, hspec)
+    get_b, _ = same_mod._folded(cb, names, spec, hspec)
+    residual, _ = same_mod._residual_by_fit(ca, get_a, get_b, spec, [])
+    assert (residual.signs < 0).any() and (residual.perm != range(residual.d)).any()  # a real move
+    rules = spec.classify_all(names)
+    _, tb = same_mod._read_layer(names, get_a, get_b, rules, residual, None)
+    folded = [n for n in names if n in get_b.gain_of]
+    assert folded
+    for n in names:
+        assert torch.equal(tb[n], to_a_coordinates(n, get_b(n), rules[n], residual)), n
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_the_direction_screen_is_a_lower_bound_of_the_full_direction_difference(axis, monkeypatch):
+    """The identical check first compares a few units' directions; the figure it may stop on never exceeds
+    the full one (so no exact copy is refused by it), and is the full one when every unit is screened."""
+    import torch
+
+    gen = torch.Generator().manual_seed(axis)
+    for trial in range(20):
+        b = torch.randn(300, 40, generator=gen)
+        pred = b * torch.rand(300, 1, generator=gen).add(0.5)  # each unit rescaled: the same directions
+        pred[trial * 7] += 0.3 * torch.randn(40, generator=gen)  # one unit edited
+        b_dir = same_mod._unit_directions(b.T if axis else b, axis)
+        full = same_mod._rel_diff(same_mod._unit_directions(pred.T if axis else pred, axis), b_dir)
+        bound = same_mod._direction_diff_lower_bound(pred.T if axis else pred, b.T if axis else b, axis)
+        assert 0 <= bound <= full + 1e-7
+    monkeypatch.setattr(same_mod, "SCREEN_UNITS", 300)
+    assert bound == pytest.approx(full, rel=1e-6)
+    assert same_mod._direction_diff_lower_bound(b * 2.0, b, 0) < 1e-6  # a rescaled copy passes

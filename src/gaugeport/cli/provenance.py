@@ -111,6 +111,7 @@ def same(
         typer.echo(f"weights     not compared ({ic.get('not_run', 'no gauge recovered')})")
     else:
         typer.echo(f"weights     B vs recovered gauge applied to A: max relative diff "
+                   f"{'at least ' if ic.get('max_rel_weight_diff_is_lower_bound') else ''}"
                    f"{ic['max_rel_weight_diff']:.3g} ({ic['worst_tensor']})")
     if "logits_max_rel_diff" in ic:
         typer.echo(f"function    logits max relative diff {ic['logits_max_rel_diff']:.3g}")

@@ -82,35 +82,46 @@ class UnitFeatures:
     blocks: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
     cache: dict[int, dict[tuple[str, ...], np.ndarray | None]] = field(default_factory=dict, repr=False)
     degenerate: dict[str, np.ndarray] = field(default_factory=dict)  # per kind: units with a constant feature row
-    raw: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)  # MLP blocks as read, by mode
+    raw: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)  # MLP blocks' key columns, by mode
     keep_raw: bool = False
 
-    def row_hashes(self) -> tuple[list[tuple[int, ...]], np.ndarray | None]:
-        """Per MLP unit, the hashes of its raw rows (of ``|row|`` in sign-flippable blocks), and the sign of
-        its first sign-flippable row's first non-zero entry: an exact copy's units have equal keys."""
-        cols: list[list[int]] = []
+    def row_hashes(self) -> tuple[list[bytes], np.ndarray | None]:
+        """Per MLP unit, the bytes of its key entries (``HASH_COLS`` evenly spaced entries of each raw row,
+        of ``|row|`` in sign-flippable blocks), and the sign of its first sign-flippable block's first
+        non-zero key entry (0 when they are all zero): an exact copy's units have equal keys."""
+        parts = []
         sign = None
         for mode, src in self.raw:
             flip = mode == "signed"
-            rows = np.ascontiguousarray(np.abs(src) if flip else src, dtype=np.float32)
-            cols.append([hash(r.tobytes()) for r in rows])
+            parts.append(np.abs(src) if flip else src)
             if flip and sign is None:
                 first = src[np.arange(src.shape[0]), (src != 0).argmax(axis=1)]
-                sign = np.where(first < 0, -1, 1).astype(np.int8)
-        return list(zip(*cols, strict=True)), sign
+                sign = np.sign(first).astype(np.int8)
+        if not parts:
+            return [], sign
+        keys = np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
+        return [r.tobytes() for r in keys], sign
 
     def add(self, kind: str, mode: str, side: str, arr: np.ndarray, raw: np.ndarray | None = None) -> None:
         """Add one feature block (rows: units). ``raw`` (the unsketched rows, default ``arr``) marks the
         units whose row is constant (zeroed, pruned or padded units): they carry no evidence."""
         self.blocks.setdefault((kind, mode, side), []).append(arr)
         src = arr if raw is None else raw
-        if kind == "mlp" and self.keep_raw:
-            self.raw.append((mode, src))  # hashed only if asked (an exact copy's match), dropped with the layer
+        if kind == "mlp" and self.keep_raw:  # hashed only if asked (an exact copy's match), dropped with the layer
+            self.raw.append((mode, np.ascontiguousarray(src[:, hash_columns(src.shape[1])], dtype=np.float32)))
         if src.shape[1] <= 1:
             return  # a bias or one value per unit: constant by construction, says nothing about the unit
         const = src.max(axis=1) == src.min(axis=1)
         prev = self.degenerate.get(kind)
         self.degenerate[kind] = const if prev is None else (prev | const)
+
+
+HASH_COLS = 64  # entries of each raw MLP row kept for the exact match's keys
+
+
+def hash_columns(f: int) -> np.ndarray:
+    """The ``HASH_COLS`` evenly spaced columns (all of them for ``f <= HASH_COLS``) an exact match keys on."""
+    return np.arange(f) if f <= HASH_COLS else np.linspace(0, f - 1, HASH_COLS).round().astype(np.int64)
 
 
 def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> list[tuple[str, str, np.ndarray]]:
@@ -125,19 +136,24 @@ def unit_blocks(tensor: torch.Tensor, rule: HiddenRule, dims: HiddenDims) -> lis
 
 
 def layer_features(names: list[str], get: Callable[[str], torch.Tensor], spec: ArchSpec, hspec: HiddenSpec,
-                   dims: HiddenDims, keep_raw: bool = False) -> dict[int, UnitFeatures]:
+                   dims: HiddenDims, keep_raw: bool = False,
+                   skip: frozenset[str] = frozenset()) -> dict[int, UnitFeatures]:
     """Features of every layer's units, from the tensors ``get(name)`` returns (already in A's coordinates).
-    ``keep_raw``: also keep the MLP blocks as read, for :func:`exact_unit_match` (one layer at a time)."""
+    ``keep_raw``: also keep the MLP blocks' key entries, for :func:`exact_unit_match` (one layer at a time);
+    ``skip``: unit kinds left out (heads whose features the caller builds otherwise)."""
     feats: dict[int, UnitFeatures] = {}
     for name in sorted(names):
         hit = hspec.match(name)
         if hit is None:
             continue
         rule, layer = hit
+        if all(seg.kind in skip for seg in rule.segments):
+            continue
         role = spec.classify(name).role
         side = "out" if role in ("write", "write_bias") else "in"  # reads the stream (or a head-side bias/norm)
         for kind, mode, arr in unit_blocks(get(name), rule, dims):
-            feats.setdefault(layer, UnitFeatures(keep_raw=keep_raw)).add(kind, mode, side, unit_rows(arr), arr)
+            if kind not in skip:
+                feats.setdefault(layer, UnitFeatures(keep_raw=keep_raw)).add(kind, mode, side, unit_rows(arr), arr)
     return feats
 
 
@@ -288,14 +304,17 @@ def match_layer(a: UnitFeatures, b: UnitFeatures, dims: HiddenDims, mlp_signs: b
 
 
 def exact_unit_match(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool) -> UnitMatch | None:
-    """Match MLP units whose raw rows are equal (up to the unit's sign where the block allows one), by
-    hashing: an exact copy under a gauge, at ``O(n f)``. None unless every unit of A has exactly one
-    unit of B with its hashes, one to one (duplicated units, zeroed ones, any edit: not exact). What
-    the hashes claim, the identical check in ``same`` then verifies entry by entry."""
+    """Match MLP units whose raw rows are equal (up to the unit's sign where the block allows one) on
+    ``HASH_COLS`` evenly spaced entries of each row, by hashing: an exact copy under a gauge, at
+    ``O(n)`` per block. None unless every unit of A has exactly one unit of B with its keys, one to one
+    (duplicated units, zeroed ones, any edit: not exact), or a unit's sign is undecided (its keys all
+    zero). What the keys claim, the identical check in ``same`` then verifies entry by entry."""
     if not a.raw or [m for m, _ in a.raw] != [m for m, _ in b.raw] or \
             [x.shape for _, x in a.raw] != [x.shape for _, x in b.raw]:
         return None
     (keys_a, sign_a), (keys_b, sign_b) = a.row_hashes(), b.row_hashes()
+    if mlp_signs and sign_a is not None and sign_b is not None and not (sign_a.all() and sign_b.all()):
+        return None
     where = {k: j for j, k in enumerate(keys_b)}
     if len(where) != len(keys_b) or len(set(keys_a)) != len(keys_a):
         return None

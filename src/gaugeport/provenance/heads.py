@@ -87,9 +87,9 @@ def attention_slots(names: Collection[str], spec: ArchSpec, hspec: HiddenSpec, d
     return out
 
 
-def read_block(t: torch.Tensor, slot: Slot, n: int, head_dim: int) -> torch.Tensor:
-    """``[n, head_dim, f]`` (float64): the slot's heads, each head's dims, the rest flattened."""
-    part = torch.movedim(t.double(), slot.axis, 0)[slot.start:slot.stop]
+def read_block(t: torch.Tensor, slot: Slot, n: int, head_dim: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``[n, head_dim, f]`` (float64 unless ``dtype`` says): the slot's heads, each head's dims, the rest flattened."""
+    part = torch.movedim(t, slot.axis, 0)[slot.start:slot.stop].to(dtype)
     return part.reshape(n, head_dim, -1)
 
 
@@ -126,14 +126,16 @@ def invariant_head_features(get: Callable[[str], torch.Tensor], slots: Mapping[s
     * ``qk``: per rotary frequency pair ``P^T Q_h,pair^T K_g,pair P``, and ``P^T Q_h,rest^T K_g,rest P``
       over the dims RoPE leaves alone.
 
-    ``get`` returns tensors already in the common residual coordinates; biases are not used."""
+    ``get`` returns tensors already in the common residual coordinates; biases are not used. In float32
+    (the features are float32): the probe is applied first, so no ``d x d`` product is formed."""
     hd, nq, nkv, gs = dims.head_dim, dims.n_heads, dims.n_kv_heads, dims.group_size
     w = {r: slots[r][0] for r in ROLES}
-    q = read_block(get(w["q"].name), w["q"], nq, hd)
-    k = read_block(get(w["k"].name), w["k"], nkv, hd)
-    v = read_block(get(w["v"].name), w["v"], nkv, hd)
-    o = read_block(get(w["o"].name), w["o"], nq, hd)  # [h, hd, d]: O_h transposed
-    p = _probe(int(q.shape[-1]))
+    f32 = torch.float32
+    q = read_block(get(w["q"].name), w["q"], nq, hd, f32)
+    k = read_block(get(w["k"].name), w["k"], nkv, hd, f32)
+    v = read_block(get(w["v"].name), w["v"], nkv, hd, f32)
+    o = read_block(get(w["o"].name), w["o"], nq, hd, f32)  # [h, hd, d]: O_h transposed
+    p = _probe(int(q.shape[-1])).to(f32)
     qp, kp, vp, op = q @ p, k @ p, v @ p, o @ p  # [heads, hd, m]
     group = torch.arange(nq) // gs
     kp, vp = kp[group], vp[group]  # each query head's key/value group
@@ -158,8 +160,9 @@ class LayerHeadMaps:
 
 
 def _lstsq_map(xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-    """``M`` minimising ``||M xa - xb||`` (rows: dims of one head, columns: everything they carry)."""
-    return torch.linalg.lstsq(xa.T, xb.T).solution.T
+    """``M`` minimising ``||M xa - xb||`` (rows: dims of one head, columns: everything they carry); batched
+    over any leading axes (one least-squares problem each)."""
+    return torch.linalg.lstsq(xa.transpose(-2, -1), xb.transpose(-2, -1)).solution.transpose(-2, -1)
 
 
 def _stack(get: Callable[[str], torch.Tensor], slots: list[Slot], n: int, hd: int) -> torch.Tensor:
@@ -173,27 +176,37 @@ def fit_layer_head_maps(get_a: Callable[[str], torch.Tensor], get_b: Callable[[s
     """The value/output and query/key maps taking A's heads (``get_a``: in one labelling of
     residual, units and heads) closest to B's, by least squares per key/value group: ``R`` from the
     values, the key map from the keys (per rotary pair projected onto scaled rotations ``a I + b J``,
-    which alone commute with RoPE; a general map on the other dims). Queries and outputs follow."""
+    which alone commute with RoPE; a general map on the other dims). Queries and outputs follow.
+    Every group's and every pair's problem is solved in one batched call."""
     hd, nkv = dims.head_dim, dims.n_kv_heads
     va, vb = _stack(get_a, slots["v"], nkv, hd), _stack(get_b, slots["v"], nkv, hd)
     ka, kb = _stack(get_a, slots["k"], nkv, hd), _stack(get_b, slots["k"], nkv, hd)
     eye = torch.eye(hd, dtype=torch.float64)
-    r, key, query = eye.repeat(nkv, 1, 1), eye.repeat(nkv, 1, 1), eye.repeat(nkv, 1, 1)
-    lo, hi = pair_index(rotary, layout)
-    for g in range(nkv):
-        r[g] = _lstsq_map(va[g], vb[g])
-        for i, j in zip(lo, hi, strict=True):
-            m = _lstsq_map(ka[g, [i, j]], kb[g, [i, j]])
-            a, b = (m[0, 0] + m[1, 1]) / 2, (m[1, 0] - m[0, 1]) / 2
-            s2 = a * a + b * b
-            if s2 <= 1e-30:  # a zero pair: nothing to map
-                continue
-            key[g, i, i], key[g, i, j], key[g, j, i], key[g, j, j] = a, -b, b, a
-            query[g, i, i], query[g, i, j], query[g, j, i], query[g, j, j] = a / s2, -b / s2, b / s2, a / s2
-        if rotary < hd:
-            n = _lstsq_map(ka[g, rotary:], kb[g, rotary:])
-            key[g, rotary:, rotary:] = n
-            query[g, rotary:, rotary:] = torch.linalg.pinv(n).T
+    key, query = eye.repeat(nkv, 1, 1), eye.repeat(nkv, 1, 1)
+    r = _lstsq_map(va, vb)  # [groups, hd, hd]
+    del va, vb
+    lo, hi = (torch.from_numpy(x) for x in pair_index(rotary, layout))
+    if lo.numel():
+        pa = torch.stack([ka[:, lo], ka[:, hi]], dim=2)  # [groups, pairs, 2, f]
+        pb = torch.stack([kb[:, lo], kb[:, hi]], dim=2)
+        m = _lstsq_map(pa, pb)  # [groups, pairs, 2, 2]
+        del pa, pb
+        a, b = (m[..., 0, 0] + m[..., 1, 1]) / 2, (m[..., 1, 0] - m[..., 0, 1]) / 2
+        s2 = a * a + b * b
+        live = s2 > 1e-30  # a zero pair: nothing to map (identity)
+        s2 = torch.where(live, s2, torch.ones_like(s2))
+        g = torch.arange(nkv)[:, None].expand(-1, lo.numel())
+        i, j = lo[None, :].expand(nkv, -1), hi[None, :].expand(nkv, -1)
+        one, zero = torch.ones_like(a), torch.zeros_like(a)
+        for mat, (aa, bb) in ((key, (a, b)), (query, (a / s2, b / s2))):
+            mat[g, i, i] = torch.where(live, aa, one)
+            mat[g, i, j] = torch.where(live, -bb, zero)
+            mat[g, j, i] = torch.where(live, bb, zero)
+            mat[g, j, j] = torch.where(live, aa, one)
+    if rotary < hd:
+        n = _lstsq_map(ka[:, rotary:], kb[:, rotary:])
+        key[:, rotary:, rotary:] = n
+        query[:, rotary:, rotary:] = torch.linalg.pinv(n).transpose(1, 2)
     return LayerHeadMaps(slots, r, key, query)
 
 

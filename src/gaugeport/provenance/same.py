@@ -49,6 +49,7 @@ calibration on independently trained pairs.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,10 +141,16 @@ class _Tensors:
     def raw(self, name: str) -> torch.Tensor:
         return self.ckpt.tensor(name)
 
-    def __call__(self, name: str, raw: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, name: str, raw: torch.Tensor | None = None,
+                 gain_map: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``gain_map(gain_name, gain)``: applied to the gain before folding (``raw`` already moved by a
+        signed permutation of the residual axes: the gain is then moved alike, so the product is the same)."""
         t = self.raw(name) if raw is None else raw
         if name in self.gain_of:
-            g = self.ckpt.tensor(self.gain_of[name]).float() + self.offset
+            g = self.ckpt.tensor(self.gain_of[name])
+            if gain_map is not None:
+                g = gain_map(self.gain_of[name], g)
+            g = g.float() + self.offset
             return t.float() * g  # readers: the residual axis is the last (in_features)
         if name in self.reset:
             return torch.full(t.shape, 1.0 - self.offset, dtype=torch.float32)
@@ -213,18 +220,18 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     check = _IdenticalCheck(tol, rules, hspec, dims, residual, spec, rotary)
     shared: list[str] = []
     pending: list[int] = []
+    prefetch: threading.Thread | None = None
     for layer in range(dims.n_layers):  # each layer's tensors read once, scored, checked and freed before the next
         lnames = sorted(by_layer.get(layer, []))
         ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared)
-        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer)
-        if rotary is not None:  # heads compared on features no map inside a head changes
-            use_invariant_head_features(a, b, lnames, ta.__getitem__, tb.__getitem__, spec, hspec, dims, rotary,
-                                        layer)
+        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary)  # heads: invariant features
         est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
         if sample is None or est.held_out[-1]["z"] > ESCALATE_Z:
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=sample is None))
             if check.alive:
                 check.layer(lnames, ta, tb, layer, est.layers[layer], res_sp=_as_sp(residual, ca.d_model))
+                if check.alive and prefetch is None:  # a copy so far: the function check will need its class
+                    prefetch = _prefetch_model_class(ca.config)
         else:
             _store(est, layer, None)
             pending.append(layer)
@@ -235,10 +242,7 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
         for layer in pending:
             lnames = sorted(by_layer.get(layer, []))
             ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, None)
-            a, b = _features(lnames, ta, tb, spec, hspec, dims, layer)
-            if rotary is not None:
-                use_invariant_head_features(a, b, lnames, ta.__getitem__, tb.__getitem__, spec, hspec, dims,
-                                            rotary, layer)
+            a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary)  # heads: invariant features
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=False))
             del a, b, ta, tb
         pending = []
@@ -274,6 +278,8 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
                 check.tensor(name, ta[name], tb[name])
         ident = check.result()
     layers, p, log10_p = _layer_report(est, ident, dims, alpha)
+    if prefetch is not None:
+        prefetch.join()
     if ident["weights_match"]:
         ident.update(_function_check(path_a, path_b, tol=max(tol, 1e-4)))
     verdict = "identical" if ident["weights_match"] and ident.get("function_match") else \
@@ -319,8 +325,17 @@ def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Cal
             ra, rb = get_a.raw(n), get_b.raw(n)
             if shared is not None and _bit_identical(ra, rb):
                 shared.append(n)
-            ta[n], fb = get_a(n, ra), get_b(n, rb)
-            del ra, rb
+            ta[n] = get_a(n, ra)
+            del ra
+            if isinstance(residual, SignedPermutation):
+                # moved as stored (bf16: half the bytes of the folded float32), then folded with the gain moved
+                # alike: the same values as moving the folded tensor
+                tb[n] = get_b(n, to_a_coordinates(n, rb, rules[n], residual),
+                              lambda gn, g: to_a_coordinates(gn, g, rules[gn], residual))
+                del rb
+                continue
+            fb = get_b(n, rb)
+            del rb
         else:
             ta[n], fb = get_a(n), get_b(n)
         tb[n] = to_a_coordinates(n, fb, rules[n], residual)
@@ -329,10 +344,24 @@ def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Cal
 
 
 def _features(names: list[str], ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor], spec: ArchSpec,
-              hspec: HiddenSpec, dims: HiddenDims, layer: int) -> tuple[UnitFeatures, UnitFeatures]:
-    fa = layer_features(names, ta.__getitem__, spec, hspec, dims, keep_raw=True)
-    fb = layer_features(names, tb.__getitem__, spec, hspec, dims, keep_raw=True)
-    return fa.get(layer, UnitFeatures()), fb.get(layer, UnitFeatures())
+              hspec: HiddenSpec, dims: HiddenDims, layer: int,
+              rotary: int | None = None) -> tuple[UnitFeatures, UnitFeatures]:
+    """One layer's unit features of A and B; with ``rotary``, heads on the features no map inside a head
+    changes (:func:`gaugeport.provenance.heads.use_invariant_head_features`), the flattened head blocks they
+    replace not even built, where the layer has its attention tensors."""
+    skip: frozenset[str] = frozenset()
+    if rotary is not None and hspec.attention is not None:
+        try:
+            attention_slots(names, spec, hspec, dims, layer)
+            skip = frozenset({"q_heads", "kv_heads"})
+        except ArchitectureError:
+            pass
+    fa = layer_features(names, ta.__getitem__, spec, hspec, dims, keep_raw=True, skip=skip).get(layer, UnitFeatures())
+    fb = layer_features(names, tb.__getitem__, spec, hspec, dims, keep_raw=True, skip=skip).get(layer, UnitFeatures())
+    if rotary is not None and not use_invariant_head_features(fa, fb, names, ta.__getitem__, tb.__getitem__, spec,
+                                                              hspec, dims, rotary, layer) and skip:
+        return _features(names, ta, tb, spec, hspec, dims, layer)  # no MLP blocks to hang the heads on: as they are
+    return fa, fb
 
 
 def _stouffer(zs: list[float]) -> float:
@@ -545,9 +574,12 @@ class _IdenticalCheck:
     max relative difference (``max |pred - B| / max |B|``), overall and per layer. It stops at the first
     tensor over ``tol`` (the rest would only refine the figure) or when a layer is not matched.
     With ``rotary`` (the table names the attention tensors), each layer's maps inside the heads
-    (value/output, and query/key commuting with RoPE) are first fitted from A's predicted tensors to B's
-    (:func:`gaugeport.provenance.heads.fit_layer_head_maps`) and applied to the prediction; those maps act
-    on head axes only, so fitting them in A's residual coordinates gives the maps of B's."""
+    (value/output, and query/key commuting with RoPE) are fitted from A's predicted tensors to B's
+    (:func:`gaugeport.provenance.heads.fit_layer_head_maps`) and applied to the prediction, when the check
+    reaches the first head tensor and only if the heads do not already agree within ``tol`` without them;
+    those maps act on head axes only, so fitting them in A's residual coordinates gives the maps of B's.
+    An MLP tensor's unit directions are first compared on ``SCREEN_UNITS`` units: a lower bound of the
+    figure over ``tol`` stops the check there (``max_rel_weight_diff_is_lower_bound`` in the result)."""
 
     def __init__(self, tol: float, rules: dict[str, Any], hspec: HiddenSpec, dims: HiddenDims,
                  residual: ResidualMap, spec: ArchSpec | None = None, rotary: int | None = None) -> None:
@@ -557,6 +589,7 @@ class _IdenticalCheck:
         self.per_layer: dict[int, float] = {}
         self.alive = True
         self.why = ""
+        self.lower_bound = False  # the last figure is a lower bound (a few units' directions)
 
     def stop(self, why: str) -> None:
         if self.alive:
@@ -574,11 +607,14 @@ class _IdenticalCheck:
                     transform_hidden(name, ta[name], hit[0], hit[1], gauge, self.dims)
             return preds[name]
 
-        maps = self._head_maps(names, predict, tb, layer)
+        maps: LayerHeadMaps | None = None
+        fitted = False  # the maps inside the heads are fitted at the first tensor that needs them, if one does
         for name in names:
             if not self.alive:
                 return
             pred, b = predict(name), tb[name]
+            if not fitted and self._in_heads(name, names, layer):
+                maps, fitted = self._head_maps(names, predict, tb, layer), True
             if maps is not None:
                 pred = apply_layer_head_maps(name, pred, maps, self.dims)
             hit = self.hspec.match(name)
@@ -588,27 +624,45 @@ class _IdenticalCheck:
                     continue
                 if [seg.kind for seg in hit[0].segments] == ["mlp"] and b.ndim == 2:
                     # an MLP unit may be rescaled by any c > 0 (up row c, down column 1/c; a homogeneous
-                    # activation's gate likewise): compare each unit's direction, the function check decides
+                    # activation's gate likewise): compare each unit's direction, the function check decides.
+                    # First on a few units: a lower bound over tol already ends the check (an edited copy)
+                    bound = _direction_diff_lower_bound(pred, b, hit[0].axis)
+                    if bound > self.tol:
+                        self.lower_bound = True
+                        self.record(name, bound)
+                        return
                     pred, b = _unit_directions(pred, hit[0].axis), _unit_directions(b, hit[0].axis)
             self.tensor(name, pred, b)
 
-    def _head_maps(self, names: list[str], predict: Callable[[str], torch.Tensor], tb: dict[str, torch.Tensor],
-                   layer: int) -> LayerHeadMaps | None:
+    def _slots(self, names: list[str], layer: int) -> dict[str, Any] | None:
         if self.rotary is None or self.spec is None:
             return None
         try:
-            slots = attention_slots(names, self.spec, self.hspec, self.dims, layer)
+            return attention_slots(names, self.spec, self.hspec, self.dims, layer)
         except ArchitectureError:  # the layer lacks its attention tensors: compared as they are
             return None
-        return fit_layer_head_maps(predict, tb.__getitem__, slots, self.dims, self.rotary, self.hspec.attention.rope)
+
+    def _in_heads(self, name: str, names: list[str], layer: int) -> bool:
+        slots = self._slots(names, layer)
+        return slots is not None and any(s.name == name for role in slots.values() for s in role)
+
+    def _head_maps(self, names: list[str], predict: Callable[[str], torch.Tensor], tb: dict[str, torch.Tensor],
+                   layer: int) -> LayerHeadMaps | None:
+        """The layer's maps inside the heads, or None when none is needed: every head tensor already agrees
+        within ``tol`` without them (the identity is such a map; an exact copy's heads, no fit to run)."""
+        slots = self._slots(names, layer)
+        if slots is None:
+            return None
+        held = sorted({s.name for role in slots.values() for s in role})
+        if all(_rel_diff(predict(n), tb[n]) <= self.tol for n in held):
+            return None
+        return fit_layer_head_maps(predict, tb.__getitem__, slots, self.dims, self.rotary,  # type: ignore[arg-type]
+                                   self.hspec.attention.rope)  # type: ignore[union-attr]
 
     def tensor(self, name: str, pred: torch.Tensor, b: torch.Tensor) -> None:
-        if b.numel() == 0 or (pred.dtype == b.dtype and torch.equal(pred, b)):
-            scale = diff = 0.0
-        else:
-            scale = float(b.abs().max())
-            diff = float(torch.sub(pred.float(), b.float()).abs_().max())
-        rel = diff / scale if scale > 0 else diff
+        self.record(name, _rel_diff(pred, b))
+
+    def record(self, name: str, rel: float) -> None:
         if rel >= self.worst:
             self.worst, self.worst_name = rel, name
         m = _LAYER_RE.search(name)
@@ -621,6 +675,8 @@ class _IdenticalCheck:
     def result(self) -> dict[str, Any]:
         out = {"weights_match": self.alive and self.worst <= self.tol, "max_rel_weight_diff": self.worst,
                "worst_tensor": self.worst_name, "per_layer_rel_diff": self.per_layer, "tol": self.tol}
+        if self.lower_bound:
+            out["max_rel_weight_diff_is_lower_bound"] = True
         if not self.alive:
             out["stopped_at_first_difference"] = True
             if self.why != "first difference":
@@ -628,10 +684,53 @@ class _IdenticalCheck:
         return out
 
 
+def _rel_diff(pred: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |pred - b| / max |b|`` (the plain difference where ``b`` is zero); 0 for an exact copy."""
+    if b.numel() == 0 or (pred.dtype == b.dtype and torch.equal(pred, b)):
+        return 0.0
+    scale = float(b.abs().max())
+    diff = float(torch.sub(pred.float(), b.float()).abs_().max())
+    return diff / scale if scale > 0 else diff
+
+
+SCREEN_UNITS = 64  # units whose directions are compared first
+
+
+def _direction_diff_lower_bound(pred: torch.Tensor, b: torch.Tensor, axis: int) -> float:
+    """A lower bound of the relative difference of the unit directions (``_rel_diff`` of
+    ``_unit_directions``), from ``SCREEN_UNITS`` evenly spaced units: their largest difference over the
+    largest entry of all of B's directions (one pass over B), never above the full figure."""
+    n = int(b.shape[axis])
+    idx = torch.from_numpy(np.unique(np.linspace(0, n - 1, min(n, SCREEN_UNITS)).round().astype(np.int64)))
+    bf = torch.movedim(b, axis, 0).float()
+    norms = bf.norm(dim=1).clamp_min(1e-30)
+    scale = float((bf.abs().amax(dim=1) / norms).max())
+    sub_p = _unit_directions(torch.movedim(pred, axis, 0)[idx], 0)
+    sub_b = bf[idx] / norms[idx, None]
+    diff = float(torch.sub(sub_p, sub_b).abs_().max())
+    return diff / scale if scale > 0 else diff
+
+
 def _unit_directions(t: torch.Tensor, axis: int) -> torch.Tensor:
     x = torch.movedim(t.float(), axis, 0)
     norms = x.reshape(x.shape[0], -1).norm(dim=1).clamp_min(1e-30)
     return torch.movedim(x / norms.reshape(-1, *([1] * (x.ndim - 1))), 0, axis)
+
+
+def _prefetch_model_class(config: dict[str, Any]) -> threading.Thread:
+    """Import the model's ``transformers`` class (several seconds of imports) in a background thread while the
+    layers are still compared; errors are left to the function check, which imports it again."""
+    def run() -> None:
+        try:
+            from gaugeport.core.stream import model_class_for
+
+            model_class_for(config)
+        except Exception:  # the function check reports it
+            pass
+
+    th = threading.Thread(target=run, name="same-prefetch", daemon=True)
+    th.start()
+    return th
 
 
 def _function_check(a: str | Path, b: str | Path, tol: float) -> dict[str, Any]:
