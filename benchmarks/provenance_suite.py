@@ -141,6 +141,8 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
 FT_BUDGET_S = 600.0  # wall-clock budget of each training run (the steps that fit are recorded; one 8 x 128-token
 CPT_BUDGET_S = 600.0  # AdamW step took about 150 s under a load average of 11, hence 2 x 128)
 HEAL_BUDGET_S = 540.0
+MOE_BUDGET_S = 300.0
+MOE_EXPERTS = 2  # top-2 of 2: the upcycle starts as the dense model's function; 4 experts would not fit AdamW in 6 GB
 TRAIN_BATCH = 2
 MAX_STEPS = 400
 
@@ -178,13 +180,14 @@ def heldout_loss(model: torch.nn.Module, ids: torch.Tensor, windows: torch.Tenso
 
 def train_budget(model: torch.nn.Module, ids: torch.Tensor, *, budget_s: float, max_steps: int, lr: float,
                  seq: int = 128, bs: int = TRAIN_BATCH, seed: int = 0,
-                 eval_windows: int = 8) -> tuple[torch.nn.Module, dict[str, Any]]:
+                 eval_windows: int = 8, copy: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A copy of ``model`` trained with AdamW on consecutive windows of ``ids`` (a shuffled order, seeded) until
     ``budget_s`` seconds or ``max_steps`` steps; returns it and what ran (steps, tokens, first / last training
-    loss, and the loss on the last ``eval_windows`` windows of ``ids``, held out of training, before and after)."""
-    import copy
+    loss, and the loss on the last ``eval_windows`` windows of ``ids``, held out of training, before and after).
+    ``copy=False`` trains ``model`` itself (no second copy in memory)."""
+    import copy as _copy
 
-    m = copy.deepcopy(model)
+    m = _copy.deepcopy(model) if copy else model
     n_win = (ids.numel() - 1) // seq - eval_windows
     if n_win < 1:
         raise ValueError(f"{ids.numel()} tokens leave no training window of {seq} after {eval_windows} held out")
@@ -324,7 +327,8 @@ def disguised(src: Path, out: Path, seed: int, probe: torch.Tensor, tol: float =
     return out
 
 
-REAL_KINDS = ("finetune", "cpt", "minitron", "minitron_heal", "depth", "residual", "vocab", "gguf")
+REAL_KINDS = ("finetune", "cpt", "minitron", "minitron_heal", "depth", "residual", "vocab", "gguf", "moe")
+PLAIN_ONLY = ("moe",)  # no gauged / disguised copies (as in the tiny set: the full gauge does not cover experts)
 VARIANTS = ("plain", "gauge", "disguise")
 
 
@@ -359,7 +363,8 @@ def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str,
                 "minitron": "Minitron MLP 1152/1536 (activation importance)",
                 "minitron_heal": f"Minitron MLP 1152/1536 + heal {i.get('steps')} steps",
                 "depth": "depth 24/30", "residual": "residual 504/576", "vocab": "vocab +256",
-                "gguf": "GGUF Q4_0 re-quantization round trip"}[kind]
+                "gguf": "GGUF Q4_0 re-quantization round trip",
+                "moe": f"MoE upcycle x{MOE_EXPERTS} (top-2) + {i.get('steps')} steps (Python docs)"}[kind]
 
     for kind in kinds:
         _log(f"SmolLM2 derivation: {kind}")
@@ -386,11 +391,19 @@ def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str,
             _cached(p, lambda: D.extend_vocab(model, 256))
         elif kind == "gguf":
             gguf_round_trip(src, p)
+        elif kind == "moe":  # sparse upcycling: experts are copies of the dense MLP, a fresh router, then a short run
+            def upcycled() -> tuple[torch.nn.Module, dict[str, Any]]:
+                up = D.upcycle_to_mixtral(model, MOE_EXPERTS, top_k=2)
+                trained, info = train_budget(up, docs, budget_s=MOE_BUDGET_S, max_steps=MAX_STEPS, lr=5e-5, seed=8,
+                                             copy=False)
+                return trained, {**info, "upcycle": f"{MOE_EXPERTS} experts, top-2, each a copy of the dense MLP, "
+                                 "fresh router"}
+            _trained_cached(p, upcycled)
         out[kind] = (label(kind, p), p)
     return out
 
 
-VARIANT_ORDER = ("finetune", "minitron", "depth", "gguf", "cpt", "minitron_heal", "residual", "vocab")
+VARIANT_ORDER = ("finetune", "minitron", "depth", "gguf", "cpt", "minitron_heal", "residual", "vocab", "moe")
 
 
 def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
@@ -421,6 +434,8 @@ def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
     for kind in sorted(built, key=VARIANT_ORDER.index):
         lab, p = built[kind]
         seed = REAL_KINDS.index(kind)
+        if kind in PLAIN_ONLY:
+            continue
         if "gauge" in variants:
             pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_g"), "label": 1,
                           "lineage": f"SmolLM2 {lab} + full gauge", "make": ["gauge", str(p), 200 + seed]})
@@ -860,11 +875,12 @@ def main(argv: list[str] | None = None) -> int:
                  "real_kinds": None if args.quick else list(real_kinds),
                  "variants": None if args.quick else list(variants),
                  "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S,
-                               "heal": HEAL_BUDGET_S},
+                               "heal": HEAL_BUDGET_S, "moe": MOE_BUDGET_S},
                  "pairs_measured": sum(r.get("run") == this_run for r in rows)})
     doc = {"benchmark": "provenance_suite", "quick": args.quick, "sets": list(sets), "threads": args.threads,
            "real_kinds": None if args.quick else list(real_kinds), "variants": None if args.quick else list(variants),
-           "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S, "heal": HEAL_BUDGET_S},
+           "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S, "heal": HEAL_BUDGET_S,
+                         "moe": MOE_BUDGET_S},
            "seconds_total": time.perf_counter() - t_all, "runs": runs,
            "note": "wall-clock seconds on a shared 2-core machine; each pair ran in its own process (peak_rss_mb: "
                    "that process's VmHWM); z: (score - mean of negatives) / sd of negatives; run: the entry of "

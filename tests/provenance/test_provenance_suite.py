@@ -18,6 +18,7 @@ def _row(lineage: str, score: float, label: int = 1, set_: str = "real", **extra
     row = {"set": set_, "lineage": lineage, "label": label, **extra}
     for m in S.METHODS:
         row[m] = {"score": score, "seconds": 1.0, "z": 9.9}
+    row["gaugeport"]["verdict"] = "derived" if label else "independent"
     row["best_z"] = "awm"
     return row
 
@@ -96,3 +97,6 @@ def test_the_budgeted_training_run_never_trains_on_its_held_out_windows_and_scor
     assert info["heldout_loss_before"] == pytest.approx(S.heldout_loss(start.eval(), ids, windows, seq))  # untouched
     assert info["heldout_loss_after"] == pytest.approx(S.heldout_loss(model, ids, windows, seq))
     assert info["heldout_loss_after"] != pytest.approx(info["heldout_loss_before"])
+    assert model is not start
+    same, _ = S.train_budget(start, ids, budget_s=60, max_steps=1, lr=1e-3, seq=seq, bs=2, copy=False)
+    assert same is start  # copy=False trains the model itself (one copy in memory)
