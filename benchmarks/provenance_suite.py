@@ -337,6 +337,12 @@ def _info(path: Path) -> dict[str, Any]:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
+def _recipe(path: Path) -> dict[str, Any]:
+    """What a derivation's build recorded (steps, tokens, losses of a training run), for its pairs' rows."""
+    info = _info(path)
+    return {"derivation": info} if info else {}
+
+
 def _trained_cached(path: Path, build: Callable[[], tuple[torch.nn.Module, dict[str, Any]]]) -> Path:
     if not (path / "config.json").exists():
         model, info = build()
@@ -429,7 +435,7 @@ def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
              {"set": "real", "a": src, "b": tiny_base, "label": 0, "lineage": "SmolLM2 vs tiny base (d=64)"}]
     built = real_derivations(root, kinds)
     if "plain" in variants:
-        pairs += [{"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {lab}"}
+        pairs += [{"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {lab}", **_recipe(p)}
                   for lab, p in built.values()]
     for kind in sorted(built, key=VARIANT_ORDER.index):
         lab, p = built[kind]
@@ -437,10 +443,10 @@ def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
         if kind in PLAIN_ONLY:
             continue
         if "gauge" in variants:
-            pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_g"), "label": 1,
+            pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_g"), "label": 1, **_recipe(p),
                           "lineage": f"SmolLM2 {lab} + full gauge", "make": ["gauge", str(p), 200 + seed]})
         if "disguise" in variants:
-            pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_d"), "label": 1,
+            pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_d"), "label": 1, **_recipe(p),
                           "lineage": f"SmolLM2 {lab} + disguise (rotation)", "make": ["disguise", str(p), 400 + seed]})
     return pairs
 
