@@ -703,6 +703,25 @@ def _rss_cell(r: dict[str, Any]) -> str:
     return ("<= " if r.get("peak_rss_upper_bound_only") else "") + f"{r['peak_rss_mb']:.0f}"
 
 
+def recipes_table(rows: list[dict[str, Any]]) -> str:
+    """The training runs behind the rows (one line per derivation that recorded ``steps``): steps, tokens,
+    seconds, learning rate, training loss (first step, mean of the last 10) and held-out loss before and after."""
+    lines = ["| derivation | steps | tokens | seconds | lr | training loss, first -> last 10 | held-out loss "
+             "(tokens), before -> after |", "|---|---|---|---|---|---|---|"]
+    seen = set()
+    for r in rows:
+        d = r.get("derivation") or {}
+        name = r["lineage"].split(" + full gauge")[0].split(" + disguise")[0]
+        if "steps" not in d or name in seen:
+            continue
+        seen.add(name)
+        held = "-" if d.get("heldout_loss_before") is None else \
+            f"{d['heldout_loss_before']:.3f} -> {d['heldout_loss_after']:.3f} ({d['heldout_tokens']})"
+        lines.append(f"| {name} | {d['steps']} | {d['tokens']} | {d['seconds']:.0f} | {d['lr']:g} | "
+                     f"{d['loss_first']:.3f} -> {d['loss_last_10']:.3f} | {held} |")
+    return "\n".join(lines)
+
+
 def methods_table(rows: list[dict[str, Any]], summ: dict[str, Any], methods: tuple[str, ...]) -> str:
     """Per method: AUC and TPR at 1% FPR over every row (a pair it cannot read ranks lowest), how many rows it
     reads and its AUC over those alone, and its median seconds per pair over all rows and over the SmolLM2 rows."""
@@ -796,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.render is not None:
         doc = json.loads(args.render.read_text())
-        print(table(doc["pairs"], METHODS) + "\n\n" + methods_table(doc["pairs"], doc["summary"], METHODS))
+        print(recipes_table(doc["pairs"]) + "\n\n" + table(doc["pairs"], METHODS) + "\n\n" +
+              methods_table(doc["pairs"], doc["summary"], METHODS))
         return 0
     t_all, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.workdir.mkdir(parents=True, exist_ok=True)

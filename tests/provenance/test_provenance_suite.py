@@ -100,3 +100,13 @@ def test_the_budgeted_training_run_never_trains_on_its_held_out_windows_and_scor
     assert model is not start
     same, _ = S.train_budget(start, ids, budget_s=60, max_steps=1, lr=1e-3, seq=seq, bs=2, copy=False)
     assert same is start  # copy=False trains the model itself (one copy in memory)
+
+
+def test_the_recipes_table_lists_each_training_run_once_with_its_losses():
+    recipe = {"steps": 50, "tokens": 12800, "seconds": 600.4, "lr": 5e-5, "loss_first": 3.0, "loss_last_10": 2.5,
+              "heldout_tokens": 1024, "heldout_loss_before": 2.9, "heldout_loss_after": 2.7}
+    rows = [_row("SmolLM2 fine-tune 50 steps", 1.0, derivation=recipe),
+            _row("SmolLM2 fine-tune 50 steps + full gauge", 1.0, derivation=recipe),
+            _row("SmolLM2 depth 24/30", 1.0), _row("SmolLM2 Minitron", 1.0, derivation={"importance": "x"})]
+    lines = S.recipes_table(rows).splitlines()[2:]
+    assert lines == ["| SmolLM2 fine-tune 50 steps | 50 | 12800 | 600 | 5e-05 | 3.000 -> 2.500 | 2.900 -> 2.700 (1024) |"]
