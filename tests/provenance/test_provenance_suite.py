@@ -109,4 +109,5 @@ def test_the_recipes_table_lists_each_training_run_once_with_its_losses():
             _row("SmolLM2 fine-tune 50 steps + full gauge", 1.0, derivation=recipe),
             _row("SmolLM2 depth 24/30", 1.0), _row("SmolLM2 Minitron", 1.0, derivation={"importance": "x"})]
     lines = S.recipes_table(rows).splitlines()[2:]
-    assert lines == ["| SmolLM2 fine-tune 50 steps | 50 | 12800 | 600 | 5e-05 | 3.000 -> 2.500 | 2.900 -> 2.700 (1024) |"]
+    assert lines == ["| SmolLM2 fine-tune 50 steps | 50 | 12800 | 600 | 5e-05 | 3.000 -> 2.500 | "
+                     "2.900 -> 2.700 (1024) |"]
