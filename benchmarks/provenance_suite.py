@@ -16,20 +16,25 @@ Pairs (A = claimed origin, B = suspect), every one labelled by how B was made:
   and disguised (untie the tied head, fold every norm gain, rotate the residual stream by a Haar-random
   orthogonal matrix; logits checked against the undisguised model): a fine-tune on real English text (the
   Python documentation's topic pages, ``pydoc_data``) and continued pretraining on real code (Python's
-  standard-library sources), each for as many AdamW steps of 2 x 128 tokens as fit a wall-clock budget
-  (``FT_BUDGET_S``, ``CPT_BUDGET_S``: two shared cores; the steps run are in the row's name); Minitron-style
-  MLP width pruning (1152 of 1536 units per block by activation importance: mean ``|act(gate) * up|`` on
-  4096 calibration tokens), and the same followed by a healing run (``HEAL_BUDGET_S``); depth pruning (6 of
-  30 blocks); residual width pruning (504 of 576 coordinates: transformers wants a multiple of the 9
-  heads); 256 tokens appended; a GGUF Q4_0
-  re-quantization round trip (every matrix quantized by gguf-py's reference quantizer into a GGUF file,
-  read back and dequantized). Negatives: the architecture freshly initialised and the tiny base.
+  standard-library sources), each for as many fused-AdamW steps of 2 x 128 tokens as fit a wall-clock budget
+  (``FT_BUDGET_S``, ``CPT_BUDGET_S``: two shared cores; the steps run are in the row's name, and the row's
+  ``derivation`` records tokens, seconds, training loss and the loss on 8 held-out windows before and after);
+  Minitron-style MLP width pruning (1152 of 1536 units per block by activation importance: mean
+  ``|act(gate) * up|`` on 4096 calibration tokens), and the same followed by a healing run (``HEAL_BUDGET_S``);
+  depth pruning (6 of 30 blocks); residual width pruning (504 of 576 coordinates: transformers wants a multiple
+  of the 9 heads); 256 tokens appended; a GGUF Q4_0 re-quantization round trip (every matrix quantized by
+  gguf-py's reference quantizer into a GGUF file, read back and dequantized); a sparse MoE upcycle (kind
+  ``moe``: 2 experts, each a copy of the dense MLP, top-2, fresh router, then a short run, ``MOE_BUDGET_S``;
+  plain only). Negatives: the architecture freshly initialised and the tiny base.
 
 Every pair runs in its own Python process (``--lock PATH``: under ``flock PATH``, one pair at a time on a
 shared machine), so its peak RSS is its own; ``--budget-min`` stops starting pairs after that many minutes
 (the JSON lists the rows not run). Pairs run in priority order (tiny, MiniLM, SmolLM2 negatives, every
 derivation plain, then gauged, then disguised); finished rows are kept in ``<out>.partial.jsonl`` and a
-rerun resumes from them.
+rerun resumes from them. ``--carry-from OLD --only-missing`` runs only the pairs ``OLD`` has no row for and
+merges: ``OLD``'s rows keep their order and measurements (each names the run that measured it, ``run``, an
+entry of the JSON's ``runs``), new rows follow, z and the summary are recomputed over the merged rows.
+``--render JSON`` prints the docs tables of a written JSON.
 
 Per pair: gaugeport's verdict, log10 p, graded effect (``lineage``'s: the suite's ranking score for
 gaugeport), seconds; the anchors' scores (``benchmarks/anchors``: AWM, Zhu et al.'s constrained test and
