@@ -859,11 +859,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--only-missing needs --carry-from (the earlier run whose rows are kept)")
     runs = earlier_runs(prev, args.carry_from) if prev is not None else []
     this_run = len(runs) + 1
-    rows, failed, not_run = [], [], []
+    rows, failed, not_run, resumed = [], [], [], 0
     for i, p in enumerate(pairs, 1):
         key = (str(p["a"]), str(p["b"]), p["lineage"])
         if key in done:
             rows.append({**done[key], "run": this_run})
+            resumed += 1
             continue
         old = carried.get((p["set"], p["lineage"]))
         if args.only_missing and old is not None:
@@ -907,7 +908,9 @@ def main(argv: list[str] | None = None) -> int:
                  "variants": None if args.quick else list(variants),
                  "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S,
                                "heal": HEAL_BUDGET_S, "moe": MOE_BUDGET_S},
-                 "pairs_measured": sum(r.get("run") == this_run for r in rows)})
+                 "pairs_measured": sum(r.get("run") == this_run for r in rows),
+                 "pairs_from_resume_file": resumed,  # measured earlier in this run's <out>.partial.jsonl
+                 "pair_wall_seconds": sum(float(r.get("wall_seconds") or 0) for r in rows if r.get("run") == this_run)})
     doc = {"benchmark": "provenance_suite", "quick": args.quick, "sets": list(sets), "threads": args.threads,
            "real_kinds": None if args.quick else list(real_kinds), "variants": None if args.quick else list(variants),
            "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S, "heal": HEAL_BUDGET_S,
