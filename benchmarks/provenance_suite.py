@@ -808,6 +808,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only-missing", action="store_true",
                     help="with --carry-from: every pair the earlier run has a row for keeps that row (not re-run); "
                     "the output keeps the earlier rows in their order, this run's new rows after them")
+    ap.add_argument("--redo", default="",
+                    help="with --only-missing: ';'-separated lineages to measure again (the earlier run has them)")
     ap.add_argument("--render", type=Path, default=None,
                     help="print the tables of an existing suite JSON (no run)")
     ap.add_argument("--methods", default=",".join(METHODS), help=argparse.SUPPRESS)
@@ -858,6 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.only_missing:
         ap.error("--only-missing needs --carry-from (the earlier run whose rows are kept)")
     runs = earlier_runs(prev, args.carry_from) if prev is not None else []
+    redo = {x.strip() for x in args.redo.split(";") if x.strip()}
     this_run = len(runs) + 1
     rows, failed, not_run, resumed = [], [], [], 0
     for i, p in enumerate(pairs, 1):
@@ -867,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             resumed += 1
             continue
         old = carried.get((p["set"], p["lineage"]))
-        if args.only_missing and old is not None:
+        if args.only_missing and old is not None and p["lineage"] not in redo:
             rows.append(carry_row(old, prev, runs))
             continue
         if args.budget_min is not None and time.perf_counter() - t_all > 60 * args.budget_min:
