@@ -628,13 +628,16 @@ def run_pair_isolated(pair: dict[str, Any], methods: tuple[str, ...], *, threads
     doc = json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in pair.items()})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one-pair", doc, "--threads", str(threads),
            "--methods", ",".join(methods)]
-    if lock is not None:
-        cmd = ["flock", str(lock), *cmd]
+    if lock is not None:  # the time limit starts once the lock is held: waiting for it is not the pair's time
+        cmd = ["flock", str(lock), "timeout", "-s", "KILL", f"{timeout_s:.0f}", *cmd]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=None if lock else timeout_s, check=False)
     except subprocess.TimeoutExpired:
         return {**json.loads(doc), "error": f"timed out after {timeout_s:.0f} s", "wall_seconds": timeout_s}
+    if lock is not None and proc.returncode in (124, 137):
+        return {**json.loads(doc), "error": f"timed out after {timeout_s:.0f} s (once it held the lock)",
+                "wall_seconds": time.perf_counter() - t0}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or "").strip().splitlines()[-3:]
