@@ -111,3 +111,18 @@ def test_the_recipes_table_lists_each_training_run_once_with_its_losses():
     lines = S.recipes_table(rows).splitlines()[2:]
     assert lines == ["| SmolLM2 fine-tune 50 steps | 50 | 12800 | 600 | 5e-05 | 3.000 -> 2.500 | "
                      "2.900 -> 2.700 (1024) |"]
+
+
+def test_a_pair_under_the_lock_is_timed_from_when_it_holds_the_lock(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(cmd=cmd, timeout=kw.get("timeout"))
+        return type("P", (), {"returncode": 124, "stdout": "", "stderr": ""})()
+
+    monkeypatch.setattr(S.subprocess, "run", fake_run)
+    row = S.run_pair_isolated({"a": "x", "b": "y", "lineage": "l"}, ("awm",), threads=1, lock=tmp_path / "lock",
+                              timeout_s=30)
+    assert seen["cmd"][:6] == ["flock", str(tmp_path / "lock"), "timeout", "-s", "KILL", "30"]
+    assert seen["timeout"] is None  # no limit on waiting for the lock
+    assert "timed out after 30 s" in row["error"]
