@@ -47,10 +47,10 @@ bench: $(STAMP)
 
 # lineage across shape changes (tiny derivations + SmolLM2-135M derivations) with the AWM, Zhu et al. and
 # HuRef anchors side by side: benchmarks/provenance_suite.json. QUICK=1: tiny pairs only; LOCK=path: each pair
-# under flock (a shared machine).
+# under flock (a shared machine); MERGE=1: run only the pairs the committed JSON lacks and merge them into it.
 provenance-suite: $(STAMP)
 	$(BIN)/python benchmarks/provenance_suite.py $(if $(QUICK),--quick,) $(if $(LOCK),--lock $(LOCK),) \
-		--out benchmarks/provenance_suite.json
+		$(if $(MERGE),--carry-from benchmarks/provenance_suite.json --only-missing,) --out benchmarks/provenance_suite.json
 
 # steering-vectors, repeng and dictionary-learning, each in its own cached venv under .interop/ (not in make test)
 interop: $(STAMP)

@@ -68,3 +68,21 @@ def test_awm_and_huref_read_bert_encoders_by_their_own_tensor_names(tmp_path):
     g = apply_full_gauge_to_checkpoint(a, random_full_gauge_for(a, 3), tmp_path / "g", progress=False)
     assert awm.statistic(a, g)["score"] > 0.99 and abs(awm.statistic(a, ind)["score"]) < 0.3
     assert huref.statistic(a, g)["score"] > 0.99 and abs(huref.statistic(a, ind)["score"]) < 0.3
+
+
+@pytest.mark.parametrize("dropped_from", ["b", "a"])
+def test_match_on_unequal_depths_compares_each_shallower_block_only_within_the_monotone_band(tmp_path, monkeypatch,
+                                                                                             dropped_from):
+    from gaugeport.core.verify import load_model
+    from gaugeport.models.tiny import save_tiny
+    from gaugeport.provenance.derivations import drop_blocks
+
+    deep = save_tiny("llama", tmp_path / "deep", seed=0, num_hidden_layers=4)
+    drop_blocks(load_model(deep), [1]).save_pretrained(tmp_path / "shallow")
+    calls = []
+    real = zhu._lap_sq_euclid
+    monkeypatch.setattr(zhu, "_lap_sq_euclid", lambda x, y: calls.append(1) or real(x, y))
+    a, b = (deep, tmp_path / "shallow") if dropped_from == "b" else (tmp_path / "shallow", deep)
+    out = zhu.match(a, b)
+    assert len(calls) == 2 * 3 * 2  # gate and up, 3 shallower blocks, 2 candidates each (depth difference 1)
+    assert len(out["per_layer"]) == 3 and out["p_value"] < 1e-6
