@@ -18,6 +18,8 @@ from gaugeport.models.tiny import tiny_model
 from gaugeport.provenance import canonical
 from gaugeport.provenance.canonical import canonical_gauge, canonicalize, fingerprint
 
+# numba is an optional extra: a lean install has only the numpy gather, which always runs; `make test` installs
+# the dev extras (numba included), so CI runs both and checks they give the same bytes.
 BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
     not gather.numba_available(), reason="numba (the optional extra gaugeport[fast]) is not installed"))]
 

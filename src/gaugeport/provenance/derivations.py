@@ -247,14 +247,7 @@ def prune_heads(model: torch.nn.Module, keep_groups: Sequence[int]) -> torch.nn.
     g = n_heads // n_kv
     q_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for k in groups for h in range(k * g, (k + 1) * g)])
     kv_rows = torch.cat([torch.arange(k * hd, (k + 1) * hd) for k in groups])
-    state = _state(model)
-    for layer in range(_n_layers(model)):
-        p = f"model.layers.{layer}.self_attn."
-        for proj, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
-            for kind in ("weight", "bias"):
-                if p + f"{proj}.{kind}" in state:
-                    state[p + f"{proj}.{kind}"] = state[p + f"{proj}.{kind}"][rows]
-        state[p + "o_proj.weight"] = state[p + "o_proj.weight"][:, q_rows]
+    state = _keep_attention_rows(model, q_rows, kv_rows)
     return _clone_with(model, {"num_attention_heads": len(groups) * g, "num_key_value_heads": len(groups),
                                "head_dim": hd}, state)
 
@@ -338,12 +331,20 @@ def prune_head_dim(model: torch.nn.Module, keep_pairs: int) -> torch.nn.Module:
     def rows(n: int) -> torch.Tensor:
         return torch.cat([h * hd + dims for h in range(n)])
 
+    state = _keep_attention_rows(model, rows(n_heads), rows(n_kv))
+    return _clone_with(model, {"head_dim": 2 * keep_pairs}, state)
+
+
+def _keep_attention_rows(model: torch.nn.Module, q_rows: torch.Tensor,
+                         kv_rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The state with only ``q_rows`` of every layer's queries (and output columns) and ``kv_rows`` of its
+    keys and values (weights and biases where present)."""
     state = _state(model)
     for layer in range(_n_layers(model)):
         p = f"model.layers.{layer}.self_attn."
-        for proj, n in (("q_proj", n_heads), ("k_proj", n_kv), ("v_proj", n_kv)):
+        for proj, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
             for kind in ("weight", "bias"):
                 if p + f"{proj}.{kind}" in state:
-                    state[p + f"{proj}.{kind}"] = state[p + f"{proj}.{kind}"][rows(n)]
-        state[p + "o_proj.weight"] = state[p + "o_proj.weight"][:, rows(n_heads)]
-    return _clone_with(model, {"head_dim": 2 * keep_pairs}, state)
+                    state[p + f"{proj}.{kind}"] = state[p + f"{proj}.{kind}"][rows]
+        state[p + "o_proj.weight"] = state[p + "o_proj.weight"][:, q_rows]
+    return state
