@@ -355,6 +355,21 @@ def extrapolate(tp: dict[str, object], mem: dict[str, object]) -> dict[str, obje
     return out
 
 
+def _kept_part(only: str | None, out: Path) -> dict[str, object]:
+    """With ``--only``, the part not run, kept from ``out`` (or from the shipped JSON when ``out`` is a new
+    file); checked before anything is measured, so a long run cannot end on a missing key."""
+    if not only:
+        return {}
+    keep = "memory_vs_depth" if only == "throughput" else "throughput"
+    for src in (out, HERE / "bench_scale.json"):
+        if src.exists():
+            old = json.loads(src.read_text())
+            if keep in old:
+                return old
+    raise SystemExit(f"--only {only} keeps the other part ({keep}) from --out, but neither {out} nor "
+                     f"{HERE / 'bench_scale.json'} holds it: run both parts once")
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -370,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         _child(args.child[0], args.child[1:])
         return {}
     depths = [2, 4] if args.quick else args.depths
-    old = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    old = _kept_part(args.only, args.out)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gaugeport-bench-scale-", dir=args.tmp) as tmp:
         tp = throughput(Path(tmp), args.quick, args.repeat) if args.only != "memory" else old["throughput"]

@@ -60,6 +60,32 @@ def test_gather_is_a_row_and_column_pick_with_sign_bit_flips(dtype, n_rows, n_co
         assert np.array_equal(out, expected), name
 
 
+@pytest.mark.parametrize("ways", [2, 3])
+def test_a_gather_cut_into_row_blocks_on_threads_gives_the_same_bytes(ways, monkeypatch):
+    rng = np.random.default_rng(ways)
+    src = rng.integers(-2**15, 2**15, (50, 33), dtype=np.int16)
+    rows, cols = rng.integers(0, 50, 41), rng.permutation(33)
+    row_flip = np.where(rng.random(41) < 0.5, -0x8000, 0).astype(np.int16)
+    col_flip = np.where(rng.random(33) < 0.5, -0x8000, 0).astype(np.int16)
+    expected = src[rows][:, cols] ^ row_flip[:, None] ^ col_flip[None, :]
+    calls = []
+    kernel = gather._numba_gather() or gather._numpy_gather
+
+    def counted(src, rows, *rest):
+        calls.append(len(rows))
+        kernel(src, rows, *rest)
+
+    monkeypatch.setattr(gather, "_numba_gather", lambda: counted)
+    monkeypatch.setattr(gather, "SPLIT_BYTES", 0)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(ways - 1) as pool:
+        monkeypatch.setattr(gather, "_pool", lambda: (pool, ways))
+        out = gather.gather_2d(src, rows, cols, row_flip, col_flip, np.empty((41, 33), dtype=np.int16))
+    assert np.array_equal(out, expected)
+    assert sorted(calls) == sorted(np.diff([41 * k // ways for k in range(ways + 1)]).tolist())
+
+
 def test_the_sign_bit_flip_is_the_float_negation():
     x = torch.tensor([1.5, -2.0, 0.0, -0.0, 3e-39, 65504.0], dtype=torch.float32).to(torch.bfloat16)
     bits = x.view(torch.int16).numpy()

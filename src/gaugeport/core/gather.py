@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -90,18 +91,45 @@ def backend() -> str:
     return "numba" if _numba_gather() is not None else "numpy"
 
 
+SPLIT_BYTES = 1 << 18  # outputs at least this large are gathered in row blocks on several threads
+
+
+@functools.cache
+def _pool() -> tuple[ThreadPoolExecutor | None, int]:
+    """The helper threads that share a large gather with the caller, and how many ways it is split: one
+    per core up to ``GAUGEPORT_GATHER_THREADS`` (default 4); ``GAUGEPORT_GATHER_THREADS=1``: no helper."""
+    want = int(os.environ.get("GAUGEPORT_GATHER_THREADS", "4") or 1)
+    ways = max(1, min(want, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    if ways == 1:
+        return None, 1
+    return ThreadPoolExecutor(max_workers=ways - 1, thread_name_prefix="gaugeport-gather"), ways
+
+
 def gather_2d(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.ndarray, col_flip: np.ndarray,
               out: np.ndarray) -> np.ndarray:
     """``out[i, j] = src[rows[i], cols[j]] ^ row_flip[i] ^ col_flip[j]`` (see the module doc); returns ``out``.
 
     ``src``: ``[R, C]`` C-contiguous integers; ``rows``: ``len(out)`` indices into ``R``; ``cols``: ``C'``
     indices into ``C``; ``row_flip`` / ``col_flip``: ``src.dtype`` masks of those lengths. Indices must be
-    in range (not checked: both implementations assume it)."""
+    in range (not checked: both implementations assume it). An output of at least :data:`SPLIT_BYTES` is
+    cut into blocks of rows, one per core (:func:`_pool`), gathered at once (both kernels release the GIL);
+    the bytes are the same however it is cut."""
     if out.size == 0:
         return out
-    kernel = _numba_gather()
-    if kernel is not None:
+    kernel = _numba_gather() or _numpy_gather
+    pool, ways = _pool()
+    n = out.shape[0]
+    if pool is None or out.nbytes < SPLIT_BYTES or n < 2 * ways:
         kernel(src, rows, cols, row_flip, col_flip, out)
-    else:
-        _numpy_gather(src, rows, cols, row_flip, col_flip, out)
+        return out
+    cuts = [n * k // ways for k in range(ways + 1)]
+    jobs = [pool.submit(kernel, src, rows[a:b], cols, row_flip[a:b], col_flip, out[a:b])
+            for a, b in zip(cuts[1:-1], cuts[2:], strict=True)]
+    try:
+        kernel(src, rows[:cuts[1]], cols, row_flip[:cuts[1]], col_flip, out[:cuts[1]])
+    finally:
+        for j in jobs:  # every block done (or failed) before ``out`` is handed on
+            j.exception()
+    for j in jobs:
+        j.result()
     return out
