@@ -429,7 +429,16 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condit
 
     ``sample``: when A has more live units than this, a seeded sample of that many of A's units is
     tested, each matched to its nearest neighbour in B on the input side (no assignment over the
-    full width: ``sample x n`` cosines instead of ``n x n``); the statistic is the same, on the sample.
+    full width: ``sample x n`` cosines instead of ``n x n``). A nearest-neighbour match is always its
+    unit's first input-side candidate, and what the regression leaves of the rise of ``M`` with input
+    rank lifts it among the next ``k - 1`` even in unrelated models. So on the sample each unit's match
+    is compared with how its second input-side candidate stands among the ``k`` after it (candidates
+    ``2..k+1``, same residuals), which carries that rise but no descent:
+    ``z = sum(rank_2 - rank_1) / sqrt(n k^2 / 6)``, where ``rank_1`` is the match's mid-rank among
+    candidates ``1..k`` and ``rank_2`` the second candidate's among ``2..k+1``. Under exchangeable
+    scores each rank has variance ``(k^2 - 1) / 12`` and their covariance is ``-1 / 12``, so the
+    difference has variance ``k^2 / 6``. ``z_uncorrected`` keeps the plain statistic on the sample (biased
+    upwards under the null; ``same`` only uses it to decide which layers to match early).
     """
     n_units = _n_units(a)
     if n_units == 0:
@@ -474,6 +483,11 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condit
     cand = input_candidates(s_in, cols, k, rows, dead_b)
     out_scores = np.take_along_axis(m_mat[rows], cand, axis=1).astype(np.float64)
     matched_out = m_mat[rows, cols[rows]].astype(np.float64)
+    shifted = sel is not None and k + 1 <= int((~dead_b).sum())
+    if shifted:  # the second input-side candidate and the k after it (ranks 2..k+1), in input order
+        ranked = input_order(s_in, k + 1, rows, dead_b)
+        second_scores = np.take_along_axis(m_mat[rows], ranked[:, 1:], axis=1).astype(np.float64)
+        second_out = second_scores[:, 0].copy()
     if condition:
         # remove what input-side similarity alone predicts about the output side, fitted by least squares on
         # (up to FIT_PAIRS) unmatched pairs of live units: shared, data-induced structure makes both rise
@@ -497,13 +511,19 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condit
         coef, *_ = np.linalg.lstsq(design(fi, fj), m_mat[fi, fj].astype(np.float64), rcond=None)
         out_scores = out_scores - design(np.repeat(rows[:, None], k, axis=1), cand) @ coef
         matched_out = matched_out - design(rows, cols[rows]) @ coef
+        if shifted:
+            second_scores = second_scores - design(np.repeat(rows[:, None], k, axis=1), ranked[:, 1:]) @ coef
+            second_out = second_scores[:, 0].copy()
     rank = mid_rank(out_scores, matched_out)
-    t = float(((k + 1) / 2 - rank).sum())
-    var = n * (k * k - 1) / 12.0
-    z = t / np.sqrt(var)
+    z_plain = float(((k + 1) / 2 - rank).sum()) / np.sqrt(n * (k * k - 1) / 12.0)
+    z = z_plain
+    if shifted:
+        z = float((mid_rank(second_scores, second_out) - rank).sum()) / np.sqrt(n * k * k / 6.0)
     top1 = float(np.mean(rank == 1))
-    return {"z": float(z), **base, "top1_fraction": top1, "matched_out_cos": raw_matched,
-            "null_mean_cos": null_mean, "matched_in_score": float(s_in[rows, cols[rows]].mean())}
+    return {"z": float(z), **base, "second_candidate_reference": shifted, "z_uncorrected": z_plain,
+            "top1_fraction": top1,
+            "matched_out_cos": raw_matched, "null_mean_cos": null_mean,
+            "matched_in_score": float(s_in[rows, cols[rows]].mean())}
 
 
 def _n_units(f: UnitFeatures) -> int:
@@ -528,6 +548,20 @@ def input_candidates(s_in: np.ndarray, cols: np.ndarray, k: int, rows: np.ndarra
     has = (out == matched[:, None]).any(axis=1)
     out[~has, -1] = matched[~has]
     return out
+
+
+def input_order(s_in: np.ndarray, k: int, rows: np.ndarray, dead_b: np.ndarray | None = None) -> np.ndarray:
+    """For each of ``rows``, its ``k`` best columns of ``s_in`` in decreasing order (B's units with constant
+    features excluded): column 0 is the row's nearest neighbour."""
+    out = []
+    for i in range(0, rows.size, 1024):  # row chunks: no n x n index array
+        block = s_in[rows[i:i + 1024]].astype(np.float64)
+        if dead_b is not None and dead_b.any():
+            block[:, dead_b] = -np.inf
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        out.append(np.take_along_axis(top, np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable"),
+                                      axis=1))
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
 def mid_rank(scores: np.ndarray, own: np.ndarray, atol: float = 1e-12) -> np.ndarray:

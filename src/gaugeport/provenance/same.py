@@ -226,7 +226,8 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
         ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared)
         a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary)  # heads: invariant features
         est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
-        if sample is None or est.held_out[-1]["z"] > ESCALATE_Z:
+        # the screen: the uncorrected sampled z (larger on related layers; a false escalation costs only time)
+        if sample is None or est.held_out[-1].get("z_uncorrected", est.held_out[-1]["z"]) > ESCALATE_Z:
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=sample is None))
             if check.alive:
                 check.layer(lnames, ta, tb, layer, est.layers[layer], res_sp=_as_sp(residual, ca.d_model))
