@@ -89,10 +89,11 @@ def test_head_maps_keep_the_logits_of_a_layernorm_family_with_partial_rotary(nam
     ("phi", "reintroduced_gains", ArchitectureError, "RMSNorm"),
     ("phi", "rescaled_units", ArchitectureError, "gated"),
     ("phi", "head_qk_rope_rotation", ArchitectureError, "before RoPE"),  # qk_layernorm on
-    ("olmo", "head_vo_rotation", ArchitectureError, "attention"),  # no attention section: clip_qkv clamps v
+    ("olmo", "head_vo_rotation", ArchitectureError, "clip_qkv=0.1"),  # clamps q/k/v coordinate by coordinate
+    ("olmo", "head_qk_rope_rotation", ArchitectureError, "clip_qkv=0.1"),
 ])
 def test_a_disguise_that_does_not_apply_is_refused_with_a_reason(family, name, error, says):
-    model = _model(family)
+    model = _model(family, **({"clip_qkv": 0.1} if family == "olmo" else {}))
     with pytest.raises(error) as info:
         DISGUISES[name](model.state_dict(), get_spec(family), model.config.to_dict(), 0)
     assert says in str(info.value)
@@ -266,6 +267,22 @@ def test_same_calls_a_gpt_neox_copy_with_heads_permuted_and_mapped_identical(tmp
     assert res.verdict == "identical", (res.residual, res.identical_check)
 
 
+def test_same_does_not_see_through_head_maps_where_clip_qkv_makes_them_change_the_function(tmp_path):
+    # OLMo with clip_qkv set: the value/output map (applied as if the clamp were off) changes the logits (0.26), and
+    # same compares the heads as stored instead of up to that map (fitting it, the weights would match and only
+    # the function check would tell the models apart)
+    over = {"clip_qkv": 0.1}
+    model = _model("olmo", **over)
+    cfg = {**model.config.to_dict(), "clip_qkv": None}
+    changed = tiny_model("olmo", 0, tie_word_embeddings=False, **over)
+    changed.load_state_dict(DISGUISES["head_vo_rotation"](model.state_dict(), get_spec("olmo"), cfg, 5, scale=True))
+    ids = probe_ids(model.config.vocab_size)
+    assert _rel(_logits(model, ids), _logits(changed.eval(), ids)) > 1e-3
+    res = same(_save(model, tmp_path / "a"), _save(changed, tmp_path / "b"))
+    assert res.verdict != "identical"
+    assert res.identical_check["weights_match"] is False
+
+
 def _families_with_attention() -> list[str]:
     from gaugeport.core.hidden import families_with_hidden
 
@@ -291,7 +308,7 @@ def test_every_family_whose_table_names_its_heads_has_its_head_maps_undone(tmp_p
 
 def test_the_tables_name_the_heads_of_every_family_with_separate_projections():
     assert {"arcee", "bert", "cohere", "ernie4_5", "exaone4", "glm", "gpt2", "hunyuan_v1_dense", "starcoder2", "llama",
-            "phi3", "gpt_neox"} <= set(_families_with_attention())
+            "phi3", "gpt_neox", "olmo"} <= set(_families_with_attention())
 
 
 @pytest.mark.parametrize(("entry", "says"), [

@@ -47,7 +47,9 @@ for queries / keys / values), the rotary layout (``"rope": "rotate_half"``, pair
 ``"none"``), the config keys of a partial rotary fraction (``rotary_fraction``) and the fraction the model
 class assumes when the config names none (``rotary_default``: GPT-NeoX 0.25, Phi and GLM 0.5; 1 unless
 said), and the tensors that, when a checkpoint has them, sit between the projections and RoPE
-(``stops_qk_maps``: a q/k-norm's per-dimension gain). Provenance uses it for the maps inside a head that
+(``stops_qk_maps``: a q/k-norm's per-dimension gain), and the config keys that, when set to anything but
+null, stop every map inside a head (``stops_head_maps``: OLMo's ``clip_qkv`` clamps q, k and v coordinate by
+coordinate). Provenance uses it for the maps inside a head that
 keep the function (value/output and query/key maps, :mod:`gaugeport.provenance.heads`).
 
 ``folds`` (optional) names, for each RMSNorm gain, the readers it can be folded into
@@ -68,7 +70,8 @@ from gaugeport.core.errors import ArchitectureError
 
 SegmentKind = Literal["mlp", "q_heads", "kv_heads"]
 _HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims", "folds", "attention"}
-_ATTENTION_KEYS = {"q", "k", "v", "o", "fused", "rope", "rotary_fraction", "rotary_default", "stops_qk_maps", "why"}
+_ATTENTION_KEYS = {"q", "k", "v", "o", "fused", "rope", "rotary_fraction", "rotary_default", "stops_qk_maps",
+                   "stops_head_maps", "why"}
 ROPE_LAYOUTS = ("rotate_half", "interleaved", "none")
 FUSED_LAYOUTS = ("segments", "per_head")
 _FOLD_KEYS = {"gain", "into", "why"}
@@ -138,6 +141,16 @@ class AttentionSpec:
     stops_qk_maps: tuple[str, ...] = ()  # tensors between the q/k projections and RoPE (q/k-norm gains)
     fused: Literal["segments", "per_head"] = "segments"  # what ``@i`` picks: a row's segment, or a part of each head
     rotary_default: float = 1.0  # the fraction where the config names none (the model class's default)
+    stops_head_maps: tuple[str, ...] = ()  # config keys that, set (not null), act on q/k/v coordinates one by one
+
+    def head_maps_stopped_by(self, config: dict[str, Any]) -> str | None:
+        """``key=value`` of the first config key in ``stops_head_maps`` that is set (OLMo's ``clip_qkv``: q, k, v
+        clamped coordinate by coordinate, so no map inside a head keeps the function), else None."""
+        cfg = config.get("text_config", config)
+        for key in self.stops_head_maps:
+            if cfg.get(key) is not None:
+                return f"{key}={cfg[key]!r}"
+        return None
 
     def rotary_dims(self, config: dict[str, Any], head_dim: int) -> int:
         """How many leading dims of each head RoPE rotates (0 without RoPE; even)."""
@@ -335,7 +348,7 @@ def _attention(raw: Any, where: str) -> AttentionSpec | None:
         raise ArchitectureError(f"{where}.rotary_default must be a fraction in (0, 1], got {default!r}")
     return AttentionSpec(strings("q", True), strings("k", True), strings("v", True), strings("o", True),
                          raw["rope"], strings("rotary_fraction", False), strings("stops_qk_maps", False),
-                         fused, float(default))
+                         fused, float(default), strings("stops_head_maps", False))
 
 
 def _template_regex(template: str, macros: dict[str, list[str]], model_type: str,
