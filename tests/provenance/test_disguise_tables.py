@@ -21,6 +21,8 @@ from gaugeport.provenance.heads import (
     attention_slots,
     fit_layer_head_maps,
     invariant_head_features,
+    read_block,
+    write_block,
 )
 from gaugeport.provenance.same import same
 
@@ -87,10 +89,11 @@ def test_head_maps_keep_the_logits_of_a_layernorm_family_with_partial_rotary(nam
     ("phi", "reintroduced_gains", ArchitectureError, "RMSNorm"),
     ("phi", "rescaled_units", ArchitectureError, "gated"),
     ("phi", "head_qk_rope_rotation", ArchitectureError, "before RoPE"),  # qk_layernorm on
-    ("olmo", "head_vo_rotation", ArchitectureError, "attention"),  # no attention section: clip_qkv clamps v
+    ("olmo", "head_vo_rotation", ArchitectureError, "clip_qkv=0.1"),  # clamps q/k/v coordinate by coordinate
+    ("olmo", "head_qk_rope_rotation", ArchitectureError, "clip_qkv=0.1"),
 ])
 def test_a_disguise_that_does_not_apply_is_refused_with_a_reason(family, name, error, says):
-    model = _model(family)
+    model = _model(family, **({"clip_qkv": 0.1} if family == "olmo" else {}))
     with pytest.raises(error) as info:
         DISGUISES[name](model.state_dict(), get_spec(family), model.config.to_dict(), 0)
     assert says in str(info.value)
@@ -111,6 +114,47 @@ def test_head_maps_keep_the_logits_of_gemma(family, name):
     model = _model(family)
     ids = probe_ids(model.config.vocab_size)
     assert _rel(_logits(model, ids), _logits(_apply(model, family, name, scale=True), ids)) <= LOGIT_TOL
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("rotary_pct", [0.25, 0.5, 1.0])
+def test_head_maps_keep_the_logits_of_gpt_neox_with_q_k_v_interleaved_per_head(name, rotary_pct):
+    # query_key_value is [heads, 3, head_dim, d] (head h: q rows, k rows, v rows); RoPE rotate-half on the first
+    # rotary_pct of each head (0.25: one frequency pair and 6 dims left alone; 1.0: four pairs, i with i + 4).
+    # Read as contiguous q | k | v thirds, the maps break the logits (0.1 to 0.19)
+    over = {"rotary_pct": rotary_pct}
+    model = _model("gpt_neox", **over)
+    ids = probe_ids(model.config.vocab_size)
+    changed = _apply(model, "gpt_neox", name, over=over, scale=True)
+    assert _rel(_logits(model, ids), _logits(changed, ids)) <= LOGIT_TOL
+    assert max(float((a - b).abs().max()) for a, b in zip(model.state_dict().values(),
+                                                           changed.state_dict().values(), strict=True)) > 1e-3
+
+
+def test_gpt_neox_heads_are_read_where_its_attention_views_them():
+    model = _model("gpt_neox")
+    sd, slots, dims, rot = _layer0(model, "gpt_neox")
+    w = sd["gpt_neox.layers.0.attention.query_key_value.weight"].double()
+    per_head = w.view(dims.n_heads, 3, dims.head_dim, -1)  # GPTNeoXAttention: view(..., -1, 3 * head_size).chunk(3)
+    for i, role in enumerate(("q", "k", "v")):
+        slot = slots[role][0]
+        assert slot.name.endswith("query_key_value.weight")
+        assert torch.equal(read_block(w, slot, dims.n_heads, dims.head_dim), per_head[:, i])
+        bias = slots[role][1]
+        assert torch.equal(read_block(sd[bias.name], bias, dims.n_heads, dims.head_dim).squeeze(-1),
+                           sd[bias.name].double().view(dims.n_heads, 3, dims.head_dim)[:, i])
+    assert rot == dims.head_dim // 4  # rotary_pct 0.25
+
+
+def test_writing_a_gpt_neox_interleaved_head_block_changes_only_its_rows():
+    model = _model("gpt_neox")
+    sd, slots, dims, _ = _layer0(model, "gpt_neox")
+    k = slots["k"][0]
+    w = sd[k.name]
+    out = write_block(w, k, torch.zeros(dims.n_heads, dims.head_dim, w.shape[1], dtype=torch.float64))
+    per_head = out.view(dims.n_heads, 3, dims.head_dim, -1)
+    assert float(per_head[:, 1].abs().max()) == 0
+    assert torch.equal(per_head[:, [0, 2]], w.view(dims.n_heads, 3, dims.head_dim, -1)[:, [0, 2]])
 
 
 def test_gate_rescaling_of_an_ungated_relu2_block_keeps_the_logits():
@@ -194,6 +238,7 @@ def _save(model, path):
     ("phi3", ["rotation", "head_vo_rotation"], {}),
     ("phi3", ["full_gauge", "head_qk_rope_rotation"], {}),
     ("phi", ["head_vo_rotation", "head_qk_rope_rotation"], {"qk_layernorm": False}),
+    ("gpt_neox", ["head_vo_rotation", "head_qk_rope_rotation"], {"rotary_pct": 0.5}),
 ], ids=lambda x: "+".join(x) if isinstance(x, list) else str(x) if x else "")
 def test_same_calls_a_head_disguised_copy_of_another_family_identical(tmp_path, family, names, over):
     model = _model(family, **over)
@@ -203,6 +248,39 @@ def test_same_calls_a_head_disguised_copy_of_another_family_identical(tmp_path, 
         changed = _apply(changed, family, name, seed=10 + i, over=over, **kw)
     res = same(_save(model, tmp_path / "a"), _save(changed, tmp_path / "b"))
     assert res.verdict == "identical", (res.residual, res.identical_check)
+
+
+def test_same_calls_a_gpt_neox_copy_with_heads_permuted_and_mapped_identical(tmp_path):
+    # LayerNorm: residual permuted, not signed; heads permuted as whole [q_h; k_h; v_h] blocks, then the maps inside
+    from gaugeport.core.fullgauge import FullGauge, apply_full_gauge_to_state_dict, model_d
+
+    model = _model("gpt_neox")
+    cfg = model.config.to_dict()
+    gauge = FullGauge.random(model_d(cfg), hidden_dims_for(cfg, "gpt_neox"), 7, residual_signs=False, mlp_signs=False)
+    permuted = tiny_model("gpt_neox", 0, tie_word_embeddings=False)
+    permuted.load_state_dict(apply_full_gauge_to_state_dict(model.state_dict(), gauge, get_spec("gpt_neox"), cfg))
+    changed = _apply(_apply(permuted.eval(), "gpt_neox", "head_vo_rotation", seed=8, scale=True),
+                     "gpt_neox", "head_qk_rope_rotation", seed=9, scale=True)
+    ids = probe_ids(model.config.vocab_size)
+    assert _rel(_logits(model, ids), _logits(changed, ids)) <= LOGIT_TOL
+    res = same(_save(model, tmp_path / "a"), _save(changed, tmp_path / "b"))
+    assert res.verdict == "identical", (res.residual, res.identical_check)
+
+
+def test_same_does_not_see_through_head_maps_where_clip_qkv_makes_them_change_the_function(tmp_path):
+    # OLMo with clip_qkv set: the value/output map (applied as if the clamp were off) changes the logits (0.26), and
+    # same compares the heads as stored instead of up to that map (fitting it, the weights would match and only
+    # the function check would tell the models apart)
+    over = {"clip_qkv": 0.1}
+    model = _model("olmo", **over)
+    cfg = {**model.config.to_dict(), "clip_qkv": None}
+    changed = tiny_model("olmo", 0, tie_word_embeddings=False, **over)
+    changed.load_state_dict(DISGUISES["head_vo_rotation"](model.state_dict(), get_spec("olmo"), cfg, 5, scale=True))
+    ids = probe_ids(model.config.vocab_size)
+    assert _rel(_logits(model, ids), _logits(changed.eval(), ids)) > 1e-3
+    res = same(_save(model, tmp_path / "a"), _save(changed, tmp_path / "b"))
+    assert res.verdict != "identical"
+    assert res.identical_check["weights_match"] is False
 
 
 def _families_with_attention() -> list[str]:
@@ -230,13 +308,15 @@ def test_every_family_whose_table_names_its_heads_has_its_head_maps_undone(tmp_p
 
 def test_the_tables_name_the_heads_of_every_family_with_separate_projections():
     assert {"arcee", "bert", "cohere", "ernie4_5", "exaone4", "glm", "gpt2", "hunyuan_v1_dense", "starcoder2", "llama",
-            "phi3"} <= set(_families_with_attention())
+            "phi3", "gpt_neox", "olmo"} <= set(_families_with_attention())
 
 
 @pytest.mark.parametrize(("entry", "says"), [
     ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "zigzag"}, "rope"),
     ({"q": ["a"], "k": ["b"], "v": ["c"], "o": [], "rope": "none"}, "o must be"),
     ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "none", "qkv": []}, "unknown key"),
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "none", "fused": "per_group"}, "fused must be"),
+    ({"q": ["a"], "k": ["b"], "v": ["c"], "o": ["d"], "rope": "none", "rotary_default": 0}, "rotary_default"),
 ])
 def test_a_malformed_attention_section_is_refused(entry, says):
     from gaugeport.core.hidden import _attention
@@ -247,6 +327,16 @@ def test_a_malformed_attention_section_is_refused(entry, says):
 
 def test_rotary_width_is_read_from_a_nested_config_key():
     attn = get_hidden_spec("phi").attention
-    assert attn.rotary_dims({"rope_parameters": {"partial_rotary_factor": 0.5}}, 8) == 4
-    assert attn.rotary_dims({}, 8) == 8
+    assert attn.rotary_dims({"rope_parameters": {"partial_rotary_factor": 0.25}}, 8) == 2
+    assert attn.rotary_dims({"partial_rotary_factor": 1.0}, 8) == 8
     assert get_hidden_spec("llama").attention.rotary_dims({"partial_rotary_factor": 0.5}, 8) == 8  # llama: all
+
+
+@pytest.mark.parametrize(("family", "rotary"), [("phi", 4), ("glm", 4), ("gpt_neox", 2), ("llama", 8)])
+def test_rotary_width_without_a_config_key_is_the_model_class_default(family, rotary):
+    # an old config.json may name no fraction: transformers then assumes 0.5 (Phi, GLM), 0.25 (GPT-NeoX), all
+    assert get_hidden_spec(family).attention.rotary_dims({}, 8) == rotary
+
+
+def test_gpt_neox_reads_the_rotary_fraction_of_an_old_config():
+    assert get_hidden_spec("gpt_neox").attention.rotary_dims({"rotary_pct": 0.5}, 8) == 4  # Pythia's config.json

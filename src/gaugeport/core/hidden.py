@@ -39,12 +39,18 @@ Sizes come from the config (``intermediate_size`` / ``n_inner``, ``num_attention
 ``attention`` (optional) names which stored tensors hold each head's queries, keys, values and output
 (``{"q": [...], "k": [...], "v": [...], "o": [...]}``: templates of weights and biases; ``@i`` after a
 template picks the ``i``-th segment of a fused tensor, e.g. Phi-3's ``qkv_proj.weight@1`` for the keys),
-the rotary layout (``"rope": "rotate_half"``, pair ``i`` is dims ``i`` and ``i + r / 2`` of the ``r``
-rotary dims; ``"interleaved"``, pair ``i`` is dims ``2i`` and ``2i + 1``; or ``"none"``), the config keys of a
-partial rotary fraction (``rotary_fraction``) and the
-tensors that, when a checkpoint has them, sit between the projections and RoPE (``stops_qk_maps``: a
-q/k-norm's per-dimension gain). Provenance uses it for the maps inside a head that keep the function
-(value/output and query/key maps, :mod:`gaugeport.provenance.heads`).
+how a fused tensor is laid out (``"fused"``: ``"segments"``, the default, as just said; ``"per_head"``,
+``@i`` picks instead the ``i``-th ``head_dim`` rows inside every head's block of the row's ``q_heads*m``
+segment: GPT-NeoX's ``query_key_value``, viewed as ``[heads, 3, head_dim, d]``, is ``@0`` / ``@1`` / ``@2``
+for queries / keys / values), the rotary layout (``"rope": "rotate_half"``, pair ``i`` is dims ``i`` and
+``i + r / 2`` of the ``r`` rotary dims; ``"interleaved"``, pair ``i`` is dims ``2i`` and ``2i + 1``; or
+``"none"``), the config keys of a partial rotary fraction (``rotary_fraction``) and the fraction the model
+class assumes when the config names none (``rotary_default``: GPT-NeoX 0.25, Phi and GLM 0.5; 1 unless
+said), and the tensors that, when a checkpoint has them, sit between the projections and RoPE
+(``stops_qk_maps``: a q/k-norm's per-dimension gain), and the config keys that, when set to anything but
+null, stop every map inside a head (``stops_head_maps``: OLMo's ``clip_qkv`` clamps q, k and v coordinate by
+coordinate). Provenance uses it for the maps inside a head that
+keep the function (value/output and query/key maps, :mod:`gaugeport.provenance.heads`).
 
 ``folds`` (optional) names, for each RMSNorm gain, the readers it can be folded into
 (``W' = W diag(g)``, gain set to one); provenance uses it to undo the fold-gains-then-rotate
@@ -64,8 +70,10 @@ from gaugeport.core.errors import ArchitectureError
 
 SegmentKind = Literal["mlp", "q_heads", "kv_heads"]
 _HIDDEN_KEYS = {"mlp_signs", "rows", "macros", "dims", "folds", "attention"}
-_ATTENTION_KEYS = {"q", "k", "v", "o", "rope", "rotary_fraction", "stops_qk_maps", "why"}
+_ATTENTION_KEYS = {"q", "k", "v", "o", "fused", "rope", "rotary_fraction", "rotary_default", "stops_qk_maps",
+                   "stops_head_maps", "why"}
 ROPE_LAYOUTS = ("rotate_half", "interleaved", "none")
+FUSED_LAYOUTS = ("segments", "per_head")
 _FOLD_KEYS = {"gain", "into", "why"}
 _ROW_KEYS = {"name", "axis", "segments", "why"}
 _DIM_KEYS = {"mlp", "n_heads", "n_kv_heads", "head_dim"}
@@ -131,6 +139,18 @@ class AttentionSpec:
     rope: Literal["rotate_half", "interleaved", "none"]
     rotary_fraction: tuple[str, ...] = ()  # config keys of the fraction of head_dim that RoPE rotates
     stops_qk_maps: tuple[str, ...] = ()  # tensors between the q/k projections and RoPE (q/k-norm gains)
+    fused: Literal["segments", "per_head"] = "segments"  # what ``@i`` picks: a row's segment, or a part of each head
+    rotary_default: float = 1.0  # the fraction where the config names none (the model class's default)
+    stops_head_maps: tuple[str, ...] = ()  # config keys that, set (not null), act on q/k/v coordinates one by one
+
+    def head_maps_stopped_by(self, config: dict[str, Any]) -> str | None:
+        """``key=value`` of the first config key in ``stops_head_maps`` that is set (OLMo's ``clip_qkv``: q, k, v
+        clamped coordinate by coordinate, so no map inside a head keeps the function), else None."""
+        cfg = config.get("text_config", config)
+        for key in self.stops_head_maps:
+            if cfg.get(key) is not None:
+                return f"{key}={cfg[key]!r}"
+        return None
 
     def rotary_dims(self, config: dict[str, Any], head_dim: int) -> int:
         """How many leading dims of each head RoPE rotates (0 without RoPE; even)."""
@@ -143,7 +163,7 @@ class AttentionSpec:
                 v = v.get(part) if isinstance(v, dict) else None
             if v is not None:
                 return int(head_dim * float(v)) // 2 * 2
-        return head_dim // 2 * 2
+        return int(head_dim * self.rotary_default) // 2 * 2
 
 
 @dataclass(frozen=True)
@@ -320,8 +340,15 @@ def _attention(raw: Any, where: str) -> AttentionSpec | None:
 
     if raw.get("rope") not in ROPE_LAYOUTS:
         raise ArchitectureError(f"{where}.rope must be one of {', '.join(ROPE_LAYOUTS)}, got {raw.get('rope')!r}")
+    fused = raw.get("fused", "segments")
+    if fused not in FUSED_LAYOUTS:
+        raise ArchitectureError(f"{where}.fused must be one of {', '.join(FUSED_LAYOUTS)}, got {fused!r}")
+    default = raw.get("rotary_default", 1.0)
+    if isinstance(default, bool) or not isinstance(default, (int, float)) or not 0 < default <= 1:
+        raise ArchitectureError(f"{where}.rotary_default must be a fraction in (0, 1], got {default!r}")
     return AttentionSpec(strings("q", True), strings("k", True), strings("v", True), strings("o", True),
-                         raw["rope"], strings("rotary_fraction", False), strings("stops_qk_maps", False))
+                         raw["rope"], strings("rotary_fraction", False), strings("stops_qk_maps", False),
+                         fused, float(default), strings("stops_head_maps", False))
 
 
 def _template_regex(template: str, macros: dict[str, list[str]], model_type: str,

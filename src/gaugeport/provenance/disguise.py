@@ -196,6 +196,11 @@ def _head_layers(state: State, spec: ArchSpec, config: Mapping[str, Any]) -> tup
 
     hspec = get_hidden_spec(spec.model_type)
     attn = attention_spec(spec, hspec)
+    stop = attn.head_maps_stopped_by(dict(config))
+    if stop is not None:
+        raise ArchitectureError(f"{spec.model_type}: config.json sets {stop}, which acts on the queries, keys and "
+                                "values coordinate by coordinate, so no map inside a head keeps the function",
+                                hint="the residual and full-gauge disguises still apply")
     dims = hidden_dims_for(config, spec.model_type)
     return dims, attn, [attention_slots(list(state), spec, hspec, dims, layer) for layer in range(dims.n_layers)]
 

@@ -32,7 +32,7 @@ import torch
 
 from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.errors import ArchitectureError
-from gaugeport.core.hidden import AttentionSpec, HiddenDims, HiddenSpec
+from gaugeport.core.hidden import AttentionSpec, HiddenDims, HiddenRule, HiddenSpec
 
 ROLES = ("q", "k", "v", "o")
 SKETCH_COLS = 16  # residual directions the invariant features are probed on (fewer when d is smaller)
@@ -40,12 +40,25 @@ SKETCH_COLS = 16  # residual directions the invariant features are probed on (fe
 
 @dataclass(frozen=True)
 class Slot:
-    """The slice ``[start, stop)`` along ``axis`` of tensor ``name`` holding one role's heads."""
+    """The slice ``[start, stop)`` along ``axis`` of tensor ``name`` holding one role's heads: contiguous
+    (``block`` 0: head after head, ``head_dim`` rows each), or, where q/k/v are interleaved per head
+    (GPT-NeoX), one ``block`` of rows per head of which this role's ``head_dim`` start at ``offset``."""
 
     name: str
     axis: int
     start: int
     stop: int
+    block: int = 0
+    offset: int = 0
+
+    def rows(self, n: int, head_dim: int) -> torch.Tensor:
+        """The ``n * head_dim`` indices along ``axis`` of this role's rows, head by head."""
+        if not self.block:
+            return torch.arange(self.start, self.stop)
+        if n * self.block != self.stop - self.start or self.offset + head_dim > self.block:
+            raise ArchitectureError(f"{self.name}: {n} heads of {head_dim} dims do not fit {self.stop - self.start} "
+                                    f"rows interleaved in blocks of {self.block}")
+        return (self.start + torch.arange(n)[:, None] * self.block + self.offset + torch.arange(head_dim)).reshape(-1)
 
 
 def attention_spec(spec: ArchSpec, hspec: HiddenSpec) -> AttentionSpec:
@@ -75,28 +88,47 @@ def attention_slots(names: Collection[str], spec: ArchSpec, hspec: HiddenSpec, d
             hit = hspec.match(name)
             if hit is None:
                 raise ArchitectureError(f"{name} is named in the attention section but in no hidden row")
-            rule = hit[0]
-            i = int(seg) if seg else 0
-            if not seg and len(rule.segments) != 1:
-                raise ArchitectureError(f"{template} is fused ({len(rule.segments)} segments): name one with @i")
-            sizes = [s.size(dims) for s in rule.segments]
-            slots.append(Slot(name, rule.axis, sum(sizes[:i]), sum(sizes[:i + 1])))
+            slots.append(_slot(name, hit[0], template, seg, attn.fused, dims))
         out[role] = slots
     if not out["q"] or not out["k"] or not out["v"] or not out["o"]:
         raise ArchitectureError(f"layer {layer}: the attention section's q/k/v/o tensors are not all in the checkpoint")
     return out
 
 
+def _slot(name: str, rule: HiddenRule, template: str, seg: str, fused: str, dims: HiddenDims) -> Slot:
+    """Where ``template@seg`` lives in ``name`` (claimed by ``rule``): ``@i`` is the row's ``i``-th segment
+    (``fused: "segments"``), or, per head (``"per_head"``), the ``i``-th ``head_dim`` rows of every head's
+    block of a ``q_heads*m`` segment (GPT-NeoX: ``[q_h; k_h; v_h]`` head after head)."""
+    i = int(seg) if seg else 0
+    if not seg and (len(rule.segments) != 1 or rule.segments[0].mult != 1):
+        raise ArchitectureError(f"{template} is fused ({len(rule.segments)} segments of {rule.segments[0].mult} "
+                                "blocks per head): name one part with @i")
+    sizes = [s.size(dims) for s in rule.segments]
+    if fused == "segments" or not seg:
+        if i >= len(sizes):
+            raise ArchitectureError(f"{template}@{i}: the row has {len(sizes)} segments")
+        return Slot(name, rule.axis, sum(sizes[:i]), sum(sizes[:i + 1]))
+    multi = [k for k, s in enumerate(rule.segments) if s.mult > 1 and not s.one_per_head]
+    if len(multi) != 1 or i >= rule.segments[multi[0]].mult:
+        raise ArchitectureError(f"{template}@{i}: per-head fused parts need one segment of m blocks per head "
+                                "(q_heads*m) with i < m", hint="see fused in gaugeport/core/hidden.py")
+    k = multi[0]
+    return Slot(name, rule.axis, sum(sizes[:k]), sum(sizes[:k + 1]), block=rule.segments[k].mult * dims.head_dim,
+                offset=i * dims.head_dim)
+
+
 def read_block(t: torch.Tensor, slot: Slot, n: int, head_dim: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """``[n, head_dim, f]`` (float64 unless ``dtype`` says): the slot's heads, each head's dims, the rest flattened."""
-    part = torch.movedim(t, slot.axis, 0)[slot.start:slot.stop].to(dtype)
-    return part.reshape(n, head_dim, -1)
+    moved = torch.movedim(t, slot.axis, 0)
+    part = moved[slot.start:slot.stop] if not slot.block else moved[slot.rows(n, head_dim)]
+    return part.to(dtype).reshape(n, head_dim, -1)
 
 
 def write_block(t: torch.Tensor, slot: Slot, block: torch.Tensor) -> torch.Tensor:
     """A copy of ``t`` with the slot replaced by ``block`` (shaped as :func:`read_block` returns it)."""
     moved = torch.movedim(t.double(), slot.axis, 0).clone()
-    moved[slot.start:slot.stop] = block.reshape(moved[slot.start:slot.stop].shape)
+    rows = slot.rows(block.shape[0], block.shape[1])
+    moved[rows] = block.reshape(moved[rows].shape).to(moved.dtype)
     return torch.movedim(moved, 0, slot.axis).to(t.dtype)
 
 

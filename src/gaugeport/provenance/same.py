@@ -214,8 +214,11 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
     rest = [n for n in names if hspec.match(n) is None]
     sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
     # rotary dims per head where the table says where the heads live: heads are then matched, and compared,
-    # up to the maps inside a head that keep the function (provenance/heads.py)
-    rotary = None if hspec.attention is None else hspec.attention.rotary_dims(ca.config, dims.head_dim)
+    # up to the maps inside a head that keep the function (provenance/heads.py); None where the config stops
+    # those maps (OLMo's clip_qkv): the heads are then compared as stored
+    attn = hspec.attention
+    stopped = attn is None or attn.head_maps_stopped_by(ca.config) is not None
+    rotary = None if stopped else attn.rotary_dims(ca.config, dims.head_dim)  # type: ignore[union-attr]
     est = HiddenEstimate([], [], [], [], [])
     check = _IdenticalCheck(tol, rules, hspec, dims, residual, spec, rotary)
     shared: list[str] = []
