@@ -334,6 +334,7 @@ def stream_gauged_checkpoint(ckpt: Checkpoint, dest: Path, rules: Mapping[str, P
     dtypes) are read whole and go through ``transform_tensor`` in the same pipeline."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    from gaugeport.core.buffers import reusable_buffer
     from gaugeport.core.checkpoint import ShardReader, check_finite
     from gaugeport.core.errors import CheckpointError
 
@@ -355,8 +356,8 @@ def stream_gauged_checkpoint(ckpt: Checkpoint, dest: Path, rules: Mapping[str, P
         size = max([(j[4] - j[3]) * j[2].row_bytes for j in jobs if j[2] is not None], default=0)
         # chunk k is read into ins[k % 3] while k - 1 is gathered and k - 2 written (from its input
         # buffer itself when only its rows move); outs[k % 2] holds k's gathered columns until written
-        ins = [np.empty(size, dtype=np.uint8) for _ in range(3)]
-        outs = [np.empty(size, dtype=np.uint8) for _ in range(2)]
+        ins = [reusable_buffer(size) for _ in range(3)]
+        outs = [reusable_buffer(size) for _ in range(2)]
         last_of = {j[0]: k for k, j in enumerate(jobs)}  # the shard's writer closes after its last job
 
         def read(k: int) -> np.ndarray | torch.Tensor:

@@ -38,6 +38,7 @@ import torch
 
 from gaugeport.core.apply import RowColPlan, plan_rows_cols
 from gaugeport.core.archspec import ArchSpec, ParamRule
+from gaugeport.core.buffers import reusable_buffer
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import ArchitectureError, GaugeportError
 from gaugeport.core.fileio import atomic_path
@@ -414,7 +415,7 @@ class _Emitter:
             nbytes = (r1 - r0) * plan.row_bytes
             slot = self.k % 2
             if self.bufs[slot].nbytes < nbytes:
-                self.bufs[slot] = np.empty(max(nbytes, PART_BYTES), dtype=np.uint8)
+                self.bufs[slot] = reusable_buffer(max(nbytes, PART_BYTES))
             buf = self.bufs[slot][:nbytes]
             out = buf.view(plan.int_dtype).reshape(r1 - r0, n_cols)
             gather_2d(src, rows[r0:r1], cols, row_flip[r0:r1], col_flip, out)
@@ -513,7 +514,7 @@ class _Reads:
         n = reader.nbytes(name)
         buf = self.bufs.get(slot)
         if buf is None or buf.nbytes < n:
-            buf = self.bufs[slot] = np.empty(n, dtype=np.uint8)
+            buf = self.bufs[slot] = reusable_buffer(n)
         return reader.read(name, out=buf[:n])
 
     def close(self) -> None:
