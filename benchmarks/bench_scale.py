@@ -8,8 +8,8 @@ throughput (d=4096, 11008 MLP units, 4 blocks, 32000 vocab: ~2.1 GB in 4 shards;
     ``cp -r`` + ``sync`` against ``apply`` + ``sync`` (alternating, best of ``--repeat``); one plain
     read of every shard file (16 MB ``readinto``), page cache warm and cold (the files' pages dropped
     with ``posix_fadvise(DONTNEED)`` first), against ``fingerprint`` and ``canonicalize`` (+ sync), each
-    with the compiled gather (numba, where installed) and the pure-numpy one, and ``fingerprint`` cold,
-    best of ``--repeat`` each, interleaved; then one core's rate (GB/s) for each step those verbs are
+    with numpy's gather (the default) and the compiled one (``_numba``, where numba is installed), and
+    both cold, best of ``--repeat`` each, interleaved; then one core's rate (GB/s) for each step those verbs are
     made of (read into a reused / a fresh buffer, SHA-256, BLAKE3, numpy's column gather, the pass's
     row-and-column gather in both implementations, memcpy), which says what bounds them. Page cache
     warm unless named cold (the source is read before the runs).
@@ -179,6 +179,8 @@ def _rates(src: Path) -> dict[str, float]:
 
     all_rows, flips = np.arange(rows.shape[0]), np.zeros(rows.shape[0], dtype=np.int16)
     col_flips = np.where(np.random.default_rng(1).random(d) < 0.5, -0x8000, 0).astype(np.int16)
+    os.environ["GAUGEPORT_GATHER"] = "numba" if gather.numba_available() else "numpy"
+    gather._numba_gather.cache_clear()
     kernels = {"numpy": gather._numpy_gather, "numba": gather._numba_gather()}
     for name, kernel in kernels.items():
         if kernel is None:
@@ -191,13 +193,13 @@ def _rates(src: Path) -> dict[str, float]:
     return out
 
 
-def run(verb: str, *args: str | Path, numba: bool = True) -> dict[str, float]:
-    """One child: its timings and its peak RSS (bytes, from wait4's rusage). ``numba=False``: the
-    pure-numpy gather (``GAUGEPORT_NO_NUMBA=1``)."""
+def run(verb: str, *args: str | Path, numba: bool = False) -> dict[str, float]:
+    """One child: its timings and its peak RSS (bytes, from wait4's rusage). ``numba=True``: the
+    compiled gather (``GAUGEPORT_GATHER=numba``; the default is numpy's)."""
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    env.pop("GAUGEPORT_NO_NUMBA", None)
-    if not numba:
-        env["GAUGEPORT_NO_NUMBA"] = "1"
+    env.pop("GAUGEPORT_GATHER", None)
+    if numba:
+        env["GAUGEPORT_GATHER"] = "numba"
     proc = subprocess.Popen([sys.executable, __file__, "--child", verb, *map(str, args)], stdout=subprocess.PIPE,
                             env=env)
     out = proc.stdout.read() if proc.stdout else b""
@@ -270,31 +272,34 @@ def throughput(root: Path, quick: bool, repeat: int) -> dict[str, object]:
         return min(runs, key=lambda r: r["seconds"])
 
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in (
-        "read", "read_cold", "fingerprint", "fingerprint_numpy", "canonicalize", "canonicalize_numpy",
-        "fingerprint_cold")}
+        "read", "read_cold", "fingerprint", "fingerprint_numba", "canonicalize", "canonicalize_numba",
+        "fingerprint_cold", "canonicalize_cold")}
     for _ in range(repeat):  # interleaved: a change of load hits every row alike
         runs["read"].append(run("read", a))
         runs["read_cold"].append(run("read_cold", a))
-        for numba, tag in ((True, ""), (False, "_numpy")):
+        for numba, tag in ((False, ""), (True, "_numba")):
             runs["fingerprint" + tag].append(run("fingerprint", a, numba=numba))
             runs["canonicalize" + tag].append(run("canonicalize", a, root / "canon", numba=numba))
             shutil.rmtree(root / "canon")
         runs["fingerprint_cold"].append(run("fingerprint_cold", a))
+        runs["canonicalize_cold"].append(run("canonicalize_cold", a, root / "canon"))
+        shutil.rmtree(root / "canon")
     bests = {k: best(v) for k, v in runs.items()}
     read, read_cold = bests["read"]["seconds"], bests["read_cold"]["seconds"]
     rates = json.loads(subprocess.run([sys.executable, __file__, "--child", "rates", str(a)], check=True,
                                       capture_output=True, text=True).stdout.strip().splitlines()[-1])
     ratios = {}
-    for verb in ("fingerprint", "fingerprint_numpy", "canonicalize", "canonicalize_numpy"):
+    for verb in ("fingerprint", "fingerprint_numba", "canonicalize", "canonicalize_numba"):
         ratios[f"{verb}_over_read_time"] = bests[verb]["seconds"] / read
         ratios[f"{verb}_over_cold_read_time"] = bests[verb]["seconds"] / read_cold
     ratios["fingerprint_cold_over_cold_read_time"] = bests["fingerprint_cold"]["seconds"] / read_cold
-    for verb in ("canonicalize", "canonicalize_numpy"):
+    ratios["canonicalize_cold_over_cold_read_time"] = bests["canonicalize_cold"]["seconds"] / read_cold
+    for verb in ("canonicalize", "canonicalize_numba"):
         ratios[f"{verb}_before_sync_over_read_time"] = bests[verb]["seconds_before_sync"] / read
     out.update({"rates_gb_per_s_one_core": rates, "cp_sync_seconds": min(cps), "apply": best_apply, **bests,
         "read_note": "read: page cache warm (the checkpoint was just read); read_cold: its pages dropped first "
                      "(posix_fadvise DONTNEED), so it comes from the disk. fingerprint and canonicalize run warm "
-                     "unless named _cold; _numpy: the pure-numpy gather (GAUGEPORT_NO_NUMBA=1); canonicalize "
+                     "unless named _cold; numpy's gather unless named _numba (GAUGEPORT_GATHER=numba); canonicalize "
                      "includes os.sync() (seconds_before_sync without it)",
         "apply_over_cp_sync_speed": min(cps) / best_apply["seconds"], **ratios,
         "targets": {"apply_over_cp_sync_speed": ">= 0.5", "fingerprint_over_read_time": "<= 1.5",

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gaugeport.core import gather
 from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.errors import GaugeportError
 from gaugeport.core.fullgauge import FullGauge, FullTransform, apply_full_gauge_to_checkpoint, random_full_gauge_for
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import get_hidden_spec
@@ -18,8 +19,8 @@ from gaugeport.models.tiny import tiny_model
 from gaugeport.provenance import canonical
 from gaugeport.provenance.canonical import canonical_gauge, canonicalize, fingerprint
 
-# numba is an optional extra: a lean install has only the numpy gather, which always runs; `make test` installs
-# the dev extras (numba included), so CI runs both and checks they give the same bytes.
+# numba is an optional extra, used only with GAUGEPORT_GATHER=numba: the numpy gather is the default and always
+# runs; `make test` installs the dev extras (numba included), so CI runs both and checks they give the same bytes.
 BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
     not gather.numba_available(), reason="numba (the optional extra gaugeport[fast]) is not installed"))]
 
@@ -28,9 +29,9 @@ BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
 def backend(request, monkeypatch):
     """Run the test with the compiled gather, then with the pure-numpy fallback."""
     if request.param == "numpy":
-        monkeypatch.setenv("GAUGEPORT_NO_NUMBA", "1")
+        monkeypatch.delenv("GAUGEPORT_GATHER", raising=False)  # the default
     else:
-        monkeypatch.delenv("GAUGEPORT_NO_NUMBA", raising=False)
+        monkeypatch.setenv("GAUGEPORT_GATHER", "numba")
     gather._numba_gather.cache_clear()
     yield request.param
     gather._numba_gather.cache_clear()
@@ -38,6 +39,28 @@ def backend(request, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the kernel
+def _compiled():
+    """The compiled kernel (None without numba), whatever GAUGEPORT_GATHER says."""
+    if not gather.numba_available():
+        return None
+    import numba
+
+    return numba.njit(nogil=True, cache=True, boundscheck=False)(gather._gather_loop)
+
+
+def test_the_default_gather_is_numpy_and_numba_is_opt_in(monkeypatch):
+    monkeypatch.delenv("GAUGEPORT_GATHER", raising=False)
+    gather._numba_gather.cache_clear()
+    try:
+        assert gather.backend() == "numpy"
+        monkeypatch.setenv("GAUGEPORT_GATHER", "nope")
+        gather._numba_gather.cache_clear()
+        with pytest.raises(GaugeportError, match="GAUGEPORT_GATHER='nope'"):
+            gather.backend()
+    finally:
+        gather._numba_gather.cache_clear()
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from([np.int16, np.int32, np.int64]), st.integers(1, 9), st.integers(1, 40), st.integers(0, 2**31))
 def test_gather_is_a_row_and_column_pick_with_sign_bit_flips(dtype, n_rows, n_cols, seed):
@@ -51,7 +74,7 @@ def test_gather_is_a_row_and_column_pick_with_sign_bit_flips(dtype, n_rows, n_co
     col_flip = np.where(rng.random(n_cols) < 0.5, sign, 0).astype(dtype)
     expected = src[rows][:, cols] ^ row_flip[:, None] ^ col_flip[None, :]
     got = {}
-    for name, kernel in (("numpy", gather._numpy_gather), ("numba", gather._numba_gather())):
+    for name, kernel in (("numpy", gather._numpy_gather), ("numba", _compiled())):
         if kernel is None:
             continue
         out = np.empty((n_rows, n_cols), dtype=dtype)

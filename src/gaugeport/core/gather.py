@@ -6,14 +6,17 @@
 
 on the bits of a tensor (integer arrays of the float's item size; a flip is 0 or the IEEE sign bit,
 so the XOR is exactly ``x * -1``). Two implementations, the same result bit for bit
-(``tests/core/test_gather_kernel.py``):
+(``tests/provenance/test_canonical_gather.py``):
 
-- a compiled loop (``numba``, the optional extra ``gaugeport[fast]``): one pass, each source row read
-  from cache while its columns are picked;
-- the pure-numpy fallback: blocks of a few rows gathered with ``numpy.take`` (rows, then columns) and
-  flipped with ``numpy.bitwise_xor`` while they are in cache.
+- the pure-numpy one, the default: blocks of a few rows gathered with ``numpy.take`` (rows, then
+  columns) and flipped with ``numpy.bitwise_xor`` while they are in cache;
+- a compiled loop (``numba``, the optional extra ``gaugeport[fast]``), used only when
+  ``GAUGEPORT_GATHER=numba`` is set: one pass, each source row read from cache while its columns are
+  picked. On the 2-core machine measured (``docs/scale.md``) it gathered at 2.3-2.5 GB/s a core against
+  numpy's 2.8 when the machine was idle (1.5x numpy's rate only when it was loaded), and importing
+  numba and loading its cached kernel costs about 0.85 s per process, so it is not the default.
 
-``GAUGEPORT_NO_NUMBA=1`` forces the fallback (the benchmark measures both).
+Outputs of at least :data:`SPLIT_BYTES` are cut into blocks of rows gathered on several threads at once.
 """
 
 from __future__ import annotations
@@ -70,7 +73,14 @@ def _gather_loop(src, rows, cols, row_flip, col_flip, out):  # type: ignore[no-u
 
 @functools.cache
 def _numba_gather() -> Callable[..., None] | None:
-    if os.environ.get("GAUGEPORT_NO_NUMBA"):
+    """The compiled kernel when ``GAUGEPORT_GATHER=numba`` asks for it and numba is installed, else None."""
+    choice = os.environ.get("GAUGEPORT_GATHER", "numpy").strip().lower()
+    if choice not in ("numpy", "numba", ""):
+        from gaugeport.core.errors import GaugeportError
+
+        raise GaugeportError(f"GAUGEPORT_GATHER={choice!r} is not a gather backend",
+                             hint="set GAUGEPORT_GATHER to numpy (the default) or numba, or unset it")
+    if choice != "numba":
         return None
     try:
         import numba
@@ -80,14 +90,14 @@ def _numba_gather() -> Callable[..., None] | None:
 
 
 def numba_available() -> bool:
-    """Is ``numba`` installed (whether or not ``GAUGEPORT_NO_NUMBA`` turns it off)?"""
+    """Is ``numba`` installed (whether or not ``GAUGEPORT_GATHER=numba`` asks for it)?"""
     import importlib.util
 
     return importlib.util.find_spec("numba") is not None
 
 
 def backend() -> str:
-    """``"numba"`` where the compiled loop is available (and not turned off), else ``"numpy"``."""
+    """``"numba"`` where the compiled loop was asked for and is installed, else ``"numpy"``."""
     return "numba" if _numba_gather() is not None else "numpy"
 
 
@@ -98,7 +108,13 @@ SPLIT_BYTES = 1 << 18  # outputs at least this large are gathered in row blocks 
 def _pool() -> tuple[ThreadPoolExecutor | None, int]:
     """The helper threads that share a large gather with the caller, and how many ways it is split: one
     per core up to ``GAUGEPORT_GATHER_THREADS`` (default 4); ``GAUGEPORT_GATHER_THREADS=1``: no helper."""
-    want = int(os.environ.get("GAUGEPORT_GATHER_THREADS", "4") or 1)
+    raw = os.environ.get("GAUGEPORT_GATHER_THREADS", "4").strip() or "4"
+    if not raw.isdigit() or int(raw) < 1:
+        from gaugeport.core.errors import GaugeportError
+
+        raise GaugeportError(f"GAUGEPORT_GATHER_THREADS={raw!r} is not a positive number of threads",
+                             hint="set it to 1 (no helper thread) or more, or unset it (up to 4, one per core)")
+    want = int(raw)
     ways = max(1, min(want, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
     if ways == 1:
         return None, 1
