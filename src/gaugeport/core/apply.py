@@ -431,7 +431,7 @@ def stream_gauged_checkpoint(ckpt: Checkpoint, dest: Path, rules: Mapping[str, P
                             f.result()
     finally:
         for w in writers.values():
-            w._file.close()
+            w.abort()
         for r in readers.values():
             r.close()
     copy_side_files(ckpt, dest)

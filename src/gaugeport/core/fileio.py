@@ -615,7 +615,9 @@ class SafetensorsStreamWriter:
             header["__metadata__"] = dict(metadata)
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+        from gaugeport.core.directio import AppendFile
+
+        self._file = AppendFile(self.path)  # page cache bypassed where the file system allows (core/directio.py)
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
         self._part = 0  # bytes of the current tensor written so far by write_part
@@ -653,11 +655,15 @@ class SafetensorsStreamWriter:
     def __enter__(self) -> SafetensorsStreamWriter:
         return self
 
+    def abort(self) -> None:
+        """Close the file as it is (a failed write: the caller discards the incomplete output)."""
+        self._file.abort()
+
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
             self.close()
         else:
-            self._file.close()
+            self.abort()
 
 
 @cache
