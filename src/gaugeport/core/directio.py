@@ -18,7 +18,6 @@ same either way (``tests/core/test_directio.py``). ``GAUGEPORT_DIRECT_IO=0`` tur
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
 from pathlib import Path
@@ -98,6 +97,8 @@ class AppendFile:
         return False
 
     def _leave_direct(self) -> None:
+        import fcntl  # only reached where O_DIRECT exists (Linux); absent on Windows
+
         fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         self.direct = False
 
