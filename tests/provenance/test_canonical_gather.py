@@ -48,6 +48,18 @@ def _compiled():
     return numba.njit(nogil=True, cache=True, boundscheck=False)(gather._gather_loop)
 
 
+def test_asking_for_numba_without_it_is_an_error_with_the_install_hint(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "numba", None)  # import numba now raises ImportError
+    monkeypatch.setenv("GAUGEPORT_GATHER", "numba")
+    gather._numba_gather.cache_clear()
+    try:
+        with pytest.raises(GaugeportError) as err:
+            gather.backend()
+        assert "gaugeport[fast]" in err.value.hint
+    finally:
+        gather._numba_gather.cache_clear()
+
+
 def test_the_default_gather_is_numpy_and_numba_is_opt_in(monkeypatch):
     monkeypatch.delenv("GAUGEPORT_GATHER", raising=False)
     gather._numba_gather.cache_clear()

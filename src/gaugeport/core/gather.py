@@ -73,11 +73,12 @@ def _gather_loop(src, rows, cols, row_flip, col_flip, out):  # type: ignore[no-u
 
 @functools.cache
 def _numba_gather() -> Callable[..., None] | None:
-    """The compiled kernel when ``GAUGEPORT_GATHER=numba`` asks for it and numba is installed, else None."""
+    """The compiled kernel when ``GAUGEPORT_GATHER=numba`` asks for it (an error, with the install hint, when
+    numba is absent), else None."""
+    from gaugeport.core.errors import GaugeportError
+
     choice = os.environ.get("GAUGEPORT_GATHER", "numpy").strip().lower()
     if choice not in ("numpy", "numba", ""):
-        from gaugeport.core.errors import GaugeportError
-
         raise GaugeportError(f"GAUGEPORT_GATHER={choice!r} is not a gather backend",
                              hint="set GAUGEPORT_GATHER to numpy (the default) or numba, or unset it")
     if choice != "numba":
@@ -85,7 +86,9 @@ def _numba_gather() -> Callable[..., None] | None:
     try:
         import numba
     except ImportError:
-        return None
+        raise GaugeportError("GAUGEPORT_GATHER=numba asks for the compiled gather, but numba is not installed",
+                             hint="pip install 'gaugeport[fast]', or unset GAUGEPORT_GATHER (numpy's gather, "
+                             "the default, gives the same bytes)") from None
     return numba.njit(nogil=True, cache=True, boundscheck=False)(_gather_loop)  # type: ignore[no-any-return]
 
 
