@@ -154,6 +154,42 @@ def test_canonical_tensors_equal_whole_transforms_in_half_precision(dtype, tmp_p
     assert can.fingerprint == _reference_fingerprint(tmp_path / "src")
 
 
+def test_mapped_and_buffered_reads_give_the_same_fingerprint_and_canonical_bytes(tiny_dir, tmp_path, monkeypatch):
+    path = tiny_dir("llama")
+    mapped_fp = fingerprint(path)["fingerprint"]
+    mapped = canonicalize(path, tmp_path / "mapped", progress=False)
+    monkeypatch.setattr(canonical._Reads, "mapped", False)
+    assert fingerprint(path)["fingerprint"] == mapped_fp == _reference_fingerprint(path)
+    buffered = canonicalize(path, tmp_path / "buffered", progress=False)
+    assert buffered.fingerprint == mapped.fingerprint == mapped_fp
+    for shard in sorted(p.name for p in (tmp_path / "mapped").glob("*.safetensors")):
+        assert (tmp_path / "mapped" / shard).read_bytes() == (tmp_path / "buffered" / shard).read_bytes()
+
+
+def test_a_mapped_tensor_is_checked_finite(tmp_path):
+    from safetensors.torch import save_file
+
+    from gaugeport.core.checkpoint import ShardReader
+    from gaugeport.core.errors import CheckpointError
+
+    tiny_model("llama").save_pretrained(tmp_path / "m")
+    ckpt = Checkpoint.open(tmp_path / "m")
+    name = next(n for n in sorted(ckpt.names) if n.endswith("down_proj.weight"))
+    shard = ckpt.shard_of[name]
+    tensors = {n: ckpt.tensor(n) for n in ckpt.names if ckpt.shard_of[n] == shard}
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[7] = float("inf")
+    save_file(tensors, str(tmp_path / "m" / shard), metadata={"format": "pt"})
+    reader = ShardReader(Checkpoint.open(tmp_path / "m"), shard)
+    try:
+        with pytest.raises(CheckpointError, match="down_proj"):
+            reader.map(name)
+        good = next(n for n in sorted(tensors) if n != name and tensors[n].numel() > 1)
+        assert torch.equal(reader.map(good), tensors[good])
+    finally:
+        reader.close()
+
+
 def test_parts_of_a_tensor_larger_than_a_part_come_in_order(tiny_dir, monkeypatch, backend):
     path = tiny_dir("llama")
     whole = fingerprint(path)["fingerprint"]

@@ -56,15 +56,17 @@ def test_fingerprint_reads_every_matrix_once(tiny_dir, monkeypatch):
     from gaugeport.core.checkpoint import ShardReader
 
     reads: list[str] = []
-    real = ShardReader.read
 
-    def counting(self, name, **kw):
-        t = real(self, name, **kw)
-        if t.ndim >= 2:
-            reads.append(name)
-        return t
+    def counted(real):
+        def counting(self, name, **kw):
+            t = real(self, name, **kw)
+            if t.ndim >= 2:
+                reads.append(name)
+            return t
+        return counting
 
-    monkeypatch.setattr(ShardReader, "read", counting)
+    monkeypatch.setattr(ShardReader, "read", counted(ShardReader.read))  # read whole into a buffer
+    monkeypatch.setattr(ShardReader, "map", counted(ShardReader.map))  # the file's pages mapped (none fall back here)
     fingerprint(path)
     ckpt = Checkpoint.open(path)
     assert sorted(reads) == sorted(n for n in ckpt.names if ckpt.tensor(n).ndim >= 2)

@@ -288,6 +288,24 @@ class ShardReader:
         t = buf.view(dtype).reshape(shape) if end > begin else torch.empty(shape, dtype=dtype)
         return check_finite(name, t, self.ckpt.path)
 
+    def map(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` as a private mapping of the file's pages (populated at once: one sequential read
+        when they are not cached, no copy when they are), checked finite. No memory is allocated for it,
+        so no page is touched for the first time; the mapping goes when the tensor does. Dtypes torch
+        cannot view fall back to :meth:`read`."""
+        import mmap
+
+        dtype_name, shape, begin, end = self.entries[name]
+        if dtype_name.upper() not in _name_to_dtype() or end == begin or not hasattr(mmap, "MAP_POPULATE"):
+            return self.read(name)
+        start = self.base + begin
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        area = mmap.mmap(self.fd, start - aligned + end - begin, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=aligned)
+        data = np.frombuffer(area, dtype=np.uint8, count=end - begin, offset=start - aligned)
+        t = torch.from_numpy(data).view(dtype_from_name(dtype_name)).reshape(shape)
+        return check_finite(name, t, self.ckpt.path)
+
     def close(self) -> None:
         import os
 

@@ -489,9 +489,11 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
 
 class _Reads:
     """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite; ``into(name,
-    slot)`` reads into a buffer kept for ``slot`` and reused (grown when too small), so a layer's tensors
-    do not fault in fresh pages for every layer. A tensor read into a slot is valid until that slot's
-    next read."""
+    slot)``, the pass's reads of whole tensors: the file's pages mapped (``mapped``, the default: nothing
+    allocated, nothing copied; :meth:`ShardReader.map`), or read into a buffer kept for ``slot`` and reused
+    (grown when too small). A tensor read into a slot is valid until that slot's next read."""
+
+    mapped = True  # tests set it False to check that both ways give the same bytes
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
@@ -510,6 +512,8 @@ class _Reads:
         return self._reader(name).read(name)
 
     def into(self, name: str, slot: Any) -> torch.Tensor:
+        if self.mapped:  # the file's pages themselves (ShardReader.map): no buffer to allocate or fill
+            return self._reader(name).map(name)
         reader = self._reader(name)
         n = reader.nbytes(name)
         buf = self.bufs.get(slot)
