@@ -112,12 +112,20 @@ def _cached(path: Path, build: Callable[[], torch.nn.Module]) -> Path:
     return _save(build(), path)
 
 
+def tiny_base(root: Path) -> Path:
+    """The tiny set's base model (built once under ``root``; also the SmolLM2 set's smallest negative)."""
+    from gaugeport.study.provenance_runs import TinyRun, trained
+
+    run = TinyRun(d_model=64, d_ff=128, n_layers=3, n_heads=4, n_kv_heads=2)
+    return _cached(root / "base", lambda: trained(0, TINY_STEPS, run))
+
+
 def tiny_pairs(root: Path) -> list[dict[str, Any]]:
     from gaugeport.core.verify import load_model
     from gaugeport.study.provenance_runs import TinyRun, finetuned, healed, trained
 
     run = TinyRun(d_model=64, d_ff=128, n_layers=3, n_heads=4, n_kv_heads=2)
-    base_p = _cached(root / "base", lambda: trained(0, TINY_STEPS, run))
+    base_p = tiny_base(root)
     inds = {
         "ind_same_shape": (1, run),
         "ind_d48": (2, TinyRun(d_model=48, d_ff=96, n_layers=3, n_heads=4, n_kv_heads=2)),
@@ -910,8 +918,6 @@ def main(argv: list[str] | None = None) -> int:
         for kind, (lab, p) in real_derivations(args.workdir / "real", kinds, train_steps_, args.train_cap_s).items():
             print(f"{kind}: {lab} -> {p}")
         return 0
-    _log("building tiny pairs")
-    pairs = tiny_pairs(args.workdir / "tiny")
     real_kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
     variants = tuple(k.strip() for k in args.variants.split(",") if k.strip())
     sets = ("tiny",) if args.quick else tuple(x.strip() for x in args.sets.split(",") if x.strip())
@@ -919,12 +925,16 @@ def main(argv: list[str] | None = None) -> int:
         [x for x in sets if x not in ("tiny", "minilm", "smollm2")]
     if bad:
         ap.error(f"unknown --real-kinds / --variants / --sets {bad}")
+    pairs = []
+    if "tiny" in sets:
+        _log("building tiny pairs")
+        pairs += tiny_pairs(args.workdir / "tiny")
     if "minilm" in sets:
         _log("building MiniLM pairs (all-MiniLM-L6-v2 and its int8 ONNX export)")
         pairs += minilm_pairs(args.workdir / "minilm")
     if "smollm2" in sets:
         _log("building real pairs (SmolLM2-135M)")
-        pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", real_kinds, variants,
+        pairs += real_pairs(args.workdir / "real", tiny_base(args.workdir / "tiny"), real_kinds, variants,
                             train_steps_, args.train_cap_s)
     if args.only is not None:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
