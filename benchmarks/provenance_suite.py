@@ -755,10 +755,11 @@ def _rss_cell(r: dict[str, Any]) -> str:
 
 
 def recipes_table(rows: list[dict[str, Any]]) -> str:
-    """The training runs behind the rows (one line per derivation that recorded ``steps``): steps, tokens,
-    seconds, learning rate, training loss (first step, mean of the last 10) and held-out loss before and after."""
-    lines = ["| derivation | steps | tokens | seconds | lr | training loss, first -> last 10 | held-out loss "
-             "(tokens), before -> after |", "|---|---|---|---|---|---|---|"]
+    """The training runs behind the rows (one line per derivation that recorded ``steps``): steps (and the steps
+    planned, when the safety cap stopped the run), tokens, seconds (and per step, when recorded), learning rate,
+    training loss (first step, mean of the last 10) and held-out loss before and after."""
+    lines = ["| derivation | steps | tokens | seconds (per step) | lr | training loss, first -> last 10 "
+             "| held-out loss (tokens), before -> after |", "|---|---|---|---|---|---|---|"]
     seen = set()
     for r in rows:
         d = r.get("derivation") or {}
@@ -768,7 +769,10 @@ def recipes_table(rows: list[dict[str, Any]]) -> str:
         seen.add(name)
         held = "-" if d.get("heldout_loss_before") is None else \
             f"{d['heldout_loss_before']:.3f} -> {d['heldout_loss_after']:.3f} ({d['heldout_tokens']})"
-        lines.append(f"| {name} | {d['steps']} | {d['tokens']} | {d['seconds']:.0f} | {d['lr']:g} | "
+        steps = f"{d['steps']}" if d.get("stopped_by", "steps") == "steps" else \
+            f"{d['steps']} of {d['steps_planned']} (stopped by the {d['cap_s']:.0f} s cap)"
+        secs = f"{d['seconds']:.0f}" + (f" ({d['seconds_per_step']:.1f})" if "seconds_per_step" in d else "")
+        lines.append(f"| {name} | {steps} | {d['tokens']} | {secs} | {d['lr']:g} | "
                      f"{d['loss_first']:.3f} -> {d['loss_last_10']:.3f} | {held} |")
     return "\n".join(lines)
 

@@ -160,6 +160,15 @@ def test_the_recipes_table_lists_each_training_run_once_with_its_losses():
                      "2.900 -> 2.700 (1024) |"]
 
 
+def test_the_recipes_table_says_when_the_safety_cap_stopped_a_run_and_its_seconds_per_step():
+    recipe = {"steps": 40, "steps_planned": 150, "stopped_by": "wall-clock cap", "cap_s": 2400.0, "tokens": 10240,
+              "seconds": 2401.0, "seconds_per_step": 60.025, "lr": 5e-5, "loss_first": 3.0, "loss_last_10": 2.5,
+              "heldout_tokens": 1024, "heldout_loss_before": 2.9, "heldout_loss_after": 2.7}
+    line = S.recipes_table([_row("SmolLM2 fine-tune 40 steps", 1.0, derivation=recipe)]).splitlines()[2]
+    assert line.startswith("| SmolLM2 fine-tune 40 steps | 40 of 150 (stopped by the 2400 s cap) | 10240 | "
+                           "2401 (60.0) |")
+
+
 def test_a_pair_under_the_lock_is_timed_from_when_it_holds_the_lock(monkeypatch, tmp_path):
     seen = {}
 
