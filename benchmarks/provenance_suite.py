@@ -20,16 +20,20 @@ Pairs (A = claimed origin, B = suspect), every one labelled by how B was made:
   and disguised (untie the tied head, fold every norm gain, rotate the residual stream by a Haar-random
   orthogonal matrix; logits checked against the undisguised model): a fine-tune on real English text (the
   Python documentation's topic pages, ``pydoc_data``) and continued pretraining on real code (Python's
-  standard-library sources), each for as many fused-AdamW steps of 2 x 128 tokens as fit a wall-clock budget
-  (``FT_BUDGET_S``, ``CPT_BUDGET_S``: two shared cores; the steps run are in the row's name, and the row's
-  ``derivation`` records tokens, seconds, training loss and the loss on 8 held-out windows before and after);
+  standard-library sources), each a fixed number of fused-AdamW steps of 2 x 128 tokens (``TRAIN_STEPS``, or
+  ``--train-steps finetune=N,cpt=N,minitron_heal=N,moe=N``; ``--train-cap-s`` is a wall-clock safety cap only,
+  and a run it stops says so: ``stopped_by``). The steps run are in the row's name, and the row's
+  ``derivation`` records them with tokens, seconds per step, training loss and the loss on 8 held-out windows
+  before and after; a trained checkpoint is cached under a name carrying its step count.
   Minitron-style MLP width pruning (1152 of 1536 units per block by activation importance: mean
-  ``|act(gate) * up|`` on 4096 calibration tokens), and the same followed by a healing run (``HEAL_BUDGET_S``);
+  ``|act(gate) * up|`` on 4096 calibration tokens), and the same followed by a healing run;
   depth pruning (6 of 30 blocks); residual width pruning (504 of 576 coordinates: transformers wants a multiple
   of the 9 heads); 256 tokens appended; a GGUF Q4_0 re-quantization round trip (every matrix quantized by
   gguf-py's reference quantizer into a GGUF file, read back and dequantized); a sparse MoE upcycle (kind
-  ``moe``: 2 experts, each a copy of the dense MLP, top-2, fresh router, then a short run, ``MOE_BUDGET_S``;
-  plain only). Negatives: the architecture freshly initialised and the tiny base.
+  ``moe``: 2 experts, each a copy of the dense MLP, top-2, fresh router, then a short run;
+  plain only: the full gauge does not cover experts). ``--build-only`` builds (or finds) the derivations of
+  ``--real-kinds`` and stops, so the training runs can go under a memory lock of their own.
+  Negatives: the architecture freshly initialised and the tiny base.
 
 Every pair runs in its own Python process (``--lock PATH``: under ``flock PATH``, one pair at a time on a
 shared machine), so its peak RSS is its own; ``--budget-min`` stops starting pairs after that many minutes
@@ -38,7 +42,9 @@ derivation plain, then gauged, then disguised); finished rows are kept in ``<out
 rerun resumes from them. ``--carry-from OLD --only-missing`` runs only the pairs ``OLD`` has no row for and
 merges: ``OLD``'s rows keep their order and measurements (each names the run that measured it, ``run``, an
 entry of the JSON's ``runs``), new rows follow, z and the summary are recomputed over the merged rows.
-``--render JSON`` prints the docs tables of a written JSON.
+``--drop 'L1;L2'`` leaves out
+``OLD``'s rows of lineages this run supersedes under another name (a training run of another length): they are
+neither carried nor listed as not run. ``--render JSON`` prints the docs tables of a written JSON.
 
 Per pair: gaugeport's verdict, log10 p, graded effect (``lineage``'s: the suite's ranking score for
 gaugeport), seconds; the anchors' scores (``benchmarks/anchors``: AWM, Zhu et al.'s constrained test and
@@ -106,12 +112,20 @@ def _cached(path: Path, build: Callable[[], torch.nn.Module]) -> Path:
     return _save(build(), path)
 
 
+def tiny_base(root: Path) -> Path:
+    """The tiny set's base model (built once under ``root``; also the SmolLM2 set's smallest negative)."""
+    from gaugeport.study.provenance_runs import TinyRun, trained
+
+    run = TinyRun(d_model=64, d_ff=128, n_layers=3, n_heads=4, n_kv_heads=2)
+    return _cached(root / "base", lambda: trained(0, TINY_STEPS, run))
+
+
 def tiny_pairs(root: Path) -> list[dict[str, Any]]:
     from gaugeport.core.verify import load_model
     from gaugeport.study.provenance_runs import TinyRun, finetuned, healed, trained
 
     run = TinyRun(d_model=64, d_ff=128, n_layers=3, n_heads=4, n_kv_heads=2)
-    base_p = _cached(root / "base", lambda: trained(0, TINY_STEPS, run))
+    base_p = tiny_base(root)
     inds = {
         "ind_same_shape": (1, run),
         "ind_d48": (2, TinyRun(d_model=48, d_ff=96, n_layers=3, n_heads=4, n_kv_heads=2)),
@@ -163,13 +177,12 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- real derivations (SmolLM2-135M)
-FT_BUDGET_S = 600.0  # wall-clock budget of each training run (the steps that fit are recorded; one 8 x 128-token
-CPT_BUDGET_S = 600.0  # AdamW step took about 150 s under a load average of 11, hence 2 x 128)
-HEAL_BUDGET_S = 540.0
-MOE_BUDGET_S = 300.0
+# Training runs are step-driven (issue 20: "a few hundred steps"), so a row's derivation does not depend on the
+# machine's load; TRAIN_CAP_S is only a safety cap (a run it stops records stopped_by "wall-clock cap").
+TRAIN_STEPS = {"finetune": 300, "cpt": 300, "minitron_heal": 200, "moe": 100}
+TRAIN_CAP_S = 2400.0
 MOE_EXPERTS = 2  # top-2 of 2: the upcycle starts as the dense model's function; 4 experts would not fit AdamW in 6 GB
 TRAIN_BATCH = 2
-MAX_STEPS = 400
 
 
 def real_text(kind: str) -> str:
@@ -203,15 +216,18 @@ def heldout_loss(model: torch.nn.Module, ids: torch.Tensor, windows: torch.Tenso
     return sum(losses) / len(windows)
 
 
-def train_budget(model: torch.nn.Module, ids: torch.Tensor, *, budget_s: float, max_steps: int, lr: float,
-                 seq: int = 128, bs: int = TRAIN_BATCH, seed: int = 0,
-                 eval_windows: int = 8, copy: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A copy of ``model`` trained with AdamW on consecutive windows of ``ids`` (a shuffled order, seeded) until
-    ``budget_s`` seconds or ``max_steps`` steps; returns it and what ran (steps, tokens, first / last training
-    loss, and the loss on the last ``eval_windows`` windows of ``ids``, held out of training, before and after).
+def train_steps(model: torch.nn.Module, ids: torch.Tensor, *, steps: int, lr: float, cap_s: float = TRAIN_CAP_S,
+                seq: int = 128, bs: int = TRAIN_BATCH, seed: int = 0,
+                eval_windows: int = 8, copy: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A copy of ``model`` trained with AdamW for ``steps`` steps on consecutive windows of ``ids`` (a shuffled
+    order, seeded); ``cap_s`` seconds is a safety cap only (a run it stops early says so: ``stopped_by``).
+    Returns the model and what ran (steps planned and run, tokens, seconds per step, first / last training loss,
+    and the loss on the last ``eval_windows`` windows of ``ids``, held out of training, before and after).
     ``copy=False`` trains ``model`` itself (no second copy in memory)."""
     import copy as _copy
 
+    if steps < 1:
+        raise ValueError(f"steps={steps}: a training run needs at least one step (pass a positive step count)")
     m = _copy.deepcopy(model) if copy else model
     n_win = (ids.numel() - 1) // seq - eval_windows
     if n_win < 1:
@@ -223,7 +239,7 @@ def train_budget(model: torch.nn.Module, ids: torch.Tensor, *, budget_s: float, 
     opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0, fused=True)  # fused: ~3x faster on CPU
     order = torch.randperm(n_win, generator=torch.Generator().manual_seed(seed))
     t0, losses, step = time.perf_counter(), [], 0
-    while step < max_steps and time.perf_counter() - t0 < budget_s:
+    while step < steps and time.perf_counter() - t0 < cap_s:
         idx = order[(step * bs + torch.arange(bs)) % n_win]
         batch = torch.stack([ids[i * seq:(i + 1) * seq] for i in idx.tolist()])
         loss = m(input_ids=batch, labels=batch).loss
@@ -233,10 +249,12 @@ def train_budget(model: torch.nn.Module, ids: torch.Tensor, *, budget_s: float, 
         losses.append(float(loss.detach()))
         step += 1
         if step % 10 == 0:
-            _log(f"  step {step}: loss {np.mean(losses[-10:]):.3f}, {time.perf_counter() - t0:.0f} s")
+            _log(f"  step {step}/{steps}: loss {np.mean(losses[-10:]):.3f}, {time.perf_counter() - t0:.0f} s")
     seconds = time.perf_counter() - t0
     m.eval()
-    info = {"steps": step, "tokens": step * bs * seq, "batch": bs, "seq": seq, "seconds": seconds, "lr": lr,
+    info = {"steps": step, "steps_planned": steps, "stopped_by": "steps" if step == steps else "wall-clock cap",
+            "cap_s": cap_s, "tokens": step * bs * seq, "batch": bs, "seq": seq, "seconds": seconds,
+            "seconds_per_step": seconds / max(step, 1), "lr": lr,
             "optimizer": "AdamW (fused), weight decay 0, constant lr",
             "loss_first": losses[0] if losses else None,
             "loss_last_10": float(np.mean(losses[-10:])) if losses else None,
@@ -376,11 +394,15 @@ def _trained_cached(path: Path, build: Callable[[], tuple[torch.nn.Module, dict[
     return path
 
 
-def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str, Path]]:
-    """Build (or reuse from ``root``) the SmolLM2 derivations: kind -> (label, checkpoint)."""
+def real_derivations(root: Path, kinds: tuple[str, ...], steps: dict[str, int] | None = None,
+                     cap_s: float = TRAIN_CAP_S) -> dict[str, tuple[str, Path]]:
+    """Build (or reuse from ``root``) the SmolLM2 derivations: kind -> (label, checkpoint). A trained kind runs
+    ``steps[kind]`` steps (default :data:`TRAIN_STEPS`) and is cached under a name carrying that count, so a
+    rerun with other counts builds its own checkpoints."""
     from gaugeport.core.verify import load_model
     from gaugeport.models.real import smollm2_checkpoint
 
+    steps = {**TRAIN_STEPS, **(steps or {})}
     src = smollm2_checkpoint()
     model = load_model(src)
     L = int(model.config.num_hidden_layers)
@@ -397,23 +419,24 @@ def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str,
                 "gguf": "GGUF Q4_0 re-quantization round trip",
                 "moe": f"MoE upcycle x{MOE_EXPERTS} (top-2) + {i.get('steps')} steps (Python docs)"}[kind]
 
+    def train(n: int, data: torch.Tensor, lr: float, seed: int, start: torch.nn.Module,
+              **kw: Any) -> Callable[[], tuple[torch.nn.Module, dict[str, Any]]]:
+        return lambda: train_steps(start, data, steps=n, lr=lr, seed=seed, cap_s=cap_s, **kw)
+
     for kind in kinds:
         _log(f"SmolLM2 derivation: {kind}")
-        p = root / f"smol_{kind}"
+        n = steps.get(kind)
+        p = root / (f"smol_{kind}_{n}steps" if kind in TRAIN_STEPS else f"smol_{kind}")
         if kind == "finetune":
-            _trained_cached(p, lambda: train_budget(model, docs, budget_s=FT_BUDGET_S, max_steps=MAX_STEPS,
-                                                    lr=5e-5, seed=5))
+            _trained_cached(p, train(n, docs, 5e-5, 5, model))
         elif kind == "cpt":
-            code = _tokens(src, real_text("code"))
-            _trained_cached(p, lambda code=code: train_budget(model, code, budget_s=CPT_BUDGET_S,
-                                                              max_steps=MAX_STEPS, lr=2e-4, seed=6))
+            _trained_cached(p, train(n, _tokens(src, real_text("code")), 2e-4, 6, model))
         elif kind == "minitron":
             _trained_cached(p, lambda: (D.prune_mlp(model, 1152, activation_importance(model, docs)),
                                         {"importance": "mean |act(gate) * up| over 4096 Python-docs tokens"}))
         elif kind == "minitron_heal":
             pruned = load_model(real_derivations(root, ("minitron",))["minitron"][1])
-            _trained_cached(p, lambda pruned=pruned: train_budget(pruned, docs, budget_s=HEAL_BUDGET_S,
-                                                                  max_steps=MAX_STEPS, lr=1e-4, seed=7))
+            _trained_cached(p, train(n, docs, 1e-4, 7, pruned, copy=False))
         elif kind == "depth":
             _cached(p, lambda: D.drop_blocks(model, list(range(4, L, 5))))
         elif kind == "residual":
@@ -423,10 +446,9 @@ def real_derivations(root: Path, kinds: tuple[str, ...]) -> dict[str, tuple[str,
         elif kind == "gguf":
             gguf_round_trip(src, p)
         elif kind == "moe":  # sparse upcycling: experts are copies of the dense MLP, a fresh router, then a short run
-            def upcycled() -> tuple[torch.nn.Module, dict[str, Any]]:
+            def upcycled(n: int = n) -> tuple[torch.nn.Module, dict[str, Any]]:
                 up = D.upcycle_to_mixtral(model, MOE_EXPERTS, top_k=2)
-                trained, info = train_budget(up, docs, budget_s=MOE_BUDGET_S, max_steps=MAX_STEPS, lr=5e-5, seed=8,
-                                             copy=False)
+                trained, info = train_steps(up, docs, steps=n, lr=5e-5, seed=8, cap_s=cap_s, copy=False)
                 return trained, {**info, "upcycle": f"{MOE_EXPERTS} experts, top-2, each a copy of the dense MLP, "
                                  "fresh router"}
             _trained_cached(p, upcycled)
@@ -438,7 +460,8 @@ VARIANT_ORDER = ("finetune", "minitron", "depth", "gguf", "cpt", "minitron_heal"
 
 
 def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
-               variants: tuple[str, ...] = VARIANTS) -> list[dict[str, Any]]:
+               variants: tuple[str, ...] = VARIANTS, steps: dict[str, int] | None = None,
+               cap_s: float = TRAIN_CAP_S) -> list[dict[str, Any]]:
     """SmolLM2 pairs in priority order, so a run cut short by its time budget keeps the most basic rows:
     the negatives, every derivation plain, then the gauged and disguised copies (``VARIANT_ORDER``: a
     same-shape and a shape-changing derivation first). Gauged and disguised checkpoints are built lazily
@@ -458,7 +481,7 @@ def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
     pairs = [{"set": "real", "a": src, "b": _cached(root / "smol_fresh_init", fresh), "label": 0,
               "lineage": "SmolLM2 vs its architecture freshly initialised"},
              {"set": "real", "a": src, "b": tiny_base, "label": 0, "lineage": "SmolLM2 vs tiny base (d=64)"}]
-    built = real_derivations(root, kinds)
+    built = real_derivations(root, kinds, steps, cap_s)
     if "plain" in variants:
         pairs += [{"set": "real", "a": src, "b": p, "label": 1, "lineage": f"SmolLM2 {lab}", **_recipe(p)}
                   for lab, p in built.values()]
@@ -732,10 +755,11 @@ def _rss_cell(r: dict[str, Any]) -> str:
 
 
 def recipes_table(rows: list[dict[str, Any]]) -> str:
-    """The training runs behind the rows (one line per derivation that recorded ``steps``): steps, tokens,
-    seconds, learning rate, training loss (first step, mean of the last 10) and held-out loss before and after."""
-    lines = ["| derivation | steps | tokens | seconds | lr | training loss, first -> last 10 | held-out loss "
-             "(tokens), before -> after |", "|---|---|---|---|---|---|---|"]
+    """The training runs behind the rows (one line per derivation that recorded ``steps``): steps (and the steps
+    planned, when the safety cap stopped the run), tokens, seconds (and per step, when recorded), learning rate,
+    training loss (first step, mean of the last 10) and held-out loss before and after."""
+    lines = ["| derivation | steps | tokens | seconds (per step) | lr | training loss, first -> last 10 "
+             "| held-out loss (tokens), before -> after |", "|---|---|---|---|---|---|---|"]
     seen = set()
     for r in rows:
         d = r.get("derivation") or {}
@@ -745,7 +769,10 @@ def recipes_table(rows: list[dict[str, Any]]) -> str:
         seen.add(name)
         held = "-" if d.get("heldout_loss_before") is None else \
             f"{d['heldout_loss_before']:.3f} -> {d['heldout_loss_after']:.3f} ({d['heldout_tokens']})"
-        lines.append(f"| {name} | {d['steps']} | {d['tokens']} | {d['seconds']:.0f} | {d['lr']:g} | "
+        steps = f"{d['steps']}" if d.get("stopped_by", "steps") == "steps" else \
+            f"{d['steps']} of {d['steps_planned']} (stopped by the {d['cap_s']:.0f} s cap)"
+        secs = f"{d['seconds']:.0f}" + (f" ({d['seconds_per_step']:.1f})" if "seconds_per_step" in d else "")
+        lines.append(f"| {name} | {steps} | {d['tokens']} | {secs} | {d['lr']:g} | "
                      f"{d['loss_first']:.3f} -> {d['loss_last_10']:.3f} | {held} |")
     return "\n".join(lines)
 
@@ -808,6 +835,33 @@ def merge_rows(prev_rows: list[dict[str, Any]], rows: list[dict[str, Any]],
     return out + [r for r in rows if (r["set"], r["lineage"]) in mine]
 
 
+def parse_train_steps(text: str, error: Callable[[str], Any]) -> dict[str, int]:
+    """``kind=steps`` comma list -> {kind: steps} over :data:`TRAIN_STEPS` (kinds not named keep their default);
+    an unknown kind or a count that is not a positive integer goes to ``error`` (argparse's: exits)."""
+    out = dict(TRAIN_STEPS)
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        kind, _, n = item.partition("=")
+        if kind.strip() not in TRAIN_STEPS or not n.strip().isdigit() or int(n) < 1:
+            error(f"--train-steps {item!r}: expected kind=steps, a positive integer, kind one of "
+                  f"{', '.join(TRAIN_STEPS)}")
+            continue
+        out[kind.strip()] = int(n)
+    return out
+
+
+def drop_lineages(prev: dict[str, Any], drop: set[str]) -> dict[str, Any]:
+    """An earlier run's document without the rows (and not-run entries) of ``drop``'s lineages, which a later run
+    supersedes under other names; they are listed under ``dropped``. A lineage it does not hold is an error."""
+    have = {r["lineage"] for r in prev["pairs"]} | set(prev.get("not_run", []))
+    unknown = sorted(drop - have)
+    if unknown:
+        raise ValueError(f"--drop names lineages the earlier run does not have: {unknown}; copy them from its "
+                         "pairs or not_run")
+    return {**prev, "pairs": [r for r in prev["pairs"] if r["lineage"] not in drop],
+            "not_run": [x for x in prev.get("not_run", []) if x not in drop],
+            "dropped": sorted(drop)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny pairs only (--sets tiny)")
@@ -820,6 +874,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="SmolLM2 derivations (comma list of " + ", ".join(REAL_KINDS) + ")")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help="SmolLM2 variants of each derivation (comma list of " + ", ".join(VARIANTS) + ")")
+    ap.add_argument("--train-steps", default=",".join(f"{k}={v}" for k, v in TRAIN_STEPS.items()),
+                    help="steps of each SmolLM2 training run (comma list of kind=steps; kinds: "
+                    + ", ".join(TRAIN_STEPS) + ")")
+    ap.add_argument("--train-cap-s", type=float, default=TRAIN_CAP_S,
+                    help="safety cap in seconds of each training run (a run it stops says so in its derivation)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build (or find cached) the SmolLM2 derivations of --real-kinds in --workdir, then stop")
     ap.add_argument("--lock", type=Path, default=None,
                     help="run each pair under `flock LOCK` (a shared machine: one memory-heavy job at a time)")
     ap.add_argument("--budget-min", type=float, default=None,
@@ -835,6 +896,9 @@ def main(argv: list[str] | None = None) -> int:
                     "the output keeps the earlier rows in their order, this run's new rows after them")
     ap.add_argument("--redo", default="",
                     help="with --only-missing: ';'-separated lineages to measure again (the earlier run has them)")
+    ap.add_argument("--drop", default="",
+                    help="with --carry-from: ';'-separated lineages of the earlier run that this run supersedes under "
+                    "another name (e.g. a training run of other length): neither carried nor listed as not run")
     ap.add_argument("--render", type=Path, default=None,
                     help="print the tables of an existing suite JSON (no run)")
     ap.add_argument("--methods", default=",".join(METHODS), help=argparse.SUPPRESS)
@@ -852,8 +916,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_all, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.workdir.mkdir(parents=True, exist_ok=True)
-    _log("building tiny pairs")
-    pairs = tiny_pairs(args.workdir / "tiny")
+    train_steps_ = parse_train_steps(args.train_steps, ap.error)
+    if args.build_only:
+        kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
+        for kind, (lab, p) in real_derivations(args.workdir / "real", kinds, train_steps_, args.train_cap_s).items():
+            print(f"{kind}: {lab} -> {p}")
+        return 0
     real_kinds = tuple(k.strip() for k in args.real_kinds.split(",") if k.strip())
     variants = tuple(k.strip() for k in args.variants.split(",") if k.strip())
     sets = ("tiny",) if args.quick else tuple(x.strip() for x in args.sets.split(",") if x.strip())
@@ -861,12 +929,17 @@ def main(argv: list[str] | None = None) -> int:
         [x for x in sets if x not in ("tiny", "minilm", "smollm2")]
     if bad:
         ap.error(f"unknown --real-kinds / --variants / --sets {bad}")
+    pairs = []
+    if "tiny" in sets:
+        _log("building tiny pairs")
+        pairs += tiny_pairs(args.workdir / "tiny")
     if "minilm" in sets:
         _log("building MiniLM pairs (all-MiniLM-L6-v2 and its int8 ONNX export)")
         pairs += minilm_pairs(args.workdir / "minilm")
     if "smollm2" in sets:
         _log("building real pairs (SmolLM2-135M)")
-        pairs += real_pairs(args.workdir / "real", args.workdir / "tiny" / "base", real_kinds, variants)
+        pairs += real_pairs(args.workdir / "real", tiny_base(args.workdir / "tiny"), real_kinds, variants,
+                            train_steps_, args.train_cap_s)
     if args.only is not None:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
         pairs = [p for p in pairs if any(k in p["lineage"] for k in keys)]
@@ -883,7 +956,8 @@ def main(argv: list[str] | None = None) -> int:
                 done[row["a"], row["b"], row["lineage"]] = row
     carried, prev = {}, None
     if args.carry_from is not None:  # rows of an earlier committed run, for pairs this run did not reach
-        prev = json.loads(args.carry_from.read_text())
+        prev = drop_lineages(json.loads(args.carry_from.read_text()),
+                             {x.strip() for x in args.drop.split(";") if x.strip()})
         carried = {(r["set"], r["lineage"]): r for r in prev["pairs"]}
     elif args.only_missing:
         ap.error("--only-missing needs --carry-from (the earlier run whose rows are kept)")
@@ -937,15 +1011,14 @@ def main(argv: list[str] | None = None) -> int:
     runs.append({"started_utc": started, "seconds_total": time.perf_counter() - t_all, "sets": list(sets),
                  "real_kinds": None if args.quick else list(real_kinds),
                  "variants": None if args.quick else list(variants),
-                 "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S,
-                               "heal": HEAL_BUDGET_S, "moe": MOE_BUDGET_S},
+                 "train_steps": train_steps_, "train_cap_s": args.train_cap_s,
+                 "dropped": prev.get("dropped", []) if prev is not None else [],
                  "pairs_measured": sum(r.get("run") == this_run for r in rows),
                  "pairs_from_resume_file": resumed,  # measured earlier in this run's <out>.partial.jsonl
                  "pair_wall_seconds": sum(float(r.get("wall_seconds") or 0) for r in rows if r.get("run") == this_run)})
     doc = {"benchmark": "provenance_suite", "quick": args.quick, "sets": list(sets), "threads": args.threads,
            "real_kinds": None if args.quick else list(real_kinds), "variants": None if args.quick else list(variants),
-           "budgets_s": {"fine_tune": FT_BUDGET_S, "continued_pretraining": CPT_BUDGET_S, "heal": HEAL_BUDGET_S,
-                         "moe": MOE_BUDGET_S},
+           "train_steps": train_steps_, "train_cap_s": args.train_cap_s,
            "seconds_total": time.perf_counter() - t_all, "runs": runs,
            "note": "wall-clock seconds on a shared 2-core machine; each pair ran in its own process (peak_rss_mb: "
                    "that process's VmHWM); z: (score - mean of negatives) / sd of negatives; run: the entry of "

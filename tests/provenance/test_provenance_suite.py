@@ -1,5 +1,5 @@
 """The provenance suite's own bookkeeping (benchmarks/provenance_suite.py): merging a run into an earlier
-run's rows, the per-method summary table, and the budgeted training run behind its real derivations."""
+run's rows, the per-method summary table, and the step-driven training run behind its real derivations."""
 
 from __future__ import annotations
 
@@ -82,14 +82,14 @@ class _Recorder(torch.nn.Module):
         return type("Out", (), {"loss": loss})()
 
 
-def test_the_budgeted_training_run_never_trains_on_its_held_out_windows_and_scores_them_before_and_after():
+def test_the_training_run_never_trains_on_its_held_out_windows_and_scores_them_before_and_after():
     torch.manual_seed(0)
     seq, n_win, held = 8, 40, 4
     ids = torch.arange(n_win * seq + 1) % 7  # a periodic text: learnable
     ids[-held * seq - 1:] += 20  # the held-out windows carry their own tokens (20..26)
     start = _Recorder()
     _Recorder.seen.clear()
-    model, info = S.train_budget(start, ids, budget_s=60, max_steps=30, lr=3e-2, seq=seq, bs=2, eval_windows=held)
+    model, info = S.train_steps(start, ids, steps=30, lr=3e-2, seq=seq, bs=2, eval_windows=held)
     assert info["steps"] == 30 and info["tokens"] == 30 * 2 * seq and info["heldout_tokens"] == held * seq
     assert len(_Recorder.seen) == 30 and all(int(b.max()) < 20 for b in _Recorder.seen)
     assert info["loss_last_10"] < 0.5 * info["loss_first"]
@@ -98,8 +98,55 @@ def test_the_budgeted_training_run_never_trains_on_its_held_out_windows_and_scor
     assert info["heldout_loss_after"] == pytest.approx(S.heldout_loss(model, ids, windows, seq))
     assert info["heldout_loss_after"] != pytest.approx(info["heldout_loss_before"])
     assert model is not start
-    same, _ = S.train_budget(start, ids, budget_s=60, max_steps=1, lr=1e-3, seq=seq, bs=2, copy=False)
+    same, _ = S.train_steps(start, ids, steps=1, lr=1e-3, seq=seq, bs=2, copy=False)
     assert same is start  # copy=False trains the model itself (one copy in memory)
+
+
+def _periodic(n_win: int = 20, seq: int = 8) -> torch.Tensor:
+    return torch.arange(n_win * seq + 1) % 7
+
+
+def test_a_training_run_runs_exactly_the_steps_asked_for_and_says_the_steps_stopped_it():
+    _, info = S.train_steps(_Recorder(), _periodic(), steps=7, lr=1e-3, seq=8, bs=2, eval_windows=2)
+    assert (info["steps"], info["steps_planned"], info["stopped_by"]) == (7, 7, "steps")
+    assert info["tokens"] == 7 * 2 * 8
+    assert info["seconds_per_step"] == pytest.approx(info["seconds"] / 7)
+
+
+def test_a_training_run_the_safety_cap_stops_records_how_far_it_got():
+    _, info = S.train_steps(_Recorder(), _periodic(), steps=50, lr=1e-3, seq=8, bs=2, cap_s=0.0, eval_windows=2)
+    assert (info["steps"], info["steps_planned"], info["stopped_by"]) == (0, 50, "wall-clock cap")
+    assert info["cap_s"] == 0.0 and info["tokens"] == 0 and info["loss_first"] is None
+
+
+def test_a_training_run_of_no_steps_is_refused():
+    with pytest.raises(ValueError, match="at least one step"):
+        S.train_steps(_Recorder(), _periodic(), steps=0, lr=1e-3, seq=8, bs=2)
+
+
+def test_train_steps_option_overrides_the_named_kinds_and_keeps_the_defaults_of_the_rest():
+    got = S.parse_train_steps("finetune=120, moe=40", pytest.fail)
+    assert got == {**S.TRAIN_STEPS, "finetune": 120, "moe": 40}
+
+
+@pytest.mark.parametrize("bad", ["finetun=10", "cpt=0", "cpt=ten", "cpt"])
+def test_train_steps_option_refuses_an_unknown_kind_or_a_count_that_is_not_positive(bad):
+    errors = []
+    S.parse_train_steps(bad, errors.append)
+    assert errors and "kind=steps" in errors[0]
+
+
+def test_dropping_superseded_lineages_removes_their_rows_and_not_run_entries():
+    prev = {"pairs": [_row("ft 18 steps", 1.0), _row("depth", 2.0)], "not_run": ["cpt 18 steps + gauge", "x"]}
+    got = S.drop_lineages(prev, {"ft 18 steps", "cpt 18 steps + gauge"})
+    assert [r["lineage"] for r in got["pairs"]] == ["depth"] and got["not_run"] == ["x"]
+    assert got["dropped"] == ["cpt 18 steps + gauge", "ft 18 steps"]
+    assert len(prev["pairs"]) == 2  # the earlier document itself is untouched
+
+
+def test_dropping_a_lineage_the_earlier_run_does_not_have_is_an_error():
+    with pytest.raises(ValueError, match="does not have"):
+        S.drop_lineages({"pairs": [_row("depth", 2.0)]}, {"ft 18 step"})
 
 
 def test_the_recipes_table_lists_each_training_run_once_with_its_losses():
@@ -111,6 +158,15 @@ def test_the_recipes_table_lists_each_training_run_once_with_its_losses():
     lines = S.recipes_table(rows).splitlines()[2:]
     assert lines == ["| SmolLM2 fine-tune 50 steps | 50 | 12800 | 600 | 5e-05 | 3.000 -> 2.500 | "
                      "2.900 -> 2.700 (1024) |"]
+
+
+def test_the_recipes_table_says_when_the_safety_cap_stopped_a_run_and_its_seconds_per_step():
+    recipe = {"steps": 40, "steps_planned": 150, "stopped_by": "wall-clock cap", "cap_s": 2400.0, "tokens": 10240,
+              "seconds": 2401.0, "seconds_per_step": 60.025, "lr": 5e-5, "loss_first": 3.0, "loss_last_10": 2.5,
+              "heldout_tokens": 1024, "heldout_loss_before": 2.9, "heldout_loss_after": 2.7}
+    line = S.recipes_table([_row("SmolLM2 fine-tune 40 steps", 1.0, derivation=recipe)]).splitlines()[2]
+    assert line.startswith("| SmolLM2 fine-tune 40 steps | 40 of 150 (stopped by the 2400 s cap) | 10240 | "
+                           "2401 (60.0) |")
 
 
 def test_a_pair_under_the_lock_is_timed_from_when_it_holds_the_lock(monkeypatch, tmp_path):
