@@ -190,6 +190,25 @@ def test_a_mapped_tensor_is_checked_finite(tmp_path):
         reader.close()
 
 
+def test_a_shard_that_shrank_after_it_was_opened_is_an_error_not_a_crash(tmp_path):
+    from gaugeport.core.checkpoint import ShardReader
+    from gaugeport.core.errors import CheckpointError
+
+    tiny_model("llama").save_pretrained(tmp_path / "m")
+    ckpt = Checkpoint.open(tmp_path / "m")
+    shard = sorted(ckpt.shards)[0]
+    reader = ShardReader(ckpt, shard)
+    try:
+        last = max(reader.entries, key=lambda n: reader.entries[n][3])
+        size = (tmp_path / "m" / shard).stat().st_size
+        with open(tmp_path / "m" / shard, "r+b") as f:
+            f.truncate(size - 8)
+        with pytest.raises(CheckpointError, match="unexpected end of file"):
+            reader.map(last)
+    finally:
+        reader.close()
+
+
 def test_parts_of_a_tensor_larger_than_a_part_come_in_order(tiny_dir, monkeypatch, backend):
     path = tiny_dir("llama")
     whole = fingerprint(path)["fingerprint"]

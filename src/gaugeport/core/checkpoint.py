@@ -298,7 +298,12 @@ class ShardReader:
         dtype_name, shape, begin, end = self.entries[name]
         if dtype_name.upper() not in _name_to_dtype() or end == begin or not hasattr(mmap, "MAP_POPULATE"):
             return self.read(name)
+        import os
+
         start = self.base + begin
+        if os.fstat(self.fd).st_size < start + end - begin:  # a page past the end would kill the process (SIGBUS)
+            raise CheckpointError(f"cannot read tensor {name!r} from {self.file}: unexpected end of file",
+                                  hint="the file is truncated or corrupt (it shrank after it was opened)")
         aligned = start - start % mmap.ALLOCATIONGRANULARITY
         area = mmap.mmap(self.fd, start - aligned + end - begin, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE,
                          prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=aligned)

@@ -12,9 +12,10 @@ so the XOR is exactly ``x * -1``). Two implementations, the same result bit for 
   columns) and flipped with ``numpy.bitwise_xor`` while they are in cache;
 - a compiled loop (``numba``, the optional extra ``gaugeport[fast]``), used only when
   ``GAUGEPORT_GATHER=numba`` is set: one pass, each source row read from cache while its columns are
-  picked. On the 2-core machine measured (``docs/scale.md``) it gathered at 2.3-2.5 GB/s a core against
-  numpy's 2.8 when the machine was idle (1.5x numpy's rate only when it was loaded), and importing
-  numba and loading its cached kernel costs about 0.85 s per process, so it is not the default.
+  picked. On the 2-core machine measured (``docs/scale.md``) it gathered at 2.2-2.5 GB/s a core against
+  numpy's 1.5-2.8 when the machine was idle (the rates vary from run to run by more than their
+  difference; 1.5x numpy's rate once on a loaded machine), and importing numba and loading its cached
+  kernel costs about 0.85 s per process, so it is not the default.
 
 Outputs of at least :data:`SPLIT_BYTES` are cut into blocks of rows gathered on several threads at once.
 """
