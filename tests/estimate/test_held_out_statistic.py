@@ -120,3 +120,20 @@ def test_the_sampled_nearest_neighbour_match_is_not_lifted_by_its_input_rank_und
         plain.append(res["z_uncorrected"])
     assert sum(corrected) / np.sqrt(len(corrected)) < 3.1  # Stouffer over 8 null pairs: no false positive at 1e-3
     assert sum(plain) / np.sqrt(len(plain)) > 3.1  # the rank-1 match among its own runner-ups alone: lifted
+
+
+def test_the_sampled_statistic_has_unit_variance_when_every_score_is_exchangeable():
+    """Unrelated random units: the match's rank and the second candidate's are exchangeable, so the corrected z
+    (the rank difference over sqrt(n k^2 / 6)) has mean 0 and variance 1; a wrong divisor shows in the spread."""
+    zs = []
+    for seed in range(60):
+        rng = np.random.default_rng(1000 + seed)
+        a, b = UnitFeatures(), UnitFeatures()
+        for f in (a, b):
+            f.add("mlp", "abs", "in", unit_rows(rng.standard_normal((120, 24))))
+            f.add("mlp", "abs", "out", unit_rows(rng.standard_normal((120, 24))))
+        res = held_out_statistic(a, b, mlp_signs=False, sample=60, seed=seed)
+        assert res["second_candidate_reference"]
+        zs.append(res["z"])
+    assert abs(np.mean(zs)) < 0.45  # 60 draws: the mean's standard error is 0.13
+    assert 0.75 < np.std(zs, ddof=1) < 1.3  # the sd's standard error is ~0.09; /12 instead of /6 gives ~1.41
