@@ -533,17 +533,28 @@ def _n_units(f: UnitFeatures) -> int:
     return 0
 
 
+def _top_columns(s_in: np.ndarray, k: int, rows: np.ndarray, dead_b: np.ndarray | None,
+                 ordered: bool) -> np.ndarray:
+    """For each of ``rows``, the ``k`` best columns of ``s_in`` (``dead_b`` columns excluded), in decreasing
+    order when ``ordered``; in row chunks, so no ``n x n`` index array is made."""
+    out = []
+    for i in range(0, rows.size, 1024):
+        block = s_in[rows[i:i + 1024]].astype(np.float64)
+        if dead_b is not None and dead_b.any():
+            block[:, dead_b] = -np.inf
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        if ordered:
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable"),
+                                     axis=1)
+        out.append(top)
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
 def input_candidates(s_in: np.ndarray, cols: np.ndarray, k: int, rows: np.ndarray,
                      dead_b: np.ndarray | None = None) -> np.ndarray:
     """For each of ``rows``, its ``k`` best columns of ``s_in`` (B's units with constant features
     excluded), the matched column ``cols[row]`` always among them (it replaces the last when absent)."""
-    cand = []
-    for i in range(0, rows.size, 1024):  # row chunks: no n x n index array
-        block = s_in[rows[i:i + 1024]].astype(np.float64)
-        if dead_b is not None and dead_b.any():
-            block[:, dead_b] = -np.inf
-        cand.append(np.argpartition(-block, k - 1, axis=1)[:, :k])
-    out = np.concatenate(cand) if cand else np.zeros((0, k), dtype=np.int64)
+    out = _top_columns(s_in, k, rows, dead_b, ordered=False)
     matched = cols[rows]
     has = (out == matched[:, None]).any(axis=1)
     out[~has, -1] = matched[~has]
@@ -553,15 +564,7 @@ def input_candidates(s_in: np.ndarray, cols: np.ndarray, k: int, rows: np.ndarra
 def input_order(s_in: np.ndarray, k: int, rows: np.ndarray, dead_b: np.ndarray | None = None) -> np.ndarray:
     """For each of ``rows``, its ``k`` best columns of ``s_in`` in decreasing order (B's units with constant
     features excluded): column 0 is the row's nearest neighbour."""
-    out = []
-    for i in range(0, rows.size, 1024):  # row chunks: no n x n index array
-        block = s_in[rows[i:i + 1024]].astype(np.float64)
-        if dead_b is not None and dead_b.any():
-            block[:, dead_b] = -np.inf
-        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        out.append(np.take_along_axis(top, np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable"),
-                                      axis=1))
-    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+    return _top_columns(s_in, k, rows, dead_b, ordered=True)
 
 
 def mid_rank(scores: np.ndarray, own: np.ndarray, atol: float = 1e-12) -> np.ndarray:
