@@ -245,7 +245,7 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     if get is None:
         with _plain_reads(ckpt) as plain:
             return _canonical_pass(ckpt, plain, consume, prefix_ok=True)
-    into = get.into if isinstance(get, _Reads) else (lambda name, slot: get(name))
+    whole = get.mapped if isinstance(get, _Reads) else get  # the pass's reads of whole tensors
     spec = ckpt.spec
     hspec = get_hidden_spec(spec.model_type)
     dims = hspec.dims(ckpt.config, ckpt.d_model)
@@ -266,8 +266,7 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     order = list(by_layer)  # the order layers come up in (name order)
 
     def read_layer(layer: int) -> dict[str, torch.Tensor]:
-        slot = order.index(layer) % 2  # two layers' buffers: one read ahead while the other is gathered
-        return {name: into(name, ("layer", slot, k)) for k, name in enumerate(by_layer.get(layer, []))}
+        return {name: whole(name) for name in by_layer.get(layer, [])}  # one layer read ahead of the one gathered
 
     def decide(layer: int, pool: Any = None) -> None:
         blocks: list[tuple[str, str, _Rows]] = []
@@ -307,7 +306,7 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
                         kept.clear()
                         decide(hit[1], pool)
                         decided.add(hit[1])
-                    stored = kept.pop(name) if name in kept else into(name, ("other",))
+                    stored = kept.pop(name) if name in kept else whole(name)
                     hidden = None if hit is None else (hit[0], hit[1], full, full_tf.dims)
                     emit(name, stored, _canonical_plan(name, stored, rules[name], residual, hidden),
                          functools.partial(full_tf, name, stored))
@@ -488,17 +487,13 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
 
 
 class _Reads:
-    """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite; ``into(name,
-    slot)``, the pass's reads of whole tensors: the file's pages mapped (``mapped``, the default: nothing
-    allocated, nothing copied; :meth:`ShardReader.map`), or read into a buffer kept for ``slot`` and reused
-    (grown when too small). A tensor read into a slot is valid until that slot's next read."""
-
-    mapped = True  # tests set it False to check that both ways give the same bytes
+    """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite; :meth:`mapped`,
+    the pass's reads of whole tensors, maps the file's pages instead (:meth:`ShardReader.map`: nothing
+    allocated, nothing copied)."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self.readers: dict[str, Any] = {}
-        self.bufs: dict[Any, np.ndarray] = {}
 
     def _reader(self, name: str) -> Any:
         from gaugeport.core.checkpoint import ShardReader
@@ -511,15 +506,8 @@ class _Reads:
     def __call__(self, name: str) -> torch.Tensor:
         return self._reader(name).read(name)
 
-    def into(self, name: str, slot: Any) -> torch.Tensor:
-        if self.mapped:  # the file's pages themselves (ShardReader.map): no buffer to allocate or fill
-            return self._reader(name).map(name)
-        reader = self._reader(name)
-        n = reader.nbytes(name)
-        buf = self.bufs.get(slot)
-        if buf is None or buf.nbytes < n:
-            buf = self.bufs[slot] = reusable_buffer(n)
-        return reader.read(name, out=buf[:n])
+    def mapped(self, name: str) -> torch.Tensor:
+        return self._reader(name).map(name)
 
     def close(self) -> None:
         for r in self.readers.values():
