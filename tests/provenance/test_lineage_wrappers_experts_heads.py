@@ -25,6 +25,8 @@ PERM = [2, 0, 3, 1]  # new expert e of the permuted mixture is old expert PERM[e
 DERIVATIONS = {  # name -> (derive, whether the origin is gauged first)
     "qwen2_moe_upcycled": (lambda m: D.upcycle_to_qwen2_moe(m, 4, noise=0.02), True),
     "glm4_moe_upcycled": (lambda m: D.upcycle_to_glm4_moe(m, 4, noise=0.02), True),
+    "qwen2_moe_dense_block_0": (lambda m: D.upcycle_to_qwen2_moe(m, 4, noise=0.02, dense_blocks=[0]), True),
+    "glm4_moe_first_dense_1": (lambda m: D.upcycle_to_glm4_moe(m, 4, noise=0.02, first_dense=1), True),
     "llava_wrapped": (lambda m: D.wrap_in_llava(m), True),
     "qwen2_vl_wrapped": (lambda m: D.wrap_in_qwen2_vl(m), True),
     "heads_4_of_8": (lambda m: D.prune_heads(m, [0, 3]), True),
@@ -101,25 +103,71 @@ def test_two_mixtures_are_compared_expert_to_expert_through_a_reordering(zoo):
     assert neg.verdict == "independent" and neg.effect < 0.3
 
 
-def test_dense_blocks_inside_a_mixture_are_refused_with_a_hint(zoo, tmp_path, cli):
-    from gaugeport.core.errors import ArchitectureError
-    from gaugeport.core.verify import load_model
+@pytest.mark.parametrize(("kind", "config_key"), [
+    ("qwen2_moe_dense_block_0", "mlp_only_layers"),  # Qwen2-MoE / Qwen3-MoE
+    ("glm4_moe_first_dense_1", "first_k_dense_replace"),  # GLM-4.5, DeepSeek-V3
+])
+def test_a_dense_block_inside_a_mixture_is_read_as_its_one_mlp(zoo, kind, config_key):
+    res = lineage(zoo["base"], zoo[kind])
+    assert res.shapes["b"]["dense_blocks"] == [0] and res.shapes["a"]["dense_blocks"] == []
+    first, rest = res.blocks
+    assert [(e["b_expert"], e["a_expert"]) for e in first["experts"]] == [("dense", "dense")]
+    assert first["experts"][0]["z"] > 5 and first["units_fraction"] > 0.6
+    assert [e["b_expert"] for e in rest["experts"]] == [0, 1, 2, 3, "shared"]
+    assert any("blocks [0] are dense" in n for n in res.notes)
+    cfg = json.loads((zoo[kind] / "config.json").read_text())
+    assert cfg[config_key] in ([0], 1)  # the tiny mixture really declares its dense block that way
 
-    moe = load_model(zoo["qwen2_moe_upcycled_plain"])
-    cfg = moe.config.to_dict()
-    cfg["mlp_only_layers"] = [0]  # block 0 dense, as Qwen2-MoE's config allows
-    moe_dense0 = tmp_path / "dense0"
-    moe_dense0.mkdir()
-    state = load_file(zoo["qwen2_moe_upcycled_plain"] / "model.safetensors")
-    state = {k: v for k, v in state.items() if not k.startswith("model.layers.0.mlp.")}
-    state.update({f"model.layers.0.mlp.{p}.weight": torch.zeros(s) for p, s in
-                  (("gate_proj", (128, 64)), ("up_proj", (128, 64)), ("down_proj", (64, 128)))})
-    save_file(state, moe_dense0 / "model.safetensors")
-    (moe_dense0 / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ArchitectureError, match="expert tensors are missing"):
-        lineage(zoo["base"], moe_dense0)
-    code, _, err = cli("same", zoo["base"], moe_dense0)
-    assert code == 2 and "dense blocks inside a mixture" in err and "hint:" in err
+
+def test_a_mixture_against_itself_pairs_dense_block_with_dense_block(zoo):
+    res = lineage(zoo["qwen2_moe_dense_block_0"], zoo["qwen2_moe_dense_block_0_plain"])
+    assert res.verdict == "derived"
+    assert [(e["b_expert"], e["a_expert"]) for e in res.blocks[0]["experts"]] == [("dense", "dense")]
+    assert all(e["z"] > 5 for blk in res.blocks for e in blk["experts"])
+
+
+def test_dense_blocks_the_config_names_but_the_file_lacks_are_refused_with_a_hint(zoo, tmp_path, cli):
+    from gaugeport.core.errors import ArchitectureError
+
+    cfg = json.loads((zoo["qwen2_moe_upcycled_plain"] / "config.json").read_text())
+    cfg["mlp_only_layers"] = [1]  # the config says block 1 is dense, but the file holds its experts
+    lying = tmp_path / "lying"
+    lying.mkdir()
+    save_file(load_file(zoo["qwen2_moe_upcycled_plain"] / "model.safetensors"), lying / "model.safetensors")
+    (lying / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArchitectureError, match="dense-block tensors are missing.*model.layers.1.mlp."):
+        lineage(zoo["base"], lying)
+    code, _, err = cli("same", zoo["base"], lying)
+    assert code == 2 and "mlp_only_layers" in err and "hint:" in err
+
+
+@pytest.mark.parametrize(("cfg", "dense"), [
+    ({"mlp_only_layers": [0, 2], "decoder_sparse_step": 1}, {0, 2}),
+    ({"mlp_only_layers": [], "decoder_sparse_step": 2}, {0, 2}),  # blocks 1 and 3 are mixtures
+    ({"mlp_only_layers": [3], "decoder_sparse_step": 2}, {0, 2, 3}),
+    ({}, set()),
+])
+def test_qwen_moe_dense_block_rules_follow_the_model_class(cfg, dense):
+    from gaugeport.provenance.lineage import dense_blocks
+
+    rules = {"listed": "mlp_only_layers", "sparse_step": "decoder_sparse_step"}
+    assert dense_blocks(cfg, rules, 4, "x") == dense
+
+
+def test_first_k_dense_replace_makes_the_first_blocks_dense():
+    from gaugeport.provenance.lineage import dense_blocks
+
+    assert dense_blocks({"first_k_dense_replace": 3}, {"first": "first_k_dense_replace"}, 5, "x") == {0, 1, 2}
+    assert dense_blocks({"first_k_dense_replace": 0}, {"first": "first_k_dense_replace"}, 5, "x") == set()
+
+
+@pytest.mark.parametrize("bad", [{"mlp_only_layers": "0"}, {"decoder_sparse_step": 0}, {"mlp_only_layers": [True]}])
+def test_a_malformed_dense_block_key_is_refused(bad):
+    from gaugeport.core.errors import ArchitectureError
+    from gaugeport.provenance.lineage import dense_blocks
+
+    with pytest.raises(ArchitectureError, match="not what it should be"):
+        dense_blocks(bad, {"listed": "mlp_only_layers", "sparse_step": "decoder_sparse_step"}, 4, "x")
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -206,5 +254,34 @@ def test_upcycling_expert_reordering_and_wrapping_preserve_the_logits(zoo):
     assert float((D.wrap_in_llava(base)(input_ids=ids).logits - ref).abs().max()) <= tol
     assert float((D.wrap_in_qwen2_vl(base)(input_ids=ids).logits - ref).abs().max()) <= tol
     assert float((D.upcycle_to_glm4_moe(base, 4, noise=0.0)(input_ids=ids).logits - ref).abs().max()) <= tol
+    assert float((D.upcycle_to_qwen2_moe(base, 4, dense_blocks=[0])(input_ids=ids).logits - ref).abs().max()) <= tol
+    assert float((D.upcycle_to_glm4_moe(base, 4, first_dense=1)(input_ids=ids).logits - ref).abs().max()) <= tol
     noisy = D.upcycle_to_qwen2_moe(base, 4, noise=0.3)
     assert float((noisy(input_ids=ids).logits - ref).abs().max()) > 100 * tol  # the check can fail
+
+
+# ----------------------------------------------------------------------------- every mixture view, as built
+@pytest.mark.parametrize(("model_type", "overrides", "dense"), [
+    ("qwen2_moe", {}, [0]),  # the tiny config's mlp_only_layers = [0]
+    ("qwen3_moe", {"mlp_only_layers": [0]}, [0]),
+    ("glm4_moe", {}, [0]),  # first_k_dense_replace = 1
+    ("mixtral", {}, []),
+])
+def test_each_mixture_view_reads_a_noised_copy_as_derived_and_another_draw_as_independent(tmp_path, model_type,
+                                                                                          overrides, dense):
+    from gaugeport.models.tiny import save_tiny
+
+    a = save_tiny(model_type, tmp_path / "a", seed=0, **overrides)
+    ind = save_tiny(model_type, tmp_path / "ind", seed=1, **overrides)
+    b = tmp_path / "b"
+    b.mkdir()
+    g = torch.Generator().manual_seed(3)
+    state = load_file(a / "model.safetensors")
+    save_file({k: v + 0.02 * v.std() * torch.randn(v.shape, generator=g) if v.numel() > 1 else v
+               for k, v in state.items()}, b / "model.safetensors")
+    (b / "config.json").write_text((a / "config.json").read_text())
+    pos, neg = lineage(a, b), lineage(a, ind)
+    assert pos.shapes["a"]["dense_blocks"] == pos.shapes["b"]["dense_blocks"] == dense
+    assert pos.verdict == "derived" and neg.verdict == "independent"
+    assert [(e["b_expert"], e["a_expert"]) for e in pos.blocks[0]["experts"]][:1] == \
+        ([("dense", "dense")] if dense else [(0, 0)])

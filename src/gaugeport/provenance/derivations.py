@@ -149,11 +149,12 @@ def upcycle_to_mixtral(model: torch.nn.Module, n_experts: int = 4, top_k: int = 
                        model_type="mixtral")
 
 
-def _fuse_experts(state: dict[str, torch.Tensor], n_layers: int, n_experts: int) -> dict[str, torch.Tensor]:
+def _fuse_experts(state: dict[str, torch.Tensor], n_layers: int, n_experts: int,
+                  dense: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
     """transformers' in-memory Mixtral keeps each block's experts fused: ``gate_up_proj [E, 2 ff, d]``
-    (gate rows first) and ``down_proj [E, d, ff]``."""
+    (gate rows first) and ``down_proj [E, d, ff]`` (the blocks in ``dense`` have no experts)."""
     out = {k: v for k, v in state.items() if ".mlp.experts." not in k}
-    for layer in range(n_layers):
+    for layer in sorted(set(range(n_layers)) - dense):
         p = f"model.layers.{layer}.mlp.experts."
         out[p + "gate_up_proj"] = torch.stack([torch.cat([state[f"{p}{e}.gate_proj"], state[f"{p}{e}.up_proj"]])
                                                for e in range(n_experts)])
@@ -162,9 +163,10 @@ def _fuse_experts(state: dict[str, torch.Tensor], n_layers: int, n_experts: int)
 
 
 def _upcycled_state(model: torch.nn.Module, n_experts: int, shared: str, shared_scale: float, noise: float,
-                    seed: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:
+                    seed: int, dense: frozenset[int] = frozenset()) -> tuple[dict[str, torch.Tensor], torch.Generator]:
     """Every routed expert (``down_proj`` halved) and the shared expert ``mlp.{shared}`` (``down_proj`` times
-    ``shared_scale``) copies of the dense MLP plus independent relative ``noise``; a fresh router; experts fused."""
+    ``shared_scale``) copies of the dense MLP plus independent relative ``noise``; a fresh router; experts fused.
+    The blocks in ``dense`` keep their MLP as it is (no experts, no router)."""
     g = torch.Generator().manual_seed(seed)
     d = int(model.config.hidden_size)
 
@@ -173,7 +175,7 @@ def _upcycled_state(model: torch.nn.Module, n_experts: int, shared: str, shared_
 
     state = {}
     for k, v in _state(model).items():
-        if ".mlp." not in k:
+        if ".mlp." not in k or int(k.split(".")[2]) in dense:
             state[k] = v
             continue
         layer, proj = k.split(".")[2], k.split(".")[-2]
@@ -181,43 +183,55 @@ def _upcycled_state(model: torch.nn.Module, n_experts: int, shared: str, shared_
         for e in range(n_experts):
             state[f"model.layers.{layer}.mlp.experts.{e}.{proj}"] = noisy(v) * (0.5 if half else 1.0)
         state[f"model.layers.{layer}.mlp.{shared}.{proj}.weight"] = noisy(v) * (shared_scale if half else 1.0)
-    for layer in range(_n_layers(model)):
+    for layer in sorted(set(range(_n_layers(model))) - dense):
         state[f"model.layers.{layer}.mlp.gate.weight"] = 0.02 * torch.randn(n_experts, d, generator=g)
-    return _fuse_experts(state, _n_layers(model), n_experts), g
+    return _fuse_experts(state, _n_layers(model), n_experts, dense), g
+
+
+def _dense_blocks(model: torch.nn.Module, dense_blocks: Sequence[int]) -> frozenset[int]:
+    out = frozenset(int(x) for x in dense_blocks)
+    if any(not 0 <= x < _n_layers(model) for x in out):
+        raise ValueError(f"dense_blocks must name blocks in 0..{_n_layers(model) - 1}, got {sorted(out)}")
+    return out
 
 
 @torch.no_grad()
 def upcycle_to_qwen2_moe(model: torch.nn.Module, n_experts: int = 4, top_k: int = 2, noise: float = 0.0,
-                         seed: int = 0) -> torch.nn.Module:
+                         seed: int = 0, dense_blocks: Sequence[int] = ()) -> torch.nn.Module:
     """A Qwen2-MoE whose routed experts and shared expert all start as the dense MLP (plus independent relative
     ``noise``); fresh router. Function kept: the shared expert's gate is zero (``sigmoid(0) = 1/2``), the routed
     weights are renormalised over the top-k (``norm_topk_prob``) and every routed expert's ``down_proj`` is halved,
-    so a block adds ``MLP(x) / 2 + MLP(x) / 2``."""
-    state, _ = _upcycled_state(model, n_experts, "shared_expert", 1.0, noise, seed)
-    for layer in range(_n_layers(model)):
+    so a block adds ``MLP(x) / 2 + MLP(x) / 2``. The blocks in ``dense_blocks`` keep their dense MLP
+    (``mlp_only_layers``, as Qwen2-MoE's config allows)."""
+    dense = _dense_blocks(model, dense_blocks)
+    state, _ = _upcycled_state(model, n_experts, "shared_expert", 1.0, noise, seed, dense)
+    for layer in sorted(set(range(_n_layers(model))) - dense):
         state[f"model.layers.{layer}.mlp.shared_expert_gate.weight"] = torch.zeros(1, int(model.config.hidden_size))
     ff = int(model.config.intermediate_size)
     return _clone_with(model, {"num_experts": n_experts, "num_experts_per_tok": top_k, "moe_intermediate_size": ff,
                                "shared_expert_intermediate_size": ff, "norm_topk_prob": True, "qkv_bias": False,
-                               "decoder_sparse_step": 1, "mlp_only_layers": []}, state, model_type="qwen2_moe")
+                               "decoder_sparse_step": 1, "mlp_only_layers": sorted(dense)}, state,
+                       model_type="qwen2_moe")
 
 
 @torch.no_grad()
 def upcycle_to_glm4_moe(model: torch.nn.Module, n_experts: int = 4, top_k: int = 2, noise: float = 0.0,
-                        seed: int = 0) -> torch.nn.Module:
+                        seed: int = 0, first_dense: int = 0) -> torch.nn.Module:
     """A GLM-4.5-style mixture (DeepSeek-V3's MoE: ``shared_experts`` always on, a sigmoid router with a
     correction bias) whose routed and shared experts all start as the dense MLP. Function kept: top-k weights
     renormalised (``norm_topk_prob``, ``routed_scaling_factor`` 1), routed and shared ``down_proj`` halved;
-    RoPE over the whole head (``partial_rotary_factor`` 1), no q/k norm, every block a mixture."""
-    state, _ = _upcycled_state(model, n_experts, "shared_experts", 0.5, noise, seed)
-    for layer in range(_n_layers(model)):
+    RoPE over the whole head (``partial_rotary_factor`` 1), no q/k norm. The first ``first_dense`` blocks keep
+    their dense MLP (``first_k_dense_replace``, as GLM-4.5 and DeepSeek-V3 do); every other block is a mixture."""
+    dense = _dense_blocks(model, range(first_dense))
+    state, _ = _upcycled_state(model, n_experts, "shared_experts", 0.5, noise, seed, dense)
+    for layer in sorted(set(range(_n_layers(model))) - dense):
         state[f"model.layers.{layer}.mlp.gate.e_score_correction_bias"] = torch.zeros(n_experts)
     rope = dict(getattr(model.config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
     rope["partial_rotary_factor"] = 1.0
     ff = int(model.config.intermediate_size)
     return _clone_with(model, {"n_routed_experts": n_experts, "num_experts_per_tok": top_k, "n_shared_experts": 1,
                                "moe_intermediate_size": ff, "norm_topk_prob": True, "routed_scaling_factor": 1.0,
-                               "n_group": 1, "topk_group": 1, "first_k_dense_replace": 0, "use_qk_norm": False,
+                               "n_group": 1, "topk_group": 1, "first_k_dense_replace": len(dense), "use_qk_norm": False,
                                "attention_bias": False, "rope_parameters": rope}, state, model_type="glm4_moe")
 
 

@@ -26,7 +26,9 @@ MLP units, heads), which part of A each part of B comes from, and tests it.
    read as one virtual dense block per expert (``lineage_views.json``; routers ignored): each of B's
    experts is tested against its best expert of A (A's dense MLP when A is dense), and the block's z
    is the *mean* of its experts' z (experts need not be independent of each other, and a mean of
-   N(0, 1) variables has variance at most 1, so this never overstates the evidence).
+   N(0, 1) variables has variance at most 1, so this never overstates the evidence). A dense block inside
+   a mixture (``mlp_only_layers``, ``first_k_dense_replace``: the view's ``dense_blocks`` rules) is read
+   as its one MLP, labelled ``"dense"``.
 5. **Verdict.** Stouffer's combination of the mapped blocks' z gives the p-value under the null of
    independent training (the null of ``same``); ``derived`` when ``p < alpha``.
 
@@ -92,6 +94,10 @@ class Expert:
     rename: dict[str, str]  # virtual template -> real template (with {layer}, {expert})
     index: int | None  # the value of {expert}
     dims: HiddenDims  # its MLP width in ``dims.mlp``
+    layers: frozenset[int] | None = None  # the blocks that hold it (None: every block)
+
+    def holds(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
 
 
 @dataclass
@@ -170,7 +176,8 @@ def open_inner(path: str | Path) -> Checkpoint | InnerCheckpoint:
 @dataclass
 class View:
     """A checkpoint read as dense blocks of one family: names are the dense family's; a
-    mixture-of-experts block is one virtual dense block per expert (routed, then shared)."""
+    mixture-of-experts block is one virtual dense block per expert (routed, then shared); a dense block
+    inside a mixture (``mlp_only_layers``, ``first_k_dense_replace``) is read as its one dense MLP."""
 
     ckpt: Checkpoint | InnerCheckpoint
     dense_spec: ArchSpec
@@ -198,11 +205,22 @@ class View:
     def wrapper(self) -> dict[str, Any] | None:
         return self.ckpt.describe() if isinstance(self.ckpt, InnerCheckpoint) else None
 
+    @property
+    def dense_blocks(self) -> list[int]:
+        """The blocks of a mixture that hold a dense MLP instead of experts (empty for a dense model)."""
+        return sorted(x for e in self.experts if e.label == "dense" and e.layers is not None for x in e.layers)
+
+    def block_experts(self, layer: int) -> list[int]:
+        """Indices (into ``experts``) of the MLPs block ``layer`` holds."""
+        return [e for e, ex in enumerate(self.experts) if ex.holds(layer)]
+
     def virtual_names(self, expert: int) -> list[str]:
-        """The hidden-row tensors of every block, in the dense family's names."""
-        names = [n for n in self.ckpt.names if self.hspec.match(n) is not None]
+        """The hidden-row tensors of every block that holds the expert, in the dense family's names."""
+        ex = self.experts[expert]
+        names = [n for n in self.ckpt.names if (hit := self.hspec.match(n)) is not None and ex.holds(hit[1])]
         for layer in range(self.dims.n_layers):
-            names += [t.replace("{layer}", str(layer)) for t in self.experts[expert].rename]
+            if ex.holds(layer):
+                names += [t.replace("{layer}", str(layer)) for t in ex.rename]
         return names
 
     def real_name(self, name: str, expert: int) -> str:
@@ -224,6 +242,37 @@ def _config_int(cfg: dict[str, Any], keys: list[str], what: str, path: str | Pat
     return int(v)
 
 
+def dense_blocks(cfg: dict[str, Any], rules: dict[str, str], n_layers: int, path: str | Path) -> frozenset[int]:
+    """The blocks of a mixture that the config makes dense. ``rules`` (from ``lineage_views.json``) maps a rule
+    to its config key: ``first`` (blocks below the value are dense: DeepSeek-V3's ``first_k_dense_replace``),
+    ``listed`` (a list of dense blocks: ``mlp_only_layers``), ``sparse_step`` (block ``l`` is a mixture only
+    when ``(l + 1) % step == 0``: ``decoder_sparse_step``). A key the config lacks (or sets to null) makes no
+    block dense."""
+    dense: set[int] = set()
+    for rule, key in rules.items():
+        v = cfg.get(key)
+        if v is None:
+            continue
+        def whole(x: object) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+        low = 1 if rule == "sparse_step" else 0
+        ok = isinstance(v, list) and all(whole(x) for x in v) if rule == "listed" else whole(v) and v >= low
+        if not ok:
+            raise ArchitectureError(f"{path}: config.json's {key} is {v!r}, not what it should be",
+                                    hint="a list of block indices (mlp_only_layers) or a whole number "
+                                    "(first_k_dense_replace >= 0, decoder_sparse_step >= 1)")
+        if rule == "first":
+            dense.update(range(min(v, n_layers)))
+        elif rule == "listed":
+            dense.update(x for x in v if 0 <= x < n_layers)
+        elif rule == "sparse_step":
+            dense.update(x for x in range(n_layers) if (x + 1) % v)
+        else:
+            raise ArchitectureError(f"lineage_views.json: unknown dense-block rule {rule!r}",
+                                    hint="the rules are first, listed and sparse_step")
+    return frozenset(dense)
+
+
 def open_view(path: str | Path) -> View:
     ckpt = open_inner(path)
     mt = ckpt.model_type
@@ -233,21 +282,31 @@ def open_view(path: str | Path) -> View:
         dense = entry["dense"]
         n_exp = _config_int(cfg, entry["experts"], "number of experts", path)
         hspec = get_hidden_spec(dense)
-        dims = hspec.dims(ckpt.config, ckpt.d_model)
+        dense_dims = dims = hspec.dims(ckpt.config, ckpt.d_model)
         if "expert_mlp" in entry:
             dims = replace(dims, mlp=_config_int(cfg, entry["expert_mlp"], "expert width", path))
-        experts = [Expert(e, dict(entry["rename"]), e, dims) for e in range(n_exp)]
+        dense_at = dense_blocks(cfg, entry.get("dense_blocks", {}), dims.n_layers, path)
+        moe = None if not dense_at else frozenset(range(dims.n_layers)) - dense_at
+        experts = [Expert(e, dict(entry["rename"]), e, dims, moe) for e in range(n_exp)]
         if "shared" in entry:  # one shared MLP per block, its width a product of config numbers
             sh = entry["shared"]
             width = int(np.prod([_config_int(cfg, [k], "shared expert width", path) for k in sh["mlp"]]))
-            experts.append(Expert("shared", dict(sh["rename"]), None, replace(dims, mlp=width)))
+            experts.append(Expert("shared", dict(sh["rename"]), None, replace(dims, mlp=width), moe))
+        if dense_at:  # the dense family's own MLP names, its width the dense key
+            experts.append(Expert("dense", {}, None, dense_dims, dense_at))
         names = set(ckpt.names)
         missing = sorted({ex.rename[t].replace("{layer}", str(layer)).replace("{expert}", str(ex.index))
-                          for ex in experts for t in ex.rename for layer in range(dims.n_layers)} - names)
+                          for ex in experts for t in ex.rename for layer in range(dims.n_layers)
+                          if ex.holds(layer)} - names)
+        missing += sorted(n for layer in sorted(dense_at) for t in entry["rename"]
+                          if (n := t.replace("{layer}", str(layer))) not in names)
         if missing:
-            raise ArchitectureError(f"{path}: {len(missing)} expert tensors are missing, e.g. {missing[0]}",
-                                    hint="lineage reads every block as experts; dense blocks inside a "
-                                    "mixture-of-experts model (mlp_only_layers, first dense layers) are not read")
+            rules = ", ".join(entry.get("dense_blocks", {}).values()) or "none"
+            raise ArchitectureError(f"{path}: {len(missing)} expert or dense-block tensors are missing, "
+                                    f"e.g. {missing[0]}",
+                                    hint="lineage reads a mixture's blocks as experts, and as one dense MLP "
+                                    f"where config.json says the block is dense (keys read: {rules}); check "
+                                    "that the config and the tensors agree")
         return View(ckpt, get_spec(dense), hspec, dims, experts, family_root(dense), mt,
                     list(entry.get("ignored", [])))
     hspec = get_hidden_spec(mt)
@@ -577,11 +636,12 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
     ids_a, ids_b, how = token_pairs(path_a, path_b, _vocab_size(va.ckpt), _vocab_size(vb.ckpt))
     res = match_residual(va, vb, ids_a, ids_b)
     # hidden-axis tensors by template (layer index blanked: depths may differ); a template one side lacks is left out
-    tmpl_a, tmpl_b = ({_template(n) for n in v.virtual_names(0)} for v in (va, vb))
+    tmpl_a, tmpl_b = ({_template(n) for e in range(len(v.experts)) for n in v.virtual_names(e)} for v in (va, vb))
     if tmpl_a != tmpl_b:
         notes.append("compared the hidden-axis tensors both hold; not compared: " + ", ".join(
             f"{t} (only in {'A' if t in tmpl_a else 'B'})" for t in sorted(tmpl_a ^ tmpl_b)))
-    keep = {n for v in (va, vb) for n in v.virtual_names(0) if _template(n) in tmpl_a & tmpl_b}
+    keep = {n for v in (va, vb) for e in range(len(v.experts)) for n in v.virtual_names(e)
+            if _template(n) in tmpl_a & tmpl_b}
     fa_all = view_features(va, res.idx_a, None, keep)
     fb_all = view_features(vb, res.idx_b, res.sign, keep)
     la, lb = va.dims.n_layers, vb.dims.n_layers
@@ -589,10 +649,10 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
     # input-side evidence of every block pair a monotone map can use (pooled over experts: B's experts against
     # their best A expert); the others stay NaN (see monotone_band)
     @cache
-    def expert_evidence(i: int, j: int) -> np.ndarray:  # B's experts x A's experts, input side (once per pair)
-        return np.array([[_input_evidence(*_oriented(fa[i], fb[j], xa.dims, xb.dims))
-                          for fa, xa in zip(fa_all, va.experts, strict=True)]
-                         for fb, xb in zip(fb_all, vb.experts, strict=True)])
+    def expert_evidence(i: int, j: int) -> np.ndarray:  # B's experts x A's experts of the two blocks, input side
+        return np.array([[_input_evidence(*_oriented(fa_all[ea][i], fb_all[eb][j], va.experts[ea].dims,
+                                                     vb.experts[eb].dims))
+                          for ea in va.block_experts(i)] for eb in vb.block_experts(j)])
 
     ev = np.full((la, lb), np.nan)
     for i, j in zip(*np.nonzero(monotone_band(la, lb)), strict=True):
@@ -605,10 +665,11 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
     blocks = []
     for i, j in pairs:
         experts = []
-        best_a = np.argmax(expert_evidence(i, j), axis=1) if len(fa_all) > 1 else np.zeros(len(fb_all), int)
-        for eb, fb in enumerate(fb_all):
-            ea = int(best_a[eb])
-            small, big = _oriented(fa_all[ea][i], fb[j], va.experts[ea].dims, vb.experts[eb].dims)
+        in_a, in_b = va.block_experts(i), vb.block_experts(j)
+        best_a = np.argmax(expert_evidence(i, j), axis=1) if len(in_a) > 1 else np.zeros(len(in_b), int)
+        for kb, eb in enumerate(in_b):
+            ea = in_a[int(best_a[kb])]
+            small, big = _oriented(fa_all[ea][i], fb_all[eb][j], va.experts[ea].dims, vb.experts[eb].dims)
             h = held_out_statistic(small, big, va.hspec.mlp_signs)
             small.cache.clear()
             k = max(int(h.get("k", 1)), 2)
@@ -619,7 +680,7 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
             experts.append(entry)
         z = float(np.mean([e["z"] for e in experts]))
         heads, head_map = (None, None) if va.dims.head_dim != vb.dims.head_dim else \
-            _head_match(fa_all[0][i], fb_all[0][j], va.dims, vb.dims)
+            _head_match(fa_all[in_a[0]][i], fb_all[in_b[0]][j], va.dims, vb.dims)
         blk: dict[str, Any] = {
             "a_block": i, "b_block": j, "z": z, "p_value": float(stats.norm.sf(z)),
             "input_evidence": float(ev[i, j]),
@@ -629,16 +690,17 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
             "output_cos": float(np.mean([e["output_cos"] or 0.0 for e in experts])),
             "null_output_cos": float(np.mean([e["null_output_cos"] or 0.0 for e in experts])),
         }
-        if len(experts) > 1 or len(va.experts) > 1:
+        if va.moe_family or vb.moe_family:
             blk["experts"] = experts
         if head_map is not None and (units or va.dims.n_heads != vb.dims.n_heads):
             blk["head_map"] = head_map
         if units:
-            small, big = _oriented(fa_all[0][i], fb_all[0][j], va.experts[0].dims, vb.experts[0].dims)
+            ea, eb = in_a[0], in_b[0]
+            small, big = _oriented(fa_all[ea][i], fb_all[eb][j], va.experts[ea].dims, vb.experts[eb].dims)
             s, _ = _mlp_scores(small, big, ("in",))
             small.cache.clear()
             r, c = linear_sum_assignment(s, maximize=True)
-            blk["unit_map"] = {"rows": "B" if small is fb_all[0][j] else "A", "cols": c.tolist()}
+            blk["unit_map"] = {"rows": "B" if small is fb_all[eb][j] else "A", "cols": c.tolist()}
         blk["status"] = "derived" if blk["p_value"] < alpha else "unrelated"
         blocks.append(blk)
 
@@ -662,12 +724,15 @@ def lineage(path_a: str | Path, path_b: str | Path, *, alpha: float = DEFAULT_AL
         parts.append(evidence["heads_fraction"])
     effect = float(np.mean(parts))
     shapes = {k: {"model_type": v.ckpt.model_type, "d": v.d, **v.dims.to_dict(), "experts": v.n_experts,
-                  "shared_experts": v.n_shared, "vocab": _vocab_size(v.ckpt),
+                  "shared_experts": v.n_shared, "dense_blocks": v.dense_blocks, "vocab": _vocab_size(v.ckpt),
                   **({"wrapper": v.wrapper} if v.wrapper else {})} for k, v in (("a", va), ("b", vb))}
     if va.moe_family or vb.moe_family:
         ignored = sorted({t for v in (va, vb) for t in v.ignored})
         notes.append("mixture of experts: each routed and shared expert read as a dense MLP, each of B's matched "
                      "to its best of A's (blocks[].experts); not compared: " + (", ".join(ignored) or "routers"))
+        for side, v in (("A", va), ("B", vb)):
+            if v.dense_blocks:
+                notes.append(f"{side}'s blocks {v.dense_blocks} are dense (no experts): read as their one MLP")
     verdict = "derived" if logp < np.log(alpha) else "independent"
     block_ev = [[None if np.isnan(x) else float(x) for x in row] for row in ev]
     return LineageResult(verdict, float(np.exp(logp)), logp / np.log(10), alpha, effect, evidence, blocks,
