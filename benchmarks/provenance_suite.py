@@ -145,6 +145,8 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
         "MLP 96/128 + heal 30": lambda m: healed(D.prune_mlp(m, 96), 30, data_seed=55),
         "shared-expert MoE upcycle x4+1": lambda m: D.upcycle_to_qwen2_moe(m, 4, noise=0.02),
         "DeepSeek-style shared experts x4+1": lambda m: D.upcycle_to_glm4_moe(m, 4, noise=0.02),
+        "MoE upcycle x4+1, block 0 kept dense": lambda m: D.upcycle_to_qwen2_moe(m, 4, noise=0.02, dense_blocks=[0]),
+        "DeepSeek-style x4+1, first block dense": lambda m: D.upcycle_to_glm4_moe(m, 4, noise=0.02, first_dense=1),
         "LLaVA wrapper": lambda m: D.wrap_in_llava(m),
         "Qwen2-VL wrapper": lambda m: D.wrap_in_qwen2_vl(m),
         "heads 2/4 (1 of 2 KV groups)": lambda m: D.prune_heads(m, [1]),
@@ -153,6 +155,7 @@ def tiny_pairs(root: Path) -> list[dict[str, Any]]:
     }
     # no full gauge for these tables
     no_gauge = {"MoE upcycle x4", "shared-expert MoE upcycle x4+1", "DeepSeek-style shared experts x4+1",
+                "MoE upcycle x4+1, block 0 kept dense", "DeepSeek-style x4+1, first block dense",
                 "LLaVA wrapper", "Qwen2-VL wrapper"}
     pairs = []
     for i, (kind, f) in enumerate(derive.items()):
