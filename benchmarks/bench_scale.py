@@ -18,6 +18,11 @@ memory against depth (d=1024, 2816 units, 2 to 16 blocks)
     (2 batches of 8 x 128 token ids), ``same`` and ``canonicalize`` per depth, and the peak of a
     child that only imports torch, transformers and gaugeport (the baseline).
 
+memory at Llama-3-70B width (``--only wide``; d=8192, 28672 units, 64 heads in 8 groups, vocab 128256, 1 and 2 blocks)
+    peak RSS and seconds of ``verify``, ``same``, ``fingerprint`` and ``collect`` on checkpoints whose every
+    tensor has its 70B shape: a measurement of what one block and the embedding cost at that width (the
+    verbs stream blocks, so what is flat from 1 to 2 blocks is flat at 80); ~6-8 GB per checkpoint.
+
 Then an extrapolation, stated as such, to Llama-3-8B and Llama-3-70B: time scales with the bytes
 of the checkpoint at the seconds-per-byte measured here for each verb; peak memory above the
 baseline scales with the largest streamed unit (the larger of one block and the embedding, in the
@@ -342,12 +347,47 @@ def memory_vs_depth(root: Path, depths: list[int]) -> dict[str, object]:
             "rows": rows}
 
 
-def extrapolate(tp: dict[str, object], mem: dict[str, object]) -> dict[str, object]:
+WIDE = (8192, 28672, 64, 8, 128256)  # Llama-3-70B: d, MLP units, heads, key/value heads, vocab
+
+
+def memory_at_width(root: Path, depths: list[int]) -> dict[str, object]:
+    """Peak RSS of the streamed verbs on checkpoints with Llama-3-70B's tensor shapes, at a few depths."""
+    from gaugeport.models.synthetic import LlamaShape
+
+    d, inter, heads, kv, vocab = WIDE
+    rows = []
+    for n in depths:
+        shape = LlamaShape(d, inter, n, heads, kv, vocab, shard_mb=2000)
+        a, b, sizes = _make(root, shape, f"wide{n}")
+        ids = _ids(root, vocab)
+        row: dict[str, object] = {"blocks": n, "checkpoint_bytes": sizes["total_bytes"]}
+        for verb, args in (("verify", (a, b, str(d))), ("same", (a, b)), ("fingerprint", (a,)),
+                           ("collect", (a, b, ids))):
+            try:
+                r = run(verb, *args)
+            except RuntimeError as exc:  # a child killed for memory is a finding, not a crash of the benchmark
+                row[verb], row[f"{verb}_error"] = None, str(exc)
+                continue
+            row[verb] = own_peak(r)
+            row[f"{verb}_seconds"] = r["seconds"]
+            print(f"  wide, {n} blocks: {verb} {row[verb] / GB:.2f} GB, {r['seconds']:.1f} s", flush=True)
+        for p in (a, b):
+            shutil.rmtree(p)
+        rows.append(row)
+    return {"shape": "d=8192, 28672 units, 64 heads in 8 key/value groups, vocab 128256 (Llama-3-70B), bf16",
+            "collect_tokens": TOKENS["n_seq"] * TOKENS["seq_len"], "rows": rows}
+
+
+def extrapolate(tp: dict[str, object], mem: dict[str, object], at_width: dict[str, object] | None = None
+                ) -> dict[str, object]:
     """Time: the target's bytes x the seconds per byte measured for each verb (apply, fingerprint,
     canonicalize: the d=4096 checkpoint; verify, collect, same: the deepest narrow one, A's bytes).
     Memory: the baseline + the measured peak above it per byte of the largest streamed unit (the
     larger of one block and the embedding, stored dtype) x the target's unit. An extrapolation, not a
-    measurement: it assumes the verbs stay read-bound and that nothing else grows with the model."""
+    measurement: it assumes the verbs stay read-bound and that nothing else grows with the model.
+    Where ``at_width`` holds a verb's peak measured at Llama-3-70B's own tensor shapes, that measurement (at
+    its deepest row) replaces the 70B peak estimate, flagged ``measured_at_width``; ``collect`` keeps d x d
+    float64 moments per site, so its 70B figure adds the remaining sites' moments to it."""
     s = tp["shape"]
     base = mem["baseline_peak_rss_bytes"]
     wide = (total_bytes(s["d_model"], s["intermediate"], s["n_layers"], s["n_heads"], s["n_kv_heads"], s["vocab"]),
@@ -360,28 +400,42 @@ def extrapolate(tp: dict[str, object], mem: dict[str, object]) -> dict[str, obje
         measured[v] = (deep_row[f"{v}_seconds"], deep_row[v], deep)
     models = {"Llama-3-8B": (4096, 14336, 32, 32, 8, 128256), "Llama-3-70B": (8192, 28672, 80, 64, 8, 128256)}
     out: dict[str, object] = {"method": extrapolate.__doc__}
+    wide_rows = [r for r in (at_width or {}).get("rows", []) if isinstance(r, dict)]
     for name, (d, inter, layers, h, kv, vocab) in models.items():
         tot, unit = total_bytes(d, inter, layers, h, kv, vocab), unit_bytes(d, inter, h, kv, vocab)
         verbs = {v: {"seconds": sec * tot / src[0], "peak_rss_bytes": base + max(0.0, peak - base) * unit / src[1]}
                  for v, (sec, peak, src) in measured.items()}
         verbs["cp_sync"] = {"seconds": tp["cp_sync_seconds"] * tot / wide[0]}
+        if wide_rows and (d, inter, h, kv, vocab) == WIDE:
+            row = wide_rows[-1]
+            for v in ("verify", "same", "fingerprint", "collect"):
+                if row.get(v) is None or v not in verbs:
+                    continue
+                peak = float(row[v])
+                if v == "collect":  # its own d x d float64 moments for each site it has not seen yet
+                    peak += (2 * (layers - row["blocks"])) * d * d * 8
+                verbs[v]["peak_rss_bytes"] = peak
+                verbs[v]["measured_at_width"] = f"{row['blocks']} blocks" + (
+                    " + the other blocks' moments" if v == "collect" else "")
         out[name] = {"checkpoint_bytes": tot, "largest_unit_bytes": unit, "verbs": verbs}
     return out
 
 
 def _kept_part(only: str | None, out: Path) -> dict[str, object]:
-    """With ``--only``, the part not run, kept from ``out`` (or from the shipped JSON when ``out`` is a new
-    file); checked before anything is measured, so a long run cannot end on a missing key."""
-    if not only:
-        return {}
-    keep = "memory_vs_depth" if only == "throughput" else "throughput"
+    """The parts not run, kept from ``out`` (or from the shipped JSON when ``out`` is a new file); with
+    ``--only``, checked before anything is measured, so a long run cannot end on a missing key. A full run
+    keeps only the width part (``--only wide``), which it does not measure."""
+    need = {"throughput": ["memory_vs_depth"], "memory": ["throughput"],
+            "wide": ["throughput", "memory_vs_depth"]}.get(only or "", [])
     for src in (out, HERE / "bench_scale.json"):
         if src.exists():
             old = json.loads(src.read_text())
-            if keep in old:
-                return old
-    raise SystemExit(f"--only {only} keeps the other part ({keep}) from --out, but neither {out} nor "
-                     f"{HERE / 'bench_scale.json'} holds it: run both parts once")
+            if all(k in old for k in need):
+                return old if only else {k: old[k] for k in ("memory_at_width",) if k in old}
+    if not need:
+        return {}
+    raise SystemExit(f"--only {only} keeps the other parts ({', '.join(need)}) from --out, but neither {out} nor "
+                     f"{HERE / 'bench_scale.json'} holds them: run them once")
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -392,8 +446,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16])
     ap.add_argument("--tmp", default="/tmp", help="directory for the temporary checkpoints")
     ap.add_argument("--out", type=Path, default=HERE / "bench_scale.json")
-    ap.add_argument("--only", choices=["throughput", "memory"],
-                    help="run one part; the other part (and the extrapolation's use of it) is kept from --out")
+    ap.add_argument("--only", choices=["throughput", "memory", "wide"],
+                    help="run one part; the other parts (and the extrapolation's use of them) are kept from --out")
+    ap.add_argument("--wide-depths", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args(argv)
     if args.child:
         _child(args.child[0], args.child[1:])
@@ -402,14 +457,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     old = _kept_part(args.only, args.out)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gaugeport-bench-scale-", dir=args.tmp) as tmp:
-        tp = throughput(Path(tmp), args.quick, args.repeat) if args.only != "memory" else old["throughput"]
-        mem = memory_vs_depth(Path(tmp), depths) if args.only != "throughput" else old["memory_vs_depth"]
+        tp = throughput(Path(tmp), args.quick, args.repeat) if args.only in (None, "throughput") \
+            else old["throughput"]
+        mem = memory_vs_depth(Path(tmp), depths) if args.only in (None, "memory") else old["memory_vs_depth"]
+        wide = memory_at_width(Path(tmp), args.wide_depths) if args.only == "wide" else old.get("memory_at_width")
     loads = {"load_average_at_start": load_start, "load_average_at_end": os.getloadavg()}
-    if args.only != "memory":
-        tp.update(loads)
-    if args.only != "throughput":
+    {None: tp, "throughput": tp, "memory": mem, "wide": wide or {}}[args.only].update(loads)
+    if args.only is None:
         mem.update(loads)
-    result = {"throughput": tp, "memory_vs_depth": mem, "extrapolation": extrapolate(tp, mem),
+    result = {"throughput": tp, "memory_vs_depth": mem, **({"memory_at_width": wide} if wide else {}),
+              "extrapolation": extrapolate(tp, mem, wide),
               "cpu_count": os.cpu_count(), **loads,
               "note": "shared machine: wall times include waiting for CPU; ratios are from one run"}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
