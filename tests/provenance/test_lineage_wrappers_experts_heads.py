@@ -285,3 +285,10 @@ def test_each_mixture_view_reads_a_noised_copy_as_derived_and_another_draw_as_in
     assert pos.verdict == "derived" and neg.verdict == "independent"
     assert [(e["b_expert"], e["a_expert"]) for e in pos.blocks[0]["experts"]][:1] == \
         ([("dense", "dense")] if dense else [(0, 0)])
+
+
+def test_an_upcycle_refuses_a_dense_block_the_model_does_not_have(zoo):
+    from gaugeport.core.verify import load_model
+
+    with pytest.raises(ValueError, match=r"dense_blocks must name blocks in 0\.\.1"):
+        D.upcycle_to_qwen2_moe(load_model(zoo["base"]), 4, dense_blocks=[2])
