@@ -374,7 +374,7 @@ def disguised(src: Path, out: Path, seed: int, probe: torch.Tensor, tol: float =
 
 
 REAL_KINDS = ("finetune", "cpt", "minitron", "minitron_heal", "depth", "residual", "vocab", "gguf", "moe")
-PLAIN_ONLY = ("moe",)  # no gauged / disguised copies (as in the tiny set: the full gauge does not cover experts)
+PLAIN_ONLY = ("moe",)  # no full gauge or disguise (their tables do not cover experts): a residual gauge instead
 VARIANTS = ("plain", "gauge", "disguise")
 
 
@@ -492,6 +492,10 @@ def real_pairs(root: Path, tiny_base: Path, kinds: tuple[str, ...] = REAL_KINDS,
         lab, p = built[kind]
         seed = REAL_KINDS.index(kind)
         if kind in PLAIN_ONLY:
+            if "gauge" in variants:  # a signed permutation of the residual stream, which every table has
+                pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_rg"), "label": 1, **_recipe(p),
+                              "lineage": f"SmolLM2 {lab} + residual gauge",
+                              "make": ["residual_gauge", str(p), 200 + seed]})
             continue
         if "gauge" in variants:
             pairs.append({"set": "real", "a": src, "b": Path(str(p) + "_g"), "label": 1, **_recipe(p),
@@ -509,6 +513,14 @@ def ensure_built(pair: dict[str, Any]) -> None:
     how, src, seed = pair["make"]
     if how == "gauge":
         _gauged(Path(src), Path(pair["b"]), int(seed))
+    elif how == "residual_gauge":
+        from gaugeport.core.apply import apply_gauge_to_checkpoint
+        from gaugeport.core.checkpoint import Checkpoint
+        from gaugeport.core.gauge import SignedPermutation
+
+        if not (Path(pair["b"]) / "config.json").exists():
+            d = Checkpoint.open(src).d_model
+            apply_gauge_to_checkpoint(src, SignedPermutation.random(d, seed=int(seed)), pair["b"], progress=False)
     else:
         probe = torch.randint(0, 49152, (2, 32), generator=torch.Generator().manual_seed(0))
         disguised(Path(src), Path(pair["b"]), int(seed), probe)
