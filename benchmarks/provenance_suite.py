@@ -31,7 +31,8 @@ Pairs (A = claimed origin, B = suspect), every one labelled by how B was made:
   of the 9 heads); 256 tokens appended; a GGUF Q4_0 re-quantization round trip (every matrix quantized by
   gguf-py's reference quantizer into a GGUF file, read back and dequantized); a sparse MoE upcycle (kind
   ``moe``: 2 experts, each a copy of the dense MLP, top-2, fresh router, then a short run;
-  plain only: the full gauge does not cover experts). ``--build-only`` builds (or finds) the derivations of
+  plain and under a residual gauge, a signed permutation of the stream: the full gauge does not cover
+  experts). ``--build-only`` builds (or finds) the derivations of
   ``--real-kinds`` and stops, so the training runs can go under a memory lock of their own.
   Negatives: the architecture freshly initialised and the tiny base.
 
