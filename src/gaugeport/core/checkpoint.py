@@ -207,6 +207,27 @@ class Checkpoint:
         with _open(self.path / self.shard_of[name]) as f:
             return check_finite(name, _get(f, name, self.path / self.shard_of[name]), self.path)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of tensor ``name``, from its shard's header (no data read)."""
+        if name not in self.shard_of:
+            raise CheckpointError(f"tensor {name!r} not in checkpoint {self.path}")
+        with _open(self.path / self.shard_of[name]) as f:
+            return tuple(int(n) for n in f.get_slice(name).get_shape())
+
+    def tensor_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``name`` (its first axis), read alone, checked finite: a large
+        tensor compared slice by slice never sits whole in memory."""
+        if name not in self.shard_of:
+            raise CheckpointError(f"tensor {name!r} not in checkpoint {self.path}")
+        file = self.path / self.shard_of[name]
+        with _open(file) as f:
+            try:
+                rows = f.get_slice(name)[start:stop]
+            except Exception as exc:
+                raise CheckpointError(f"cannot read rows {start}:{stop} of {name!r} from {file}: {exc}",
+                                      hint="the file is truncated or corrupt") from exc
+        return check_finite(name, rows, self.path)
+
     def iter_shard(self, shard: str) -> Iterator[tuple[str, torch.Tensor]]:
         file = self.path / shard
         for name in sorted(_keys(file)):

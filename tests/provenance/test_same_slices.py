@@ -1,0 +1,71 @@
+"""``same``'s check of the tensors outside the layers reads a large embedding or output head in row slices.
+
+Whole, in float32 on both sides, a ``[vocab, d]`` matrix would be the verb's peak at large vocabularies
+(4 x 4.2 GB at Llama-3-70B's shapes); sliced, the figure must be the one the whole tensors give.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
+from gaugeport.core.hidden import get_hidden_spec
+from gaugeport.models.tiny import save_tiny
+from gaugeport.provenance import same as S
+
+BIG = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("slices")
+    a = save_tiny("llama", root / "a", seed=0)
+    gauged = root / "gauged"
+    apply_full_gauge_to_checkpoint(a, random_full_gauge_for(a, 5), gauged, progress=False)
+    b = root / "b"  # the gauged copy with its embedding and head edited: the check must see it
+    b.mkdir()
+    state = load_file(gauged / "model.safetensors")
+    g = torch.Generator().manual_seed(1)
+    for name in BIG:
+        state[name] = state[name] + 0.05 * torch.randn(state[name].shape, generator=g)
+    save_file(state, b / "model.safetensors")
+    (b / "config.json").write_text((gauged / "config.json").read_text())
+    return a, gauged, b
+
+
+def _getters(a, b):
+    ca, cb = Checkpoint.open(a), Checkpoint.open(b)
+    spec, hspec = ca.spec, get_hidden_spec("llama")
+    names = sorted(set(ca.names) & set(cb.names))
+    get_a, _ = S._folded(ca, names, spec, hspec)
+    get_b, _ = S._folded(cb, names, spec, hspec)
+    residual, _ = S._residual_by_fit(ca, get_a, get_b, spec, [])
+    return get_a, get_b, spec.classify_all(names), residual
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_the_sliced_figure_is_the_whole_tensors_figure(pair, monkeypatch, name):
+    get_a, get_b, rules, residual = _getters(pair[0], pair[2])
+    ta, tb = S._read_layer([name], get_a, get_b, rules, residual, None)
+    whole = S._rel_diff(ta[name], tb[name])
+    monkeypatch.setattr(S, "SLICE_ELEMENTS", 100)  # the tiny [96, 32] matrix in slices of 3 rows
+    sliced = S._sliced_rel_diff(name, get_a, get_b, rules, residual)
+    assert whole > 1e-2  # the edit is there to be seen
+    assert sliced == pytest.approx(whole, rel=1e-6)
+
+
+def test_small_tensors_are_left_to_the_whole_comparison(pair):
+    get_a, get_b, rules, residual = _getters(pair[0], pair[2])
+    assert S._sliced_rel_diff("lm_head.weight", get_a, get_b, rules, residual) is None  # 3072 values
+
+
+def test_a_gauged_copy_stays_identical_and_an_edited_one_does_not_when_sliced(pair, monkeypatch):
+    monkeypatch.setattr(S, "SLICE_ELEMENTS", 100)
+    a, gauged, edited = pair
+    assert S.same(a, gauged).verdict == "identical"
+    res = S.same(a, edited)
+    assert res.verdict == "derived"
+    assert res.identical_check["worst_tensor"] in BIG and res.identical_check["max_rel_weight_diff"] > 1e-2
