@@ -770,6 +770,16 @@ def _rss_cell(r: dict[str, Any]) -> str:
     return ("<= " if r.get("peak_rss_upper_bound_only") else "") + f"{r['peak_rss_mb']:.0f}"
 
 
+VARIANT_SUFFIXES = (" + full gauge", " + disguise", " + residual gauge")
+
+
+def derivation_of(lineage: str) -> str:
+    """A row's derivation: its lineage without the variant it was run under (gauged, disguised)."""
+    for suffix in VARIANT_SUFFIXES:
+        lineage = lineage.split(suffix)[0]
+    return lineage
+
+
 def recipes_table(rows: list[dict[str, Any]]) -> str:
     """The training runs behind the rows (one line per derivation that recorded ``steps``): steps (and the steps
     planned, when the safety cap stopped the run), tokens, seconds (and per step, when recorded), learning rate,
@@ -779,7 +789,7 @@ def recipes_table(rows: list[dict[str, Any]]) -> str:
     seen = set()
     for r in rows:
         d = r.get("derivation") or {}
-        name = r["lineage"].split(" + full gauge")[0].split(" + disguise")[0]
+        name = derivation_of(r["lineage"])
         if "steps" not in d or name in seen:
             continue
         seen.add(name)

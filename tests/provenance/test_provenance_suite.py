@@ -154,6 +154,8 @@ def test_the_recipes_table_lists_each_training_run_once_with_its_losses():
               "heldout_tokens": 1024, "heldout_loss_before": 2.9, "heldout_loss_after": 2.7}
     rows = [_row("SmolLM2 fine-tune 50 steps", 1.0, derivation=recipe),
             _row("SmolLM2 fine-tune 50 steps + full gauge", 1.0, derivation=recipe),
+            _row("SmolLM2 fine-tune 50 steps + residual gauge", 1.0, derivation=recipe),
+            _row("SmolLM2 fine-tune 50 steps + disguise (rotation)", 1.0, derivation=recipe),
             _row("SmolLM2 depth 24/30", 1.0), _row("SmolLM2 Minitron", 1.0, derivation={"importance": "x"})]
     lines = S.recipes_table(rows).splitlines()[2:]
     assert lines == ["| SmolLM2 fine-tune 50 steps | 50 | 12800 | 600 | 5e-05 | 3.000 -> 2.500 | "
