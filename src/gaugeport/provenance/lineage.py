@@ -248,13 +248,14 @@ def dense_blocks(cfg: dict[str, Any], rules: dict[str, str], n_layers: int, path
     ``listed`` (a list of dense blocks: ``mlp_only_layers``), ``sparse_step`` (block ``l`` is a mixture only
     when ``(l + 1) % step == 0``: ``decoder_sparse_step``). A key the config lacks (or sets to null) makes no
     block dense."""
+    def whole(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
     dense: set[int] = set()
     for rule, key in rules.items():
         v = cfg.get(key)
         if v is None:
             continue
-        def whole(x: object) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
         low = 1 if rule == "sparse_step" else 0
         ok = isinstance(v, list) and all(whole(x) for x in v) if rule == "listed" else whole(v) and v >= low
         if not ok:
