@@ -128,3 +128,27 @@ def test_via_aligns_hop_by_hop_and_composes(cli, pair, tmp_path) -> None:
     assert code == 0, err
     assert "full 100.00%" in out
     assert read_gauge_file(tmp_path / "g.safetensors").provenance["method"] == "signed (chain)"
+
+
+def test_collect_refuses_moments_that_would_not_fit_and_names_the_sites_that_would(cli, pair, tmp_path,
+                                                                                     monkeypatch) -> None:
+    from gaugeport.estimate import moments
+
+    a, b, _ = pair
+    per_site = moments.moment_bytes(1, 32)
+    monkeypatch.setattr(moments, "available_memory_bytes", lambda: 3 * per_site)  # room for 2 sites at 0.8
+    out = tmp_path / "m.safetensors"
+    code, _, err = cli("collect", a, b, "--data", "builtin", "--out", out, *SMALL)  # 5 default sites
+    assert code == 2 and "the moments of 5 sites at d=32 need" in err
+    assert "restrict --site to at most 2 sites" in err and not out.exists()
+    code, _, err = cli("collect", a, b, "--data", "builtin", "--site", "resid_post.0", "--site", "resid_post.1",
+                       "--out", out, *SMALL)
+    assert code == 0, err
+
+
+def test_moment_bytes_is_what_the_accumulator_holds() -> None:
+    from gaugeport.estimate.moments import CrossMoments, moment_bytes
+
+    cm = CrossMoments(48)
+    held = sum(t.numel() * t.element_size() for t in (cm.mean_a, cm.mean_b, cm.m2_a, cm.m2_b, cm.comoment))
+    assert moment_bytes(3, 48) == 3 * held

@@ -35,7 +35,7 @@ from gaugeport.core.errors import ArchitectureError, DataError
 from gaugeport.core.facts import facts_of
 from gaugeport.core.stream import model_device, stream_info
 from gaugeport.estimate.data import Batch
-from gaugeport.estimate.moments import CrossMoments, MomentSet, NonFiniteError
+from gaugeport.estimate.moments import CrossMoments, MomentSet, NonFiniteError, check_moment_memory
 
 _SITE = re.compile(r"^(?:embed|final|resid_(pre|mid|post)\.(\d+))$")
 
@@ -342,6 +342,8 @@ def collect_moments(model_a: torch.nn.Module, model_b: torch.nn.Module, batches:
     specials = special_token_ids(model_a) | special_token_ids(model_b)
     vocab = min(v for v in (vocab_size(model_a), vocab_size(model_b), 2**62) if v)
     d = d_model(model_a)
+    if model_device(model_a).type == "cpu":  # on an accelerator the moments live in its memory
+        check_moment_memory(len(sites_a), d)
     moments = {s: CrossMoments(d, d, batch_dtype=batch_dtype, device=model_device(model_a))
                for s in sites_a}
     items = [Batch.of(b, specials) for b in batches]

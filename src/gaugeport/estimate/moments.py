@@ -57,6 +57,44 @@ def _as_rows(x: ArrayLike, what: str) -> torch.Tensor:
     return t
 
 
+MEMORY_SHARE = 0.8  # the moments may take this share of the memory available; the rest is the models' blocks
+
+
+def moment_bytes(n_sites: int, d: int) -> int:
+    """Memory the moments of ``n_sites`` sites of width ``d`` hold: one ``d x d`` float64 co-moment and four
+    float64 ``d``-vectors each (what :class:`CrossMoments` allocates)."""
+    return n_sites * (d * d + 4 * d) * 8
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (memory that can be had without swapping, page cache included);
+    None where the kernel does not say (not Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_moment_memory(n_sites: int, d: int, available: int | None = None) -> None:
+    """Refuse, before any model runs, a collection whose moments alone would not fit in memory (at Llama-3-70B
+    width the default sites hold 86 GB): better a refusal that says which ``--site`` list fits than a run the
+    kernel kills hours in. ``available`` defaults to :func:`available_memory_bytes` (no check when unknown)."""
+    avail = available_memory_bytes() if available is None else available
+    need = moment_bytes(n_sites, d)
+    if avail is None or need <= MEMORY_SHARE * avail:
+        return
+    per_site = moment_bytes(1, d)
+    fits = int(MEMORY_SHARE * avail // per_site)
+    raise DataError(f"the moments of {n_sites} sites at d={d} need {need / 1e9:.1f} GB, and this machine has "
+                    f"{avail / 1e9:.1f} GB of memory available",
+                    hint=f"each site holds {per_site / 1e9:.2f} GB: restrict --site to at most {fits} sites "
+                    "(e.g. a few resid_post.L), split the sites over several collect runs, or collect on a "
+                    "machine with more memory")
+
+
 class CrossMoments:
     """Centred first and second moments of a pair of streams ``a`` (width ``d_a``) and ``b`` (``d_b``)."""
 
