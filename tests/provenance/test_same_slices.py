@@ -69,3 +69,16 @@ def test_a_gauged_copy_stays_identical_and_an_edited_one_does_not_when_sliced(pa
     res = S.same(a, edited)
     assert res.verdict == "derived"
     assert res.identical_check["worst_tensor"] in BIG and res.identical_check["max_rel_weight_diff"] > 1e-2
+
+
+def test_a_slice_of_a_file_truncated_after_it_was_opened_is_a_checkpoint_error(tmp_path):
+    import os
+
+    from gaugeport.core.errors import CheckpointError
+
+    ckpt = Checkpoint.open(save_tiny("llama", tmp_path / "a", seed=0))
+    assert ckpt.tensor_rows("model.embed_tokens.weight", 3, 7).shape == (4, 32)
+    f = tmp_path / "a" / "model.safetensors"
+    os.truncate(f, f.stat().st_size - 4000)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ckpt.tensor_rows("model.embed_tokens.weight", 0, 96)
