@@ -45,11 +45,11 @@ def test_dead_columns_never_enter_a_candidate_set():
     assert not np.isin(cand, [3, 4]).any()
 
 
-def _shared_structure_units(rng, w, mix, n=300):
+def _shared_structure_units(rng, w, mix, n=300, link=lambda h: h):
     """Units drawn independently for each model from one distribution whose output rows depend on
-    the input rows (what training on the same data gives unrelated models)."""
+    the input rows (what training on the same data gives unrelated models), through ``link``."""
     x = rng.standard_normal((n, mix.shape[0])) @ mix + rng.standard_normal((n, mix.shape[1]))
-    y = x @ w + 0.3 * rng.standard_normal((n, w.shape[1]))
+    y = link(x @ w) + 0.3 * rng.standard_normal((n, w.shape[1]))
     f = UnitFeatures()
     f.add("mlp", "abs", "in", unit_rows(x))
     f.add("mlp", "abs", "out", unit_rows(y))
@@ -96,15 +96,10 @@ def test_units_with_constant_rows_leave_n():
     assert held_out_statistic(a, b, mlp_signs=False)["n"] == 32
 
 
-def _nonlinear_shared_units(rng, w, mix, n=400):
+def _nonlinear_shared_units(rng, w, mix):
     """Independent units whose output rows are a saturating function of their input rows, drawn from one
     distribution for both models: output similarity rises with input similarity, not linearly."""
-    x = rng.standard_normal((n, mix.shape[0])) @ mix + rng.standard_normal((n, mix.shape[1]))
-    y = np.tanh(x @ w) ** 3 + 0.3 * rng.standard_normal((n, w.shape[1]))
-    f = UnitFeatures()
-    f.add("mlp", "abs", "in", unit_rows(x))
-    f.add("mlp", "abs", "out", unit_rows(y))
-    return f
+    return _shared_structure_units(rng, w, mix, n=400, link=lambda h: np.tanh(h) ** 3)
 
 
 def test_the_sampled_nearest_neighbour_match_is_not_lifted_by_its_input_rank_under_the_null():
