@@ -8,12 +8,16 @@ written tensor by tensor under a temporary folder and deleted afterwards, at 2 a
 * derived: (A + noise at a quarter of the weights' scale) under another random full gauge;
 * independent: random weights from another seed.
 
-Each pair runs in a fresh subprocess: first one plain pass over both checkpoints (every tensor read
-and converted to float32, the baseline), then `same A B` data-free; reported: both wall times,
-their ratio, the verdict and p-value, and the process's peak resident memory (VmHWM). The ratio is
-measured in the same process, right after the baseline, so a busy machine slows both.
+Per pair, after one untimed pass that puts both checkpoints in the page cache, three measurements,
+each in a fresh subprocess, one after another: one plain pass over both checkpoints (every tensor
+read and converted to float32, the baseline) with the C allocator as a fresh process has it; the
+same pass with freed memory kept in the process (``freed_memory_kept``, the setting `same` runs
+under: the float32 copies then reuse pages instead of faulting in new ones); and `same A B`
+data-free. ``--repeat`` rounds of the three (default 2), the best of each reported: wall times,
+`same` over each pass, the verdict and p-value, and `same`'s own peak resident memory (VmHWM).
 
-    PYTHONPATH=src python benchmarks/bench_same_scale.py [--depths 2 4] [--out benchmarks/bench_same_scale.json]
+    PYTHONPATH=src python benchmarks/bench_same_scale.py [--depths 2 4] [--repeat 2] [--out FILE.json]
+    PYTHONPATH=src python benchmarks/bench_same_scale.py --pair A B   # an existing pair, JSON printed
     PYTHONPATH=src python benchmarks/bench_same_scale.py --quick   # d=1024, 2816 units: a smoke run
 """
 
@@ -85,22 +89,32 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def child(a: str, b: str, profile: str | None = None) -> None:
+def child(mode: str, a: str, b: str, profile: str | None = None) -> None:
+    """One measurement in this fresh process: ``read`` (a plain pass over both checkpoints, the C allocator
+    as a fresh process has it), ``read_kept`` (the same pass with freed memory kept in the process, the
+    setting `same` runs under) or ``same``."""
     import torch
 
+    from gaugeport.core.allocator import freed_memory_kept
     from gaugeport.core.checkpoint import Checkpoint
     from gaugeport.provenance.same import same
 
+    def plain_pass() -> float:
+        total = 0.0
+        for p in (a, b):
+            for _, t in Checkpoint.open(p).iter_tensors():
+                total += float(t.float().sum())
+        return total
+
     base_kb = _status_kb("VmHWM")
     t0 = time.perf_counter()
-    total = 0.0
-    for p in (a, b):
-        for _, t in Checkpoint.open(p).iter_tensors():
-            total += float(t.float().sum())
-    read_s = time.perf_counter() - t0
-    read_kb = _status_kb("VmHWM")
-    t0 = time.perf_counter()
-    if profile:  # cProfile of `same` alone (its timing then includes the profiler's overhead)
+    out: dict = {}
+    if mode == "read":
+        out["checksum"] = plain_pass()
+    elif mode == "read_kept":
+        with freed_memory_kept():
+            out["checksum"] = plain_pass()
+    elif profile:  # cProfile of `same` alone (its timing then includes the profiler's overhead)
         import cProfile
 
         prof = cProfile.Profile()
@@ -108,16 +122,26 @@ def child(a: str, b: str, profile: str | None = None) -> None:
         prof.dump_stats(profile)
     else:
         r = same(a, b)
-    same_s = time.perf_counter() - t0
-    print(json.dumps({"read_once_s": read_s, "same_s": same_s, "same_over_read": same_s / read_s,
-                      "peak_rss_mb": _status_kb("VmHWM") / 1024, "peak_after_read_mb": read_kb / 1024,
-                      "baseline_rss_mb": base_kb / 1024, "verdict": r.verdict, "p_value": r.p_value,
-                      "log10_p": r.log10_p, "residual": r.residual.get("kind"),
-                      "sampled": any(lay.get("mlp_units_sampled") for lay in r.layers),
-                      "threads": torch.get_num_threads(), "checksum": total}))
+    out["seconds"] = time.perf_counter() - t0
+    if mode == "same":
+        out.update({"verdict": r.verdict, "p_value": r.p_value, "log10_p": r.log10_p,
+                    "residual": r.residual.get("kind"),
+                    "sampled": any(lay.get("mlp_units_sampled") for lay in r.layers)})
+    print(json.dumps({**out, "peak_rss_mb": _status_kb("VmHWM") / 1024, "baseline_rss_mb": base_kb / 1024,
+                      "threads": torch.get_num_threads()}))
 
 
-def run_depth(root: Path, shape: tuple, layers: int, profile_dir: Path | None = None) -> dict:
+def _measure(mode: str, a: Path, b: Path, profile: Path | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    prof = [] if profile is None else ["--profile", str(profile)]
+    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(a), str(b), *prof], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_depth(root: Path, shape: tuple, layers: int, profile_dir: Path | None = None, repeat: int = 1) -> dict:
     a = _write(root, "a", shape, layers, seed=0)
     pairs = {"identical": _gauged(a, root / "identical", 5)}
     native = _write(root, "derived-native", shape, layers, seed=1, base=a, noise=0.25)
@@ -125,20 +149,35 @@ def run_depth(root: Path, shape: tuple, layers: int, profile_dir: Path | None = 
     shutil.rmtree(native)
     pairs["independent"] = _write(root, "independent", shape, layers, seed=2)
     size = sum(f.stat().st_size for f in a.glob("*.safetensors"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     out = {"blocks": layers, "checkpoint_mb": size / MB}
     for kind, b in pairs.items():
-        prof = [] if profile_dir is None else ["--profile", str(profile_dir / f"same-{kind}-L{layers}.pstats")]
-        proc = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), *prof], capture_output=True,
-                              text=True, env=env)
-        if proc.returncode != 0:
-            out[kind] = {"error": proc.stderr[-2000:]}
-        else:
-            out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[kind] = measure_pair(a, b, repeat, None if profile_dir is None else
+                                 profile_dir / f"same-{kind}-L{layers}.pstats")
         print(kind, json.dumps(out[kind]), flush=True)
         shutil.rmtree(b)
     shutil.rmtree(a)
     return out
+
+
+def measure_pair(a: Path, b: Path, repeat: int = 1, profile: Path | None = None) -> dict:
+    """Best of ``repeat`` rounds (fewest seconds), each round the three measurements in fresh processes,
+    one after another; the page cache is warmed by one untimed pass first."""
+    _measure("read", a, b)
+    runs: dict[str, list[dict]] = {"read": [], "read_kept": [], "same": []}
+    for _ in range(repeat):
+        for mode in runs:
+            runs[mode].append(_measure(mode, a, b, profile if mode == "same" else None))
+    bad = [r["error"] for rs in runs.values() for r in rs if "error" in r]
+    if bad:
+        return {"error": bad[0]}
+    best = {m: min(rs, key=lambda r: r["seconds"]) for m, rs in runs.items()}
+    s = best["same"]
+    return {"read_once_s": best["read"]["seconds"], "read_kept_memory_s": best["read_kept"]["seconds"],
+            "same_s": s["seconds"], "same_over_read": s["seconds"] / best["read"]["seconds"],
+            "same_over_read_kept_memory": s["seconds"] / best["read_kept"]["seconds"],
+            "peak_rss_mb": s["peak_rss_mb"], "read_peak_rss_mb": best["read"]["peak_rss_mb"],
+            **{k: s[k] for k in ("verdict", "p_value", "log10_p", "residual", "sampled", "threads")},
+            "rounds": repeat, "same_seconds_all": [r["seconds"] for r in runs["same"]]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,11 +188,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, default=None, help="folder for the temporary checkpoints (default: temp)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="write a cProfile of each `same` run into this folder (timings then include its overhead)")
-    ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--repeat", type=int, default=2, help="rounds per pair; the best of them is reported")
+    ap.add_argument("--pair", nargs=2, type=Path, default=None,
+                    help="measure this existing pair A B only (no checkpoints written; JSON printed)")
+    ap.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         child(*args.child, profile=str(args.profile) if args.profile else None)
         return {}
+    if args.pair:
+        res = measure_pair(*args.pair, repeat=args.repeat)
+        print(json.dumps(res))
+        return res
     shape = SHAPES["quick" if args.quick else "full"]
     d, inter, heads, kv, vocab = shape
     result: dict = {"shape": {"d_model": d, "intermediate": inter, "heads": heads, "kv_heads": kv, "vocab": vocab,
@@ -165,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.profile.mkdir(parents=True, exist_ok=True)
     try:
         for layers in args.depths:
-            result["depths"].append(run_depth(work / f"L{layers}", shape, layers, args.profile))
+            result["depths"].append(run_depth(work / f"L{layers}", shape, layers, args.profile, args.repeat))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = args.out or HERE / ("bench_same_scale_quick.json" if args.quick else "bench_same_scale.json")

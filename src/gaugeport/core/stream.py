@@ -24,15 +24,15 @@ in :attr:`StreamInfo.note`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gaugeport.core.allocator import release_freed_memory
 from gaugeport.core.checkpoint import Checkpoint, _open
 from gaugeport.core.errors import CheckpointError, GaugeportError
 
@@ -358,29 +358,3 @@ def _dropper(slots: _Slots, groups: list[_Group], dev: torch.device) -> Any:
             slots.assign(members, placeholder(p.shape, dev))
         release_freed_memory()
     return hook
-
-
-@functools.cache
-def _libc_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, ImportError):  # not glibc (musl, macOS): nothing to trim
-        return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-def release_freed_memory() -> None:
-    """Give the memory of a dropped block back to the system (glibc's ``malloc_trim(0)``; elsewhere a no-op).
-
-    Without it the peak grew with depth although every block was freed: glibc raises its mmap
-    threshold to the largest block tensor freed so far (up to 32 MB), after which block tensors come
-    from the heap, and the small tensors kept between blocks (hidden states, site activations) pin
-    the heap's freed pages (measured at d=1024: 16 blocks took ``verify`` 0.4 GB above 2 blocks; flat
-    with the trim, docs/scale.md)."""
-    trim = _libc_malloc_trim()
-    if trim is not None:
-        trim(0)

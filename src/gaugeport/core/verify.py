@@ -146,7 +146,7 @@ def streamed_weight_difference(a: Checkpoint, b: Checkpoint, transform: Any, *,
     also the tensor with the largest relative difference (``/ max |W_A|``) and that difference."""
     from tqdm.auto import tqdm
 
-    from gaugeport.core.stream import release_freed_memory
+    from gaugeport.core.allocator import release_freed_memory
 
     worst, worst_rel, worst_name = 0.0, 0.0, ""
     for name, tb in tqdm(b.iter_tensors(), total=len(b.names), desc="weights", disable=not progress):

@@ -164,9 +164,11 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     f = x.shape[1]
     if f > SKETCH_DIM:
         signs, buckets = _count_sketch(f)
-        out = torch.zeros(x.shape[0], SKETCH_DIM, dtype=torch.float32)
-        out.index_add_(1, buckets, torch.from_numpy(x) * signs)  # column j adds signs[j] * x[:, j] to buckets[j]
-        x = out.numpy()
+        # column j adds signs[j] * x[:, j] to bucket buckets[j]: summed per (bucket, sign), then the negative
+        # half subtracted, so no signed copy of x is made
+        halves = torch.zeros(x.shape[0], 2 * SKETCH_DIM, dtype=torch.float32)
+        halves.index_add_(1, buckets + SKETCH_DIM * (signs < 0), torch.from_numpy(np.ascontiguousarray(x)))
+        x = (halves[:, :SKETCH_DIM] - halves[:, SKETCH_DIM:]).numpy()
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
 

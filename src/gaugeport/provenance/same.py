@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from gaugeport.core.allocator import freed_memory_kept, release_freed_memory
 from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import ArchitectureError, CheckpointError, GaugeError
@@ -161,7 +162,18 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
          tol: float = DEFAULT_TOL, tokens: int = 4096, progress: bool = False,
          full_gauge: bool = False) -> SameResult | LineageResult:
     """Compare two checkpoints of one architecture (see the module docstring); a pair whose shapes differ
-    (depth, widths, vocabulary, experts) goes to :func:`gaugeport.provenance.lineage.lineage`."""
+    (depth, widths, vocabulary, experts) goes to :func:`gaugeport.provenance.lineage.lineage`.
+
+    Freed arrays stay in the process while it runs (:func:`gaugeport.core.allocator.freed_memory_kept`:
+    each layer reuses the pages of the one before instead of faulting in new ones) and are given back
+    when it returns."""
+    with freed_memory_kept():
+        return _same(path_a, path_b, data=data, alpha=alpha, tol=tol, tokens=tokens, progress=progress,
+                     full_gauge=full_gauge)
+
+
+def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: float, tol: float, tokens: int,
+          progress: bool, full_gauge: bool) -> SameResult | LineageResult:
     t0 = time.perf_counter()
     if not 0 < alpha < 1:
         raise GaugeError(f"alpha must lie in (0, 1), got {alpha}")
@@ -241,6 +253,7 @@ def same(path_a: str | Path, path_b: str | Path, *, data: str | None = None, alp
             pending.append(layer)
             check.stop("layer not related")
         del a, b, ta, tb
+        release_freed_memory()  # the layer's pages: kept, the heap would grow a little with every layer
     p_screen = float(stats.norm.sf(_stouffer([h["z"] for h in est.held_out if h["n"]])))
     if pending and p_screen < alpha:  # derived after all: recover the weak layers' gauges too
         for layer in pending:

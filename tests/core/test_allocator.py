@@ -1,0 +1,63 @@
+"""Freed memory kept in the process while a verb runs, and given back after (glibc; a no-op elsewhere).
+
+Each case runs in a fresh interpreter: the settings are process-wide, and resident memory is read
+from the kernel (``VmRSS``)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from gaugeport.core.allocator import _libc
+
+pytestmark = pytest.mark.skipif(_libc() is None or not sys.platform.startswith("linux"),
+                                reason="glibc's mallopt and /proc/self/status are Linux-with-glibc only")
+
+CHILD = """
+import sys
+import numpy as np
+from gaugeport.core.allocator import freed_memory_kept
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+def freed_growth():  # resident MB left over after a 256 MB array is written and dropped
+    base = rss_mb()
+    a = np.ones(64 * 2**20, dtype=np.float32)
+    del a
+    return rss_mb() - base
+
+mode = sys.argv[1]
+if mode == "default":
+    print(freed_growth())
+elif mode == "kept":
+    with freed_memory_kept():
+        print(freed_growth())
+else:  # "after": what is left once the block is left, then the default behaviour again
+    with freed_memory_kept():
+        base = rss_mb()
+        a = np.ones(64 * 2**20, dtype=np.float32)
+        del a
+    print(rss_mb() - base, freed_growth())
+"""
+
+
+def _run(mode: str) -> list[float]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [float(x) for x in proc.stdout.split()]
+
+
+def test_by_default_a_dropped_large_array_leaves_the_process() -> None:
+    assert _run("default")[0] < 32
+
+
+def test_inside_the_block_a_dropped_array_stays_for_reuse() -> None:
+    assert _run("kept")[0] > 200
+
+
+def test_leaving_the_block_gives_the_memory_back_and_restores_the_default() -> None:
+    left, growth_after = _run("after")
+    assert left < 32
+    assert growth_after < 32
