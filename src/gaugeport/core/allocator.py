@@ -5,7 +5,7 @@ models' tensors, their sketches and the cosine matrices) pays for every fresh pa
 glibc serves each allocation above its mmap threshold (at most 32 MB by default) with a new
 mapping and unmaps it on free, so the next array of that size faults its pages in again. On a
 virtual machine that hands freed pages back to the host (free page reporting, as on the machines
-this project is measured on) such a fault costs about 1 s per GB, more than reading the checkpoint.
+this project is measured on) such a fault costs 1 to 2.5 s per GB, more than reading the checkpoint.
 :func:`keep_freed_memory` makes freed blocks stay in the process for reuse;
 :func:`release_freed_memory` gives them back at the points a verb chooses.
 """
