@@ -201,25 +201,26 @@ class Checkpoint:
         return sorted(set(self.shard_of.values()))
 
     # ------------------------------------------------------------------ reading
-    def tensor(self, name: str) -> torch.Tensor:
+    def _file_of(self, name: str) -> Path:
+        """The shard file holding tensor ``name``; a :class:`CheckpointError` when no shard does."""
         if name not in self.shard_of:
             raise CheckpointError(f"tensor {name!r} not in checkpoint {self.path}")
-        with _open(self.path / self.shard_of[name]) as f:
-            return check_finite(name, _get(f, name, self.path / self.shard_of[name]), self.path)
+        return self.path / self.shard_of[name]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        file = self._file_of(name)
+        with _open(file) as f:
+            return check_finite(name, _get(f, name, file), self.path)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The stored shape of tensor ``name``, from its shard's header (no data read)."""
-        if name not in self.shard_of:
-            raise CheckpointError(f"tensor {name!r} not in checkpoint {self.path}")
-        with _open(self.path / self.shard_of[name]) as f:
+        with _open(self._file_of(name)) as f:
             return tuple(int(n) for n in f.get_slice(name).get_shape())
 
     def tensor_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of tensor ``name`` (its first axis), read alone, checked finite: a large
         tensor compared slice by slice never sits whole in memory."""
-        if name not in self.shard_of:
-            raise CheckpointError(f"tensor {name!r} not in checkpoint {self.path}")
-        file = self.path / self.shard_of[name]
+        file = self._file_of(name)
         with _open(file) as f:
             try:
                 rows = f.get_slice(name)[start:stop]
