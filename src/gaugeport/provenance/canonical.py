@@ -46,6 +46,7 @@ from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, trans
 from gaugeport.core.gather import gather_2d
 from gaugeport.core.gauge import _SAME_SIZE_INT, _SIGN_BIT, SignedPermutation
 from gaugeport.core.hidden import HiddenDims, HiddenRule, get_hidden_spec
+from gaugeport.core.readahead import ReadAhead
 
 FINGERPRINT_VERSION = "2"
 FINGERPRINT_PREFIX = "fp2-"  # version 1 fingerprints were 32 bare hex digits (SHA-256); see fingerprint_version
@@ -251,6 +252,8 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     dims = hspec.dims(ckpt.config, ckpt.d_model)
     rules = spec.classify_all(ckpt.names)
     names = sorted(ckpt.names)
+    if isinstance(get, _Reads):  # tensors are mapped in name order (a layer's together, ahead of its turn)
+        get.read_ahead(names)
     residual, ties, notes = _canonical_residual(ckpt, get, spec, rules, names, prefix_ok=prefix_ok)
     res_tf = FullTransform(spec, ckpt.names, FullGauge(residual), ckpt.d_model, ckpt.config)
     by_layer: dict[int, list[str]] = {}
@@ -278,15 +281,15 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
         for name in by_layer.get(layer, []):
             hit = hspec.match(name)
             assert hit is not None
-            stored = get(name) if pool is None else stored_of[name]
+            stored = whole(name) if pool is None else stored_of[name]
             if pool is not None:
                 kept[name] = stored
             key = _leading_moved(stored, rules[name], residual, hit[0].axis)
             if key is None:  # in canonical residual coordinates, whole
                 blocks.extend(_unit_rows(res_tf(name, stored), hit[0], dims))
             else:  # only the first residual coordinates; the rest is moved only for a tie
-                whole = _Moved(functools.partial(res_tf, name, stored), stored.shape)
-                blocks.extend(_unit_rows(key, hit[0], dims, whole))
+                moved = _Moved(functools.partial(res_tf, name, stored), stored.shape)
+                blocks.extend(_unit_rows(key, hit[0], dims, moved))
         layers[layer], mt, ht = _canonical_layer(blocks, dims, hspec.mlp_signs)
         counts["mlp"] += mt
         counts["heads"] += ht
@@ -494,6 +497,17 @@ class _Reads:
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self.readers: dict[str, Any] = {}
+        self.ahead: ReadAhead | None = None
+
+    def read_ahead(self, order: Sequence[str]) -> None:
+        """From now on, the kernel reads the tensors ``order`` names (the order the pass maps them in) a
+        window ahead of the last one mapped (:class:`gaugeport.core.readahead.ReadAhead`)."""
+        ranges = []
+        for name in order:
+            r = self._reader(name)
+            _, _, begin, end = r.entries[name]
+            ranges.append((name, r.fd, r.base + begin, end - begin))
+        self.ahead = ReadAhead(ranges)
 
     def _reader(self, name: str) -> Any:
         from gaugeport.core.checkpoint import ShardReader
@@ -507,9 +521,13 @@ class _Reads:
         return self._reader(name).read(name)
 
     def mapped(self, name: str) -> torch.Tensor:
+        if self.ahead is not None:
+            self.ahead.reached(name)
         return self._reader(name).map(name)
 
     def close(self) -> None:
+        if self.ahead is not None:  # its thread stops before the files it reads ahead close
+            self.ahead.close()
         for r in self.readers.values():
             r.close()
 
