@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -132,3 +133,30 @@ def test_the_sampled_statistic_has_unit_variance_when_every_score_is_exchangeabl
         zs.append(res["z"])
     assert abs(np.mean(zs)) < 0.45  # 60 draws: the mean's standard error is 0.13
     assert 0.75 < np.std(zs, ddof=1) < 1.3  # the sd's standard error is ~0.09; /12 instead of /6 gives ~1.41
+
+
+def _two_output_blocks(evidence: str) -> tuple[UnitFeatures, UnitFeatures]:
+    """A and B whose input rows are one unit set (B permuted, noisy); of the two output-side blocks, only
+    ``evidence`` ("abs" or "signed") is related, the other is drawn independently per model."""
+    rng = np.random.default_rng(7)
+    n, f = 120, 40
+    perm = rng.permutation(n)
+    x, y = rng.standard_normal((n, f)), rng.standard_normal((n, f))
+    a, b = UnitFeatures(), UnitFeatures()
+    a.add("mlp", "signed", "in", unit_rows(x))
+    b.add("mlp", "signed", "in", unit_rows(x[perm] + 0.8 * rng.standard_normal((n, f))))
+    for mode in ("abs", "signed"):
+        related = mode == evidence
+        a.add("mlp", mode, "out", unit_rows(y if related else rng.standard_normal((n, f))))
+        b.add("mlp", mode, "out", unit_rows(y[perm] + 0.8 * rng.standard_normal((n, f)) if related
+                                            else rng.standard_normal((n, f))))
+    return a, b
+
+
+@pytest.mark.parametrize("mlp_signs", [True, False])
+@pytest.mark.parametrize("evidence", ["abs", "signed"])
+def test_both_kinds_of_output_block_carry_evidence_into_the_statistic(evidence, mlp_signs):
+    """M sums the |cos| output block and the signed one (sign-corrected where units flip): evidence in
+    either one shows, and an unrelated block beside it does not drown it."""
+    a, b = _two_output_blocks(evidence)
+    assert held_out_statistic(a, b, mlp_signs=mlp_signs)["z"] > 4.0

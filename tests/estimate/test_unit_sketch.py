@@ -40,3 +40,13 @@ def test_the_sketch_keeps_cosines_of_wide_rows() -> None:
     unrelated = sx[:100] @ sx[100:].T
     assert abs(float(unrelated.mean())) < 0.01
     assert 0.5 / np.sqrt(SKETCH_DIM) < float(unrelated.std()) < 2.0 / np.sqrt(SKETCH_DIM)
+
+
+@settings(max_examples=10, deadline=None)
+@given(f=st.integers(SKETCH_DIM + 1, 3 * SKETCH_DIM), seed=st.integers(0, 2**16))
+def test_a_unit_major_view_of_a_transposed_tensor_gets_the_same_sketch(f: int, seed: int) -> None:
+    """A down projection's units are its columns: the view ``w.T`` is sketched from ``w``'s rows, no copy."""
+    w = np.random.default_rng(seed).standard_normal((f, 9)).astype(np.float32)  # [features, units]
+    view = w.T
+    assert not view.flags.c_contiguous
+    np.testing.assert_allclose(unit_rows(view), _reference_sketch(w.T.astype(np.float64)), atol=2e-6)

@@ -166,9 +166,16 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
         signs, buckets = _count_sketch(f)
         # column j adds signs[j] * x[:, j] to bucket buckets[j]: summed per (bucket, sign), then the negative
         # half subtracted, so no signed copy of x is made
-        halves = torch.zeros(x.shape[0], 2 * SKETCH_DIM, dtype=torch.float32)
-        halves.index_add_(1, buckets + SKETCH_DIM * (signs < 0), torch.from_numpy(np.ascontiguousarray(x)))
-        x = (halves[:, :SKETCH_DIM] - halves[:, SKETCH_DIM:]).numpy()
+        slot = buckets + SKETCH_DIM * (signs < 0)
+        if not x.flags.c_contiguous and x.T.flags.c_contiguous:  # a unit-major view of a [f, n_units] tensor
+            # (a down projection's columns): its stored rows summed into bucket rows, no transposed copy
+            halves = torch.zeros(2 * SKETCH_DIM, x.shape[0], dtype=torch.float32)
+            halves.index_add_(0, slot, torch.from_numpy(x.T))
+            x = np.ascontiguousarray((halves[:SKETCH_DIM] - halves[SKETCH_DIM:]).numpy().T)
+        else:
+            halves = torch.zeros(x.shape[0], 2 * SKETCH_DIM, dtype=torch.float32)
+            halves.index_add_(1, slot, torch.from_numpy(np.ascontiguousarray(x)))
+            x = (halves[:, :SKETCH_DIM] - halves[:, SKETCH_DIM:]).numpy()
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
 
@@ -457,20 +464,28 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condit
     s_out_sgn = _cosines(a, b, "mlp", "signed", "out", sel)
     if s_out_abs is None and s_out_sgn is None:
         return {"z": 0.0, "n": 0, "matched_out_cos": None}
-    m_mat = np.zeros_like(s_in)
-    if s_out_abs is not None:
-        m_mat += s_out_abs
+    # M = (abs part) + (signed part, flipped where the input side chose -1); built in place, read-only after
+    m_mat: np.ndarray | None = None
     if s_out_sgn is not None:
-        m_mat += np.where(sgn_in < 0, -s_out_sgn, s_out_sgn) if (mlp_signs and sgn_in is not None) else s_out_sgn
+        m_mat = s_out_sgn
+        if mlp_signs and sgn_in is not None:
+            m_mat = s_out_sgn.copy()
+            np.negative(m_mat, out=m_mat, where=sgn_in < 0)
+    if s_out_abs is not None:
+        if m_mat is None:
+            m_mat = s_out_abs
+        elif m_mat is s_out_sgn:  # a cached matrix: not written to
+            m_mat = s_out_sgn + s_out_abs
+        else:
+            m_mat += s_out_abs
+    assert m_mat is not None
     n_b = m_mat.shape[1]
     dead_b = b.degenerate.get("mlp", np.zeros(n_b, dtype=bool))
     if sel is None:
         cols = _assign_rows(s_in)  # rectangular (fewer rows: a pruned model's units) for lineage
         row_dead = dead_a
     else:
-        masked = np.where(dead_b[None, :], -np.inf, s_in)
-        cols = masked.argmax(axis=1)  # nearest neighbour on the input side
-        del masked
+        cols = (np.where(dead_b[None, :], -np.inf, s_in) if dead_b.any() else s_in).argmax(axis=1)  # nearest
         row_dead = dead_a[sel]
     n_all = m_mat.shape[0]
     rows = np.flatnonzero(~row_dead & ~dead_b[cols])  # units that carry evidence, matched to one that does
@@ -481,14 +496,14 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condit
     if n == 0 or k < 2:
         return {"z": 0.0, **base, "matched_out_cos": None}
     raw_matched = float(m_mat[rows, cols[rows]].mean())
-    null_mean = float(m_mat[np.ix_(~row_dead, ~dead_b)].mean())
+    null_mean = float((m_mat[np.ix_(~row_dead, ~dead_b)] if row_dead.any() or dead_b.any() else m_mat).mean())
     cand = input_candidates(s_in, cols, k, rows, dead_b)
-    out_scores = np.take_along_axis(m_mat[rows], cand, axis=1).astype(np.float64)
+    out_scores = m_mat[rows[:, None], cand].astype(np.float64)
     matched_out = m_mat[rows, cols[rows]].astype(np.float64)
     shifted = sel is not None and k + 1 <= int((~dead_b).sum())
     if shifted:  # the second input-side candidate and the k after it (ranks 2..k+1), in input order
         ranked = input_order(s_in, k + 1, rows, dead_b)
-        second_scores = np.take_along_axis(m_mat[rows], ranked[:, 1:], axis=1).astype(np.float64)
+        second_scores = m_mat[rows[:, None], ranked[:, 1:]].astype(np.float64)
         second_out = second_scores[:, 0].copy()
     if condition:
         # remove what input-side similarity alone predicts about the output side, fitted by least squares on
@@ -541,14 +556,12 @@ def _top_columns(s_in: np.ndarray, k: int, rows: np.ndarray, dead_b: np.ndarray 
     order when ``ordered``; in row chunks, so no ``n x n`` index array is made."""
     out = []
     for i in range(0, rows.size, 1024):
-        block = s_in[rows[i:i + 1024]].astype(np.float64)
+        block = s_in[rows[i:i + 1024]]  # a copy (fancy indexing): dead columns can be masked in it
         if dead_b is not None and dead_b.any():
             block[:, dead_b] = -np.inf
-        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        if ordered:
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable"),
-                                     axis=1)
-        out.append(top)
+        # torch's top-k: 50x numpy's argpartition on these rows (0.014 s against 0.7 s for 2048 x 11008)
+        top = torch.topk(torch.from_numpy(block), k, dim=1, sorted=ordered).indices.numpy()
+        out.append(top.astype(np.int64, copy=False))
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
