@@ -33,6 +33,7 @@ import torch
 
 from gaugeport.core.archspec import Mode
 from gaugeport.core.errors import GaugeError
+from gaugeport.core.gather import SPLIT_BYTES, gather_2d
 
 FORMAT_NAME = "gaugeport.signed_permutation"
 FORMAT_VERSION = "1"
@@ -66,7 +67,10 @@ def _gather_flip_bits(x: torch.Tensor, ax: int, inv: np.ndarray, negative: np.nd
     out = np.empty_like(src)
     mask = None if negative is None else np.where(negative, _SIGN_BIT[x.dtype], 0).astype(src.dtype)
     per = max(1, _BLOCK_BYTES // max(1, src.itemsize * post * (d if pre > 1 else 1)))
-    if pre > 1:  # blocks of the leading axes, the whole residual axis each
+    if post == 1 and pre > 1 and src.nbytes >= SPLIT_BYTES:  # a large matrix's columns: every core gathers rows
+        gather_2d(src.reshape(pre, d), np.arange(pre), inv, np.zeros(pre, dtype=src.dtype),
+                  np.zeros(d, dtype=src.dtype) if mask is None else mask, out.reshape(pre, d))
+    elif pre > 1:  # blocks of the leading axes, the whole residual axis each
         for i in range(0, pre, per):
             blk = out[i:i + per]
             np.take(src[i:i + per], inv, axis=1, out=blk, mode="clip")  # clip: no buffered copy
