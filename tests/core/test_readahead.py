@@ -1,4 +1,4 @@
-"""ReadAhead: asks the kernel for each range in order, never more than the window past the pass."""
+"""ReadAhead: reads each range in order, in parts, never more than the window past the pass."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from gaugeport.core import readahead
 from gaugeport.core.readahead import ReadAhead
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is POSIX-only (CI: Linux)")
+pytestmark = pytest.mark.skipif(not hasattr(os, "preadv"), reason="os.preadv is POSIX-only (CI: Linux)")
 
 
 @pytest.fixture
@@ -19,12 +19,13 @@ def advised(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     lock = threading.Lock()
 
-    def record(fd: int, offset: int, length: int, advice: int) -> None:
-        assert advice == os.POSIX_FADV_WILLNEED
+    def record(fd: int, buffers: list, offset: int) -> int:
+        assert fd == 3
         with lock:
-            calls.append((offset, length))
+            calls.append((offset, len(buffers[0])))
+        return len(buffers[0])
 
-    monkeypatch.setattr(readahead.os, "posix_fadvise", record)
+    monkeypatch.setattr(readahead.os, "preadv", record)
     return calls
 
 
@@ -70,3 +71,27 @@ def test_close_stops_a_waiting_thread(advised: list) -> None:
     ra.close()
     assert ra.thread is not None and not ra.thread.is_alive()
     assert advised == [(0, 10)]
+
+
+def test_a_range_is_read_in_parts_of_the_buffer_size(advised: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readahead, "CHUNK_BYTES", 4)
+    with ReadAhead(_ranges([10, 3]), window=100):
+        _settle(advised, 4)
+    assert advised == [(0, 4), (4, 4), (8, 2), (10, 3)]
+
+
+def test_on_a_real_file_the_helper_waits_at_the_window_until_the_pass_reaches_the_range(tmp_path) -> None:
+    f = tmp_path / "x.bin"
+    data = os.urandom(3 * readahead.CHUNK_BYTES + 5)
+    f.write_bytes(data)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        with ReadAhead([("x", fd, 0, len(data))], window=readahead.CHUNK_BYTES) as ra:
+            ra.thread.join(timeout=0.3)
+            assert ra.thread.is_alive()  # one part read; the next would end past the window
+            ra.reached("x")
+            ra.thread.join(timeout=10)
+            assert not ra.thread.is_alive()
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == data  # read only
