@@ -160,3 +160,25 @@ def test_both_kinds_of_output_block_carry_evidence_into_the_statistic(evidence, 
     either one shows, and an unrelated block beside it does not drown it."""
     a, b = _two_output_blocks(evidence)
     assert held_out_statistic(a, b, mlp_signs=mlp_signs)["z"] > 4.0
+
+
+@pytest.mark.parametrize("blocks", [[("abs", "in")], [("signed", "in")], [("abs", "in"), ("signed", "in"), ("signed", "out")],
+                                    [("abs", "in"), ("abs", "out"), ("signed", "in"), ("signed", "out")]])
+def test_the_unit_score_is_the_abs_blocks_plus_the_absolute_signed_sum_over_the_block_count(blocks):
+    """score = (sum of |cos| blocks + |sum of signed blocks|) / number of blocks, the signed sum returned
+    beside it; the cached cosine matrices it is built from are left as they were."""
+    from gaugeport.estimate.hidden import _cosines, _mlp_scores
+
+    rng = np.random.default_rng(3)
+    a, b = UnitFeatures(), UnitFeatures()
+    for mode, side in blocks:
+        a.add("mlp", mode, side, unit_rows(rng.standard_normal((30, 12))))
+        b.add("mlp", mode, side, unit_rows(rng.standard_normal((30, 12))))
+    cos = {(m, s): _cosines(a, b, "mlp", m, s).copy() for m, s in blocks}
+    signed = [c for (m, _), c in cos.items() if m == "signed"]
+    want = sum(c for (m, _), c in cos.items() if m == "abs") + (np.abs(sum(signed)) if signed else 0)
+    score, sgn = _mlp_scores(a, b, ("in", "out"))
+    np.testing.assert_allclose(score, want / len(blocks), rtol=1e-6)
+    if signed:
+        np.testing.assert_allclose(sgn, sum(signed), rtol=1e-6)
+    assert all(np.array_equal(_cosines(a, b, "mlp", m, s), c) for (m, s), c in cos.items())

@@ -234,9 +234,22 @@ def _mlp_scores(fa: UnitFeatures, fb: UnitFeatures, sides: tuple[str, ...],
     absolute = [c for s in sides if (c := _cosines(fa, fb, "mlp", "abs", s, rows)) is not None]
     signed = [c for s in sides if (c := _cosines(fa, fb, "mlp", "signed", s, rows)) is not None]
     n = len(absolute) + len(signed)
-    sgn = sum(signed) if signed else None
-    score = (sum(absolute) if absolute else 0.0) + (np.abs(sgn) if sgn is not None else 0.0)
-    return np.asarray(score) / max(n, 1), sgn
+    if not n:
+        return np.asarray(0.0), None
+    # in place, in the order of the plain sums (abs blocks, then |signed|): no n x n temporary per term,
+    # and the cached cosine matrices are never written to
+    sgn = signed[0] if signed else None
+    if len(signed) > 1:
+        sgn = signed[0].copy()
+        for c in signed[1:]:
+            sgn += c
+    score = absolute[0].copy() if absolute else np.abs(sgn)
+    for c in absolute[1:]:
+        score += c
+    if absolute and sgn is not None:
+        score += np.abs(sgn)
+    score /= np.float32(n) if score.dtype == np.float32 else n
+    return score, sgn
 
 
 def match_heads(fa: UnitFeatures, fb: UnitFeatures, dims: HiddenDims) -> tuple[SignedPermutation, np.ndarray]:
