@@ -162,7 +162,8 @@ def test_both_kinds_of_output_block_carry_evidence_into_the_statistic(evidence, 
     assert held_out_statistic(a, b, mlp_signs=mlp_signs)["z"] > 4.0
 
 
-@pytest.mark.parametrize("blocks", [[("abs", "in")], [("signed", "in")], [("abs", "in"), ("signed", "in"), ("signed", "out")],
+@pytest.mark.parametrize("blocks", [[("abs", "in")], [("signed", "in")],
+                                    [("abs", "in"), ("signed", "in"), ("signed", "out")],
                                     [("abs", "in"), ("abs", "out"), ("signed", "in"), ("signed", "out")]])
 def test_the_unit_score_is_the_abs_blocks_plus_the_absolute_signed_sum_over_the_block_count(blocks):
     """score = (sum of |cos| blocks + |sum of signed blocks|) / number of blocks, the signed sum returned
