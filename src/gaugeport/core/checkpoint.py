@@ -312,10 +312,11 @@ class ShardReader:
         return check_finite(name, t, self.ckpt.path)
 
     def map(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` as a private mapping of the file's pages (populated at once: one sequential read
-        when they are not cached, no copy when they are), checked finite. No memory is allocated for it,
-        so no page is touched for the first time; the mapping goes when the tensor does. Dtypes torch
-        cannot view fall back to :meth:`read`."""
+        """Tensor ``name`` as a read-only private mapping of the file's pages (populated at once: one
+        sequential read when they are not cached, no copy when they are), checked finite. Read-only: the
+        tensor must never be written to (a write would fault); transforms make new tensors. No memory is
+        allocated for it, so no page is touched for the first time; the mapping goes when the tensor does.
+        Dtypes torch cannot view fall back to :meth:`read`."""
         import mmap
 
         dtype_name, shape, begin, end = self.entries[name]

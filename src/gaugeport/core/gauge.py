@@ -60,7 +60,9 @@ def _gather_flip_bits(x: torch.Tensor, ax: int, inv: np.ndarray, negative: np.nd
     floats only; ``None``: a plain gather, any dtype of ``_SAME_SIZE_INT``). One pass over memory on
     the tensor's bits: numpy's ``take`` (torch's ``index_select`` along an inner axis is ~5x slower on
     CPU: bf16 (5632, 2048) 170 ms vs 34 ms, a plain copy 31 ms), then an XOR on the cache-hot block,
-    not a gather and a multiply over the whole tensor."""
+    not a gather and a multiply over the whole tensor. A matrix of at least ``SPLIT_BYTES`` whose last
+    axis moves is gathered by :func:`gaugeport.core.gather.gather_2d`, rows split over the cores
+    (bf16 11008 x 4096: 20 ms against 45 ms on one core)."""
     d = x.shape[ax]
     pre, post = int(np.prod(x.shape[:ax], dtype=np.int64)), int(np.prod(x.shape[ax + 1:], dtype=np.int64))
     src = x.contiguous().view(_SAME_SIZE_INT[x.dtype]).numpy().reshape(pre, d, post)

@@ -492,7 +492,7 @@ def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], sp
 class _Reads:
     """``name -> tensor`` by plain positioned reads (one open file per shard), checked finite; :meth:`mapped`,
     the pass's reads of whole tensors, maps the file's pages instead (:meth:`ShardReader.map`: nothing
-    allocated, nothing copied)."""
+    allocated, nothing copied), read ahead of their turn once :meth:`read_ahead` was called."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
@@ -500,8 +500,8 @@ class _Reads:
         self.ahead: ReadAhead | None = None
 
     def read_ahead(self, order: Sequence[str]) -> None:
-        """From now on, the kernel reads the tensors ``order`` names (the order the pass maps them in) a
-        window ahead of the last one mapped (:class:`gaugeport.core.readahead.ReadAhead`)."""
+        """From now on, a helper thread reads the tensors ``order`` names (the order the pass maps them in)
+        into the page cache, a window ahead of the last one mapped (:class:`gaugeport.core.readahead.ReadAhead`)."""
         ranges = []
         for name in order:
             r = self._reader(name)
