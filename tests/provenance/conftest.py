@@ -41,3 +41,21 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                    progress=False)
     paths["ft"] = root / "ft"
     return paths
+
+
+@pytest.fixture(scope="session")
+def folded_getters():
+    """``make(a, b)``: ``same``'s folded getters of two llama checkpoints, their rules and the fitted residual map."""
+    def make(a: Path, b: Path):
+        from gaugeport.core.checkpoint import Checkpoint
+        from gaugeport.core.hidden import get_hidden_spec
+        from gaugeport.provenance import same as S
+
+        ca, cb = Checkpoint.open(a), Checkpoint.open(b)
+        spec, hspec = ca.spec, get_hidden_spec("llama")
+        names = sorted(set(ca.names) & set(cb.names))
+        get_a, _ = S._folded(ca, names, spec, hspec)
+        get_b, _ = S._folded(cb, names, spec, hspec)
+        residual, _ = S._residual_by_fit(ca, get_a, get_b, spec, [])
+        return get_a, get_b, spec.classify_all(names), residual
+    return make

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
-from gaugeport.core.hidden import get_hidden_spec
 from gaugeport.models.tiny import save_tiny
 from gaugeport.provenance import same as S
 
@@ -20,19 +18,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory):
     return a, root / "b"
 
 
-def _setup(a, b):
-    ca, cb = Checkpoint.open(a), Checkpoint.open(b)
-    spec, hspec = ca.spec, get_hidden_spec("llama")
-    names = sorted(set(ca.names) & set(cb.names))
-    get_a, _ = S._folded(ca, names, spec, hspec)
-    get_b, _ = S._folded(cb, names, spec, hspec)
-    residual, _ = S._residual_by_fit(ca, get_a, get_b, spec, [])
-    layer = sorted(n for n in names if n.startswith("model.layers.0."))
-    return get_a, get_b, spec.classify_all(names), residual, layer
-
-
-def test_folded_tensors_in_buffers_equal_the_freshly_folded_ones(pair):
-    get_a, get_b, rules, residual, layer = _setup(*pair)
+def test_folded_tensors_in_buffers_equal_the_freshly_folded_ones(pair, folded_getters):
+    get_a, get_b, rules, residual = folded_getters(*pair)
+    layer = sorted(n for n in rules if n.startswith("model.layers.0."))
     ta, tb = S._read_layer(layer, get_a, get_b, rules, residual, None)
     fa, fb = S._read_layer(layer, get_a, get_b, rules, residual, None, (S._FoldBuffers(), S._FoldBuffers()))
     folded = [n for n in layer if n in get_a.gain_of]

@@ -12,7 +12,6 @@ from safetensors.torch import load_file, save_file
 
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.fullgauge import apply_full_gauge_to_checkpoint, random_full_gauge_for
-from gaugeport.core.hidden import get_hidden_spec
 from gaugeport.models.tiny import save_tiny
 from gaugeport.provenance import same as S
 
@@ -36,19 +35,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory):
     return a, gauged, b
 
 
-def _getters(a, b):
-    ca, cb = Checkpoint.open(a), Checkpoint.open(b)
-    spec, hspec = ca.spec, get_hidden_spec("llama")
-    names = sorted(set(ca.names) & set(cb.names))
-    get_a, _ = S._folded(ca, names, spec, hspec)
-    get_b, _ = S._folded(cb, names, spec, hspec)
-    residual, _ = S._residual_by_fit(ca, get_a, get_b, spec, [])
-    return get_a, get_b, spec.classify_all(names), residual
-
-
 @pytest.mark.parametrize("name", BIG)
-def test_the_sliced_figure_is_the_whole_tensors_figure(pair, monkeypatch, name):
-    get_a, get_b, rules, residual = _getters(pair[0], pair[2])
+def test_the_sliced_figure_is_the_whole_tensors_figure(pair, monkeypatch, name, folded_getters):
+    get_a, get_b, rules, residual = folded_getters(pair[0], pair[2])
     ta, tb = S._read_layer([name], get_a, get_b, rules, residual, None)
     whole = S._rel_diff(ta[name], tb[name])
     monkeypatch.setattr(S, "SLICE_ELEMENTS", 100)  # the tiny [96, 32] matrix in slices of 3 rows
@@ -57,8 +46,8 @@ def test_the_sliced_figure_is_the_whole_tensors_figure(pair, monkeypatch, name):
     assert sliced == pytest.approx(whole, rel=1e-6)
 
 
-def test_small_tensors_are_left_to_the_whole_comparison(pair):
-    get_a, get_b, rules, residual = _getters(pair[0], pair[2])
+def test_small_tensors_are_left_to_the_whole_comparison(pair, folded_getters):
+    get_a, get_b, rules, residual = folded_getters(pair[0], pair[2])
     assert S._sliced_rel_diff("lm_head.weight", get_a, get_b, rules, residual) is None  # 3072 values
 
 
