@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-_SUB_BYTES = 1 << 16  # numpy fallback: rows gathered together (~64 KB: stays in the first-level caches)
+_SUB_BYTES = 1 << 20  # numpy: rows gathered together (~1 MB, in the second-level cache; 64 KB ran 10-50 % slower)
 
 
 def _numpy_gather(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.ndarray, col_flip: np.ndarray,
