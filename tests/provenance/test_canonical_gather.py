@@ -95,28 +95,30 @@ def test_gather_is_a_row_and_column_pick_with_sign_bit_flips(dtype, n_rows, n_co
         assert np.array_equal(out, expected), name
 
 
-@pytest.mark.parametrize("sub_bytes", [1, 70, 200])
-def test_the_numpy_gather_done_a_few_rows_at_a_time_gives_the_same_bytes(sub_bytes, monkeypatch):
-    """Its cache-sized blocks of rows (1 MB in use) cut at any row: 1, 2 and 6 rows of 33 int16 here."""
-    rng = np.random.default_rng(sub_bytes)
+def _bf16_case(seed):
+    """A 50 x 33 int16 source, 41 rows (repeats allowed) and a column permutation to pick, random sign
+    flips of both, and the expected output."""
+    rng = np.random.default_rng(seed)
     src = rng.integers(-2**15, 2**15, (50, 33), dtype=np.int16)
     rows, cols = rng.integers(0, 50, 41), rng.permutation(33)
     row_flip = np.where(rng.random(41) < 0.5, -0x8000, 0).astype(np.int16)
     col_flip = np.where(rng.random(33) < 0.5, -0x8000, 0).astype(np.int16)
+    return (src, rows, cols, row_flip, col_flip), src[rows][:, cols] ^ row_flip[:, None] ^ col_flip[None, :]
+
+
+@pytest.mark.parametrize("sub_bytes", [1, 70, 200])
+def test_the_numpy_gather_done_a_few_rows_at_a_time_gives_the_same_bytes(sub_bytes, monkeypatch):
+    """Its cache-sized blocks of rows (1 MB in use) cut at any row: 1, 2 and 6 rows of 33 int16 here."""
+    args, expected = _bf16_case(sub_bytes)
     monkeypatch.setattr(gather, "_SUB_BYTES", sub_bytes)
     out = np.empty((41, 33), dtype=np.int16)
-    gather._numpy_gather(src, rows, cols, row_flip, col_flip, out)
-    assert np.array_equal(out, src[rows][:, cols] ^ row_flip[:, None] ^ col_flip[None, :])
+    gather._numpy_gather(*args, out)
+    assert np.array_equal(out, expected)
 
 
 @pytest.mark.parametrize("ways", [2, 3])
 def test_a_gather_cut_into_row_blocks_on_threads_gives_the_same_bytes(ways, monkeypatch):
-    rng = np.random.default_rng(ways)
-    src = rng.integers(-2**15, 2**15, (50, 33), dtype=np.int16)
-    rows, cols = rng.integers(0, 50, 41), rng.permutation(33)
-    row_flip = np.where(rng.random(41) < 0.5, -0x8000, 0).astype(np.int16)
-    col_flip = np.where(rng.random(33) < 0.5, -0x8000, 0).astype(np.int16)
-    expected = src[rows][:, cols] ^ row_flip[:, None] ^ col_flip[None, :]
+    (src, rows, cols, row_flip, col_flip), expected = _bf16_case(ways)
     calls = []
     kernel = gather._numba_gather() or gather._numpy_gather
 
