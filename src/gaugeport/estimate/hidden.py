@@ -167,15 +167,17 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
         # column j adds signs[j] * x[:, j] to bucket buckets[j]: summed per (bucket, sign), then the negative
         # half subtracted, so no signed copy of x is made
         slot = buckets + SKETCH_DIM * (signs < 0)
-        if not x.flags.c_contiguous and x.T.flags.c_contiguous:  # a unit-major view of a [f, n_units] tensor
-            # (a down projection's columns): its stored rows summed into bucket rows, no transposed copy
-            halves = torch.zeros(2 * SKETCH_DIM, x.shape[0], dtype=torch.float32)
-            halves.index_add_(0, slot, torch.from_numpy(x.T))
-            x = np.ascontiguousarray((halves[:SKETCH_DIM] - halves[SKETCH_DIM:]).numpy().T)
-        else:
-            halves = torch.zeros(x.shape[0], 2 * SKETCH_DIM, dtype=torch.float32)
-            halves.index_add_(1, slot, torch.from_numpy(np.ascontiguousarray(x)))
-            x = (halves[:, :SKETCH_DIM] - halves[:, SKETCH_DIM:]).numpy()
+        # a unit-major view of a [f, n_units] tensor (a down projection's columns) is summed from its stored
+        # rows into bucket rows (dim 0), with no transposed copy; anything else along its columns (dim 1)
+        transposed = not x.flags.c_contiguous and x.T.flags.c_contiguous
+        src, dim = (torch.from_numpy(x.T), 0) if transposed else (torch.from_numpy(np.ascontiguousarray(x)), 1)
+        shape = list(src.shape)
+        shape[dim] = 2 * SKETCH_DIM
+        halves = torch.zeros(shape, dtype=torch.float32)
+        halves.index_add_(dim, slot, src)
+        positive, negative = halves.split(SKETCH_DIM, dim=dim)
+        x = (positive - negative).numpy()
+        x = np.ascontiguousarray(x.T) if transposed else x
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
 
