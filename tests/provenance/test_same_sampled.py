@@ -1,5 +1,5 @@
 """``same`` at widths where a full assignment would be the cost: the p-value on a seeded sample of
-units (nearest-neighbour matches), the full gauge recovered only for related pairs or on request.
+units (nearest-neighbour matches), the full gauge recovered only for copies or on request.
 The tiny models stand in for wide ones by lowering the sample size to 16 of 64 units."""
 
 from __future__ import annotations
@@ -30,9 +30,28 @@ def test_a_gauged_copy_is_still_identical_with_the_exact_gauge(zoo, small_sample
     assert all(lay["mlp_units_sampled"] for lay in res.layers)
 
 
-def test_a_gauged_finetune_is_derived_on_the_sample(zoo, small_sample):
+def test_a_gauged_finetune_is_derived_on_the_sample_without_matching_its_units(zoo, small_sample, monkeypatch):
+    calls = []
+    real = same_mod.match_layer
+    monkeypatch.setattr(same_mod, "match_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
     res = same_mod.same(zoo["base"], zoo["ft"])
+    assert res.verdict == "derived" and res.gauge is None  # nothing reads a derived pair's gauge unless asked
+    assert calls == [] and all(lay["mlp_mean_confidence"] is None for lay in res.layers)
+    assert "is not a copy" in res.identical_check["not_run"]
+
+
+def test_a_gauged_finetune_gives_its_gauge_when_asked(zoo, small_sample):
+    res = same_mod.same(zoo["base"], zoo["ft"], full_gauge=True)
     assert res.verdict == "derived" and res.gauge is not None
+
+
+def test_the_copy_screen_only_lets_a_copys_input_cosines_through():
+    live = {"n": 16, "z": 9.0}
+    assert same_mod._may_be_copy({**live, "matched_in_score": 1.0}, 1e-5)
+    assert same_mod._may_be_copy({**live, "matched_in_score": 1 - 0.9e-3}, 1e-5)
+    assert not same_mod._may_be_copy({**live, "matched_in_score": 1 - 1.1e-3}, 1e-5)
+    assert same_mod._may_be_copy({**live, "matched_in_score": 0.5}, 1e-2)  # a loose --tol: no screen
+    assert same_mod._may_be_copy({"n": 0, "z": 0.0}, 1e-5)  # nothing tested: maybe
 
 
 def test_full_gauge_asks_for_the_gauge_of_an_independent_pair(zoo, small_sample):

@@ -14,11 +14,13 @@ save kept) are listed in the report.
    (or, with ``--data``, the activation estimate).
 2. **Per layer, then freed.** With B's residual axes in A's coordinates, each layer's unit features
    are read, scored and dropped before the next layer (:mod:`gaugeport.estimate.hidden`). The
-   held-out statistic (4.) is computed first; MLP units and heads are matched (the hidden gauge)
-   when the layer is related (``z > ESCALATE_Z``), or later for every layer if the combined p-value
-   says derived, or always with ``full_gauge`` (``--save-gauge``). MLPs wider than
-   ``2 * SAMPLE_UNITS`` are tested on a seeded sample of ``SAMPLE_UNITS`` units, each matched to its
-   nearest input-side neighbour, so an independent pair needs no assignment over the full width.
+   held-out statistic (4.) is computed first. MLPs wider than ``2 * SAMPLE_UNITS`` are tested on a
+   seeded sample of ``SAMPLE_UNITS`` units, each matched to its nearest input-side neighbour, so an
+   independent pair needs no assignment over the full width; their MLP units and heads are then
+   matched (the hidden gauge) only while the pair can still be identical: the layer is related
+   (``z > ESCALATE_Z``), every layer before it was a copy, and its sampled units' inputs are a copy's
+   (:func:`_may_be_copy`). A derived pair's gauge is not recovered unless asked: ``full_gauge``
+   (``--save-gauge``) matches every layer, on the full statistic. Narrower MLPs: every layer matched.
 3. **Identical?** Once every layer is matched, every tensor of B is compared with the recovered gauge
    applied to A (MLP units up to a positive scale each, since a unit's up row and down column may be
    rescaled against each other; attention tensors after the maps inside heads, fitted per layer from
@@ -260,16 +262,19 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
     est = HiddenEstimate([], [], [], [], [])
     check = _IdenticalCheck(tol, rules, hspec, dims, residual, spec, rotary)
     shared: list[str] = []
-    pending: list[int] = []
+    unmatched: list[int] = []  # layers whose hidden gauge was not recovered (sampled statistic only)
     prefetch: threading.Thread | None = None
     buffers = (_FoldBuffers(), _FoldBuffers())  # the layers' folded copies, one set reused layer after layer
     for layer in range(dims.n_layers):  # each layer's tensors read once, scored, checked and freed before the next
         lnames = sorted(by_layer.get(layer, []))
         ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared, buffers)
         a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary)  # heads: invariant features
-        est.held_out.append(held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer))
-        # the screen: the uncorrected sampled z (larger on related layers; a false escalation costs only time)
-        if sample is None or est.held_out[-1].get("z_uncorrected", est.held_out[-1]["z"]) > ESCALATE_Z:
+        h = held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer)
+        est.held_out.append(h)
+        # sampled (wide MLPs, no --save-gauge): the hidden gauge is recovered only while the pair can still be
+        # identical, since nothing else reads it; the screen: the uncorrected sampled z (larger on related layers)
+        # and the sampled units' input cosines (a copy's are 1)
+        if sample is None or (check.alive and h.get("z_uncorrected", h["z"]) > ESCALATE_Z and _may_be_copy(h, tol)):
             _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=sample is None))
             if check.alive:
                 check.layer(lnames, ta, tb, layer, est.layers[layer], res_sp=_as_sp(residual, ca.d_model))
@@ -277,29 +282,23 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
                     prefetch = _prefetch_model_class(ca.config)
         else:
             _store(est, layer, None)
-            pending.append(layer)
-            check.stop("layer not related")
+            unmatched.append(layer)
+            check.stop(f"layer {layer} is not a copy: " + (
+                "its sampled MLP units' inputs differ (mean cosine "
+                f"{h['matched_in_score']:.4g} with their nearest units of B)" if not _may_be_copy(h, tol) else
+                "not related on the sampled statistic" if check.alive else "an earlier layer is not one"))
         del a, b, ta, tb
         release_freed_memory()  # the layer's pages back: kept, the peak grew 130-180 MB a layer at 7B width
-    p_screen = float(stats.norm.sf(_stouffer([h["z"] for h in est.held_out if h["n"]])))
-    if pending and p_screen < alpha:  # derived after all: recover the weak layers' gauges too
-        for layer in pending:
-            lnames = sorted(by_layer.get(layer, []))
-            ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, None, buffers)
-            a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary)  # heads: invariant features
-            _store(est, layer, match_layer(a, b, dims, hspec.mlp_signs, exhaustive=False))
-            del a, b, ta, tb
-        pending = []
     if sample is not None:
         notes.append(f"p-value on a seeded sample of {sample} of {dims.mlp} MLP units per layer, each matched to "
                      "its nearest input-side neighbour (no assignment over the full width); related layers' units "
                      f"matched by exact hashes or among their {CANDIDATES} nearest candidates")
     gauge = None
-    if pending:
-        notes.append(f"independent on the sampled statistic (p {p_screen:.3g}): the full gauge was not recovered "
-                     "(--save-gauge asks for it)")
+    if unmatched:
+        notes.append(f"the hidden gauge was recovered only while the pair could be identical ({check.why}); "
+                     f"{len(unmatched)} of {dims.n_layers} layers not matched (--save-gauge matches every layer)")
         ident: dict[str, Any] = {"weights_match": False, "max_rel_weight_diff": None, "worst_tensor": None,
-                                 "per_layer_rel_diff": {}, "tol": tol, "not_run": "the pair is independent"}
+                                 "per_layer_rel_diff": {}, "tol": tol, "not_run": check.why}
     else:
         if data is not None:
             _refine_mlp_with_activations(est, path_a, path_b, data, tokens, ca, hspec, notes)
@@ -346,7 +345,18 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
 
 
 SAMPLE_UNITS = 2048  # wider MLPs are screened on a seeded sample of this many units per layer
-ESCALATE_Z = 3.0  # a screened layer whose z exceeds this has its full gauge recovered at once
+ESCALATE_Z = 3.0  # a screened layer whose z exceeds this has its gauge recovered (while the pair may be identical)
+COPY_SLACK = 1e-3  # a copy's sampled units have a mean input cosine with their nearest unit of B above 1 - this
+COPY_GATE_TOL = 1e-4  # the screen above is used for --tol up to this (larger tolerances: every related layer matched)
+
+
+def _may_be_copy(h: dict[str, Any], tol: float) -> bool:
+    """Could this layer (its held-out statistic ``h``) pass the identical check at ``tol``? Not when its sampled
+    MLP units' mean input cosine with their nearest unit of B is below ``1 - COPY_SLACK``. The bound: tensors
+    within ``tol`` (relative to the largest entry) differ per row by at most ``tol`` times the row's
+    max-to-rms ratio relative to its norm; at ``tol <= COPY_GATE_TOL`` and a ratio up to 300 that is 0.03,
+    a cosine above ``1 - 4.5e-4``. Larger tolerances, or no unit tested: maybe."""
+    return tol > COPY_GATE_TOL or not h.get("n") or h.get("matched_in_score", 1.0) >= 1 - COPY_SLACK
 
 
 def _store(est: HiddenEstimate, layer: int, m: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None) -> None:
