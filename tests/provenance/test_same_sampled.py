@@ -133,6 +133,22 @@ def test_the_rotation_residual_without_q_is_the_procrustes_residual():
         assert rotation_residual(ea, eb) == pytest.approx(exact, abs=1e-4)
 
 
+def test_the_cross_moment_from_the_correlations_is_eb_transposed_times_ea():
+    import torch
+
+    from gaugeport.provenance.same import column_correlation, cross_from_correlation
+
+    gen = torch.Generator().manual_seed(1)
+    f64 = {"generator": gen, "dtype": torch.float64}
+    ea = torch.randn(200, 16, **f64) * torch.rand(16, **f64) + 0.5  # columns of different scales and means
+    eb = torch.randn(200, 16, **f64) - torch.rand(16, **f64)
+    corr, sa, sb = column_correlation(ea, eb)
+    assert float(corr.abs().max()) <= 1 + 1e-6 and float(corr[3, 3]) == pytest.approx(
+        float(torch.corrcoef(torch.stack([eb[:, 3], ea[:, 3]]))[0, 1]), abs=1e-5)
+    want = (eb.T @ ea).float()
+    assert torch.allclose(cross_from_correlation(corr, sa, sb, ea, eb), want, rtol=1e-4, atol=1e-3)
+
+
 def test_b_moved_as_stored_then_folded_is_bit_for_bit_b_folded_then_moved(zoo):
     """``same`` moves B's stored tensors into A's residual coordinates before folding (half the bytes), with the
     gain moved alike: every tensor is exactly what folding first, then moving, gives."""

@@ -509,10 +509,8 @@ def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b
     def fit_sp(sp: SignedPermutation) -> float:
         return float((sp.apply(ea, 1) - eb).norm()) / norm_b
 
-    za, zb = (ea - ea.mean(0)).float(), (eb - eb.mean(0)).float()
-    za, zb = za / za.norm(dim=0).clamp_min(1e-30), zb / zb.norm(dim=0).clamp_min(1e-30)
-    corr = (zb.T @ za).numpy()  # corr[i, j]: B's column i against A's column j
-    del za, zb
+    corr_t, scale_a, scale_b = column_correlation(ea, eb)
+    corr = corr_t.numpy()  # corr[i, j]: B's column i against A's column j
     cols = linear_assignment(np.abs(corr)).cols  # B's coordinate i is A's coordinate cols[i]
     signs = np.where(corr[np.arange(d), cols] < 0, -1, 1).astype(np.int8)
     inv = np.argsort(cols)
@@ -536,7 +534,7 @@ def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b
     del ga, gb
     if gram > GRAM_MAX:
         return keep_sp("no orthogonal map can explain the embedding (token Gram matrices differ)")
-    f_est = rotation_residual(ea, eb)
+    f_est = rotation_residual(ea, eb, cross_from_correlation(corr_t, scale_a, scale_b, ea, eb))
     info["rotation_relative_residual"] = f_est
     if f_est > ROTATION_MAX_RESIDUAL * (1 + SCREEN_MARGIN):  # clearly unexplained: no d x d SVD in float64
         return keep_sp("no rotation explains the embedding (the pair looks unrelated there)")
@@ -553,16 +551,33 @@ def _residual_by_fit(ca: Checkpoint, get_a: Callable[[str], torch.Tensor], get_b
     return OrthogonalGauge(q), info
 
 
+def column_correlation(ea: torch.Tensor, eb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``corr[i, j]``, the correlation of B's column ``i`` with A's column ``j`` over the rows (float32), and
+    the centred columns' norms of A and of B it was scaled by."""
+    za, zb = (ea - ea.mean(0)).float(), (eb - eb.mean(0)).float()
+    scale_a, scale_b = za.norm(dim=0).clamp_min(1e-30), zb.norm(dim=0).clamp_min(1e-30)
+    return (zb / scale_b).T @ (za / scale_a), scale_a, scale_b
+
+
+def cross_from_correlation(corr: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, ea: torch.Tensor,
+                           eb: torch.Tensor) -> torch.Tensor:
+    """``E_B^T E_A`` (float32) from :func:`column_correlation`'s output: the centred cross-moment (the
+    correlations rescaled by both norms) plus ``n`` times the outer product of the column means. The
+    rotation screen's ``d x d`` product without a second pass over the ``n`` rows."""
+    return corr * scale_b[:, None] * scale_a[None, :] + ea.shape[0] * torch.outer(eb.mean(0), ea.mean(0)).float()
+
+
 SCREEN_MARGIN = 0.02  # the float32 residual decides alone when it is this far (relative) above the threshold
 
 
-def rotation_residual(ea: torch.Tensor, eb: torch.Tensor) -> float:
+def rotation_residual(ea: torch.Tensor, eb: torch.Tensor, cross: torch.Tensor | None = None) -> float:
     """The best rotation's relative residual ``min_Q ||E_A Q^T - E_B|| / ||E_B||`` without ``Q``:
     ``||E_A||^2 + ||E_B||^2 - 2 ||E_B^T E_A||_*`` (the nuclear norm from the eigenvalues of ``M^T M``),
     in float32 (a symmetric eigenvalue problem, several times cheaper than the float64 SVD that
-    gives ``Q``); accurate to about 1e-4 relative, which is what the choice of map needs."""
+    gives ``Q``); accurate to about 1e-4 relative, which is what the choice of map needs.
+    ``cross``: ``M = E_B^T E_A`` when the caller has it (float32), else computed here."""
     a, b = ea.float(), eb.float()
-    m = b.T @ a
+    m = b.T @ a if cross is None else cross
     nuc = float(torch.linalg.eigvalsh(m.T @ m).clamp_min(0).sqrt().double().sum())
     na, nb = float(a.double().pow(2).sum()), float(b.double().pow(2).sum())
     return float(np.sqrt(max(na + nb - 2 * nuc, 0.0) / max(nb, 1e-30)))
