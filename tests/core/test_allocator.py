@@ -63,3 +63,21 @@ def test_leaving_the_block_gives_the_memory_back_and_restores_the_default() -> N
     left, growth_after = _run("after")
     assert left < 32
     assert growth_after < 32
+
+
+def test_step_trim_keeps_freed_memory_until_the_resident_size_passes_the_first_steps_plus_slack(monkeypatch):
+    from gaugeport.core import allocator
+
+    trims = []
+    monkeypatch.setattr(allocator, "release_freed_memory", lambda: trims.append(1))
+    sizes = iter([1000, 1100, 1150, 1151, 1120, 1400])
+    policy = allocator.StepTrim(slack=150, rss=lambda: next(sizes))
+    done = [policy.step_done() for _ in range(6)]
+    assert done == [False, False, False, True, False, True]  # the bound: 1000 + 150, from the first step
+    assert policy.trims == len(trims) == 2
+
+
+def test_resident_bytes_reads_this_process():
+    from gaugeport.core.allocator import resident_bytes
+
+    assert 10 << 20 < resident_bytes() < 100 << 30

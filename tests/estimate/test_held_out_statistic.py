@@ -183,3 +183,48 @@ def test_the_unit_score_is_the_abs_blocks_plus_the_absolute_signed_sum_over_the_
     if signed:
         np.testing.assert_allclose(sgn, sum(signed), rtol=1e-6)
     assert all(np.array_equal(_cosines(a, b, "mlp", m, s), c) for (m, s), c in cos.items())
+
+
+def _gated_units(rng, n=64, f=48):
+    """A gated MLP layer's features: gates (``abs`` mode), up rows and down columns (sign-carrying)."""
+    u = UnitFeatures()
+    for mode, side in (("abs", "in"), ("signed", "in"), ("signed", "out")):
+        u.add("mlp", mode, side, unit_rows(rng.standard_normal((n, f))))
+    return u
+
+
+def test_pair_scores_are_the_score_matrix_at_those_pairs():
+    from gaugeport.estimate.hidden import _mlp_pair_scores, _mlp_scores
+
+    rng = np.random.default_rng(3)
+    a, b = _gated_units(rng), _gated_units(rng)
+    i, j = rng.integers(0, 64, 40), rng.integers(0, 64, 40)
+    for sides in (("in",), ("in", "out")):
+        full, _ = _mlp_scores(a, b, sides)
+        assert np.allclose(_mlp_pair_scores(a, b, sides, i, j), full[i, j], atol=1e-6)
+
+
+def test_the_samples_cosines_are_rounded_products_and_the_full_ones_exact():
+    from gaugeport.estimate.hidden import _cosines
+
+    rng = np.random.default_rng(4)
+    a, b = _gated_units(rng), _gated_units(rng)
+    exact = a.blocks["mlp", "abs", "in"][0] @ b.blocks["mlp", "abs", "in"][0].T
+    assert np.array_equal(_cosines(a, b, "mlp", "abs", "in"), exact)
+    rows = np.arange(0, 64, 3)
+    sampled = _cosines(a, b, "mlp", "abs", "in", rows)
+    assert np.abs(sampled - exact[rows]).max() < 2e-2  # bfloat16 inputs and results: about 3 digits
+
+
+def test_a_samples_matched_input_score_is_exact_not_rounded():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 64))
+    a, b = UnitFeatures(), UnitFeatures()
+    for f, noise in ((a, 0.0), (b, 0.04)):  # B: A's units, nudged (input cosines about 0.9992)
+        f.add("mlp", "abs", "in", unit_rows(x + noise * rng.standard_normal(x.shape)))
+        f.add("mlp", "abs", "out", unit_rows(x[:, ::-1].copy()))
+    exact = float(np.mean(np.sum(a.blocks["mlp", "abs", "in"][0] * b.blocks["mlp", "abs", "in"][0], axis=1)))
+    assert 0.998 < exact < 0.9996  # between two bfloat16 values (0.99609 and 1): rounding would show
+    h = held_out_statistic(a, b, mlp_signs=False, sample=64, seed=0)
+    # the mean over the 64 sampled units, against all 300: within 2e-4; rounded, it would be 0.99609 or 1
+    assert h["sampled"] and h["matched_in_score"] == pytest.approx(exact, abs=2e-4)

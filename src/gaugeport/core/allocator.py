@@ -92,3 +92,43 @@ def release_freed_memory() -> None:
     trim = _fn("malloc_trim")
     if trim is not None:
         trim(0)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (``/proc/self/statm``; 0 where the system has no such file)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+STEP_SLACK_BYTES = 256 << 20  # resident growth over the first step's that StepTrim lets through before it trims
+
+
+class StepTrim:
+    """The trim policy of a layer-streamed loop (call :meth:`step_done` after each layer).
+
+    A layer builds and drops the same large arrays as the one before: kept, their freed pages serve the
+    next layer with no fresh pages to fault in (``same`` at 7B width: 10.0-10.3 s against 11.9-14.0 s
+    for 4 blocks when every layer trims). Kept without limit, reuse is imperfect and the peak grew
+    130-180 MB a layer. So the free heap is given back (:func:`release_freed_memory`) only when the
+    resident size after a layer exceeds the size after the first one by more than ``slack``: the
+    resident size between layers stays below that bound, whatever the depth."""
+
+    def __init__(self, slack: int = STEP_SLACK_BYTES, rss: Callable[[], int] = resident_bytes) -> None:
+        self.slack, self._rss = slack, rss
+        self.limit: int | None = None
+        self.trims = 0
+
+    def step_done(self) -> bool:
+        """After a layer: True when the free heap was given back."""
+        rss = self._rss()
+        if self.limit is None:
+            self.limit = rss + self.slack
+            return False
+        if rss <= self.limit:
+            return False
+        release_freed_memory()
+        self.trims += 1
+        return True

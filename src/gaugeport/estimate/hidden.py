@@ -198,7 +198,13 @@ def _count_sketch(f: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str,
              rows: np.ndarray | None = None) -> np.ndarray | None:
     """Mean over blocks of the cosine matrix between A's units (``rows`` of them, default all) and
-    B's units (rows: A, columns: B); cached (one cache per row selection)."""
+    B's units (rows: A, columns: B); cached (one cache per row selection).
+
+    With ``rows`` (the sampled held-out statistic), the products are in bfloat16 (float32 sums, each
+    cosine rounded to 8 significant bits, about 3 decimal digits): 3.5x float32's speed on a CPU with
+    bfloat16 dot products, and what the sample's statistic needs (candidate sets and ranks; the
+    rounding is the same function of both sides' features, so the null is unchanged). Without
+    ``rows`` (matching, confidences) they are float32."""
     key = (kind, mode, side, "all" if rows is None else "rows")
     cache = fa.cache.setdefault(id(fb), {})
     if key in cache:
@@ -206,7 +212,10 @@ def _cosines(fa: UnitFeatures, fb: UnitFeatures, kind: str, mode: str, side: str
     ba, bb = fa.blocks.get((kind, mode, side), []), fb.blocks.get((kind, mode, side), [])
     total = None
     for xa, xb in zip(ba, bb, strict=True):
-        c = (xa if rows is None else xa[rows]) @ xb.T
+        if rows is None:
+            c = xa @ xb.T
+        else:
+            c = (torch.from_numpy(xa[rows]).bfloat16() @ torch.from_numpy(xb).bfloat16().T).float().numpy()
         total = c if total is None else total + c
     out = None if total is None else total / np.float32(len(ba))
     cache[key] = out  # type: ignore[index]
@@ -252,6 +261,21 @@ def _mlp_scores(fa: UnitFeatures, fb: UnitFeatures, sides: tuple[str, ...],
         score += np.abs(sgn)
     score /= np.float32(n) if score.dtype == np.float32 else n
     return score, sgn
+
+
+def _mlp_pair_scores(fa: UnitFeatures, fb: UnitFeatures, sides: tuple[str, ...], i: np.ndarray,
+                     j: np.ndarray) -> np.ndarray:
+    """:func:`_mlp_scores` at the pairs ``(i[t], j[t])`` only (A's unit, B's unit), in float32: the same
+    mean of the blocks' cosines, sign-carrying blocks by ``|sum|``."""
+    plain, signed, n = np.zeros(i.size, np.float32), np.zeros(i.size, np.float32), 0
+    for (kind, mode, side), ba in fa.blocks.items():
+        if kind != "mlp" or side not in sides or not fb.blocks.get((kind, mode, side)):
+            continue
+        total = plain if mode == "abs" else signed
+        for xa, xb in zip(ba, fb.blocks[kind, mode, side], strict=True):
+            total += np.einsum("tf,tf->t", xa[i], xb[j]) / np.float32(len(ba))
+        n += 1
+    return (plain + np.abs(signed)) / max(n, 1)
 
 
 def match_heads(fa: UnitFeatures, fb: UnitFeatures, dims: HiddenDims) -> tuple[SignedPermutation, np.ndarray]:
@@ -555,7 +579,9 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condit
     return {"z": float(z), **base, "second_candidate_reference": shifted, "z_uncorrected": z_plain,
             "top1_fraction": top1,
             "matched_out_cos": raw_matched, "null_mean_cos": null_mean,
-            "matched_in_score": float(s_in[rows, cols[rows]].mean())}
+            # exact (float32) where the sample's products were rounded: ``same`` screens copies on it
+            "matched_in_score": float((s_in[rows, cols[rows]] if sel is None else
+                                       _mlp_pair_scores(a, b, ("in",), sel[rows], cols[rows])).mean())}
 
 
 def _n_units(f: UnitFeatures) -> int:

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from gaugeport.core.allocator import freed_memory_kept, release_freed_memory
+from gaugeport.core.allocator import StepTrim, freed_memory_kept
 from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import ArchitectureError, CheckpointError, GaugeError
@@ -265,6 +265,7 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
     unmatched: list[int] = []  # layers whose hidden gauge was not recovered (sampled statistic only)
     prefetch: threading.Thread | None = None
     buffers = (_FoldBuffers(), _FoldBuffers())  # the layers' folded copies, one set reused layer after layer
+    trim = StepTrim()
     for layer in range(dims.n_layers):  # each layer's tensors read once, scored, checked and freed before the next
         lnames = sorted(by_layer.get(layer, []))
         ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared, buffers)
@@ -288,7 +289,7 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
                 f"{h['matched_in_score']:.4g} with their nearest units of B)" if not _may_be_copy(h, tol) else
                 "not related on the sampled statistic" if check.alive else "an earlier layer is not one"))
         del a, b, ta, tb
-        release_freed_memory()  # the layer's pages back: kept, the peak grew 130-180 MB a layer at 7B width
+        trim.step_done()  # the layer's freed pages serve the next, up to a bound on the resident size
     if sample is not None:
         notes.append(f"p-value on a seeded sample of {sample} of {dims.mlp} MLP units per layer, each matched to "
                      "its nearest input-side neighbour (no assignment over the full width); related layers' units "
