@@ -191,3 +191,35 @@ def test_the_direction_screen_is_a_lower_bound_of_the_full_direction_difference(
     monkeypatch.setattr(same_mod, "SCREEN_UNITS", 300)
     assert bound == pytest.approx(full, rel=1e-6)
     assert same_mod._direction_diff_lower_bound(b * 2.0, b, 0) < 1e-6  # a rescaled copy passes
+
+
+def test_once_the_pair_cannot_be_identical_only_mlp_tensors_are_folded(zoo, small_sample, monkeypatch):
+    folded = []
+    real = same_mod._Tensors.__call__
+
+    def spy(self, name, *a, **k):
+        folded.append(name)
+        return real(self, name, *a, **k)
+
+    monkeypatch.setattr(same_mod._Tensors, "__call__", spy)
+    res = same_mod.same(zoo["base"], zoo["ind1"])
+    assert res.verdict == "independent"
+    later = [n for n in folded if ".layers.1." in n]
+    assert later and all(".mlp." in n for n in later)  # layer 0 ended the check: no attention read after it
+    assert any(".layers.0.self_attn." in n for n in folded)
+
+
+def test_an_attention_matrix_copied_bit_for_bit_is_still_found_after_the_check_ends(zoo, small_sample, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = tmp_path / "ind_with_a_copied_head"
+    shutil.copytree(zoo["ind1"], dst)
+    name = "model.layers.1.self_attn.o_proj.weight"
+    a = load_file(str(zoo["base"] / "model.safetensors"))
+    b = load_file(str(dst / "model.safetensors"))
+    b[name] = a[name].clone()  # a stolen matrix in a layer the statistic reads MLP tensors only
+    save_file(b, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    res = same_mod.same(zoo["base"], dst)
+    assert res.verdict == "derived" and any(name in note for note in res.notes)

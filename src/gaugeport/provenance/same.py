@@ -268,8 +268,12 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
     trim = StepTrim()
     for layer in range(dims.n_layers):  # each layer's tensors read once, scored, checked and freed before the next
         lnames = sorted(by_layer.get(layer, []))
+        units = sample is None or check.alive  # may this layer's gauge be matched? else its MLP tensors suffice
+        if not units:
+            lnames = _mlp_only(lnames, hspec, get_a, get_b, shared)
         ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared, buffers)
-        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary)  # heads: invariant features
+        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary if units else None,
+                         heads=units)  # heads: invariant features
         h = held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer)
         est.held_out.append(h)
         # sampled (wide MLPs, no --save-gauge): the hidden gauge is recovered only while the pair can still be
@@ -405,12 +409,34 @@ def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Cal
     return ta, tb
 
 
+def _mlp_only(names: list[str], hspec: HiddenSpec, get_a: Callable[..., torch.Tensor],
+              get_b: Callable[..., torch.Tensor], shared: list[str]) -> list[str]:
+    """The tensors of ``names`` that carry MLP units (all the held-out statistic reads); the others are only
+    compared as stored, bit for bit (most differ in their first row: nothing more is read), their names
+    appended to ``shared`` when they are equal."""
+    keep = []
+    for n in names:
+        hit = hspec.match(n)
+        if hit is not None and any(seg.kind == "mlp" for seg in hit[0].segments):
+            keep.append(n)
+        elif isinstance(get_a, _Tensors) and isinstance(get_b, _Tensors) and _bit_identical(get_a.raw(n),
+                                                                                            get_b.raw(n)):
+            shared.append(n)
+    return keep
+
+
 def _features(names: list[str], ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor], spec: ArchSpec,
               hspec: HiddenSpec, dims: HiddenDims, layer: int,
-              rotary: int | None = None) -> tuple[UnitFeatures, UnitFeatures]:
+              rotary: int | None = None, heads: bool = True) -> tuple[UnitFeatures, UnitFeatures]:
     """One layer's unit features of A and B; with ``rotary``, heads on the features no map inside a head
     changes (:func:`gaugeport.provenance.heads.use_invariant_head_features`), the flattened head blocks they
-    replace not even built, where the layer has its attention tensors."""
+    replace not even built, where the layer has its attention tensors. ``heads`` False: MLP units only
+    (nothing will be matched), their raw rows not kept for hashing."""
+    if not heads:
+        no_heads = frozenset({"q_heads", "kv_heads"})
+        fa = layer_features(names, ta.__getitem__, spec, hspec, dims, skip=no_heads).get(layer, UnitFeatures())
+        fb = layer_features(names, tb.__getitem__, spec, hspec, dims, skip=no_heads).get(layer, UnitFeatures())
+        return fa, fb
     skip: frozenset[str] = frozenset()
     if rotary is not None and hspec.attention is not None:
         try:
