@@ -486,7 +486,10 @@ def held_out_statistic(a: UnitFeatures, b: UnitFeatures, mlp_signs: bool, condit
     candidates ``1..k`` and ``rank_2`` the second candidate's among ``2..k+1``. Under exchangeable
     scores each rank has variance ``(k^2 - 1) / 12`` and their covariance is ``-1 / 12``, so the
     difference has variance ``k^2 / 6``. ``z_uncorrected`` keeps the plain statistic on the sample (biased
-    upwards under the null; ``same`` only uses it to decide which layers to match early).
+    upwards under the null; ``same`` only uses it to decide which layers to match early). On the sample the
+    cosine products are in bfloat16 (:func:`_cosines`): candidates, ranks and the regression use values
+    rounded to about 3 significant digits, the same rounding for every candidate, so the null is unchanged;
+    ``matched_in_score`` (the mean input score of the matches) is recomputed in float32.
     """
     n_units = _n_units(a)
     if n_units == 0:

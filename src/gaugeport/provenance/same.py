@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from gaugeport.core.allocator import StepTrim, freed_memory_kept
+from gaugeport.core.allocator import StepTrim, freed_memory_kept, release_freed_memory
 from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.checkpoint import Checkpoint
 from gaugeport.core.errors import ArchitectureError, CheckpointError, GaugeError
@@ -294,6 +294,7 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
                 "not related on the sampled statistic" if check.alive else "an earlier layer is not one"))
         del a, b, ta, tb
         trim.step_done()  # the layer's freed pages serve the next, up to a bound on the resident size
+    release_freed_memory()  # what the layers kept: the tensors outside the layers and the logits check differ
     if sample is not None:
         notes.append(f"p-value on a seeded sample of {sample} of {dims.mlp} MLP units per layer, each matched to "
                      "its nearest input-side neighbour (no assignment over the full width); related layers' units "
