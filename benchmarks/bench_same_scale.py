@@ -1,7 +1,7 @@
 """`same` at Llama-2-7B width: time against one plain read of both checkpoints, and peak memory at two depths.
 
 Synthetic bf16 checkpoints (d=4096, 11008 MLP units, 32 heads in 8 key/value groups, vocab 32000),
-written tensor by tensor under a temporary folder and deleted afterwards, at 2 and 4 blocks:
+written tensor by tensor under a temporary folder and deleted afterwards, at 2, 4 and 8 blocks:
 
 * A: random weights (norm gains of both signs around 1);
 * identical: A under a random full gauge (residual, MLP units with signs, heads);
@@ -16,7 +16,7 @@ under: the float32 copies then reuse pages instead of faulting in new ones); and
 data-free. ``--repeat`` rounds of the three (default 2), the best of each reported: wall times,
 `same` over each pass, the verdict and p-value, and `same`'s own peak resident memory (VmHWM).
 
-    PYTHONPATH=src python benchmarks/bench_same_scale.py [--depths 2 4] [--repeat 2] [--out FILE.json]
+    PYTHONPATH=src python benchmarks/bench_same_scale.py [--depths 2 4 8] [--repeat 2] [--out FILE.json]
     PYTHONPATH=src python benchmarks/bench_same_scale.py --pair A B   # an existing pair, JSON printed
     PYTHONPATH=src python benchmarks/bench_same_scale.py --quick   # d=1024, 2816 units: a smoke run
 """
@@ -183,7 +183,7 @@ def measure_pair(a: Path, b: Path, repeat: int = 1, profile: Path | None = None)
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="d=1024 shapes (a smoke run)")
-    ap.add_argument("--depths", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=None, help="folder for the temporary checkpoints (default: temp)")
     ap.add_argument("--profile", type=Path, default=None,
