@@ -272,8 +272,7 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
         if not units:
             lnames = _mlp_only(lnames, hspec, get_a, get_b, shared)
         ta, tb = _read_layer(lnames, get_a, get_b, rules, residual, shared, buffers)
-        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary if units else None,
-                         heads=units)  # heads: invariant features
+        a, b = _features(lnames, ta, tb, spec, hspec, dims, layer, rotary, heads=units)  # heads: invariant features
         h = held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer)
         est.held_out.append(h)
         # sampled (wide MLPs, no --save-gauge): the hidden gauge is recovered only while the pair can still be
@@ -413,8 +412,8 @@ def _read_layer(names: list[str], get_a: Callable[..., torch.Tensor], get_b: Cal
 def _mlp_only(names: list[str], hspec: HiddenSpec, get_a: Callable[..., torch.Tensor],
               get_b: Callable[..., torch.Tensor], shared: list[str]) -> list[str]:
     """The tensors of ``names`` that carry MLP units (all the held-out statistic reads); the others are only
-    compared as stored, bit for bit (most differ in their first row: nothing more is read), their names
-    appended to ``shared`` when they are equal."""
+    checked finite, as every tensor read, and compared as stored, bit for bit (most differ in their first
+    row), never converted, folded or moved; their names are appended to ``shared`` when they are equal."""
     keep = []
     for n in names:
         hit = hspec.match(n)
