@@ -21,13 +21,13 @@ def advised(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     lock = threading.Lock()
 
-    def record(fd: int, buffers: list, offset: int) -> int:
+    def record(self: object, fd: int, offset: int, n: int) -> int:
         assert fd == 3
         with lock:
-            calls.append((offset, len(buffers[0])))
-        return len(buffers[0])
+            calls.append((offset, n))
+        return n
 
-    monkeypatch.setattr(readahead.os, "preadv", record)
+    monkeypatch.setattr(readahead._PartReader, "__call__", record)
     return calls
 
 
@@ -97,3 +97,49 @@ def test_on_a_real_file_the_helper_waits_at_the_window_until_the_pass_reaches_th
     finally:
         os.close(fd)
     assert f.read_bytes() == data  # read only
+
+
+def _file(tmp_path, n: int) -> tuple[bytes, int]:
+    f = tmp_path / "x.bin"
+    data = os.urandom(n)
+    f.write_bytes(data)
+    return data, os.open(f, os.O_RDONLY)
+
+
+def test_a_part_is_brought_in_without_a_copy_where_the_system_can(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, fd = _file(tmp_path, 10_000)
+    copied: list[int] = []
+    real_preadv = os.preadv
+    monkeypatch.setattr(readahead.os, "preadv", lambda *a: copied.append(1) or real_preadv(*a))
+    reader = readahead._PartReader()
+    try:
+        assert reader(fd, 0, 4096) == 4096
+        assert reader(fd, 8192, 4096) == 10_000 - 8192  # the file ends first
+        assert reader(fd, 10_000, 4096) == 0  # at the end: nothing more
+        if hasattr(os, "sendfile"):  # Linux: to the null device, never into the process
+            assert copied == []
+    finally:
+        reader.close()
+        os.close(fd)
+    assert (tmp_path / "x.bin").read_bytes() == data
+
+
+@pytest.mark.skipif(not hasattr(os, "sendfile"), reason="the fallback from sendfile needs os.sendfile (CI: Linux)")
+def test_where_the_kernel_refuses_to_splice_parts_are_read_instead_from_then_on(tmp_path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _, fd = _file(tmp_path, 10_000)
+    tries: list[int] = []
+
+    def refuse(*a: object) -> int:
+        tries.append(1)
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(readahead.os, "sendfile", refuse)
+    reader = readahead._PartReader()
+    try:
+        assert reader(fd, 0, 4096) == 4096
+        assert reader(fd, 4096, 4096) == 4096
+        assert tries == [1]  # asked once; plain reads after that
+    finally:
+        reader.close()
+        os.close(fd)

@@ -288,3 +288,28 @@ def test_leading_moved_is_the_moved_tensor_first_residual_coordinates(dtype, tin
         assert torch.equal(lead.contiguous().view(torch.uint8), expected.view(torch.uint8)), name
         checked += 1
     assert checked == 7 * 2  # q, k, v, o, gate, up, down in each of the 2 layers
+
+
+@pytest.mark.parametrize("verb", ["fingerprint", "canonicalize"])
+@pytest.mark.parametrize(("model_type", "where"), [
+    ("llama", "model.embed_tokens.weight"), ("llama", "model.norm.weight"),
+    ("bert", "cls.predictions.transform.dense.weight")])
+def test_a_non_finite_value_outside_the_layers_is_refused_with_no_output(verb, model_type, where, tmp_path):
+    """A non-finite value anywhere, here in a tensor outside the layers, past the leading columns the sort reads:
+    an error naming the tensor, and no output."""
+    from safetensors.torch import save_file
+
+    from gaugeport.core.errors import CheckpointError
+
+    tiny_model(model_type).save_pretrained(tmp_path / "m")
+    ckpt = Checkpoint.open(tmp_path / "m")
+    shard = ckpt.shard_of[where]
+    tensors = {n: ckpt.tensor(n).clone() for n in ckpt.names if ckpt.shard_of[n] == shard}
+    tensors[where].view(-1)[-3] = float("nan")  # in the last part, far from the leading columns the sort reads
+    save_file(tensors, str(tmp_path / "m" / shard), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=where.replace(".", r"\.")):
+        if verb == "fingerprint":
+            fingerprint(tmp_path / "m")
+        else:
+            canonicalize(tmp_path / "m", tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()

@@ -234,8 +234,9 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
                     consume: Callable[[str, tuple[torch.dtype, tuple[int, ...]] | None, memoryview], None]
                     | None = None, *, prefix_ok: bool = False) -> Canonical:
     """:func:`canonical_gauge`; with ``consume``, also every canonical tensor, in sorted name order,
-    in the same pass: a layer's gauge is decided when its first hidden-axis tensor comes up, from
-    that layer's tensors, which are read once (kept until their turn, then dropped).
+    in the same pass: a layer's gauge is decided from that layer's tensors, which are read once (kept
+    until their turn, then dropped), on a helper thread while the main one gathers the tensors before
+    them (the first layer's once the first tensor outside the layers is in).
 
     A canonical tensor reaches ``consume(name, header, data)`` in parts, in order: ``header`` is
     ``(dtype, shape)`` on its first part (None on the others), ``data`` the next bytes. 1-D and 2-D
@@ -265,34 +266,34 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     counts = {"mlp": 0, "heads": 0}
     kept: dict[str, torch.Tensor] = {}
 
-    ahead: dict[int, Any] = {}  # consume: layer -> its tensors being read on the helper thread
+    ahead: dict[int, Any] = {}  # consume: layer -> its tensors read and its gauge decided on the helper thread
     order = list(by_layer)  # the order layers come up in (name order)
 
-    def read_layer(layer: int) -> dict[str, torch.Tensor]:
-        return {name: whole(name) for name in by_layer.get(layer, [])}  # one layer read ahead of the one gathered
-
-    def decide(layer: int, pool: Any = None) -> None:
+    def decide(layer: int, stored_of: dict[str, torch.Tensor]) -> tuple[LayerGauge, int, int]:
+        """Layer ``layer``'s gauge from its own tensors (``stored_of``: name -> stored tensor)."""
         blocks: list[tuple[str, str, _Rows]] = []
-        if pool is not None:
-            stored_of = (ahead.pop(layer) if layer in ahead else pool.submit(read_layer, layer)).result()
-            following = order.index(layer) + 1
-            if following < len(order):
-                ahead[order[following]] = pool.submit(read_layer, order[following])
         for name in by_layer.get(layer, []):
             hit = hspec.match(name)
             assert hit is not None
-            stored = whole(name) if pool is None else stored_of[name]
-            if pool is not None:
-                kept[name] = stored
+            stored = stored_of[name]
             key = _leading_moved(stored, rules[name], residual, hit[0].axis)
             if key is None:  # in canonical residual coordinates, whole
                 blocks.extend(_unit_rows(res_tf(name, stored), hit[0], dims))
             else:  # only the first residual coordinates; the rest is moved only for a tie
                 moved = _Moved(functools.partial(res_tf, name, stored), stored.shape)
                 blocks.extend(_unit_rows(key, hit[0], dims, moved))
-        layers[layer], mt, ht = _canonical_layer(blocks, dims, hspec.mlp_signs)
+        return _canonical_layer(blocks, dims, hspec.mlp_signs)
+
+    def read_and_decide(layer: int) -> tuple[dict[str, torch.Tensor], tuple[LayerGauge, int, int]]:
+        """On the helper thread, while the main one gathers the layer before: the layer's tensors and gauge."""
+        stored_of = {name: whole(name) for name in by_layer.get(layer, [])}
+        return stored_of, decide(layer, stored_of)
+
+    def settle(layer: int, decision: tuple[LayerGauge, int, int]) -> None:
+        layers[layer], mt, ht = decision
         counts["mlp"] += mt
         counts["heads"] += ht
+        decided.add(layer)
 
     decided: set[int] = set()
     if consume is not None:
@@ -306,10 +307,20 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
                 for name in names:
                     hit = hspec.match(name)
                     if hit is not None and hit[1] not in decided:
+                        layer = hit[1]
                         kept.clear()
-                        decide(hit[1], pool)
-                        decided.add(hit[1])
+                        job = ahead.pop(layer) if layer in ahead else pool.submit(read_and_decide, layer)
+                        stored_of, decision = job.result()
+                        following = order.index(layer) + 1
+                        if following < len(order) and order[following] not in ahead:
+                            ahead[order[following]] = pool.submit(read_and_decide, order[following])
+                        kept.update(stored_of)
+                        settle(layer, decision)
                     stored = kept.pop(name) if name in kept else whole(name)
+                    if order and not decided and order[0] not in ahead:
+                        # the first layer is read and decided while the tensors before it are gathered (once
+                        # the first of them is in: on a cold page cache both would wait for the disk)
+                        ahead[order[0]] = pool.submit(read_and_decide, order[0])
                     hidden = None if hit is None else (hit[0], hit[1], full, full_tf.dims)
                     emit(name, stored, _canonical_plan(name, stored, rules[name], residual, hidden),
                          functools.partial(full_tf, name, stored))
@@ -320,7 +331,7 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
                         f.result()
     for layer in range(dims.n_layers):
         if layer not in decided:
-            decide(layer)
+            settle(layer, decide(layer, {name: whole(name) for name in by_layer.get(layer, [])}))
     ties.update({"mlp_identical_unit_groups": counts["mlp"], "head_identical_groups": counts["heads"]})
     return Canonical(FullGauge(residual, tuple(layers)), ties, notes)
 
