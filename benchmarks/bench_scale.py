@@ -73,6 +73,31 @@ def _child(verb: str, args: list[str]) -> None:
             with open(f, "rb", buffering=0) as fh:
                 while fh.readinto(buf):
                     pass
+    elif verb == "read_write":  # the I/O a verb that reads a checkpoint and writes one of its size must do:
+        # read it (as "read") while a thread writes as many bytes, direct I/O as canonicalize writes, then sync
+        import threading
+
+        from gaugeport.core.directio import AppendFile
+
+        files = sorted(Path(args[0]).glob("*.safetensors"))
+        total = sum(f.stat().st_size for f in files)
+
+        def write() -> None:
+            chunk = memoryview(bytearray(8 << 20))
+            out = AppendFile(Path(args[1]))
+            for k in range(0, total, len(chunk)):
+                out.write(chunk[:min(len(chunk), total - k)])
+            out.close()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        buf = bytearray(16 << 20)
+        for f in files:
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+        writer.join()
+        os.sync()
     elif verb == "apply":
         from gaugeport.core.apply import apply_gauge_to_checkpoint
         from gaugeport.core.gauge import SignedPermutation
@@ -284,7 +309,7 @@ def throughput(root: Path, quick: bool, repeat: int) -> dict[str, object]:
 
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in (
         "read", "read_cold", "fingerprint", "fingerprint_numba", "canonicalize", "canonicalize_numba",
-        "fingerprint_cold", "canonicalize_cold")}
+        "fingerprint_cold", "canonicalize_cold", "read_write_cold")}
     for _ in range(repeat):  # interleaved: a change of load hits every row alike
         run("read", a)  # the page cache warm again (a cold run before dropped it), untimed
         runs["read"].append(run("read", a))
@@ -297,6 +322,8 @@ def throughput(root: Path, quick: bool, repeat: int) -> dict[str, object]:
         runs["fingerprint_cold"].append(run("fingerprint_cold", a))
         runs["canonicalize_cold"].append(run("canonicalize_cold", a, root / "canon"))
         shutil.rmtree(root / "canon")
+        runs["read_write_cold"].append(run("read_write_cold", a, root / "written.bin"))
+        (root / "written.bin").unlink()
     bests = {k: best(v) for k, v in runs.items()}
     read, read_cold = bests["read"]["seconds"], bests["read_cold"]["seconds"]
     rates = json.loads(subprocess.run([sys.executable, __file__, "--child", "rates", str(a)], check=True,
@@ -307,13 +334,18 @@ def throughput(root: Path, quick: bool, repeat: int) -> dict[str, object]:
         ratios[f"{verb}_over_cold_read_time"] = bests[verb]["seconds"] / read_cold
     ratios["fingerprint_cold_over_cold_read_time"] = bests["fingerprint_cold"]["seconds"] / read_cold
     ratios["canonicalize_cold_over_cold_read_time"] = bests["canonicalize_cold"]["seconds"] / read_cold
+    ratios["canonicalize_cold_over_read_write_cold_time"] = \
+        bests["canonicalize_cold"]["seconds"] / bests["read_write_cold"]["seconds"]
+    ratios["read_write_cold_over_cold_read_time"] = bests["read_write_cold"]["seconds"] / read_cold
     for verb in ("canonicalize", "canonicalize_numba"):
         ratios[f"{verb}_before_sync_over_read_time"] = bests[verb]["seconds_before_sync"] / read
     out.update({"rates_gb_per_s_one_core": rates, "cp_sync_seconds": min(cps), "apply": best_apply, **bests,
         "read_note": "read: page cache warm (the checkpoint was just read); read_cold: its pages dropped first "
                      "(posix_fadvise DONTNEED), so it comes from the disk. fingerprint and canonicalize run warm "
                      "unless named _cold; numpy's gather unless named _numba (GAUGEPORT_GATHER=numba); canonicalize "
-                     "includes os.sync() (seconds_before_sync without it)",
+                     "includes os.sync() (seconds_before_sync without it); read_write_cold: the cold read while "
+                     "a thread writes as many bytes (direct I/O, as canonicalize writes) and syncs: the I/O floor "
+                     "of any verb that reads a checkpoint and writes one",
         "apply_over_cp_sync_speed": min(cps) / best_apply["seconds"], **ratios,
         "targets": {"apply_over_cp_sync_speed": ">= 0.5", "fingerprint_over_read_time": "<= 1.5",
                     "canonicalize_over_read_time": "<= 2"},

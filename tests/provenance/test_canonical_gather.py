@@ -313,3 +313,28 @@ def test_a_non_finite_value_outside_the_layers_is_refused_with_no_output(verb, m
         else:
             canonicalize(tmp_path / "m", tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_parts_queued_behind_a_slow_consumer_keep_their_bytes_and_order(tiny_dir, monkeypatch, backend):
+    """A slow hash (a stalled disk, for the writer): parts queue up to the limit, each buffer is reused only
+    once its part was consumed, so the bytes hashed are the reference's."""
+    import time
+
+    path = tiny_dir("llama")
+    monkeypatch.setattr(canonical, "PART_BYTES", 200)  # one row a part: many parts per tensor
+    real_call = canonical._Hasher.__call__
+    most = [0]
+    real_sink_call = canonical._Sink.__call__
+
+    def counting_sink(self, *part):
+        real_sink_call(self, *part)
+        most[0] = max(most[0], len(self.pending))
+
+    def slow(self, *part):
+        time.sleep(0.0005)
+        real_call(self, *part)
+
+    monkeypatch.setattr(canonical._Hasher, "__call__", slow)
+    monkeypatch.setattr(canonical._Sink, "__call__", counting_sink)
+    assert fingerprint(path)["fingerprint"] == _reference_fingerprint(path)
+    assert most[0] == canonical.PARTS_IN_FLIGHT - 1  # parts did queue, and never more than the buffers allow

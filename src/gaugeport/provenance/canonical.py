@@ -241,8 +241,8 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     A canonical tensor reaches ``consume(name, header, data)`` in parts, in order: ``header`` is
     ``(dtype, shape)`` on its first part (None on the others), ``data`` the next bytes. 1-D and 2-D
     tensors are gathered (rows and columns at once, residual and hidden gauge composed) part by part
-    into two reused buffers (:func:`gaugeport.core.gather.gather_2d`); a part's buffer is reused two
-    parts later, so ``consume`` must be done with it by then (:class:`_Sink` is). Others are
+    into :data:`PARTS_IN_FLIGHT` reused buffers (:func:`gaugeport.core.gather.gather_2d`); a part's buffer
+    is reused that many parts later, so ``consume`` must be done with it by then (:class:`_Sink` is). Others are
     transformed whole (one part)."""
     if get is None:
         with _plain_reads(ckpt) as plain:
@@ -396,15 +396,16 @@ def _canonical_plan(name: str, stored: torch.Tensor, rule: ParamRule, residual: 
 
 
 PART_BYTES = 8 << 20  # a canonical tensor reaches the hash and the writer in parts of about this size
+PARTS_IN_FLIGHT = 4  # gathered parts not yet hashed and written, at most (the gather's buffers, reused in turn)
 
 
 class _Emitter:
-    """Hands canonical tensors to ``consume`` part by part, gathered into two reused buffers."""
+    """Hands canonical tensors to ``consume`` part by part, gathered into :data:`PARTS_IN_FLIGHT` reused buffers."""
 
     def __init__(self, consume: Callable[[str, tuple[torch.dtype, tuple[int, ...]] | None, memoryview], None]) -> None:
         self.consume = consume
-        self.bufs: list[np.ndarray] = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
-        self.k = 0  # buffer parts so far: part k is in bufs[k % 2]
+        self.bufs: list[np.ndarray] = [np.empty(0, dtype=np.uint8) for _ in range(PARTS_IN_FLIGHT)]
+        self.k = 0  # buffer parts so far: part k is in bufs[k % PARTS_IN_FLIGHT]
 
     def __call__(self, name: str, stored: torch.Tensor, plan: RowColPlan | None,
                  whole: Callable[[], torch.Tensor]) -> None:
@@ -426,7 +427,7 @@ class _Emitter:
         for r0 in range(0, n_rows, per):
             r1 = min(n_rows, r0 + per)
             nbytes = (r1 - r0) * plan.row_bytes
-            slot = self.k % 2
+            slot = self.k % PARTS_IN_FLIGHT
             if self.bufs[slot].nbytes < nbytes:
                 self.bufs[slot] = reusable_buffer(max(nbytes, PART_BYTES))
             buf = self.bufs[slot][:nbytes]
@@ -692,28 +693,32 @@ def _whole(name: str, tensor: torch.Tensor) -> tuple[str, tuple[torch.dtype, tup
 
 class _Sink:
     """``sink(name, header, data)`` hands each part of a canonical tensor to every consumer (the hash, the
-    writer) on its own helper thread, so that hashing and writing part ``i`` overlap gathering part
-    ``i + 1`` (hashing and file writes release the GIL). Parts keep their order: a part is handed over
-    only once the previous one is done, so the part before is free again (the gather's two buffers).
-    An error in a consumer is raised by the next call or at the end of the ``with`` block."""
+    writer), each on its own helper thread, which takes the parts in order, so that hashing and writing
+    overlap gathering the next parts (hashing and file writes release the GIL). At most
+    ``PARTS_IN_FLIGHT - 1`` parts are still pending when a call returns (it waits for the oldest), so the
+    buffer of the part ``PARTS_IN_FLIGHT`` before the next one is free again: a slow write (the disk
+    stalls) is absorbed by the parts queued behind it rather than stalling the gather at once.
+    An error in a consumer is raised by a later call or at the end of the ``with`` block."""
 
     def __init__(self, *consumers: Callable[..., None]) -> None:
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         self.consumers = consumers
-        self.pool = ThreadPoolExecutor(max_workers=len(consumers), thread_name_prefix="gaugeport-sink")
-        self.pending: list[Any] = []
+        self.pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="gaugeport-sink") for _ in consumers]
+        self.pending: deque[list[Any]] = deque()  # per part handed over, its consumers' futures, oldest first
 
-    def _drain(self) -> None:
-        pending, self.pending = self.pending, []
-        for f in pending:  # all of them finish before an error is raised: no thread still uses the buffer
+    def _wait_oldest(self) -> None:
+        futures = self.pending.popleft()
+        for f in futures:  # all of them finish before an error is raised: no thread still uses the buffer
             f.exception()
-        for f in pending:
+        for f in futures:
             f.result()
 
     def __call__(self, *part: Any) -> None:
-        self._drain()
-        self.pending = [self.pool.submit(c, *part) for c in self.consumers]
+        self.pending.append([pool.submit(c, *part) for pool, c in zip(self.pools, self.consumers, strict=True)])
+        while len(self.pending) > PARTS_IN_FLIGHT - 1:
+            self._wait_oldest()
 
     def __enter__(self) -> _Sink:
         return self
@@ -721,12 +726,15 @@ class _Sink:
     def __exit__(self, exc_type: object, *_: object) -> None:
         try:
             if exc_type is None:
-                self._drain()
+                while self.pending:
+                    self._wait_oldest()
             else:  # already failing: wait for the threads, keep the first error
-                for f in self.pending:
-                    f.exception()
+                for futures in self.pending:
+                    for f in futures:
+                        f.exception()
         finally:
-            self.pool.shutdown(wait=True)
+            for pool in self.pools:
+                pool.shutdown(wait=True)
 
 
 class _Hasher:
