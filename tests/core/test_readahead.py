@@ -143,3 +143,42 @@ def test_where_the_kernel_refuses_to_splice_parts_are_read_instead_from_then_on(
     finally:
         reader.close()
         os.close(fd)
+
+
+def test_wait_read_returns_once_the_helper_has_read_through_the_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def gated(self: object, fd: int, offset: int, n: int) -> int:
+        if offset >= 20:
+            gate.wait(5)  # the third range waits until the test lets it go
+        calls.append(offset)
+        return n
+
+    monkeypatch.setattr(readahead._PartReader, "__call__", gated)
+    with ReadAhead(_ranges([10] * 4), window=100) as ra:
+        ra.wait_read("t1")  # read by now, without the gate
+        assert calls == [0, 10]
+        waiter = threading.Thread(target=ra.wait_read, args=("t2",))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive()  # t2 is not read yet
+        gate.set()
+        waiter.join(5)
+        assert not waiter.is_alive() and 20 in calls
+
+
+def test_wait_read_past_the_window_returns_when_the_helper_waits_for_the_pass(advised: list) -> None:
+    with ReadAhead(_ranges([10] * 5), window=25) as ra:
+        done = threading.Event()
+        threading.Thread(target=lambda: (ra.wait_read("t4"), done.set()), daemon=True).start()
+        assert done.wait(5)  # no deadlock: the caller's own read brings t4 in
+        assert advised == [(0, 10), (10, 10)]
+
+
+def test_wait_read_returns_when_the_helper_stopped_on_a_failed_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readahead._PartReader, "__call__", lambda self, fd, offset, n: 0)  # the file ended early
+    with ReadAhead(_ranges([10] * 3), window=100) as ra:
+        done = threading.Event()
+        threading.Thread(target=lambda: (ra.wait_read("t2"), done.set()), daemon=True).start()
+        assert done.wait(5)

@@ -307,6 +307,13 @@ def test_a_non_finite_value_outside_the_layers_is_refused_with_no_output(verb, m
     tensors = {n: ckpt.tensor(n).clone() for n in ckpt.names if ckpt.shard_of[n] == shard}
     tensors[where].view(-1)[-3] = float("nan")  # in the last part, far from the leading columns the sort reads
     save_file(tensors, str(tmp_path / "m" / shard), metadata={"format": "pt"})
+    from gaugeport.core.checkpoint import ShardReader
+
+    reader = ShardReader(Checkpoint.open(tmp_path / "m"), shard)
+    try:  # mapped unchecked (the pass gathers such tensors as their pages come in, checking each part)
+        assert torch.isnan(reader.map(where, checked=False)).any()
+    finally:
+        reader.close()
     with pytest.raises(CheckpointError, match=where.replace(".", r"\.")):
         if verb == "fingerprint":
             fingerprint(tmp_path / "m")
@@ -338,3 +345,18 @@ def test_parts_queued_behind_a_slow_consumer_keep_their_bytes_and_order(tiny_dir
     monkeypatch.setattr(canonical._Sink, "__call__", counting_sink)
     assert fingerprint(path)["fingerprint"] == _reference_fingerprint(path)
     assert most[0] == canonical.PARTS_IN_FLIGHT - 1  # parts did queue, and never more than the buffers allow
+
+
+def test_a_layer_is_mapped_once_the_read_ahead_has_read_it(tiny_dir, monkeypatch):
+    """One reader on the disk, in the pass's order: each layer waits for the read-ahead to pass its last tensor."""
+    from gaugeport.core.readahead import ReadAhead
+
+    path = tiny_dir("llama")
+    waited: list[str] = []
+    real = ReadAhead.wait_read
+    monkeypatch.setattr(ReadAhead, "wait_read", lambda self, key: (waited.append(key), real(self, key))[1])
+    fingerprint(path)
+    layers = get_hidden_spec("llama").dims(Checkpoint.open(path).config, 32).n_layers
+    names = sorted(Checkpoint.open(path).names)
+    last_of_layer = [max(n for n in names if n.startswith(f"model.layers.{i}.")) for i in range(layers)]
+    assert waited == last_of_layer

@@ -81,6 +81,9 @@ class ReadAhead:
             total += length
             self.ends.append(total)
         self.used = 0  # bytes up to the end of the range the pass has reached
+        self.read_to = 0  # bytes read so far (in the pass's order)
+        self.held = False  # the helper waits for the pass (the window is full)
+        self.finished = False  # the helper ended (all read, stopped, or a failed read)
         self.cond = threading.Condition()
         self.stopped = False
         self.thread: threading.Thread | None = None
@@ -94,6 +97,9 @@ class ReadAhead:
             self._read_all(part_reader)
         finally:
             part_reader.close()
+            with self.cond:
+                self.finished = True
+                self.cond.notify_all()
 
     def _read_all(self, part_reader: _PartReader) -> None:
         for i, (_, fd, offset, length) in enumerate(self.ranges):
@@ -102,7 +108,11 @@ class ReadAhead:
                 n = min(CHUNK_BYTES, length - part)
                 with self.cond:  # wait while this part would end more than the window past the pass
                     while not self.stopped and start + part + n - self.used > self.window and start + part > self.used:
+                        if not self.held:
+                            self.held = True
+                            self.cond.notify_all()  # a wait_read() for bytes past the window returns
                         self.cond.wait()
+                    self.held = False
                     if self.stopped:
                         return
                 try:
@@ -110,6 +120,20 @@ class ReadAhead:
                         return  # the file ended early: the pass's own read says so
                 except OSError:
                     return
+                with self.cond:
+                    self.read_to = start + part + n
+                    self.cond.notify_all()
+
+    def wait_read(self, key: str) -> None:
+        """Wait until the helper has read through range ``key``, so that mapping it waits for no disk and
+        competes with no other read; at once when the helper has ended or waits for the pass (``key`` lies
+        past the window: the caller's own read brings it in)."""
+        i = self.position.get(key)
+        if i is None:
+            return
+        with self.cond:
+            while self.read_to < self.ends[i] and not (self.finished or self.stopped or self.held):
+                self.cond.wait()
 
     def reached(self, key: str) -> None:
         """The pass is at ``key``: ranges up to it no longer count against the window."""

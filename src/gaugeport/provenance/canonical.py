@@ -39,7 +39,7 @@ import torch
 from gaugeport.core.apply import RowColPlan, plan_rows_cols
 from gaugeport.core.archspec import ArchSpec, ParamRule
 from gaugeport.core.buffers import reusable_buffer
-from gaugeport.core.checkpoint import Checkpoint
+from gaugeport.core.checkpoint import Checkpoint, check_finite
 from gaugeport.core.errors import ArchitectureError, GaugeportError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, transform_hidden
@@ -286,6 +286,8 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
 
     def read_and_decide(layer: int) -> tuple[dict[str, torch.Tensor], tuple[LayerGauge, int, int]]:
         """On the helper thread, while the main one gathers the layer before: the layer's tensors and gauge."""
+        if isinstance(get, _Reads) and by_layer.get(layer):  # the disk reads in the pass's order, one reader
+            get.read_ahead_through(by_layer[layer][-1])
         stored_of = {name: whole(name) for name in by_layer.get(layer, [])}
         return stored_of, decide(layer, stored_of)
 
@@ -316,14 +318,22 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
                             ahead[order[following]] = pool.submit(read_and_decide, order[following])
                         kept.update(stored_of)
                         settle(layer, decision)
-                    stored = kept.pop(name) if name in kept else whole(name)
+                    if name in kept:
+                        stored, unchecked = kept.pop(name), False
+                    elif isinstance(get, _Reads):  # gathered as its pages come in, each part checked finite
+                        stored, unchecked = get.mapped(name, checked=False), True
+                    else:
+                        stored, unchecked = whole(name), False
                     if order and not decided and order[0] not in ahead:
                         # the first layer is read and decided while the tensors before it are gathered (once
                         # the first of them is in: on a cold page cache both would wait for the disk)
                         ahead[order[0]] = pool.submit(read_and_decide, order[0])
                     hidden = None if hit is None else (hit[0], hit[1], full, full_tf.dims)
-                    emit(name, stored, _canonical_plan(name, stored, rules[name], residual, hidden),
-                         functools.partial(full_tf, name, stored))
+                    plan = _canonical_plan(name, stored, rules[name], residual, hidden)
+                    if unchecked and (plan is None or plan.rows is not None):  # not gathered in row order
+                        stored, unchecked = check_finite(name, stored, ckpt.path), False
+                    emit(name, stored, plan, functools.partial(full_tf, name, stored),
+                         check=functools.partial(check_finite, name, where=ckpt.path) if unchecked else None)
             finally:  # a read still running finishes before the files close
                 for f in ahead.values():
                     f.cancel()
@@ -408,7 +418,10 @@ class _Emitter:
         self.k = 0  # buffer parts so far: part k is in bufs[k % PARTS_IN_FLIGHT]
 
     def __call__(self, name: str, stored: torch.Tensor, plan: RowColPlan | None,
-                 whole: Callable[[], torch.Tensor]) -> None:
+                 whole: Callable[[], torch.Tensor], check: Callable[[torch.Tensor], object] | None = None) -> None:
+        """``check`` given (``plan`` must then take the rows in order): ``stored`` was not checked finite, and
+        ``check`` is called on each gathered part, as a tensor of ``stored``'s dtype, before it is handed on
+        (values are only moved and negated, so a part is finite exactly when its source rows are)."""
         header = (stored.dtype, tuple(int(n) for n in stored.shape))
         if plan is None or stored.numel() == 0:
             t = whole().contiguous()
@@ -433,6 +446,8 @@ class _Emitter:
             buf = self.bufs[slot][:nbytes]
             out = buf.view(plan.int_dtype).reshape(r1 - r0, n_cols)
             gather_2d(src, rows[r0:r1], cols, row_flip[r0:r1], col_flip, out)
+            if check is not None:
+                check(torch.from_numpy(out).view(stored.dtype))
             self.k += 1
             self.consume(name, header if r0 == 0 else None, memoryview(buf))
 
@@ -532,10 +547,15 @@ class _Reads:
     def __call__(self, name: str) -> torch.Tensor:
         return self._reader(name).read(name)
 
-    def mapped(self, name: str) -> torch.Tensor:
+    def mapped(self, name: str, *, checked: bool = True) -> torch.Tensor:
         if self.ahead is not None:
             self.ahead.reached(name)
-        return self._reader(name).map(name)
+        return self._reader(name).map(name, checked=checked)
+
+    def read_ahead_through(self, name: str) -> None:
+        """Wait until the helper reading ahead has read tensor ``name`` (:meth:`ReadAhead.wait_read`)."""
+        if self.ahead is not None:
+            self.ahead.wait_read(name)
 
     def close(self) -> None:
         if self.ahead is not None:  # its thread stops before the files it reads ahead close
