@@ -229,12 +229,11 @@ def load_streamed(path: str | Path, device: str | torch.device = "cpu") -> torch
     n_blocks = sum(1 for u in units if u.block)
     info = StreamInfo(ckpt.path, dev, True, "", n_blocks,
                       [[m[0][0] for m, _ in u.groups] for u in units if u.block])
-    buffers = _BlockBuffers()  # the blocks' float32 weights, reused block after block
     for unit in units:
         for members, _ in unit.groups:
             slots.assign(members, placeholder(members[0][1]._parameters[members[0][2]].shape, dev))
-        unit.module.register_forward_pre_hook(_loader(ckpt, slots, unit, dev, info, buffers))
-        unit.module.register_forward_hook(_dropper(slots, unit.groups, dev, buffers if unit.block else None))
+        unit.module.register_forward_pre_hook(_loader(ckpt, slots, unit, dev, info))
+        unit.module.register_forward_hook(_dropper(slots, unit.groups, dev))
     setattr(model, STREAM_ATTR, info)
     return model
 
@@ -317,33 +316,8 @@ def _shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
     return out
 
 
-class _BlockBuffers:
-    """Float32 buffers for the blocks' weights, by shape: a block takes one per tensor as it loads (the stored
-    tensor converted into it) and gives them back as it is dropped, so the next block's weights go into pages
-    already in the process instead of fresh ones (on a machine that returns freed pages to its host, a fresh
-    page costs 1 to 2.5 s per GB). An embedding's load empties them first: the peak stays one block or one
-    embedding, as without them."""
-
-    def __init__(self) -> None:
-        self.free: dict[tuple[tuple[int, ...], torch.device], list[torch.Tensor]] = {}
-
-    def take(self, stored: torch.Tensor, dev: torch.device) -> torch.Tensor:
-        spare = self.free.get((tuple(stored.shape), dev))
-        if not spare:
-            return stored.to(device=dev, dtype=torch.float32)
-        return spare.pop().copy_(stored)
-
-    def give(self, t: torch.Tensor) -> None:
-        self.free.setdefault((tuple(t.shape), t.device), []).append(t)
-
-    def clear(self) -> None:
-        self.free.clear()
-
-
-def _load_into(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch.device,
-               buffers: _BlockBuffers | None = None) -> None:
-    """Read each group's tensor (one open per shard), float32 on ``dev``, into every slot sharing it
-    (into a buffer of ``buffers`` when given)."""
+def _load_into(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch.device) -> None:
+    """Read each group's tensor (one open per shard), float32 on ``dev``, into every slot sharing it."""
     by_shard: dict[str, list[_Group]] = {}
     for g in groups:
         by_shard.setdefault(ckpt.shard_of[g[1]], []).append(g)
@@ -356,16 +330,12 @@ def _load_into(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch
                 except Exception as exc:
                     raise CheckpointError(f"cannot read tensor {key!r} from {file}: {exc}",
                                           hint="the file is truncated or corrupt") from exc
-                slots.assign(members, t.to(device=dev, dtype=torch.float32) if buffers is None else
-                             buffers.take(t, dev))
+                slots.assign(members, t.to(device=dev, dtype=torch.float32))
 
 
-def _loader(ckpt: Checkpoint, slots: _Slots, unit: _Unit, dev: torch.device, info: StreamInfo,
-            buffers: _BlockBuffers | None = None) -> Any:
+def _loader(ckpt: Checkpoint, slots: _Slots, unit: _Unit, dev: torch.device, info: StreamInfo) -> Any:
     def hook(module: torch.nn.Module, args: Any) -> None:
-        if buffers is not None and not unit.block:
-            buffers.clear()
-        _load_into(ckpt, slots, unit.groups, dev, buffers if unit.block else None)
+        _load_into(ckpt, slots, unit.groups, dev)
         info.blocks_loaded += unit.block
     return hook
 
@@ -381,12 +351,10 @@ def is_dropped(p: torch.Tensor) -> bool:
     return p.device.type == "meta" or (p.numel() > 1 and p.untyped_storage().nbytes() <= p.element_size())
 
 
-def _dropper(slots: _Slots, groups: list[_Group], dev: torch.device, buffers: _BlockBuffers | None = None) -> Any:
+def _dropper(slots: _Slots, groups: list[_Group], dev: torch.device) -> Any:
     def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
         for members, _ in groups:
             p = members[0][1]._parameters[members[0][2]]
-            if buffers is not None and not is_dropped(p):
-                buffers.give(p.data)
             slots.assign(members, placeholder(p.shape, dev))
         release_freed_memory()
     return hook
