@@ -182,3 +182,12 @@ def test_wait_read_returns_when_the_helper_stopped_on_a_failed_read(monkeypatch:
         done = threading.Event()
         threading.Thread(target=lambda: (ra.wait_read("t2"), done.set()), daemon=True).start()
         assert done.wait(5)
+
+
+def test_wait_read_returns_at_once_where_nothing_is_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(readahead.os, "preadv")  # a system without positioned reads: no helper thread
+    with ReadAhead(_ranges([10] * 3), window=100) as ra:
+        assert ra.thread is None
+        done = threading.Event()
+        threading.Thread(target=lambda: (ra.wait_read("t2"), done.set()), daemon=True).start()
+        assert done.wait(5)

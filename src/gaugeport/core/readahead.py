@@ -90,6 +90,8 @@ class ReadAhead:
         if self.ranges and hasattr(os, "preadv"):  # elsewhere: no reading ahead
             self.thread = threading.Thread(target=self._run, name="gaugeport-readahead", daemon=True)
             self.thread.start()
+        else:
+            self.finished = True  # nothing will be read ahead: wait_read() returns at once
 
     def _run(self) -> None:
         part_reader = _PartReader()
