@@ -718,6 +718,7 @@ class _IdenticalCheck:
             pred, b = predict(name), tb[name]
             if not fitted and self._in_heads(name, names, layer):
                 maps, fitted = self._head_maps(names, predict, tb, layer), True
+            preds.pop(name, None)  # compared once, below: its memory serves the next prediction (no fresh pages)
             if maps is not None:
                 pred = apply_layer_head_maps(name, pred, maps, self.dims)
             hit = self.hspec.match(name)
