@@ -9,7 +9,9 @@ throughput (d=4096, 11008 MLP units, 4 blocks, 32000 vocab: ~2.1 GB in 4 shards;
     read of every shard file (16 MB ``readinto``), page cache warm and cold (the files' pages dropped
     with ``posix_fadvise(DONTNEED)`` first), against ``fingerprint`` and ``canonicalize`` (+ sync), each
     with numpy's gather (the default) and the compiled one (``_numba``, where numba is installed), and
-    both cold, best of ``--repeat`` each, interleaved; then one core's rate (GB/s) for each step those verbs are
+    both cold, and the cold read while a thread writes as many bytes (direct I/O) and syncs (the I/O
+    floor of a verb that reads a checkpoint and writes one: ``read_write_cold``), best of ``--repeat``
+    each, interleaved; then one core's rate (GB/s) for each step those verbs are
     made of (read into a reused / a fresh buffer, SHA-256, BLAKE3, numpy's column gather, the pass's
     row-and-column gather in both implementations, memcpy), which says what bounds them. Page cache
     warm unless named cold (the source is read before the runs).
