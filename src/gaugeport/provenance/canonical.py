@@ -284,11 +284,14 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
                 blocks.extend(_unit_rows(key, hit[0], dims, moved))
         return _canonical_layer(blocks, dims, hspec.mlp_signs)
 
+    def layer_tensors(layer: int) -> dict[str, torch.Tensor]:
+        return {name: whole(name) for name in by_layer.get(layer, [])}
+
     def read_and_decide(layer: int) -> tuple[dict[str, torch.Tensor], tuple[LayerGauge, int, int]]:
         """On the helper thread, while the main one gathers the layer before: the layer's tensors and gauge."""
         if isinstance(get, _Reads) and by_layer.get(layer):  # the disk reads in the pass's order, one reader
             get.read_ahead_through(by_layer[layer][-1])
-        stored_of = {name: whole(name) for name in by_layer.get(layer, [])}
+        stored_of = layer_tensors(layer)
         return stored_of, decide(layer, stored_of)
 
     def settle(layer: int, decision: tuple[LayerGauge, int, int]) -> None:
@@ -341,7 +344,7 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
                         f.result()
     for layer in range(dims.n_layers):
         if layer not in decided:
-            settle(layer, decide(layer, {name: whole(name) for name in by_layer.get(layer, [])}))
+            settle(layer, decide(layer, layer_tensors(layer)))
     ties.update({"mlp_identical_unit_groups": counts["mlp"], "head_identical_groups": counts["heads"]})
     return Canonical(FullGauge(residual, tuple(layers)), ties, notes)
 
