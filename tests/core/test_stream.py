@@ -63,6 +63,52 @@ def test_each_forward_loads_every_block_once_and_frees_it(tiny_dir):
     assert model_device(model).type == "cpu"
 
 
+@torch.no_grad()
+def test_the_blocks_convert_their_weights_into_one_reused_area(tiny_dir, monkeypatch):
+    """Each unit's float32 weights go into the area the unit before used (grown only when a larger unit comes):
+    a forward allocates fewer areas than it loads units, the same number every forward, and the outputs are
+    the whole model's."""
+    import gaugeport.core.buffers as buffers
+
+    allocated = []
+    real = buffers.reusable_buffer
+    monkeypatch.setattr(buffers, "reusable_buffer", lambda n: allocated.append(n) or real(n))
+    path = tiny_dir("llama")
+    model = load_streamed(path)
+    ids = probe_ids(96)
+    out = model(input_ids=ids).logits
+    first = len(allocated)
+    units = stream_info(model).n_blocks + 2  # the blocks, the input embedding and the head
+    assert 1 <= first < units
+    assert allocated == sorted(allocated)  # an area is only ever replaced by a larger one
+    model(input_ids=ids)
+    assert len(allocated) == 2 * first
+    assert _rel(load_model(path)(input_ids=ids).logits, out) <= REL_TOL
+
+
+@torch.no_grad()
+def test_a_forward_stopped_inside_a_block_leaves_no_weights_behind(tiny_dir):
+    """A hook that stops the forward early (activation collection does) skips the blocks' own drop; the
+    whole model's hook drops every unit anyway, so no parameter views an area the next forward rewrites."""
+    model = load_streamed(tiny_dir("llama"))
+    blocks = model.model.layers
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_):
+        raise Stop
+
+    handle = blocks[1].mlp.register_forward_pre_hook(stop)
+    with pytest.raises(Stop):
+        model(input_ids=probe_ids(96))
+    assert all(is_dropped(p) for p in blocks.parameters())
+    assert is_dropped(model.model.embed_tokens.weight)
+    handle.remove()
+    whole = load_model(tiny_dir("llama"))(input_ids=probe_ids(96)).logits
+    assert _rel(whole, model(input_ids=probe_ids(96)).logits) <= REL_TOL
+
+
 def test_a_family_that_cannot_stream_runs_whole_and_says_why(tiny_dir):
     from gaugeport.core.stream import StreamFallbackWarning
 

@@ -229,11 +229,16 @@ def load_streamed(path: str | Path, device: str | torch.device = "cpu") -> torch
     n_blocks = sum(1 for u in units if u.block)
     info = StreamInfo(ckpt.path, dev, True, "", n_blocks,
                       [[m[0][0] for m, _ in u.groups] for u in units if u.block])
+    arena = _Arena() if dev.type == "cpu" else None  # the streamed units' float32 weights, one unit at a time
     for unit in units:
         for members, _ in unit.groups:
             slots.assign(members, placeholder(members[0][1]._parameters[members[0][2]].shape, dev))
-        unit.module.register_forward_pre_hook(_loader(ckpt, slots, unit, dev, info))
+        unit.module.register_forward_pre_hook(_loader(ckpt, slots, unit, dev, info, arena))
         unit.module.register_forward_hook(_dropper(slots, unit.groups, dev))
+    if arena is not None:  # given back after each forward of the whole model, also one a hook stopped early:
+        # two models run one after the other (verify, same) never hold two areas at once, and no parameter is
+        # left viewing an area the next forward reuses
+        model.register_forward_hook(_releaser(slots, units, dev, arena), always_call=True)
     setattr(model, STREAM_ATTR, info)
     return model
 
@@ -316,8 +321,56 @@ def _shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _load_into(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch.device) -> None:
-    """Read each group's tensor (one open per shard), float32 on ``dev``, into every slot sharing it."""
+class _Arena:
+    """One float32 area that a streamed model's units (blocks, embeddings) convert their weights into as
+    they load, each over the one before (a unit's weights are dropped before the next unit loads).
+
+    Without it every unit's weights went into freshly allocated memory: on a machine that hands freed
+    pages back to its host, a fresh page costs 1 to 2.5 s per GB, more than reading the checkpoint. The
+    area is allocated for the largest unit met so far (2 MB pages where the kernel offers them,
+    :func:`gaugeport.core.buffers.reusable_buffer`), outside the C heap, so trimming the heap after a block
+    works as before, and it is given back after each forward of the whole model (:meth:`release`): the
+    peak stays one unit of one model, as without it."""
+
+    ALIGN = 64
+
+    def __init__(self) -> None:
+        self.area: Any = None  # numpy uint8 array, or None
+
+    def tensors(self, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Float32 tensors of these shapes, side by side in the area (contents undefined); they stay valid
+        until the next call or :meth:`release`."""
+        from gaugeport.core.buffers import reusable_buffer
+
+        sizes = [-(-4 * _numel(s) // self.ALIGN) * self.ALIGN for s in shapes]
+        if self.area is None or self.area.nbytes < sum(sizes):
+            self.area = None  # the smaller area goes first: never two at once
+            self.area = reusable_buffer(max(sum(sizes), self.ALIGN))
+        out, offset = [], 0
+        for shape, size in zip(shapes, sizes, strict=True):
+            n = 4 * _numel(shape)
+            out.append(torch.from_numpy(self.area[offset:offset + n]).view(torch.float32).reshape(shape))
+            offset += size
+        return out
+
+    def release(self) -> None:
+        self.area = None
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for k in shape:
+        n *= int(k)
+    return n
+
+
+def _load_into(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch.device,
+               arena: _Arena | None = None) -> None:
+    """Read each group's tensor (one open per shard), float32 on ``dev``, into every slot sharing it; with
+    ``arena`` (CPU), converted from the file's pages (mapped, populated at once) into the arena."""
+    if arena is not None:
+        _load_into_arena(ckpt, slots, groups, arena)
+        return
     by_shard: dict[str, list[_Group]] = {}
     for g in groups:
         by_shard.setdefault(ckpt.shard_of[g[1]], []).append(g)
@@ -333,9 +386,40 @@ def _load_into(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch
                 slots.assign(members, t.to(device=dev, dtype=torch.float32))
 
 
-def _loader(ckpt: Checkpoint, slots: _Slots, unit: _Unit, dev: torch.device, info: StreamInfo) -> Any:
+def _load_into_arena(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], arena: _Arena) -> None:
+    from gaugeport.core.checkpoint import ShardReader
+    from gaugeport.core.fileio import _name_to_dtype
+
+    readers: dict[str, ShardReader] = {}
+    try:
+        entries = []
+        for members, key in groups:
+            shard = ckpt.shard_of[key]
+            if shard not in readers:
+                readers[shard] = ShardReader(ckpt, shard)
+            entries.append((members, key, readers[shard]))
+        targets = arena.tensors([tuple(r.entries[key][1]) for _, key, r in entries])
+        for (members, key, r), dst in zip(entries, targets, strict=True):
+            if r.entries[key][0].upper() not in _name_to_dtype() or r.nbytes(key) == 0:
+                _load_into(ckpt, slots, [(members, key)], torch.device("cpu"))  # no plain view: as stored
+                continue
+            try:
+                stored = r.map(key, checked=False, populate=True)
+            except Exception as exc:
+                raise CheckpointError(f"cannot read tensor {key!r} from {r.file}: {exc}",
+                                      hint="the file is truncated or corrupt") from exc
+            dst.copy_(stored)
+            del stored  # the mapping goes with it
+            slots.assign(members, dst)
+    finally:
+        for r in readers.values():
+            r.close()
+
+
+def _loader(ckpt: Checkpoint, slots: _Slots, unit: _Unit, dev: torch.device, info: StreamInfo,
+            arena: _Arena | None = None) -> Any:
     def hook(module: torch.nn.Module, args: Any) -> None:
-        _load_into(ckpt, slots, unit.groups, dev)
+        _load_into(ckpt, slots, unit.groups, dev, arena)
         info.blocks_loaded += unit.block
     return hook
 
@@ -349,6 +433,17 @@ def placeholder(shape: torch.Size, dev: torch.device) -> torch.Tensor:
 def is_dropped(p: torch.Tensor) -> bool:
     """A parameter holding no weights now (not yet read, or dropped after its forward)."""
     return p.device.type == "meta" or (p.numel() > 1 and p.untyped_storage().nbytes() <= p.element_size())
+
+
+def _releaser(slots: _Slots, units: list[_Unit], dev: torch.device, arena: _Arena) -> Any:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        for unit in units:
+            for members, _ in unit.groups:
+                p = members[0][1]._parameters[members[0][2]]
+                if not is_dropped(p):
+                    slots.assign(members, placeholder(p.shape, dev))
+        arena.release()
+    return hook
 
 
 def _dropper(slots: _Slots, groups: list[_Group], dev: torch.device) -> Any:
