@@ -43,6 +43,23 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture
+def general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``same``'s general path for every pair, exact copies too (which the fingerprint shortcut decides)."""
+    from gaugeport.provenance import same as S
+
+    monkeypatch.setattr(S, "EXACT_COPY_SHORTCUT", False)
+
+
+@pytest.fixture(params=["shortcut", "general"])
+def either_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test twice: exact copies decided by their fingerprints (the default), then by the general path."""
+    from gaugeport.provenance import same as S
+
+    monkeypatch.setattr(S, "EXACT_COPY_SHORTCUT", request.param == "shortcut")
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
 def folded_getters():
     """``make(a, b)``: ``same``'s folded getters of two llama checkpoints, their rules and the fitted residual map."""

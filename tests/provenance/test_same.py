@@ -20,7 +20,7 @@ from gaugeport.provenance.same import same
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_gauged_copy_is_identical_with_the_exact_gauge(zoo, tmp_path, seed):
+def test_gauged_copy_is_identical_with_the_exact_gauge(zoo, tmp_path, seed, either_path):
     truth = random_full_gauge_for(zoo["base"], seed)
     apply_full_gauge_to_checkpoint(zoo["base"], truth, tmp_path / "copy", progress=False)
     res = same(zoo["base"], tmp_path / "copy")
@@ -120,7 +120,8 @@ def test_cli_same_with_data_calls_the_gauged_finetune_derived(zoo, cli):
 
 
 @pytest.mark.parametrize("model_type", families_with_hidden())
-def test_every_family_with_hidden_rows_gauged_on_disk_is_identical_with_the_exact_gauge(model_type, tmp_path):
+def test_every_family_with_hidden_rows_gauged_on_disk_is_identical_with_the_exact_gauge(model_type, tmp_path,
+                                                                                        either_path):
     """``apply --full``'s checkpoint path and ``same``'s data-free recovery, family by family (tiny
     untrained models with mixed-sign gains); the identical check compares the checkpoint's own logits."""
     from gaugeport.models.tiny import save_tiny
@@ -203,7 +204,7 @@ def test_data_mode_finds_the_down_projection_by_table_role_on_every_family(model
     assert res.verdict == "identical" and res.gauge == truth
 
 
-def test_tied_embeddings_with_uniform_gains_are_compared_not_refused(tmp_path):
+def test_tied_embeddings_with_uniform_gains_are_compared_not_refused(tmp_path, general_path):
     """A tied checkpoint whose gains are all ones: the final gain cannot be folded into a head that is
     the embedding, so it stays as stored (and is said so), and a gauged copy is identical."""
     from gaugeport.models.tiny import tiny_model

@@ -22,7 +22,7 @@ def test_an_independent_pair_is_decided_on_the_sample_without_a_gauge(zoo, small
     assert res.gauge is None and res.identical_check["not_run"]
 
 
-def test_a_gauged_copy_is_still_identical_with_the_exact_gauge(zoo, small_sample, tmp_path):
+def test_a_gauged_copy_is_still_identical_with_the_exact_gauge(zoo, small_sample, tmp_path, general_path):
     truth = random_full_gauge_for(zoo["base"], 12)
     apply_full_gauge_to_checkpoint(zoo["base"], truth, tmp_path / "copy", progress=False)
     res = same_mod.same(zoo["base"], tmp_path / "copy")

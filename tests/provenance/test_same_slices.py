@@ -51,7 +51,7 @@ def test_small_tensors_are_left_to_the_whole_comparison(pair, folded_getters):
     assert S._sliced_rel_diff("lm_head.weight", get_a, get_b, rules, residual) is None  # 3072 values
 
 
-def test_a_gauged_copy_stays_identical_and_an_edited_one_does_not_when_sliced(pair, monkeypatch):
+def test_a_gauged_copy_stays_identical_and_an_edited_one_does_not_when_sliced(pair, monkeypatch, general_path):
     monkeypatch.setattr(S, "SLICE_ELEMENTS", 100)
     a, gauged, edited = pair
     assert S.same(a, gauged).verdict == "identical"

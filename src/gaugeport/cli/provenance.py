@@ -119,7 +119,9 @@ def same(
     typer.echo("layer  status      p-value    z      MLP conf  heads conf  weight diff")
     for lay in res.layers:
         wd = lay["max_rel_weight_diff"]
-        typer.echo(f"{lay['layer']:>5}  {lay['status']:<10}  {lay['p_value']:<9.3g}  {lay['z']:>5.1f}  "
+        p, z = lay["p_value"], lay["z"]
+        typer.echo(f"{lay['layer']:>5}  {lay['status']:<10}  {'-' if p is None else format(p, '.3g'):<9}  "
+                   f"{'-' if z is None else format(z, '.1f'):>5}  "
                    f"{_num(lay['mlp_mean_confidence']):>8}  {_num(lay['heads_mean_confidence']):>10}  "
                    f"{wd if wd is None else format(wd, '.3g')}")
     for n in res.notes:

@@ -694,17 +694,28 @@ def fingerprint(src: str | Path, *, canonical: Canonical | None = None) -> dict[
     ``canonical``, a pass under that gauge, each tensor transformed whole: the reference the streamed
     pass is tested against)."""
     ckpt = Checkpoint.open(src)
-    hasher = _Hasher(ckpt.model_type)
-    with _Sink(hasher) as sink:
-        if canonical is None:
-            can = _canonical_pass(ckpt, consume=sink)
-        else:
+    if canonical is None:
+        fp, can = canonical_fingerprint(ckpt)
+    else:
+        hasher = _Hasher(ckpt.model_type)
+        with _Sink(hasher) as sink:
             can = canonical
             tf = FullTransform(ckpt.spec, ckpt.names, can.gauge, ckpt.d_model, ckpt.config)
             for name in sorted(ckpt.names):
                 sink(*_whole(name, tf(name, ckpt.tensor(name))))
-    return {"fingerprint": hasher.hexdigest(), "model_type": ckpt.model_type, "version": FINGERPRINT_VERSION,
+        fp = hasher.hexdigest()
+    return {"fingerprint": fp, "model_type": ckpt.model_type, "version": FINGERPRINT_VERSION,
             "ties": can.ties, "notes": can.notes, "canonical_gauge": can.gauge.fingerprint()}
+
+
+def canonical_fingerprint(ckpt: Checkpoint) -> tuple[str, Canonical]:
+    """The fingerprint (:func:`fingerprint`) and the canonical gauge it was taken under, in one pass. Two
+    checkpoints with equal fingerprints hold the same canonical weights bit for bit, so B is A under the
+    gauge ``canonical_B.gauge.inverse() @ canonical_A.gauge`` (``same`` uses this for exact copies)."""
+    hasher = _Hasher(ckpt.model_type)
+    with _Sink(hasher) as sink:
+        can = _canonical_pass(ckpt, consume=sink)
+    return hasher.hexdigest(), can
 
 
 def _whole(name: str, tensor: torch.Tensor) -> tuple[str, tuple[torch.dtype, tuple[int, ...]], memoryview]:

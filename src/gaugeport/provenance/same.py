@@ -3,6 +3,14 @@
 Only the tensors both checkpoints hold are compared; the others (a dropped pooler, a buffer one
 save kept) are listed in the report.
 
+0. **Exact copies first** (data-free, both sides holding the same tensors): a pair whose norm gains and
+   first layer could be a signed permutation of each other (:func:`_copy_screen`: sorted gains bit for
+   bit, float64 sums of squares) has both canonical fingerprints taken; equal fingerprints mean the
+   canonical weights are bit-identical, so B is A under the gauge composed from the two canonical
+   gauges, exactly. The logits are compared as in 3., the p-value is the statistic of 4. on the first
+   layer with MLP units, and ``identical`` is returned (:func:`_exact_copy`). Any other pair, or a
+   failed logits check, goes on to 1.
+
 1. **Residual map.** RMSNorm families whose table names gain folds: every norm gain is folded into
    its readers on both sides, lazily, one tensor at a time (a gain whose reader is absent, the final
    norm of a tied head, stays as stored). What is left is an orthogonal map, chosen by fit on the
@@ -65,7 +73,7 @@ from scipy import stats
 from gaugeport.core.allocator import StepTrim, freed_memory_kept, release_freed_memory
 from gaugeport.core.archspec import ArchSpec
 from gaugeport.core.checkpoint import Checkpoint
-from gaugeport.core.errors import ArchitectureError, CheckpointError, GaugeError
+from gaugeport.core.errors import ArchitectureError, CheckpointError, GaugeError, GaugeportError
 from gaugeport.core.fullgauge import FullGauge, transform_hidden
 from gaugeport.core.gauge import SignedPermutation
 from gaugeport.core.hidden import HiddenDims, HiddenSpec, get_hidden_spec
@@ -229,6 +237,10 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
                      + (", " if one_sided["only_in_a"] and one_sided["only_in_b"] else "")
                      + ", ".join(f"{n} (only in B)" for n in one_sided["only_in_b"][:6]))
     dims = dims_a
+    if EXACT_COPY_SHORTCUT and data is None and not one_sided["only_in_a"] and not one_sided["only_in_b"]:
+        exact = _exact_copy(ca, cb, names, tol, alpha, full_gauge, t0)
+        if exact is not None:
+            return exact
     get_a: Callable[[str], torch.Tensor] = _Tensors(ca)
     get_b: Callable[[str], torch.Tensor] = _Tensors(cb)
     residual: ResidualMap
@@ -347,6 +359,134 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
                       gauge if isinstance(residual, SignedPermutation) else None,
                       residual.matrix if isinstance(residual, OrthogonalGauge) else None,
                       time.perf_counter() - t0, notes, one_sided)
+
+
+# ----------------------------------------------------------------------------- exact copies
+EXACT_COPY_SHORTCUT = True  # exact copies decided by their fingerprints (tests turn it off to test the general path)
+SCREEN_SS_TOL = 1e-9  # relative difference of two float64 sums of squares that are the same values reordered
+
+
+def _copy_screen(ca: Checkpoint, cb: Checkpoint, names: list[str], rules: dict[str, Any],
+                 first_layer: list[str]) -> bool:
+    """Could B be A under a signed permutation, bit for bit? A cheap necessary test before the two canonical
+    passes: every tensor has A's shape and dtype, every norm gain holds A's values (sorted, bit for bit: a
+    signed permutation only moves a gain's entries), and each tensor of the first layer has A's sum of
+    squares (float64; the same values in another order and with other signs). A fine-tune changes its norm
+    gains, a LoRA merge its first layer's projections: either fails here, having read almost nothing."""
+    gains = [n for n in names if rules[n].role == "gain"]
+    if not gains:
+        return False
+    for n in names:
+        if ca.shape(n) != cb.shape(n):
+            return False
+    for n in gains:
+        ga, gb = ca.tensor(n), cb.tensor(n)
+        if ga.dtype != gb.dtype or not torch.equal(ga.reshape(-1).sort().values, gb.reshape(-1).sort().values):
+            return False
+    for n in first_layer:
+        ta, tb = ca.tensor(n), cb.tensor(n)
+        if ta.dtype != tb.dtype:
+            return False
+        if ta.is_floating_point():
+            sa, sb = _sum_of_squares(ta), _sum_of_squares(tb)
+            if abs(sa - sb) > SCREEN_SS_TOL * max(abs(sa), abs(sb), 1e-300):
+                return False
+        del ta, tb
+    return True
+
+
+def _sum_of_squares(t: torch.Tensor, chunk: int = 1 << 20) -> float:
+    """``sum(t ** 2)`` in float64, a chunk at a time (no float64 copy of the whole tensor)."""
+    flat = t.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.numel(), chunk):
+        part = flat[start:start + chunk].double()
+        total += float(torch.dot(part, part))
+    return total
+
+
+def _exact_copy(ca: Checkpoint, cb: Checkpoint, names: list[str], tol: float, alpha: float, full_gauge: bool,
+                t0: float) -> SameResult | None:
+    """``identical`` for a pair whose canonical weights are bit-identical (B is A under a signed permutation of
+    the residual stream, MLP units and heads), with the logits checked; None for every other pair, which
+    then takes the general path. Two fingerprint passes (:func:`gaugeport.provenance.canonical.canonical_fingerprint`)
+    replace the per-layer matching and weight comparison, and the gauge from A to B is composed from the two
+    canonical gauges, exactly. The p-value comes from the held-out statistic of the first layer that has
+    MLP units (:func:`held_out_statistic`, as the general path computes it on every layer): the other layers
+    are proven copies, and scoring them would change no verdict. Run only when :func:`_copy_screen` passes."""
+    from gaugeport.provenance.canonical import canonical_fingerprint
+
+    spec = ca.spec
+    hspec = get_hidden_spec(spec.model_type)
+    dims = hspec.dims(ca.config, ca.d_model)
+    rules = spec.classify_all(names)
+    by_layer: dict[int, list[str]] = {}
+    for n in names:
+        hit = hspec.match(n)
+        if hit is not None:
+            by_layer.setdefault(hit[1], []).append(n)
+    if not by_layer or not _copy_screen(ca, cb, names, rules, by_layer[min(by_layer)]):
+        return None
+    prefetch = _prefetch_model_class(ca.config)  # the function check's class, imported while the passes run
+    try:
+        fp_a, can_a = canonical_fingerprint(ca)
+        fp_b, can_b = canonical_fingerprint(cb)
+    except GaugeportError:  # no canonical form for this checkpoint: the general path decides
+        return None
+    if fp_a != fp_b:
+        return None
+    gauge = can_b.gauge.inverse() @ can_a.gauge  # A to canonical, then canonical to B
+    prefetch.join()
+    ident_fn = _function_check(ca.path, cb.path, tol=max(tol, 1e-4))
+    if not ident_fn["function_match"]:
+        return None
+    residual = gauge.residual
+    if spec.norm == "rms" and hspec.folds:
+        get_a, _ = _folded(ca, names, spec, hspec)
+        get_b, _ = _folded(cb, names, spec, hspec)
+    else:
+        get_a, get_b = _Tensors(ca), _Tensors(cb)
+    sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
+    scored, h = None, None
+    for layer in sorted(by_layer):
+        mlp = [n for n in sorted(by_layer[layer]) if any(seg.kind == "mlp" for seg in hspec.match(n)[0].segments)]
+        if not mlp:
+            continue
+        ta, tb = _read_layer(mlp, get_a, get_b, rules, residual, None)
+        a, b = _features(mlp, ta, tb, spec, hspec, dims, layer, heads=False)
+        h = held_out_statistic(a, b, hspec.mlp_signs, sample=sample, seed=layer)
+        del ta, tb, a, b
+        if h["n"]:
+            scored = layer
+            break
+    if scored is None or h is None:
+        return None
+    logp = float(stats.norm.logsf(h["z"]))
+    layers = []
+    for i in range(dims.n_layers):
+        lay: dict[str, Any] = {
+            "layer": i, "p_value": None, "z": None, "mlp_units_tested": 0, "mlp_matched_output_cos": None,
+            "mlp_null_output_cos": None, "mlp_units_sampled": False, "mlp_mean_confidence": 1.0,
+            "mlp_low_margin_units": 0, "heads_mean_confidence": 1.0, "max_rel_weight_diff": 0.0,
+            "status": "identical", "status_alpha": alpha}
+        if i == scored:
+            lay.update({"p_value": float(np.exp(logp)), "z": h["z"], "mlp_units_tested": h["n"],
+                        "mlp_matched_output_cos": h.get("matched_out_cos"),
+                        "mlp_null_output_cos": h.get("null_mean_cos"),
+                        "mlp_units_sampled": bool(h.get("sampled", False))})
+        layers.append(lay)
+    ident = {"weights_match": True, "max_rel_weight_diff": 0.0, "worst_tensor": "", "tol": tol,
+             "per_layer_rel_diff": {i: 0.0 for i in range(dims.n_layers)}, "exact_copy_fingerprint": fp_a,
+             **ident_fn}
+    residual_info = {"kind": "signed_permutation", "fingerprint": residual.fingerprint(),
+                     "method": "composed from A's and B's canonical gauges",
+                     "chosen_because": "A's and B's canonical weights are bit-identical"}
+    notes = [f"exact copy: A's and B's canonical weights are bit-identical (fingerprint {fp_a}), so B is A under "
+             "a signed permutation of the residual stream, MLP units and heads, recovered exactly from the two "
+             f"canonical gauges; p-value from layer {scored}'s held-out statistic only (every layer is a proven "
+             "copy: scoring the others would change no verdict)"]
+    return SameResult("identical", float(np.exp(logp)), logp / np.log(10), alpha, layers, residual_info, ident,
+                      gauge, None, time.perf_counter() - t0, notes, {"only_in_a": [], "only_in_b": []})
 
 
 SAMPLE_UNITS = 2048  # wider MLPs are screened on a seeded sample of this many units per layer
