@@ -234,7 +234,7 @@ def load_streamed(path: str | Path, device: str | torch.device = "cpu") -> torch
         for members, _ in unit.groups:
             slots.assign(members, placeholder(members[0][1]._parameters[members[0][2]].shape, dev))
         unit.module.register_forward_pre_hook(_loader(ckpt, slots, unit, dev, info, arena))
-        unit.module.register_forward_hook(_dropper(slots, unit.groups, dev))
+        unit.module.register_forward_hook(_dropper(slots, unit.groups, dev, None if unit.block else arena))
     if arena is not None:  # given back after each forward of the whole model, also one a hook stopped early:
         # two models run one after the other (verify, same) never hold two areas at once, and no parameter is
         # left viewing an area the next forward reuses
@@ -327,10 +327,11 @@ class _Arena:
 
     Without it every unit's weights went into freshly allocated memory: on a machine that hands freed
     pages back to its host, a fresh page costs 1 to 2.5 s per GB, more than reading the checkpoint. The
-    area is allocated for the largest unit met so far (2 MB pages where the kernel offers them,
-    :func:`gaugeport.core.buffers.reusable_buffer`), outside the C heap, so trimming the heap after a block
-    works as before, and it is given back after each forward of the whole model (:meth:`release`): the
-    peak stays one unit of one model, as without it."""
+    area is allocated for the largest unit met since it was last given back (2 MB pages where the kernel
+    offers them, :func:`gaugeport.core.buffers.reusable_buffer`), outside the C heap, so trimming the heap
+    after a block works as before. It is given back (:meth:`release`) after an embedding's forward (the
+    blocks then share a block-sized area, not one the size of the vocabulary) and after each forward of
+    the whole model: the peak stays one unit of one model, as without it."""
 
     ALIGN = 64
 
@@ -446,10 +447,14 @@ def _releaser(slots: _Slots, units: list[_Unit], dev: torch.device, arena: _Aren
     return hook
 
 
-def _dropper(slots: _Slots, groups: list[_Group], dev: torch.device) -> Any:
+def _dropper(slots: _Slots, groups: list[_Group], dev: torch.device, arena: _Arena | None = None) -> Any:
+    """``arena`` (an embedding's unit): given back too, so the blocks after it hold a block-sized area, not
+    one the size of the vocabulary."""
     def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
         for members, _ in groups:
             p = members[0][1]._parameters[members[0][2]]
             slots.assign(members, placeholder(p.shape, dev))
+        if arena is not None:
+            arena.release()
         release_freed_memory()
     return hook

@@ -427,7 +427,6 @@ def _exact_copy(ca: Checkpoint, cb: Checkpoint, names: list[str], tol: float, al
             by_layer.setdefault(hit[1], []).append(n)
     if not by_layer or not _copy_screen(ca, cb, names, rules, by_layer[min(by_layer)]):
         return None
-    prefetch = _prefetch_model_class(ca.config)  # the function check's class, imported while the passes run
     try:
         fp_a, can_a = canonical_fingerprint(ca)
         fp_b, can_b = canonical_fingerprint(cb)
@@ -436,7 +435,6 @@ def _exact_copy(ca: Checkpoint, cb: Checkpoint, names: list[str], tol: float, al
     if fp_a != fp_b:
         return None
     gauge = can_b.gauge.inverse() @ can_a.gauge  # A to canonical, then canonical to B
-    prefetch.join()
     ident_fn = _function_check(ca.path, cb.path, tol=max(tol, 1e-4))
     if not ident_fn["function_match"]:
         return None
