@@ -258,11 +258,7 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
     else:
         residual, residual_info = _residual_gauge(path_a, path_b, data, tokens, progress)
     rules = spec.classify_all(names)
-    by_layer: dict[int, list[str]] = {}
-    for n in names:
-        hit = hspec.match(n)
-        if hit is not None:
-            by_layer.setdefault(hit[1], []).append(n)
+    by_layer = _names_by_layer(names, hspec)
     rest = [n for n in names if hspec.match(n) is None]
     sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
     # rotary dims per head where the table says where the heads live: heads are then matched, and compared,
@@ -361,6 +357,16 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
                       time.perf_counter() - t0, notes, one_sided)
 
 
+def _names_by_layer(names: list[str], hspec: HiddenSpec) -> dict[int, list[str]]:
+    """The tensors with hidden rows, by layer (in ``names``' order)."""
+    by_layer: dict[int, list[str]] = {}
+    for n in names:
+        hit = hspec.match(n)
+        if hit is not None:
+            by_layer.setdefault(hit[1], []).append(n)
+    return by_layer
+
+
 # ----------------------------------------------------------------------------- exact copies
 EXACT_COPY_SHORTCUT = True  # exact copies decided by their fingerprints (tests turn it off to test the general path)
 SCREEN_SS_TOL = 1e-9  # relative difference of two float64 sums of squares that are the same values reordered
@@ -420,11 +426,7 @@ def _exact_copy(ca: Checkpoint, cb: Checkpoint, names: list[str], tol: float, al
     hspec = get_hidden_spec(spec.model_type)
     dims = hspec.dims(ca.config, ca.d_model)
     rules = spec.classify_all(names)
-    by_layer: dict[int, list[str]] = {}
-    for n in names:
-        hit = hspec.match(n)
-        if hit is not None:
-            by_layer.setdefault(hit[1], []).append(n)
+    by_layer = _names_by_layer(names, hspec)
     if not by_layer or not _copy_screen(ca, cb, names, rules, by_layer[min(by_layer)]):
         return None
     try:
