@@ -24,6 +24,7 @@ in :attr:`StreamInfo.note`.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -343,26 +344,19 @@ class _Arena:
         until the next call or :meth:`release`."""
         from gaugeport.core.buffers import reusable_buffer
 
-        sizes = [-(-4 * _numel(s) // self.ALIGN) * self.ALIGN for s in shapes]
+        sizes = [-(-4 * math.prod(s) // self.ALIGN) * self.ALIGN for s in shapes]
         if self.area is None or self.area.nbytes < sum(sizes):
             self.area = None  # the smaller area goes first: never two at once
             self.area = reusable_buffer(max(sum(sizes), self.ALIGN))
         out, offset = [], 0
         for shape, size in zip(shapes, sizes, strict=True):
-            n = 4 * _numel(shape)
+            n = 4 * math.prod(shape)
             out.append(torch.from_numpy(self.area[offset:offset + n]).view(torch.float32).reshape(shape))
             offset += size
         return out
 
     def release(self) -> None:
         self.area = None
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for k in shape:
-        n *= int(k)
-    return n
 
 
 def _load_into(ckpt: Checkpoint, slots: _Slots, groups: list[_Group], dev: torch.device,

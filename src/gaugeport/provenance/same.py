@@ -357,6 +357,12 @@ def _same(path_a: str | Path, path_b: str | Path, *, data: str | None, alpha: fl
                       time.perf_counter() - t0, notes, one_sided)
 
 
+def _carries_mlp_units(name: str, hspec: HiddenSpec) -> bool:
+    """Does tensor ``name`` have hidden rows (or columns) of MLP units (the table's hidden section)?"""
+    hit = hspec.match(name)
+    return hit is not None and any(seg.kind == "mlp" for seg in hit[0].segments)
+
+
 def _names_by_layer(names: list[str], hspec: HiddenSpec) -> dict[int, list[str]]:
     """The tensors with hidden rows, by layer (in ``names``' order)."""
     by_layer: dict[int, list[str]] = {}
@@ -449,7 +455,7 @@ def _exact_copy(ca: Checkpoint, cb: Checkpoint, names: list[str], tol: float, al
     sample = None if full_gauge or dims.mlp <= 2 * SAMPLE_UNITS else SAMPLE_UNITS
     scored, h = None, None
     for layer in sorted(by_layer):
-        mlp = [n for n in sorted(by_layer[layer]) if any(seg.kind == "mlp" for seg in hspec.match(n)[0].segments)]
+        mlp = [n for n in sorted(by_layer[layer]) if _carries_mlp_units(n, hspec)]
         if not mlp:
             continue
         ta, tb = _read_layer(mlp, get_a, get_b, rules, residual, None)
@@ -556,8 +562,7 @@ def _mlp_only(names: list[str], hspec: HiddenSpec, get_a: Callable[..., torch.Te
     row), never converted, folded or moved; their names are appended to ``shared`` when they are equal."""
     keep = []
     for n in names:
-        hit = hspec.match(n)
-        if hit is not None and any(seg.kind == "mlp" for seg in hit[0].segments):
+        if _carries_mlp_units(n, hspec):
             keep.append(n)
         elif isinstance(get_a, _Tensors) and isinstance(get_b, _Tensors) and _bit_identical(get_a.raw(n),
                                                                                             get_b.raw(n)):
@@ -796,7 +801,7 @@ def down_projection_modules(model: torch.nn.Module, spec: ArchSpec, hspec: Hidde
         if not name.endswith(".weight"):
             continue
         hit = hspec.match(name)
-        if hit is None or not any(seg.kind == "mlp" for seg in hit[0].segments):
+        if hit is None or not _carries_mlp_units(name, hspec):
             continue
         try:
             role = spec.classify(name).role
