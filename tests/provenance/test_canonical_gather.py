@@ -95,6 +95,45 @@ def test_gather_is_a_row_and_column_pick_with_sign_bit_flips(dtype, n_rows, n_co
         assert np.array_equal(out, expected), name
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([1, 2, 3, 4, 8]), st.integers(0, 2**31))
+def test_column_block_is_the_largest_aligned_run_the_permutation_keeps_together(n_blocks, b, seed):
+    rng = np.random.default_rng(seed)
+    cols = (rng.permutation(n_blocks)[:, None] * b + np.arange(b)[None, :]).reshape(-1)  # whole blocks of b moved
+    got = gather.column_block(cols)
+    assert got % b == 0  # never less than the blocks it was built from
+    blocks = cols.reshape(-1, got)  # and what it says is true: aligned runs of `got` consecutive columns
+    assert np.array_equal(blocks, blocks[:, :1] + np.arange(got)[None, :]) and not (blocks[:, 0] % got).any()
+
+
+def test_column_block_of_single_columns_out_of_order_is_one():
+    assert gather.column_block(np.array([1, 0, 2, 3])) == 1
+    assert gather.column_block(np.array([2, 3, 0, 1])) == 2
+    assert gather.column_block(np.array([1, 2, 3, 0])) == 1  # a run of 3 starting at 1 is no aligned block
+    assert gather.column_block(np.arange(6)) == 6
+    assert gather.column_block(np.array([2, 3, 4, 5])) == 2  # one run of 4 from column 2: aligned blocks of 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([np.int16, np.int32]), st.integers(1, 9), st.integers(1, 5), st.sampled_from([2, 4, 8]),
+       st.integers(0, 2**31))
+def test_gathering_whole_blocks_of_columns_gives_the_element_gather(dtype, n_rows, n_blocks, b, seed):
+    """Heads moved together (``block`` > 1): the same bytes, flips of rows and of single columns included."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    n_cols = n_blocks * b
+    src = rng.integers(info.min, info.max, (n_rows + 2, n_cols), dtype=dtype, endpoint=True)
+    rows = rng.integers(0, n_rows + 2, n_rows)
+    cols = (rng.permutation(n_blocks)[:, None] * b + np.arange(b)[None, :]).reshape(-1)
+    sign = np.array(info.min, dtype=dtype)
+    row_flip = np.where(rng.random(n_rows) < 0.5, sign, 0).astype(dtype)
+    col_flip = np.where(rng.random(n_cols) < 0.5, sign, 0).astype(dtype)
+    expected = src[rows][:, cols] ^ row_flip[:, None] ^ col_flip[None, :]
+    out = np.empty((n_rows, n_cols), dtype=dtype)
+    gather.gather_rows_cols(src, rows, cols, row_flip, col_flip, out, gather.column_block(cols))
+    assert np.array_equal(out, expected)
+
+
 def _bf16_case(seed):
     """A 50 x 33 int16 source, 41 rows (repeats allowed) and a column permutation to pick, random sign
     flips of both, and the expected output."""

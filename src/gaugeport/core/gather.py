@@ -23,6 +23,7 @@ Outputs of at least :data:`SPLIT_BYTES` are cut into blocks of rows gathered on 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,17 +33,38 @@ import numpy as np
 _SUB_BYTES = 1 << 20  # numpy: rows gathered together (~1 MB, in the second-level cache; 64 KB ran 10-50 % slower)
 
 
+def column_block(cols: np.ndarray) -> int:
+    """The largest ``b`` such that ``cols`` is made of whole aligned blocks of ``b`` consecutive indices
+    (``cols[j*b:(j+1)*b] == c*b + arange(b)``): an attention head's columns moved together. 1 for a
+    permutation of single columns."""
+    n = int(cols.size)
+    if n < 2:
+        return 1
+    cuts = np.flatnonzero(np.diff(cols) != 1) + 1
+    bounds = np.concatenate(([0], cuts, [n]))
+    return int(np.gcd.reduce(np.concatenate((np.diff(bounds), cols[bounds[:-1]], [n])).astype(np.int64)))
+
+
 def _numpy_gather(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.ndarray, col_flip: np.ndarray,
-                  out: np.ndarray) -> None:
+                  out: np.ndarray, block: int = 1) -> None:
+    """``block`` > 1 (:func:`column_block`): the columns move in blocks of that many, so each block is taken
+    as one item (a copy of ``block`` values, not ``block`` single picks), the flips applied after."""
     n, c = out.shape
     per = max(1, _SUB_BYTES // max(1, src.shape[1] * src.itemsize))
     tmp = np.empty((min(per, n), src.shape[1]), dtype=src.dtype)
     flip_cols, flip_rows = bool(col_flip.any()), bool(row_flip.any())
+    block = math.gcd(block, src.shape[1], c)  # a block view needs whole blocks in the source and the output rows
+    if block > 1:
+        wide = np.dtype((np.void, block * src.itemsize))
+        tmp_wide, out_wide, cols_wide = tmp.view(wide), out.view(wide), cols[::block] // block
     for i in range(0, n, per):
         k = min(per, n - i)
         t, o = tmp[:k], out[i:i + k]
         np.take(src, rows[i:i + k], axis=0, out=t, mode="clip")  # clip: no buffered copy (indices are valid)
-        np.take(t, cols, axis=1, out=o, mode="clip")
+        if block > 1:
+            np.take(tmp_wide[:k], cols_wide, axis=1, out=out_wide[i:i + k], mode="clip")
+        else:
+            np.take(t, cols, axis=1, out=o, mode="clip")
         if flip_cols:
             np.bitwise_xor(o, col_flip[None, :], out=o)
         if flip_rows:
@@ -109,9 +131,8 @@ SPLIT_BYTES = 1 << 18  # outputs at least this large are gathered in row blocks 
 
 
 @functools.cache
-def _pool() -> tuple[ThreadPoolExecutor | None, int]:
-    """The helper threads that share a large gather with the caller, and how many ways it is split: one
-    per core up to ``GAUGEPORT_GATHER_THREADS`` (default 4); ``GAUGEPORT_GATHER_THREADS=1``: no helper."""
+def gather_threads() -> int:
+    """How many threads gather at once: one per core, up to ``GAUGEPORT_GATHER_THREADS`` (default 4)."""
     raw = os.environ.get("GAUGEPORT_GATHER_THREADS", "4").strip() or "4"
     if not raw.isdigit() or int(raw) < 1:
         from gaugeport.core.errors import GaugeportError
@@ -119,10 +140,32 @@ def _pool() -> tuple[ThreadPoolExecutor | None, int]:
         raise GaugeportError(f"GAUGEPORT_GATHER_THREADS={raw!r} is not a positive number of threads",
                              hint="set it to 1 (no helper thread) or more, or unset it (up to 4, one per core)")
     want = int(raw)
-    ways = max(1, min(want, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(1, min(want, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+@functools.cache
+def _pool() -> tuple[ThreadPoolExecutor | None, int]:
+    """The helper threads that share one large gather with the caller, and how many ways it is split
+    (:func:`gather_threads`); ``GAUGEPORT_GATHER_THREADS=1``: no helper."""
+    ways = gather_threads()
     if ways == 1:
         return None, 1
     return ThreadPoolExecutor(max_workers=ways - 1, thread_name_prefix="gaugeport-gather"), ways
+
+
+def gather_rows_cols(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.ndarray,
+                     col_flip: np.ndarray, out: np.ndarray, block: int = 1) -> np.ndarray:
+    """:func:`gather_2d` on the calling thread alone (for callers that keep several gathers going at once,
+    one per thread, rather than splitting each); returns ``out``. ``block``: :func:`column_block` of ``cols``
+    (given by a caller that gathers many parts with the same columns): > 1 takes whole blocks of columns,
+    with numpy whichever backend is chosen (a block is a plain copy)."""
+    if out.size == 0:
+        return out
+    if block > 1:
+        _numpy_gather(src, rows, cols, row_flip, col_flip, out, block)
+    else:
+        (_numba_gather() or _numpy_gather)(src, rows, cols, row_flip, col_flip, out)
+    return out
 
 
 def gather_2d(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.ndarray, col_flip: np.ndarray,

@@ -8,11 +8,14 @@ dropped; the page cache keeps the pages), staying at most
 ``window`` bytes ahead of the last tensor the pass has reached, so that a checkpoint larger than
 memory is not read ahead into pages evicted before their use.
 
-How a part is read: on Linux, ``os.sendfile`` from the checkpoint to ``/dev/null`` (the kernel brings the
-pages into the page cache and drops them at the null device: no copy into the process). Measured on a
-cold 2.1 GB checkpoint: 0.62-0.64 s and 0.05 s of CPU, against 0.76-0.81 s and 0.26-0.30 s of CPU for
-reads into a 4 MB buffer, CPU that the pass itself needs (``docs/scale.md``). Elsewhere, or where the
-kernel refuses it, plain reads into the reused buffer.
+How a part is read: ``os.preadv`` into one reused buffer (the bytes are dropped). The copy is the
+first touch of each page by a CPU of this machine, made here, on the helper thread, once per page, as
+a plain read makes it. ``os.sendfile`` to ``/dev/null`` (no copy into the process) was the way until
+2026-12-03: it costs the helper less, but it leaves each page's first touch to the threads that
+gather and check the tensor, and on the virtual machine measured that first touch, made by several
+threads at once while the disk is still filling pages, cost several times what the copy does.
+Measured on a cold 2.1 GB checkpoint, ``fingerprint`` five times each, interleaved (``docs/scale.md``):
+2.40-3.94 s and 3.4-6.3 s of CPU with ``sendfile``, 2.17-2.38 s and 3.5-3.7 s with these reads.
 
 Why not ``posix_fadvise(POSIX_FADV_WILLNEED)``: Linux reads at most the device's
 readahead size per such call (``read_ahead_kb``, 8 MB on the machine measured), and a memory map
@@ -32,36 +35,19 @@ CHUNK_BYTES = 4 << 20  # one part: the bytes one call brings in (and the reused 
 
 
 class _PartReader:
-    """``reader(fd, offset, n)`` brings ``n`` bytes of ``fd`` at ``offset`` into the page cache and returns how
-    many it read (0 at the end of the file): ``os.sendfile`` to ``/dev/null`` where the system has it and
-    accepts it for this file, plain reads into one reused buffer from the first refusal on."""
+    """``reader(fd, offset, n)`` reads ``n`` bytes of ``fd`` at ``offset`` into one reused buffer (so that the
+    page cache holds them) and returns how many it read (0 at the end of the file)."""
 
     def __init__(self) -> None:
-        self.null: int | None = None
-        if hasattr(os, "sendfile") and os.path.exists(os.devnull):
-            try:
-                self.null = os.open(os.devnull, os.O_WRONLY)
-            except OSError:
-                self.null = None
         self.buf: memoryview | None = None
 
     def __call__(self, fd: int, offset: int, n: int) -> int:
-        if self.null is not None:
-            try:
-                return os.sendfile(self.null, fd, offset, n)
-            except OSError:  # this file system or kernel does not splice: read instead, from now on
-                self.close()
         if self.buf is None:
             self.buf = memoryview(bytearray(CHUNK_BYTES))
-        return os.preadv(fd, [self.buf[:n]], offset)
+        return os.preadv(fd, [self.buf[:min(n, CHUNK_BYTES)]], offset)
 
     def close(self) -> None:
-        if self.null is not None:
-            os.close(self.null)
-            self.null = None
-
-    def __del__(self) -> None:
-        self.close()
+        self.buf = None
 
 
 class ReadAhead:

@@ -43,7 +43,7 @@ from gaugeport.core.checkpoint import Checkpoint, check_finite
 from gaugeport.core.errors import ArchitectureError, GaugeportError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, transform_hidden
-from gaugeport.core.gather import gather_2d
+from gaugeport.core.gather import column_block, gather_rows_cols, gather_threads
 from gaugeport.core.gauge import _SAME_SIZE_INT, _SIGN_BIT, SignedPermutation
 from gaugeport.core.hidden import HiddenDims, HiddenRule, get_hidden_spec
 from gaugeport.core.readahead import ReadAhead
@@ -240,10 +240,10 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
 
     A canonical tensor reaches ``consume(name, header, data)`` in parts, in order: ``header`` is
     ``(dtype, shape)`` on its first part (None on the others), ``data`` the next bytes. 1-D and 2-D
-    tensors are gathered (rows and columns at once, residual and hidden gauge composed) part by part
-    into :data:`PARTS_IN_FLIGHT` reused buffers (:func:`gaugeport.core.gather.gather_2d`); a part's buffer
-    is reused that many parts later, so ``consume`` must be done with it by then (:class:`_Sink` is). Others are
-    transformed whole (one part)."""
+    tensors are gathered (rows and columns at once, residual and hidden gauge composed) part by part,
+    several parts at once, into reused buffers (:class:`_Emitter`); a part's buffer is reused a few parts
+    later, so ``consume`` must be done with it by then (:class:`_Sink` is). Others are transformed whole
+    (one part)."""
     if get is None:
         with _plain_reads(ckpt) as plain:
             return _canonical_pass(ckpt, plain, consume, prefix_ok=True)
@@ -337,11 +337,17 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
                         stored, unchecked = check_finite(name, stored, ckpt.path), False
                     emit(name, stored, plan, functools.partial(full_tf, name, stored),
                          check=functools.partial(check_finite, name, where=ckpt.path) if unchecked else None)
-            finally:  # a read still running finishes before the files close
-                for f in ahead.values():
-                    f.cancel()
-                    with contextlib.suppress(BaseException):
-                        f.result()
+                    if not isinstance(get, _Reads):  # a reader's tensor may share a buffer with its next one
+                        emit.flush()
+                emit.flush()
+            finally:  # no gather still running, and a read still running finishes, before the files close
+                try:
+                    emit.close()
+                finally:
+                    for f in ahead.values():
+                        f.cancel()
+                        with contextlib.suppress(BaseException):
+                            f.result()
     for layer in range(dims.n_layers):
         if layer not in decided:
             settle(layer, decide(layer, layer_tensors(layer)))
@@ -409,24 +415,59 @@ def _canonical_plan(name: str, stored: torch.Tensor, rule: ParamRule, residual: 
 
 
 PART_BYTES = 8 << 20  # a canonical tensor reaches the hash and the writer in parts of about this size
-PARTS_IN_FLIGHT = 4  # gathered parts not yet hashed and written, at most (the gather's buffers, reused in turn)
+PARTS_IN_FLIGHT = 4  # parts handed to the hash and the writer, at most, before the oldest must be done (_Sink)
 
 
 class _Emitter:
-    """Hands canonical tensors to ``consume`` part by part, gathered into :data:`PARTS_IN_FLIGHT` reused buffers."""
+    """Hands canonical tensors to ``consume`` part by part, in order. Parts are gathered on a pool of one
+    thread per core (:func:`gaugeport.core.gather.gather_threads`), several parts at once, each whole on one
+    thread (no thread waits for another half of its part), into reused buffers; ``consume`` gets them in
+    order. A part's buffer is reused :attr:`n_bufs` parts later: by then ``consume`` must be done with it
+    (:class:`_Sink` is: at most ``PARTS_IN_FLIGHT - 1`` parts pending when a call returns). :meth:`flush`
+    hands on what is still being gathered (at the end of the pass); :meth:`close` stops the threads."""
 
     def __init__(self, consume: Callable[[str, tuple[torch.dtype, tuple[int, ...]] | None, memoryview], None]) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
         self.consume = consume
-        self.bufs: list[np.ndarray] = [np.empty(0, dtype=np.uint8) for _ in range(PARTS_IN_FLIGHT)]
-        self.k = 0  # buffer parts so far: part k is in bufs[k % PARTS_IN_FLIGHT]
+        self.ways = gather_threads()
+        self.pool = ThreadPoolExecutor(max_workers=self.ways, thread_name_prefix="gaugeport-gather")
+        self.n_bufs = self.ways + PARTS_IN_FLIGHT  # gathering (ways) + pending in consume (PARTS_IN_FLIGHT - 1) + 1
+        self.bufs: list[np.ndarray] = [np.empty(0, dtype=np.uint8) for _ in range(self.n_bufs)]
+        self.k = 0  # parts so far: part k is in bufs[k % n_bufs]
+        self.gathering: deque[tuple[Any, str, Any, memoryview]] = deque()  # (future, name, header, bytes), oldest first
+
+    def _hand_on_oldest(self) -> None:
+        future, name, header, data = self.gathering.popleft()
+        future.result()
+        self.consume(name, header, data)
+
+    def flush(self) -> None:
+        """Every part gathered so far handed on, in order."""
+        while self.gathering:
+            self._hand_on_oldest()
+
+    def close(self) -> None:
+        """Stop: the parts still being gathered (after an error: :meth:`flush` hands them on otherwise) are
+        waited for, not handed on, so no thread writes a buffer once this returns."""
+        try:
+            for future, *_ in self.gathering:
+                future.cancel()
+                with contextlib.suppress(BaseException):
+                    future.result()
+            self.gathering.clear()
+        finally:
+            self.pool.shutdown(wait=True)
 
     def __call__(self, name: str, stored: torch.Tensor, plan: RowColPlan | None,
                  whole: Callable[[], torch.Tensor], check: Callable[[torch.Tensor], object] | None = None) -> None:
-        """``check`` given (``plan`` must then take the rows in order): ``stored`` was not checked finite, and
-        ``check`` is called on each gathered part, as a tensor of ``stored``'s dtype, before it is handed on
-        (values are only moved and negated, so a part is finite exactly when its source rows are)."""
+        """``check`` given: ``stored`` was not checked finite, and ``check`` is called on each gathered part, as
+        a tensor of ``stored``'s dtype, before it is handed on (values are only moved and negated, so a part is
+        finite exactly when its source rows are)."""
         header = (stored.dtype, tuple(int(n) for n in stored.shape))
         if plan is None or stored.numel() == 0:
+            self.flush()
             t = whole().contiguous()
             if t.numel() and t.untyped_storage().data_ptr() == stored.untyped_storage().data_ptr():
                 t = t.clone()  # the stored tensor's buffer is reused for the next tensor read
@@ -440,19 +481,30 @@ class _Emitter:
         row_flip = plan.row_flip if plan.row_flip is not None else np.zeros(n_rows, dtype=plan.int_dtype)
         col_flip = plan.col_flip if plan.col_flip is not None else np.zeros(n_cols, dtype=plan.int_dtype)
         per = max(1, PART_BYTES // plan.row_bytes)
+        block = column_block(cols) if plan.cols is not None else n_cols  # in order: every row is one block
         for r0 in range(0, n_rows, per):
             r1 = min(n_rows, r0 + per)
             nbytes = (r1 - r0) * plan.row_bytes
-            slot = self.k % PARTS_IN_FLIGHT
+            while len(self.gathering) >= self.ways:  # one part per gathering thread
+                self._hand_on_oldest()
+            slot = self.k % self.n_bufs
             if self.bufs[slot].nbytes < nbytes:
                 self.bufs[slot] = reusable_buffer(max(nbytes, PART_BYTES))
             buf = self.bufs[slot][:nbytes]
             out = buf.view(plan.int_dtype).reshape(r1 - r0, n_cols)
-            gather_2d(src, rows[r0:r1], cols, row_flip[r0:r1], col_flip, out)
-            if check is not None:
-                check(torch.from_numpy(out).view(stored.dtype))
+            future = self.pool.submit(_gather_part, src, rows[r0:r1], cols, row_flip[r0:r1], col_flip, out, block,
+                                      check, stored.dtype)
             self.k += 1
-            self.consume(name, header if r0 == 0 else None, memoryview(buf))
+            self.gathering.append((future, name, header if r0 == 0 else None, memoryview(buf)))
+
+
+def _gather_part(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.ndarray, col_flip: np.ndarray,
+                 out: np.ndarray, block: int, check: Callable[[torch.Tensor], object] | None,
+                 dtype: torch.dtype) -> None:
+    """One part, on a gathering thread: gathered (on this thread alone), then checked finite where asked."""
+    gather_rows_cols(src, rows, cols, row_flip, col_flip, out, block)
+    if check is not None:
+        check(torch.from_numpy(out).view(dtype))
 
 
 def _canonical_residual(ckpt: Checkpoint, get: Callable[[str], torch.Tensor], spec: ArchSpec,
