@@ -349,8 +349,8 @@ def throughput(root: Path, quick: bool, repeat: int) -> dict[str, object]:
                      "a thread writes as many bytes (direct I/O, as canonicalize writes) and syncs: the I/O floor "
                      "of any verb that reads a checkpoint and writes one",
         "apply_over_cp_sync_speed": min(cps) / best_apply["seconds"], **ratios,
-        "targets": {"apply_over_cp_sync_speed": ">= 0.5", "fingerprint_over_read_time": "<= 1.5",
-                    "canonicalize_over_read_time": "<= 2"},
+        "targets": {"apply_over_cp_sync_speed": ">= 0.5", "fingerprint_cold_over_cold_read_time": "<= 1.5",
+                    "canonicalize_cold_over_cold_read_time": "<= 2"},
     })
     for p in (a, b):
         shutil.rmtree(p)
@@ -504,10 +504,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
               "cpu_count": os.cpu_count(), **loads,
               "note": "shared machine: wall times include waiting for CPU; ratios are from one run"}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"apply / (cp -r + sync) speed {tp['apply_over_cp_sync_speed']:.2f}x; fingerprint "
-          f"{tp['fingerprint_over_read_time']:.2f}x and canonicalize {tp['canonicalize_over_read_time']:.2f}x "
-          f"one warm read ({tp.get('fingerprint_over_cold_read_time', float('nan')):.2f}x, "
-          f"{tp.get('canonicalize_over_cold_read_time', float('nan')):.2f}x one cold read)")
+    nan = float("nan")
+    print(f"apply / (cp -r + sync) speed {tp['apply_over_cp_sync_speed']:.2f}x (target >= 0.5); from a cold page "
+          f"cache, fingerprint {tp.get('fingerprint_cold_over_cold_read_time', nan):.2f}x (target <= 1.5) and "
+          f"canonicalize {tp.get('canonicalize_cold_over_cold_read_time', nan):.2f}x (target <= 2) one cold read; "
+          f"warm, {tp['fingerprint_over_read_time']:.2f}x and {tp['canonicalize_over_read_time']:.2f}x one warm read")
     for row in mem["rows"]:
         print(f"{row['blocks']:>3} blocks: " + ", ".join(
             f"{v} {row[v] / GB:.2f} GB" for v in ("verify", "collect", "same", "canonicalize")))

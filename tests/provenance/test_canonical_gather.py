@@ -386,6 +386,38 @@ def test_parts_queued_behind_a_slow_consumer_keep_their_bytes_and_order(tiny_dir
     assert most[0] == canonical.PARTS_IN_FLIGHT - 1  # parts did queue, and never more than the buffers allow
 
 
+def test_canonicalize_queues_deeper_behind_a_slow_writer_and_writes_the_reference_bytes(tmp_path, monkeypatch):
+    """A slow disk for the writer: up to WRITE_PARTS_IN_FLIGHT - 1 parts wait (more than the hash alone may
+    hold), every buffer is reused only once its part was written, so every written tensor is the whole
+    transform's bytes."""
+    import time
+
+    from gaugeport.core.fileio import SafetensorsStreamWriter
+
+    tiny_model("llama", num_hidden_layers=2).save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    monkeypatch.setattr(canonical, "PART_BYTES", 200)  # a row or two a part: many parts per tensor
+    real_write, real_sink_call = SafetensorsStreamWriter.write_part, canonical._Sink.__call__
+    most = [0]
+
+    def counting_sink(self, *part):
+        real_sink_call(self, *part)
+        most[0] = max(most[0], len(self.pending))
+
+    def slow_write(self, name, data):
+        time.sleep(0.0005)
+        real_write(self, name, data)
+
+    monkeypatch.setattr(SafetensorsStreamWriter, "write_part", slow_write)
+    monkeypatch.setattr(canonical._Sink, "__call__", counting_sink)
+    can = canonicalize(tmp_path / "src", tmp_path / "c", progress=False)
+    assert most[0] == canonical.WRITE_PARTS_IN_FLIGHT - 1 > canonical.PARTS_IN_FLIGHT - 1
+    src, out = Checkpoint.open(tmp_path / "src"), Checkpoint.open(tmp_path / "c")
+    tf = FullTransform(src.spec, src.names, can.gauge, src.d_model, src.config)
+    for name in src.names:
+        assert torch.equal(out.tensor(name), tf(name, src.tensor(name))), name
+    assert can.fingerprint == _reference_fingerprint(tmp_path / "src")
+
+
 def test_a_layer_is_mapped_once_the_read_ahead_has_read_it(tiny_dir, monkeypatch):
     """One reader on the disk, in the pass's order: each layer waits for the read-ahead to pass its last tensor."""
     from gaugeport.core.readahead import ReadAhead

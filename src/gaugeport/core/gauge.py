@@ -21,6 +21,7 @@ Composition follows matrix multiplication: ``h @ g`` applies ``g`` first, then `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -109,7 +110,7 @@ class SignedPermutation:
             raise GaugeError(f"signs have dtype {signs.dtype}, not a number", hint="signs must be +1 or -1")
         if signs.dtype.kind == "f" and not np.all(np.isfinite(signs)):
             raise GaugeError("signs contain NaN or infinite entries", hint="signs must be +1 or -1 (corrupt file?)")
-        bad = ~np.isin(signs, (-1, 1))
+        bad = (signs != 1) & (signs != -1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise GaugeError(
@@ -118,7 +119,8 @@ class SignedPermutation:
                 hint="the gauge file is corrupt or was not written by gaugeport; a sign of 0 would erase a "
                 "coordinate and 2 would rescale it, so it is refused rather than carried along")
         d = perm.shape[0]
-        if np.any(perm < 0) or np.any(perm >= d) or len(np.unique(perm)) != d:
+        if d and (perm.min() < 0 or perm.max() >= d
+                  or not np.all(np.bincount(perm.astype(np.int64), minlength=d) == 1)):
             raise GaugeError(f"perm is not a permutation of 0..{d - 1} (repeated or out-of-range entries)",
                              hint="each target coordinate must appear exactly once; the gauge file is corrupt")
         perm = perm.astype(np.int64)
@@ -189,6 +191,10 @@ class SignedPermutation:
 
     # ----------------------------------------------------------------- algebra
     def inverse(self) -> SignedPermutation:
+        return self._inverse
+
+    @functools.cached_property
+    def _inverse(self) -> SignedPermutation:  # computed once: the arrays are read-only, so it can be shared
         inv = np.empty_like(self.perm)
         inv[self.perm] = np.arange(self.d)
         return SignedPermutation(inv, self.signs[inv])

@@ -52,6 +52,15 @@ FINGERPRINT_VERSION = "2"
 FINGERPRINT_PREFIX = "fp2-"  # version 1 fingerprints were 32 bare hex digits (SHA-256); see fingerprint_version
 
 
+PART_BYTES = 8 << 20  # a canonical tensor reaches the hash and the writer in parts of about this size
+PARTS_IN_FLIGHT = 4  # parts handed to the hash, at most, before the oldest must be done (_Sink)
+# canonicalize: parts handed to the hash and the writer. Deeper: while the disk both reads the checkpoint and
+# writes its canonical copy, writes go slower than the gather; a deeper queue lets the gather run ahead then
+# (128 MB of parts) and the writes catch up once the reads are done, instead of the gather waiting for the
+# writer during the reads and the writer for the gather after them
+WRITE_PARTS_IN_FLIGHT = 16
+
+
 @dataclass
 class Canonical:
     gauge: FullGauge  # maps the checkpoint to its canonical representative
@@ -232,7 +241,7 @@ def canonical_gauge(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
 
 def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None = None,
                     consume: Callable[[str, tuple[torch.dtype, tuple[int, ...]] | None, memoryview], None]
-                    | None = None, *, prefix_ok: bool = False) -> Canonical:
+                    | None = None, *, prefix_ok: bool = False, depth: int = PARTS_IN_FLIGHT) -> Canonical:
     """:func:`canonical_gauge`; with ``consume``, also every canonical tensor, in sorted name order,
     in the same pass: a layer's gauge is decided from that layer's tensors, which are read once (kept
     until their turn, then dropped), on a helper thread while the main one gathers the tensors before
@@ -243,10 +252,10 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     tensors are gathered (rows and columns at once, residual and hidden gauge composed) part by part,
     several parts at once, into reused buffers (:class:`_Emitter`); a part's buffer is reused a few parts
     later, so ``consume`` must be done with it by then (:class:`_Sink` is). Others are transformed whole
-    (one part)."""
+    (one part). ``depth``: the parts ``consume`` may hold at once (its :class:`_Sink`'s ``depth``)."""
     if get is None:
         with _plain_reads(ckpt) as plain:
-            return _canonical_pass(ckpt, plain, consume, prefix_ok=True)
+            return _canonical_pass(ckpt, plain, consume, prefix_ok=True, depth=depth)
     whole = get.mapped if isinstance(get, _Reads) else get  # the pass's reads of whole tensors
     spec = ckpt.spec
     hspec = get_hidden_spec(spec.model_type)
@@ -304,7 +313,7 @@ def _canonical_pass(ckpt: Checkpoint, get: Callable[[str], torch.Tensor] | None 
     if consume is not None:
         full = FullGauge(residual, layers)  # type: ignore[arg-type]
         full_tf = FullTransform(spec, ckpt.names, full, ckpt.d_model, ckpt.config)
-        emit = _Emitter(consume)
+        emit = _Emitter(consume, depth)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gaugeport-read") as pool:
@@ -414,8 +423,6 @@ def _canonical_plan(name: str, stored: torch.Tensor, rule: ParamRule, residual: 
     return dataclasses.replace(plan, cols=hidx, col_flip=hflip)
 
 
-PART_BYTES = 8 << 20  # a canonical tensor reaches the hash and the writer in parts of about this size
-PARTS_IN_FLIGHT = 4  # parts handed to the hash and the writer, at most, before the oldest must be done (_Sink)
 
 
 class _Emitter:
@@ -423,17 +430,18 @@ class _Emitter:
     thread per core (:func:`gaugeport.core.gather.gather_threads`), several parts at once, each whole on one
     thread (no thread waits for another half of its part), into reused buffers; ``consume`` gets them in
     order. A part's buffer is reused :attr:`n_bufs` parts later: by then ``consume`` must be done with it
-    (:class:`_Sink` is: at most ``PARTS_IN_FLIGHT - 1`` parts pending when a call returns). :meth:`flush`
+    (:class:`_Sink` of the same ``depth`` is: at most ``depth - 1`` parts pending when a call returns). :meth:`flush`
     hands on what is still being gathered (at the end of the pass); :meth:`close` stops the threads."""
 
-    def __init__(self, consume: Callable[[str, tuple[torch.dtype, tuple[int, ...]] | None, memoryview], None]) -> None:
+    def __init__(self, consume: Callable[[str, tuple[torch.dtype, tuple[int, ...]] | None, memoryview], None],
+                 depth: int = PARTS_IN_FLIGHT) -> None:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         self.consume = consume
         self.ways = gather_threads()
         self.pool = ThreadPoolExecutor(max_workers=self.ways, thread_name_prefix="gaugeport-gather")
-        self.n_bufs = self.ways + PARTS_IN_FLIGHT  # gathering (ways) + pending in consume (PARTS_IN_FLIGHT - 1) + 1
+        self.n_bufs = self.ways + depth  # gathering (ways) + pending in consume (depth - 1) + 1
         self.bufs: list[np.ndarray] = [np.empty(0, dtype=np.uint8) for _ in range(self.n_bufs)]
         self.k = 0  # parts so far: part k is in bufs[k % n_bufs]
         self.gathering: deque[tuple[Any, str, Any, memoryview]] = deque()  # (future, name, header, bytes), oldest first
@@ -726,12 +734,12 @@ def canonicalize(src: str | Path, out: str | Path, *, force: bool = False, progr
                 writers[ckpt.shard_of[name]].write_part(name, data)
 
             with tqdm(total=len(ckpt.names), desc="canonicalize", unit="tensor", disable=not progress) as bar, \
-                    _Sink(hasher, write) as sink:
+                    _Sink(hasher, write, depth=WRITE_PARTS_IN_FLIGHT) as sink:
                 def consume(name: str, header: tuple[torch.dtype, tuple[int, ...]] | None, data: memoryview) -> None:
                     sink(name, header, data)
                     if header is not None:
                         bar.update()
-                can = _canonical_pass(ckpt, consume=consume)
+                can = _canonical_pass(ckpt, consume=consume, depth=WRITE_PARTS_IN_FLIGHT)
         fp = hasher.hexdigest()
         for shard in ckpt.shards:
             _patch_header(tmp / shard, _FP_PLACEHOLDER, fp)
@@ -781,16 +789,18 @@ class _Sink:
     """``sink(name, header, data)`` hands each part of a canonical tensor to every consumer (the hash, the
     writer), each on its own helper thread, which takes the parts in order, so that hashing and writing
     overlap gathering the next parts (hashing and file writes release the GIL). At most
-    ``PARTS_IN_FLIGHT - 1`` parts are still pending when a call returns (it waits for the oldest), so the
-    buffer of the part ``PARTS_IN_FLIGHT`` before the next one is free again: a slow write (the disk
+    ``depth - 1`` parts are still pending when a call returns (it waits for the oldest), so the
+    buffer of the part ``depth`` before the next one is free again: a slow write (the disk
     stalls) is absorbed by the parts queued behind it rather than stalling the gather at once.
-    An error in a consumer is raised by a later call or at the end of the ``with`` block."""
+    An error in a consumer is raised by a later call or at the end of the ``with`` block. ``depth``
+    (keyword only, :data:`PARTS_IN_FLIGHT` by default) must be the :class:`_Emitter`'s."""
 
-    def __init__(self, *consumers: Callable[..., None]) -> None:
+    def __init__(self, *consumers: Callable[..., None], depth: int = PARTS_IN_FLIGHT) -> None:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         self.consumers = consumers
+        self.depth = depth
         self.pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="gaugeport-sink") for _ in consumers]
         self.pending: deque[list[Any]] = deque()  # per part handed over, its consumers' futures, oldest first
 
@@ -803,7 +813,7 @@ class _Sink:
 
     def __call__(self, *part: Any) -> None:
         self.pending.append([pool.submit(c, *part) for pool, c in zip(self.pools, self.consumers, strict=True)])
-        while len(self.pending) > PARTS_IN_FLIGHT - 1:
+        while len(self.pending) > self.depth - 1:
             self._wait_oldest()
 
     def __enter__(self) -> _Sink:
