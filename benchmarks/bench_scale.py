@@ -85,7 +85,9 @@ def _child(verb: str, args: list[str]) -> None:
         total = sum(f.stat().st_size for f in files)
 
         def write() -> None:
-            chunk = memoryview(bytearray(8 << 20))
+            import mmap
+
+            chunk = memoryview(mmap.mmap(-1, 8 << 20))  # page-aligned, as canonicalize's parts: no staging copy
             out = AppendFile(Path(args[1]))
             for k in range(0, total, len(chunk)):
                 out.write(chunk[:min(len(chunk), total - k)])

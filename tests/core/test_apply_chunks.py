@@ -200,6 +200,27 @@ def test_write_part_writes_the_same_file_as_write(tmp_path) -> None:
     assert (tmp_path / "whole.safetensors").read_bytes() == (tmp_path / "parts.safetensors").read_bytes()
 
 
+def test_a_written_file_s_data_start_on_a_block_boundary_and_it_loads(tmp_path) -> None:
+    """The header is padded with spaces so that the tensors' bytes start at a multiple of 4096 (aligned parts
+    are then written with no staging copy); safetensors and gaugeport read the file as usual."""
+    import struct
+
+    from safetensors.torch import load_file
+
+    from gaugeport.core.directio import BLOCK
+
+    tensors = {"w": torch.randn(8, 512).to(torch.bfloat16), "n": torch.randn(3)}
+    layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
+    with SafetensorsStreamWriter(tmp_path / "x.safetensors", layout, {"format": "pt"}) as w:
+        for name in sorted(tensors):
+            w.write(name, tensors[name])
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert (8 + n) % BLOCK == 0 and raw[8:8 + n].rstrip(b" ").endswith(b"}")
+    loaded = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
 def test_write_part_refuses_bytes_beyond_the_tensor_and_a_short_tensor(tmp_path) -> None:
     layout = {"a": (torch.float16, (3,)), "b": (torch.float16, (1,))}
     w = SafetensorsStreamWriter(tmp_path / "x.safetensors", layout)

@@ -95,3 +95,64 @@ def test_an_aborted_file_is_closed_without_its_tail(tmp_path):
     f.abort()
     got = (tmp_path / "f.bin").read_bytes()
     assert got == (b"y" * BLOCK if f.direct else b"y" * (BLOCK + 10))
+
+
+def _aligned(data: bytes, offset: int = 0) -> memoryview:
+    """``data`` in page-aligned memory, starting ``offset`` bytes past a block boundary."""
+    import mmap
+
+    buf = np.frombuffer(mmap.mmap(-1, len(data) + offset + BLOCK), dtype=np.uint8)  # an anonymous map: page-aligned
+    assert buf.ctypes.data % BLOCK == 0
+    buf[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return memoryview(buf)[offset:offset + len(data)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 7, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK, 3 * BLOCK + 5]),
+                          st.sampled_from([0, 0, 1, 8])), max_size=8), st.integers(0, 2**31))
+def test_pieces_in_aligned_and_unaligned_memory_land_in_order_byte_for_byte(tmp_path_factory, cuts, seed):
+    path = tmp_path_factory.mktemp("direct") / "f.bin"
+    pieces = _pieces([n for n, _ in cuts], seed)
+    f = AppendFile(path)
+    for p, (_, offset) in zip(pieces, cuts, strict=True):
+        f.write(_aligned(p, offset))
+    f.close()
+    assert path.read_bytes() == b"".join(pieces)
+
+
+# Justified skip: as above, without O_DIRECT (macOS, Windows, tmpfs) nothing is staged or skipped.
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this OS")
+def test_whole_blocks_in_aligned_memory_at_a_block_boundary_skip_the_staging_copy(tmp_path, monkeypatch):
+    staged: list[int] = []
+    real = directio._staging_buffer
+    monkeypatch.setattr(directio, "_staging_buffer", lambda: staged.append(1) or real())
+    pieces = _pieces([3 * BLOCK, 2 * BLOCK, 2 * BLOCK + 100, 2 * BLOCK], 3)
+    f = AppendFile(tmp_path / "f.bin")
+    if not f.direct:
+        f.abort()
+        pytest.skip(f"the file system under {tmp_path} refuses O_DIRECT")
+    f.write(_aligned(pieces[0]))
+    f.write(_aligned(pieces[1]))
+    assert staged == []  # whole blocks, from aligned memory, at block boundaries: no copy
+    f.write(_aligned(pieces[2]))  # its last 100 bytes are staged, and so is everything after them
+    f.write(_aligned(pieces[3]))
+    f.close()
+    assert staged and (tmp_path / "f.bin").read_bytes() == b"".join(pieces)
+
+
+def test_a_refused_direct_write_of_aligned_memory_falls_back_and_keeps_every_byte(tmp_path, monkeypatch):
+    real_write = os.write
+
+    def write(fd, data):
+        if hasattr(os, "O_DIRECT") and __import__("fcntl").fcntl(fd, __import__("fcntl").F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(directio.os, "write", write)
+    pieces = _pieces([2 * BLOCK + 9, BLOCK, 5], 4)
+    f = AppendFile(tmp_path / "f.bin")
+    for p in pieces:
+        f.write(_aligned(p))
+    f.close()
+    assert (tmp_path / "f.bin").read_bytes() == b"".join(pieces)
+    assert not f.direct

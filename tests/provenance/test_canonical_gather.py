@@ -418,6 +418,33 @@ def test_canonicalize_queues_deeper_behind_a_slow_writer_and_writes_the_referenc
     assert can.fingerprint == _reference_fingerprint(tmp_path / "src")
 
 
+@pytest.mark.parametrize("n_cols", [11008, 4096, 100])
+def test_parts_end_on_file_blocks_where_a_part_holds_enough_rows(n_cols, monkeypatch):
+    """A ``down_proj`` row of 11008 bf16 is 22016 bytes: 381 rows would fill 8 MB but end mid-block, so a part
+    takes 376 (whole 4096-byte blocks, written with no staging copy); the bytes handed on are the gather's."""
+    from gaugeport.core.apply import RowColPlan
+    from gaugeport.core.directio import BLOCK
+
+    monkeypatch.setattr(canonical, "PART_BYTES", 1 << 20)
+    n_rows = 300
+    rng = np.random.default_rng(0)
+    src = rng.integers(-2**15, 2**15, (n_rows, n_cols), dtype=np.int16)
+    rows, cols = rng.permutation(n_rows), rng.permutation(n_cols)
+    plan = RowColPlan((n_rows, n_cols), torch.bfloat16, np.dtype(np.int16), rows, cols, None, None, None)
+    got: list[bytes] = []
+    emit = canonical._Emitter(lambda name, header, data: got.append(bytes(data)))
+    try:
+        emit("w", torch.from_numpy(src).view(torch.bfloat16), plan, lambda: None)
+        emit.flush()
+    finally:
+        emit.close()
+    assert b"".join(got) == src[rows][:, cols].tobytes()
+    row_bytes = 2 * n_cols
+    if (1 << 20) // row_bytes >= BLOCK // np.gcd(row_bytes, BLOCK):  # enough rows for whole blocks
+        assert all(len(part) % BLOCK == 0 for part in got[:-1])
+    assert max(map(len, got)) <= 1 << 20
+
+
 def test_a_layer_is_mapped_once_the_read_ahead_has_read_it(tiny_dir, monkeypatch):
     """One reader on the disk, in the pass's order: each layer waits for the read-ahead to pass its last tensor."""
     from gaugeport.core.readahead import ReadAhead

@@ -8,7 +8,10 @@ copy into the cache. Direct I/O needs block-aligned memory, lengths and file off
 :class:`AppendFile` copies what it is given into one aligned staging buffer (shared by every open
 file of the process, one writer at a time), writes the whole blocks directly and keeps the few
 bytes past the last block for the next call; :meth:`AppendFile.close` writes that tail through an
-ordinary descriptor.
+ordinary descriptor. Bytes that already start on a block boundary in memory, written at a block
+boundary of the file, skip the copy: their whole blocks go to the disk from the caller's memory
+(``canonicalize`` gathers into page-aligned buffers and its shards' data start on a block boundary,
+:class:`gaugeport.core.fileio.SafetensorsStreamWriter`).
 
 Where ``O_DIRECT`` does not exist (macOS, Windows) or is refused (tmpfs, some network file
 systems: ``EINVAL`` on open or on the first write), the file is written as usual; the bytes are the
@@ -65,6 +68,16 @@ class AppendFile:
         if not self.direct:
             _write_all(self.fd, view)
             return
+        if not self.tail and len(view) >= BLOCK and _address(view) % BLOCK == 0:
+            # the file is at a block boundary and the bytes start on one: their whole blocks go to the disk
+            # straight from the caller's memory, with no copy (only what follows the last whole block is staged)
+            whole = len(view) // BLOCK * BLOCK
+            if not self._direct_write(view[:whole]):
+                _write_all(self.fd, view[whole:])
+                return
+            view = view[whole:]
+            if not len(view):
+                return
         with _lock:
             staging = _staging_buffer()
             pos = 0
@@ -115,6 +128,13 @@ class AppendFile:
     def abort(self) -> None:
         """Close without writing what is left (the caller removes the incomplete file)."""
         os.close(self.fd)
+
+
+def _address(view: memoryview) -> int:
+    """Where ``view``'s first byte lies in memory."""
+    import numpy as np
+
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data) if len(view) else 0
 
 
 def _write_all(fd: int, view: memoryview) -> None:

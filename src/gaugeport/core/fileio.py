@@ -614,8 +614,11 @@ class SafetensorsStreamWriter:
         if metadata:
             header["__metadata__"] = dict(metadata)
         raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        from gaugeport.core.directio import AppendFile
+        from gaugeport.core.directio import BLOCK, AppendFile
+
+        # spaces (which the format allows) so that the data start on a block boundary of the file: parts of
+        # whole blocks, gathered into aligned memory, are then written directly with no staging copy
+        raw += b" " * (-(8 + len(raw)) % BLOCK)
 
         self._file = AppendFile(self.path)  # page cache bypassed where the file system allows (core/directio.py)
         self._file.write(struct.pack("<Q", len(raw)) + raw)

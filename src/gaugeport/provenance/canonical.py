@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from gaugeport.core.apply import RowColPlan, plan_rows_cols
 from gaugeport.core.archspec import ArchSpec, ParamRule
 from gaugeport.core.buffers import reusable_buffer
 from gaugeport.core.checkpoint import Checkpoint, check_finite
+from gaugeport.core.directio import BLOCK
 from gaugeport.core.errors import ArchitectureError, GaugeportError
 from gaugeport.core.fileio import atomic_path
 from gaugeport.core.fullgauge import FullGauge, FullTransform, LayerGauge, transform_hidden
@@ -489,6 +491,9 @@ class _Emitter:
         row_flip = plan.row_flip if plan.row_flip is not None else np.zeros(n_rows, dtype=plan.int_dtype)
         col_flip = plan.col_flip if plan.col_flip is not None else np.zeros(n_cols, dtype=plan.int_dtype)
         per = max(1, PART_BYTES // plan.row_bytes)
+        whole_blocks = BLOCK // math.gcd(plan.row_bytes, BLOCK)  # rows a part needs to end on a file block
+        if per >= whole_blocks:  # parts of whole blocks: a writer sends them to the disk with no staging copy
+            per -= per % whole_blocks
         block = column_block(cols) if plan.cols is not None else n_cols  # in order: every row is one block
         for r0 in range(0, n_rows, per):
             r1 = min(n_rows, r0 + per)
