@@ -17,7 +17,10 @@ so the XOR is exactly ``x * -1``). Two implementations, the same result bit for 
   difference; 1.5x numpy's rate once on a loaded machine), and importing numba and loading its cached
   kernel costs about 0.85 s per process, so it is not the default.
 
-Outputs of at least :data:`SPLIT_BYTES` are cut into blocks of rows gathered on several threads at once.
+:func:`gather_2d` cuts outputs of at least :data:`SPLIT_BYTES` into blocks of rows gathered on several
+threads at once (``apply``); :func:`gather_rows_cols` gathers on the calling thread alone, for callers that
+keep one part per thread going (``canonicalize``, ``fingerprint``). Where the columns move in whole aligned
+blocks (:func:`column_block`: an attention head's columns), a block is taken as one item.
 """
 
 from __future__ import annotations
