@@ -67,3 +67,12 @@ def test_threads_checking_at_once_each_get_their_own_answer() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(check, range(16))) == [i % 2 == 0 for i in range(16)]
+
+
+def test_a_parameter_that_requires_grad_is_checked_like_any_tensor() -> None:
+    p = torch.nn.Parameter(torch.randn(5, 7))
+    assert check_finite("w", p) is p
+    with torch.no_grad():
+        p[2, 3] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN"):
+        check_finite("w", p)

@@ -38,6 +38,14 @@ def test_inverse_composes_to_identity(g):
     assert g.inverse() @ g == ident
 
 
+@given(gauges())
+def test_the_inverse_of_the_inverse_is_the_gauge_itself(g):
+    """Computed once and shared both ways: inverting back and forth builds no chain of new objects."""
+    assert g.inverse().inverse() is g
+    assert g.inverse() is g.inverse()
+    assert g.inverse() @ g == SignedPermutation.identity(g.d)
+
+
 @given(gauge_triples(), seeds)
 def test_applying_twice_equals_applying_the_composition(t, seed):
     g, h, _ = t

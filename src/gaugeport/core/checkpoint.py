@@ -408,7 +408,7 @@ def _finite_by_exponent(tensor: torch.Tensor) -> bool:
     2026-12-03, ran on torch's OpenMP pool, whose threads then spin beside the threads gathering and
     hashing: 0.4 s of CPU on a 2.1 GB ``fingerprint``, ``docs/scale.md``)."""
     int_dtype, magnitude, exponent = _EXPONENT_BITS[tensor.dtype]
-    bits = tensor.reshape(-1).view(int_dtype).numpy()
+    bits = tensor.detach().reshape(-1).view(int_dtype).numpy()
     scratch = getattr(_FINITE_SCRATCH, "buf", None)
     if scratch is None or scratch.dtype != bits.dtype:
         scratch = _FINITE_SCRATCH.buf = np.empty(_FINITE_CHUNK, dtype=bits.dtype)

@@ -197,7 +197,9 @@ class SignedPermutation:
     def _inverse(self) -> SignedPermutation:  # computed once: the arrays are read-only, so it can be shared
         inv = np.empty_like(self.perm)
         inv[self.perm] = np.arange(self.d)
-        return SignedPermutation(inv, self.signs[inv])
+        out = SignedPermutation(inv, self.signs[inv])
+        out.__dict__["_inverse"] = self  # its inverse is this one (no chain of new objects on repeated inversion)
+        return out
 
     def __matmul__(self, other: SignedPermutation) -> SignedPermutation:
         """``self @ other``: apply ``other`` first, then ``self`` (matrix product order)."""

@@ -425,8 +425,6 @@ def _canonical_plan(name: str, stored: torch.Tensor, rule: ParamRule, residual: 
     return dataclasses.replace(plan, cols=hidx, col_flip=hflip)
 
 
-
-
 class _Emitter:
     """Hands canonical tensors to ``consume`` part by part, in order. Parts are gathered on a pool of one
     thread per core (:func:`gaugeport.core.gather.gather_threads`), several parts at once, each whole on one
