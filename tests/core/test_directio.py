@@ -114,8 +114,10 @@ def test_pieces_in_aligned_and_unaligned_memory_land_in_order_byte_for_byte(tmp_
     path = tmp_path_factory.mktemp("direct") / "f.bin"
     pieces = _pieces([n for n, _ in cuts], seed)
     f = AppendFile(path)
+    direct = f.direct
     for p, (_, offset) in zip(pieces, cuts, strict=True):
         f.write(_aligned(p, offset))
+    assert f.direct == direct  # unaligned memory is staged, never sent directly (the kernel would refuse it)
     f.close()
     assert path.read_bytes() == b"".join(pieces)
 

@@ -387,7 +387,7 @@ def check_sequence_length(seq_len: int, limit: int | None, where: str = "the mod
                         hint=f"use --seq-len {limit} or less (or shorter rows in the data)")
 
 
-_FINITE_CHUNK = 1 << 20  # elements per isfinite() call: the check's extra memory stays a few MB
+_FINITE_CHUNK = 1 << 20  # elements per chunk of the finite checks: their extra memory stays a few MB
 
 
 # IEEE formats: a value is NaN or infinite exactly when its exponent bits are all ones, that is when

@@ -182,7 +182,7 @@ def gather_2d(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_flip: np.
     the bytes are the same however it is cut."""
     if out.size == 0:
         return out
-    kernel = _numba_gather() or _numpy_gather
+    kernel = gather_rows_cols  # each block on its thread alone
     pool, ways = _pool()
     n = out.shape[0]
     if pool is None or out.nbytes < SPLIT_BYTES or n < 2 * ways:

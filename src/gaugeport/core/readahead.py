@@ -31,7 +31,7 @@ import threading
 from collections.abc import Sequence
 
 WINDOW_BYTES = 1 << 30  # read ahead at most this far past the tensor the pass has reached
-CHUNK_BYTES = 4 << 20  # one part: the bytes one call brings in (and the reused buffer's size, where read)
+CHUNK_BYTES = 4 << 20  # one part: the bytes one read brings in (the reused buffer's size)
 
 
 class _PartReader:
